@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import _benchlib as bl  # noqa: E402
+import _benchlib as bl
 
 bl.protect_stdout()
 
@@ -238,10 +239,13 @@ def resume_child(tmp: str, wfid: str, n: int) -> None:
 
 
 def main() -> int:
-    tmp = os.environ.setdefault("BENCH_DBOS_DIR", tempfile.mkdtemp(prefix="dbos-bench-"))
     if len(sys.argv) >= 2 and sys.argv[1] == "--resume-child":
-        resume_child(tmp, sys.argv[2], int(sys.argv[3]))
+        resume_child(os.environ["BENCH_DBOS_DIR"], sys.argv[2], int(sys.argv[3]))
         return 0
+    own_tmp = None
+    if not os.environ.get("BENCH_DBOS_DIR"):
+        own_tmp = os.environ["BENCH_DBOS_DIR"] = tempfile.mkdtemp(prefix="dbos-bench-")
+    tmp = os.environ["BENCH_DBOS_DIR"]
     DBOS(config=_config(tmp))  # type: ignore[arg-type]
     DBOS.launch()
     try:
@@ -259,13 +263,17 @@ def main() -> int:
             },
             notes={
                 "wait_answer_to_running_ms": "DBOS.send -> the step after DBOS.recv starts "
-                "(the workflow thread stays parked in recv; nothing is replayed)",
+                "(the workflow thread stays parked in recv; nothing is replayed). On SQLite "
+                "DBOS learns of a message by polling, every "
+                "notification_listener_polling_interval_sec (default 1 s, kept here)",
                 "resume_1000_ms": "runner process SIGKILLed while parked in recv after N steps; "
                 "DBOS.send + recover pending workflows -> the step after recv starts",
             },
         )
     finally:
         DBOS.destroy()
+        if own_tmp:
+            shutil.rmtree(own_tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

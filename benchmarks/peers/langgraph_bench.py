@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import _benchlib as bl  # noqa: E402
+import _benchlib as bl
 
 bl.protect_stdout()
 
@@ -31,7 +32,8 @@ from langgraph.func import entrypoint, task  # noqa: E402
 from langgraph.types import Command, interrupt  # noqa: E402
 
 DURABILITY = "sync"
-TMP = os.environ.get("BENCH_LANGGRAPH_DIR") or tempfile.mkdtemp(prefix="langgraph-bench-")
+_OWN_TMP = None if os.environ.get("BENCH_LANGGRAPH_DIR") else tempfile.mkdtemp(prefix="lg-bench-")
+TMP = os.environ.get("BENCH_LANGGRAPH_DIR") or str(_OWN_TMP)
 
 # --- workloads ---------------------------------------------------------------------------------
 
@@ -226,6 +228,8 @@ def main() -> int:
         )
     finally:
         conn.close()
+        if _OWN_TMP:
+            shutil.rmtree(_OWN_TMP, ignore_errors=True)
 
 
 if __name__ == "__main__":
