@@ -1,0 +1,73 @@
+"""kitaru: durable execution for Python AI agents.
+
+``@flow`` around the agent, ``@checkpoint`` around each durable step: a crashed run resumes without
+repeating completed steps, ``wait()`` pauses for a human without holding a process, and every step's
+output is a typed artifact. This module is the public API; everything under ``kitaru._engine`` is
+private.
+"""
+
+from __future__ import annotations
+
+from kitaru._engine.api import current_execution_id as current_execution_id
+from kitaru._engine.api import load as load
+from kitaru._engine.api import log as log
+from kitaru._engine.api import save as save
+from kitaru._engine.checkpoint import Checkpoint as Checkpoint
+from kitaru._engine.checkpoint import checkpoint as checkpoint
+from kitaru._engine.flow import AsyncFlowHandle as AsyncFlowHandle
+from kitaru._engine.flow import Flow as Flow
+from kitaru._engine.flow import FlowHandle as FlowHandle
+from kitaru._engine.flow import flow as flow
+from kitaru._engine.waits import wait as wait
+from kitaru.client import KitaruClient as KitaruClient
+from kitaru.errors import KitaruConfigError as KitaruConfigError
+from kitaru.errors import KitaruConflictError as KitaruConflictError
+from kitaru.errors import KitaruDivergenceError as KitaruDivergenceError
+from kitaru.errors import KitaruError as KitaruError
+from kitaru.errors import KitaruExecutionCancelledError as KitaruExecutionCancelledError
+from kitaru.errors import KitaruExecutionError as KitaruExecutionError
+from kitaru.errors import KitaruLeaseError as KitaruLeaseError
+from kitaru.errors import KitaruMissingDependencyError as KitaruMissingDependencyError
+from kitaru.errors import KitaruNotFoundError as KitaruNotFoundError
+from kitaru.errors import KitaruNotInFlowError as KitaruNotInFlowError
+from kitaru.errors import KitaruSerializationError as KitaruSerializationError
+from kitaru.errors import KitaruStateError as KitaruStateError
+from kitaru.errors import KitaruStoreError as KitaruStoreError
+from kitaru.errors import KitaruTimeoutError as KitaruTimeoutError
+from kitaru.errors import KitaruUsageError as KitaruUsageError
+from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
+from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AsyncFlowHandle",
+    "Checkpoint",
+    "Flow",
+    "FlowHandle",
+    "KitaruClient",
+    "KitaruConfigError",
+    "KitaruConflictError",
+    "KitaruDivergenceError",
+    "KitaruError",
+    "KitaruExecutionCancelledError",
+    "KitaruExecutionError",
+    "KitaruLeaseError",
+    "KitaruMissingDependencyError",
+    "KitaruNotFoundError",
+    "KitaruNotInFlowError",
+    "KitaruSerializationError",
+    "KitaruStateError",
+    "KitaruStoreError",
+    "KitaruTimeoutError",
+    "KitaruUsageError",
+    "KitaruWaitTimeoutError",
+    "KitaruWaitValidationError",
+    "checkpoint",
+    "current_execution_id",
+    "flow",
+    "load",
+    "log",
+    "save",
+    "wait",
+]

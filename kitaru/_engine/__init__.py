@@ -1,0 +1,1 @@
+"""The durable core (private): flows, checkpoints, the execution context, waits and the runtime."""

@@ -1,0 +1,111 @@
+"""``save``, ``load``, ``log`` and ``current_execution_id``: artifacts and metadata from flow code."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kitaru.errors import KitaruNotFoundError, KitaruUsageError
+from kitaru.store import JournalRecord
+
+from .context import _current_call, require_flow
+
+__all__ = ["current_execution_id", "load", "log", "save"]
+
+
+def current_execution_id() -> str:
+    """The id of the execution whose flow or checkpoint is running in this context."""
+    return require_flow("kitaru.current_execution_id()").exec_id
+
+
+def save(name: str, value: Any, type: str = "save") -> None:
+    """Store ``value`` as an artifact called ``name`` of the running execution.
+
+    Inside a checkpoint it is committed together with the checkpoint's output (a failed attempt's
+    saves are dropped); at flow scope it is committed at once, and skipped when a resumed
+    execution passes the same save again. ``type`` is a free tag (``prompt``, ``context``...)
+    to filter artifacts by. Versions count up per name within the execution.
+    """
+    ctx = require_flow("kitaru.save()")
+    if not name or "/" in name or ":" in name:
+        raise KitaruUsageError(f"artifact name {name!r} must be non-empty, without '/' or ':'.")
+    frame = _current_call.get()
+    if frame is not None:
+        n = frame.save_counts.get(name, 0) + 1
+        frame.save_counts[name] = n
+        call_id = f"{frame.call.call_id}/{name}" + (f":{n}" if n > 1 else "")
+        artifact = ctx.runtime.make_artifact(
+            ctx.exec_id, name=name, version=n, type=type, value=value, call_id=frame.call.call_id
+        )
+        frame.artifacts.append(artifact)
+        frame.records.append(
+            JournalRecord(kind="save", call_id=call_id, name=name, artifact_id=artifact.id,
+                          ts=time.time())
+        )
+        return
+    call = ctx.begin_call(f"save.{name}", "kitaru.save")
+    if call.call_id in ctx.done_saves:
+        return
+    version = int(call.call_id.rpartition(":")[2]) if ":" in call.call_id else 1
+    artifact = ctx.runtime.make_artifact(
+        ctx.exec_id, name=name, version=version, type=type, value=value, call_id=None
+    )
+    ctx.commit(
+        [JournalRecord(kind="save", call_id=call.call_id, seq=call.seq, name="kitaru.save",
+                       artifact_id=artifact.id, ts=time.time())],
+        [artifact],
+    )
+
+
+def load(exec_id: str, name: str, version: int | None = None) -> Any:
+    """Load artifact ``name`` (latest version, or ``version``) of another execution.
+
+    Called inside a checkpoint, the artifact is recorded as one of the checkpoint's inputs, so
+    lineage crosses executions.
+    """
+    ctx = require_flow("kitaru.load()")
+    found = ctx.state.list_artifacts(exec_id, name=name)
+    if version is not None:
+        found = [a for a in found if a.version == version]
+    if not found:
+        if ctx.state.get_execution(exec_id) is None:
+            raise KitaruNotFoundError(
+                f"kitaru.load(): no execution {exec_id!r}. List them with `kitaru executions list`."
+            )
+        names = sorted({a.name for a in ctx.state.list_artifacts(exec_id)})
+        raise KitaruNotFoundError(
+            f"kitaru.load(): execution {exec_id} has no artifact {name!r}"
+            + (f" version {version}" if version is not None else "")
+            + f"; it has: {', '.join(names) or 'none'}."
+        )
+    artifact = max(found, key=lambda a: (a.version, a.created_at))
+    frame = _current_call.get()
+    if frame is not None:
+        frame.records.append(
+            JournalRecord(kind="load", call_id=frame.call.call_id, artifact_id=artifact.id,
+                          data={"exec_id": exec_id, "name": name}, ts=time.time())
+        )
+    return ctx.runtime.load_artifact(artifact)
+
+
+def log(**metadata: Any) -> None:
+    """Attach metadata to the running checkpoint, or to the execution at flow scope.
+
+    Values must be JSON-serializable. ``kitaru executions get`` shows them.
+    """
+    ctx = require_flow("kitaru.log()")
+    import json
+
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise KitaruUsageError(f"kitaru.log() values must be JSON-serializable: {exc}") from None
+    frame = _current_call.get()
+    if frame is not None:
+        frame.records.append(
+            JournalRecord(kind="log", call_id=frame.call.call_id, data=metadata, ts=time.time())
+        )
+        return
+    if ctx.replaying:
+        return  # this metadata was logged when the execution first passed here
+    ctx.add_pending(JournalRecord(kind="log", data=metadata, ts=time.time()), metadata=metadata)

@@ -1,0 +1,310 @@
+"""``@checkpoint``: a durable step whose output is journaled and never recomputed in its execution."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from contextvars import copy_context
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from kitaru.errors import KitaruUsageError
+from kitaru.store import ArtifactRecord, JournalRecord
+
+from .context import Call, CallFrame, ExecutionContext, _current_call, _current_exec
+
+__all__ = ["Checkpoint", "checkpoint"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Checkpoint(Generic[P, R]):
+    """A function made durable by :func:`checkpoint`. Its definition is frozen when applied."""
+
+    __slots__ = (
+        "__dict__",
+        "backoff",
+        "fn",
+        "is_async",
+        "name",
+        "qualname",
+        "retries",
+        "retry_delay",
+        "retry_on",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None,
+        retries: int,
+        retry_delay: float,
+        backoff: float,
+        retry_on: tuple[type[BaseException], ...],
+    ) -> None:
+        if isinstance(fn, Checkpoint):
+            raise KitaruUsageError(f"{fn.name!r} is already a checkpoint; apply @checkpoint once.")
+        if not callable(fn) or inspect.isclass(fn):
+            raise KitaruUsageError(f"@checkpoint needs a function, got {fn!r}.")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise KitaruUsageError(
+                f"@checkpoint cannot wrap generator {fn.__qualname__!r}: its output would be "
+                "consumed lazily, after the checkpoint is recorded. Return a list instead."
+            )
+        if retries < 0 or retry_delay < 0 or backoff < 1:
+            raise KitaruUsageError(
+                f"@checkpoint on {fn.__qualname__!r}: retries and retry_delay must be >= 0 and "
+                f"backoff >= 1 (got retries={retries}, retry_delay={retry_delay}, "
+                f"backoff={backoff})."
+            )
+        if name is not None and (not name or ":" in name or "/" in name):
+            raise KitaruUsageError(
+                f"checkpoint name {name!r} must be non-empty, without ':' or '/' (they separate "
+                "call numbers and saved names)."
+            )
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.qualname = fn.__qualname__
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.backoff = backoff
+        self.retry_on = retry_on
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<checkpoint {self.name!r} ({self.qualname})>"
+
+    # -- calling --------------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = _current_exec.get()
+        if ctx is None:
+            # Outside a flow a checkpoint is the plain function: handy in unit tests and scripts.
+            return self.fn(*args, **kwargs)
+        frame = _current_call.get()
+        if frame is not None:
+            raise KitaruUsageError(
+                f"checkpoint {self.name!r} was called inside checkpoint {frame.call.call_id!r}; "
+                "checkpoints do not nest. Call it from the flow body, or drop @checkpoint from "
+                "the inner function."
+            )
+        call = ctx.begin_call(self.name, self.qualname)
+        if self.is_async:
+            if asyncio._get_running_loop() is None:
+                # A sync flow body calling an async checkpoint gets the value, not a coroutine.
+                return ctx.run_coroutine(self._run_async(ctx, call, args, kwargs))  # type: ignore[no-any-return]
+            return self._run_async(ctx, call, args, kwargs)  # type: ignore[return-value]
+        return self._run_sync(ctx, call, args, kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Start a sync checkpoint on a worker thread; returns a future of its output."""
+        ctx = _current_exec.get()
+        if self.is_async:
+            raise KitaruUsageError(
+                f"checkpoint {self.name!r} is async: run several at once with asyncio.gather "
+                "instead of .submit()."
+            )
+        if ctx is None:
+            future: Future[R] = Future()
+            future.set_result(self.fn(*args, **kwargs))
+            return future
+        call = ctx.begin_call(self.name, self.qualname)
+        return ctx.submit(copy_context().run, self._run_sync, ctx, call, args, kwargs)
+
+    def map(self, *iterables: Iterable[Any]) -> list[R]:
+        """Run the checkpoint on each item (zipped across ``iterables``) concurrently, in order."""
+        futures = [self.submit(*items) for items in zip(*iterables, strict=False)]  # type: ignore[call-arg]
+        return [f.result() for f in futures]
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def _replayed(self, ctx: ExecutionContext, call: Call, fingerprint: str) -> tuple[bool, Any]:
+        if call.call_id not in ctx.completed:
+            return False, None
+        ctx.check_inputs(call, fingerprint)
+        record = ctx.completed[call.call_id]
+        artifact = ctx.state.get_artifact(record.artifact_id or "")
+        if artifact is None:
+            raise KeyError(f"artifact {record.artifact_id} of {call.call_id} is missing")
+        value = ctx.runtime.load_artifact(artifact)
+        ctx.remember_output(value, artifact)
+        return True, value
+
+    def _started(self, call: Call, attempt: int, fingerprint: str, lineage: list[str]) -> JournalRecord:
+        data: dict[str, Any] = {"fp": fingerprint}
+        if lineage:
+            data["inputs"] = lineage
+        return JournalRecord(
+            kind="checkpoint_started",
+            call_id=call.call_id,
+            seq=call.seq,
+            name=call.name,
+            attempt=attempt,
+            data=data,
+            ts=time.time(),
+        )
+
+    def _succeeded(
+        self, frame: CallFrame, started: JournalRecord, value: Any
+    ) -> tuple[list[JournalRecord], list[ArtifactRecord]]:
+        ctx, call = frame.ctx, frame.call
+        version = int(call.call_id.rpartition(":")[2]) if ":" in call.call_id else 1
+        artifact = ctx.runtime.make_artifact(
+            ctx.exec_id, name=self.name, version=version, type="output", value=value,
+            call_id=call.call_id,
+        )
+        ctx.remember_output(value, artifact)
+        done = JournalRecord(
+            kind="checkpoint_completed",
+            call_id=call.call_id,
+            seq=call.seq,
+            name=call.name,
+            attempt=started.attempt,
+            artifact_id=artifact.id,
+            data=started.data,
+            ts=time.time(),
+        )
+        return [started, *frame.records, done], [*frame.artifacts, artifact]
+
+    def _failed(
+        self, frame: CallFrame, started: JournalRecord, exc: Exception
+    ) -> tuple[list[JournalRecord], float | None]:
+        """Records for a failed attempt, and the delay before the next one (None: give up)."""
+        attempt = started.attempt or 1
+        retry = attempt <= self.retries and isinstance(exc, self.retry_on)
+        delay = None
+        if retry:
+            # Exponential backoff with full jitter, so concurrent retries do not stampede.
+            delay = self.retry_delay * self.backoff ** (attempt - 1) * random.uniform(0.5, 1.5)
+        failed = JournalRecord(
+            kind="checkpoint_failed",
+            call_id=frame.call.call_id,
+            seq=frame.call.seq,
+            name=frame.call.name,
+            attempt=attempt,
+            data={
+                "error": f"{type(exc).__qualname__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+                "will_retry": retry,
+                "retry_in": delay,
+            },
+            ts=time.time(),
+        )
+        # Logs of the failed attempt are kept; its saves are not (the retry saves again).
+        logs = [r for r in frame.records if r.kind == "log"]
+        return [started, *logs, failed], delay
+
+    def _run_sync(
+        self, ctx: ExecutionContext, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        fingerprint, lineage = ctx.describe_inputs(args, kwargs)
+        hit, value = self._replayed(ctx, call, fingerprint)
+        if hit:
+            return value
+        attempt = 1
+        while True:
+            frame = CallFrame(call, ctx)
+            started = self._started(call, attempt, fingerprint, lineage)
+            token = _current_call.set(frame)
+            try:
+                value = self.fn(*args, **kwargs)
+            except Exception as exc:
+                records, delay = self._failed(frame, started, exc)
+                ctx.commit(records)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                attempt += 1
+                continue
+            finally:
+                _current_call.reset(token)
+            records, artifacts = self._succeeded(frame, started, value)
+            ctx.commit(records, artifacts)
+            return value
+
+    async def _run_async(
+        self, ctx: ExecutionContext, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        fingerprint, lineage = ctx.describe_inputs(args, kwargs)
+        hit, value = self._replayed(ctx, call, fingerprint)
+        if hit:
+            return value
+        task = asyncio.current_task()
+        if task is not None:
+            ctx.tasks.add(task)
+        try:
+            attempt = 1
+            while True:
+                frame = CallFrame(call, ctx)
+                started = self._started(call, attempt, fingerprint, lineage)
+                token = _current_call.set(frame)
+                try:
+                    value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+                except Exception as exc:
+                    records, delay = self._failed(frame, started, exc)
+                    await ctx.commit_async(records, ())
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)
+                    attempt += 1
+                    continue
+                finally:
+                    _current_call.reset(token)
+                records, artifacts = self._succeeded(frame, started, value)
+                await ctx.commit_async(records, artifacts)
+                return value
+        finally:
+            if task is not None:
+                ctx.tasks.discard(task)
+
+
+@overload
+def checkpoint(fn: Callable[P, R], /) -> Checkpoint[P, R]: ...
+
+
+@overload
+def checkpoint(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    backoff: float = 2.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> Callable[[Callable[P, R]], Checkpoint[P, R]]: ...
+
+
+def checkpoint(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    backoff: float = 2.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> Checkpoint[P, R] | Callable[[Callable[P, R]], Checkpoint[P, R]]:
+    """Make a function a durable step of a flow.
+
+    Inside a flow, each call gets a deterministic id (``name``, ``name:2``...), its output is stored
+    as an artifact, and a resumed execution returns the stored output without running it again.
+    A failing call is retried ``retries`` times, waiting ``retry_delay * backoff**(n-1)`` seconds
+    (with jitter) before retry ``n``, for exceptions matching ``retry_on``. Outside a flow the
+    function runs plainly.
+    """
+    retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+
+    def wrap(f: Callable[P, R]) -> Checkpoint[P, R]:
+        return Checkpoint(
+            f, name=name, retries=retries, retry_delay=retry_delay, backoff=backoff,
+            retry_on=retry_types,
+        )
+
+    return wrap(fn) if fn is not None else wrap

@@ -1,0 +1,331 @@
+"""Per-execution state while a flow body runs: call ids, the replay view of the journal, commits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from kitaru.errors import KitaruDivergenceError, KitaruNotInFlowError, KitaruUsageError
+from kitaru.serialization import _is_json_native
+from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
+
+from .runtime import INLINE_LIMIT, Runtime
+
+logger = logging.getLogger("kitaru")
+
+__all__ = ["CallFrame", "ExecutionContext", "current_call", "current_execution", "require_flow"]
+
+
+class _Suspend(BaseException):  # noqa: N818 - control flow, not an error
+    """Unwinds a flow body that waits for input. A BaseException so ``except Exception`` in user
+    code cannot swallow it."""
+
+
+class _Cancelled(BaseException):  # noqa: N818 - control flow, not an error
+    """Unwinds a flow body whose execution was cancelled."""
+
+
+_current_exec: ContextVar[ExecutionContext | None] = ContextVar("kitaru_execution", default=None)
+_current_call: ContextVar[CallFrame | None] = ContextVar("kitaru_call", default=None)
+
+
+def current_execution() -> ExecutionContext | None:
+    return _current_exec.get()
+
+
+def current_call() -> CallFrame | None:
+    return _current_call.get()
+
+
+def require_flow(what: str) -> ExecutionContext:
+    ctx = _current_exec.get()
+    if ctx is None:
+        raise KitaruNotInFlowError(
+            f"{what} needs a running flow, and none is running here. Call it from a @flow "
+            "function (or a @checkpoint inside one), started with .run() or .start()."
+        )
+    return ctx
+
+
+@dataclass(slots=True)
+class Call:
+    """One call made by the flow body, with its deterministic identity."""
+
+    call_id: str
+    seq: int
+    name: str
+
+
+@dataclass(slots=True)
+class CallFrame:
+    """What a running checkpoint accumulates; committed atomically with its outcome."""
+
+    call: Call
+    ctx: ExecutionContext
+    records: list[JournalRecord] = field(default_factory=list)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    save_counts: dict[str, int] = field(default_factory=dict)
+
+
+# Outputs remembered to recognise them when passed on to the next checkpoint (lineage, and input
+# fingerprints that need no rehash). Large values are only held while the budget allows.
+_INDEX_BUDGET = 256 * 1024 * 1024
+
+
+class ExecutionContext:
+    """The flow body's view of its execution: what the journal already holds, and new commits."""
+
+    def __init__(self, runtime: Runtime, execution: ExecutionRecord, journal: list[JournalRecord]):
+        self.runtime = runtime
+        self.execution = execution
+        self.exec_id = execution.id
+        self.state = runtime.state
+        self.completed: dict[str, JournalRecord] = {}
+        self.answers: dict[str, JournalRecord] = {}
+        self.opened: dict[str, JournalRecord] = {}
+        self.timed_out: set[str] = set()
+        self.at_seq: dict[int, JournalRecord] = {}
+        self.done_saves: set[str] = set()
+        for r in journal:
+            kind = r.kind
+            if r.seq is not None and r.seq not in self.at_seq:
+                self.at_seq[r.seq] = r
+            if kind == "checkpoint_completed" and r.call_id:
+                self.completed[r.call_id] = r
+            elif kind == "wait_opened" and r.call_id:
+                self.opened[r.call_id] = r
+            elif kind == "wait_answered" and r.call_id:
+                self.answers[r.call_id] = r
+            elif kind == "wait_timed_out" and r.call_id:
+                self.timed_out.add(r.call_id)
+            elif kind == "save" and r.call_id:
+                self.done_saves.add(r.call_id)
+        self.recorded_seq = max(self.at_seq, default=0)
+        self.seq = 0
+        self.counts: dict[str, int] = {}
+        self.suspended_on: list[str] = []
+        self._pending: list[JournalRecord] = []
+        self._pending_metadata: dict[str, Any] = {}
+        self._pending_lock = threading.Lock()
+        self._outputs: dict[int, tuple[str, str, Any, int]] = {}
+        self._outputs_bytes = 0
+        # Concurrency: worker threads for .submit(), tasks for async checkpoints, group commit.
+        self._executor: ThreadPoolExecutor | None = None
+        self._futures: set[Future[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.main_task: asyncio.Task[Any] | None = None
+        self._batch_records: list[JournalRecord] = []
+        self._batch_artifacts: list[ArtifactRecord] = []
+        self._batch_future: asyncio.Future[None] | None = None
+        self._loop_runner: asyncio.Runner | None = None
+
+    # -- identity and replay -------------------------------------------------------------
+
+    @property
+    def replaying(self) -> bool:
+        """True while the body is still re-walking calls the journal already holds."""
+        return self.seq < self.recorded_seq
+
+    def begin_call(self, base: str, name: str, explicit_id: str | None = None) -> Call:
+        """Give the next call its id (``base``, ``base:2``...) and position, and check both against
+        the journal. Runs synchronously at call time, so concurrent calls get ids in call order."""
+        if self.runtime.cancelled(self.exec_id):
+            raise _Cancelled()
+        self.seq += 1
+        seq = self.seq
+        n = self.counts.get(explicit_id or base, 0) + 1
+        self.counts[explicit_id or base] = n
+        if explicit_id is not None:
+            if n > 1:
+                raise KitaruUsageError(
+                    f"checkpoint id {explicit_id!r} was used twice in execution {self.exec_id}; "
+                    "explicit ids must be unique within a flow run."
+                )
+            call_id = explicit_id
+        else:
+            call_id = base if n == 1 else f"{base}:{n}"
+        recorded = self.at_seq.get(seq)
+        if recorded is not None and (recorded.call_id != call_id or recorded.name != name):
+            raise KitaruDivergenceError(
+                f"execution {self.exec_id} diverged from its journal at call #{seq}: the journal "
+                f"recorded {recorded.call_id!r} ({recorded.name}), but the flow now calls "
+                f"{call_id!r} ({name}). The flow's code changed above this point since the "
+                "execution ran. Restore the previous code and run `kitaru executions retry "
+                f"{self.exec_id}`, or start a new execution."
+            )
+        return Call(call_id, seq, name)
+
+    # -- inputs: lineage and fingerprints ---------------------------------------------------
+
+    def remember_output(self, value: Any, artifact: ArtifactRecord) -> None:
+        if value is None or type(value) in (bool, int):
+            return  # small ints and singletons are shared objects: identity means nothing
+        size = artifact.size if artifact.size > INLINE_LIMIT else 0
+        if self._outputs_bytes + size > _INDEX_BUDGET:
+            return
+        self._outputs_bytes += size
+        self._outputs[id(value)] = (artifact.id, artifact.content_hash, value, size)
+
+    def describe_inputs(
+        self, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[str, list[str]]:
+        """A fingerprint of the call's arguments, and the artifacts among them (lineage)."""
+        parts: list[str] = []
+        lineage: list[str] = []
+        for value in args:
+            parts.append(self._describe(value, lineage))
+        for key in sorted(kwargs):
+            parts.append(f"{key}={self._describe(kwargs[key], lineage)}")
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32], lineage
+
+    def _describe(self, value: Any, lineage: list[str]) -> str:
+        known = self._outputs.get(id(value))
+        if known is not None and known[2] is value:
+            lineage.append(known[0])
+            return known[1]
+        return _fingerprint(value)
+
+    def check_inputs(self, call: Call, fingerprint: str) -> None:
+        recorded = self.completed[call.call_id].data or {}
+        before = recorded.get("fp")
+        if before is not None and before != fingerprint:
+            logger.warning(
+                "execution %s: checkpoint %r is replayed from its journal, but its inputs "
+                "changed since it ran; the recorded output is used. Replay from it "
+                "(`kitaru executions replay %s --from %s`) to run it on the new inputs.",
+                self.exec_id,
+                call.call_id,
+                self.exec_id,
+                call.call_id,
+            )
+            self.add_pending(
+                JournalRecord(
+                    kind="input_changed",
+                    call_id=call.call_id,
+                    data={"recorded": before, "now": fingerprint},
+                )
+            )
+
+    # -- commits ----------------------------------------------------------------------------
+
+    def add_pending(self, record: JournalRecord, metadata: dict[str, Any] | None = None) -> None:
+        """Queue a record that rides along with the next commit."""
+        with self._pending_lock:
+            self._pending.append(record)
+            if metadata:
+                self._pending_metadata.update(metadata)
+
+    def commit(
+        self,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        **kw: Any,
+    ) -> None:
+        """Commit records and artifacts (with anything pending) as this execution's runner."""
+        with self._pending_lock:
+            if self._pending:
+                records = [*self._pending, *records]
+                self._pending = []
+            if self._pending_metadata:
+                kw["metadata"] = {**self._pending_metadata, **(kw.get("metadata") or {})}
+                self._pending_metadata = {}
+        self.state.commit(self.exec_id, records, artifacts, owner=self.runtime.owner, **kw)
+
+    async def commit_async(
+        self, records: Sequence[JournalRecord], artifacts: Sequence[ArtifactRecord]
+    ) -> None:
+        """Group commit: everything completing in the same event-loop turn lands in one
+        transaction, which is what makes a thousand concurrent checkpoints cheap."""
+        self._batch_records.extend(records)
+        self._batch_artifacts.extend(artifacts)
+        future = self._batch_future
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._batch_future = loop.create_future()
+            loop.call_soon(self._flush_batch)
+        await future
+
+    def _flush_batch(self) -> None:
+        future, records, artifacts = self._batch_future, self._batch_records, self._batch_artifacts
+        self._batch_future, self._batch_records, self._batch_artifacts = None, [], []
+        assert future is not None
+        try:
+            self.commit(records, artifacts)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    # -- concurrency helpers ----------------------------------------------------------------
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(thread_name_prefix=f"kitaru-{self.exec_id[-6:]}")
+        future = self._executor.submit(fn, *args)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return future
+
+    def run_coroutine(self, coro: Any) -> Any:
+        """Run an async checkpoint to completion from a sync flow body."""
+        if self._loop_runner is None:
+            self._loop_runner = asyncio.Runner()
+        return self._loop_runner.run(coro)
+
+    def drain_threads(self) -> None:
+        """Let in-flight ``.submit()`` checkpoints finish (and record) before the body exits."""
+        while self._futures:
+            for future in list(self._futures):
+                try:
+                    future.exception()
+                except BaseException:  # noqa: S110 - outcome is recorded by the call itself
+                    pass
+                self._futures.discard(future)
+
+    async def drain_tasks(self) -> None:
+        """Let in-flight async checkpoints finish (and record) before the body exits."""
+        while True:
+            pending = {t for t in self.tasks if not t.done() and t is not self.main_task}
+            if not pending:
+                return
+            await asyncio.wait(pending)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._loop_runner is not None:
+            self._loop_runner.close()
+
+
+def _fingerprint(value: Any) -> str:
+    tp = type(value)
+    if tp is str:
+        return "s" + hashlib.sha256(value.encode()).hexdigest()[:24]
+    if tp in (int, float, bool) or value is None:
+        return repr(value)
+    if tp is bytes:
+        return "b" + hashlib.sha256(value).hexdigest()[:24]
+    if (tp is list or tp is dict) and _is_json_native(value):
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return "j" + hashlib.sha256(text.encode()).hexdigest()[:24]
+    dump = getattr(value, "model_dump_json", None)
+    if dump is not None:
+        try:
+            return "m" + hashlib.sha256(dump().encode()).hexdigest()[:24]
+        except Exception:  # noqa: S110 - fall back to the type only
+            pass
+    # Opaque values (clients, handles...) are compared by type only: their bytes are not stable.
+    return f"t:{tp.__module__}.{tp.__qualname__}"
+
+
+def now() -> float:
+    return time.time()

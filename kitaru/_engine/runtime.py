@@ -1,0 +1,188 @@
+"""The process-wide runtime: the open stores, this process's lease identity, and the heartbeat."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kitaru import serialization
+from kitaru._ids import new_id
+from kitaru.config import env_float
+from kitaru.store import ArtifactRecord, ArtifactStore, StateStore
+
+__all__ = ["Runtime", "get_runtime", "set_runtime", "use_runtime"]
+
+#: Serialized values up to this size live inline in the state store; larger ones are
+#: content-addressed blobs in the artifact store.
+INLINE_LIMIT = 64 * 1024
+_BLOB_PREFIX = "blobs/"
+
+
+class Runtime:
+    """Stores plus the machinery every runner in this process shares."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        artifacts: ArtifactStore,
+        *,
+        stack_name: str = "local",
+        lease_ttl: float | None = None,
+        heartbeat_interval: float | None = None,
+    ) -> None:
+        self.state = state
+        self.artifacts = artifacts
+        self.stack_name = stack_name
+        self.lease_ttl = lease_ttl or env_float("KITARU_LEASE_TTL", 30.0)
+        self.heartbeat_interval = heartbeat_interval or env_float("KITARU_HEARTBEAT", 2.0)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self._active: dict[str, int] = {}
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._beat: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._foreign: dict[str, ArtifactStore] = {}
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def track(self, exec_id: str) -> None:
+        """Keep renewing this process's lease on ``exec_id`` until :meth:`untrack`."""
+        with self._lock:
+            self._active[exec_id] = self._active.get(exec_id, 0) + 1
+            self._cancelled.discard(exec_id)
+            if self._beat is None or not self._beat.is_alive():
+                self._stop.clear()
+                self._beat = threading.Thread(
+                    target=self._heartbeat, name="kitaru-heartbeat", daemon=True
+                )
+                self._beat.start()
+
+    def untrack(self, exec_id: str) -> None:
+        with self._lock:
+            left = self._active.get(exec_id, 0) - 1
+            if left <= 0:
+                self._active.pop(exec_id, None)
+            else:
+                self._active[exec_id] = left
+
+    def cancelled(self, exec_id: str) -> bool:
+        """Whether a cancel of ``exec_id`` was seen by the heartbeat (checked at call boundaries)."""
+        return exec_id in self._cancelled
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval):
+            with self._lock:
+                ids = list(self._active)
+            if not ids:
+                continue
+            try:
+                statuses = self.state.renew_leases(self.owner, ids, self.lease_ttl)
+            except Exception:
+                # A store hiccup must not kill the heartbeat; the next beat tries again, and a
+                # lost lease is caught by the owner check on the next commit.
+                continue
+            with self._lock:
+                self._cancelled.update(i for i, s in statuses.items() if s == "cancelled")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.state.close()
+
+    # -- artifacts --------------------------------------------------------------------------
+
+    def make_artifact(
+        self,
+        exec_id: str,
+        *,
+        name: str,
+        version: int,
+        type: str,
+        value: Any,
+        call_id: str | None,
+    ) -> ArtifactRecord:
+        """Serialize ``value`` and write its bytes: inline when small, else as a shared blob."""
+        s = serialization.dumps(value)
+        data = s.data
+        digest = hashlib.sha256(data).hexdigest()
+        inline: bytes | None = data
+        uri = None
+        if len(data) > INLINE_LIMIT:
+            key = f"{_BLOB_PREFIX}{digest[:2]}/{digest}"
+            self.artifacts.put(key, data)
+            inline, uri = None, self.artifacts.uri_for(key)
+        return ArtifactRecord(
+            id=new_id(),
+            exec_id=exec_id,
+            name=name,
+            version=version,
+            type=type,
+            serializer=s.serializer,
+            data_type=s.type_path,
+            content_hash=f"sha256:{digest}",
+            size=len(data),
+            call_id=call_id,
+            created_at=time.time(),
+            inline=inline,
+            uri=uri,
+        )
+
+    def artifact_bytes(self, record: ArtifactRecord) -> bytes:
+        if record.inline is not None:
+            return record.inline
+        assert record.uri is not None, f"artifact {record.id} has neither bytes nor a URI"
+        base, sep, key = record.uri.rpartition("/" + _BLOB_PREFIX)
+        key = _BLOB_PREFIX + key
+        if base == self.artifacts.uri:
+            return self.artifacts.get(key)
+        store = self._foreign.get(base)
+        if store is None:
+            from kitaru.stack import artifact_store_for_uri
+
+            store = self._foreign[base] = artifact_store_for_uri(base)
+        return store.get(key)
+
+    def load_artifact(self, record: ArtifactRecord) -> Any:
+        return serialization.loads(record.serializer, record.data_type, self.artifact_bytes(record))
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, opened from the active stack on first use."""
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                from kitaru.stack import load_stack
+
+                stack = load_stack()
+                _runtime = Runtime(
+                    stack.state_store(), stack.artifact_store(), stack_name=stack.name
+                )
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> Runtime | None:
+    """Replace the process's runtime (None: reopen from the active stack on next use)."""
+    global _runtime
+    with _runtime_lock:
+        previous, _runtime = _runtime, runtime
+    return previous
+
+
+@contextmanager
+def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
+    """Run a block against ``runtime`` (for tests: memory stores, a temporary home...)."""
+    previous = set_runtime(runtime)
+    try:
+        yield runtime
+    finally:
+        set_runtime(previous)

@@ -1,0 +1,393 @@
+"""``KitaruClient``: inspect and steer executions and artifacts from Python (the CLI uses it too)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kitaru.errors import (
+    KitaruError,
+    KitaruNotFoundError,
+    KitaruStateError,
+    KitaruUsageError,
+)
+from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
+
+__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "Wait"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointCall:
+    """One checkpoint call of an execution, folded from its journal records."""
+
+    call_id: str
+    function: str
+    status: str
+    """``completed``, ``failed`` (no attempt left), ``retrying``, or ``running``."""
+    attempts: int
+    output_artifact: str | None
+    started_at: float | None
+    ended_at: float | None
+    error: str | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A wait of an execution."""
+
+    name: str
+    question: str | None
+    schema: str
+    status: str
+    """``open``, ``answered`` or ``timed_out``."""
+    answer_artifact: str | None
+    metadata: dict[str, Any]
+    deadline: float | None
+    schema_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """An execution as people see it: status, checkpoints, waits and metadata."""
+
+    id: str
+    flow: str
+    status: str
+    created_at: float
+    updated_at: float
+    target: str
+    error: str | None
+    original_exec_id: str | None
+    metadata: dict[str, Any]
+    checkpoints: tuple[CheckpointCall, ...] = ()
+    waits: tuple[Wait, ...] = ()
+    result_artifact: str | None = None
+
+    @property
+    def open_waits(self) -> list[Wait]:
+        return [w for w in self.waits if w.status == "open"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A stored artifact; ``load()`` gives the value back with its type."""
+
+    id: str
+    exec_id: str
+    name: str
+    version: int
+    type: str
+    serializer: str
+    data_type: str
+    content_hash: str
+    size: int
+    call_id: str | None
+    created_at: float
+    uri: str | None
+    _record: ArtifactRecord = field(repr=False, compare=False)
+    _client: KitaruClient = field(repr=False, compare=False)
+
+    def load(self) -> Any:
+        return self._client._runtime.load_artifact(self._record)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
+
+
+def fold_journal(
+    journal: list[JournalRecord],
+) -> tuple[list[CheckpointCall], list[Wait], dict[str, Any]]:
+    """Fold an execution's journal into its checkpoint calls, waits and flow-level metadata."""
+    calls: dict[str, dict[str, Any]] = {}
+    waits: dict[str, dict[str, Any]] = {}
+    flow_meta: dict[str, Any] = {}
+    for r in journal:
+        if r.kind.startswith("checkpoint_") and r.call_id:
+            c = calls.setdefault(
+                r.call_id,
+                {"function": r.name, "attempts": 0, "started_at": r.ts, "metadata": {},
+                 "status": "running", "output": None, "error": None, "ended_at": None},
+            )
+            if r.kind == "checkpoint_started":
+                c["attempts"] = max(c["attempts"], r.attempt or 1)
+                c["status"] = "running"
+            elif r.kind == "checkpoint_completed":
+                c.update(status="completed", output=r.artifact_id, ended_at=r.ts)
+            elif r.kind == "checkpoint_failed":
+                data = r.data or {}
+                c.update(
+                    status="retrying" if data.get("will_retry") else "failed",
+                    error=data.get("error"),
+                    ended_at=r.ts,
+                )
+        elif r.kind == "log":
+            if r.call_id and r.call_id in calls:
+                calls[r.call_id]["metadata"].update(r.data or {})
+            elif not r.call_id:
+                flow_meta.update(r.data or {})
+        elif r.kind == "wait_opened" and r.call_id:
+            d = r.data or {}
+            waits[r.call_id] = {
+                "question": d.get("question"), "schema": d.get("schema_text", "any JSON value"),
+                "status": "open", "answer": None, "metadata": d.get("metadata") or {},
+                "deadline": d.get("deadline"), "schema_ref": d.get("schema"),
+            }
+        elif r.kind == "wait_answered" and r.call_id in waits:
+            waits[r.call_id].update(status="answered", answer=r.artifact_id)
+        elif r.kind == "wait_timed_out" and r.call_id in waits:
+            waits[r.call_id]["status"] = "timed_out"
+    checkpoint_calls = [
+        CheckpointCall(
+            call_id=cid, function=c["function"] or "", status=c["status"], attempts=c["attempts"],
+            output_artifact=c["output"], started_at=c["started_at"], ended_at=c["ended_at"],
+            error=c["error"], metadata=c["metadata"],
+        )
+        for cid, c in calls.items()
+    ]
+    wait_list = [
+        Wait(name=wid, question=w["question"], schema=w["schema"], status=w["status"],
+             answer_artifact=w["answer"], metadata=w["metadata"], deadline=w["deadline"],
+             schema_ref=w["schema_ref"])
+        for wid, w in waits.items()
+    ]
+    return checkpoint_calls, wait_list, flow_meta
+
+
+class _Executions:
+    def __init__(self, client: KitaruClient) -> None:
+        self._client = client
+
+    @property
+    def _state(self) -> Any:
+        return self._client._runtime.state
+
+    def resolve(self, exec_id: str) -> str:
+        """The full id for an id or a unique prefix of one."""
+        if self._state.get_execution(exec_id) is not None:
+            return exec_id
+        matches = self._state.match_execution_ids(exec_id, limit=5) if exec_id else []
+        if len(matches) == 1:
+            return str(matches[0])
+        if not matches:
+            raise KitaruNotFoundError(
+                f"no execution {exec_id!r}. List executions with `kitaru executions list`."
+            )
+        raise KitaruUsageError(
+            f"{exec_id!r} matches several executions ({', '.join(matches)}); give more of the id."
+        )
+
+    def _record(self, exec_id: str) -> ExecutionRecord:
+        record = self._state.get_execution(self.resolve(exec_id))
+        assert record is not None
+        return record  # type: ignore[no-any-return]
+
+    def get(self, exec_id: str) -> Execution:
+        """An execution with its checkpoints, waits and metadata."""
+        record = self._record(exec_id)
+        calls, waits, flow_meta = fold_journal(self._state.read_journal(record.id))
+        return _execution_view(record, calls, waits, flow_meta)
+
+    def list(
+        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Execution]:
+        """Executions, newest first (summaries: without checkpoints and waits)."""
+        records = self._state.list_executions(flow=flow, status=status, limit=limit)
+        return [_execution_view(r, [], [], {}) for r in records]
+
+    def input(
+        self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True
+    ) -> Any:
+        """Answer an open wait; with ``resume`` the flow continues in this process.
+
+        The answer is validated against the wait's schema first: a bad one raises
+        :class:`~kitaru.errors.KitaruWaitValidationError` and leaves the wait open. Returns a
+        :class:`~kitaru.FlowHandle` of the execution.
+        """
+        from kitaru._engine.flow import FlowHandle, load_flow
+        from kitaru._engine.waits import resolve_schema, validate_answer
+
+        runtime = self._client._runtime
+        execution = self.get(exec_id)
+        chosen = _choose_wait(execution, wait)
+        flow_obj = None
+        flow_module = None
+        try:
+            flow_obj = load_flow(execution.target, self._record(execution.id).sys_path)
+            import sys
+
+            flow_module = sys.modules.get(flow_obj.fn.__module__)
+        except KitaruError:
+            if resume:
+                raise
+        try:
+            schema = resolve_schema(chosen.schema_ref, flow_module)
+        except Exception as exc:
+            raise KitaruUsageError(
+                f"cannot rebuild the schema of wait {chosen.name!r} ({chosen.schema}): {exc}. "
+                "Answer from an environment where the flow's code is importable."
+            ) from exc
+        value = validate_answer(
+            schema, value,
+            where=f"wait {chosen.name!r} of execution {execution.id}",
+            fix=f"answer again with `kitaru executions input {execution.id} --value JSON`.",
+        )
+        artifact = runtime.make_artifact(
+            execution.id, name=chosen.name, version=1, type="answer", value=value,
+            call_id=chosen.name,
+        )
+        record = JournalRecord(
+            kind="wait_answered", call_id=chosen.name, artifact_id=artifact.id, ts=time.time()
+        )
+        took = self._state.answer_wait(
+            execution.id, record, artifact, owner=runtime.owner, ttl=runtime.lease_ttl,
+            take_lease=resume,
+        )
+        if not took or flow_obj is None:
+            return FlowHandle(execution.id, runtime)
+        leased = self._state.get_execution(execution.id)
+        return self._drive(flow_obj, leased)
+
+    def _drive(self, flow_obj: Any, record: ExecutionRecord) -> Any:
+        from kitaru._engine.flow import FlowHandle
+
+        runtime = self._client._runtime
+        args, kwargs = flow_obj.inputs_of(runtime, record.id)
+        outcome = flow_obj.drive(runtime, record, args, kwargs)
+        if isinstance(outcome.error, KitaruError):
+            raise outcome.error
+        return FlowHandle(record.id, runtime, outcome)
+
+    def _take_over(self, exec_id: str, allowed: set[str]) -> Any:
+        from kitaru._engine.flow import load_flow
+
+        runtime = self._client._runtime
+        record = self._record(exec_id)
+        if record.status not in allowed:
+            hint = {
+                "completed": "it is done; its result is in `kitaru executions get " + record.id + "`",
+                "cancelled": "a cancelled execution does not run again",
+                "failed": f"continue it with `kitaru executions retry {record.id}`",
+                "waiting": f"answer its wait with `kitaru executions input {record.id} --value JSON`",
+                "running": f"resume it with `kitaru executions resume {record.id}`",
+            }.get(record.status, "")
+            raise KitaruStateError(f"execution {record.id} is {record.status}: {hint}.")
+        flow_obj = load_flow(record.target, record.sys_path)
+        leased = self._state.acquire_lease(
+            record.id, runtime.owner, runtime.lease_ttl, allowed_statuses=allowed
+        )
+        return self._drive(flow_obj, leased)
+
+    def resume(self, exec_id: str) -> Any:
+        """Drive an interrupted (``running`` with a dead runner) or ``waiting`` execution on from
+        its journal, in this process. A waiting one suspends again unless its wait was answered
+        or timed out."""
+        return self._take_over(exec_id, {"running", "waiting"})
+
+    def retry(self, exec_id: str) -> Any:
+        """Continue a ``failed`` execution in place, reusing its completed checkpoints."""
+        return self._take_over(exec_id, {"failed"})
+
+    def cancel(self, exec_id: str) -> Execution:
+        """Cancel a running or waiting execution. A running one stops at its next checkpoint."""
+        self._state.cancel(self.resolve(exec_id))
+        return self.get(exec_id)
+
+
+class _Artifacts:
+    def __init__(self, client: KitaruClient) -> None:
+        self._client = client
+
+    def _view(self, r: ArtifactRecord) -> Artifact:
+        return Artifact(
+            id=r.id, exec_id=r.exec_id, name=r.name, version=r.version, type=r.type,
+            serializer=r.serializer, data_type=r.data_type, content_hash=r.content_hash,
+            size=r.size, call_id=r.call_id, created_at=r.created_at, uri=r.uri, _record=r,
+            _client=self._client,
+        )
+
+    def list(
+        self, exec_id: str, *, name: str | None = None, type: str | None = None
+    ) -> list[Artifact]:
+        """An execution's artifacts, in creation order."""
+        full = self._client.executions.resolve(exec_id)
+        state = self._client._runtime.state
+        return [self._view(r) for r in state.list_artifacts(full, name=name, type=type)]
+
+    def get(self, artifact_id: str) -> Artifact:
+        """One artifact by id; ``.load()`` returns its value."""
+        record = self._client._runtime.state.get_artifact(artifact_id)
+        if record is None:
+            raise KitaruNotFoundError(
+                f"no artifact {artifact_id!r}. List an execution's artifacts with "
+                "`kitaru artifacts list <exec_id>`."
+            )
+        return self._view(record)
+
+
+class KitaruClient:
+    """Entry point for inspecting and steering executions: ``.executions`` and ``.artifacts``."""
+
+    def __init__(self, runtime: Any = None) -> None:
+        self._explicit = runtime
+        self.executions = _Executions(self)
+        self.artifacts = _Artifacts(self)
+
+    @property
+    def _runtime(self) -> Any:
+        if self._explicit is not None:
+            return self._explicit
+        from kitaru._engine.runtime import get_runtime
+
+        return get_runtime()
+
+
+def _execution_view(
+    r: ExecutionRecord, calls: list[CheckpointCall], waits: list[Wait], flow_meta: dict[str, Any]
+) -> Execution:
+    return Execution(
+        id=r.id, flow=r.flow, status=r.status, created_at=r.created_at, updated_at=r.updated_at,
+        target=r.target, error=r.error, original_exec_id=r.original_exec_id,
+        metadata={**r.metadata, **flow_meta}, checkpoints=tuple(calls), waits=tuple(waits),
+        result_artifact=r.result_artifact,
+    )
+
+
+def _choose_wait(execution: Execution, name: str | None) -> Wait:
+    open_waits = execution.open_waits
+    if name is not None:
+        for w in execution.waits:
+            if w.name == name:
+                if w.status != "open":
+                    raise KitaruStateError(
+                        f"wait {name!r} of execution {execution.id} is {w.status.replace('_', ' ')}"
+                        "; it takes no other answer."
+                    )
+                return w
+        raise KitaruNotFoundError(
+            f"execution {execution.id} has no wait {name!r}; open waits: "
+            f"{', '.join(w.name for w in open_waits) or 'none'}."
+        )
+    if execution.status in {"completed", "failed", "cancelled"}:
+        raise KitaruStateError(
+            f"execution {execution.id} is {execution.status}: it has no open wait to answer."
+        )
+    if not open_waits:
+        raise KitaruStateError(
+            f"execution {execution.id} ({execution.status}) has no open wait to answer yet."
+        )
+    if len(open_waits) > 1:
+        raise KitaruUsageError(
+            f"execution {execution.id} has several open waits "
+            f"({', '.join(w.name for w in open_waits)}); choose one with --wait NAME."
+        )
+    return open_waits[0]
+
+
+def dumps_json(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)

@@ -1,0 +1,139 @@
+"""kitaru's errors: one tree, rooted at :class:`KitaruError`.
+
+Every message says what happened, why, and the next thing to run::
+
+    KitaruError
+    ├── KitaruUsageError            the API was called in a way that cannot work
+    │   └── KitaruNotInFlowError    a flow-only call was made outside a running flow
+    ├── KitaruConfigError           a setting, stack or plugin is missing or wrong
+    │   └── KitaruMissingDependencyError   an optional extra is not installed
+    ├── KitaruSerializationError    a value cannot be stored or loaded back
+    ├── KitaruStoreError            the state or artifact store failed
+    │   ├── KitaruConflictError     a create-only write met an existing, different record
+    │   └── KitaruLeaseError        another runner drives the execution
+    ├── KitaruNotFoundError         no execution, wait or artifact has that id
+    ├── KitaruStateError            the operation does not fit the execution's state
+    ├── KitaruDivergenceError       the flow's code no longer matches its journal
+    ├── KitaruWaitValidationError   a wait answer does not match the wait's schema
+    ├── KitaruWaitTimeoutError      a wait's timeout passed without an answer
+    ├── KitaruTimeoutError          waiting on a handle took longer than asked
+    └── KitaruExecutionError        an execution failed or was cancelled
+        └── KitaruExecutionCancelledError
+
+Control flow that must unwind a flow body (suspension on a wait, cancellation) uses private
+``BaseException`` subclasses in ``kitaru._engine``, so a user's ``except Exception:`` cannot swallow it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KitaruConfigError",
+    "KitaruConflictError",
+    "KitaruDivergenceError",
+    "KitaruError",
+    "KitaruExecutionCancelledError",
+    "KitaruExecutionError",
+    "KitaruLeaseError",
+    "KitaruMissingDependencyError",
+    "KitaruNotFoundError",
+    "KitaruNotInFlowError",
+    "KitaruSerializationError",
+    "KitaruStateError",
+    "KitaruStoreError",
+    "KitaruTimeoutError",
+    "KitaruUsageError",
+    "KitaruWaitTimeoutError",
+    "KitaruWaitValidationError",
+]
+
+
+class KitaruError(Exception):
+    """Raised for every error kitaru itself reports; catch this to catch them all.
+
+    ``exit_code`` is what the CLI exits with when the error reaches it.
+    """
+
+    exit_code = 1
+
+
+class KitaruUsageError(KitaruError):
+    """Raised when the API is called in a way that cannot work."""
+
+    exit_code = 2
+
+
+class KitaruNotInFlowError(KitaruUsageError):
+    """Raised when a call that needs a running flow is made outside one."""
+
+
+class KitaruConfigError(KitaruError):
+    """Raised when a setting, stack or plugin is missing or invalid."""
+
+    exit_code = 3
+
+
+class KitaruMissingDependencyError(KitaruConfigError, ImportError):
+    """Raised when an optional dependency is needed but its extra is not installed."""
+
+
+class KitaruSerializationError(KitaruError):
+    """Raised when a value cannot be serialized, or stored bytes cannot be loaded back."""
+
+
+class KitaruStoreError(KitaruError):
+    """Raised when the state store or artifact store fails."""
+
+    exit_code = 4
+
+
+class KitaruConflictError(KitaruStoreError):
+    """Raised when a create-only write finds a different record already there."""
+
+
+class KitaruLeaseError(KitaruStoreError):
+    """Raised when another live runner holds the execution's lease."""
+
+
+class KitaruNotFoundError(KitaruError):
+    """Raised when no execution, wait or artifact matches the id given."""
+
+    exit_code = 5
+
+
+class KitaruStateError(KitaruError):
+    """Raised when an operation does not fit the execution's current state."""
+
+    exit_code = 6
+
+
+class KitaruDivergenceError(KitaruError):
+    """Raised when a resumed flow calls something other than what its journal recorded."""
+
+    exit_code = 7
+
+
+class KitaruWaitValidationError(KitaruError):
+    """Raised when a wait's answer does not validate against the wait's schema."""
+
+    exit_code = 8
+
+
+class KitaruWaitTimeoutError(KitaruError):
+    """Raised inside a flow when a wait's timeout passed with no answer."""
+
+
+class KitaruTimeoutError(KitaruError):
+    """Raised when waiting on a flow handle takes longer than the timeout given."""
+
+
+class KitaruExecutionError(KitaruError):
+    """Raised when a handle's execution failed; ``error`` holds the recorded failure."""
+
+    def __init__(self, message: str, *, exec_id: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.exec_id = exec_id
+        self.error = error
+
+
+class KitaruExecutionCancelledError(KitaruExecutionError):
+    """Raised when a handle's execution was cancelled."""

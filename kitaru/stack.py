@@ -1,0 +1,89 @@
+"""Stacks: where flows run and where their state and artifacts live.
+
+Stack types and artifact stores are plugins, discovered through entry points with stevedore:
+``kitaru.stacks`` (stack types, e.g. ``local``) and ``kitaru.artifact_stores`` (by URI scheme, e.g.
+``file``). The core imports none of them by name; the embedded default ships as the
+``kitaru-stack-local`` distribution, registered through the same entry points as any third party.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol, runtime_checkable
+
+from kitaru.errors import KitaruConfigError
+from kitaru.store import ArtifactStore, StateStore
+
+__all__ = ["STACK_NAMESPACE", "ARTIFACT_STORE_NAMESPACE", "Stack", "active_stack_name", "load_stack", "artifact_store_for_uri"]
+
+STACK_NAMESPACE = "kitaru.stacks"
+ARTIFACT_STORE_NAMESPACE = "kitaru.artifact_stores"
+
+
+@runtime_checkable
+class Stack(Protocol):
+    """A configured stack. ``state_store`` and ``artifact_store`` are opened once per process."""
+
+    name: str
+
+    def state_store(self) -> StateStore:
+        """The store of executions, journals and the artifact index."""
+        ...
+
+    def artifact_store(self) -> ArtifactStore:
+        """The store of artifact bytes."""
+        ...
+
+
+def active_stack_name() -> str:
+    """The stack flows use: ``$KITARU_STACK``, else ``local``."""
+    return os.environ.get("KITARU_STACK", "").strip() or "local"
+
+
+def _installed(namespace: str) -> list[str]:
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group=namespace)})
+
+
+def load_stack(name: str | None = None, **options: Any) -> Stack:
+    """Load the stack plugin ``name`` (default: the active stack) with stevedore."""
+    name = name or active_stack_name()
+    from stevedore import driver
+    from stevedore.exception import NoMatches
+
+    try:
+        manager = driver.DriverManager(
+            namespace=STACK_NAMESPACE,
+            name=name,
+            invoke_on_load=True,
+            invoke_kwds={"name": name, **options},
+        )
+    except NoMatches:
+        installed = ", ".join(_installed(STACK_NAMESPACE)) or "none"
+        raise KitaruConfigError(
+            f"unknown stack type {name!r}; installed stack types: {installed}. Install the plugin "
+            f"(e.g. `pip install kitaru[{name}]`) or set KITARU_STACK to an installed one."
+        ) from None
+    stack: Stack = manager.driver
+    return stack
+
+
+def artifact_store_for_uri(uri: str) -> ArtifactStore:
+    """Open the artifact store that holds ``uri``, chosen by its scheme (``file``, ``s3``...)."""
+    scheme = uri.partition("://")[0]
+    from stevedore import driver
+    from stevedore.exception import NoMatches
+
+    try:
+        manager = driver.DriverManager(
+            namespace=ARTIFACT_STORE_NAMESPACE, name=scheme, invoke_on_load=True, invoke_args=(uri,)
+        )
+    except NoMatches:
+        installed = ", ".join(_installed(ARTIFACT_STORE_NAMESPACE)) or "none"
+        raise KitaruConfigError(
+            f"no artifact store plugin for {scheme}:// URIs (installed: {installed}). Install the "
+            f"stack that provides it, e.g. `pip install kitaru[{scheme}]`."
+        ) from None
+    store: ArtifactStore = manager.driver
+    return store

@@ -1,0 +1,264 @@
+"""Storage contracts: the :class:`StateStore` and :class:`ArtifactStore` protocols and their records.
+
+A state store keeps executions, their journals, leases and the artifact index; an artifact store keeps
+bytes by key. Implementations: ``sqlite`` (embedded default) and ``memory`` state stores, ``filesystem``
+and ``memory`` artifact stores. Each runs the shared conformance suite in
+:mod:`kitaru.store.conformance`.
+
+Both protocols are synchronous on purpose: the embedded SQLite commit (~27 µs) is cheaper than any
+hop to another thread or event loop, and it is the hot path of every checkpoint. A store backed by an
+async driver runs its own loop privately and exposes these same calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "TERMINAL_STATUSES",
+    "ArtifactRecord",
+    "ArtifactStore",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "JournalRecord",
+    "StateStore",
+]
+
+ExecutionStatus = Literal["running", "waiting", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "waiting"})
+
+#: Journal record kinds that may exist at most once per (execution, call id). Stores enforce this:
+#: it is what makes a completed checkpoint or an answered wait impossible to record twice.
+ONCE_ONLY_KINDS: frozenset[str] = frozenset(
+    {"checkpoint_completed", "wait_opened", "wait_answered", "wait_timed_out", "save"}
+)
+
+
+@dataclass(slots=True)
+class ExecutionRecord:
+    """One run of a flow."""
+
+    id: str
+    flow: str
+    target: str
+    """Import target of the flow: ``module:qualname``, or ``/abs/script.py:qualname`` for scripts."""
+    sys_path: str | None
+    """Directory to put on ``sys.path`` so ``target`` imports from any working directory."""
+    status: str
+    created_at: float
+    updated_at: float
+    error: str | None = None
+    result_artifact: str | None = None
+    original_exec_id: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class JournalRecord:
+    """One entry of an execution's append-only journal."""
+
+    kind: str
+    call_id: str | None = None
+    seq: int | None = None
+    """Position of the call in program order (1, 2, ...); what divergence checks compare."""
+    name: str | None = None
+    """The checkpoint function's qualified name, or the wait's name."""
+    attempt: int | None = None
+    artifact_id: str | None = None
+    data: dict[str, Any] | None = None
+    ts: float = 0.0
+    id: int | None = None
+    """Assigned by the store; orders records within an execution."""
+
+
+@dataclass(slots=True)
+class ArtifactRecord:
+    """A typed, versioned value tied to the execution and call that produced it."""
+
+    id: str
+    exec_id: str
+    name: str
+    version: int
+    type: str
+    """What the artifact is for: ``output``, ``input``, ``result``, ``answer``, ``save``..."""
+    serializer: str
+    data_type: str
+    content_hash: str
+    size: int
+    call_id: str | None
+    created_at: float
+    inline: bytes | None = None
+    """The bytes themselves when small; otherwise ``uri`` points into an artifact store."""
+    uri: str | None = None
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Executions, journals, leases and the artifact index.
+
+    Duties every implementation keeps (the conformance suite checks each):
+
+    - ``commit`` is atomic: its records, artifacts and status change all land or none do.
+    - A record of a kind in ``ONCE_ONLY_KINDS`` exists at most once per (execution, call id); a second
+      one raises :class:`~kitaru.errors.KitaruConflictError` and the whole commit is rolled back.
+    - When ``owner`` is given, a commit succeeds only while ``owner`` holds the execution's lease;
+      otherwise it raises :class:`~kitaru.errors.KitaruLeaseError` and writes nothing.
+    - Journal records come back in the order they were committed.
+    - Safe to call from several threads, and from several processes on the same database.
+    """
+
+    def create_execution(
+        self, execution: ExecutionRecord, artifacts: Sequence[ArtifactRecord]
+    ) -> tuple[ExecutionRecord, bool]:
+        """Insert ``execution`` with its input artifacts, unless its id exists already.
+
+        Returns the stored record and whether it was created by this call (idempotent starts).
+        """
+        ...
+
+    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+        """The execution with exactly this id, or None."""
+        ...
+
+    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids starting with ``prefix`` (to resolve the short ids people type)."""
+        ...
+
+    def list_executions(
+        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[ExecutionRecord]:
+        """Newest first."""
+        ...
+
+    def acquire_lease(
+        self,
+        exec_id: str,
+        owner: str,
+        ttl: float,
+        *,
+        allowed_statuses: Iterable[str],
+        set_status: str | None = "running",
+    ) -> ExecutionRecord:
+        """Make ``owner`` the runner of the execution.
+
+        Succeeds when nobody holds the lease, the lease expired, its holder is ``owner``, or its holder
+        is a process on this host that no longer exists. Raises KitaruLeaseError otherwise,
+        KitaruStateError when the status is not in ``allowed_statuses``, KitaruNotFoundError when the
+        execution does not exist.
+        """
+        ...
+
+    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+        """Extend ``owner``'s leases; returns each execution's current status (to see cancels)."""
+        ...
+
+    def commit(
+        self,
+        exec_id: str,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        result_artifact: str | None = None,
+        release_lease: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Append records and artifacts, and optionally change the execution's status, atomically."""
+        ...
+
+    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+        """Mark the execution ``waiting`` and release the lease, unless a wait in ``waiting_on``
+        was answered meanwhile (then nothing changes and False is returned: keep running)."""
+        ...
+
+    def answer_wait(
+        self,
+        exec_id: str,
+        record: JournalRecord,
+        artifact: ArtifactRecord,
+        *,
+        owner: str,
+        ttl: float,
+        take_lease: bool,
+    ) -> bool:
+        """Record a wait's answer. The wait must be open (KitaruStateError otherwise).
+
+        With ``take_lease``, a ``waiting`` execution whose lease is free moves to ``running`` under
+        ``owner`` in the same transaction and True is returned: the caller resumes it.
+        """
+        ...
+
+    def cancel(self, exec_id: str) -> ExecutionRecord:
+        """Cancel a running or waiting execution (KitaruStateError when it already finished)."""
+        ...
+
+    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+        """All of an execution's records, in commit order."""
+        ...
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        """The artifact with this id, or None."""
+        ...
+
+    def list_artifacts(
+        self, exec_id: str, *, name: str | None = None, type: str | None = None
+    ) -> list[ArtifactRecord]:
+        """An execution's artifacts in creation order, optionally filtered."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Bytes by key, written once.
+
+    Duties: ``put`` never overwrites a *different* blob under an existing key (writing the same bytes
+    again is fine, that is how content-addressed blobs are shared); a reader never sees a partial blob;
+    ``open`` streams in bounded chunks. Keys are ``/``-separated relative paths.
+    """
+
+    uri: str
+    """Base URI of the store (``file:///...``, ``s3://bucket/prefix``); ``uri_for`` builds on it."""
+
+    def uri_for(self, key: str) -> str:
+        """The full URI of ``key`` in this store."""
+        ...
+
+    def put(self, key: str, data: bytes) -> None:
+        """Create ``key`` with ``data`` (KitaruConflictError if it holds different bytes)."""
+        ...
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Create ``key`` from chunks without holding them all in memory."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The bytes under ``key`` (KitaruNotFoundError if absent)."""
+        ...
+
+    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the bytes under ``key``."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; absent keys are not an error."""
+        ...

@@ -1,0 +1,296 @@
+"""In-memory stores, for tests and throwaway runs. Nothing survives the process."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from kitaru.errors import (
+    KitaruConflictError,
+    KitaruLeaseError,
+    KitaruNotFoundError,
+    KitaruStateError,
+)
+from kitaru.store import (
+    ONCE_ONLY_KINDS,
+    TERMINAL_STATUSES,
+    ArtifactRecord,
+    ExecutionRecord,
+    JournalRecord,
+)
+from kitaru.store.sqlite import lease_holder_alive
+
+__all__ = ["MemoryArtifactStore", "MemoryStateStore"]
+
+
+class MemoryStateStore:
+    """A :class:`~kitaru.store.StateStore` in dictionaries, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._executions: dict[str, ExecutionRecord] = {}
+        self._journal: dict[str, list[JournalRecord]] = {}
+        self._once: set[tuple[str, str, str | None]] = set()
+        self._artifacts: dict[str, ArtifactRecord] = {}
+        self._next_id = 1
+
+    def _get(self, exec_id: str) -> ExecutionRecord:
+        try:
+            return self._executions[exec_id]
+        except KeyError:
+            raise KitaruNotFoundError(f"no execution {exec_id!r}") from None
+
+    def _append(self, exec_id: str, records: Sequence[JournalRecord]) -> None:
+        keys = [(exec_id, r.kind, r.call_id) for r in records if r.kind in ONCE_ONLY_KINDS]
+        if len(set(keys)) != len(keys) or self._once.intersection(keys):
+            raise KitaruConflictError(
+                f"execution {exec_id}: a record already exists for this call; another runner "
+                "completed it first."
+            )
+        self._once.update(keys)
+        journal = self._journal.setdefault(exec_id, [])
+        now = time.time()
+        for r in records:
+            stored = copy.copy(r)
+            stored.id, stored.ts = self._next_id, r.ts or now
+            self._next_id += 1
+            journal.append(stored)
+
+    def create_execution(
+        self, execution: ExecutionRecord, artifacts: Sequence[ArtifactRecord]
+    ) -> tuple[ExecutionRecord, bool]:
+        with self._lock:
+            if execution.id in self._executions:
+                return copy.deepcopy(self._executions[execution.id]), False
+            self._executions[execution.id] = copy.deepcopy(execution)
+            for a in artifacts:
+                self._artifacts[a.id] = a
+        return execution, True
+
+    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+        with self._lock:
+            e = self._executions.get(exec_id)
+            return copy.deepcopy(e) if e else None
+
+    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        with self._lock:
+            return sorted(i for i in self._executions if i.startswith(prefix))[:limit]
+
+    def list_executions(
+        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[ExecutionRecord]:
+        with self._lock:
+            found = [
+                copy.deepcopy(e)
+                for e in self._executions.values()
+                if (flow is None or e.flow == flow) and (status is None or e.status == status)
+            ]
+        return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
+
+    def acquire_lease(
+        self,
+        exec_id: str,
+        owner: str,
+        ttl: float,
+        *,
+        allowed_statuses: Iterable[str],
+        set_status: str | None = "running",
+    ) -> ExecutionRecord:
+        allowed = set(allowed_statuses)
+        now = time.time()
+        with self._lock:
+            e = self._get(exec_id)
+            if e.status not in allowed:
+                raise KitaruStateError(
+                    f"execution {exec_id} is {e.status}; this needs it to be "
+                    f"{' or '.join(sorted(allowed))}."
+                )
+            if (
+                e.lease_owner not in (None, owner)
+                and (e.lease_expires_at or 0) > now
+                and lease_holder_alive(e.lease_owner or "")
+            ):
+                raise KitaruLeaseError(f"execution {exec_id} is being driven by {e.lease_owner}")
+            e.lease_owner, e.lease_expires_at = owner, now + ttl
+            e.status = set_status or e.status
+            e.updated_at = now
+            return copy.deepcopy(e)
+
+    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+        with self._lock:
+            out = {}
+            for i in exec_ids:
+                e = self._executions.get(i)
+                if e is None:
+                    continue
+                if e.lease_owner == owner:
+                    e.lease_expires_at = time.time() + ttl
+                out[i] = e.status
+            return out
+
+    def commit(
+        self,
+        exec_id: str,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        result_artifact: str | None = None,
+        release_lease: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        with self._lock:
+            e = self._get(exec_id)
+            if owner is not None and e.lease_owner != owner:
+                raise KitaruLeaseError(
+                    f"execution {exec_id} is now driven by {e.lease_owner or 'nobody'}"
+                )
+            self._append(exec_id, records)
+            for a in artifacts:
+                self._artifacts[a.id] = a
+            if metadata:
+                e.metadata = {**e.metadata, **metadata}
+            if status is not None:
+                e.status, e.error = status, error
+            if result_artifact is not None:
+                e.result_artifact = result_artifact
+            if release_lease:
+                e.lease_owner = e.lease_expires_at = None
+            e.updated_at = time.time()
+
+    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+        with self._lock:
+            e = self._get(exec_id)
+            if e.lease_owner != owner:
+                raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner}")
+            if any((exec_id, "wait_answered", c) in self._once for c in waiting_on):
+                return False
+            e.status, e.lease_owner, e.lease_expires_at = "waiting", None, None
+            e.updated_at = time.time()
+            return True
+
+    def answer_wait(
+        self,
+        exec_id: str,
+        record: JournalRecord,
+        artifact: ArtifactRecord,
+        *,
+        owner: str,
+        ttl: float,
+        take_lease: bool,
+    ) -> bool:
+        now = time.time()
+        with self._lock:
+            e = self._get(exec_id)
+            if e.status in TERMINAL_STATUSES:
+                raise KitaruStateError(
+                    f"execution {exec_id} is {e.status}: its waits are closed and take no answers."
+                )
+            if (exec_id, "wait_opened", record.call_id) not in self._once:
+                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
+            for kind, word in (("wait_answered", "answered"), ("wait_timed_out", "timed out")):
+                if (exec_id, kind, record.call_id) in self._once:
+                    raise KitaruStateError(
+                        f"wait {record.call_id!r} of execution {exec_id} is already {word}; "
+                        "it takes no other answer."
+                    )
+            self._append(exec_id, [record])
+            self._artifacts[artifact.id] = artifact
+            lease_free = (
+                e.lease_owner is None
+                or (e.lease_expires_at or 0) <= now
+                or not lease_holder_alive(e.lease_owner)
+            )
+            if take_lease and e.status == "waiting" and lease_free:
+                e.status, e.lease_owner, e.lease_expires_at = "running", owner, now + ttl
+                return True
+            return False
+
+    def cancel(self, exec_id: str) -> ExecutionRecord:
+        with self._lock:
+            e = self._get(exec_id)
+            if e.status in TERMINAL_STATUSES:
+                raise KitaruStateError(
+                    f"execution {exec_id} is already {e.status}; only running or waiting "
+                    "executions can be cancelled."
+                )
+            if e.status == "waiting":
+                e.lease_owner = None
+            e.status = "cancelled"
+            self._append(exec_id, [JournalRecord(kind="cancel_requested")])
+            return copy.deepcopy(e)
+
+    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+        with self._lock:
+            return [copy.copy(r) for r in self._journal.get(exec_id, [])]
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        with self._lock:
+            return self._artifacts.get(artifact_id)
+
+    def list_artifacts(
+        self, exec_id: str, *, name: str | None = None, type: str | None = None
+    ) -> list[ArtifactRecord]:
+        with self._lock:
+            return [
+                a
+                for a in self._artifacts.values()
+                if a.exec_id == exec_id
+                and (name is None or a.name == name)
+                and (type is None or a.type == type)
+            ]
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryArtifactStore:
+    """An :class:`~kitaru.store.ArtifactStore` in a dictionary."""
+
+    def __init__(self, name: str = "default") -> None:
+        self.uri = f"memory://{name}"
+        self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def uri_for(self, key: str) -> str:
+        return f"{self.uri}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            existing = self._blobs.get(key)
+            if existing is not None and existing != data:
+                raise KitaruConflictError(
+                    f"artifact {key!r} already holds different bytes; artifacts are written once."
+                )
+            self._blobs[key] = bytes(data)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        self.put(key, b"".join(chunks))
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._blobs[key]
+        except KeyError:
+            raise KitaruNotFoundError(f"no artifact blob {key!r} in {self.uri}") from None
+
+    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        data = self.get(key)
+        for i in range(0, len(data), chunk_size):
+            yield data[i : i + chunk_size]
+
+    def exists(self, key: str) -> bool:
+        return key in self._blobs
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        with self._lock:
+            keys = sorted(k for k in self._blobs if k.startswith(prefix))
+        yield from keys
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(key, None)

@@ -1,0 +1,625 @@
+"""The embedded state store: one SQLite file in WAL mode.
+
+WAL with ``synchronous=NORMAL`` survives a killed process (the case kitaru exists for) without an
+fsync per commit; ``KITARU_SQLITE_SYNC=FULL`` adds the fsync for power-loss durability. Writes use
+``BEGIN IMMEDIATE`` so concurrent processes queue on the write lock instead of failing a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kitaru.errors import (
+    KitaruConflictError,
+    KitaruLeaseError,
+    KitaruNotFoundError,
+    KitaruStateError,
+    KitaruStoreError,
+)
+from kitaru.store import (
+    ONCE_ONLY_KINDS,
+    TERMINAL_STATUSES,
+    ArtifactRecord,
+    ExecutionRecord,
+    JournalRecord,
+)
+
+__all__ = ["SQLiteStateStore", "lease_holder_alive"]
+
+_ONCE_ONLY_SQL = ", ".join(f"'{k}'" for k in sorted(ONCE_ONLY_KINDS))
+
+# Each entry moves the schema one version forward; the applied version lives in `meta`.
+_MIGRATIONS: list[str] = [
+    f"""
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        target TEXT NOT NULL,
+        sys_path TEXT,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        error TEXT,
+        result_artifact TEXT,
+        original_exec_id TEXT,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        metadata TEXT NOT NULL DEFAULT '{{}}'
+    );
+    CREATE INDEX executions_flow ON executions (flow, id);
+    CREATE INDEX executions_status ON executions (status, id);
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        exec_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        call_id TEXT,
+        seq INTEGER,
+        name TEXT,
+        attempt INTEGER,
+        artifact_id TEXT,
+        data TEXT,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX journal_exec ON journal (exec_id, id);
+    CREATE UNIQUE INDEX journal_once ON journal (exec_id, kind, call_id)
+        WHERE kind IN ({_ONCE_ONLY_SQL});
+    CREATE TABLE artifacts (
+        id TEXT PRIMARY KEY,
+        exec_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        serializer TEXT NOT NULL,
+        data_type TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        call_id TEXT,
+        created_at REAL NOT NULL,
+        inline BLOB,
+        uri TEXT
+    );
+    CREATE INDEX artifacts_exec ON artifacts (exec_id, name, version);
+    """,
+]
+
+_EXEC_COLUMNS = (
+    "id, flow, target, sys_path, status, created_at, updated_at, error, result_artifact, "
+    "original_exec_id, lease_owner, lease_expires_at, metadata"
+)
+_ARTIFACT_COLUMNS = (
+    "id, exec_id, name, version, type, serializer, data_type, content_hash, size, call_id, "
+    "created_at, inline, uri"
+)
+
+_HOST = socket.gethostname()
+
+
+def lease_holder_alive(owner: str) -> bool:
+    """Whether the process named in a lease owner (``host:pid:token``) may still be running.
+
+    Only a holder on this host can be proven dead; a remote holder is trusted until its lease expires.
+    """
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie has exited but still answers kill(0); treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().split(b") ", 1)[1][:1] != b"Z"
+    except OSError:
+        return True
+
+
+def _exec_from_row(row: Sequence[Any]) -> ExecutionRecord:
+    return ExecutionRecord(
+        id=row[0],
+        flow=row[1],
+        target=row[2],
+        sys_path=row[3],
+        status=row[4],
+        created_at=row[5],
+        updated_at=row[6],
+        error=row[7],
+        result_artifact=row[8],
+        original_exec_id=row[9],
+        lease_owner=row[10],
+        lease_expires_at=row[11],
+        metadata=json.loads(row[12]) if row[12] else {},
+    )
+
+
+def _artifact_from_row(row: Sequence[Any]) -> ArtifactRecord:
+    return ArtifactRecord(
+        id=row[0],
+        exec_id=row[1],
+        name=row[2],
+        version=row[3],
+        type=row[4],
+        serializer=row[5],
+        data_type=row[6],
+        content_hash=row[7],
+        size=row[8],
+        call_id=row[9],
+        created_at=row[10],
+        inline=row[11],
+        uri=row[12],
+    )
+
+
+def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
+    return (
+        a.id,
+        a.exec_id,
+        a.name,
+        a.version,
+        a.type,
+        a.serializer,
+        a.data_type,
+        a.content_hash,
+        a.size,
+        a.call_id,
+        a.created_at,
+        a.inline,
+        a.uri,
+    )
+
+
+class SQLiteStateStore:
+    """A :class:`~kitaru.store.StateStore` in one SQLite database file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise KitaruStoreError(
+                f"cannot open the state database {self.path}: {exc}. Check that the directory is "
+                "writable, or point KITARU_HOME somewhere that is."
+            ) from exc
+        self._lock = threading.RLock()
+        sync = os.environ.get("KITARU_SQLITE_SYNC", "NORMAL").upper()
+        if sync not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            sync = "NORMAL"
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={sync}")
+        self._migrate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._write() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(_MIGRATIONS):
+                raise KitaruStoreError(
+                    f"the state database {self.path} has schema version {version}, newer than this "
+                    f"kitaru understands ({len(_MIGRATIONS)}). Upgrade kitaru."
+                )
+            for script in _MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+            cur.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(len(_MIGRATIONS)),),
+            )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise KitaruStoreError(f"cannot write to {self.path}: {exc}") from exc
+            try:
+                yield cur
+            except BaseException:
+                self._conn.rollback()
+                raise
+            try:
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.rollback()
+                raise KitaruStoreError(f"commit to {self.path} failed: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise KitaruStoreError(f"cannot read {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str) -> None:
+        row = cur.execute(
+            "SELECT lease_owner, status FROM executions WHERE id = ?", (exec_id,)
+        ).fetchone()
+        if row is None:
+            raise KitaruNotFoundError(f"no execution {exec_id!r}")
+        if row[0] != owner:
+            raise KitaruLeaseError(
+                f"execution {exec_id} is now driven by {row[0] or 'nobody'} (status {row[1]}); "
+                "this runner lost its lease and stops without writing."
+            )
+
+    # -- executions -------------------------------------------------------------------------
+
+    def create_execution(
+        self, execution: ExecutionRecord, artifacts: Sequence[ArtifactRecord]
+    ) -> tuple[ExecutionRecord, bool]:
+        e = execution
+        with self._write() as cur:
+            row = cur.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (e.id,)
+            ).fetchone()
+            if row is not None:
+                return _exec_from_row(row), False
+            cur.execute(
+                f"INSERT INTO executions ({_EXEC_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    e.id,
+                    e.flow,
+                    e.target,
+                    e.sys_path,
+                    e.status,
+                    e.created_at,
+                    e.updated_at,
+                    e.error,
+                    e.result_artifact,
+                    e.original_exec_id,
+                    e.lease_owner,
+                    e.lease_expires_at,
+                    json.dumps(e.metadata),
+                ),
+            )
+            cur.executemany(
+                f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [_artifact_row(a) for a in artifacts],
+            )
+        return e, True
+
+    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+        rows = self._read(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,))
+        return _exec_from_row(rows[0]) if rows else None
+
+    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._read(
+            "SELECT id FROM executions WHERE id LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
+            (escaped + "%", limit),
+        )
+        return [r[0] for r in rows]
+
+    def list_executions(
+        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[ExecutionRecord]:
+        clauses, params = [], []
+        if flow is not None:
+            clauses.append("flow = ?")
+            params.append(flow)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM executions {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [_exec_from_row(r) for r in rows]
+
+    def acquire_lease(
+        self,
+        exec_id: str,
+        owner: str,
+        ttl: float,
+        *,
+        allowed_statuses: Iterable[str],
+        set_status: str | None = "running",
+    ) -> ExecutionRecord:
+        allowed = set(allowed_statuses)
+        now = time.time()
+        with self._write() as cur:
+            row = cur.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)
+            ).fetchone()
+            if row is None:
+                raise KitaruNotFoundError(
+                    f"no execution {exec_id!r}. List executions with `kitaru executions list`."
+                )
+            record = _exec_from_row(row)
+            if record.status not in allowed:
+                raise KitaruStateError(
+                    f"execution {exec_id} is {record.status}; this needs it to be "
+                    f"{' or '.join(sorted(allowed))}."
+                )
+            holder = record.lease_owner
+            if (
+                holder is not None
+                and holder != owner
+                and (record.lease_expires_at or 0) > now
+                and lease_holder_alive(holder)
+            ):
+                raise KitaruLeaseError(
+                    f"execution {exec_id} is being driven by {holder} (lease until "
+                    f"{time.strftime('%H:%M:%S', time.localtime(record.lease_expires_at))}). "
+                    "It will finish there; if that runner is gone, retry after the lease expires."
+                )
+            status = set_status or record.status
+            cur.execute(
+                "UPDATE executions SET lease_owner = ?, lease_expires_at = ?, status = ?, "
+                "updated_at = ? WHERE id = ?",
+                (owner, now + ttl, status, now, exec_id),
+            )
+        record.lease_owner, record.lease_expires_at, record.status = owner, now + ttl, status
+        return record
+
+    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+        if not exec_ids:
+            return {}
+        marks = ",".join("?" * len(exec_ids))
+        with self._write() as cur:
+            cur.execute(
+                f"UPDATE executions SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",
+                (time.time() + ttl, owner, *exec_ids),
+            )
+            rows = cur.execute(
+                f"SELECT id, status FROM executions WHERE id IN ({marks})", tuple(exec_ids)
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def commit(
+        self,
+        exec_id: str,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        result_artifact: str | None = None,
+        release_lease: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.time()
+        try:
+            with self._write() as cur:
+                if owner is not None:
+                    self._check_lease(cur, exec_id, owner)
+                if artifacts:
+                    cur.executemany(
+                        f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        [_artifact_row(a) for a in artifacts],
+                    )
+                if records:
+                    cur.executemany(
+                        "INSERT INTO journal (exec_id, kind, call_id, seq, name, attempt, "
+                        "artifact_id, data, ts) VALUES (?,?,?,?,?,?,?,?,?)",
+                        [
+                            (
+                                exec_id,
+                                r.kind,
+                                r.call_id,
+                                r.seq,
+                                r.name,
+                                r.attempt,
+                                r.artifact_id,
+                                json.dumps(r.data) if r.data is not None else None,
+                                r.ts or now,
+                            )
+                            for r in records
+                        ],
+                    )
+                if metadata:
+                    row = cur.execute(
+                        "SELECT metadata FROM executions WHERE id = ?", (exec_id,)
+                    ).fetchone()
+                    merged = {**(json.loads(row[0]) if row and row[0] else {}), **metadata}
+                    cur.execute(
+                        "UPDATE executions SET metadata = ? WHERE id = ?",
+                        (json.dumps(merged), exec_id),
+                    )
+                if status is not None or release_lease or result_artifact is not None:
+                    sets, params = ["updated_at = ?"], [now]
+                    if status is not None:
+                        sets.append("status = ?")
+                        params.append(status)
+                        sets.append("error = ?")
+                        params.append(error)
+                    if result_artifact is not None:
+                        sets.append("result_artifact = ?")
+                        params.append(result_artifact)
+                    if release_lease:
+                        sets.append("lease_owner = NULL, lease_expires_at = NULL")
+                    cur.execute(
+                        f"UPDATE executions SET {', '.join(sets)} WHERE id = ?", (*params, exec_id)
+                    )
+        except sqlite3.IntegrityError as exc:
+            raise KitaruConflictError(
+                f"execution {exec_id}: a record already exists for this call ({exc}); another "
+                "runner completed it first."
+            ) from exc
+        except sqlite3.Error as exc:
+            raise KitaruStoreError(f"commit to {self.path} failed: {exc}") from exc
+
+    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+        with self._write() as cur:
+            self._check_lease(cur, exec_id, owner)
+            if waiting_on:
+                marks = ",".join("?" * len(waiting_on))
+                answered = cur.execute(
+                    "SELECT 1 FROM journal WHERE exec_id = ? AND kind = 'wait_answered' "
+                    f"AND call_id IN ({marks}) LIMIT 1",
+                    (exec_id, *waiting_on),
+                ).fetchone()
+                if answered:
+                    return False
+            cur.execute(
+                "UPDATE executions SET status = 'waiting', lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                (time.time(), exec_id),
+            )
+        return True
+
+    def answer_wait(
+        self,
+        exec_id: str,
+        record: JournalRecord,
+        artifact: ArtifactRecord,
+        *,
+        owner: str,
+        ttl: float,
+        take_lease: bool,
+    ) -> bool:
+        now = time.time()
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT status, lease_owner, lease_expires_at FROM executions WHERE id = ?",
+                (exec_id,),
+            ).fetchone()
+            if row is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            status, holder, expires = row
+            if status in TERMINAL_STATUSES:
+                raise KitaruStateError(
+                    f"execution {exec_id} is {status}: its waits are closed and take no answers."
+                )
+            kinds = {
+                r[0]
+                for r in cur.execute(
+                    "SELECT kind FROM journal WHERE exec_id = ? AND call_id = ?",
+                    (exec_id, record.call_id),
+                ).fetchall()
+            }
+            if "wait_opened" not in kinds:
+                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
+            if "wait_answered" in kinds or "wait_timed_out" in kinds:
+                raise KitaruStateError(
+                    f"wait {record.call_id!r} of execution {exec_id} is already "
+                    f"{'answered' if 'wait_answered' in kinds else 'timed out'}; it takes no "
+                    "other answer. See it with `kitaru executions get " + exec_id + "`."
+                )
+            cur.execute(
+                f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                _artifact_row(artifact),
+            )
+            cur.execute(
+                "INSERT INTO journal (exec_id, kind, call_id, seq, name, attempt, artifact_id, "
+                "data, ts) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    exec_id,
+                    record.kind,
+                    record.call_id,
+                    record.seq,
+                    record.name,
+                    record.attempt,
+                    record.artifact_id,
+                    json.dumps(record.data) if record.data is not None else None,
+                    record.ts or now,
+                ),
+            )
+            lease_free = holder is None or (expires or 0) <= now or not lease_holder_alive(holder)
+            if take_lease and status == "waiting" and lease_free:
+                cur.execute(
+                    "UPDATE executions SET status = 'running', lease_owner = ?, "
+                    "lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                    (owner, now + ttl, now, exec_id),
+                )
+                return True
+        return False
+
+    def cancel(self, exec_id: str) -> ExecutionRecord:
+        now = time.time()
+        with self._write() as cur:
+            row = cur.execute(
+                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)
+            ).fetchone()
+            if row is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            record = _exec_from_row(row)
+            if record.status in TERMINAL_STATUSES:
+                raise KitaruStateError(
+                    f"execution {exec_id} is already {record.status}; only running or waiting "
+                    "executions can be cancelled."
+                )
+            # A waiting execution has no runner: it is cancelled now. A running one is marked, and
+            # its runner stops at the next checkpoint boundary (it sees the status on lease renewal).
+            cur.execute(
+                "UPDATE executions SET status = 'cancelled', updated_at = ?, lease_owner = "
+                "CASE WHEN status = 'waiting' THEN NULL ELSE lease_owner END WHERE id = ?",
+                (now, exec_id),
+            )
+            cur.execute(
+                "INSERT INTO journal (exec_id, kind, ts) VALUES (?, 'cancel_requested', ?)",
+                (exec_id, now),
+            )
+        record.status = "cancelled"
+        return record
+
+    # -- journal and artifacts ----------------------------------------------------------------
+
+    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+        rows = self._read(
+            "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM journal "
+            "WHERE exec_id = ? ORDER BY id",
+            (exec_id,),
+        )
+        return [
+            JournalRecord(
+                kind=r[0],
+                call_id=r[1],
+                seq=r[2],
+                name=r[3],
+                attempt=r[4],
+                artifact_id=r[5],
+                data=json.loads(r[6]) if r[6] is not None else None,
+                ts=r[7],
+                id=r[8],
+            )
+            for r in rows
+        ]
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        rows = self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,))
+        return _artifact_from_row(rows[0]) if rows else None
+
+    def list_artifacts(
+        self, exec_id: str, *, name: str | None = None, type: str | None = None
+    ) -> list[ArtifactRecord]:
+        sql = f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE exec_id = ?"
+        params: list[Any] = [exec_id]
+        if name is not None:
+            sql += " AND name = ?"
+            params.append(name)
+        if type is not None:
+            sql += " AND type = ?"
+            params.append(type)
+        return [_artifact_from_row(r) for r in self._read(sql + " ORDER BY rowid", params)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
