@@ -1,0 +1,306 @@
+"""The ``kitaru`` command line. Subcommands import the engine only when they run, so that
+``kitaru --help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OUTPUT = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+
+def _client() -> Any:
+    from kitaru.client import KitaruClient
+
+    return KitaruClient()
+
+
+def _reports_errors(fn: F) -> F:
+    """Turn kitaru errors into a one-line message on stderr and the error's exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from kitaru.errors import KitaruError
+
+        try:
+            return fn(*args, **kwargs)
+        except KitaruError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in headers], *[[("-" if c is None else str(c)) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _first_line(text: str | None, width: int = 60) -> str | None:
+    if not text:
+        return None
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= width and "\n" not in text.strip() else line[:width] + " ..."
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kitaru")
+def main() -> None:
+    """kitaru: durable execution for Python agents.
+
+    Inspect executions, answer their waits, resume, retry and cancel them.
+    State lives in the active stack (default: SQLite and files under KITARU_HOME).
+    """
+
+
+@main.group()
+def executions() -> None:
+    """List, inspect and steer executions."""
+
+
+@executions.command("list")
+@click.option("--flow", "flow_name", help="Only executions of this flow.")
+@click.option(
+    "--status",
+    type=click.Choice(["running", "waiting", "completed", "failed", "cancelled"]),
+    help="Only executions in this state.",
+)
+@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+@_OUTPUT
+@_reports_errors
+def list_executions(flow_name: str | None, status: str | None, limit: int, output: str) -> None:
+    """List executions, newest first."""
+    found = _client().executions.list(flow=flow_name, status=status, limit=limit)
+    if output == "json":
+        _echo_json([e.to_dict() for e in found])
+        return
+    if not found:
+        click.echo("no executions yet: run a flow, e.g. `python examples/quickstart.py`.")
+        return
+    click.echo(
+        _table(
+            ["ID", "FLOW", "STATUS", "STARTED", "UPDATED"],
+            [(e.id, e.flow, e.status, _when(e.created_at), _when(e.updated_at)) for e in found],
+        )
+    )
+
+
+def _describe(execution: Any) -> str:
+    lines = [
+        f"execution  {execution.id}",
+        f"flow       {execution.flow}  ({execution.target})",
+        f"status     {execution.status}",
+        f"started    {_when(execution.created_at)}",
+        f"updated    {_when(execution.updated_at)}",
+    ]
+    if execution.error:
+        lines.append(f"error      {execution.error}")
+    if execution.metadata:
+        lines.append(f"metadata   {json.dumps(execution.metadata, default=str)}")
+    if execution.checkpoints:
+        lines += ["", "checkpoints"]
+        rows = [
+            (
+                c.call_id,
+                c.function,
+                c.status,
+                c.attempts,
+                f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None,
+                c.output_artifact,
+                json.dumps(c.metadata) if c.metadata else (c.error or None),
+            )
+            for c in execution.checkpoints
+        ]
+        lines.append(
+            _table(["CALL", "FUNCTION", "STATUS", "ATTEMPTS", "TOOK", "OUTPUT", "NOTES"], rows)
+        )
+    if execution.waits:
+        lines += ["", "waits"]
+        lines.append(
+            _table(
+                ["WAIT", "STATUS", "EXPECTS", "QUESTION"],
+                [(w.name, w.status, w.schema, _first_line(w.question)) for w in execution.waits],
+            )
+        )
+    for w in execution.open_waits:
+        lines.append(
+            f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON"
+        )
+    return "\n".join(lines)
+
+
+@executions.command("get")
+@click.argument("exec_id")
+@_OUTPUT
+@_reports_errors
+def get_execution(exec_id: str, output: str) -> None:
+    """Show one execution: status, checkpoints, waits and metadata."""
+    execution = _client().executions.get(exec_id)
+    if output == "json":
+        _echo_json(execution.to_dict())
+    else:
+        click.echo(_describe(execution))
+
+
+@executions.command("input")
+@click.argument("exec_id")
+@click.option("--value", required=True, help="The answer, as JSON: true, 42, '\"text\"', '{...}'.")
+@click.option("--wait", "wait_name", help="Which wait to answer, when several are open.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue the flow in this process after recording the answer.",
+)
+@_OUTPUT
+@_reports_errors
+def input_execution(
+    exec_id: str, value: str, wait_name: str | None, resume: bool, output: str
+) -> None:
+    """Answer a waiting execution's wait, then resume it here."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"{value!r} is not JSON ({exc.msg}). Quote text as JSON: --value '\"yes\"'; "
+            "booleans and numbers go bare: --value true.",
+            param_hint="--value",
+        ) from None
+    client = _client()
+    handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
+    _report_handle(client, handle.exec_id, output)
+
+
+def _report_handle(client: Any, exec_id: str, output: str) -> None:
+    execution = client.executions.get(exec_id)
+    if output == "json":
+        _echo_json(execution.to_dict())
+        return
+    click.echo(f"execution {execution.id} is {execution.status}")
+    if execution.status == "failed":
+        click.echo(f"error: {execution.error}", err=True)
+        sys.exit(1)
+    for w in execution.open_waits:
+        click.echo(
+            f"waiting on {w.name!r}"
+            + (f": {w.question}" if w.question else "")
+            + f" (expects {w.schema}); answer with: kitaru executions input {execution.id} "
+            + f"--wait {w.name} --value JSON"
+        )
+
+
+@executions.command("resume")
+@click.argument("exec_id")
+@_OUTPUT
+@_reports_errors
+def resume_execution(exec_id: str, output: str) -> None:
+    """Continue an interrupted execution from its journal, in this process."""
+    client = _client()
+    handle = client.executions.resume(exec_id)
+    _report_handle(client, handle.exec_id, output)
+
+
+@executions.command("retry")
+@click.argument("exec_id")
+@_OUTPUT
+@_reports_errors
+def retry_execution(exec_id: str, output: str) -> None:
+    """Continue a failed execution in place, reusing its completed checkpoints."""
+    client = _client()
+    handle = client.executions.retry(exec_id)
+    _report_handle(client, handle.exec_id, output)
+
+
+@executions.command("cancel")
+@click.argument("exec_id")
+@_OUTPUT
+@_reports_errors
+def cancel_execution(exec_id: str, output: str) -> None:
+    """Cancel a running or waiting execution."""
+    execution = _client().executions.cancel(exec_id)
+    if output == "json":
+        _echo_json(execution.to_dict())
+    else:
+        click.echo(f"execution {execution.id} is cancelled")
+
+
+@main.group()
+def artifacts() -> None:
+    """List and fetch artifacts."""
+
+
+@artifacts.command("list")
+@click.argument("exec_id")
+@click.option("--name", help="Only artifacts with this name.")
+@click.option("--type", "type_", help="Only artifacts of this type (output, input, result...).")
+@_OUTPUT
+@_reports_errors
+def list_artifacts(exec_id: str, name: str | None, type_: str | None, output: str) -> None:
+    """List an execution's artifacts."""
+    found = _client().artifacts.list(exec_id, name=name, type=type_)
+    if output == "json":
+        _echo_json([a.to_dict() for a in found])
+        return
+    click.echo(
+        _table(
+            ["ID", "NAME", "VERSION", "TYPE", "DATA TYPE", "SIZE", "CALL", "HASH"],
+            [
+                (a.id, a.name, a.version, a.type, a.data_type, a.size, a.call_id,
+                 a.content_hash[:19])
+                for a in found
+            ],
+        )
+    )
+
+
+@artifacts.command("get")
+@click.argument("artifact_id")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the raw bytes here.")
+@_OUTPUT
+@_reports_errors
+def get_artifact(artifact_id: str, out: str | None, output: str) -> None:
+    """Show an artifact's value, or write its bytes to a file with --out."""
+    client = _client()
+    artifact = client.artifacts.get(artifact_id)
+    if out:
+        with open(out, "wb") as fh:
+            fh.write(client._runtime.artifact_bytes(artifact._record))
+        click.echo(f"wrote {artifact.size} bytes to {out}")
+        return
+    value = artifact.load()
+    if output == "json":
+        _echo_json({**artifact.to_dict(), "value": value})
+    else:
+        click.echo(
+            f"{artifact.name} v{artifact.version} ({artifact.type}, {artifact.data_type}, "
+            f"{artifact.size} bytes, {artifact.content_hash})"
+        )
+        click.echo(value if isinstance(value, str) else repr(value))
