@@ -107,36 +107,40 @@ def fold_journal(
     calls: dict[str, dict[str, Any]] = {}
     waits: dict[str, dict[str, Any]] = {}
     flow_meta: dict[str, Any] = {}
+    call_meta: dict[str, dict[str, Any]] = {}
     for r in journal:
-        if r.kind.startswith("checkpoint_") and r.call_id:
+        if r.kind in ("checkpoint_completed", "checkpoint_failed") and r.call_id:
+            data = r.data or {}
             c = calls.setdefault(
                 r.call_id,
-                {"function": r.name, "attempts": 0, "started_at": r.ts, "metadata": {},
-                 "status": "running", "output": None, "error": None, "ended_at": None},
+                {"function": r.name, "attempts": 0, "started_at": data.get("started_at", r.ts)},
             )
-            if r.kind == "checkpoint_started":
-                c["attempts"] = max(c["attempts"], r.attempt or 1)
-                c["status"] = "running"
-            elif r.kind == "checkpoint_completed":
-                c.update(status="completed", output=r.artifact_id, ended_at=r.ts)
-            elif r.kind == "checkpoint_failed":
-                data = r.data or {}
+            c["attempts"] = max(c["attempts"], r.attempt or 1)
+            c["ended_at"] = r.ts
+            if r.kind == "checkpoint_completed":
+                c.update(status="completed", output=r.artifact_id, error=None)
+            else:
                 c.update(
                     status="retrying" if data.get("will_retry") else "failed",
+                    output=None,
                     error=data.get("error"),
-                    ended_at=r.ts,
                 )
         elif r.kind == "log":
-            if r.call_id and r.call_id in calls:
-                calls[r.call_id]["metadata"].update(r.data or {})
-            elif not r.call_id:
+            if r.call_id:
+                # A checkpoint's logs are committed just before its outcome record.
+                call_meta.setdefault(r.call_id, {}).update(r.data or {})
+            else:
                 flow_meta.update(r.data or {})
         elif r.kind == "wait_opened" and r.call_id:
             d = r.data or {}
             waits[r.call_id] = {
-                "question": d.get("question"), "schema": d.get("schema_text", "any JSON value"),
-                "status": "open", "answer": None, "metadata": d.get("metadata") or {},
-                "deadline": d.get("deadline"), "schema_ref": d.get("schema"),
+                "question": d.get("question"),
+                "schema": d.get("schema_text", "any JSON value"),
+                "status": "open",
+                "answer": None,
+                "metadata": d.get("metadata") or {},
+                "deadline": d.get("deadline"),
+                "schema_ref": d.get("schema"),
             }
         elif r.kind == "wait_answered" and r.call_id in waits:
             waits[r.call_id].update(status="answered", answer=r.artifact_id)
@@ -144,16 +148,29 @@ def fold_journal(
             waits[r.call_id]["status"] = "timed_out"
     checkpoint_calls = [
         CheckpointCall(
-            call_id=cid, function=c["function"] or "", status=c["status"], attempts=c["attempts"],
-            output_artifact=c["output"], started_at=c["started_at"], ended_at=c["ended_at"],
-            error=c["error"], metadata=c["metadata"],
+            call_id=cid,
+            function=c["function"] or "",
+            status=c["status"],
+            attempts=c["attempts"],
+            output_artifact=c["output"],
+            started_at=c["started_at"],
+            ended_at=c["ended_at"],
+            error=c["error"],
+            metadata=call_meta.get(cid, {}),
         )
         for cid, c in calls.items()
     ]
     wait_list = [
-        Wait(name=wid, question=w["question"], schema=w["schema"], status=w["status"],
-             answer_artifact=w["answer"], metadata=w["metadata"], deadline=w["deadline"],
-             schema_ref=w["schema_ref"])
+        Wait(
+            name=wid,
+            question=w["question"],
+            schema=w["schema"],
+            status=w["status"],
+            answer_artifact=w["answer"],
+            metadata=w["metadata"],
+            deadline=w["deadline"],
+            schema_ref=w["schema_ref"],
+        )
         for wid, w in waits.items()
     ]
     return checkpoint_calls, wait_list, flow_meta
@@ -193,16 +210,12 @@ class _Executions:
         calls, waits, flow_meta = fold_journal(self._state.read_journal(record.id))
         return _execution_view(record, calls, waits, flow_meta)
 
-    def list(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
-    ) -> list[Execution]:
+    def list(self, *, flow: str | None = None, status: str | None = None, limit: int = 50) -> list[Execution]:
         """Executions, newest first (summaries: without checkpoints and waits)."""
         records = self._state.list_executions(flow=flow, status=status, limit=limit)
         return [_execution_view(r, [], [], {}) for r in records]
 
-    def input(
-        self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True
-    ) -> Any:
+    def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> Any:
         """Answer an open wait; with ``resume`` the flow continues in this process.
 
         The answer is validated against the wait's schema first: a bad one raises
@@ -233,19 +246,28 @@ class _Executions:
                 "Answer from an environment where the flow's code is importable."
             ) from exc
         value = validate_answer(
-            schema, value,
+            schema,
+            value,
             where=f"wait {chosen.name!r} of execution {execution.id}",
             fix=f"answer again with `kitaru executions input {execution.id} --value JSON`.",
         )
         artifact = runtime.make_artifact(
-            execution.id, name=chosen.name, version=1, type="answer", value=value,
+            execution.id,
+            name=chosen.name,
+            version=1,
+            type="answer",
+            value=value,
             call_id=chosen.name,
         )
         record = JournalRecord(
             kind="wait_answered", call_id=chosen.name, artifact_id=artifact.id, ts=time.time()
         )
         took = self._state.answer_wait(
-            execution.id, record, artifact, owner=runtime.owner, ttl=runtime.lease_ttl,
+            execution.id,
+            record,
+            artifact,
+            owner=runtime.owner,
+            ttl=runtime.lease_ttl,
             take_lease=resume,
         )
         if not took or flow_obj is None:
@@ -305,15 +327,23 @@ class _Artifacts:
 
     def _view(self, r: ArtifactRecord) -> Artifact:
         return Artifact(
-            id=r.id, exec_id=r.exec_id, name=r.name, version=r.version, type=r.type,
-            serializer=r.serializer, data_type=r.data_type, content_hash=r.content_hash,
-            size=r.size, call_id=r.call_id, created_at=r.created_at, uri=r.uri, _record=r,
+            id=r.id,
+            exec_id=r.exec_id,
+            name=r.name,
+            version=r.version,
+            type=r.type,
+            serializer=r.serializer,
+            data_type=r.data_type,
+            content_hash=r.content_hash,
+            size=r.size,
+            call_id=r.call_id,
+            created_at=r.created_at,
+            uri=r.uri,
+            _record=r,
             _client=self._client,
         )
 
-    def list(
-        self, exec_id: str, *, name: str | None = None, type: str | None = None
-    ) -> list[Artifact]:
+    def list(self, exec_id: str, *, name: str | None = None, type: str | None = None) -> list[Artifact]:
         """An execution's artifacts, in creation order."""
         full = self._client.executions.resolve(exec_id)
         state = self._client._runtime.state
@@ -351,9 +381,17 @@ def _execution_view(
     r: ExecutionRecord, calls: list[CheckpointCall], waits: list[Wait], flow_meta: dict[str, Any]
 ) -> Execution:
     return Execution(
-        id=r.id, flow=r.flow, status=r.status, created_at=r.created_at, updated_at=r.updated_at,
-        target=r.target, error=r.error, original_exec_id=r.original_exec_id,
-        metadata={**r.metadata, **flow_meta}, checkpoints=tuple(calls), waits=tuple(waits),
+        id=r.id,
+        flow=r.flow,
+        status=r.status,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        target=r.target,
+        error=r.error,
+        original_exec_id=r.original_exec_id,
+        metadata={**r.metadata, **flow_meta},
+        checkpoints=tuple(calls),
+        waits=tuple(waits),
         result_artifact=r.result_artifact,
     )
 

@@ -14,7 +14,14 @@ from typing import Any, Protocol, runtime_checkable
 from kitaru.errors import KitaruConfigError
 from kitaru.store import ArtifactStore, StateStore
 
-__all__ = ["STACK_NAMESPACE", "ARTIFACT_STORE_NAMESPACE", "Stack", "active_stack_name", "load_stack", "artifact_store_for_uri"]
+__all__ = [
+    "ARTIFACT_STORE_NAMESPACE",
+    "STACK_NAMESPACE",
+    "Stack",
+    "active_stack_name",
+    "artifact_store_for_uri",
+    "load_stack",
+]
 
 STACK_NAMESPACE = "kitaru.stacks"
 ARTIFACT_STORE_NAMESPACE = "kitaru.artifact_stores"

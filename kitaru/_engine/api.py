@@ -39,8 +39,7 @@ def save(name: str, value: Any, type: str = "save") -> None:
         )
         frame.artifacts.append(artifact)
         frame.records.append(
-            JournalRecord(kind="save", call_id=call_id, name=name, artifact_id=artifact.id,
-                          ts=time.time())
+            JournalRecord(kind="save", call_id=call_id, name=name, artifact_id=artifact.id, ts=time.time())
         )
         return
     call = ctx.begin_call(f"save.{name}", "kitaru.save")
@@ -51,8 +50,16 @@ def save(name: str, value: Any, type: str = "save") -> None:
         ctx.exec_id, name=name, version=version, type=type, value=value, call_id=None
     )
     ctx.commit(
-        [JournalRecord(kind="save", call_id=call.call_id, seq=call.seq, name="kitaru.save",
-                       artifact_id=artifact.id, ts=time.time())],
+        [
+            JournalRecord(
+                kind="save",
+                call_id=call.call_id,
+                seq=call.seq,
+                name="kitaru.save",
+                artifact_id=artifact.id,
+                ts=time.time(),
+            )
+        ],
         [artifact],
     )
 
@@ -82,8 +89,13 @@ def load(exec_id: str, name: str, version: int | None = None) -> Any:
     frame = _current_call.get()
     if frame is not None:
         frame.records.append(
-            JournalRecord(kind="load", call_id=frame.call.call_id, artifact_id=artifact.id,
-                          data={"exec_id": exec_id, "name": name}, ts=time.time())
+            JournalRecord(
+                kind="load",
+                call_id=frame.call.call_id,
+                artifact_id=artifact.id,
+                data={"exec_id": exec_id, "name": name},
+                ts=time.time(),
+            )
         )
     return ctx.runtime.load_artifact(artifact)
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import random
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from contextvars import copy_context
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from kitaru.errors import KitaruUsageError
 from kitaru.store import ArtifactRecord, JournalRecord
 
-from .context import Call, CallFrame, ExecutionContext, _current_call, _current_exec
+from .context import Call, CallFrame, ExecutionContext, _current_call, _current_exec, running_loop
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["Checkpoint", "checkpoint"]
 
@@ -49,6 +49,8 @@ class Checkpoint(Generic[P, R]):
         backoff: float,
         retry_on: tuple[type[BaseException], ...],
     ) -> None:
+        import inspect
+
         if isinstance(fn, Checkpoint):
             raise KitaruUsageError(f"{fn.name!r} is already a checkpoint; apply @checkpoint once.")
         if not callable(fn) or inspect.isclass(fn):
@@ -98,7 +100,7 @@ class Checkpoint(Generic[P, R]):
             )
         call = ctx.begin_call(self.name, self.qualname)
         if self.is_async:
-            if asyncio._get_running_loop() is None:
+            if running_loop() is None:
                 # A sync flow body calling an async checkpoint gets the value, not a coroutine.
                 return ctx.run_coroutine(self._run_async(ctx, call, args, kwargs))  # type: ignore[no-any-return]
             return self._run_async(ctx, call, args, kwargs)  # type: ignore[return-value]
@@ -113,6 +115,8 @@ class Checkpoint(Generic[P, R]):
                 "instead of .submit()."
             )
         if ctx is None:
+            from concurrent.futures import Future
+
             future: Future[R] = Future()
             future.set_result(self.fn(*args, **kwargs))
             return future
@@ -139,7 +143,9 @@ class Checkpoint(Generic[P, R]):
         return True, value
 
     def _started(self, call: Call, attempt: int, fingerprint: str, lineage: list[str]) -> JournalRecord:
-        data: dict[str, Any] = {"fp": fingerprint}
+        # Not committed on its own: its fields ride in the attempt's outcome record, which saves a
+        # write per checkpoint. A crash mid-attempt leaves no record, and the call simply runs again.
+        data: dict[str, Any] = {"fp": fingerprint, "started_at": time.time()}
         if lineage:
             data["inputs"] = lineage
         return JournalRecord(
@@ -158,7 +164,11 @@ class Checkpoint(Generic[P, R]):
         ctx, call = frame.ctx, frame.call
         version = int(call.call_id.rpartition(":")[2]) if ":" in call.call_id else 1
         artifact = ctx.runtime.make_artifact(
-            ctx.exec_id, name=self.name, version=version, type="output", value=value,
+            ctx.exec_id,
+            name=self.name,
+            version=version,
+            type="output",
+            value=value,
             call_id=call.call_id,
         )
         ctx.remember_output(value, artifact)
@@ -172,7 +182,7 @@ class Checkpoint(Generic[P, R]):
             data=started.data,
             ts=time.time(),
         )
-        return [started, *frame.records, done], [*frame.artifacts, artifact]
+        return [*frame.records, done], [*frame.artifacts, artifact]
 
     def _failed(
         self, frame: CallFrame, started: JournalRecord, exc: Exception
@@ -191,6 +201,7 @@ class Checkpoint(Generic[P, R]):
             name=frame.call.name,
             attempt=attempt,
             data={
+                **(started.data or {}),
                 "error": f"{type(exc).__qualname__}: {exc}",
                 "traceback": "".join(traceback.format_exception(exc)),
                 "will_retry": retry,
@@ -200,7 +211,7 @@ class Checkpoint(Generic[P, R]):
         )
         # Logs of the failed attempt are kept; its saves are not (the retry saves again).
         logs = [r for r in frame.records if r.kind == "log"]
-        return [started, *logs, failed], delay
+        return [*logs, failed], delay
 
     def _run_sync(
         self, ctx: ExecutionContext, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -237,6 +248,8 @@ class Checkpoint(Generic[P, R]):
         hit, value = self._replayed(ctx, call, fingerprint)
         if hit:
             return value
+        import asyncio
+
         task = asyncio.current_task()
         if task is not None:
             ctx.tasks.add(task)
@@ -303,7 +316,11 @@ def checkpoint(
 
     def wrap(f: Callable[P, R]) -> Checkpoint[P, R]:
         return Checkpoint(
-            f, name=name, retries=retries, retry_delay=retry_delay, backoff=backoff,
+            f,
+            name=name,
+            retries=retries,
+            retry_delay=retry_delay,
+            backoff=backoff,
             retry_on=retry_types,
         )
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kitaru.errors import KitaruDivergenceError, KitaruNotInFlowError, KitaruUsageError
 from kitaru.serialization import _is_json_native
@@ -20,22 +19,33 @@ from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
 from .runtime import INLINE_LIMIT, Runtime
 
+if TYPE_CHECKING:
+    # asyncio and concurrent.futures load on first use: `import kitaru` stays light.
+    import asyncio
+    from concurrent.futures import Future, ThreadPoolExecutor
+
 logger = logging.getLogger("kitaru")
 
 __all__ = ["CallFrame", "ExecutionContext", "current_call", "current_execution", "require_flow"]
 
 
-class _Suspend(BaseException):  # noqa: N818 - control flow, not an error
+class _Suspend(BaseException):
     """Unwinds a flow body that waits for input. A BaseException so ``except Exception`` in user
     code cannot swallow it."""
 
 
-class _Cancelled(BaseException):  # noqa: N818 - control flow, not an error
+class _Cancelled(BaseException):
     """Unwinds a flow body whose execution was cancelled."""
 
 
 _current_exec: ContextVar[ExecutionContext | None] = ContextVar("kitaru_execution", default=None)
 _current_call: ContextVar[CallFrame | None] = ContextVar("kitaru_call", default=None)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any (without importing asyncio)."""
+    aio = sys.modules.get("asyncio")
+    return None if aio is None else aio._get_running_loop()  # type: ignore[no-any-return]
 
 
 def current_execution() -> ExecutionContext | None:
@@ -175,9 +185,7 @@ class ExecutionContext:
         self._outputs_bytes += size
         self._outputs[id(value)] = (artifact.id, artifact.content_hash, value, size)
 
-    def describe_inputs(
-        self, args: Sequence[Any], kwargs: dict[str, Any]
-    ) -> tuple[str, list[str]]:
+    def describe_inputs(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, list[str]]:
         """A fingerprint of the call's arguments, and the artifacts among them (lineage)."""
         parts: list[str] = []
         lineage: list[str] = []
@@ -249,6 +257,8 @@ class ExecutionContext:
         self._batch_artifacts.extend(artifacts)
         future = self._batch_future
         if future is None:
+            import asyncio
+
             loop = asyncio.get_running_loop()
             future = self._batch_future = loop.create_future()
             loop.call_soon(self._flush_batch)
@@ -269,6 +279,8 @@ class ExecutionContext:
 
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
         if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._executor = ThreadPoolExecutor(thread_name_prefix=f"kitaru-{self.exec_id[-6:]}")
         future = self._executor.submit(fn, *args)
         self._futures.add(future)
@@ -278,6 +290,8 @@ class ExecutionContext:
     def run_coroutine(self, coro: Any) -> Any:
         """Run an async checkpoint to completion from a sync flow body."""
         if self._loop_runner is None:
+            import asyncio
+
             self._loop_runner = asyncio.Runner()
         return self._loop_runner.run(coro)
 
@@ -287,12 +301,14 @@ class ExecutionContext:
             for future in list(self._futures):
                 try:
                     future.exception()
-                except BaseException:  # noqa: S110 - outcome is recorded by the call itself
+                except BaseException:
                     pass
                 self._futures.discard(future)
 
     async def drain_tasks(self) -> None:
         """Let in-flight async checkpoints finish (and record) before the body exits."""
+        import asyncio
+
         while True:
             pending = {t for t in self.tasks if not t.done() and t is not self.main_task}
             if not pending:
@@ -321,7 +337,7 @@ def _fingerprint(value: Any) -> str:
     if dump is not None:
         try:
             return "m" + hashlib.sha256(dump().encode()).hexdigest()[:24]
-        except Exception:  # noqa: S110 - fall back to the type only
+        except Exception:
             pass
     # Opaque values (clients, handles...) are compared by type only: their bytes are not stable.
     return f"t:{tp.__module__}.{tp.__qualname__}"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import sys
 import time
 import traceback
@@ -15,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from kitaru import serialization
 from kitaru._ids import new_id
@@ -29,10 +27,14 @@ from kitaru.errors import (
     KitaruTimeoutError,
     KitaruUsageError,
 )
-from kitaru.store import TERMINAL_STATUSES, ArtifactRecord, ExecutionRecord, JournalRecord
+from kitaru.store import TERMINAL_STATUSES, ExecutionRecord, JournalRecord
 
-from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend
+from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, running_loop
 from .runtime import Runtime, get_runtime
+
+if TYPE_CHECKING:
+    import asyncio
+    import inspect
 
 __all__ = ["AsyncFlowHandle", "Flow", "FlowHandle", "flow", "load_flow"]
 
@@ -170,9 +172,7 @@ def _settle(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Out
             return Outcome("waiting")
         return None
     if isinstance(exc, _Cancelled):
-        ctx.commit(
-            [JournalRecord(kind="flow_cancelled", ts=time.time())], release_lease=True
-        )
+        ctx.commit([JournalRecord(kind="flow_cancelled", ts=time.time())], release_lease=True)
         return Outcome("cancelled")
     if isinstance(exc, KitaruLeaseError | KitaruConflictError):
         # Another runner owns the execution now: stop without writing anything more.
@@ -233,6 +233,8 @@ async def _drive_async(
                 journal = runtime.state.read_journal(execution.id)
             ctx = ExecutionContext(runtime, execution, journal)
             journal = None
+            import asyncio
+
             ctx.main_task = asyncio.current_task()
             token = _current_exec.set(ctx)
             value, error = None, None
@@ -269,9 +271,7 @@ def _result_of(runtime: Runtime, exec_id: str, local: Outcome | None) -> Any:
         assert artifact is not None, f"result artifact of {exec_id} is missing"
         return runtime.load_artifact(artifact)
     if record.status == "cancelled":
-        raise KitaruExecutionCancelledError(
-            f"execution {exec_id} was cancelled.", exec_id=exec_id
-        )
+        raise KitaruExecutionCancelledError(f"execution {exec_id} was cancelled.", exec_id=exec_id)
     cause = local.error if local is not None else None
     if isinstance(cause, KitaruError):
         raise cause
@@ -338,8 +338,10 @@ class AsyncFlowHandle:
         record = self._runtime.state.get_execution(self.exec_id)
         return record.status if record else "unknown"
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - mirrors wait()
         """Await the execution's end and return its result (errors as in FlowHandle.wait)."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         outcome = None
@@ -363,6 +365,8 @@ class Flow(Generic[P, R]):
     """A function made a durable flow by :func:`flow`."""
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None) -> None:
+        import inspect
+
         if isinstance(fn, Flow):
             raise KitaruUsageError(f"{fn.name!r} is already a flow; apply @flow once.")
         if not callable(fn) or inspect.isclass(fn):
@@ -407,9 +411,7 @@ class Flow(Generic[P, R]):
         exec_id = execution_id or new_id()
         now = time.time()
         inputs = [
-            runtime.make_artifact(
-                exec_id, name=param, version=1, type="input", value=value, call_id=None
-            )
+            runtime.make_artifact(exec_id, name=param, version=1, type="input", value=value, call_id=None)
             for param, value in bound.arguments.items()
         ]
         record = ExecutionRecord(
@@ -429,10 +431,10 @@ class Flow(Generic[P, R]):
         """The arguments an execution was started with, loaded back from its input artifacts."""
         stored = {a.name: a for a in runtime.state.list_artifacts(exec_id, type="input")}
         arguments = {
-            name: runtime.load_artifact(stored[name])
-            for name in self.signature.parameters
-            if name in stored
+            name: runtime.load_artifact(stored[name]) for name in self.signature.parameters if name in stored
         }
+        import inspect
+
         bound = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type]
         return bound.args, bound.kwargs
 
@@ -442,7 +444,7 @@ class Flow(Generic[P, R]):
         ``execution_id`` makes the start idempotent: an existing execution with that id is
         returned (and driven on if it was interrupted) instead of starting another.
         """
-        if asyncio._get_running_loop() is not None:
+        if running_loop() is not None:
             raise KitaruUsageError(
                 f"{self.name}.run() blocks, and an event loop is running in this thread. Use "
                 f"`handle = await {self.name}.start(...)` then `await handle.result()`."
@@ -468,6 +470,8 @@ class Flow(Generic[P, R]):
             assert isinstance(handle, AsyncFlowHandle)
             return handle
         call_args, call_kwargs = self._call_args(args, kwargs)
+        import asyncio
+
         task = asyncio.ensure_future(self.drive_async(runtime, record, call_args, call_kwargs, []))
         return AsyncFlowHandle(record.id, runtime, task)
 
@@ -489,6 +493,8 @@ class Flow(Generic[P, R]):
     ) -> Outcome:
         """Run the body to its end or suspension, in this thread (the lease is already held)."""
         if self.is_async:
+            import asyncio
+
             return asyncio.run(_drive_async(self, runtime, record, args, kwargs, journal))
         return _drive_sync(self, runtime, record, args, kwargs, journal)
 
@@ -502,6 +508,8 @@ class Flow(Generic[P, R]):
     ) -> Awaitable[Outcome]:
         if self.is_async:
             return _drive_async(self, runtime, record, args, kwargs, journal)
+        import asyncio
+
         return asyncio.to_thread(_drive_sync, self, runtime, record, args, kwargs, journal)
 
 
@@ -521,6 +529,8 @@ def resume_existing(
             args, kwargs = flow_obj.inputs_of(runtime, record.id)
             if block:
                 return FlowHandle(record.id, runtime, flow_obj.drive(runtime, leased, args, kwargs))
+            import asyncio
+
             task = asyncio.ensure_future(flow_obj.drive_async(runtime, leased, args, kwargs))
             return AsyncFlowHandle(record.id, runtime, task)
     if block:

@@ -58,9 +58,7 @@ class Runtime:
             self._cancelled.discard(exec_id)
             if self._beat is None or not self._beat.is_alive():
                 self._stop.clear()
-                self._beat = threading.Thread(
-                    target=self._heartbeat, name="kitaru-heartbeat", daemon=True
-                )
+                self._beat = threading.Thread(target=self._heartbeat, name="kitaru-heartbeat", daemon=True)
                 self._beat.start()
 
     def untrack(self, exec_id: str) -> None:
@@ -136,7 +134,7 @@ class Runtime:
         if record.inline is not None:
             return record.inline
         assert record.uri is not None, f"artifact {record.id} has neither bytes nor a URI"
-        base, sep, key = record.uri.rpartition("/" + _BLOB_PREFIX)
+        base, _sep, key = record.uri.rpartition("/" + _BLOB_PREFIX)
         key = _BLOB_PREFIX + key
         if base == self.artifacts.uri:
             return self.artifacts.get(key)
@@ -164,9 +162,7 @@ def get_runtime() -> Runtime:
                 from kitaru.stack import load_stack
 
                 stack = load_stack()
-                _runtime = Runtime(
-                    stack.state_store(), stack.artifact_store(), stack_name=stack.name
-                )
+                _runtime = Runtime(stack.state_store(), stack.artifact_store(), stack_name=stack.name)
     return _runtime
 
 

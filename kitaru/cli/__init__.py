@@ -53,7 +53,10 @@ def _when(ts: float | None) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(c) for c in headers], *[[("-" if c is None else str(c)) for c in r] for r in rows]]
+    cells = [
+        [str(c) for c in headers],
+        *[[("-" if c is None else str(c)) for c in r] for r in rows],
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -139,9 +142,7 @@ def _describe(execution: Any) -> str:
             )
             for c in execution.checkpoints
         ]
-        lines.append(
-            _table(["CALL", "FUNCTION", "STATUS", "ATTEMPTS", "TOOK", "OUTPUT", "NOTES"], rows)
-        )
+        lines.append(_table(["CALL", "FUNCTION", "STATUS", "ATTEMPTS", "TOOK", "OUTPUT", "NOTES"], rows))
     if execution.waits:
         lines += ["", "waits"]
         lines.append(
@@ -151,9 +152,7 @@ def _describe(execution: Any) -> str:
             )
         )
     for w in execution.open_waits:
-        lines.append(
-            f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON"
-        )
+        lines.append(f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON")
     return "\n".join(lines)
 
 
@@ -182,9 +181,7 @@ def get_execution(exec_id: str, output: str) -> None:
 )
 @_OUTPUT
 @_reports_errors
-def input_execution(
-    exec_id: str, value: str, wait_name: str | None, resume: bool, output: str
-) -> None:
+def input_execution(exec_id: str, value: str, wait_name: str | None, resume: bool, output: str) -> None:
     """Answer a waiting execution's wait, then resume it here."""
     try:
         parsed = json.loads(value)
@@ -273,8 +270,16 @@ def list_artifacts(exec_id: str, name: str | None, type_: str | None, output: st
         _table(
             ["ID", "NAME", "VERSION", "TYPE", "DATA TYPE", "SIZE", "CALL", "HASH"],
             [
-                (a.id, a.name, a.version, a.type, a.data_type, a.size, a.call_id,
-                 a.content_hash[:19])
+                (
+                    a.id,
+                    a.name,
+                    a.version,
+                    a.type,
+                    a.data_type,
+                    a.size,
+                    a.call_id,
+                    a.content_hash[:19],
+                )
                 for a in found
             ],
         )

@@ -34,7 +34,7 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "waiting"})
 #: Journal record kinds that may exist at most once per (execution, call id). Stores enforce this:
 #: it is what makes a completed checkpoint or an answered wait impossible to record twice.
 ONCE_ONLY_KINDS: frozenset[str] = frozenset(
-    {"checkpoint_completed", "wait_opened", "wait_answered", "wait_timed_out", "save"}
+    {"checkpoint_completed", "wait_opened", "wait_answered", "wait_timed_out", "save", "input"}
 )
 
 
@@ -116,7 +116,8 @@ class StateStore(Protocol):
     def create_execution(
         self, execution: ExecutionRecord, artifacts: Sequence[ArtifactRecord]
     ) -> tuple[ExecutionRecord, bool]:
-        """Insert ``execution`` with its input artifacts, unless its id exists already.
+        """Insert ``execution`` with its input artifacts (each referenced by an ``input`` journal
+        record named after its parameter), unless its id exists already.
 
         Returns the stored record and whether it was created by this call (idempotent starts).
         """
@@ -211,7 +212,8 @@ class StateStore(Protocol):
     def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
-        """An execution's artifacts in creation order, optionally filtered."""
+        """The artifacts an execution's journal references (all but ``load`` records), in journal
+        order, each once, optionally filtered by name and type."""
         ...
 
     def close(self) -> None:

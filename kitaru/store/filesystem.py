@@ -99,7 +99,7 @@ class FilesystemArtifactStore:
 
     def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         try:
-            fh = open(self._path(key), "rb")  # noqa: SIM115 - closed by the generator
+            fh = open(self._path(key), "rb")
         except FileNotFoundError as exc:
             raise KitaruNotFoundError(f"no artifact blob {key!r} under {self.root}") from exc
         with fh:

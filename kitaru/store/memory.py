@@ -68,6 +68,10 @@ class MemoryStateStore:
             self._executions[execution.id] = copy.deepcopy(execution)
             for a in artifacts:
                 self._artifacts[a.id] = a
+            self._append(
+                execution.id,
+                [JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in artifacts],
+            )
         return execution, True
 
     def get_execution(self, exec_id: str) -> ExecutionRecord | None:
@@ -105,8 +109,7 @@ class MemoryStateStore:
             e = self._get(exec_id)
             if e.status not in allowed:
                 raise KitaruStateError(
-                    f"execution {exec_id} is {e.status}; this needs it to be "
-                    f"{' or '.join(sorted(allowed))}."
+                    f"execution {exec_id} is {e.status}; this needs it to be {' or '.join(sorted(allowed))}."
                 )
             if (
                 e.lease_owner not in (None, owner)
@@ -147,9 +150,7 @@ class MemoryStateStore:
         with self._lock:
             e = self._get(exec_id)
             if owner is not None and e.lease_owner != owner:
-                raise KitaruLeaseError(
-                    f"execution {exec_id} is now driven by {e.lease_owner or 'nobody'}"
-                )
+                raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner or 'nobody'}")
             self._append(exec_id, records)
             for a in artifacts:
                 self._artifacts[a.id] = a
@@ -237,13 +238,18 @@ class MemoryStateStore:
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         with self._lock:
-            return [
-                a
-                for a in self._artifacts.values()
-                if a.exec_id == exec_id
-                and (name is None or a.name == name)
-                and (type is None or a.type == type)
-            ]
+            seen: dict[str, ArtifactRecord] = {}
+            for r in self._journal.get(exec_id, []):
+                a = self._artifacts.get(r.artifact_id or "")
+                if (
+                    a is not None
+                    and r.kind != "load"
+                    and a.id not in seen
+                    and (name is None or a.name == name)
+                    and (type is None or a.type == type)
+                ):
+                    seen[a.id] = a
+            return list(seen.values())
 
     def close(self) -> None:
         pass

@@ -35,11 +35,16 @@ from kitaru.store import (
 
 __all__ = ["SQLiteStateStore", "lease_holder_alive"]
 
-_ONCE_ONLY_SQL = ", ".join(f"'{k}'" for k in sorted(ONCE_ONLY_KINDS))
 
 # Each entry moves the schema one version forward; the applied version lives in `meta`.
+#
+# Every b-tree a commit touches costs a WAL page write (~15 us here), and a checkpoint commit is
+# the hot path, so the layout keeps them few: the journal's one index serves both lookups by
+# execution and the once-only rule (`once` holds the call id for once-only kinds and NULL for the
+# rest, and NULLs never collide in a UNIQUE index); artifacts are one clustered b-tree, listed
+# per execution through the journal records that reference them.
 _MIGRATIONS: list[str] = [
-    f"""
+    """
     CREATE TABLE executions (
         id TEXT PRIMARY KEY,
         flow TEXT NOT NULL,
@@ -53,7 +58,7 @@ _MIGRATIONS: list[str] = [
         original_exec_id TEXT,
         lease_owner TEXT,
         lease_expires_at REAL,
-        metadata TEXT NOT NULL DEFAULT '{{}}'
+        metadata TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX executions_flow ON executions (flow, id);
     CREATE INDEX executions_status ON executions (status, id);
@@ -62,6 +67,7 @@ _MIGRATIONS: list[str] = [
         exec_id TEXT NOT NULL,
         kind TEXT NOT NULL,
         call_id TEXT,
+        once TEXT,
         seq INTEGER,
         name TEXT,
         attempt INTEGER,
@@ -69,9 +75,7 @@ _MIGRATIONS: list[str] = [
         data TEXT,
         ts REAL NOT NULL
     );
-    CREATE INDEX journal_exec ON journal (exec_id, id);
-    CREATE UNIQUE INDEX journal_once ON journal (exec_id, kind, call_id)
-        WHERE kind IN ({_ONCE_ONLY_SQL});
+    CREATE UNIQUE INDEX journal_exec ON journal (exec_id, kind, once);
     CREATE TABLE artifacts (
         id TEXT PRIMARY KEY,
         exec_id TEXT NOT NULL,
@@ -86,8 +90,7 @@ _MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         inline BLOB,
         uri TEXT
-    );
-    CREATE INDEX artifacts_exec ON artifacts (exec_id, name, version);
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -127,6 +130,31 @@ def lease_holder_alive(owner: str) -> bool:
             return fh.read().split(b") ", 1)[1][:1] != b"Z"
     except OSError:
         return True
+
+
+_INSERT_JOURNAL = (
+    "INSERT INTO journal (exec_id, kind, call_id, once, seq, name, attempt, artifact_id, data, ts) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _journal_row(exec_id: str, r: JournalRecord, now: float) -> tuple[Any, ...]:
+    return (
+        exec_id,
+        r.kind,
+        r.call_id,
+        r.call_id if r.kind in ONCE_ONLY_KINDS else None,
+        r.seq,
+        r.name,
+        r.attempt,
+        r.artifact_id,
+        json.dumps(r.data) if r.data is not None else None,
+        r.ts or now,
+    )
+
+
+def _input_record(artifact: ArtifactRecord) -> JournalRecord:
+    return JournalRecord(kind="input", call_id=artifact.name, artifact_id=artifact.id)
 
 
 def _exec_from_row(row: Sequence[Any]) -> ExecutionRecord:
@@ -255,9 +283,7 @@ class SQLiteStateStore:
 
     @staticmethod
     def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str) -> None:
-        row = cur.execute(
-            "SELECT lease_owner, status FROM executions WHERE id = ?", (exec_id,)
-        ).fetchone()
+        row = cur.execute("SELECT lease_owner, status FROM executions WHERE id = ?", (exec_id,)).fetchone()
         if row is None:
             raise KitaruNotFoundError(f"no execution {exec_id!r}")
         if row[0] != owner:
@@ -273,9 +299,7 @@ class SQLiteStateStore:
     ) -> tuple[ExecutionRecord, bool]:
         e = execution
         with self._write() as cur:
-            row = cur.execute(
-                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (e.id,)
-            ).fetchone()
+            row = cur.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (e.id,)).fetchone()
             if row is not None:
                 return _exec_from_row(row), False
             cur.execute(
@@ -299,6 +323,10 @@ class SQLiteStateStore:
             cur.executemany(
                 f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [_artifact_row(a) for a in artifacts],
+            )
+            cur.executemany(
+                _INSERT_JOURNAL,
+                [_journal_row(e.id, _input_record(a), e.created_at) for a in artifacts],
             )
         return e, True
 
@@ -343,9 +371,7 @@ class SQLiteStateStore:
         allowed = set(allowed_statuses)
         now = time.time()
         with self._write() as cur:
-            row = cur.execute(
-                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)
-            ).fetchone()
+            row = cur.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)).fetchone()
             if row is None:
                 raise KitaruNotFoundError(
                     f"no execution {exec_id!r}. List executions with `kitaru executions list`."
@@ -411,33 +437,13 @@ class SQLiteStateStore:
                     self._check_lease(cur, exec_id, owner)
                 if artifacts:
                     cur.executemany(
-                        f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         [_artifact_row(a) for a in artifacts],
                     )
                 if records:
-                    cur.executemany(
-                        "INSERT INTO journal (exec_id, kind, call_id, seq, name, attempt, "
-                        "artifact_id, data, ts) VALUES (?,?,?,?,?,?,?,?,?)",
-                        [
-                            (
-                                exec_id,
-                                r.kind,
-                                r.call_id,
-                                r.seq,
-                                r.name,
-                                r.attempt,
-                                r.artifact_id,
-                                json.dumps(r.data) if r.data is not None else None,
-                                r.ts or now,
-                            )
-                            for r in records
-                        ],
-                    )
+                    cur.executemany(_INSERT_JOURNAL, [_journal_row(exec_id, r, now) for r in records])
                 if metadata:
-                    row = cur.execute(
-                        "SELECT metadata FROM executions WHERE id = ?", (exec_id,)
-                    ).fetchone()
+                    row = cur.execute("SELECT metadata FROM executions WHERE id = ?", (exec_id,)).fetchone()
                     merged = {**(json.loads(row[0]) if row and row[0] else {}), **metadata}
                     cur.execute(
                         "UPDATE executions SET metadata = ? WHERE id = ?",
@@ -455,9 +461,7 @@ class SQLiteStateStore:
                         params.append(result_artifact)
                     if release_lease:
                         sets.append("lease_owner = NULL, lease_expires_at = NULL")
-                    cur.execute(
-                        f"UPDATE executions SET {', '.join(sets)} WHERE id = ?", (*params, exec_id)
-                    )
+                    cur.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id = ?", (*params, exec_id))
         except sqlite3.IntegrityError as exc:
             raise KitaruConflictError(
                 f"execution {exec_id}: a record already exists for this call ({exc}); another "
@@ -473,7 +477,7 @@ class SQLiteStateStore:
                 marks = ",".join("?" * len(waiting_on))
                 answered = cur.execute(
                     "SELECT 1 FROM journal WHERE exec_id = ? AND kind = 'wait_answered' "
-                    f"AND call_id IN ({marks}) LIMIT 1",
+                    f"AND once IN ({marks}) LIMIT 1",
                     (exec_id, *waiting_on),
                 ).fetchone()
                 if answered:
@@ -527,21 +531,7 @@ class SQLiteStateStore:
                 f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _artifact_row(artifact),
             )
-            cur.execute(
-                "INSERT INTO journal (exec_id, kind, call_id, seq, name, attempt, artifact_id, "
-                "data, ts) VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    exec_id,
-                    record.kind,
-                    record.call_id,
-                    record.seq,
-                    record.name,
-                    record.attempt,
-                    record.artifact_id,
-                    json.dumps(record.data) if record.data is not None else None,
-                    record.ts or now,
-                ),
-            )
+            cur.execute(_INSERT_JOURNAL, _journal_row(exec_id, record, now))
             lease_free = holder is None or (expires or 0) <= now or not lease_holder_alive(holder)
             if take_lease and status == "waiting" and lease_free:
                 cur.execute(
@@ -555,9 +545,7 @@ class SQLiteStateStore:
     def cancel(self, exec_id: str) -> ExecutionRecord:
         now = time.time()
         with self._write() as cur:
-            row = cur.execute(
-                f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)
-            ).fetchone()
+            row = cur.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)).fetchone()
             if row is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
             record = _exec_from_row(row)
@@ -610,15 +598,20 @@ class SQLiteStateStore:
     def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
-        sql = f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE exec_id = ?"
+        columns = ", ".join(f"a.{c.strip()}" for c in _ARTIFACT_COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM journal j JOIN artifacts a ON a.id = j.artifact_id "
+            "WHERE j.exec_id = ? AND j.kind != 'load'"
+        )
         params: list[Any] = [exec_id]
         if name is not None:
-            sql += " AND name = ?"
+            sql += " AND a.name = ?"
             params.append(name)
         if type is not None:
-            sql += " AND type = ?"
+            sql += " AND a.type = ?"
             params.append(type)
-        return [_artifact_from_row(r) for r in self._read(sql + " ORDER BY rowid", params)]
+        rows = self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", params)
+        return [_artifact_from_row(r) for r in rows]
 
     def close(self) -> None:
         with self._lock:
