@@ -97,6 +97,12 @@ def _is_json_native(value: Any) -> bool:
     return False
 
 
+def _importable(tp: type) -> bool:
+    """Whether loading can find ``tp`` by name; classes defined in a function body cannot be, so
+    their instances go to cloudpickle, which carries the class along."""
+    return "<locals>" not in tp.__qualname__
+
+
 def _dump_json(value: Any) -> Serialized | None:
     if not _is_json_native(value):
         return None
@@ -113,13 +119,13 @@ def _dump_bytes(value: Any) -> Serialized | None:
 
 def _dump_pydantic(value: Any) -> Serialized | None:
     pydantic = sys.modules.get("pydantic")
-    if pydantic is None or not isinstance(value, pydantic.BaseModel):
+    if pydantic is None or not isinstance(value, pydantic.BaseModel) or not _importable(type(value)):
         return None
     return Serialized("pydantic", type_path(type(value)), value.model_dump_json().encode())
 
 
 def _dump_dataclass(value: Any) -> Serialized | None:
-    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+    if not dataclasses.is_dataclass(value) or isinstance(value, type) or not _importable(type(value)):
         return None
     from pydantic import TypeAdapter
 

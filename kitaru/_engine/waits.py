@@ -20,13 +20,21 @@ __all__ = ["WAIT_FN_NAME", "resolve_schema", "schema_ref", "validate_answer", "w
 WAIT_FN_NAME = "kitaru.wait"
 
 
+# Schemas seen by wait() in this process, so an answer given here needs no import (and works for
+# types defined inside functions, which no other process can import).
+_LIVE_SCHEMAS: dict[str, Any] = {}
+
+
 def schema_ref(schema: Any) -> str | None:
     """A text form of a wait's schema that another process can turn back into the type."""
     if schema is None:
         return None
     if isinstance(schema, type) and "[" not in repr(schema):
-        return f"type:{schema.__module__}:{schema.__qualname__}"
-    return f"expr:{_type_expr(schema)}"
+        ref = f"type:{schema.__module__}:{schema.__qualname__}"
+    else:
+        ref = f"expr:{_type_expr(schema)}"
+    _LIVE_SCHEMAS[ref] = schema
+    return ref
 
 
 def _type_expr(tp: Any) -> str:
@@ -39,6 +47,8 @@ def resolve_schema(ref: str | None, flow_module: ModuleType | None) -> Any:
     """Turn a :func:`schema_ref` back into a type. ``flow_module`` stands in for ``__main__``."""
     if ref is None:
         return Any
+    if ref in _LIVE_SCHEMAS:
+        return _LIVE_SCHEMAS[ref]
     kind, _, rest = ref.partition(":")
     if kind == "type":
         module_name, _, qualname = rest.partition(":")

@@ -1,0 +1,3 @@
+from kitaru.cli import main
+
+main()

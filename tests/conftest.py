@@ -1,0 +1,60 @@
+"""Shared fixtures: every test gets its own kitaru home, and engine tests run on each embedded
+state store (SQLite with the filesystem artifact store, and the in-memory pair)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kitaru._engine.runtime import Runtime, use_runtime
+from kitaru.store.filesystem import FilesystemArtifactStore
+from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
+from kitaru.store.sqlite import SQLiteStateStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def kitaru_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "kitaru-home"
+    monkeypatch.setenv("KITARU_HOME", str(home))
+    monkeypatch.delenv("KITARU_STACK", raising=False)
+    monkeypatch.delenv("KITARU_WAIT_HOLD", raising=False)
+    return home
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def runtime(request: pytest.FixtureRequest, kitaru_home: Path) -> Iterator[Runtime]:
+    """A runtime on each embedded store; ``kitaru.*`` calls in the test use it."""
+    if request.param == "sqlite":
+        rt = Runtime(
+            SQLiteStateStore(kitaru_home / "kitaru.db"),
+            FilesystemArtifactStore(kitaru_home / "artifacts"),
+            heartbeat_interval=0.05,
+        )
+    else:
+        rt = Runtime(MemoryStateStore(), MemoryArtifactStore(), heartbeat_interval=0.05)
+    with use_runtime(rt):
+        yield rt
+    rt.close()
+
+
+@pytest.fixture
+def subprocess_env(kitaru_home: Path) -> dict[str, str]:
+    """Environment for child processes: same home, the project importable, output unbuffered."""
+    env = dict(os.environ)
+    env["KITARU_HOME"] = str(kitaru_home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture
+def kitaru_cli() -> list[str]:
+    """The ``kitaru`` console script of this environment."""
+    script = Path(sys.executable).with_name("kitaru")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kitaru.cli"]
