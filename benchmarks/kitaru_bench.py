@@ -219,6 +219,8 @@ def main() -> int:
                 "wait_answer_to_running_ms": "client.executions.input(exec_id, True) -> the "
                 "checkpoint after wait() starts (replays the journal in this process)",
                 "resume_1000_ms": "same, with N completed checkpoints before wait()",
+                "store": "embedded default stack under a fresh KITARU_HOME; SQLite "
+                f"synchronous={os.environ.get('KITARU_SQLITE_SYNC', 'default')}",
             },
         )
     finally:

@@ -77,9 +77,7 @@ class System:
 
 SYSTEMS: dict[str, System] = {
     "kitaru": System("kitaru", "kitaru", HERE / "kitaru_bench.py"),
-    "dbos": System(
-        "dbos", "DBOS", PEERS_DIR / "dbos_bench.py", PEERS_DIR / "requirements-dbos.txt"
-    ),
+    "dbos": System("dbos", "DBOS", PEERS_DIR / "dbos_bench.py", PEERS_DIR / "requirements-dbos.txt"),
     "langgraph": System(
         "langgraph",
         "LangGraph",
@@ -323,11 +321,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="comma-separated systems to run (default: all of kitaru,dbos,langgraph)",
     )
-    p.add_argument(
-        "--measures", default="", help="comma-separated subset of measure keys (default: all)"
-    )
+    p.add_argument("--measures", default="", help="comma-separated subset of measure keys (default: all)")
     p.add_argument("--reinstall", action="store_true", help="rebuild the peers' virtualenvs first")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per bench script")
+    p.add_argument(
+        "--kitaru-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the kitaru run (repeatable), e.g. KITARU_SQLITE_SYNC=FULL "
+        "to give kitaru's store an fsync per commit like the peers' defaults",
+    )
     p.add_argument(
         "--output",
         default=str(RESULTS_DIR / "latest.json"),
@@ -341,9 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     only = [s.strip().lower() for s in args.only.split(",") if s.strip()] or list(SYSTEMS)
     unknown = [s for s in only if s not in SYSTEMS]
     if unknown:
-        print(
-            f"unknown system(s): {', '.join(unknown)}; known: {', '.join(SYSTEMS)}", file=sys.stderr
-        )
+        print(f"unknown system(s): {', '.join(unknown)}; known: {', '.join(SYSTEMS)}", file=sys.stderr)
         return 2
     unknown_m = [m for m in args.measures.split(",") if m.strip() and m.strip() not in bl.MEASURES]
     if unknown_m:
@@ -352,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     bench_args = (["--quick"] if args.quick else []) + (
         ["--measures", args.measures] if args.measures else []
     )
+
+    extra_kitaru_env: dict[str, str] = {}
+    for item in args.kitaru_env:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            print(f"--kitaru-env wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        extra_kitaru_env[k] = v
 
     outcomes: dict[str, Outcome] = {}
     scratch = Path(tempfile.mkdtemp(prefix="kitaru-bench-run-"))
@@ -366,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             if system.requirements is None:
                 python = sys.executable
                 env["KITARU_HOME"] = str(work)
+                env.update(extra_kitaru_env)
             else:
                 try:
                     python = str(ensure_venv(system, reinstall=args.reinstall))
@@ -391,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "targets_ms": TARGETS,
+        "kitaru_env": extra_kitaru_env,
         "systems": {
             key: {
                 "ok": o.error is None,

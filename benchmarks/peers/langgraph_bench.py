@@ -222,8 +222,7 @@ def main() -> int:
                 "wait_answer_to_running_ms": "invoke(Command(resume=True)) -> the task after "
                 "interrupt() starts (replays the entrypoint from its checkpoint)",
                 "resume_1000_ms": "same, with N completed tasks before interrupt()",
-                "concurrent_1000_async_ms": "async tasks gathered in an async entrypoint, "
-                "AsyncSqliteSaver",
+                "concurrent_1000_async_ms": "async tasks gathered in an async entrypoint, AsyncSqliteSaver",
             },
         )
     finally:
