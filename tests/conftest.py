@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kitaru._engine.runtime import Runtime, use_runtime
+from kitaru._engine.runtime import Runtime, set_runtime, use_runtime
 from kitaru.store.filesystem import FilesystemArtifactStore
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 from kitaru.store.sqlite import SQLiteStateStore
@@ -25,6 +25,16 @@ def kitaru_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("KITARU_STACK", raising=False)
     monkeypatch.delenv("KITARU_WAIT_HOLD", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True)
+def fresh_default_runtime() -> Iterator[None]:
+    """The process-wide runtime opens from KITARU_HOME on first use: give each test its own."""
+    set_runtime(None)
+    yield
+    previous = set_runtime(None)
+    if previous is not None:
+        previous.close()
 
 
 @pytest.fixture(params=["sqlite", "memory"])

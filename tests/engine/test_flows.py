@@ -411,7 +411,7 @@ class TestWaits:
         def careless() -> str:
             try:
                 return str(kitaru.wait(name="input"))
-            except Exception as exc:  # noqa: BLE001 - the point of the test
+            except Exception as exc:
                 swallowed.append(exc)
                 return "swallowed"
 
