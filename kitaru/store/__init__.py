@@ -190,7 +190,9 @@ class StateStore(Protocol):
         ttl: float,
         take_lease: bool,
     ) -> bool:
-        """Record a wait's answer. The wait must be open (KitaruStateError otherwise).
+        """Record a wait's answer. The wait must have been opened (KitaruNotFoundError otherwise)
+        and not be answered or timed out, in an execution that has not finished (KitaruStateError
+        otherwise).
 
         With ``take_lease``, a ``waiting`` execution whose lease is free moves to ``running`` under
         ``owner`` in the same transaction and True is returned: the caller resumes it.

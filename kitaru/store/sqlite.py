@@ -401,6 +401,7 @@ class SQLiteStateStore:
                 (owner, now + ttl, status, now, exec_id),
             )
         record.lease_owner, record.lease_expires_at, record.status = owner, now + ttl, status
+        record.updated_at = now
         return record
 
     def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
@@ -450,7 +451,8 @@ class SQLiteStateStore:
                         (json.dumps(merged), exec_id),
                     )
                 if status is not None or release_lease or result_artifact is not None:
-                    sets, params = ["updated_at = ?"], [now]
+                    sets: list[str] = ["updated_at = ?"]
+                    params: list[Any] = [now]
                     if status is not None:
                         sets.append("status = ?")
                         params.append(status)
