@@ -11,7 +11,10 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 def _sync(session: nox.Session) -> None:
     # Install the workspace exactly as locked into the session's environment.
     session.run_install(
-        "uv", "sync", "--locked", f"--python={session.virtualenv.location}",
+        "uv",
+        "sync",
+        "--locked",
+        f"--python={session.virtualenv.location}",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
 

@@ -47,9 +47,7 @@ def review_flow(topic: str) -> str:
     notes = research(topic)
     text = draft(topic, notes)
     kitaru.save("draft_preview", text[:80], type="preview")
-    approved = kitaru.wait(
-        name="approve_draft", question=f"Publish this draft?\n\n{text}", schema=bool
-    )
+    approved = kitaru.wait(name="approve_draft", question=f"Publish this draft?\n\n{text}", schema=bool)
     if not approved:
         return "rejected"
     return publish(text)

@@ -60,7 +60,7 @@ def load_stack(name: str | None = None, **options: Any) -> Stack:
     from stevedore.exception import NoMatches
 
     try:
-        manager = driver.DriverManager(
+        manager: Any = driver.DriverManager(
             namespace=STACK_NAMESPACE,
             name=name,
             invoke_on_load=True,
@@ -83,7 +83,7 @@ def artifact_store_for_uri(uri: str) -> ArtifactStore:
     from stevedore.exception import NoMatches
 
     try:
-        manager = driver.DriverManager(
+        manager: Any = driver.DriverManager(
             namespace=ARTIFACT_STORE_NAMESPACE, name=scheme, invoke_on_load=True, invoke_args=(uri,)
         )
     except NoMatches:

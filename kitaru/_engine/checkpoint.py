@@ -8,7 +8,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from contextvars import copy_context
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from kitaru.errors import KitaruUsageError
 from kitaru.store import ArtifactRecord, JournalRecord
@@ -39,6 +39,10 @@ class Checkpoint(Generic[P, R]):
         "retry_on",
     )
 
+    fn: Callable[..., Any]
+    name: str
+    qualname: str
+
     def __init__(
         self,
         fn: Callable[P, R],
@@ -52,7 +56,7 @@ class Checkpoint(Generic[P, R]):
         import inspect
 
         if isinstance(fn, Checkpoint):
-            raise KitaruUsageError(f"{fn.name!r} is already a checkpoint; apply @checkpoint once.")
+            raise KitaruUsageError(f"{fn.qualname!r} is already a checkpoint; apply @checkpoint once.")
         if not callable(fn) or inspect.isclass(fn):
             raise KitaruUsageError(f"@checkpoint needs a function, got {fn!r}.")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
@@ -90,7 +94,7 @@ class Checkpoint(Generic[P, R]):
         ctx = _current_exec.get()
         if ctx is None:
             # Outside a flow a checkpoint is the plain function: handy in unit tests and scripts.
-            return self.fn(*args, **kwargs)
+            return cast(R, self.fn(*args, **kwargs))
         frame = _current_call.get()
         if frame is not None:
             raise KitaruUsageError(
@@ -102,9 +106,9 @@ class Checkpoint(Generic[P, R]):
         if self.is_async:
             if running_loop() is None:
                 # A sync flow body calling an async checkpoint gets the value, not a coroutine.
-                return ctx.run_coroutine(self._run_async(ctx, call, args, kwargs))  # type: ignore[no-any-return]
-            return self._run_async(ctx, call, args, kwargs)  # type: ignore[return-value]
-        return self._run_sync(ctx, call, args, kwargs)
+                return cast(R, ctx.run_coroutine(self._run_async(ctx, call, args, kwargs)))
+            return cast(R, self._run_async(ctx, call, args, kwargs))
+        return cast(R, self._run_sync(ctx, call, args, kwargs))
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Start a sync checkpoint on a worker thread; returns a future of its output."""
@@ -260,7 +264,7 @@ class Checkpoint(Generic[P, R]):
                 started = self._started(call, attempt, fingerprint, lineage)
                 token = _current_call.set(frame)
                 try:
-                    value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+                    value = await self.fn(*args, **kwargs)
                 except Exception as exc:
                     records, delay = self._failed(frame, started, exc)
                     await ctx.commit_async(records, ())

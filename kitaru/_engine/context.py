@@ -45,7 +45,8 @@ _current_call: ContextVar[CallFrame | None] = ContextVar("kitaru_call", default=
 def running_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop running in this thread, if any (without importing asyncio)."""
     aio = sys.modules.get("asyncio")
-    return None if aio is None else aio._get_running_loop()  # type: ignore[no-any-return]
+    loop: asyncio.AbstractEventLoop | None = None if aio is None else aio._get_running_loop()
+    return loop
 
 
 def current_execution() -> ExecutionContext | None:

@@ -364,11 +364,16 @@ class AsyncFlowHandle:
 class Flow(Generic[P, R]):
     """A function made a durable flow by :func:`flow`."""
 
+    fn: Callable[..., Any]
+    name: str
+    target: str
+    sys_path: str | None
+
     def __init__(self, fn: Callable[P, R], *, name: str | None = None) -> None:
         import inspect
 
         if isinstance(fn, Flow):
-            raise KitaruUsageError(f"{fn.name!r} is already a flow; apply @flow once.")
+            raise KitaruUsageError(f"{fn.target!r} is already a flow; apply @flow once.")
         if not callable(fn) or inspect.isclass(fn):
             raise KitaruUsageError(f"@flow needs a function, got {fn!r}.")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
@@ -435,10 +440,12 @@ class Flow(Generic[P, R]):
         }
         import inspect
 
-        bound = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type]
+        bound = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type,unused-ignore]
         return bound.args, bound.kwargs
 
-    def run(self, *args: P.args, execution_id: str | None = None, **kwargs: P.kwargs) -> FlowHandle:
+    # `execution_id` is a keyword of run/start itself, and typing cannot place a keyword between
+    # ParamSpec *args and **kwargs: the flow's arguments are checked when bound, at run time.
+    def run(self, *args: Any, execution_id: str | None = None, **kwargs: Any) -> FlowHandle:
         """Run the flow in this thread until it finishes or suspends on a wait.
 
         ``execution_id`` makes the start idempotent: an existing execution with that id is
@@ -456,9 +463,7 @@ class Flow(Generic[P, R]):
         call_args, call_kwargs = self._call_args(args, kwargs)
         return FlowHandle(record.id, runtime, self.drive(runtime, record, call_args, call_kwargs, []))
 
-    async def start(
-        self, *args: P.args, execution_id: str | None = None, **kwargs: P.kwargs
-    ) -> AsyncFlowHandle:
+    async def start(self, *args: Any, execution_id: str | None = None, **kwargs: Any) -> AsyncFlowHandle:
         """Start the flow on the running event loop; ``await handle.result()`` gives its value.
 
         Async flow bodies run as a task on this loop; sync ones on a worker thread.

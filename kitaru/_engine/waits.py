@@ -12,7 +12,7 @@ from kitaru.config import env_float
 from kitaru.errors import KitaruUsageError, KitaruWaitTimeoutError, KitaruWaitValidationError
 from kitaru.store import JournalRecord
 
-from .context import _current_call, _Suspend, require_flow
+from .context import ExecutionContext, _current_call, _Suspend, require_flow
 
 __all__ = ["WAIT_FN_NAME", "resolve_schema", "schema_ref", "validate_answer", "wait"]
 
@@ -188,7 +188,7 @@ def wait(
     raise _Suspend()
 
 
-def _fetch_answer(ctx: Any, call_id: str) -> JournalRecord | None:
+def _fetch_answer(ctx: ExecutionContext, call_id: str) -> JournalRecord | None:
     for record in ctx.state.read_journal(ctx.exec_id):
         if record.kind == "wait_answered" and record.call_id == call_id:
             return record

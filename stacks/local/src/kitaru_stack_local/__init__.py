@@ -12,7 +12,9 @@ __all__ = ["LocalStack", "filesystem_artifact_store"]
 class LocalStack:
     """The ``local`` stack type. Options: ``path`` (state database), ``artifacts`` (directory)."""
 
-    def __init__(self, name: str = "local", path: str | None = None, artifacts: str | None = None, **_: Any) -> None:
+    def __init__(
+        self, name: str = "local", path: str | None = None, artifacts: str | None = None, **_: Any
+    ) -> None:
         from kitaru.config import home
 
         self.name = name
