@@ -106,7 +106,13 @@ def _importable(tp: type) -> bool:
 def _dump_json(value: Any) -> Serialized | None:
     if not _is_json_native(value):
         return None
-    data = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (a file name decoded with surrogateescape) is not UTF-8; as a \u escape
+        # it is valid JSON that loads back to the same str.
+        data = json.dumps(value, separators=(",", ":")).encode()
     return Serialized("json", type_path(type(value)), data)
 
 
@@ -129,9 +135,11 @@ def _dump_dataclass(value: Any) -> Serialized | None:
         return None
     from pydantic import TypeAdapter
 
-    adapter: Any = TypeAdapter(type(value))
     try:
-        data = adapter.dump_json(value)
+        adapter: Any = TypeAdapter(type(value))
+        # warnings=False: a field holding the wrong type must not print pydantic's warning; the
+        # comparison below sends such a value down the chain anyway.
+        data = adapter.dump_json(value, warnings=False)
         if adapter.validate_json(data) != value:
             return None
     except Exception:
