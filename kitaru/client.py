@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -232,10 +233,10 @@ class _Executions:
         flow_module = None
         try:
             flow_obj = load_flow(execution.target, self._record(execution.id).sys_path)
-            import sys
-
             flow_module = sys.modules.get(flow_obj.fn.__module__)
         except KitaruError:
+            # Without the flow's code an answer can still be recorded (--no-resume), as long as
+            # its schema needs no import from that code.
             if resume:
                 raise
         try:

@@ -139,9 +139,7 @@ class Checkpoint(Generic[P, R]):
             return False, None
         ctx.check_inputs(call, fingerprint)
         record = ctx.completed[call.call_id]
-        artifact = ctx.state.get_artifact(record.artifact_id or "")
-        if artifact is None:
-            raise KeyError(f"artifact {record.artifact_id} of {call.call_id} is missing")
+        artifact = ctx.stored_artifact(record)
         value = ctx.runtime.load_artifact(artifact)
         ctx.remember_output(value, artifact)
         return True, value

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kitaru.errors import KitaruDivergenceError, KitaruNotInFlowError, KitaruUsageError
+from kitaru.errors import KitaruDivergenceError, KitaruNotInFlowError, KitaruStoreError, KitaruUsageError
 from kitaru.serialization import _is_json_native
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
@@ -174,6 +174,17 @@ class ExecutionContext:
                 f"{self.exec_id}`, or start a new execution."
             )
         return Call(call_id, seq, name)
+
+    def stored_artifact(self, record: JournalRecord) -> ArtifactRecord:
+        """The artifact a journal record points to; its absence means the store lost data."""
+        artifact = self.state.get_artifact(record.artifact_id or "")
+        if artifact is None:
+            raise KitaruStoreError(
+                f"execution {self.exec_id}: the journal's {record.kind} record of "
+                f"{record.call_id!r} points to artifact {record.artifact_id}, which the state store "
+                "does not have. The store was modified or restored partially; restore it whole."
+            )
+        return artifact
 
     # -- inputs: lineage and fingerprints ---------------------------------------------------
 

@@ -24,6 +24,7 @@ from kitaru.errors import (
     KitaruExecutionError,
     KitaruLeaseError,
     KitaruNotFoundError,
+    KitaruStateError,
     KitaruTimeoutError,
     KitaruUsageError,
 )
@@ -527,8 +528,8 @@ def resume_existing(
             leased = runtime.state.acquire_lease(
                 record.id, runtime.owner, runtime.lease_ttl, allowed_statuses={"running"}
             )
-        except (KitaruLeaseError, KitaruError):
-            leased = None
+        except (KitaruLeaseError, KitaruStateError):
+            leased = None  # driven elsewhere, or it finished meanwhile: just observe it
         if leased is not None:
             flow_obj = load_flow(leased.target, leased.sys_path)
             args, kwargs = flow_obj.inputs_of(runtime, record.id)

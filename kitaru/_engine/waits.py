@@ -127,9 +127,7 @@ def wait(
     call_id = call.call_id
 
     def answered(record: JournalRecord) -> Any:
-        artifact = ctx.state.get_artifact(record.artifact_id or "")
-        assert artifact is not None, f"answer artifact of wait {call_id} is missing"
-        return ctx.runtime.load_artifact(artifact)
+        return ctx.runtime.load_artifact(ctx.stored_artifact(record))
 
     if call_id in ctx.answers:
         return answered(ctx.answers[call_id])
