@@ -17,6 +17,7 @@ from kitaru.store import ArtifactStore, StateStore
 __all__ = [
     "ARTIFACT_STORE_NAMESPACE",
     "STACK_NAMESPACE",
+    "BaseStack",
     "Stack",
     "active_stack_name",
     "artifact_store_for_uri",
@@ -40,6 +41,43 @@ class Stack(Protocol):
     def artifact_store(self) -> ArtifactStore:
         """The store of artifact bytes."""
         ...
+
+
+class BaseStack:
+    """What most stack types share: a state store and an artifact store, each named by a URI.
+
+    Stack types are constructed as ``StackType(name=<stack name>, **options)``, ``options`` being the
+    keys of the stack's configuration (minus ``type``). Every type understands:
+
+    - ``state``: URI of the state store, ``sqlite:///abs/path.db`` or ``postgresql://...``
+      (default: ``kitaru.db`` under kitaru's home);
+    - ``artifacts``: URI of the artifact store, ``file:///dir``, ``s3://bucket/prefix``,
+      ``gs://bucket/prefix``, ``az://container/prefix`` (default: ``artifacts/`` under the home).
+
+    Other options are passed to the artifact store's factory (credentials, endpoints, regions...),
+    which is found by the URI's scheme among the ``kitaru.artifact_stores`` entry points.
+    """
+
+    type: str = "base"
+
+    def __init__(
+        self, name: str, state: str | None = None, artifacts: str | None = None, **options: Any
+    ) -> None:
+        from kitaru.config import home
+
+        self.name = name
+        root = home()
+        self.state_uri = state or f"sqlite:///{root / 'kitaru.db'}"
+        self.artifacts_uri = artifacts or (root / "artifacts").resolve().as_uri()
+        self.options = options
+
+    def state_store(self) -> StateStore:
+        from kitaru.store.open import open_state_store
+
+        return open_state_store(self.state_uri)
+
+    def artifact_store(self) -> ArtifactStore:
+        return artifact_store_for_uri(self.artifacts_uri, **self.options)
 
 
 def active_stack_name() -> str:
@@ -76,15 +114,20 @@ def load_stack(name: str | None = None, **options: Any) -> Stack:
     return stack
 
 
-def artifact_store_for_uri(uri: str) -> ArtifactStore:
-    """Open the artifact store that holds ``uri``, chosen by its scheme (``file``, ``s3``...)."""
+def artifact_store_for_uri(uri: str, **options: Any) -> ArtifactStore:
+    """Open the artifact store rooted at ``uri``, chosen by its scheme (``file``, ``s3``...);
+    ``options`` go to the store's factory."""
     scheme = uri.partition("://")[0]
     from stevedore import driver
     from stevedore.exception import NoMatches
 
     try:
         manager: Any = driver.DriverManager(
-            namespace=ARTIFACT_STORE_NAMESPACE, name=scheme, invoke_on_load=True, invoke_args=(uri,)
+            namespace=ARTIFACT_STORE_NAMESPACE,
+            name=scheme,
+            invoke_on_load=True,
+            invoke_args=(uri,),
+            invoke_kwds=options,
         )
     except NoMatches:
         installed = ", ".join(_installed(ARTIFACT_STORE_NAMESPACE)) or "none"

@@ -1,0 +1,24 @@
+"""Open a state store from its URI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from kitaru.errors import KitaruConfigError
+from kitaru.store import StateStore
+
+__all__ = ["open_state_store"]
+
+
+def open_state_store(uri: str) -> StateStore:
+    """``sqlite:///abs/path.db`` opens the embedded SQLite store; ``postgresql://`` the server store."""
+    scheme = uri.partition("://")[0].lower()
+    if scheme == "sqlite":
+        from kitaru.store.sqlite import SQLiteStateStore
+
+        return SQLiteStateStore(Path(unquote(urlparse(uri).path)))
+    raise KitaruConfigError(
+        f"unsupported state store URI {uri!r}: use sqlite:///absolute/path.db"
+        " or postgresql://user:password@host:port/database."
+    )
