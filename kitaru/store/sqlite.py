@@ -230,9 +230,19 @@ class SQLiteStateStore:
         sync = os.environ.get("KITARU_SQLITE_SYNC", "NORMAL").upper()
         if sync not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             sync = "NORMAL"
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={sync}")
-        self._migrate()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={sync}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise KitaruStoreError(
+                f"cannot open the state database {self.path}: {exc}. If the file is not a kitaru "
+                "database, move it aside or point KITARU_HOME elsewhere."
+            ) from exc
+        except BaseException:
+            self._conn.close()
+            raise
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -86,6 +86,14 @@ class TestSchema:
         # Refusing left the database as it was.
         assert _query(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("999",)]
 
+    def test_a_file_that_is_not_a_database_raises_store_error(self, tmp_path: Path) -> None:
+        path = tmp_path / "state.db"
+        garbage = b"not a database, just text\n" * 200
+        path.write_bytes(garbage)
+        with pytest.raises(KitaruStoreError, match="not a database"):
+            SQLiteStateStore(path)
+        assert path.read_bytes() == garbage
+
     def test_unopenable_path_raises_store_error(self, tmp_path: Path) -> None:
         (tmp_path / "state.db").mkdir()
         with pytest.raises(KitaruStoreError):
