@@ -313,6 +313,13 @@ class StateStoreConformance:
         state_store.create_execution(_execution(f"{base}Zx"), [])
         assert state_store.match_execution_ids(base + wildcard, limit=10) == [f"{base}{wildcard}x"]
 
+    def test_match_execution_ids_is_case_sensitive(self, state_store: StateStore) -> None:
+        base = new_id()
+        for suffix in ("Ab", "ab", "AB"):
+            state_store.create_execution(_execution(base + suffix), [])
+        assert state_store.match_execution_ids(base + "a", limit=10) == [base + "ab"]
+        assert sorted(state_store.match_execution_ids(base + "A", limit=10)) == [base + "AB", base + "Ab"]
+
     def test_list_executions_newest_first(self, state_store: StateStore) -> None:
         flow = f"flow_{new_id()}"
         base, start = new_id()[:-3], time.time()

@@ -346,9 +346,11 @@ class SQLiteStateStore:
 
     def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # LIKE ignores ASCII case; the substr comparison makes the match exact, like startswith.
         rows = self._read(
-            "SELECT id FROM executions WHERE id LIKE ? ESCAPE '\\' ORDER BY id LIMIT ?",
-            (escaped + "%", limit),
+            "SELECT id FROM executions WHERE id LIKE ? ESCAPE '\\' AND substr(id, 1, ?) = ? "
+            "ORDER BY id LIMIT ?",
+            (escaped + "%", len(prefix), prefix, limit),
         )
         return [r[0] for r in rows]
 
