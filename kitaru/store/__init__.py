@@ -114,10 +114,14 @@ class StateStore(Protocol):
     """
 
     def create_execution(
-        self, execution: ExecutionRecord, artifacts: Sequence[ArtifactRecord]
+        self,
+        execution: ExecutionRecord,
+        artifacts: Sequence[ArtifactRecord],
+        records: Sequence[JournalRecord] = (),
     ) -> tuple[ExecutionRecord, bool]:
         """Insert ``execution`` with its input artifacts (each referenced by an ``input`` journal
-        record named after its parameter), unless its id exists already.
+        record named after its parameter), then ``records`` (a replay's journal, seeded from its
+        original), in one transaction, unless its id exists already.
 
         Returns the stored record and whether it was created by this call (idempotent starts).
         """

@@ -283,6 +283,24 @@ class StateStoreConformance:
         assert state_store.list_artifacts(first.id) == [first_inputs]
         assert len(state_store.read_journal(first.id)) == 1
 
+    def test_create_execution_seeds_a_journal_that_may_share_artifacts(self, state_store: StateStore) -> None:
+        original = _execution()
+        shared = _artifact(original.id, "research", call_id="research")
+        state_store.create_execution(original, [])
+        state_store.commit(original.id, [_completed("research", shared)], [shared])
+        replay = _execution(original_exec_id=original.id)
+        seeded = [_completed("research", shared)]
+
+        state_store.create_execution(replay, [], seeded)
+
+        journal = state_store.read_journal(replay.id)
+        assert [(r.kind, r.call_id, r.artifact_id) for r in journal] == [
+            ("checkpoint_completed", "research", shared.id)
+        ]
+        assert state_store.list_artifacts(replay.id) == [shared]
+        with pytest.raises(KitaruConflictError):
+            state_store.commit(replay.id, [_completed("research")])
+
     def test_get_execution_needs_the_exact_id(self, state_store: StateStore) -> None:
         execution = _execution()
         state_store.create_execution(execution, [])

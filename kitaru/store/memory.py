@@ -60,7 +60,10 @@ class MemoryStateStore:
             journal.append(stored)
 
     def create_execution(
-        self, execution: ExecutionRecord, artifacts: Sequence[ArtifactRecord]
+        self,
+        execution: ExecutionRecord,
+        artifacts: Sequence[ArtifactRecord],
+        records: Sequence[JournalRecord] = (),
     ) -> tuple[ExecutionRecord, bool]:
         with self._lock:
             if execution.id in self._executions:
@@ -70,7 +73,10 @@ class MemoryStateStore:
                 self._artifacts[a.id] = a
             self._append(
                 execution.id,
-                [JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in artifacts],
+                [
+                    *(JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in artifacts),
+                    *records,
+                ],
             )
         return execution, True
 

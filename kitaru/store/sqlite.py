@@ -305,7 +305,10 @@ class SQLiteStateStore:
     # -- executions -------------------------------------------------------------------------
 
     def create_execution(
-        self, execution: ExecutionRecord, artifacts: Sequence[ArtifactRecord]
+        self,
+        execution: ExecutionRecord,
+        artifacts: Sequence[ArtifactRecord],
+        records: Sequence[JournalRecord] = (),
     ) -> tuple[ExecutionRecord, bool]:
         e = execution
         with self._write() as cur:
@@ -338,6 +341,7 @@ class SQLiteStateStore:
                 _INSERT_JOURNAL,
                 [_journal_row(e.id, _input_record(a), e.created_at) for a in artifacts],
             )
+            cur.executemany(_INSERT_JOURNAL, [_journal_row(e.id, r, e.created_at) for r in records])
         return e, True
 
     def get_execution(self, exec_id: str) -> ExecutionRecord | None:
