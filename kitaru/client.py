@@ -280,8 +280,7 @@ class _Executions:
         from kitaru._engine.flow import FlowHandle
 
         runtime = self._client._runtime
-        args, kwargs = flow_obj.inputs_of(runtime, record.id)
-        outcome = flow_obj.drive(runtime, record, args, kwargs)
+        outcome = flow_obj.drive(runtime, record, flow_obj.inputs_of(runtime, record.id))
         if isinstance(outcome.error, KitaruError):
             raise outcome.error
         return FlowHandle(record.id, runtime, outcome)

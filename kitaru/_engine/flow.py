@@ -9,7 +9,7 @@ import importlib.util
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +28,7 @@ from kitaru.errors import (
     KitaruTimeoutError,
     KitaruUsageError,
 )
-from kitaru.store import TERMINAL_STATUSES, ExecutionRecord, JournalRecord
+from kitaru.store import TERMINAL_STATUSES, ArtifactRecord, ExecutionRecord, JournalRecord
 
 from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, running_loop
 from .runtime import Runtime, get_runtime
@@ -121,6 +121,15 @@ def _load_script(path: str) -> ModuleType:
 
 
 @dataclass(slots=True)
+class Started:
+    """The arguments a flow body is called with, and the input artifact of each value."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    inputs: list[tuple[Any, ArtifactRecord]]
+
+
+@dataclass(slots=True)
 class Outcome:
     """How one drive of an execution ended, in this process."""
 
@@ -189,8 +198,7 @@ def _drive_sync(
     flow: Flow[Any, Any],
     runtime: Runtime,
     execution: ExecutionRecord,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    started: Started,
     journal: list[JournalRecord] | None,
 ) -> Outcome:
     runtime.track(execution.id)
@@ -200,11 +208,13 @@ def _drive_sync(
                 journal = runtime.state.read_journal(execution.id)
             ctx = ExecutionContext(runtime, execution, journal)
             journal = None
+            for value, artifact in started.inputs:
+                ctx.remember_output(value, artifact)
             token = _current_exec.set(ctx)
             value, error = None, None
             try:
                 try:
-                    value = flow.fn(*args, **kwargs)
+                    value = flow.fn(*started.args, **started.kwargs)
                 finally:
                     ctx.drain_threads()
             except BaseException as exc:
@@ -223,8 +233,7 @@ async def _drive_async(
     flow: Flow[Any, Any],
     runtime: Runtime,
     execution: ExecutionRecord,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    started: Started,
     journal: list[JournalRecord] | None,
 ) -> Outcome:
     runtime.track(execution.id)
@@ -234,6 +243,8 @@ async def _drive_async(
                 journal = runtime.state.read_journal(execution.id)
             ctx = ExecutionContext(runtime, execution, journal)
             journal = None
+            for value, artifact in started.inputs:
+                ctx.remember_output(value, artifact)
             import asyncio
 
             ctx.main_task = asyncio.current_task()
@@ -241,7 +252,7 @@ async def _drive_async(
             value, error = None, None
             try:
                 try:
-                    value = await flow.fn(*args, **kwargs)
+                    value = await flow.fn(*started.args, **started.kwargs)
                 finally:
                     await ctx.drain_tasks()
                     ctx.drain_threads()
@@ -412,12 +423,24 @@ class Flow(Generic[P, R]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         execution_id: str | None,
-    ) -> tuple[ExecutionRecord, bool]:
+        *,
+        original: ExecutionRecord | None = None,
+        reused_inputs: Sequence[ArtifactRecord] = (),
+        seed: Sequence[JournalRecord] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[ExecutionRecord, bool, Started]:
+        """Create the execution (leased to this process) with its input artifacts.
+
+        A replay passes the ``original`` execution, the original input artifacts it keeps
+        (``reused_inputs``, referenced rather than copied) and its ``seed`` journal.
+        """
         bound = self._bind(args, kwargs)
         exec_id = execution_id or new_id()
         now = time.time()
+        reused = {a.name: a for a in reused_inputs}
         inputs = [
-            runtime.make_artifact(exec_id, name=param, version=1, type="input", value=value, call_id=None)
+            reused.get(param)
+            or runtime.make_artifact(exec_id, name=param, version=1, type="input", value=value, call_id=None)
             for param, value in bound.arguments.items()
         ]
         record = ExecutionRecord(
@@ -430,10 +453,18 @@ class Flow(Generic[P, R]):
             updated_at=now,
             lease_owner=runtime.owner,
             lease_expires_at=now + runtime.lease_ttl,
+            original_exec_id=original.id if original else None,
+            metadata=metadata or {},
         )
-        return runtime.state.create_execution(record, inputs)
+        new_inputs = [a for a in inputs if a.name not in reused]
+        input_refs = [
+            JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in inputs if a.name in reused
+        ]
+        stored, created = runtime.state.create_execution(record, new_inputs, [*input_refs, *seed])
+        started = Started(bound.args, bound.kwargs, list(zip(bound.arguments.values(), inputs, strict=True)))
+        return stored, created, started
 
-    def inputs_of(self, runtime: Runtime, exec_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def inputs_of(self, runtime: Runtime, exec_id: str) -> Started:
         """The arguments an execution was started with, loaded back from its input artifacts."""
         stored = {a.name: a for a in runtime.state.list_artifacts(exec_id, type="input")}
         arguments = {
@@ -442,7 +473,7 @@ class Flow(Generic[P, R]):
         import inspect
 
         bound = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type,unused-ignore]
-        return bound.args, bound.kwargs
+        return Started(bound.args, bound.kwargs, [(v, stored[k]) for k, v in arguments.items()])
 
     # `execution_id` is a keyword of run/start itself, and typing cannot place a keyword between
     # ParamSpec *args and **kwargs: the flow's arguments are checked when bound, at run time.
@@ -458,11 +489,10 @@ class Flow(Generic[P, R]):
                 f"`handle = await {self.name}.start(...)` then `await handle.result()`."
             )
         runtime = get_runtime()
-        record, created = self._create(runtime, args, kwargs, execution_id)
+        record, created, started = self._create(runtime, args, kwargs, execution_id)
         if not created:
             return resume_existing(runtime, record, block=True)  # type: ignore[return-value]
-        call_args, call_kwargs = self._call_args(args, kwargs)
-        return FlowHandle(record.id, runtime, self.drive(runtime, record, call_args, call_kwargs, []))
+        return FlowHandle(record.id, runtime, self.drive(runtime, record, started, []))
 
     async def start(self, *args: Any, execution_id: str | None = None, **kwargs: Any) -> AsyncFlowHandle:
         """Start the flow on the running event loop; ``await handle.result()`` gives its value.
@@ -470,22 +500,15 @@ class Flow(Generic[P, R]):
         Async flow bodies run as a task on this loop; sync ones on a worker thread.
         """
         runtime = get_runtime()
-        record, created = self._create(runtime, args, kwargs, execution_id)
+        record, created, started = self._create(runtime, args, kwargs, execution_id)
         if not created:
             handle = resume_existing(runtime, record, block=False)
             assert isinstance(handle, AsyncFlowHandle)
             return handle
-        call_args, call_kwargs = self._call_args(args, kwargs)
         import asyncio
 
-        task = asyncio.ensure_future(self.drive_async(runtime, record, call_args, call_kwargs, []))
+        task = asyncio.ensure_future(self.drive_async(runtime, record, started, []))
         return AsyncFlowHandle(record.id, runtime, task)
-
-    def _call_args(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        bound = self._bind(args, kwargs)
-        return bound.args, bound.kwargs
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -493,30 +516,28 @@ class Flow(Generic[P, R]):
         self,
         runtime: Runtime,
         record: ExecutionRecord,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        started: Started,
         journal: list[JournalRecord] | None = None,
     ) -> Outcome:
         """Run the body to its end or suspension, in this thread (the lease is already held)."""
         if self.is_async:
             import asyncio
 
-            return asyncio.run(_drive_async(self, runtime, record, args, kwargs, journal))
-        return _drive_sync(self, runtime, record, args, kwargs, journal)
+            return asyncio.run(_drive_async(self, runtime, record, started, journal))
+        return _drive_sync(self, runtime, record, started, journal)
 
     def drive_async(
         self,
         runtime: Runtime,
         record: ExecutionRecord,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        started: Started,
         journal: list[JournalRecord] | None = None,
     ) -> Awaitable[Outcome]:
         if self.is_async:
-            return _drive_async(self, runtime, record, args, kwargs, journal)
+            return _drive_async(self, runtime, record, started, journal)
         import asyncio
 
-        return asyncio.to_thread(_drive_sync, self, runtime, record, args, kwargs, journal)
+        return asyncio.to_thread(_drive_sync, self, runtime, record, started, journal)
 
 
 def resume_existing(
@@ -532,12 +553,12 @@ def resume_existing(
             leased = None  # driven elsewhere, or it finished meanwhile: just observe it
         if leased is not None:
             flow_obj = load_flow(leased.target, leased.sys_path)
-            args, kwargs = flow_obj.inputs_of(runtime, record.id)
+            started = flow_obj.inputs_of(runtime, record.id)
             if block:
-                return FlowHandle(record.id, runtime, flow_obj.drive(runtime, leased, args, kwargs))
+                return FlowHandle(record.id, runtime, flow_obj.drive(runtime, leased, started))
             import asyncio
 
-            task = asyncio.ensure_future(flow_obj.drive_async(runtime, leased, args, kwargs))
+            task = asyncio.ensure_future(flow_obj.drive_async(runtime, leased, started))
             return AsyncFlowHandle(record.id, runtime, task)
     if block:
         return FlowHandle(record.id, runtime)
