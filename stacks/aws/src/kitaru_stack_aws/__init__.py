@@ -1,0 +1,1 @@
+"""kitaru's aws stack (in progress)."""

@@ -1,0 +1,1 @@
+"""kitaru's azure stack (in progress)."""

@@ -1,0 +1,1 @@
+"""kitaru's gcp stack (in progress)."""
