@@ -315,6 +315,29 @@ class _Executions:
         """Continue a ``failed`` execution in place, reusing its completed checkpoints."""
         return self._take_over(exec_id, {"failed"})
 
+    def replay(
+        self,
+        exec_id: str,
+        from_: str,
+        *,
+        overrides: dict[str, Any] | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> Any:
+        """Re-run an execution from a checkpoint or wait as a new execution, reusing everything
+        above it; see :meth:`kitaru.Flow.replay`. Returns the new execution's FlowHandle."""
+        from kitaru._engine.flow import load_flow
+
+        record = self._record(exec_id)
+        flow_obj = load_flow(record.target, record.sys_path)
+        return flow_obj.replay(record.id, from_, overrides=overrides, args=args)
+
+    def diff(self, a: str, b: str) -> Any:
+        """Compare two executions input by input, checkpoint by checkpoint, wait by wait, and
+        their results; returns a :class:`kitaru.diff.ExecutionDiff`."""
+        from kitaru.diff import diff_executions
+
+        return diff_executions(self._client._runtime, self.resolve(a), self.resolve(b))
+
     def cancel(self, exec_id: str) -> Execution:
         """Cancel a running or waiting execution. A running one stops at its next checkpoint."""
         self._state.cancel(self.resolve(exec_id))

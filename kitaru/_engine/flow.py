@@ -427,6 +427,7 @@ class Flow(Generic[P, R]):
         original: ExecutionRecord | None = None,
         reused_inputs: Sequence[ArtifactRecord] = (),
         seed: Sequence[JournalRecord] = (),
+        extra_artifacts: Sequence[ArtifactRecord] = (),
         metadata: dict[str, Any] | None = None,
     ) -> tuple[ExecutionRecord, bool, Started]:
         """Create the execution (leased to this process) with its input artifacts.
@@ -460,7 +461,9 @@ class Flow(Generic[P, R]):
         input_refs = [
             JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in inputs if a.name in reused
         ]
-        stored, created = runtime.state.create_execution(record, new_inputs, [*input_refs, *seed])
+        stored, created = runtime.state.create_execution(
+            record, [*new_inputs, *extra_artifacts], [*input_refs, *seed]
+        )
         started = Started(bound.args, bound.kwargs, list(zip(bound.arguments.values(), inputs, strict=True)))
         return stored, created, started
 
@@ -509,6 +512,36 @@ class Flow(Generic[P, R]):
 
         task = asyncio.ensure_future(self.drive_async(runtime, record, started, []))
         return AsyncFlowHandle(record.id, runtime, task)
+
+    def replay(
+        self,
+        exec_id: str,
+        from_: str,
+        overrides: dict[str, Any] | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> FlowHandle:
+        """Re-run execution ``exec_id`` from call ``from_`` as a new, linked execution.
+
+        Calls before ``from_`` (a checkpoint name, a call id like ``name:3``, or a wait name)
+        reuse the original's outputs and answers without running; ``from_`` and everything after
+        run again. ``overrides`` replace reused outputs or answers by call id; ``args`` replace
+        flow arguments by name. Bad requests raise before anything is written.
+        """
+        from .replay import replay
+
+        runtime = get_runtime()
+        original = runtime.state.get_execution(exec_id)
+        if original is None:
+            raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
+        if original.target != self.target and original.flow != self.name:
+            raise KitaruUsageError(
+                f"execution {exec_id} ran flow {original.flow!r}, not {self.name!r}; replay it "
+                f"with `kitaru executions replay {exec_id} --from ...`."
+            )
+        record, outcome = replay(runtime, self, original, from_, overrides, args)
+        if isinstance(outcome.error, KitaruError):
+            raise outcome.error
+        return FlowHandle(record.id, runtime, outcome)
 
     # -- driving ----------------------------------------------------------------------------
 

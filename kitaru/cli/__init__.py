@@ -183,14 +183,7 @@ def get_execution(exec_id: str, output: str) -> None:
 @_reports_errors
 def input_execution(exec_id: str, value: str, wait_name: str | None, resume: bool, output: str) -> None:
     """Answer a waiting execution's wait, then resume it here."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(
-            f"{value!r} is not JSON ({exc.msg}). Quote text as JSON: --value '\"yes\"'; "
-            "booleans and numbers go bare: --value true.",
-            param_hint="--value",
-        ) from None
+    parsed = _parse_json(value, "--value")
     client = _client()
     handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
     _report_handle(client, handle.exec_id, output)
@@ -234,6 +227,77 @@ def retry_execution(exec_id: str, output: str) -> None:
     client = _client()
     handle = client.executions.retry(exec_id)
     _report_handle(client, handle.exec_id, output)
+
+
+def _parse_json(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"{text!r} is not JSON ({exc.msg}). Quote text as JSON: '\"yes\"'; booleans and "
+            "numbers go bare: true, 42.",
+            param_hint=option,
+        ) from None
+
+
+@executions.command("replay")
+@click.argument("exec_id")
+@click.option("--from", "from_", required=True, help="Checkpoint or wait to re-run from (name, or name:N).")
+@click.option(
+    "--override",
+    "overrides",
+    multiple=True,
+    metavar="NAME=JSON",
+    help="Replace a reused checkpoint output or wait answer (repeatable).",
+)
+@click.option("--args", "args_json", help="Replace flow arguments: a JSON object by parameter name.")
+@_OUTPUT
+@_reports_errors
+def replay_execution(
+    exec_id: str, from_: str, overrides: tuple[str, ...], args_json: str | None, output: str
+) -> None:
+    """Re-run an execution from a checkpoint as a new execution, reusing everything above it."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=JSON.", param_hint="--override")
+        parsed[name] = _parse_json(value, "--override")
+    args = _parse_json(args_json, "--args") if args_json is not None else None
+    if args is not None and not isinstance(args, dict):
+        raise click.BadParameter(
+            'must be a JSON object of parameter names, e.g. \'{"topic": "x"}\'.', param_hint="--args"
+        )
+    client = _client()
+    handle = client.executions.replay(exec_id, from_, overrides=parsed, args=args)
+    if output == "text":
+        click.echo(f"replay of {client.executions.resolve(exec_id)} from {from_!r}:")
+    _report_handle(client, handle.exec_id, output)
+
+
+@executions.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--all", "show_all", is_flag=True, help="List unchanged items too.")
+@_OUTPUT
+@_reports_errors
+def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
+    """Compare two executions checkpoint by checkpoint (inputs, outputs, wait answers, result)."""
+    diff = _client().executions.diff(a, b)
+    if output == "json":
+        _echo_json(diff.to_dict())
+        return
+    click.echo(f"a = {diff.a}\nb = {diff.b}")
+    marks = {"same": "=", "changed": "~", "only_a": "-", "only_b": "+"}
+    for entry in diff.entries:
+        if entry.status == "same" and not show_all:
+            continue
+        label = {"only_a": "only in a", "only_b": "only in b"}.get(entry.status, entry.status)
+        click.echo(f"{marks[entry.status]} {entry.kind} {entry.name}: {label}")
+        if entry.detail:
+            click.echo("    " + entry.detail.replace("\n", "\n    "))
+    same = sum(e.status == "same" for e in diff.entries)
+    click.echo(f"{len(diff.changed)} differ, {same} the same")
 
 
 @executions.command("cancel")

@@ -119,9 +119,9 @@ class StateStore(Protocol):
         artifacts: Sequence[ArtifactRecord],
         records: Sequence[JournalRecord] = (),
     ) -> tuple[ExecutionRecord, bool]:
-        """Insert ``execution`` with its input artifacts (each referenced by an ``input`` journal
-        record named after its parameter), then ``records`` (a replay's journal, seeded from its
-        original), in one transaction, unless its id exists already.
+        """Insert ``execution`` with ``artifacts`` (each one of type ``input`` referenced by an
+        ``input`` journal record named after its parameter), then ``records`` (a replay's journal,
+        seeded from its original), in one transaction, unless its id exists already.
 
         Returns the stored record and whether it was created by this call (idempotent starts).
         """

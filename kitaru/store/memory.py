@@ -74,7 +74,11 @@ class MemoryStateStore:
             self._append(
                 execution.id,
                 [
-                    *(JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in artifacts),
+                    *(
+                        JournalRecord(kind="input", call_id=a.name, artifact_id=a.id)
+                        for a in artifacts
+                        if a.type == "input"
+                    ),
                     *records,
                 ],
             )

@@ -339,7 +339,7 @@ class SQLiteStateStore:
             )
             cur.executemany(
                 _INSERT_JOURNAL,
-                [_journal_row(e.id, _input_record(a), e.created_at) for a in artifacts],
+                [_journal_row(e.id, _input_record(a), e.created_at) for a in artifacts if a.type == "input"],
             )
             cur.executemany(_INSERT_JOURNAL, [_journal_row(e.id, r, e.created_at) for r in records])
         return e, True
