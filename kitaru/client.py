@@ -16,7 +16,7 @@ from kitaru.errors import (
 )
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
-__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "Wait"]
+__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Wait"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,19 @@ class Wait:
     metadata: dict[str, Any]
     deadline: float | None
     schema_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """Text a flow wrote: ``stream`` is ``stdout``, ``stderr`` or ``log`` (logging records)."""
+
+    call_id: str | None
+    """The checkpoint call that wrote it, or None for the flow body."""
+    stream: str
+    text: str
+    ts: float
+    seq: int
+    """Journal position, to continue from with ``after=``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +350,31 @@ class _Executions:
         from kitaru.diff import diff_executions
 
         return diff_executions(self._client._runtime, self.resolve(a), self.resolve(b))
+
+    def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> list[LogEntry]:
+        """What an execution printed and logged, in order, per call.
+
+        ``checkpoint`` keeps one call (``name`` or ``name:2``), or every call of that name when no
+        call has exactly that id; ``after`` skips entries up to a previous entry's ``seq``.
+        """
+        full = self.resolve(exec_id)
+        entries = [
+            LogEntry(
+                r.call_id,
+                (r.data or {}).get("stream", "stdout"),
+                (r.data or {}).get("text", ""),
+                r.ts,
+                r.id or 0,
+            )
+            for r in self._state.read_journal(full)
+            if r.kind == "output" and (r.id or 0) > after
+        ]
+        if checkpoint is None:
+            return entries
+        exact = [e for e in entries if e.call_id == checkpoint]
+        if exact:
+            return exact
+        return [e for e in entries if e.call_id and e.call_id.partition(":")[0] == checkpoint]
 
     def cancel(self, exec_id: str) -> Execution:
         """Cancel a running or waiting execution. A running one stops at its next checkpoint."""

@@ -212,7 +212,7 @@ class Checkpoint(Generic[P, R]):
             ts=time.time(),
         )
         # Logs of the failed attempt are kept; its saves are not (the retry saves again).
-        logs = [r for r in frame.records if r.kind == "log"]
+        logs = [r for r in frame.records if r.kind in ("log", "output")]
         return [*logs, failed], delay
 
     def _run_sync(

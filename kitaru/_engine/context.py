@@ -125,6 +125,7 @@ class ExecutionContext:
         self.counts: dict[str, int] = {}
         self.suspended_on: list[str] = []
         self._pending: list[JournalRecord] = []
+        self.pending_output: list[JournalRecord] = []
         self._pending_metadata: dict[str, Any] = {}
         self._pending_lock = threading.Lock()
         self._outputs: dict[int, tuple[str, str, Any, int]] = {}
@@ -252,9 +253,9 @@ class ExecutionContext:
     ) -> None:
         """Commit records and artifacts (with anything pending) as this execution's runner."""
         with self._pending_lock:
-            if self._pending:
-                records = [*self._pending, *records]
-                self._pending = []
+            if self._pending or self.pending_output:
+                records = [*self._pending, *self.pending_output, *records]
+                self._pending, self.pending_output = [], []
             if self._pending_metadata:
                 kw["metadata"] = {**self._pending_metadata, **(kw.get("metadata") or {})}
                 self._pending_metadata = {}

@@ -30,6 +30,7 @@ from kitaru.errors import (
 )
 from kitaru.store import TERMINAL_STATUSES, ArtifactRecord, ExecutionRecord, JournalRecord
 
+from .capture import capturing
 from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, running_loop
 from .runtime import Runtime, get_runtime
 
@@ -213,10 +214,11 @@ def _drive_sync(
             token = _current_exec.set(ctx)
             value, error = None, None
             try:
-                try:
-                    value = flow.fn(*started.args, **started.kwargs)
-                finally:
-                    ctx.drain_threads()
+                with capturing():
+                    try:
+                        value = flow.fn(*started.args, **started.kwargs)
+                    finally:
+                        ctx.drain_threads()
             except BaseException as exc:
                 error = exc
             finally:
@@ -251,11 +253,12 @@ async def _drive_async(
             token = _current_exec.set(ctx)
             value, error = None, None
             try:
-                try:
-                    value = await flow.fn(*started.args, **started.kwargs)
-                finally:
-                    await ctx.drain_tasks()
-                    ctx.drain_threads()
+                with capturing():
+                    try:
+                        value = await flow.fn(*started.args, **started.kwargs)
+                    finally:
+                        await ctx.drain_tasks()
+                        ctx.drain_threads()
             except BaseException as exc:
                 error = exc
             finally:

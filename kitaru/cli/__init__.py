@@ -300,6 +300,36 @@ def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
     click.echo(f"{len(diff.changed)} differ, {same} the same")
 
 
+@executions.command("logs")
+@click.argument("exec_id")
+@click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the execution stops.")
+@_OUTPUT
+@_reports_errors
+def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, output: str) -> None:
+    """Print what an execution's flow and checkpoints printed and logged, in order."""
+    client = _client()
+    full = client.executions.resolve(exec_id)
+    after = 0
+    while True:
+        entries = client.executions.logs(full, checkpoint=checkpoint, after=after)
+        for entry in entries:
+            if output == "json":
+                click.echo(
+                    json.dumps(
+                        {"call_id": entry.call_id, "stream": entry.stream, "text": entry.text, "ts": entry.ts}
+                    )
+                )
+                continue
+            prefix = f"[{entry.call_id or 'flow'}] "
+            for line in entry.text.splitlines():
+                click.echo(prefix + line, err=entry.stream == "stderr")
+        after = max([after, *(e.seq for e in entries)])
+        if not follow or client.executions.get(full).status not in {"running"}:
+            return
+        time.sleep(0.5)
+
+
 @executions.command("cancel")
 @click.argument("exec_id")
 @_OUTPUT
