@@ -27,6 +27,11 @@ from kitaru.errors import KitaruError as KitaruError
 from kitaru.errors import KitaruExecutionCancelledError as KitaruExecutionCancelledError
 from kitaru.errors import KitaruExecutionError as KitaruExecutionError
 from kitaru.errors import KitaruLeaseError as KitaruLeaseError
+from kitaru.errors import KitaruLLMAuthError as KitaruLLMAuthError
+from kitaru.errors import KitaruLLMBadRequestError as KitaruLLMBadRequestError
+from kitaru.errors import KitaruLLMError as KitaruLLMError
+from kitaru.errors import KitaruLLMRateLimitError as KitaruLLMRateLimitError
+from kitaru.errors import KitaruLLMTimeoutError as KitaruLLMTimeoutError
 from kitaru.errors import KitaruMissingDependencyError as KitaruMissingDependencyError
 from kitaru.errors import KitaruNotFoundError as KitaruNotFoundError
 from kitaru.errors import KitaruNotInFlowError as KitaruNotInFlowError
@@ -37,6 +42,7 @@ from kitaru.errors import KitaruTimeoutError as KitaruTimeoutError
 from kitaru.errors import KitaruUsageError as KitaruUsageError
 from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
 from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
+from kitaru.llm import llm as llm
 
 __version__ = "0.1.0.dev0"
 
@@ -52,6 +58,11 @@ __all__ = [
     "KitaruError",
     "KitaruExecutionCancelledError",
     "KitaruExecutionError",
+    "KitaruLLMAuthError",
+    "KitaruLLMBadRequestError",
+    "KitaruLLMError",
+    "KitaruLLMRateLimitError",
+    "KitaruLLMTimeoutError",
     "KitaruLeaseError",
     "KitaruMissingDependencyError",
     "KitaruNotFoundError",
@@ -66,6 +77,7 @@ __all__ = [
     "checkpoint",
     "current_execution_id",
     "flow",
+    "llm",
     "load",
     "log",
     "save",

@@ -17,6 +17,11 @@ Every message says what happened, why, and the next thing to run::
     ├── KitaruWaitValidationError   a wait answer does not match the wait's schema
     ├── KitaruWaitTimeoutError      a wait's timeout passed without an answer
     ├── KitaruTimeoutError          waiting on a handle took longer than asked
+    ├── KitaruLLMError              a model provider call failed (kitaru.llm, adapters)
+    │   ├── KitaruLLMAuthError      the provider refused the credentials
+    │   ├── KitaruLLMBadRequestError    the provider rejected the request itself
+    │   ├── KitaruLLMRateLimitError the provider rate-limited the call (after retries)
+    │   └── KitaruLLMTimeoutError   the provider did not answer in time (after retries)
     └── KitaruExecutionError        an execution failed or was cancelled
         └── KitaruExecutionCancelledError
 
@@ -33,6 +38,11 @@ __all__ = [
     "KitaruError",
     "KitaruExecutionCancelledError",
     "KitaruExecutionError",
+    "KitaruLLMAuthError",
+    "KitaruLLMBadRequestError",
+    "KitaruLLMError",
+    "KitaruLLMRateLimitError",
+    "KitaruLLMTimeoutError",
     "KitaruLeaseError",
     "KitaruMissingDependencyError",
     "KitaruNotFoundError",
@@ -124,6 +134,31 @@ class KitaruWaitTimeoutError(KitaruError):
 
 class KitaruTimeoutError(KitaruError):
     """Raised when waiting on a flow handle takes longer than the timeout given."""
+
+
+class KitaruLLMError(KitaruError):
+    """Raised when a model provider call fails; ``status`` is the HTTP status, if there was one."""
+
+    def __init__(self, message: str, *, provider: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+
+class KitaruLLMAuthError(KitaruLLMError):
+    """Raised when the provider refuses the API key (missing, wrong, or without access)."""
+
+
+class KitaruLLMBadRequestError(KitaruLLMError):
+    """Raised when the provider rejects the request itself (unknown model, bad parameters)."""
+
+
+class KitaruLLMRateLimitError(KitaruLLMError):
+    """Raised when the provider still rate-limits the call after kitaru's retries."""
+
+
+class KitaruLLMTimeoutError(KitaruLLMError):
+    """Raised when the provider still does not answer in time after kitaru's retries."""
 
 
 class KitaruExecutionError(KitaruError):

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
+from kitaru.cli.model import model as _model_group
+
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -403,3 +405,6 @@ def get_artifact(artifact_id: str, out: str | None, output: str) -> None:
             f"{artifact.size} bytes, {artifact.content_hash})"
         )
         click.echo(value if isinstance(value, str) else repr(value))
+
+
+main.add_command(_model_group)
