@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sys
 import time
@@ -351,7 +352,16 @@ class _Executions:
 
         return diff_executions(self._client._runtime, self.resolve(a), self.resolve(b))
 
-    def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> list[LogEntry]:
+    def graph(self, exec_id: str) -> Any:
+        """The execution's lineage: which artifacts (inputs, outputs, answers, other executions'
+        loaded artifacts) fed each checkpoint call; a :class:`kitaru.lineage.LineageGraph`."""
+        from kitaru.lineage import build_graph
+
+        return build_graph(self._state, self.resolve(exec_id))
+
+    def logs(
+        self, exec_id: str, *, checkpoint: str | None = None, after: int = 0
+    ) -> builtins.list[LogEntry]:
         """What an execution printed and logged, in order, per call.
 
         ``checkpoint`` keeps one call (``name`` or ``name:2``), or every call of that name when no

@@ -90,6 +90,7 @@ class CallFrame:
 # Outputs remembered to recognise them when passed on to the next checkpoint (lineage, and input
 # fingerprints that need no rehash). Large values are only held while the budget allows.
 _INDEX_BUDGET = 256 * 1024 * 1024
+_INDEX_ELEMENTS = 1000
 
 
 class ExecutionContext:
@@ -128,7 +129,7 @@ class ExecutionContext:
         self.pending_output: list[JournalRecord] = []
         self._pending_metadata: dict[str, Any] = {}
         self._pending_lock = threading.Lock()
-        self._outputs: dict[int, tuple[str, str, Any, int]] = {}
+        self._outputs: dict[int, tuple[str, str | None, Any, int]] = {}
         self._outputs_bytes = 0
         # Concurrency: worker threads for .submit(), tasks for async checkpoints, group commit.
         self._executor: ThreadPoolExecutor | None = None
@@ -190,13 +191,27 @@ class ExecutionContext:
     # -- inputs: lineage and fingerprints ---------------------------------------------------
 
     def remember_output(self, value: Any, artifact: ArtifactRecord) -> None:
-        if value is None or type(value) in (bool, int):
-            return  # small ints and singletons are shared objects: identity means nothing
-        size = artifact.size if artifact.size > INLINE_LIMIT else 0
-        if self._outputs_bytes + size > _INDEX_BUDGET:
+        """Note ``value`` as ``artifact``, so passing it to a checkpoint records the edge. The
+        direct elements of a list, tuple or dict output are noted too: fanning out over them is
+        lineage from the whole artifact."""
+        if not self._remember(value, artifact.id, artifact.content_hash, artifact.size):
             return
-        self._outputs_bytes += size
-        self._outputs[id(value)] = (artifact.id, artifact.content_hash, value, size)
+        items = value.values() if type(value) is dict else value if type(value) in (list, tuple) else ()
+        for i, item in enumerate(items):
+            if i >= _INDEX_ELEMENTS:
+                break
+            if type(item) is not str or len(item) > 1:  # 1-char strings are shared objects
+                self._remember(item, artifact.id, None, 0)
+
+    def _remember(self, value: Any, artifact_id: str, content_hash: str | None, size: int) -> bool:
+        if value is None or type(value) in (bool, int, float):
+            return False  # small numbers and singletons are shared objects: identity means nothing
+        held = size if size > INLINE_LIMIT else 0
+        if self._outputs_bytes + held > _INDEX_BUDGET:
+            return False
+        self._outputs_bytes += held
+        self._outputs[id(value)] = (artifact_id, content_hash, value, held)
+        return True
 
     def describe_inputs(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, list[str]]:
         """A fingerprint of the call's arguments, and the artifacts among them (lineage)."""
@@ -211,8 +226,18 @@ class ExecutionContext:
     def _describe(self, value: Any, lineage: list[str]) -> str:
         known = self._outputs.get(id(value))
         if known is not None and known[2] is value:
-            lineage.append(known[0])
-            return known[1]
+            if known[0] not in lineage:
+                lineage.append(known[0])
+            return known[1] or _fingerprint(value)
+        tp = type(value)
+        if tp is list or tp is tuple or tp is dict:
+            # Fan-in: a container the flow built from earlier outputs.
+            for i, item in enumerate(value.values() if tp is dict else value):
+                if i >= _INDEX_ELEMENTS:
+                    break
+                known = self._outputs.get(id(item))
+                if known is not None and known[2] is item and known[0] not in lineage:
+                    lineage.append(known[0])
         return _fingerprint(value)
 
     def check_inputs(self, call: Call, fingerprint: str) -> None:

@@ -146,8 +146,16 @@ def _settle_value(ctx: ExecutionContext, value: Any) -> Outcome:
         )
     except KitaruError as exc:
         return _settle_error(ctx, exc)
+    _, lineage = ctx.describe_inputs((value,), {})
     ctx.commit(
-        [JournalRecord(kind="flow_completed", artifact_id=artifact.id, ts=time.time())],
+        [
+            JournalRecord(
+                kind="flow_completed",
+                artifact_id=artifact.id,
+                data={"inputs": lineage} if lineage else None,
+                ts=time.time(),
+            )
+        ],
         [artifact],
         status="completed",
         result_artifact=artifact.id,

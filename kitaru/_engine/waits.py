@@ -127,7 +127,10 @@ def wait(
     call_id = call.call_id
 
     def answered(record: JournalRecord) -> Any:
-        return ctx.runtime.load_artifact(ctx.stored_artifact(record))
+        artifact = ctx.stored_artifact(record)
+        value = ctx.runtime.load_artifact(artifact)
+        ctx.remember_output(value, artifact)  # an answer passed on to a checkpoint is lineage
+        return value
 
     if call_id in ctx.answers:
         return answered(ctx.answers[call_id])

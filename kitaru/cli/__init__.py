@@ -302,6 +302,39 @@ def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
     click.echo(f"{len(diff.changed)} differ, {same} the same")
 
 
+@executions.command("graph")
+@click.argument("exec_id")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json", "dot"]),
+    default="text",
+    show_default=True,
+    help="Output format (dot: Graphviz source).",
+)
+@_reports_errors
+def execution_graph(exec_id: str, output: str) -> None:
+    """Show the lineage graph: which artifacts flowed into each checkpoint."""
+    graph = _client().executions.graph(exec_id)
+    if output == "json":
+        _echo_json(graph.to_dict())
+        return
+    if output == "dot":
+        click.echo(graph.to_dot())
+        return
+    labels = {n.id: n.label for n in graph.nodes}
+    rows = []
+    for node in graph.nodes:
+        if node.kind in ("input", "external"):
+            continue
+        feeds = ", ".join(
+            f"{labels.get(e.source, e.source)} ({e.data_type.split(':')[-1]}, {e.size} B)"
+            for e in graph.inputs_of(node.id)
+        )
+        rows.append((node.label, node.kind, feeds or None))
+    click.echo(_table(["CALL", "KIND", "FED BY"], rows))
+
+
 @executions.command("logs")
 @click.argument("exec_id")
 @click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
