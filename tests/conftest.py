@@ -17,6 +17,9 @@ from kitaru.store.sqlite import SQLiteStateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Fixtures that start real backing services (only when a test asks for them).
+pytest_plugins = ["tests._services.postgres"]
+
 
 @pytest.fixture(autouse=True)
 def kitaru_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -37,10 +40,19 @@ def fresh_default_runtime() -> Iterator[None]:
         previous.close()
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def runtime(request: pytest.FixtureRequest, kitaru_home: Path) -> Iterator[Runtime]:
-    """A runtime on each embedded store; ``kitaru.*`` calls in the test use it."""
-    if request.param == "sqlite":
+    """A runtime on each state store (PostgreSQL: a fresh database on the session's throwaway
+    server); ``kitaru.*`` calls in the test use it."""
+    if request.param == "postgres":
+        from kitaru.store.postgres import PostgresStateStore
+
+        rt = Runtime(
+            PostgresStateStore(request.getfixturevalue("postgres_dsn")),
+            FilesystemArtifactStore(kitaru_home / "artifacts"),
+            heartbeat_interval=0.05,
+        )
+    elif request.param == "sqlite":
         rt = Runtime(
             SQLiteStateStore(kitaru_home / "kitaru.db"),
             FilesystemArtifactStore(kitaru_home / "artifacts"),

@@ -18,6 +18,10 @@ def open_state_store(uri: str) -> StateStore:
         from kitaru.store.sqlite import SQLiteStateStore
 
         return SQLiteStateStore(Path(unquote(urlparse(uri).path)))
+    if scheme in {"postgresql", "postgres"}:
+        from kitaru.store.postgres import PostgresStateStore
+
+        return PostgresStateStore(uri)
     raise KitaruConfigError(
         f"unsupported state store URI {uri!r}: use sqlite:///absolute/path.db"
         " or postgresql://user:password@host:port/database."

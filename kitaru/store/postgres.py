@@ -1,0 +1,945 @@
+"""The server state store: PostgreSQL through asyncpg, for teams and remote runners.
+
+The :class:`~kitaru.store.StateStore` protocol is synchronous; asyncpg is not. The store runs one
+private event loop on a daemon thread and hands each call to it as a coroutine
+(``asyncio.run_coroutine_threadsafe``), so callers on any thread, or inside their own event loop,
+see plain blocking calls and share one connection pool.
+
+Concurrency is PostgreSQL's: every write that reads before it writes (commit with a lease check,
+lease takeover, suspend, answering a wait, cancel) locks the execution's row with
+``SELECT ... FOR UPDATE`` first, so concurrent runners in any number of processes queue on that row
+instead of racing. The once-only rule is a partial unique index, as in SQLite.
+
+Connection trouble (the server restarting, a dropped socket) is retried with backoff a bounded
+number of times when that is safe: reads always; writes whose transaction never reached COMMIT; and
+a write whose connection died *during* COMMIT only after asking the server (``txid_status``) whether
+that transaction committed, so a retry never appends a record twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from kitaru.errors import (
+    KitaruConflictError,
+    KitaruError,
+    KitaruLeaseError,
+    KitaruMissingDependencyError,
+    KitaruNotFoundError,
+    KitaruStateError,
+    KitaruStoreError,
+)
+from kitaru.store import (
+    ONCE_ONLY_KINDS,
+    TERMINAL_STATUSES,
+    ArtifactRecord,
+    ExecutionRecord,
+    JournalRecord,
+)
+from kitaru.store.sqlite import lease_holder_alive
+
+__all__ = ["PostgresStateStore"]
+
+T = TypeVar("T")
+
+#: Held (per transaction) while the schema is checked and migrated, so two processes opening a
+#: fresh database at once do not both create it. Any constant works; this one spells "kitaru".
+_MIGRATION_LOCK = 0x6B6974617275
+
+# Each entry moves the schema one version forward; the applied version lives in `kitaru.meta`.
+#
+# Everything lives in the `kitaru` schema so the database may be shared with other applications.
+# Ids and names sort bytewise (COLLATE "C"): sortable ids must list in the same order as on SQLite
+# whatever the database's locale is, and prefix matches must be case-sensitive.
+# The journal is ordered by its bigserial id. `once` holds the call id for once-only kinds and NULL
+# for the rest (the kinds are decided in Python, like SQLite's); the unique index covers only the
+# non-NULL rows, so it stays small. Artifacts are listed per execution through the journal records
+# that reference them (a replay's journal points at its original's outputs).
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE kitaru.executions (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        flow TEXT COLLATE "C" NOT NULL,
+        target TEXT NOT NULL,
+        sys_path TEXT,
+        status TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        error TEXT,
+        result_artifact TEXT,
+        original_exec_id TEXT,
+        lease_owner TEXT,
+        lease_expires_at DOUBLE PRECISION,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX executions_flow ON kitaru.executions (flow, id);
+    CREATE INDEX executions_status ON kitaru.executions (status, id);
+    CREATE TABLE kitaru.journal (
+        id BIGSERIAL PRIMARY KEY,
+        exec_id TEXT COLLATE "C" NOT NULL,
+        kind TEXT NOT NULL,
+        call_id TEXT,
+        once TEXT,
+        seq INTEGER,
+        name TEXT,
+        attempt INTEGER,
+        artifact_id TEXT,
+        data TEXT,
+        ts DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX journal_exec ON kitaru.journal (exec_id, id);
+    CREATE UNIQUE INDEX journal_once ON kitaru.journal (exec_id, kind, once) WHERE once IS NOT NULL;
+    CREATE TABLE kitaru.artifacts (
+        id TEXT PRIMARY KEY,
+        exec_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        serializer TEXT NOT NULL,
+        data_type TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        call_id TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        inline BYTEA,
+        uri TEXT
+    );
+    """,
+]
+
+_EXEC_COLUMNS = (
+    "id, flow, target, sys_path, status, created_at, updated_at, error, result_artifact, "
+    "original_exec_id, lease_owner, lease_expires_at, metadata"
+)
+_ARTIFACT_COLUMNS = (
+    "id, exec_id, name, version, type, serializer, data_type, content_hash, size, call_id, "
+    "created_at, inline, uri"
+)
+_INSERT_EXECUTION = (
+    f"INSERT INTO kitaru.executions ({_EXEC_COLUMNS}) "
+    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (id) DO NOTHING "
+    "RETURNING txid_current()"
+)
+_INSERT_ARTIFACT = (
+    f"INSERT INTO kitaru.artifacts ({_ARTIFACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+)
+_INSERT_JOURNAL = (
+    "INSERT INTO kitaru.journal (exec_id, kind, call_id, once, seq, name, attempt, artifact_id, data, ts) "
+    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+)
+# The first statement of a write transaction locks the execution's row and learns the
+# transaction's id, in one round trip; the id settles a COMMIT whose connection died (see _Attempt).
+_LOCK_EXECUTION = f"SELECT {_EXEC_COLUMNS}, txid_current() FROM kitaru.executions WHERE id = $1 FOR UPDATE"
+
+
+def _journal_row(exec_id: str, r: JournalRecord, now: float) -> tuple[Any, ...]:
+    return (
+        exec_id,
+        r.kind,
+        r.call_id,
+        r.call_id if r.kind in ONCE_ONLY_KINDS else None,
+        r.seq,
+        r.name,
+        r.attempt,
+        r.artifact_id,
+        json.dumps(r.data) if r.data is not None else None,
+        r.ts or now,
+    )
+
+
+def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
+    return (
+        a.id,
+        a.exec_id,
+        a.name,
+        a.version,
+        a.type,
+        a.serializer,
+        a.data_type,
+        a.content_hash,
+        a.size,
+        a.call_id,
+        a.created_at,
+        a.inline,
+        a.uri,
+    )
+
+
+def _exec_row(e: ExecutionRecord) -> tuple[Any, ...]:
+    return (
+        e.id,
+        e.flow,
+        e.target,
+        e.sys_path,
+        e.status,
+        e.created_at,
+        e.updated_at,
+        e.error,
+        e.result_artifact,
+        e.original_exec_id,
+        e.lease_owner,
+        e.lease_expires_at,
+        json.dumps(e.metadata),
+    )
+
+
+def _exec_from_row(row: Any) -> ExecutionRecord:
+    return ExecutionRecord(
+        id=row[0],
+        flow=row[1],
+        target=row[2],
+        sys_path=row[3],
+        status=row[4],
+        created_at=row[5],
+        updated_at=row[6],
+        error=row[7],
+        result_artifact=row[8],
+        original_exec_id=row[9],
+        lease_owner=row[10],
+        lease_expires_at=row[11],
+        metadata=json.loads(row[12]) if row[12] else {},
+    )
+
+
+def _artifact_from_row(row: Any) -> ArtifactRecord:
+    return ArtifactRecord(
+        id=row[0],
+        exec_id=row[1],
+        name=row[2],
+        version=row[3],
+        type=row[4],
+        serializer=row[5],
+        data_type=row[6],
+        content_hash=row[7],
+        size=row[8],
+        call_id=row[9],
+        created_at=row[10],
+        inline=bytes(row[11]) if row[11] is not None else None,
+        uri=row[12],
+    )
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as exc:
+        raise KitaruMissingDependencyError(
+            "the PostgreSQL state store needs asyncpg, which is not installed. Install it with: "
+            "pip install 'kitaru[postgres]'"
+        ) from exc
+    return asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """Where the DSN points, for messages: everything but the password."""
+
+    host: str
+    port: str
+    database: str
+    user: str
+    secrets: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, dsn: str) -> _Target:
+        try:
+            parts = urlsplit(dsn)
+            query = parse_qs(parts.query)
+            port = str(parts.port or "")
+        except ValueError:
+            return cls("?", "?", "?", "?", ())
+        host = unquote(parts.hostname or "") or (query.get("host") or ["localhost"])[0]
+        user = unquote(parts.username or "") or (query.get("user") or [os.environ.get("PGUSER", "")])[0]
+        database = unquote(parts.path.lstrip("/")) or (query.get("dbname") or [user])[0]
+        secrets = [unquote(parts.password or ""), *query.get("password", [])]
+        return cls(
+            host=host,
+            port=port or (query.get("port") or [os.environ.get("PGPORT", "5432")])[0],
+            database=database,
+            user=user or "?",
+            secrets=tuple(s for s in secrets if s),
+        )
+
+    def __str__(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class _Attempt:
+    """What one try of a write transaction got to: its transaction id, and whether COMMIT was sent."""
+
+    __slots__ = ("commit_sent", "result", "txid")
+
+    def __init__(self) -> None:
+        self.txid: int | None = None
+        self.commit_sent = False
+        self.result: Any = None
+
+
+class _Unresolved(Exception):
+    """A COMMIT was sent and its connection died before the answer; the outcome is not known yet."""
+
+    def __init__(self, txid: int | None) -> None:
+        super().__init__(txid)
+        self.txid = txid
+
+
+class PostgresStateStore:
+    """A :class:`~kitaru.store.StateStore` in a PostgreSQL database (``postgresql://`` URI).
+
+    ``min_size``/``max_size`` bound the connection pool. Transient connection errors are retried
+    ``retries`` times with exponential backoff starting at ``backoff`` seconds (capped at 5 s);
+    ``command_timeout`` bounds each statement.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        retries: int = 8,
+        backoff: float = 0.1,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+    ) -> None:
+        self._asyncpg = _import_asyncpg()
+        self.dsn = dsn
+        self._target = _Target.parse(dsn)
+        self._retries = max(0, retries)
+        self._backoff = backoff
+        self._pid = os.getpid()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._pool: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kitaru-postgres", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._open(min_size, max_size, connect_timeout, command_timeout))
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"PostgresStateStore({str(self._target)!r})"
+
+    # -- plumbing: the private loop -----------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.")
+        if os.getpid() != self._pid:
+            coro.close()
+            raise KitaruStoreError(
+                f"the PostgreSQL state store {self._target} was opened in process {self._pid} and "
+                "cannot be used after a fork; open a new store in this process."
+            )
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise KitaruStoreError(
+                f"the PostgreSQL state store {self._target} was closed during the call."
+            ) from None
+
+    async def _open(
+        self, min_size: int, max_size: int, connect_timeout: float, command_timeout: float
+    ) -> None:
+        async def no_reset(conn: Any) -> None:
+            # The pool's default reset (RESET ALL, UNLISTEN, advisory unlock...) costs a round trip on
+            # every release; this store keeps no session state, and an open transaction is rolled
+            # back by the pool regardless.
+            return None
+
+        async def create() -> Any:
+            return await self._asyncpg.create_pool(
+                self.dsn,
+                min_size=min(min_size, max_size),
+                max_size=max_size,
+                timeout=connect_timeout,
+                command_timeout=command_timeout,
+                reset=no_reset,
+            )
+
+        self._pool = await self._retrying(create)
+        await self._retrying(self._migrate)
+
+    async def _migrate(self) -> None:
+        async with self._pool.acquire() as conn:
+            version = await self._schema_version(conn)
+            if version == len(_MIGRATIONS):
+                return
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(
+                    "CREATE SCHEMA IF NOT EXISTS kitaru; CREATE TABLE IF NOT EXISTS kitaru.meta "
+                    "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                version = await self._schema_version(conn)  # another process may have migrated
+                if version > len(_MIGRATIONS):
+                    raise KitaruStoreError(
+                        f"the state database {self._target} has schema version {version}, newer than "
+                        f"this kitaru understands ({len(_MIGRATIONS)}). Upgrade kitaru."
+                    )
+                for script in _MIGRATIONS[version:]:
+                    await conn.execute(script)
+                await conn.execute(
+                    "INSERT INTO kitaru.meta (key, value) VALUES ('schema_version', $1) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    str(len(_MIGRATIONS)),
+                )
+
+    @staticmethod
+    async def _schema_version(conn: Any) -> int:
+        if await conn.fetchval("SELECT to_regclass('kitaru.meta') IS NULL"):
+            return 0
+        value = await conn.fetchval("SELECT value FROM kitaru.meta WHERE key = 'schema_version'")
+        return int(value) if value else 0
+
+    # -- plumbing: retries and error translation ----------------------------------------------
+
+    def _transient(self, exc: BaseException) -> bool:
+        """Errors after which the same call may succeed: the connection, not the request, failed."""
+        pg = self._asyncpg
+        if isinstance(exc, OSError | asyncio.TimeoutError):
+            return True  # refused, reset, unreachable, timed out
+        if isinstance(
+            exc,
+            pg.PostgresConnectionError  # class 08: the connection broke
+            | pg.CannotConnectNowError  # the server is starting up or shutting down
+            | pg.AdminShutdownError
+            | pg.CrashShutdownError
+            | pg.TooManyConnectionsError
+            | pg.TransactionRollbackError,  # deadlock or serialization failure: rolled back
+        ):
+            return True
+        return isinstance(exc, pg.InterfaceError) and "closed" in str(exc)
+
+    def _translate(self, exc: BaseException, what: str) -> KitaruError:
+        """A kitaru error for a driver error that is not worth retrying (or no longer)."""
+        pg = self._asyncpg
+        detail = self._target.scrub(f"{type(exc).__name__}: {exc}")
+        target = self._target
+        if isinstance(exc, pg.UniqueViolationError):
+            return KitaruConflictError(
+                f"{what}: a record already exists for this call ({detail}); another runner "
+                "completed it first."
+            )
+        if isinstance(exc, pg.InvalidAuthorizationSpecificationError | pg.InvalidPasswordError):
+            return KitaruStoreError(
+                f"PostgreSQL at {target.host}:{target.port} refused user {target.user!r} ({detail}). "
+                "Check the user and password in the stack's `state` URI (or PGPASSWORD / ~/.pgpass)."
+            )
+        if isinstance(exc, pg.InvalidCatalogNameError):
+            return KitaruStoreError(
+                f"PostgreSQL at {target.host}:{target.port} has no database {target.database!r} "
+                f"({detail}). Create it (`createdb -h {target.host} -p {target.port} "
+                f"{target.database}`) or fix the database name in the stack's `state` URI."
+            )
+        if self._transient(exc):
+            return KitaruStoreError(
+                f"cannot reach the PostgreSQL state store {target} ({detail}) after "
+                f"{self._retries + 1} tries. Check that the server is running and accepts TCP "
+                f"connections on {target.host}:{target.port} (`pg_isready -h {target.host} -p "
+                f"{target.port}`), and that the stack's `state` URI names the right host, port and "
+                "database."
+            )
+        return KitaruStoreError(f"{what} failed on PostgreSQL {target}: {detail}")
+
+    def _delay(self, attempt: int) -> float:
+        return float(min(5.0, self._backoff * 2**attempt) * random.uniform(0.75, 1.25))
+
+    async def _retrying(self, op: Callable[[], Awaitable[T]], what: str = "the call") -> T:
+        """Run ``op`` (a read, or a write that is safe to run again), retrying transient failures."""
+        for attempt in range(self._retries + 1):
+            try:
+                return await op()
+            except KitaruError:
+                raise
+            except Exception as exc:
+                if not self._transient(exc) or attempt == self._retries:
+                    raise self._translate(exc, what) from None
+            await asyncio.sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def _read(self, sql: str, *params: Any) -> list[Any]:
+        async def op() -> list[Any]:
+            async with self._pool.acquire() as conn:
+                return list(await conn.fetch(sql, *params))
+
+        return await self._retrying(op, "reading the state")
+
+    async def _write(self, body: Callable[[Any, _Attempt], Awaitable[T]], what: str) -> T:
+        """Run ``body(conn, attempt)`` in a transaction; retry it while that cannot double-apply it.
+
+        ``body`` sets ``attempt.txid`` from its first statement. When the connection dies after
+        COMMIT was sent, the next try first asks the server whether that transaction committed:
+        if it did, its result is returned; if it aborted, ``body`` runs again.
+        """
+        pending: _Attempt | None = None
+        last: BaseException | None = None
+        for n in range(self._retries + 1):
+            if n:
+                await asyncio.sleep(self._delay(n - 1))
+            try:
+                if pending is not None:
+                    status = await self._txid_status(pending.txid)
+                    if status == "committed":
+                        return pending.result  # type: ignore[no-any-return]
+                    if status == "in progress":
+                        continue  # the server is still finishing it: ask again after the delay
+                    if status != "aborted":
+                        raise KitaruStoreError(
+                            f"{what}: the connection to PostgreSQL {self._target} was lost while "
+                            "committing, and whether the change was saved cannot be known any more. "
+                            "Check the execution (`kitaru executions get ID`) before retrying."
+                        )
+                    pending = None
+                attempt = _Attempt()
+                try:
+                    return await self._transaction(body, attempt)
+                except BaseException:
+                    if attempt.commit_sent:
+                        pending = attempt
+                    raise
+            except KitaruError:
+                raise
+            except Exception as exc:
+                if not self._transient(exc):
+                    raise self._translate(exc, what) from None
+                last = exc
+        assert last is not None
+        raise self._translate(last, what) from None
+
+    async def _transaction(self, body: Callable[[Any, _Attempt], Awaitable[T]], attempt: _Attempt) -> T:
+        async with self._pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                attempt.result = await body(conn, attempt)
+            except BaseException:
+                if not conn.is_closed():
+                    try:
+                        await tx.rollback()
+                    except Exception:
+                        conn.terminate()  # the pool replaces it
+                raise
+            attempt.commit_sent = True
+            await tx.commit()
+            return attempt.result  # type: ignore[no-any-return]
+
+    async def _txid_status(self, txid: int | None) -> str | None:
+        if txid is None:
+            return None
+        async with self._pool.acquire() as conn:
+            status: str | None = await conn.fetchval("SELECT txid_status($1)", txid)
+            return status
+
+    @staticmethod
+    async def _lock(conn: Any, attempt: _Attempt, exec_id: str) -> ExecutionRecord | None:
+        """Lock the execution's row for this transaction (None if there is no such execution)."""
+        row = await conn.fetchrow(_LOCK_EXECUTION, exec_id)
+        if row is None:
+            attempt.txid = await conn.fetchval("SELECT txid_current()")
+            return None
+        attempt.txid = row[13]
+        return _exec_from_row(row)
+
+    # -- executions -------------------------------------------------------------------------
+
+    def create_execution(
+        self,
+        execution: ExecutionRecord,
+        artifacts: Sequence[ArtifactRecord],
+        records: Sequence[JournalRecord] = (),
+    ) -> tuple[ExecutionRecord, bool]:
+        e = execution
+        journal = [
+            _journal_row(e.id, JournalRecord(kind="input", call_id=a.name, artifact_id=a.id), e.created_at)
+            for a in artifacts
+            if a.type == "input"
+        ]
+        journal += [_journal_row(e.id, r, e.created_at) for r in records]
+
+        async def body(conn: Any, attempt: _Attempt) -> tuple[ExecutionRecord, bool]:
+            attempt.txid = await conn.fetchval(_INSERT_EXECUTION, *_exec_row(e))
+            if attempt.txid is None:  # the id exists: an idempotent start
+                row = await conn.fetchrow(
+                    f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", e.id
+                )
+                return _exec_from_row(row), False
+            if artifacts:
+                await conn.executemany(_INSERT_ARTIFACT, [_artifact_row(a) for a in artifacts])
+            if journal:
+                await conn.executemany(_INSERT_JOURNAL, journal)
+            return e, True
+
+        return self._call(self._write(body, f"creating execution {e.id}"))
+
+    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+        rows = self._call(self._read(f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", exec_id))
+        return _exec_from_row(rows[0]) if rows else None
+
+    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._call(
+            self._read(
+                "SELECT id FROM kitaru.executions WHERE id LIKE $1 ORDER BY id LIMIT $2",
+                escaped + "%",
+                limit,
+            )
+        )
+        return [r[0] for r in rows]
+
+    def list_executions(
+        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[ExecutionRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if flow is not None:
+            params.append(flow)
+            clauses.append(f"flow = ${len(params)}")
+        if status is not None:
+            params.append(status)
+            clauses.append(f"status = ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit)
+        sql = f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions {where} ORDER BY id DESC LIMIT ${len(params)}"
+        rows = self._call(self._read(sql, *params))
+        return [_exec_from_row(r) for r in rows]
+
+    def acquire_lease(
+        self,
+        exec_id: str,
+        owner: str,
+        ttl: float,
+        *,
+        allowed_statuses: Iterable[str],
+        set_status: str | None = "running",
+    ) -> ExecutionRecord:
+        allowed = set(allowed_statuses)
+
+        async def body(conn: Any, attempt: _Attempt) -> ExecutionRecord:
+            now = time.time()
+            record = await self._lock(conn, attempt, exec_id)
+            if record is None:
+                raise KitaruNotFoundError(
+                    f"no execution {exec_id!r}. List executions with `kitaru executions list`."
+                )
+            if record.status not in allowed:
+                raise KitaruStateError(
+                    f"execution {exec_id} is {record.status}; this needs it to be "
+                    f"{' or '.join(sorted(allowed))}."
+                )
+            holder = record.lease_owner
+            if (
+                holder is not None
+                and holder != owner
+                and (record.lease_expires_at or 0) > now
+                and lease_holder_alive(holder)
+            ):
+                raise KitaruLeaseError(
+                    f"execution {exec_id} is being driven by {holder} (lease until "
+                    f"{time.strftime('%H:%M:%S', time.localtime(record.lease_expires_at))}). "
+                    "It will finish there; if that runner is gone, retry after the lease expires."
+                )
+            status = set_status or record.status
+            await conn.execute(
+                "UPDATE kitaru.executions SET lease_owner = $1, lease_expires_at = $2, status = $3, "
+                "updated_at = $4 WHERE id = $5",
+                owner,
+                now + ttl,
+                status,
+                now,
+                exec_id,
+            )
+            record.lease_owner, record.lease_expires_at, record.status = owner, now + ttl, status
+            record.updated_at = now
+            return record
+
+        return self._call(self._write(body, f"taking the lease of execution {exec_id}"))
+
+    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+        if not exec_ids:
+            return {}
+        ids = list(exec_ids)
+
+        async def op() -> dict[str, str]:
+            # Setting an expiry is idempotent: safe to retry whatever happened to a previous try.
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "WITH renewed AS (UPDATE kitaru.executions SET lease_expires_at = $1 "
+                    "WHERE lease_owner = $2 AND id = ANY($3::text[]) RETURNING id) "
+                    "SELECT id, status FROM kitaru.executions WHERE id = ANY($3::text[])",
+                    time.time() + ttl,
+                    owner,
+                    ids,
+                )
+            return {r[0]: r[1] for r in rows}
+
+        return self._call(self._retrying(op, "renewing leases"))
+
+    def commit(
+        self,
+        exec_id: str,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        result_artifact: str | None = None,
+        release_lease: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.time()
+        journal = [_journal_row(exec_id, r, now) for r in records]
+        artifact_rows = [_artifact_row(a) for a in artifacts]
+
+        async def body(conn: Any, attempt: _Attempt) -> None:
+            # Locking the row first also orders concurrent commits to one execution, so two of them
+            # never wait on each other's journal rows while holding the other's lock.
+            record = await self._lock(conn, attempt, exec_id)
+            if owner is not None:
+                if record is None:
+                    raise KitaruNotFoundError(f"no execution {exec_id!r}")
+                if record.lease_owner != owner:
+                    raise KitaruLeaseError(
+                        f"execution {exec_id} is now driven by {record.lease_owner or 'nobody'} (status "
+                        f"{record.status}); this runner lost its lease and stops without writing."
+                    )
+            if artifact_rows:
+                await conn.executemany(_INSERT_ARTIFACT, artifact_rows)
+            if journal:
+                await conn.executemany(_INSERT_JOURNAL, journal)
+            sets: list[str] = []
+            params: list[Any] = []
+
+            def assign(column: str, value: Any) -> None:
+                params.append(value)
+                sets.append(f"{column} = ${len(params)}")
+
+            if metadata and record is not None:
+                assign("metadata", json.dumps({**record.metadata, **metadata}))
+            if status is not None or release_lease or result_artifact is not None:
+                assign("updated_at", now)
+                if status is not None:
+                    assign("status", status)
+                    assign("error", error)
+                if result_artifact is not None:
+                    assign("result_artifact", result_artifact)
+                if release_lease:
+                    sets.append("lease_owner = NULL, lease_expires_at = NULL")
+            if sets:
+                params.append(exec_id)
+                await conn.execute(
+                    f"UPDATE kitaru.executions SET {', '.join(sets)} WHERE id = ${len(params)}", *params
+                )
+
+        self._call(self._write(body, f"execution {exec_id}"))
+
+    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+        waits = list(waiting_on)
+
+        async def body(conn: Any, attempt: _Attempt) -> bool:
+            record = await self._lock(conn, attempt, exec_id)
+            if record is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            if record.lease_owner != owner:
+                raise KitaruLeaseError(
+                    f"execution {exec_id} is now driven by {record.lease_owner or 'nobody'} (status "
+                    f"{record.status}); this runner lost its lease and stops without writing."
+                )
+            if waits and await conn.fetchval(
+                "SELECT 1 FROM kitaru.journal WHERE exec_id = $1 AND kind = 'wait_answered' "
+                "AND once = ANY($2::text[]) LIMIT 1",
+                exec_id,
+                waits,
+            ):
+                return False
+            await conn.execute(
+                "UPDATE kitaru.executions SET status = 'waiting', lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = $1 WHERE id = $2",
+                time.time(),
+                exec_id,
+            )
+            return True
+
+        return self._call(self._write(body, f"suspending execution {exec_id}"))
+
+    def answer_wait(
+        self,
+        exec_id: str,
+        record: JournalRecord,
+        artifact: ArtifactRecord,
+        *,
+        owner: str,
+        ttl: float,
+        take_lease: bool,
+    ) -> bool:
+        async def body(conn: Any, attempt: _Attempt) -> bool:
+            now = time.time()
+            execution = await self._lock(conn, attempt, exec_id)
+            if execution is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            if execution.status in TERMINAL_STATUSES:
+                raise KitaruStateError(
+                    f"execution {exec_id} is {execution.status}: its waits are closed and take no answers."
+                )
+            kinds = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT kind FROM kitaru.journal WHERE exec_id = $1 AND once = $2 "
+                    "AND kind IN ('wait_opened', 'wait_answered', 'wait_timed_out')",
+                    exec_id,
+                    record.call_id,
+                )
+            }
+            if "wait_opened" not in kinds:
+                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
+            if "wait_answered" in kinds or "wait_timed_out" in kinds:
+                raise KitaruStateError(
+                    f"wait {record.call_id!r} of execution {exec_id} is already "
+                    f"{'answered' if 'wait_answered' in kinds else 'timed out'}; it takes no "
+                    "other answer. See it with `kitaru executions get " + exec_id + "`."
+                )
+            await conn.execute(_INSERT_ARTIFACT, *_artifact_row(artifact))
+            await conn.execute(_INSERT_JOURNAL, *_journal_row(exec_id, record, now))
+            holder, expires = execution.lease_owner, execution.lease_expires_at
+            lease_free = holder is None or (expires or 0) <= now or not lease_holder_alive(holder)
+            if take_lease and execution.status == "waiting" and lease_free:
+                await conn.execute(
+                    "UPDATE kitaru.executions SET status = 'running', lease_owner = $1, "
+                    "lease_expires_at = $2, updated_at = $3 WHERE id = $4",
+                    owner,
+                    now + ttl,
+                    now,
+                    exec_id,
+                )
+                return True
+            return False
+
+        return self._call(self._write(body, f"answering wait {record.call_id!r} of execution {exec_id}"))
+
+    def cancel(self, exec_id: str) -> ExecutionRecord:
+        async def body(conn: Any, attempt: _Attempt) -> ExecutionRecord:
+            now = time.time()
+            record = await self._lock(conn, attempt, exec_id)
+            if record is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            if record.status in TERMINAL_STATUSES:
+                raise KitaruStateError(
+                    f"execution {exec_id} is already {record.status}; only running or waiting "
+                    "executions can be cancelled."
+                )
+            # A waiting execution has no runner: it is cancelled now. A running one is marked, and
+            # its runner stops at the next checkpoint boundary (it sees the status on lease renewal).
+            await conn.execute(
+                "UPDATE kitaru.executions SET status = 'cancelled', updated_at = $1, lease_owner = "
+                "CASE WHEN status = 'waiting' THEN NULL ELSE lease_owner END WHERE id = $2",
+                now,
+                exec_id,
+            )
+            await conn.execute(
+                "INSERT INTO kitaru.journal (exec_id, kind, ts) VALUES ($1, 'cancel_requested', $2)",
+                exec_id,
+                now,
+            )
+            record.status = "cancelled"
+            return record
+
+        return self._call(self._write(body, f"cancelling execution {exec_id}"))
+
+    # -- journal and artifacts ----------------------------------------------------------------
+
+    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+        rows = self._call(
+            self._read(
+                "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
+                "WHERE exec_id = $1 ORDER BY id",
+                exec_id,
+            )
+        )
+        return [
+            JournalRecord(
+                kind=r[0],
+                call_id=r[1],
+                seq=r[2],
+                name=r[3],
+                attempt=r[4],
+                artifact_id=r[5],
+                data=json.loads(r[6]) if r[6] is not None else None,
+                ts=r[7],
+                id=r[8],
+            )
+            for r in rows
+        ]
+
+    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        rows = self._call(
+            self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM kitaru.artifacts WHERE id = $1", artifact_id)
+        )
+        return _artifact_from_row(rows[0]) if rows else None
+
+    def list_artifacts(
+        self, exec_id: str, *, name: str | None = None, type: str | None = None
+    ) -> list[ArtifactRecord]:
+        columns = ", ".join(f"a.{c.strip()}" for c in _ARTIFACT_COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM kitaru.journal j JOIN kitaru.artifacts a ON a.id = j.artifact_id "
+            "WHERE j.exec_id = $1 AND j.kind != 'load'"
+        )
+        params: list[Any] = [exec_id]
+        if name is not None:
+            params.append(name)
+            sql += f" AND a.name = ${len(params)}"
+        if type is not None:
+            params.append(type)
+            sql += f" AND a.type = ${len(params)}"
+        rows = self._call(self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", *params))
+        return [_artifact_from_row(r) for r in rows]
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if os.getpid() == self._pid and self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(30)
+            except Exception:
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    async def _aclose(self) -> None:
+        current = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 10)
+            except Exception:
+                self._pool.terminate()

@@ -1,0 +1,245 @@
+"""The PostgreSQL state store runs the shared conformance suite against a real server, plus its
+schema handling, its error translation and its behaviour while the server restarts."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError, KitaruStoreError
+from kitaru.store import ExecutionRecord, JournalRecord
+from kitaru.store.conformance import StateStoreConformance
+from kitaru.store.open import open_state_store
+from kitaru.store.postgres import PostgresStateStore
+from tests._services.postgres import PostgresCluster
+
+
+@pytest.fixture(scope="class")
+def class_dsn(postgres_cluster: PostgresCluster) -> str:
+    """One database per test class: conformance tests only touch records they create."""
+    return postgres_cluster.dsn(postgres_cluster.create_database())
+
+
+@pytest.fixture
+def state_store(class_dsn: str) -> Iterator[PostgresStateStore]:
+    store = PostgresStateStore(class_dsn)
+    yield store
+    store.close()
+
+
+class TestPostgresStateStore(StateStoreConformance):
+    def other_process_opener(self, state_store: PostgresStateStore) -> Callable[[], PostgresStateStore]:
+        return functools.partial(PostgresStateStore, state_store.dsn)
+
+
+def _execution(exec_id: str) -> ExecutionRecord:
+    return ExecutionRecord(
+        id=exec_id,
+        flow="f",
+        target="m:f",
+        sys_path=None,
+        status="running",
+        created_at=1.0,
+        updated_at=1.0,
+    )
+
+
+class TestSchema:
+    def test_schema_version_is_recorded_in_its_own_schema(self, postgres_dsn: str) -> None:
+        store = PostgresStateStore(postgres_dsn)
+        store.close()
+        version = _fetch(postgres_dsn, "SELECT value FROM kitaru.meta WHERE key = 'schema_version'")
+        assert int(version) >= 1
+        tables = _fetch(
+            postgres_dsn,
+            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'kitaru'",
+        )
+        assert tables == "artifacts,executions,journal,meta"
+
+    def test_a_fresh_database_is_migrated_by_concurrent_openers(
+        self, postgres_cluster: PostgresCluster
+    ) -> None:
+        name = f"fresh_{time.monotonic_ns()}"
+        postgres_cluster.execute(f"CREATE DATABASE {name}")
+        dsn = postgres_cluster.dsn(name)
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def open_one() -> None:
+            barrier.wait()
+            try:
+                PostgresStateStore(dsn, min_size=1, max_size=1).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        store = PostgresStateStore(dsn)
+        try:
+            store.create_execution(_execution("E1"), [])
+            assert store.get_execution("E1") == _execution("E1")
+        finally:
+            store.close()
+
+    def test_reopening_keeps_data(self, postgres_dsn: str) -> None:
+        store = PostgresStateStore(postgres_dsn)
+        store.create_execution(_execution("E1"), [])
+        store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
+        store.close()
+        again = PostgresStateStore(postgres_dsn)
+        try:
+            assert again.get_execution("E1") == _execution("E1")
+            assert [r.data for r in again.read_journal("E1")] == [{"n": 1}]
+        finally:
+            again.close()
+
+    def test_newer_schema_version_is_refused(self, postgres_dsn: str) -> None:
+        _fetch(postgres_dsn, "UPDATE kitaru.meta SET value = '999' WHERE key = 'schema_version'")
+        with pytest.raises(KitaruStoreError, match="Upgrade kitaru"):
+            PostgresStateStore(postgres_dsn)
+        assert _fetch(postgres_dsn, "SELECT value FROM kitaru.meta") == "999"
+
+    def test_ids_sort_bytewise_whatever_the_locale(self, postgres_dsn: str) -> None:
+        store = PostgresStateStore(postgres_dsn)
+        try:
+            for exec_id in ("b", "B", "a", "A", "_", "0"):
+                store.create_execution(_execution(exec_id), [])
+            assert [e.id for e in store.list_executions()] == ["b", "a", "_", "B", "A", "0"]
+        finally:
+            store.close()
+
+
+class TestOpening:
+    @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+    def test_open_state_store_by_uri(self, postgres_dsn: str, scheme: str) -> None:
+        store = open_state_store(scheme + postgres_dsn.removeprefix("postgresql"))
+        try:
+            assert isinstance(store, PostgresStateStore)
+            assert store.list_executions() == []
+        finally:
+            store.close()
+
+    def test_unknown_scheme_names_both(self) -> None:
+        with pytest.raises(KitaruConfigError, match="postgresql://"):
+            open_state_store("mysql://x@y/z")
+
+    def test_missing_asyncpg_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setitem(sys.modules, "asyncpg", None)
+        with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[postgres\]'"):
+            PostgresStateStore("postgresql://u@127.0.0.1:1/db")
+
+    def test_refused_connection_names_the_host_and_hides_the_password(self) -> None:
+        port = _closed_port()
+        dsn = f"postgresql://alice:s3cr3t-pw@127.0.0.1:{port}/kitaru"
+        started = time.monotonic()
+        with pytest.raises(KitaruStoreError) as caught:
+            PostgresStateStore(dsn, retries=2, backoff=0.01)
+        message = str(caught.value)
+        assert f"127.0.0.1:{port}" in message
+        assert "pg_isready" in message
+        assert "s3cr3t-pw" not in message and "s3cr3t-pw" not in repr(caught.value.__cause__)
+        assert time.monotonic() - started < 10
+
+    def test_wrong_password_is_a_clear_store_error(self, postgres_cluster: PostgresCluster) -> None:
+        role = f"kitaru_pw_{time.monotonic_ns()}"
+        postgres_cluster.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-one'")
+        dsn = postgres_cluster.dsn("postgres", user=role, password="wrong-one")
+        with pytest.raises(KitaruStoreError, match="password") as caught:
+            PostgresStateStore(dsn, retries=1, backoff=0.01)
+        assert "wrong-one" not in str(caught.value)
+        assert role in str(caught.value)
+
+    def test_missing_database_says_how_to_create_it(self, postgres_cluster: PostgresCluster) -> None:
+        with pytest.raises(KitaruStoreError, match="createdb"):
+            PostgresStateStore(postgres_cluster.dsn("no_such_database"), retries=1, backoff=0.01)
+
+    def test_a_closed_store_raises_store_error(self, postgres_dsn: str) -> None:
+        store = PostgresStateStore(postgres_dsn)
+        store.close()
+        store.close()  # twice is fine
+        with pytest.raises(KitaruStoreError, match="closed"):
+            store.list_executions()
+
+
+class TestServerRestart:
+    """The server goes away and comes back: calls retry through it, or fail with a clear error."""
+
+    def test_calls_retry_through_a_restart(
+        self, postgres_cluster: PostgresCluster, postgres_dsn: str
+    ) -> None:
+        store = PostgresStateStore(postgres_dsn, retries=10, backoff=0.05)
+        try:
+            store.create_execution(_execution("E1"), [])
+            postgres_cluster.stop("immediate")
+            restarter = threading.Timer(1.0, postgres_cluster.start)
+            restarter.start()
+            try:
+                store.commit("E1", [JournalRecord(kind="log", data={"during": "restart"})])
+                journal = store.read_journal("E1")
+            finally:
+                restarter.join()
+            assert [r.data for r in journal] == [{"during": "restart"}]
+        finally:
+            store.close()
+            _ensure_running(postgres_cluster)
+
+    def test_a_server_that_stays_down_is_a_clear_error(
+        self, postgres_cluster: PostgresCluster, postgres_dsn: str
+    ) -> None:
+        store = PostgresStateStore(postgres_dsn, retries=2, backoff=0.05)
+        try:
+            store.create_execution(_execution("E1"), [])
+            postgres_cluster.stop("immediate")
+            try:
+                with pytest.raises(KitaruStoreError, match="cannot reach the PostgreSQL state store"):
+                    store.commit("E1", [JournalRecord(kind="log")])
+                with pytest.raises(KitaruStoreError, match=f"127.0.0.1:{postgres_cluster.port}"):
+                    store.read_journal("E1")
+            finally:
+                postgres_cluster.start()
+            # Nothing was written, and the store works again once the server is back.
+            assert store.read_journal("E1") == []
+            store.commit("E1", [JournalRecord(kind="log")])
+            assert len(store.read_journal("E1")) == 1
+        finally:
+            store.close()
+            _ensure_running(postgres_cluster)
+
+
+def _ensure_running(cluster: PostgresCluster) -> None:
+    try:
+        cluster.execute("SELECT 1")
+    except Exception:
+        cluster.start()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fetch(dsn: str, sql: str) -> object:
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    async def run() -> object:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(sql)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
