@@ -160,15 +160,57 @@ def _describe(execution: Any) -> str:
 
 @executions.command("get")
 @click.argument("exec_id")
+@click.option(
+    "--watch", "-w", is_flag=True, help="Stay and print checkpoints as they complete, until it stops."
+)
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between looks with --watch.")
 @_OUTPUT
 @_reports_errors
-def get_execution(exec_id: str, output: str) -> None:
+def get_execution(exec_id: str, watch: bool, interval: float, output: str) -> None:
     """Show one execution: status, checkpoints, waits and metadata."""
-    execution = _client().executions.get(exec_id)
-    if output == "json":
+    client = _client()
+    execution = client.executions.get(exec_id)
+    if output == "json" and not watch:
         _echo_json(execution.to_dict())
-    else:
+        return
+    if not watch:
         click.echo(_describe(execution))
+        return
+    _watch(client, execution, interval, output)
+
+
+def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
+    """Print the execution, then one line per change (a checkpoint finishing, a status change)
+    until it is no longer running. Lines, not a redrawn screen: it works in pipes and logs too."""
+    seen: dict[str, str] = {}
+    status = None
+    while True:
+        for call in execution.checkpoints:
+            if seen.get(call.call_id) == call.status:
+                continue
+            seen[call.call_id] = call.status
+            took = (
+                f" in {(call.ended_at - call.started_at) * 1000:.1f} ms"
+                if call.ended_at and call.started_at
+                else ""
+            )
+            event = {"call_id": call.call_id, "status": call.status, "attempts": call.attempts}
+            if output == "json":
+                click.echo(json.dumps({"event": "checkpoint", **event}))
+            else:
+                click.echo(f"{_when(call.ended_at)}  {call.call_id:<24} {call.status}{took}")
+        if execution.status != status:
+            status = execution.status
+            if output == "json":
+                click.echo(json.dumps({"event": "status", "status": status}))
+            else:
+                click.echo(f"{_when(execution.updated_at)}  execution {execution.id} is {status}")
+        if status != "running":
+            for w in execution.open_waits:
+                click.echo(f"waiting on {w.name!r}: kitaru executions input {execution.id} --value JSON")
+            return
+        time.sleep(interval)
+        execution = client.executions.get(execution.id)
 
 
 @executions.command("input")
@@ -376,6 +418,17 @@ def cancel_execution(exec_id: str, output: str) -> None:
         _echo_json(execution.to_dict())
     else:
         click.echo(f"execution {execution.id} is cancelled")
+
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(kitaru completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(main, {}, "kitaru", "_KITARU_COMPLETE").source())
 
 
 @main.group()
