@@ -1070,6 +1070,9 @@ class ArtifactStoreConformance:
     #: False for stores that keep the bytes in this process's memory: ``put_stream`` cannot stay
     #: below the blob's size there, so the bounded-memory test skips.
     streams_out_of_process: bool = True
+    #: Bytes a store holds per stream by design (object stores: the upload part size, which S3
+    #: keeps at 5 MiB or more); the bounded-memory test allows twice this on top of its limit.
+    streaming_buffer: int = 0
 
     def test_implements_protocol(self, artifact_store: ArtifactStore) -> None:
         assert isinstance(artifact_store, ArtifactStore)
@@ -1158,8 +1161,9 @@ class ArtifactStoreConformance:
 
         assert size == total
         assert read.hexdigest() == digest.hexdigest()
-        assert write_peak < total // 8, f"put_stream peaked at {write_peak / _MiB:.1f} MiB"
-        assert read_peak < total // 8, f"open peaked at {read_peak / _MiB:.1f} MiB"
+        limit = total // 8 + 2 * self.streaming_buffer
+        assert write_peak < limit, f"put_stream peaked at {write_peak / _MiB:.1f} MiB"
+        assert read_peak < limit, f"open peaked at {read_peak / _MiB:.1f} MiB"
 
     def test_a_reader_never_sees_a_partial_blob(self, artifact_store: ArtifactStore) -> None:
         key = f"partial/{new_id()}/blob"

@@ -132,7 +132,10 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         buffer += chunk
         while len(buffer) >= size:
             sent = True
-            yield bytes(buffer[:size])
+            with memoryview(buffer) as view:  # one copy of the piece, not two
+                piece = bytes(view[:size])
             del buffer[:size]
+            yield piece
+            del piece
     if buffer or not sent:
         yield bytes(buffer)
