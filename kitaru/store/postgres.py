@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import os
 import random
 import threading
@@ -51,6 +52,8 @@ from kitaru.store.sqlite import lease_holder_alive
 __all__ = ["PostgresStateStore"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 #: Held (per transaction) while the schema is checked and migrated, so two processes opening a
 #: fresh database at once do not both create it. Any constant works; this one spells "kitaru".
@@ -462,6 +465,17 @@ class PostgresStateStore:
             )
         return KitaruStoreError(f"{what} failed on PostgreSQL {target}: {detail}")
 
+    def _log_retry(self, what: str, exc: BaseException, attempt: int) -> None:
+        if attempt < self._retries:
+            _log.warning(
+                "PostgreSQL state store %s: %s failed (%s); retrying (%d/%d)",
+                self._target,
+                what,
+                self._target.scrub(f"{type(exc).__name__}: {exc}"),
+                attempt + 1,
+                self._retries,
+            )
+
     def _delay(self, attempt: int) -> float:
         return float(min(5.0, self._backoff * 2**attempt) * random.uniform(0.75, 1.25))
 
@@ -475,6 +489,7 @@ class PostgresStateStore:
             except Exception as exc:
                 if not self._transient(exc) or attempt == self._retries:
                     raise self._translate(exc, what) from None
+                self._log_retry(what, exc, attempt)
             await asyncio.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
@@ -524,6 +539,7 @@ class PostgresStateStore:
                 if not self._transient(exc):
                     raise self._translate(exc, what) from None
                 last = exc
+                self._log_retry(what, exc, n)
         assert last is not None
         raise self._translate(last, what) from None
 
@@ -752,7 +768,7 @@ class PostgresStateStore:
                     f"UPDATE kitaru.executions SET {', '.join(sets)} WHERE id = ${len(params)}", *params
                 )
 
-        self._call(self._write(body, f"execution {exec_id}"))
+        self._call(self._write(body, f"committing to execution {exec_id}"))
 
     def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         waits = list(waiting_on)

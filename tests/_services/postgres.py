@@ -43,6 +43,15 @@ def find_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def _temp_root() -> str | None:
+    """A temporary directory every user can traverse (the server runs as ``postgres``)."""
+    for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        path = Path(candidate).resolve()
+        if path.is_dir() and all(p.stat().st_mode & 0o001 for p in (path, *path.parents)):
+            return str(path)
+    return None
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +64,7 @@ class PostgresCluster:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.port = _free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="kitaru-pg-"))
+        self.base = Path(tempfile.mkdtemp(prefix="kitaru-pg-", dir=_temp_root()))
         self.base.chmod(0o755)  # the postgres user must reach the data dir inside
         self.datadir = self.base / "data"
         self.logfile = self.base / "server.log"

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -213,6 +214,61 @@ class TestServerRestart:
         finally:
             store.close()
             _ensure_running(postgres_cluster)
+
+
+class TestCommitLostInFlight:
+    """The connection dies after COMMIT was sent: the server is asked whether it landed."""
+
+    def test_a_commit_that_landed_is_not_applied_again(
+        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = PostgresStateStore(postgres_dsn, backoff=0.01)
+        real = PostgresStateStore._transaction
+        losses = [ConnectionResetError("lost while reading COMMIT's answer")]
+
+        async def answer_lost(self: PostgresStateStore, body: Any, attempt: Any) -> Any:
+            result = await real(self, body, attempt)
+            if losses:
+                raise losses.pop()
+            return result
+
+        try:
+            store.create_execution(_execution("E1"), [])
+            monkeypatch.setattr(PostgresStateStore, "_transaction", answer_lost)
+            # "log" records may repeat: only the outcome check keeps a retry from adding a second.
+            store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
+            assert losses == []
+            assert [r.data for r in store.read_journal("E1")] == [{"n": 1}]
+        finally:
+            store.close()
+
+    def test_a_commit_that_never_landed_is_run_again(
+        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = PostgresStateStore(postgres_dsn, backoff=0.01)
+        real = PostgresStateStore._transaction
+        runs: list[str] = []
+
+        async def commit_lost(self: PostgresStateStore, body: Any, attempt: Any) -> Any:
+            runs.append("try")
+            if len(runs) > 1:
+                return await real(self, body, attempt)
+            async with self._pool.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                await body(conn, attempt)
+                attempt.commit_sent = True
+                await tx.rollback()  # as if the COMMIT never reached the server
+            raise ConnectionResetError("lost while sending COMMIT")
+
+        try:
+            store.create_execution(_execution("E1"), [])
+            monkeypatch.setattr(PostgresStateStore, "_transaction", commit_lost)
+            store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
+            assert runs == ["try", "try"]
+            assert [r.data for r in store.read_journal("E1")] == [{"n": 1}]
+        finally:
+            store.close()
 
 
 def _ensure_running(cluster: PostgresCluster) -> None:
