@@ -432,10 +432,13 @@ class _Artifacts:
 
 
 class KitaruClient:
-    """Entry point for inspecting and steering executions: ``.executions`` and ``.artifacts``."""
+    """Entry point for inspecting and steering executions: ``.executions`` and ``.artifacts``.
 
-    def __init__(self, runtime: Any = None) -> None:
+    ``stack`` names the configured stack whose executions it sees (default: the active stack)."""
+
+    def __init__(self, runtime: Any = None, *, stack: str | None = None) -> None:
         self._explicit = runtime
+        self._stack = stack
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
 
@@ -445,7 +448,7 @@ class KitaruClient:
             return self._explicit
         from kitaru._engine.runtime import get_runtime
 
-        return get_runtime()
+        return get_runtime(self._stack)
 
 
 def _execution_view(

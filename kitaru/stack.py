@@ -8,8 +8,8 @@ Stack types and artifact stores are plugins, discovered through entry points wit
 
 from __future__ import annotations
 
-import os
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from kitaru.errors import KitaruConfigError
 from kitaru.store import ArtifactStore, StateStore
@@ -56,9 +56,17 @@ class BaseStack:
 
     Other options are passed to the artifact store's factory (credentials, endpoints, regions...),
     which is found by the URI's scheme among the ``kitaru.artifact_stores`` entry points.
+
+    Declaring keys: ``keys`` maps each key the type understands to its type (checked with pydantic
+    before the stack is built, so a wrong value names the file and line it came from). Keys not in
+    ``keys`` go to the artifact store; its factory may declare its own ``keys`` mapping (a function
+    attribute), and then nothing else is accepted. ``other_keys = False`` refuses every key not in
+    ``keys``. A subclass adding keys writes ``keys = {**BaseStack.keys, "region": str}``.
     """
 
     type: str = "base"
+    keys: ClassVar[Mapping[str, Any]] = {"state": str, "artifacts": str}
+    other_keys: ClassVar[bool] = True
 
     def __init__(
         self, name: str, state: str | None = None, artifacts: str | None = None, **options: Any
@@ -81,8 +89,11 @@ class BaseStack:
 
 
 def active_stack_name() -> str:
-    """The stack flows use: ``$KITARU_STACK``, else ``local``."""
-    return os.environ.get("KITARU_STACK", "").strip() or "local"
+    """The stack flows use: ``$KITARU_STACK``, else ``active_stack`` of the project file, else of the
+    user file, else ``local`` (see :mod:`kitaru.stack_config`)."""
+    from kitaru.stack_config import load_settings
+
+    return load_settings().active_stack
 
 
 def _installed(namespace: str) -> list[str]:
@@ -92,25 +103,20 @@ def _installed(namespace: str) -> list[str]:
 
 
 def load_stack(name: str | None = None, **options: Any) -> Stack:
-    """Load the stack plugin ``name`` (default: the active stack) with stevedore."""
-    name = name or active_stack_name()
-    from stevedore import driver
-    from stevedore.exception import NoMatches
+    """Build the stack ``name`` (default: the active stack) from its configuration: its type's
+    class comes from the ``kitaru.stacks`` entry points (stevedore), its keys from the config files
+    and the environment; ``options`` override them."""
+    from kitaru.stack_config import resolve_stack, stack_type
 
+    config = resolve_stack(name, **options)
+    cls = stack_type(config.type)
     try:
-        manager: Any = driver.DriverManager(
-            namespace=STACK_NAMESPACE,
-            name=name,
-            invoke_on_load=True,
-            invoke_kwds={"name": name, **options},
-        )
-    except NoMatches:
-        installed = ", ".join(_installed(STACK_NAMESPACE)) or "none"
+        stack: Stack = cls(name=config.name, **config.options)
+    except TypeError as exc:
         raise KitaruConfigError(
-            f"unknown stack type {name!r}; installed stack types: {installed}. Install the plugin "
-            f"(e.g. `pip install kitaru[{name}]`) or set KITARU_STACK to an installed one."
+            f"stack {config.name!r} ({config.declared_in}) cannot be built by its type {config.type!r}: "
+            f"{exc}. See stacks.example.toml for the keys of each stack type."
         ) from None
-    stack: Stack = manager.driver
     return stack
 
 

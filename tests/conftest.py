@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kitaru._engine.runtime import Runtime, set_runtime, use_runtime
+from kitaru._engine.runtime import Runtime, close_stack_runtimes, set_runtime, use_runtime
 from kitaru.store.filesystem import FilesystemArtifactStore
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 from kitaru.store.sqlite import SQLiteStateStore
@@ -27,6 +27,11 @@ def kitaru_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KITARU_HOME", str(home))
     monkeypatch.delenv("KITARU_STACK", raising=False)
     monkeypatch.delenv("KITARU_WAIT_HOLD", raising=False)
+    # Stack config: no user file but the test's own, no overrides from the calling shell.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("KITARU_CONFIG", raising=False)
+    for name in [n for n in os.environ if n.upper().startswith("KITARU_STACK__")]:
+        monkeypatch.delenv(name)
     return home
 
 
@@ -38,6 +43,7 @@ def fresh_default_runtime() -> Iterator[None]:
     previous = set_runtime(None)
     if previous is not None:
         previous.close()
+    close_stack_runtimes()
 
 
 @pytest.fixture(params=["sqlite", "memory", "postgres"])

@@ -489,31 +489,37 @@ class Flow(Generic[P, R]):
         bound = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type,unused-ignore]
         return Started(bound.args, bound.kwargs, [(v, stored[k]) for k, v in arguments.items()])
 
-    # `execution_id` is a keyword of run/start itself, and typing cannot place a keyword between
-    # ParamSpec *args and **kwargs: the flow's arguments are checked when bound, at run time.
-    def run(self, *args: Any, execution_id: str | None = None, **kwargs: Any) -> FlowHandle:
+    # `execution_id` and `stack` are keywords of run/start itself, and typing cannot place a keyword
+    # between ParamSpec *args and **kwargs: the flow's arguments are checked when bound, at run time.
+    def run(
+        self, *args: Any, execution_id: str | None = None, stack: str | None = None, **kwargs: Any
+    ) -> FlowHandle:
         """Run the flow in this thread until it finishes or suspends on a wait.
 
         ``execution_id`` makes the start idempotent: an existing execution with that id is
-        returned (and driven on if it was interrupted) instead of starting another.
+        returned (and driven on if it was interrupted) instead of starting another. ``stack`` runs
+        it on that configured stack instead of the active one (``kitaru stack list``).
         """
         if running_loop() is not None:
             raise KitaruUsageError(
                 f"{self.name}.run() blocks, and an event loop is running in this thread. Use "
                 f"`handle = await {self.name}.start(...)` then `await handle.result()`."
             )
-        runtime = get_runtime()
+        runtime = get_runtime(stack)
         record, created, started = self._create(runtime, args, kwargs, execution_id)
         if not created:
             return resume_existing(runtime, record, block=True)  # type: ignore[return-value]
         return FlowHandle(record.id, runtime, self.drive(runtime, record, started, []))
 
-    async def start(self, *args: Any, execution_id: str | None = None, **kwargs: Any) -> AsyncFlowHandle:
+    async def start(
+        self, *args: Any, execution_id: str | None = None, stack: str | None = None, **kwargs: Any
+    ) -> AsyncFlowHandle:
         """Start the flow on the running event loop; ``await handle.result()`` gives its value.
 
-        Async flow bodies run as a task on this loop; sync ones on a worker thread.
+        Async flow bodies run as a task on this loop; sync ones on a worker thread. ``execution_id``
+        and ``stack`` work as in :meth:`run`.
         """
-        runtime = get_runtime()
+        runtime = get_runtime(stack)
         record, created, started = self._create(runtime, args, kwargs, execution_id)
         if not created:
             handle = resume_existing(runtime, record, block=False)

@@ -16,7 +16,7 @@ from kitaru._ids import new_id
 from kitaru.config import env_float
 from kitaru.store import ArtifactRecord, ArtifactStore, StateStore
 
-__all__ = ["Runtime", "get_runtime", "set_runtime", "use_runtime"]
+__all__ = ["Runtime", "close_stack_runtimes", "get_runtime", "set_runtime", "use_runtime"]
 
 #: Serialized values up to this size live inline in the state store; larger ones are
 #: content-addressed blobs in the artifact store.
@@ -151,19 +151,50 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+#: Runtimes of stacks named explicitly (``flow.run(..., stack=NAME)``), one per name per process.
+_stack_runtimes: dict[str, Runtime] = {}
 
 
-def get_runtime() -> Runtime:
-    """The process's runtime, opened from the active stack on first use."""
+def _open_runtime(stack_name: str | None) -> Runtime:
+    from kitaru.stack import load_stack
+
+    stack = load_stack(stack_name)
+    return Runtime(stack.state_store(), stack.artifact_store(), stack_name=stack.name)
+
+
+def get_runtime(stack_name: str | None = None) -> Runtime:
+    """The process's runtime, opened from the active stack on first use; with ``stack_name``, the
+    runtime of that stack from the configuration (opened once per name, then cached)."""
     global _runtime
+    if stack_name is not None:
+        current = _runtime
+        if current is not None and current.stack_name == stack_name:
+            return current
+        named = _stack_runtimes.get(stack_name)
+        if named is None:
+            with _runtime_lock:
+                named = _stack_runtimes.get(stack_name)
+                if named is None:
+                    named = _stack_runtimes[stack_name] = _open_runtime(stack_name)
+        return named
     if _runtime is None:
         with _runtime_lock:
             if _runtime is None:
-                from kitaru.stack import load_stack
+                from kitaru.stack_config import load_settings
 
-                stack = load_stack()
-                _runtime = Runtime(stack.state_store(), stack.artifact_store(), stack_name=stack.name)
+                # A stack already opened by name moves to the default slot rather than opening twice.
+                name = load_settings().active_stack
+                _runtime = _stack_runtimes.pop(name, None) or _open_runtime(None)
     return _runtime
+
+
+def close_stack_runtimes() -> None:
+    """Close and forget the runtimes opened by stack name (the default runtime stays)."""
+    with _runtime_lock:
+        runtimes = list(_stack_runtimes.values())
+        _stack_runtimes.clear()
+    for runtime in runtimes:
+        runtime.close()
 
 
 def set_runtime(runtime: Runtime | None) -> Runtime | None:

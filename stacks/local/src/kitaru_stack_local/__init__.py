@@ -22,3 +22,8 @@ def filesystem_artifact_store(uri: str, **_: Any) -> Any:
     from kitaru.store.filesystem import FilesystemArtifactStore
 
     return FilesystemArtifactStore.from_uri(uri)
+
+
+#: The keys the filesystem store takes from a stack's configuration: none, so a misspelt key of a
+#: stack whose artifacts are files is reported instead of ignored.
+filesystem_artifact_store.keys = {}  # type: ignore[attr-defined]
