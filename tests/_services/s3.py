@@ -28,7 +28,15 @@ import pytest
 
 from tests._services import missing
 
-__all__ = ["INSTALL", "MotoServer", "RestartableMoto", "free_port", "moto_installed", "s3_server"]
+__all__ = [
+    "INSTALL",
+    "MotoServer",
+    "RestartableMoto",
+    "free_port",
+    "moto_installed",
+    "s3_server",
+    "wait_ready",
+]
 
 INSTALL = "uv sync  (moto[server] is in the dev dependency group)"
 #: Credentials moto accepts (it does not check them unless told to).
@@ -46,7 +54,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(url: str, timeout: float, alive: Any = None) -> None:
+def wait_ready(url: str, timeout: float, alive: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -96,7 +104,7 @@ class MotoServer(_Buckets):
             )
         proc = self.proc
         try:
-            _wait_ready(self.endpoint_url, 60, alive=lambda: proc.poll() is None)
+            wait_ready(self.endpoint_url, 60, alive=lambda: proc.poll() is None)
         except RuntimeError:
             self.stop()
             raise RuntimeError(f"moto_server did not start: {self.log.read_text()[-2000:]}") from None
@@ -128,7 +136,7 @@ class RestartableMoto(_Buckets):
 
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
-        _wait_ready(self.endpoint_url, 30)
+        wait_ready(self.endpoint_url, 30)
         return self
 
     def stop(self) -> None:
