@@ -200,7 +200,27 @@ def _version() -> str | None:
         return None
 
 
+def _use_state_store(uri: str) -> str:
+    """Run against the state store at ``uri`` (``$KITARU_BENCH_STATE``, set by ``run.py
+    --kitaru-postgres``), artifacts still under KITARU_HOME; returns a note for the JSON."""
+    from kitaru._engine.runtime import Runtime, set_runtime
+    from kitaru.config import home
+    from kitaru.store.filesystem import FilesystemArtifactStore
+    from kitaru.store.open import open_state_store
+
+    state = open_state_store(uri)
+    set_runtime(Runtime(state, FilesystemArtifactStore(home() / "artifacts")))
+    return f"state store {state!r} (artifacts on the local filesystem)"
+
+
 def main() -> int:
+    state_uri = os.environ.get("KITARU_BENCH_STATE")
+    store_note = (
+        _use_state_store(state_uri)
+        if state_uri
+        else "embedded default stack under a fresh KITARU_HOME; SQLite "
+        f"synchronous={os.environ.get('KITARU_SQLITE_SYNC', 'default')}"
+    )
     try:
         return bl.run_measures(
             "kitaru",
@@ -219,8 +239,7 @@ def main() -> int:
                 "wait_answer_to_running_ms": "client.executions.input(exec_id, True) -> the "
                 "checkpoint after wait() starts (replays the journal in this process)",
                 "resume_1000_ms": "same, with N completed checkpoints before wait()",
-                "store": "embedded default stack under a fresh KITARU_HOME; SQLite "
-                f"synchronous={os.environ.get('KITARU_SQLITE_SYNC', 'default')}",
+                "store": store_note,
             },
         )
     finally:

@@ -333,6 +333,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "to give kitaru's store an fsync per commit like the peers' defaults",
     )
     p.add_argument(
+        "--kitaru-postgres",
+        action="store_true",
+        help="run kitaru with its state in PostgreSQL: a throwaway local server is started "
+        "(tests/_services/postgres.py; needs Debian's postgresql package) and stopped afterwards",
+    )
+    p.add_argument(
         "--output",
         default=str(RESULTS_DIR / "latest.json"),
         help="where to write the raw results (default: benchmarks/results/latest.json)",
@@ -365,7 +371,15 @@ def main(argv: list[str] | None = None) -> int:
 
     outcomes: dict[str, Outcome] = {}
     scratch = Path(tempfile.mkdtemp(prefix="kitaru-bench-run-"))
+    cluster = None
     try:
+        if args.kitaru_postgres and "kitaru" in only:
+            sys.path.insert(0, str(HERE.parent))
+            from tests._services.postgres import PostgresCluster
+
+            cluster = PostgresCluster.launch()
+            extra_kitaru_env["KITARU_BENCH_STATE"] = cluster.dsn(cluster.create_database("kitaru_bench"))
+            say(f"kitaru: state in PostgreSQL at {extra_kitaru_env['KITARU_BENCH_STATE']}")
         for key in SYSTEMS:  # fixed order: kitaru, then the peers
             if key not in only:
                 continue
@@ -389,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             outcomes[key] = run_bench(system, python, bench_args, env, args.timeout)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if cluster is not None:
+            cluster.destroy()
 
     table = build_table(outcomes, args.quick)
     print(table, flush=True)

@@ -145,6 +145,68 @@ _INSERT_JOURNAL = (
 _LOCK_EXECUTION = f"SELECT {_EXEC_COLUMNS}, txid_current() FROM kitaru.executions WHERE id = $1 FOR UPDATE"
 
 
+_ARTIFACT_ARRAYS = (
+    "text[]", "text[]", "text[]", "int4[]", "text[]", "text[]", "text[]", "text[]", "int8[]", "text[]",
+    "float8[]", "bytea[]", "text[]",
+)  # fmt: skip
+_JOURNAL_FIELDS = "kind, call_id, once, seq, name, attempt, artifact_id, data, ts"
+_JOURNAL_ARRAYS = ("text[]", "text[]", "text[]", "int4[]", "text[]", "int4[]", "text[]", "text[]", "float8[]")
+
+
+def _commit_statement(
+    exec_id: str,
+    owner: str | None,
+    journal: Sequence[tuple[Any, ...]],
+    artifacts: Sequence[tuple[Any, ...]],
+    sets: Sequence[tuple[str, Any]],
+) -> tuple[str, list[Any]]:
+    """One statement for a whole commit: lock the execution's row, check the lease, insert the
+    artifacts and journal records (as arrays), update the row; nothing is written unless the lease
+    check passed. Returns the statement and its parameters.
+
+    Its one row: (lease ok, execution found, lease owner, status, transaction id).
+    """
+    params: list[Any] = [exec_id, owner]
+
+    def param(value: Any, cast: str = "") -> str:
+        params.append(value)
+        return f"${len(params)}::{cast}" if cast else f"${len(params)}"
+
+    # `ok` reads `ex` first whatever the owner (COALESCE evaluates left to right), so the row is
+    # always locked before anything is inserted: concurrent commits to one execution queue on it.
+    ctes = [
+        "ex AS (SELECT lease_owner, status FROM kitaru.executions WHERE id = $1 FOR UPDATE)",
+        "ok AS (SELECT COALESCE((SELECT lease_owner = $2 OR $2 IS NULL FROM ex), $2::text IS NULL) AS ok)",
+    ]
+    if artifacts:
+        arrays = ", ".join(
+            param(list(c), t) for c, t in zip(zip(*artifacts, strict=True), _ARTIFACT_ARRAYS, strict=True)
+        )
+        ctes.append(
+            f"arts AS (INSERT INTO kitaru.artifacts ({_ARTIFACT_COLUMNS}) "
+            f"SELECT * FROM unnest({arrays}) WHERE (SELECT ok FROM ok))"
+        )
+    if journal:
+        columns = zip(*(row[1:] for row in journal), strict=True)  # every row's exec_id is $1
+        arrays = ", ".join(param(list(c), t) for c, t in zip(columns, _JOURNAL_ARRAYS, strict=True))
+        # Ids are drawn in the order of the batch (ORDER BY the array position).
+        ctes.append(
+            f"jr AS (INSERT INTO kitaru.journal (exec_id, {_JOURNAL_FIELDS}) "
+            f"SELECT $1, {_JOURNAL_FIELDS} FROM unnest({arrays}) WITH ORDINALITY "
+            f"AS r({_JOURNAL_FIELDS}, n) WHERE (SELECT ok FROM ok) ORDER BY n)"
+        )
+    if sets:
+        assignments = ", ".join(f"{column} = {param(value)}" for column, value in sets)
+        ctes.append(
+            f"up AS (UPDATE kitaru.executions SET {assignments} WHERE id = $1 AND (SELECT ok FROM ok))"
+        )
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT (SELECT ok FROM ok), EXISTS (SELECT 1 FROM ex), "
+        "(SELECT lease_owner FROM ex), (SELECT status FROM ex), txid_current()"
+    )
+    return sql, params
+
+
 def _journal_row(exec_id: str, r: JournalRecord, now: float) -> tuple[Any, ...]:
     return (
         exec_id,
@@ -727,48 +789,55 @@ class PostgresStateStore:
         now = time.time()
         journal = [_journal_row(exec_id, r, now) for r in records]
         artifact_rows = [_artifact_row(a) for a in artifacts]
+        sets: list[tuple[str, Any]] = []
+        if status is not None or release_lease or result_artifact is not None:
+            sets.append(("updated_at", now))
+            if status is not None:
+                sets += [("status", status), ("error", error)]
+            if result_artifact is not None:
+                sets.append(("result_artifact", result_artifact))
+            if release_lease:
+                sets += [("lease_owner", None), ("lease_expires_at", None)]
+        what = f"committing to execution {exec_id}"
 
-        async def body(conn: Any, attempt: _Attempt) -> None:
-            # Locking the row first also orders concurrent commits to one execution, so two of them
-            # never wait on each other's journal rows while holding the other's lock.
+        def lost_lease(holder: str | None, status: str) -> KitaruError:
+            return KitaruLeaseError(
+                f"execution {exec_id} is now driven by {holder or 'nobody'} (status {status}); this "
+                "runner lost its lease and stops without writing."
+            )
+
+        async def fast(conn: Any, attempt: _Attempt) -> None:
+            # The hot path: one statement, so a checkpoint costs BEGIN, this, COMMIT.
+            sql, params = _commit_statement(exec_id, owner, journal, artifact_rows, sets)
+            ok, found, holder, current, attempt.txid = await conn.fetchrow(sql, *params)
+            if not ok:
+                raise (
+                    lost_lease(holder, current) if found else KitaruNotFoundError(f"no execution {exec_id!r}")
+                )
+
+        async def merging(conn: Any, attempt: _Attempt) -> None:
+            # Metadata is merged with what is stored, read under the row lock.
             record = await self._lock(conn, attempt, exec_id)
             if owner is not None:
                 if record is None:
                     raise KitaruNotFoundError(f"no execution {exec_id!r}")
                 if record.lease_owner != owner:
-                    raise KitaruLeaseError(
-                        f"execution {exec_id} is now driven by {record.lease_owner or 'nobody'} (status "
-                        f"{record.status}); this runner lost its lease and stops without writing."
-                    )
+                    raise lost_lease(record.lease_owner, record.status)
             if artifact_rows:
                 await conn.executemany(_INSERT_ARTIFACT, artifact_rows)
             if journal:
                 await conn.executemany(_INSERT_JOURNAL, journal)
-            sets: list[str] = []
-            params: list[Any] = []
+            if record is None:
+                return
+            changes = [*sets, ("metadata", json.dumps({**record.metadata, **(metadata or {})}))]
+            assignments = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(changes, start=2))
+            await conn.execute(
+                f"UPDATE kitaru.executions SET {assignments} WHERE id = $1",
+                exec_id,
+                *(value for _, value in changes),
+            )
 
-            def assign(column: str, value: Any) -> None:
-                params.append(value)
-                sets.append(f"{column} = ${len(params)}")
-
-            if metadata and record is not None:
-                assign("metadata", json.dumps({**record.metadata, **metadata}))
-            if status is not None or release_lease or result_artifact is not None:
-                assign("updated_at", now)
-                if status is not None:
-                    assign("status", status)
-                    assign("error", error)
-                if result_artifact is not None:
-                    assign("result_artifact", result_artifact)
-                if release_lease:
-                    sets.append("lease_owner = NULL, lease_expires_at = NULL")
-            if sets:
-                params.append(exec_id)
-                await conn.execute(
-                    f"UPDATE kitaru.executions SET {', '.join(sets)} WHERE id = ${len(params)}", *params
-                )
-
-        self._call(self._write(body, f"committing to execution {exec_id}"))
+        self._call(self._write(merging if metadata else fast, what))
 
     def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         waits = list(waiting_on)
