@@ -12,7 +12,8 @@ __all__ = ["open_state_store"]
 
 
 def open_state_store(uri: str) -> StateStore:
-    """``sqlite:///abs/path.db`` opens the embedded SQLite store; ``postgresql://`` the server store."""
+    """``sqlite:///abs/path.db`` opens the embedded SQLite store; ``postgresql://`` (or
+    ``postgres://``) ``user:password@host:port/database`` the PostgreSQL store."""
     scheme = uri.partition("://")[0].lower()
     if scheme == "sqlite":
         from kitaru.store.sqlite import SQLiteStateStore
@@ -22,7 +23,8 @@ def open_state_store(uri: str) -> StateStore:
         from kitaru.store.postgres import PostgresStateStore
 
         return PostgresStateStore(uri)
+    shown = uri.partition("://")[0] + "://..." if "@" in uri else uri  # may hold a password
     raise KitaruConfigError(
-        f"unsupported state store URI {uri!r}: use sqlite:///absolute/path.db"
+        f"unsupported state store URI {shown!r}: use sqlite:///absolute/path.db"
         " or postgresql://user:password@host:port/database."
     )

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -482,6 +483,8 @@ class PostgresStateStore:
     def _transient(self, exc: BaseException) -> bool:
         """Errors after which the same call may succeed: the connection, not the request, failed."""
         pg = self._asyncpg
+        if isinstance(exc, socket.gaierror):
+            return False  # the host name does not resolve: retrying will not fix a typo
         if isinstance(exc, OSError | asyncio.TimeoutError):
             return True  # refused, reset, unreachable, timed out
         if isinstance(
@@ -510,6 +513,11 @@ class PostgresStateStore:
             return KitaruStoreError(
                 f"PostgreSQL at {target.host}:{target.port} refused user {target.user!r} ({detail}). "
                 "Check the user and password in the stack's `state` URI (or PGPASSWORD / ~/.pgpass)."
+            )
+        if isinstance(exc, socket.gaierror):
+            return KitaruStoreError(
+                f"cannot resolve the PostgreSQL host {target.host!r} ({detail}). Check the host name "
+                "in the stack's `state` URI."
             )
         if isinstance(exc, pg.InvalidCatalogNameError):
             return KitaruStoreError(
@@ -675,11 +683,12 @@ class PostgresStateStore:
         return _exec_from_row(rows[0]) if rows else None
 
     def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        # A range on the primary key (ids sort bytewise) the index can serve, and an exact test.
         rows = self._call(
             self._read(
-                "SELECT id FROM kitaru.executions WHERE id LIKE $1 ORDER BY id LIMIT $2",
-                escaped + "%",
+                "SELECT id FROM kitaru.executions WHERE id >= $1 AND id < $1 || chr(1114111) "
+                "AND starts_with(id, $1) ORDER BY id LIMIT $2",
+                prefix,
                 limit,
             )
         )

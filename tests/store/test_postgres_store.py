@@ -129,9 +129,16 @@ class TestOpening:
         finally:
             store.close()
 
-    def test_unknown_scheme_names_both(self) -> None:
-        with pytest.raises(KitaruConfigError, match="postgresql://"):
-            open_state_store("mysql://x@y/z")
+    def test_unknown_scheme_names_both_and_hides_credentials(self) -> None:
+        with pytest.raises(KitaruConfigError, match="postgresql://") as caught:
+            open_state_store("mysql://x:hunter2@y/z")
+        assert "hunter2" not in str(caught.value)
+
+    def test_unresolvable_host_is_not_retried(self) -> None:
+        started = time.monotonic()
+        with pytest.raises(KitaruStoreError, match="cannot resolve"):
+            PostgresStateStore("postgresql://u:pw@no-such-host.invalid:5432/db", retries=5, backoff=1.0)
+        assert time.monotonic() - started < 5
 
     def test_missing_asyncpg_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "asyncpg", None)
