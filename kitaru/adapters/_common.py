@@ -1,0 +1,151 @@
+"""What the agent adapters share: where a call stands (flow scope, checkpoint, no flow), stable call
+names and fingerprints, unwrapping kitaru's control flow out of exception groups, and finding an
+agent again in another process so an adapter-opened flow can be resumed anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from kitaru.errors import KitaruMissingDependencyError, KitaruUsageError
+
+__all__ = [
+    "AgentRef",
+    "at_flow_scope",
+    "find_agent",
+    "import_extra",
+    "in_checkpoint",
+    "register_agent",
+    "reraise_control",
+    "safe_name",
+    "stable_digest",
+]
+
+
+def import_extra(module: str, extra: str, what: str) -> Any:
+    """Import ``module`` or say which kitaru extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise KitaruMissingDependencyError(
+            f"{what} needs the `{module.split('.')[0]}` package: install it with "
+            f"`pip install 'kitaru[{extra}]'` (or `uv add 'kitaru[{extra}]'`)."
+        ) from exc
+
+
+def at_flow_scope() -> bool:
+    """True in a running flow's body, outside any checkpoint: where checkpoints and waits may run."""
+    from kitaru._engine.context import current_call, current_execution
+
+    return current_execution() is not None and current_call() is None
+
+
+def in_checkpoint() -> bool:
+    from kitaru._engine.context import current_call
+
+    return current_call() is not None
+
+
+_UNSAFE = re.compile(r"[:/\s]+")
+
+
+def safe_name(*parts: str) -> str:
+    """A checkpoint or wait name from parts (``:`` and ``/`` are reserved by call ids)."""
+    return ".".join(_UNSAFE.sub("_", p) for p in parts if p)
+
+
+_VOLATILE = frozenset({"timestamp", "run_id", "conversation_id", "created_at"})
+
+
+def _stable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list | tuple):
+        return [_stable(v) for v in value]
+    return value
+
+
+def stable_digest(value: Any) -> str:
+    """A fingerprint of a JSON-able request that ignores per-run noise (timestamps, run ids), so a
+    resumed run whose requests are the same is not reported as having changed inputs."""
+    text = json.dumps(_stable(value), sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def reraise_control(group: BaseExceptionGroup[Any]) -> NoReturn:
+    """Frameworks run tools in task groups, which wrap kitaru's suspend/cancel signals in an
+    exception group; the engine must see the signal itself. Anything else is re-raised as is."""
+    from kitaru._engine.context import _Cancelled, _Suspend
+
+    for kind in (_Cancelled, _Suspend):
+        match, _rest = group.split(kind)
+        if match is not None:
+            first: BaseException = match
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
+    raise group
+
+
+# -- finding an agent again in another process ----------------------------------------------------
+
+AgentRef = dict[str, str | None]
+
+_AGENTS: dict[tuple[str, str], Any] = {}
+
+
+def register_agent(kind: str, name: str, wrapper: Any, depth: int = 2) -> AgentRef:
+    """Remember ``wrapper`` under ``name`` and return how another process finds it: the module (or
+    script) that created it, which it imports to run the creation again."""
+    frame = sys._getframe(depth)
+    module_name = frame.f_globals.get("__name__", "")
+    file = frame.f_globals.get("__file__")
+    _AGENTS[(kind, name)] = wrapper
+    if module_name == "__main__" or module_name.startswith("__kitaru_main_"):
+        script = str(Path(file).resolve()) if file else None
+        return {"name": name, "module": None, "path": script, "root": None}
+    root = None
+    if file:
+        path = Path(file).resolve()
+        root_path = path.parent
+        depth_up = module_name.count(".") + (1 if path.name == "__init__.py" else 0)
+        for _ in range(depth_up):
+            root_path = root_path.parent
+        root = str(root_path)
+    return {"name": name, "module": module_name, "path": None, "root": root}
+
+
+def find_agent(kind: str, ref: AgentRef) -> Any:
+    """The wrapper ``ref`` names, importing the module or script that defines it if needed."""
+    name = ref.get("name") or ""
+    found = _AGENTS.get((kind, name))
+    if found is not None:
+        return found
+    try:
+        if ref.get("module"):
+            root = ref.get("root")
+            if root and root not in sys.path:
+                sys.path.insert(0, root)
+            importlib.import_module(ref["module"] or "")
+        elif ref.get("path"):
+            from kitaru._engine.flow import _load_script
+
+            _load_script(ref["path"] or "")
+    except (ImportError, OSError) as exc:
+        raise KitaruUsageError(
+            f"cannot load {kind} agent {name!r} to resume its run: {exc}. Run from an environment "
+            "where the agent's module is importable."
+        ) from exc
+    found = _AGENTS.get((kind, name))
+    if found is None:
+        where = ref.get("module") or ref.get("path")
+        raise KitaruUsageError(
+            f"{kind} agent {name!r} was not created when {where} was loaded; create the durable "
+            "agent at module level so a resumed run can find it."
+        )
+    return found
