@@ -142,7 +142,12 @@ class Runtime:
         if store is None:
             from kitaru.stack import artifact_store_for_uri
 
-            store = self._foreign[base] = artifact_store_for_uri(base)
+            # Another bucket or prefix of our own kind of store (a replay across stacks) needs our
+            # endpoint and credentials: cloud stores offer ``reopen(uri)`` with their options.
+            reopen = getattr(self.artifacts, "reopen", None)
+            same_kind = base.partition("://")[0] == self.artifacts.uri.partition("://")[0]
+            store = reopen(base) if reopen is not None and same_kind else artifact_store_for_uri(base)
+            self._foreign[base] = store
         return store.get(key)
 
     def load_artifact(self, record: ArtifactRecord) -> Any:

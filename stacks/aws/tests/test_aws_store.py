@@ -157,3 +157,25 @@ def test_200_mb_round_trip_in_bounded_memory(s3_server: MotoServer, bucket: str)
     assert_round_trip_in_bounded_memory(
         f"s3://{bucket}/big", s3_server.options(), part_size=8 * MiB, report_as="S3"
     )
+
+
+def test_the_runtime_reads_another_prefix_with_its_own_store_options(
+    s3_server: MotoServer, bucket: str, tmp_path: Path
+) -> None:
+    from kitaru._engine.runtime import Runtime
+    from kitaru.store.memory import MemoryStateStore
+
+    # Written under one prefix (another stack, say), read by a runtime whose store has another:
+    # the endpoint and credentials are not in the URI, so the runtime reuses its own store's.
+    writer = S3ArtifactStore(f"s3://{bucket}/stack-a", **s3_server.options())
+    reader = S3ArtifactStore(f"s3://{bucket}/stack-b", **s3_server.options())
+    runtime = Runtime(MemoryStateStore(), writer)
+    record = runtime.make_artifact(
+        "exec", name="big", version=1, type="output", value=b"z" * 100_000, call_id="c"
+    )
+    assert record.inline is None and record.uri is not None and "/stack-a/blobs/" in record.uri
+    runtime.artifacts = reader
+    assert runtime.load_artifact(record) == b"z" * 100_000
+    runtime.close()
+    writer.close()
+    reader.close()

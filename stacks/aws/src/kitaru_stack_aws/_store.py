@@ -8,7 +8,6 @@ inside someone else's event loop) block only on their own request.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import hashlib
 import threading
 import weakref
@@ -115,7 +114,7 @@ class S3ArtifactStore:
         self._lock = threading.Lock()
         self._loop: _Loop | None = None
         self._client: Any = None
-        self._client_ctx: Any = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._exceptions: Any = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -170,21 +169,19 @@ class S3ArtifactStore:
                     **self._credentials,
                 )
                 self._client = loop.run(ctx.__aenter__())
-                self._client_ctx, self._loop, self._exceptions = ctx, loop, exceptions
-                atexit.register(_close_at_exit, weakref.ref(self))
+                self._loop, self._exceptions = loop, exceptions
+                # Closed by close(), or when the store is dropped, or at exit: never left for
+                # aiohttp to find unclosed.
+                self._finalizer = weakref.finalize(self, _shutdown, ctx, loop)
         return self._client
 
     def close(self) -> None:
         """Close the HTTP connections and stop the private loop (the store reopens on next use)."""
         with self._lock:
-            ctx, loop = self._client_ctx, self._loop
-            self._client = self._client_ctx = self._loop = None
-        if loop is not None:
-            try:
-                loop.run(ctx.__aexit__(None, None, None))
-            except Exception:
-                pass
-            loop.stop()
+            finalizer, self._finalizer = self._finalizer, None
+            self._client = self._loop = None
+        if finalizer is not None:
+            finalizer()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None
@@ -430,7 +427,9 @@ async def _read_block(body: Any, size: int) -> bytes:
     return bytes(buffer)
 
 
-def _close_at_exit(ref: weakref.ref[S3ArtifactStore]) -> None:
-    store = ref()
-    if store is not None:
-        store.close()
+def _shutdown(ctx: Any, loop: _Loop) -> None:
+    try:
+        loop.run(ctx.__aexit__(None, None, None))
+    except Exception:
+        pass
+    loop.stop()
