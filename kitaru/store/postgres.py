@@ -56,6 +56,11 @@ T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
 
+_UNKNOWN = (
+    "It may or may not have been saved: resuming the execution reads its journal to find out "
+    "(`kitaru executions get ID` shows it)."
+)
+
 #: Held (per transaction) while the schema is checked and migrated, so two processes opening a
 #: fresh database at once do not both create it. Any constant works; this one spells "kitaru".
 _MIGRATION_LOCK = 0x6B6974617275
@@ -356,14 +361,6 @@ class _Attempt:
         self.result: Any = None
 
 
-class _Unresolved(Exception):
-    """A COMMIT was sent and its connection died before the answer; the outcome is not known yet."""
-
-    def __init__(self, txid: int | None) -> None:
-        super().__init__(txid)
-        self.txid = txid
-
-
 class PostgresStateStore:
     """A :class:`~kitaru.store.StateStore` in a PostgreSQL database (``postgresql://`` URI).
 
@@ -592,8 +589,7 @@ class PostgresStateStore:
                     if status != "aborted":
                         raise KitaruStoreError(
                             f"{what}: the connection to PostgreSQL {self._target} was lost while "
-                            "committing, and whether the change was saved cannot be known any more. "
-                            "Check the execution (`kitaru executions get ID`) before retrying."
+                            f"committing, and whether the change was saved cannot be known. {_UNKNOWN}"
                         )
                     pending = None
                 attempt = _Attempt()
@@ -610,8 +606,10 @@ class PostgresStateStore:
                     raise self._translate(exc, what) from None
                 last = exc
                 self._log_retry(what, exc, n)
-        assert last is not None
-        raise self._translate(last, what) from None
+        error = self._translate(last, what) if last is not None else KitaruStoreError(what)
+        if pending is not None:
+            error = type(error)(f"{error} The last change was cut off while committing. {_UNKNOWN}")
+        raise error from None
 
     async def _transaction(self, body: Callable[[Any, _Attempt], Awaitable[T]], attempt: _Attempt) -> T:
         async with self._pool.acquire() as conn:

@@ -277,6 +277,33 @@ class TestCommitLostInFlight:
         finally:
             store.close()
 
+    @pytest.mark.parametrize("status", [None, "in progress"])
+    def test_an_outcome_that_cannot_be_learned_is_reported_not_guessed(
+        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, status: str | None
+    ) -> None:
+        store = PostgresStateStore(postgres_dsn, retries=3, backoff=0.01)
+        real = PostgresStateStore._transaction
+        runs: list[str] = []
+
+        async def answer_lost(self: PostgresStateStore, body: Any, attempt: Any) -> Any:
+            runs.append("try")
+            await real(self, body, attempt)
+            raise ConnectionResetError("lost while reading COMMIT's answer")
+
+        async def unknowable(self: PostgresStateStore, txid: int | None) -> str | None:
+            return status
+
+        try:
+            store.create_execution(_execution("E1"), [])
+            monkeypatch.setattr(PostgresStateStore, "_transaction", answer_lost)
+            monkeypatch.setattr(PostgresStateStore, "_txid_status", unknowable)
+            with pytest.raises(KitaruStoreError, match="may or may not have been saved"):
+                store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
+            assert runs == ["try"]  # never run again on a guess
+            assert [r.data for r in store.read_journal("E1")] == [{"n": 1}]
+        finally:
+            store.close()
+
 
 def _ensure_running(cluster: PostgresCluster) -> None:
     try:
