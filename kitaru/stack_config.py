@@ -252,13 +252,16 @@ def find_line(text: str, key: Iterable[str]) -> int | None:
     """The line of a TOML document where the dotted ``key`` is set or its table opens, found by
     searching (TOML parsers report lines only for syntax errors). None if it cannot be found."""
     path = list(key)
-    fallback = None
+    # Else the line that comes closest: the innermost table or inline table holding the key.
+    best, best_depth = None, 0
     for number, full, _is_header in _table_lines(text):
         if full == path:
             return number
-        if fallback is None and (full[: len(path)] == path or path[: len(full)] == full):
-            fallback = number
-    return fallback
+        if full[: len(path)] == path or path[: len(full)] == full:
+            depth = min(len(full), len(path))
+            if depth > best_depth:
+                best, best_depth = number, depth
+    return best
 
 
 # -- merged settings --------------------------------------------------------------------------------
@@ -623,7 +626,8 @@ def _set_top_level(text: str, key: str, value: Any) -> str:
     at = first_header
     while at > 0 and lines[at - 1].lstrip().startswith("#"):
         at -= 1
-    return "".join([*lines[:at], assignment, "\n" if at and lines[at - 1].strip() else "", *lines[at:]])
+    before = "\n" if at and lines[at - 1].strip() else ""
+    return "".join([*lines[:at], before, assignment, "\n", *lines[at:]])
 
 
 def _remove_top_level(text: str, key: str) -> str:

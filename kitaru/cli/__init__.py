@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from kitaru.cli.model import model as _model_group
+from kitaru.cli.stack import stack as _stack_group
 
 __all__ = ["main"]
 
@@ -494,3 +495,4 @@ def get_artifact(artifact_id: str, out: str | None, output: str) -> None:
 
 
 main.add_command(_model_group)
+main.add_command(_stack_group)

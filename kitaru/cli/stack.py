@@ -1,0 +1,256 @@
+"""``kitaru stack``: list, show, switch, create and delete the stacks declared in TOML.
+
+``set``, ``create`` and ``delete`` write the user file (``$KITARU_CONFIG``, else
+``$XDG_CONFIG_HOME/kitaru/config.toml``, else ``~/.config/kitaru/config.toml``), keeping its comments.
+The configuration code is imported when a command runs, so ``kitaru --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["stack"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OUTPUT = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+#: Keys whose values are shown masked.
+_SECRET = re.compile(r"secret|password|token|account_key|connection_string|credentials_json", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/:@]*:)([^/@]*)(@)", re.IGNORECASE)
+
+
+def _reports_errors(fn: F) -> F:
+    """The CLI's own error reporting (``kitaru.cli._reports_errors``), looked up when the command
+    runs: ``kitaru.cli`` imports this module while it is being built."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from kitaru.cli import _reports_errors as reports
+
+        return reports(fn)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _echo_json(value: Any) -> None:
+    from kitaru.cli import _echo_json as echo
+
+    echo(value)
+
+
+def _table(headers: list[str], rows: list[tuple[Any, ...]]) -> str:
+    from kitaru.cli import _table as table
+
+    return str(table(headers, rows))
+
+
+def _mask(key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if _SECRET.search(key) and value and value != "default":
+        return "***"
+    return _URI_PASSWORD.sub(r"\1***\3", value)
+
+
+@click.group()
+def stack() -> None:
+    """List, inspect and switch stacks (where flows run, state and artifacts live).
+
+    Stacks are declared in TOML: the user file (see `kitaru stack list`) and an optional
+    kitaru.toml in the project. KITARU_STACK=NAME overrides the active stack, and
+    KITARU_STACK__<KEY>=VALUE one of its keys. stacks.example.toml documents every key.
+    """
+
+
+@stack.command("list")
+@_OUTPUT
+@_reports_errors
+def list_stacks(output: str) -> None:
+    """List the known stacks; the active one is marked with *."""
+    from kitaru.stack_config import list_stacks as known
+    from kitaru.stack_config import user_config_path
+
+    settings, rows = known()
+    if output == "json":
+        _echo_json(
+            {
+                "active_stack": settings.active_stack,
+                "active_source": settings.active_source,
+                "user_file": str(user_config_path()),
+                "files": [str(c.path) for c in settings.files],
+                "stacks": [
+                    {"name": n, "type": t, "active": n == settings.active_stack, "declared_in": w}
+                    for n, t, w in rows
+                ],
+            }
+        )
+        return
+    click.echo(
+        _table(
+            ["ACTIVE", "NAME", "TYPE", "DECLARED IN"],
+            [("*" if n == settings.active_stack else "", n, t, w) for n, t, w in rows],
+        )
+    )
+    click.echo(f"\nactive stack: {settings.active_stack} (from {settings.active_source})")
+    if not settings.files:
+        click.echo(f"no config file yet; `kitaru stack create` writes {user_config_path()}")
+
+
+@stack.command("show")
+@click.argument("name", required=False)
+@_OUTPUT
+@_reports_errors
+def show_stack(name: str | None, output: str) -> None:
+    """Show a stack's type and keys, and where each came from (default: the active stack)."""
+    from kitaru.stack import load_stack
+    from kitaru.stack_config import resolve_stack
+
+    config = resolve_stack(name)
+    keys: dict[str, dict[str, Any]] = {
+        key: {"value": _mask(key, value), "source": config.sources[key]}
+        for key, value in config.options.items()
+    }
+    built = load_stack(config.name)
+    for key, attribute in (("state", "state_uri"), ("artifacts", "artifacts_uri")):
+        if key not in keys and hasattr(built, attribute):
+            keys[key] = {"value": _mask(key, getattr(built, attribute)), "source": "default"}
+    if output == "json":
+        _echo_json(
+            {
+                "name": config.name,
+                "type": config.type,
+                "active": config.active,
+                "declared_in": config.declared_in,
+                "keys": keys,
+            }
+        )
+        return
+    click.echo(f"stack     {config.name}{'  (active)' if config.active else ''}")
+    click.echo(f"type      {config.type}  ({config.sources['type']})")
+    click.echo(f"declared  {config.declared_in}")
+    if keys:
+        click.echo("")
+        click.echo(_table(["KEY", "VALUE", "FROM"], [(k, v["value"], v["source"]) for k, v in keys.items()]))
+
+
+@stack.command("set")
+@click.argument("name")
+@_OUTPUT
+@_reports_errors
+def set_stack(name: str, output: str) -> None:
+    """Make NAME the active stack (written to the user file)."""
+    from kitaru.stack_config import load_settings, set_active_stack
+
+    path, rewritten = set_active_stack(name)
+    settings = load_settings()
+    if output == "json":
+        _echo_json(
+            {
+                "active_stack": settings.active_stack,
+                "active_source": settings.active_source,
+                "file": str(path),
+                "comments_kept": not rewritten,
+            }
+        )
+        return
+    click.echo(f"active stack is now {name} (in {path})")
+    _note_rewrite(rewritten, path)
+    if settings.active_stack != name:
+        click.echo(
+            f"note: {settings.active_source} still makes {settings.active_stack!r} active here; "
+            f"unset it to use {name!r}.",
+            err=True,
+        )
+
+
+def _parse_keys(args: tuple[str, ...]) -> dict[str, str]:
+    """``--key value`` / ``--key=value`` pairs; dashes in keys become underscores."""
+    out: dict[str, str] = {}
+    items = list(args)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--") or len(item) <= 2:
+            raise click.UsageError(f"expected --KEY VALUE, got {item!r} (e.g. --region eu-west-1).")
+        key, eq, value = item[2:].partition("=")
+        if not eq:
+            if not items or items[0].startswith("--"):
+                raise click.UsageError(f"--{key} needs a value (e.g. --{key} VALUE).")
+            value = items.pop(0)
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def _note_rewrite(rewritten: bool, path: Any) -> None:
+    if rewritten:
+        click.echo(
+            f"note: {path} had a layout that could not be edited in place; it was rewritten "
+            "without its comments.",
+            err=True,
+        )
+
+
+@stack.command(
+    "create",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": False},
+)
+@click.argument("name")
+@click.option("--type", "type_", required=True, help="The stack type: local, aws, gcp, azure, kubernetes...")
+@click.option("--activate", is_flag=True, help="Also make it the active stack.")
+@click.argument("keys", nargs=-1, type=click.UNPROCESSED)
+@_OUTPUT
+@_reports_errors
+def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], output: str) -> None:
+    """Declare stack NAME of type --type in the user file; further --KEY VALUE options set its keys.
+
+    \b
+    kitaru stack create dev --type local --state sqlite:////srv/kitaru/dev.db
+    kitaru stack create prod --type aws --artifacts s3://bucket/kitaru --region eu-west-1
+    """
+    from kitaru.stack_config import create_stack as create
+
+    config = create(name, type_, _parse_keys(keys), activate=activate)
+    if output == "json":
+        _echo_json(
+            {
+                "name": config.name,
+                "type": config.type,
+                "keys": {k: _mask(k, v) for k, v in config.options.items()},
+                "declared_in": config.declared_in,
+                "active": config.active,
+            }
+        )
+        return
+    click.echo(f"created stack {config.name} ({config.type}) in {config.declared_in}")
+    if activate:
+        click.echo(f"active stack is now {config.name}")
+    else:
+        click.echo(f"make it active with: kitaru stack set {config.name}")
+
+
+@stack.command("delete")
+@click.argument("name")
+@_OUTPUT
+@_reports_errors
+def delete_stack(name: str, output: str) -> None:
+    """Remove stack NAME from the user file (not the active stack; its data is left alone)."""
+    from kitaru.stack_config import delete_stack as delete
+
+    path, rewritten = delete(name)
+    if output == "json":
+        _echo_json({"deleted": name, "file": str(path), "comments_kept": not rewritten})
+        return
+    click.echo(f"deleted stack {name} from {path} (its state and artifacts are untouched)")
+    _note_rewrite(rewritten, path)
