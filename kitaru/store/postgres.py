@@ -445,7 +445,8 @@ class PostgresStateStore:
 
     async def _migrate(self) -> None:
         async with self._pool.acquire() as conn:
-            version = await self._schema_version(conn)
+            # Checked without the lock first: an up-to-date database needs no privilege to create.
+            version = self._check_version(await self._schema_version(conn))
             if version == len(_MIGRATIONS):
                 return
             async with conn.transaction():
@@ -454,12 +455,8 @@ class PostgresStateStore:
                     "CREATE SCHEMA IF NOT EXISTS kitaru; CREATE TABLE IF NOT EXISTS kitaru.meta "
                     "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
                 )
-                version = await self._schema_version(conn)  # another process may have migrated
-                if version > len(_MIGRATIONS):
-                    raise KitaruStoreError(
-                        f"the state database {self._target} has schema version {version}, newer than "
-                        f"this kitaru understands ({len(_MIGRATIONS)}). Upgrade kitaru."
-                    )
+                # Another process may have migrated while this one waited for the lock.
+                version = self._check_version(await self._schema_version(conn))
                 for script in _MIGRATIONS[version:]:
                     await conn.execute(script)
                 await conn.execute(
@@ -467,6 +464,14 @@ class PostgresStateStore:
                     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                     str(len(_MIGRATIONS)),
                 )
+
+    def _check_version(self, version: int) -> int:
+        if version > len(_MIGRATIONS):
+            raise KitaruStoreError(
+                f"the state database {self._target} has schema version {version}, newer than this "
+                f"kitaru understands ({len(_MIGRATIONS)}). Upgrade kitaru."
+            )
+        return version
 
     @staticmethod
     async def _schema_version(conn: Any) -> int:
@@ -521,6 +526,12 @@ class PostgresStateStore:
                 f"PostgreSQL at {target.host}:{target.port} has no database {target.database!r} "
                 f"({detail}). Create it (`createdb -h {target.host} -p {target.port} "
                 f"{target.database}`) or fix the database name in the stack's `state` URI."
+            )
+        if isinstance(exc, pg.TransactionRollbackError | pg.TooManyConnectionsError):
+            return KitaruStoreError(
+                f"{what} failed on PostgreSQL {target} after {self._retries + 1} tries ({detail}): "
+                "the server is overloaded or many runners contend for the same execution. Lower "
+                "the number of concurrent runners, or raise the server's max_connections."
             )
         if self._transient(exc):
             return KitaruStoreError(
