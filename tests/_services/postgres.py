@@ -105,7 +105,7 @@ class PostgresCluster:
             "--auth-host=scram-sha-256",
             "-E",
             "UTF8",
-            "--locale=C.UTF-8",
+            "--locale=C",
             "--no-sync",
         )
         hba = self.datadir / "pg_hba.conf"
