@@ -109,12 +109,23 @@ class TestSchema:
             PostgresStateStore(postgres_dsn)
         assert _fetch(postgres_dsn, "SELECT value FROM kitaru.meta") == "999"
 
-    def test_ids_sort_bytewise_whatever_the_locale(self, postgres_dsn: str) -> None:
-        store = PostgresStateStore(postgres_dsn)
+    def test_ids_sort_bytewise_whatever_the_locale(self, postgres_cluster: PostgresCluster) -> None:
+        # A database whose default collation is linguistic ("a" < "B" < "b"): ids still sort bytewise.
+        name = f"icu_{time.monotonic_ns()}"
         try:
-            for exec_id in ("b", "B", "a", "A", "_", "0"):
+            postgres_cluster.execute(
+                f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+            )
+        except Exception as exc:
+            pytest.skip(f"this server cannot make an ICU database: {exc}")
+        assert postgres_cluster.execute("SELECT 'a' < 'B'", name) is True
+        store = PostgresStateStore(postgres_cluster.dsn(name))
+        try:
+            for exec_id in ("b", "B", "a", "A", "_", "0", "Ab", "ab"):
                 store.create_execution(_execution(exec_id), [])
-            assert [e.id for e in store.list_executions()] == ["b", "a", "_", "B", "A", "0"]
+            assert [e.id for e in store.list_executions()] == ["b", "ab", "a", "_", "B", "Ab", "A", "0"]
+            assert store.match_execution_ids("a", limit=10) == ["a", "ab"]
+            assert store.match_execution_ids("A", limit=10) == ["A", "Ab"]
         finally:
             store.close()
 
