@@ -79,11 +79,19 @@ def stack() -> None:
 @_OUTPUT
 @_reports_errors
 def list_stacks(output: str) -> None:
-    """List the known stacks; the active one is marked with *."""
+    """List the known stacks; the active one is marked with *, and a stack whose keys do not fit
+    its type is marked invalid (`kitaru stack show NAME` says why)."""
+    from kitaru.errors import KitaruConfigError
     from kitaru.stack_config import list_stacks as known
-    from kitaru.stack_config import user_config_path
+    from kitaru.stack_config import resolve_stack, user_config_path
 
     settings, rows = known()
+    problems: dict[str, str] = {}
+    for name, _type, _where in rows:
+        try:
+            resolve_stack(name)
+        except KitaruConfigError as exc:
+            problems[name] = str(exc)
     if output == "json":
         _echo_json(
             {
@@ -92,7 +100,13 @@ def list_stacks(output: str) -> None:
                 "user_file": str(user_config_path()),
                 "files": [str(c.path) for c in settings.files],
                 "stacks": [
-                    {"name": n, "type": t, "active": n == settings.active_stack, "declared_in": w}
+                    {
+                        "name": n,
+                        "type": t,
+                        "active": n == settings.active_stack,
+                        "declared_in": w,
+                        "error": problems.get(n),
+                    }
                     for n, t, w in rows
                 ],
             }
@@ -100,10 +114,15 @@ def list_stacks(output: str) -> None:
         return
     click.echo(
         _table(
-            ["ACTIVE", "NAME", "TYPE", "DECLARED IN"],
-            [("*" if n == settings.active_stack else "", n, t, w) for n, t, w in rows],
+            ["ACTIVE", "NAME", "TYPE", "DECLARED IN", "STATUS"],
+            [
+                ("*" if n == settings.active_stack else "", n, t, w, "invalid" if n in problems else "ok")
+                for n, t, w in rows
+            ],
         )
     )
+    for name in problems:
+        click.echo(f"stack {name} is invalid; see `kitaru stack show {name}`", err=True)
     click.echo(f"\nactive stack: {settings.active_stack} (from {settings.active_source})")
     if not settings.files:
         click.echo(f"no config file yet; `kitaru stack create` writes {user_config_path()}")

@@ -154,6 +154,10 @@ class TestErrors:
         path = user_file('[stacks.dev]\ntype = "local"\nstate = 1\n')
         code, _, err = run("stack", "show", "dev")
         assert code == 3 and f"{path}, line 3" in err and "'state'" in err
+        code, out, err = run("stack", "list")
+        assert code == 0 and "invalid" in out and "kitaru stack show dev" in err
+        listed = json.loads(run("stack", "list", "-o", "json")[1])
+        assert [s["error"] is not None for s in listed["stacks"]] == [True, False]
         path = user_file("[stacks.dev\n")
         for args in (["list"], ["show"], ["set", "dev"]):
             code, _, err = run("stack", *args)
