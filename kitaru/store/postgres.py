@@ -440,8 +440,8 @@ class PostgresStateStore:
                 reset=no_reset,
             )
 
-        self._pool = await self._retrying(create)
-        await self._retrying(self._migrate)
+        self._pool = await self._retrying(create, "connecting")
+        await self._retrying(self._migrate, "checking the schema")
 
     async def _migrate(self) -> None:
         async with self._pool.acquire() as conn:
@@ -544,20 +544,23 @@ class PostgresStateStore:
         return KitaruStoreError(f"{what} failed on PostgreSQL {target}: {detail}")
 
     def _log_retry(self, what: str, exc: BaseException, attempt: int) -> None:
+        # One warning per call that runs into trouble; the retries after it are debug noise.
         if attempt < self._retries:
-            _log.warning(
-                "PostgreSQL state store %s: %s failed (%s); retrying (%d/%d)",
+            _log.log(
+                logging.WARNING if attempt == 0 else logging.DEBUG,
+                "PostgreSQL state store %s: %s failed (%s); retrying (%d of %d, about %.0f s in all)",
                 self._target,
                 what,
                 self._target.scrub(f"{type(exc).__name__}: {exc}"),
                 attempt + 1,
                 self._retries,
+                sum(min(5.0, self._backoff * 2**n) for n in range(self._retries)),
             )
 
     def _delay(self, attempt: int) -> float:
         return float(min(5.0, self._backoff * 2**attempt) * random.uniform(0.75, 1.25))
 
-    async def _retrying(self, op: Callable[[], Awaitable[T]], what: str = "the call") -> T:
+    async def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``op`` (a read, or a write that is safe to run again), retrying transient failures."""
         for attempt in range(self._retries + 1):
             try:
