@@ -132,8 +132,12 @@ class RestartableMoto(_Buckets):
         self._server: Any = None
 
     def start(self) -> RestartableMoto:
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
         from moto.server import ThreadedMotoServer
 
+        # One connection per request (HTTP/1.0): a kept-alive connection would outlive stop(),
+        # served by its handler thread, and the outage would not reach a client already connected.
+        MotoRequestHandler.protocol_version = "HTTP/1.0"
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         wait_ready(self.endpoint_url, 30)
