@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +180,13 @@ def test_the_runtime_reads_another_prefix_with_its_own_store_options(
     runtime.close()
     writer.close()
     reader.close()
+
+
+def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kitaru.errors import KitaruMissingDependencyError
+
+    for module in ("aiobotocore", "aiobotocore.config", "aiobotocore.session"):
+        monkeypatch.setitem(sys.modules, module, None)
+    store = S3ArtifactStore("s3://bucket/p")
+    with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[aws\]'"):
+        store.put("k", b"v")

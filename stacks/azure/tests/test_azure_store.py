@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +183,12 @@ def test_200_mb_round_trip_in_bounded_memory(azurite: Azurite, container: str) -
     assert_round_trip_in_bounded_memory(
         f"az://{container}/big", azurite.options(), part_size=8 * MiB, report_as="Azure Blob"
     )
+
+
+def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kitaru.errors import KitaruMissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "azure.storage.blob", None)
+    store = AzureBlobArtifactStore("az://container/p", account_url="http://127.0.0.1:1/acct")
+    with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[azure\]'"):
+        store.put("k", b"v")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,12 @@ def test_200_mb_round_trip_in_bounded_memory(gcs_server: FakeGcsServer, bucket: 
     assert_round_trip_in_bounded_memory(
         f"gs://{bucket}/big", gcs_server.options(), part_size=8 * MiB, report_as="GCS"
     )
+
+
+def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kitaru.errors import KitaruMissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
+    store = GcsArtifactStore("gs://bucket/p")
+    with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[gcp\]'"):
+        store.put("k", b"v")
