@@ -209,12 +209,25 @@ def _use_state_store(uri: str) -> str:
     from kitaru.store.open import open_state_store
 
     state = open_state_store(uri)
+    artifacts_uri = os.environ.get("KITARU_BENCH_ARTIFACTS")
+    if artifacts_uri:  # run.py --kitaru-artifacts: an object store on its emulator
+        import json
+
+        from kitaru.stack import artifact_store_for_uri
+
+        options = json.loads(os.environ.get("KITARU_BENCH_ARTIFACT_OPTIONS", "{}"))
+        set_runtime(Runtime(state, artifact_store_for_uri(artifacts_uri, **options)))
+        return f"state store {state!r}, artifacts in {artifacts_uri}"
     set_runtime(Runtime(state, FilesystemArtifactStore(home() / "artifacts")))
     return f"state store {state!r} (artifacts on the local filesystem)"
 
 
 def main() -> int:
     state_uri = os.environ.get("KITARU_BENCH_STATE")
+    if not state_uri and os.environ.get("KITARU_BENCH_ARTIFACTS"):
+        from kitaru.config import home
+
+        state_uri = f"sqlite:///{home() / 'kitaru.db'}"
     store_note = (
         _use_state_store(state_uri)
         if state_uri

@@ -339,11 +339,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(tests/_services/postgres.py; needs Debian's postgresql package) and stopped afterwards",
     )
     p.add_argument(
+        "--kitaru-artifacts",
+        choices=["s3", "gcs", "azure"],
+        help="run kitaru with its artifacts in an object store on its local emulator (moto, "
+        "fake-gcs-server or Azurite, started with tests/_services/ and stopped afterwards)",
+    )
+    p.add_argument(
         "--output",
         default=str(RESULTS_DIR / "latest.json"),
         help="where to write the raw results (default: benchmarks/results/latest.json)",
     )
     return p.parse_args(argv)
+
+
+def _start_emulator(kind: str) -> tuple[Any, str, dict[str, Any]]:
+    """Start an object-store emulator with the tests' helpers; a fresh bucket, its URI, options."""
+    sys.path.insert(0, str(HERE.parent))
+    if kind == "s3":
+        from tests._services.s3 import MotoServer
+
+        s3 = MotoServer().start()
+        return s3, f"s3://{s3.create_bucket()}/bench", s3.options()
+    if kind == "gcs":
+        from tests._services.gcs import FakeGcsServer, fake_gcs_binary
+
+        binary = fake_gcs_binary()
+        if binary is None:
+            raise SystemExit("fake-gcs-server is not installed: uv sync")
+        gcs = FakeGcsServer(binary).start()
+        return gcs, f"gs://{gcs.create_bucket()}/bench", gcs.options()
+    from tests._services.azure import Azurite, azurite_binary
+
+    binary = azurite_binary()
+    if binary is None:
+        raise SystemExit("Azurite is not installed: npm ci --prefix .ci")
+    az = Azurite(binary).start()
+    return az, f"az://{az.create_container()}/bench", az.options()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: dict[str, Outcome] = {}
     scratch = Path(tempfile.mkdtemp(prefix="kitaru-bench-run-"))
     cluster = None
+    emulator: Any = None
     try:
         if args.kitaru_postgres and "kitaru" in only:
             sys.path.insert(0, str(HERE.parent))
@@ -380,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster = PostgresCluster.launch()
             extra_kitaru_env["KITARU_BENCH_STATE"] = cluster.dsn(cluster.create_database("kitaru_bench"))
             say(f"kitaru: state in PostgreSQL at {extra_kitaru_env['KITARU_BENCH_STATE']}")
+        if args.kitaru_artifacts and "kitaru" in only:
+            emulator, uri, options = _start_emulator(args.kitaru_artifacts)
+            extra_kitaru_env["KITARU_BENCH_ARTIFACTS"] = uri
+            extra_kitaru_env["KITARU_BENCH_ARTIFACT_OPTIONS"] = json.dumps(options)
+            say(f"kitaru: artifacts in {uri} ({args.kitaru_artifacts} emulator)")
         for key in SYSTEMS:  # fixed order: kitaru, then the peers
             if key not in only:
                 continue
@@ -405,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
         if cluster is not None:
             cluster.destroy()
+        if emulator is not None:
+            emulator.stop()
 
     table = build_table(outcomes, args.quick)
     print(table, flush=True)
