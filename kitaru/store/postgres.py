@@ -413,13 +413,24 @@ class PostgresStateStore:
                 f"the PostgreSQL state store {self._target} was opened in process {self._pid} and "
                 "cannot be used after a fork; open a new store in this process."
             )
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            raise KitaruStoreError(
-                f"the PostgreSQL state store {self._target} was closed during the call."
-            ) from None
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop was closed meanwhile
+            coro.close()
+            raise KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.") from None
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.CancelledError:
+                break
+            except TimeoutError:
+                if future.done():
+                    raise  # the call itself raised it
+                # A call that slipped in as the store closed would otherwise wait forever.
+                if not self._thread.is_alive():
+                    future.cancel()
+                    break
+        raise KitaruStoreError(f"the PostgreSQL state store {self._target} was closed during the call.")
 
     async def _open(
         self, min_size: int, max_size: int, connect_timeout: float, command_timeout: float

@@ -181,6 +181,29 @@ class TestOpening:
         with pytest.raises(KitaruStoreError, match="createdb"):
             PostgresStateStore(postgres_cluster.dsn("no_such_database"), retries=1, backoff=0.01)
 
+    def test_closing_under_load_ends_every_call(self, postgres_dsn: str) -> None:
+        store = PostgresStateStore(postgres_dsn)
+        store.create_execution(_execution("E1"), [])
+        outcomes: list[str] = []
+
+        def hammer() -> None:
+            while True:
+                try:
+                    store.read_journal("E1")
+                except KitaruStoreError:
+                    outcomes.append("closed")
+                    return
+
+        threads = [threading.Thread(target=hammer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)
+        store.close()
+        for t in threads:
+            t.join(15)
+        assert not any(t.is_alive() for t in threads)
+        assert outcomes == ["closed"] * 6
+
     def test_a_closed_store_raises_store_error(self, postgres_dsn: str) -> None:
         store = PostgresStateStore(postgres_dsn)
         store.close()
