@@ -457,7 +457,7 @@ class _KitaruModel(Model):
         async def model_call(request: str) -> Any:
             started = time.perf_counter()
             response = await inner.get_response(*args, **kwargs)
-            _log_usage(response, agent_name, (time.perf_counter() - started) * 1000)
+            _log_usage(response, agent_name, inner, (time.perf_counter() - started) * 1000)
             return _response_adapter().dump_python(response, mode="json")
 
         model_call.__qualname__ = "openai_agents.model_call"
@@ -485,13 +485,13 @@ class _KitaruModel(Model):
         await self.inner.close()
 
 
-def _log_usage(response: ModelResponse, agent_name: str, latency_ms: float) -> None:
+def _log_usage(response: ModelResponse, agent_name: str, model: Model, latency_ms: float) -> None:
     from kitaru._engine.api import log
 
     usage = response.usage
-    log(
-        agent=agent_name,
-        tokens_in=usage.input_tokens,
-        tokens_out=usage.output_tokens,
-        latency_ms=round(latency_ms, 1),
-    )
+    meta: dict[str, Any] = {"agent": agent_name}
+    name = getattr(model, "model", None)  # the SDK's OpenAI models keep their name here
+    if isinstance(name, str):
+        meta["model"] = name
+    meta.update(tokens_in=usage.input_tokens, tokens_out=usage.output_tokens, latency_ms=round(latency_ms, 1))
+    log(**meta)
