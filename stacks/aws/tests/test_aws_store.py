@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,8 +184,21 @@ def test_the_runtime_reads_another_prefix_with_its_own_store_options(
 def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from kitaru.errors import KitaruMissingDependencyError
 
-    for module in ("aiobotocore", "aiobotocore.config", "aiobotocore.session"):
-        monkeypatch.setitem(sys.modules, module, None)
+    _without(monkeypatch, "aiobotocore")
     store = S3ArtifactStore("s3://bucket/p")
     with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[aws\]'"):
         store.put("k", b"v")
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
+    """Make imports of modules under ``prefixes`` fail, as if their distribution were absent."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(prefixes):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,7 +187,21 @@ def test_200_mb_round_trip_in_bounded_memory(azurite: Azurite, container: str) -
 def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from kitaru.errors import KitaruMissingDependencyError
 
-    monkeypatch.setitem(sys.modules, "azure.storage.blob", None)
+    _without(monkeypatch, "azure.storage", "azure.core")
     store = AzureBlobArtifactStore("az://container/p", account_url="http://127.0.0.1:1/acct")
     with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[azure\]'"):
         store.put("k", b"v")
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
+    """Make imports of modules under ``prefixes`` fail, as if their distribution were absent."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(prefixes):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,7 +157,21 @@ def test_200_mb_round_trip_in_bounded_memory(gcs_server: FakeGcsServer, bucket: 
 def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from kitaru.errors import KitaruMissingDependencyError
 
-    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
+    _without(monkeypatch, "google.cloud", "google.api_core")
     store = GcsArtifactStore("gs://bucket/p")
     with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[gcp\]'"):
         store.put("k", b"v")
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
+    """Make imports of modules under ``prefixes`` fail, as if their distribution were absent."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(prefixes):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
