@@ -202,3 +202,25 @@ def _without(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_a_download_cut_mid_way_resumes_from_where_it_was(
+    artifact_store: S3ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiohttp
+    from kitaru_stack_aws import _store
+
+    key = f"resume/{new_id()}"
+    data = bytes(range(256)) * 4096  # 1 MiB
+    artifact_store.put(key, data)
+    real, calls = _store._read_block, [0]
+
+    async def cut_once(body: Any, size: int) -> bytes:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise aiohttp.ClientPayloadError("connection reset mid-body")
+        return await real(body, size)
+
+    monkeypatch.setattr(_store, "_read_block", cut_once)
+    chunks = list(artifact_store.open(key, chunk_size=64 * 1024))
+    assert b"".join(chunks) == data and calls[0] > 3
