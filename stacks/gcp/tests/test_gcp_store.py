@@ -175,3 +175,23 @@ def _without(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_a_failed_large_stream_leaves_nothing(gcs_server: FakeGcsServer, bucket: str) -> None:
+    import gc
+
+    store = GcsArtifactStore(f"gs://{bucket}/failed", part_size=MiB, **gcs_server.options())
+    key = f"big/{new_id()}"
+
+    def produce() -> Iterator[bytes]:
+        for i in range(10):  # past the single-request limit: a resumable upload is under way
+            yield bytes([i]) * MiB
+        raise RuntimeError("producer died")
+
+    with pytest.raises(RuntimeError, match="producer died"):
+        store.put_stream(key, produce())
+    gc.collect()  # a dropped BlobWriter must not finalize the upload on its way out
+    assert not store.exists(key)
+    store.put(key, b"whole")
+    assert store.get(key) == b"whole"
+    store.close()

@@ -304,9 +304,10 @@ class GcsArtifactStore:
                 writer.write(part)
                 del part
             writer.close()  # finalizes: the object appears now, whole
-        except KitaruError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            _abandon(writer)
+            if isinstance(exc, KitaruError) or not isinstance(exc, Exception):
+                raise
             if isinstance(exc, self._exc.PreconditionFailed):
                 self._check_same(key, sha.hexdigest(), md5.digest())
                 return
@@ -400,3 +401,12 @@ class GcsArtifactStore:
             client, self._client, self._bucket = self._client, None, None
         if client is not None:
             client.close()
+
+
+def _abandon(writer: Any) -> None:
+    """Drop an unfinished resumable upload. ``BlobWriter.close()``, which io also calls when the
+    writer is garbage-collected, would finalize it with whatever it received so far: closing its
+    buffer first leaves the upload unfinalized, so the object never appears (GCS expires it)."""
+    buffer = getattr(writer, "_buffer", None)
+    if buffer is not None:
+        buffer.close()
