@@ -224,3 +224,19 @@ def test_a_download_cut_mid_way_resumes_from_where_it_was(
     monkeypatch.setattr(_store, "_read_block", cut_once)
     chunks = list(artifact_store.open(key, chunk_size=64 * 1024))
     assert b"".join(chunks) == data and calls[0] > 3
+
+
+def test_a_failed_large_stream_leaves_nothing(artifact_store: Any) -> None:
+    key = f"big-failed/{new_id()}"
+
+    def produce() -> Iterator[bytes]:
+        for i in range(12):  # several parts / blocks are already uploaded when it fails
+            yield bytes([i]) * MiB
+        raise RuntimeError("producer died")
+
+    with pytest.raises(RuntimeError, match="producer died"):
+        artifact_store.put_stream(key, produce())
+    assert not artifact_store.exists(key)
+    assert list(artifact_store.list(key)) == []
+    artifact_store.put(key, b"whole")
+    assert artifact_store.get(key) == b"whole"

@@ -205,3 +205,19 @@ def _without(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_a_failed_large_stream_leaves_nothing(artifact_store: Any) -> None:
+    key = f"big-failed/{new_id()}"
+
+    def produce() -> Iterator[bytes]:
+        for i in range(12):  # several parts / blocks are already uploaded when it fails
+            yield bytes([i]) * MiB
+        raise RuntimeError("producer died")
+
+    with pytest.raises(RuntimeError, match="producer died"):
+        artifact_store.put_stream(key, produce())
+    assert not artifact_store.exists(key)
+    assert list(artifact_store.list(key)) == []
+    artifact_store.put(key, b"whole")
+    assert artifact_store.get(key) == b"whole"
