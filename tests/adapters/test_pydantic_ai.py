@@ -198,6 +198,33 @@ class TestInAFlow:
         assert completed(runtime, handle.exec_id)[:2] == ["r.model", "r.tool.flaky"]
 
 
+class TestMCP:
+    def test_mcp_tool_calls_are_checkpoints(self, runtime: Runtime) -> None:
+        fastmcp = pytest.importorskip("fastmcp")
+        from pydantic_ai.mcp import MCPToolset
+
+        calls = Counter[str]()
+        server = fastmcp.FastMCP("weather")
+
+        @server.tool
+        def forecast(city: str) -> str:
+            calls[city] += 1
+            return f"sunny in {city}"
+
+        durable = KitaruAgent(Agent(TestModel(), name="w", toolsets=[MCPToolset(server)]))
+
+        @flow
+        def f() -> str:
+            out = str(durable.run_sync("weather?").output)
+            kitaru.wait(name="go")
+            return out
+
+        handle = f.run()
+        assert completed(runtime, handle.exec_id) == ["w.model", "w.tool.forecast", "w.model:2"]
+        assert KitaruClient().executions.input(handle.exec_id, None).wait() == '{"forecast":"sunny in a"}'
+        assert calls == {"a": 1}  # the resumed run replayed the MCP call instead of repeating it
+
+
 class TestApprovals:
     def test_requires_approval_suspends_then_runs_once_when_approved(self, runtime: Runtime) -> None:
         script, ran = Scripted(), Counter[str]()
