@@ -230,6 +230,12 @@ class AzureBlobArtifactStore:
         except KitaruStoreError as exc:
             if not self._exists_conflict(exc):
                 raise
+            if not self.exists(key):
+                # Only uncommitted blocks of an abandoned upload are there, and some services
+                # (Azurite) refuse a conditional Put Blob over them: a conditional block-list
+                # commit is still create-only, and replaces them.
+                self._put_blocks(key, iter((data,)))
+                return
             self._check_same(key, digest)
 
     def _check_same(self, key: str, digest: str) -> None:
@@ -263,11 +269,15 @@ class AzureBlobArtifactStore:
                 yield pending.pop(0)
             yield from parts
 
+        self._put_blocks(key, every_part())
+
+    def _put_blocks(self, key: str, parts: Iterator[bytes]) -> None:
+        """Stage ``parts`` as blocks, then commit them at once with ``If-None-Match: *``."""
         blob = self._ensure().get_blob_client(self._key(key))
         upload = uuid.uuid4().hex  # block ids of this upload only: concurrent writers never mix
         ids: list[str] = []
         sha = hashlib.sha256()
-        for number, part in enumerate(every_part()):
+        for number, part in enumerate(parts):
             block_id = base64.b64encode(f"{upload}-{number:08d}".encode()).decode()
             sha.update(part)
             self._call("put", key, functools.partial(blob.stage_block, block_id, part))
