@@ -112,6 +112,22 @@ class TestInAFlow:
         [llm_cp] = [c for c in checkpoints if c.call_id == "llm"]
         assert llm_cp.metadata["tokens_out"] == 5
 
+    def test_anthropic_calls_are_recorded_and_replayed(self, runtime: Runtime, anthropic_env: Any) -> None:
+        @flow
+        def ask() -> str:
+            text = kitaru.llm("q", model="anthropic/claude-3-5-haiku-20241022", system="s")
+            kitaru.wait(name="go")
+            return text
+
+        handle = ask.run()
+        usage = call_logs(runtime, handle.exec_id, "llm")
+        assert (usage["tokens_in"], usage["tokens_out"], usage["finish_reason"]) == (11, 7, "end_turn")
+        assert usage["cost_usd"] == pytest.approx((11 * 0.80 + 7 * 4.00) / 1e6)
+        assert KitaruClient().executions.input(handle.exec_id, None).wait() == "answer 1 to: q"
+        assert anthropic_env.count == 1
+        [prompt] = KitaruClient().artifacts.list(handle.exec_id, type="prompt")
+        assert prompt.load()["messages"][0] == {"role": "system", "content": "s"}
+
     def test_name_sets_the_checkpoint_id(self, runtime: Runtime, openai_env: Any) -> None:
         @flow
         def named() -> str:
