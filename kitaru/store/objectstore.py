@@ -121,21 +121,36 @@ class RetryPolicy:
 
 def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     """Re-block ``chunks`` into pieces of exactly ``size`` bytes (the last may be shorter, and is
-    yielded even when empty if nothing else was), holding at most about one piece in memory."""
-    buffer = bytearray()
+    yielded even when empty if nothing else was).
+
+    Memory: the chunks of the piece being filled, then the piece itself (one copy, made by a single
+    join); no buffer is grown by reallocation, which would hold two copies while it moves.
+    """
+    pending: list[bytes | memoryview] = []
+    have = 0
     sent = False
     for chunk in chunks:
-        if not buffer and len(chunk) == size:
-            sent = True
-            yield bytes(chunk)
+        if not chunk:
             continue
-        buffer += chunk
-        while len(buffer) >= size:
+        if not isinstance(chunk, bytes):  # a mutable buffer the producer may reuse: copy it now
+            chunk = bytes(chunk)
+        if not pending and len(chunk) == size:
             sent = True
-            with memoryview(buffer) as view:  # one copy of the piece, not two
-                piece = bytes(view[:size])
-            del buffer[:size]
+            yield chunk
+            continue
+        view = memoryview(chunk)
+        while have + len(view) >= size:
+            take = size - have
+            pending.append(view[:take])
+            piece = b"".join(pending)
+            pending.clear()
+            have = 0
+            view = view[take:]
+            sent = True
             yield piece
             del piece
-    if buffer or not sent:
-        yield bytes(buffer)
+        if len(view):
+            pending.append(view)
+            have += len(view)
+    if pending or not sent:
+        yield b"".join(pending)

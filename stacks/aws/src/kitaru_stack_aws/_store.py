@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import threading
 import weakref
 from collections.abc import Coroutine, Iterable, Iterator
@@ -31,6 +32,7 @@ T = TypeVar("T")
 
 #: S3 refuses multipart parts below 5 MiB (except the last one).
 _MIN_PART = 5 << 20
+_STREAMED_BODY = 1 << 20
 _TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
@@ -193,6 +195,12 @@ class S3ArtifactStore:
         method = getattr(client, op)
 
         def once() -> Any:
+            body = params.get("Body")
+            if isinstance(body, bytes) and len(body) > _STREAMED_BODY:
+                # A file-like body is sent in small pieces; bytes would be copied whole into the
+                # transport's buffer when the socket cannot take them at once. A fresh one per
+                # attempt: a retry starts from the first byte. (BytesIO shares the bytes.)
+                return self._run(method(Bucket=self.bucket, **{**params, "Body": io.BytesIO(body)}))
             return self._run(method(Bucket=self.bucket, **params))
 
         try:
@@ -308,16 +316,15 @@ class S3ArtifactStore:
     def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
         parts = rechunk(chunks, self.part_size)
         first = next(parts)
-        second = next(parts, None)
-        if second is None:
+        if len(first) < self.part_size:  # the whole stream fits in one request
             self._put_once(key, first, hashlib.sha256(first).hexdigest())
             return
         digest = hashlib.sha256()
         full = self._key(key)
         upload_id = self._call("create_multipart_upload", key, Key=full)["UploadId"]
         done: list[dict[str, Any]] = []
-        pending = [first, second]
-        del first, second  # only `pending` holds the two parts read ahead, and lets go of them
+        pending = [first]
+        del first  # only `pending` holds the part read ahead, and lets go of it
 
         def every_part() -> Iterator[bytes]:
             while pending:
