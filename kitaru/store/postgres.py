@@ -12,8 +12,11 @@ instead of racing. The once-only rule is a partial unique index, as in SQLite.
 
 Connection trouble (the server restarting, a dropped socket) is retried with backoff a bounded
 number of times when that is safe: reads always; writes whose transaction never reached COMMIT; and
-a write whose connection died *during* COMMIT only after asking the server (``txid_status``) whether
-that transaction committed, so a retry never appends a record twice.
+a write whose connection died after its COMMIT (or its one autocommitted statement) was sent only
+once the server shows whether it landed. Every write transaction also inserts a random token into
+``kitaru.commits``; after making sure the old connection's backend has ended (so its transaction is
+over), the token's presence says "committed". Transaction ids cannot settle this: after a crash the
+server may hand an id whose WAL was lost to another transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -123,6 +127,11 @@ _MIGRATIONS: list[str] = [
         inline BYTEA,
         uri TEXT
     );
+    CREATE TABLE kitaru.commits (
+        token UUID PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX commits_at ON kitaru.commits USING brin (at);
     """,
 ]
 
@@ -135,9 +144,9 @@ _ARTIFACT_COLUMNS = (
     "created_at, inline, uri"
 )
 _INSERT_EXECUTION = (
+    "WITH token AS (INSERT INTO kitaru.commits (token, at) VALUES ($14, $15)) "
     f"INSERT INTO kitaru.executions ({_EXEC_COLUMNS}) "
-    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (id) DO NOTHING "
-    "RETURNING txid_current()"
+    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (id) DO NOTHING RETURNING 1"
 )
 _INSERT_ARTIFACT = (
     f"INSERT INTO kitaru.artifacts ({_ARTIFACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
@@ -146,9 +155,14 @@ _INSERT_JOURNAL = (
     "INSERT INTO kitaru.journal (exec_id, kind, call_id, once, seq, name, attempt, artifact_id, data, ts) "
     "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
 )
-# The first statement of a write transaction locks the execution's row and learns the
-# transaction's id, in one round trip; the id settles a COMMIT whose connection died (see _Attempt).
-_LOCK_EXECUTION = f"SELECT {_EXEC_COLUMNS}, txid_current() FROM kitaru.executions WHERE id = $1 FOR UPDATE"
+# The first statement of a write transaction locks the execution's row and records the
+# transaction's token, in one round trip (the token settles a COMMIT whose connection died).
+_LOCK_EXECUTION = (
+    "WITH token AS (INSERT INTO kitaru.commits (token, at) VALUES ($2, $3)) "
+    f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1 FOR UPDATE"
+)
+#: Tokens are only read by the writer that lost its connection, within its retry window.
+_TOKEN_LIFETIME = 3600.0
 
 
 _ARTIFACT_ARRAYS = (
@@ -165,14 +179,16 @@ def _commit_statement(
     journal: Sequence[tuple[Any, ...]],
     artifacts: Sequence[tuple[Any, ...]],
     sets: Sequence[tuple[str, Any]],
+    token: uuid.UUID,
 ) -> tuple[str, list[Any]]:
-    """One statement for a whole commit: lock the execution's row, check the lease, insert the
-    artifacts and journal records (as arrays), update the row; nothing is written unless the lease
-    check passed. Returns the statement and its parameters.
+    """One statement for a whole commit (atomic on its own, no BEGIN/COMMIT needed): lock the
+    execution's row, check the lease, insert the artifacts, journal records (as arrays) and the
+    commit's token, update the row; nothing is written unless the lease check passed. Returns the
+    statement and its parameters.
 
-    Its one row: (lease ok, execution found, lease owner, status, transaction id).
+    Its one row: (lease ok, execution found, lease owner, status).
     """
-    params: list[Any] = [exec_id, owner]
+    params: list[Any] = [exec_id, owner, token, time.time()]
 
     def param(value: Any, cast: str = "") -> str:
         params.append(value)
@@ -183,6 +199,7 @@ def _commit_statement(
     ctes = [
         "ex AS (SELECT lease_owner, status FROM kitaru.executions WHERE id = $1 FOR UPDATE)",
         "ok AS (SELECT COALESCE((SELECT lease_owner = $2 OR $2 IS NULL FROM ex), $2::text IS NULL) AS ok)",
+        "token AS (INSERT INTO kitaru.commits (token, at) SELECT $3, $4 WHERE (SELECT ok FROM ok))",
     ]
     if artifacts:
         arrays = ", ".join(
@@ -208,7 +225,7 @@ def _commit_statement(
         )
     sql = (
         f"WITH {', '.join(ctes)} SELECT (SELECT ok FROM ok), EXISTS (SELECT 1 FROM ex), "
-        "(SELECT lease_owner FROM ex), (SELECT status FROM ex), txid_current()"
+        "(SELECT lease_owner FROM ex), (SELECT status FROM ex)"
     )
     return sql, params
 
@@ -351,13 +368,15 @@ class _Target:
 
 
 class _Attempt:
-    """What one try of a write transaction got to: its transaction id, and whether COMMIT was sent."""
+    """One try of a write: its token, the backend that ran it, whether its outcome may be unknown
+    (the COMMIT, or the one autocommitted statement, was sent), and what it returned."""
 
-    __slots__ = ("commit_sent", "result", "txid")
+    __slots__ = ("backend", "result", "sent", "token")
 
     def __init__(self) -> None:
-        self.txid: int | None = None
-        self.commit_sent = False
+        self.token = uuid.uuid4()
+        self.backend: tuple[int, Any] | None = None
+        self.sent = False
         self.result: Any = None
 
 
@@ -389,6 +408,8 @@ class PostgresStateStore:
         self._closed = False
         self._close_lock = threading.Lock()
         self._pool: Any = None
+        self._writes = 0
+        self._backend_starts: dict[int, Any] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kitaru-postgres", daemon=True)
         self._thread.start()
@@ -441,6 +462,13 @@ class PostgresStateStore:
             # back by the pool regardless.
             return None
 
+        async def remember_backend(conn: Any) -> None:
+            # Identifies the server process behind a connection beyond its pid (pids are reused),
+            # for settling a write whose answer was lost.
+            self._backend_starts[conn.get_server_pid()] = await conn.fetchval(
+                "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            )
+
         async def create() -> Any:
             return await self._asyncpg.create_pool(
                 self.dsn,
@@ -449,6 +477,7 @@ class PostgresStateStore:
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
                 reset=no_reset,
+                init=remember_backend,
             )
 
         self._pool = await self._retrying(create, "connecting")
@@ -592,43 +621,39 @@ class PostgresStateStore:
 
         return await self._retrying(op, "reading the state")
 
-    async def _write(self, body: Callable[[Any, _Attempt], Awaitable[T]], what: str) -> T:
-        """Run ``body(conn, attempt)`` in a transaction; retry it while that cannot double-apply it.
+    async def _write(
+        self, body: Callable[[Any, _Attempt], Awaitable[T]], what: str, *, single: bool = False
+    ) -> T:
+        """Run ``body(conn, attempt)`` in a transaction (``single``: body is one statement, run in
+        autocommit); retry it while that cannot apply it twice.
 
-        ``body`` sets ``attempt.txid`` from its first statement. When the connection dies after
-        COMMIT was sent, the next try first asks the server whether that transaction committed:
-        if it did, its result is returned; if it aborted, ``body`` runs again.
+        ``body`` writes ``attempt.token`` into ``kitaru.commits`` with its changes. When the
+        connection dies after the COMMIT (or the single statement) was sent, the next try first
+        settles that attempt: if its token is there it committed and its result is returned;
+        otherwise ``body`` runs again.
         """
         pending: _Attempt | None = None
         last: BaseException | None = None
+        self._writes += 1
+        if self._writes % 1000 == 1:
+            await self._forget_old_tokens()
         for n in range(self._retries + 1):
             if n:
                 await asyncio.sleep(self._delay(n - 1))
+            attempt = _Attempt()
             try:
                 if pending is not None:
-                    status = await self._txid_status(pending.txid)
-                    if status == "committed":
+                    if await self._landed(pending, what):
                         return pending.result  # type: ignore[no-any-return]
-                    if status == "in progress":
-                        continue  # the server is still finishing it: ask again after the delay
-                    if status != "aborted":
-                        raise KitaruStoreError(
-                            f"{what}: the connection to PostgreSQL {self._target} was lost while "
-                            f"committing, and whether the change was saved cannot be known. {_UNKNOWN}"
-                        )
                     pending = None
-                attempt = _Attempt()
-                try:
-                    return await self._transaction(body, attempt)
-                except BaseException:
-                    if attempt.commit_sent:
-                        pending = attempt
-                    raise
+                return await self._attempt(body, attempt, single)
             except KitaruError:
                 raise
             except Exception as exc:
                 if not self._transient(exc):
                     raise self._translate(exc, what) from None
+                if attempt.sent:
+                    pending = attempt
                 last = exc
                 self._log_retry(what, exc, n)
         error = self._translate(last, what) if last is not None else KitaruStoreError(what)
@@ -636,8 +661,16 @@ class PostgresStateStore:
             error = type(error)(f"{error} The last change was cut off while committing. {_UNKNOWN}")
         raise error from None
 
-    async def _transaction(self, body: Callable[[Any, _Attempt], Awaitable[T]], attempt: _Attempt) -> T:
+    async def _attempt(
+        self, body: Callable[[Any, _Attempt], Awaitable[T]], attempt: _Attempt, single: bool
+    ) -> T:
         async with self._pool.acquire() as conn:
+            pid = conn.get_server_pid()
+            attempt.backend = (pid, self._backend_starts.get(pid))
+            if single:
+                attempt.sent = True
+                attempt.result = await body(conn, attempt)
+                return attempt.result  # type: ignore[no-any-return]
             tx = conn.transaction()
             await tx.start()
             try:
@@ -649,26 +682,47 @@ class PostgresStateStore:
                     except Exception:
                         conn.terminate()  # the pool replaces it
                 raise
-            attempt.commit_sent = True
+            attempt.sent = True
             await tx.commit()
             return attempt.result  # type: ignore[no-any-return]
 
-    async def _txid_status(self, txid: int | None) -> str | None:
-        if txid is None:
-            return None
+    async def _landed(self, attempt: _Attempt, what: str) -> bool:
+        """Whether a write whose answer was lost committed: once the backend that ran it has
+        ended (terminated here if it lingers), its transaction is over, and the token tells."""
         async with self._pool.acquire() as conn:
-            status: str | None = await conn.fetchval("SELECT txid_status($1)", txid)
-            return status
+            pid, started = attempt.backend or (None, None)
+            if pid is not None and started is not None:
+                deadline = time.monotonic() + 30
+                while await conn.fetchval(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE pid = $1 AND backend_start = $2",
+                    pid,
+                    started,
+                ):
+                    if time.monotonic() > deadline:
+                        raise KitaruStoreError(
+                            f"{what}: the connection to PostgreSQL {self._target} was lost while "
+                            f"committing, and its server process (pid {pid}) does not end. {_UNKNOWN}"
+                        )
+                    await asyncio.sleep(0.05)
+            landed: bool = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM kitaru.commits WHERE token = $1)", attempt.token
+            )
+            return landed
+
+    async def _forget_old_tokens(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute("DELETE FROM kitaru.commits WHERE at < $1", time.time() - _TOKEN_LIFETIME)
+        except Exception:
+            pass  # housekeeping only: the next round tries again
 
     @staticmethod
     async def _lock(conn: Any, attempt: _Attempt, exec_id: str) -> ExecutionRecord | None:
-        """Lock the execution's row for this transaction (None if there is no such execution)."""
-        row = await conn.fetchrow(_LOCK_EXECUTION, exec_id)
-        if row is None:
-            attempt.txid = await conn.fetchval("SELECT txid_current()")
-            return None
-        attempt.txid = row[13]
-        return _exec_from_row(row)
+        """Lock the execution's row for this transaction and record its token (None if there is no
+        such execution)."""
+        row = await conn.fetchrow(_LOCK_EXECUTION, exec_id, attempt.token, time.time())
+        return _exec_from_row(row) if row is not None else None
 
     # -- executions -------------------------------------------------------------------------
 
@@ -687,8 +741,8 @@ class PostgresStateStore:
         journal += [_journal_row(e.id, r, e.created_at) for r in records]
 
         async def body(conn: Any, attempt: _Attempt) -> tuple[ExecutionRecord, bool]:
-            attempt.txid = await conn.fetchval(_INSERT_EXECUTION, *_exec_row(e))
-            if attempt.txid is None:  # the id exists: an idempotent start
+            if not await conn.fetchval(_INSERT_EXECUTION, *_exec_row(e), attempt.token, time.time()):
+                # The id exists: an idempotent start.
                 row = await conn.fetchrow(
                     f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", e.id
                 )
@@ -840,8 +894,8 @@ class PostgresStateStore:
 
         async def fast(conn: Any, attempt: _Attempt) -> None:
             # The hot path: one statement, so a checkpoint costs BEGIN, this, COMMIT.
-            sql, params = _commit_statement(exec_id, owner, journal, artifact_rows, sets)
-            ok, found, holder, current, attempt.txid = await conn.fetchrow(sql, *params)
+            sql, params = _commit_statement(exec_id, owner, journal, artifact_rows, sets, attempt.token)
+            ok, found, holder, current = await conn.fetchrow(sql, *params)
             if not ok:
                 raise (
                     lost_lease(holder, current) if found else KitaruNotFoundError(f"no execution {exec_id!r}")
@@ -869,7 +923,10 @@ class PostgresStateStore:
                 *(value for _, value in changes),
             )
 
-        self._call(self._write(merging if metadata else fast, what))
+        if metadata:
+            self._call(self._write(merging, what))
+        else:
+            self._call(self._write(fast, what, single=True))
 
     def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         waits = list(waiting_on)

@@ -101,7 +101,11 @@ def test_flow_retries_through_server_restarts(
             proc.wait()
     assert proc.returncode == 0, err
     exec_id, status = out.split()
-    assert status == "completed", err
+    if status != "completed":
+        store = PostgresStateStore(postgres_dsn)
+        execution = store.get_execution(exec_id)
+        store.close()
+        pytest.fail(f"the flow ended {status}: {execution and execution.error}\n{err}")
 
     runs = Counter(int(line) for line in (tmp_path / "count.txt").read_text().split())
     assert runs == Counter(range(1, STEPS + 1)), runs  # every checkpoint ran exactly once
@@ -142,7 +146,7 @@ def test_server_down_too_long_is_a_clear_error_then_resume_completes(
         before = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
         assert set(before.values()) <= {1}
         done_before = len(before)
-        assert 10 <= done_before < STEPS
+        assert 9 <= done_before < STEPS  # 10 had run when the server died; its commit may be lost
 
         resumed = _resume(env, execution.id)
         assert resumed.returncode == 0, resumed.stderr

@@ -60,7 +60,7 @@ class TestSchema:
             postgres_dsn,
             "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'kitaru'",
         )
-        assert tables == "artifacts,executions,journal,meta"
+        assert tables == "artifacts,commits,executions,journal,meta"
 
     def test_a_fresh_database_is_migrated_by_concurrent_openers(
         self, postgres_cluster: PostgresCluster
@@ -258,26 +258,28 @@ class TestServerRestart:
 
 
 class TestCommitLostInFlight:
-    """The connection dies after COMMIT was sent: the server is asked whether it landed."""
+    """The connection dies after the COMMIT (or the autocommitted statement) was sent: before
+    trying again, the store learns from the server whether that write landed."""
 
+    @pytest.mark.parametrize("metadata", [None, {"m": 1}], ids=["one_statement", "transaction"])
     def test_a_commit_that_landed_is_not_applied_again(
-        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, metadata: dict[str, int] | None
     ) -> None:
         store = PostgresStateStore(postgres_dsn, backoff=0.01)
-        real = PostgresStateStore._transaction
-        losses = [ConnectionResetError("lost while reading COMMIT's answer")]
+        real = PostgresStateStore._attempt
+        losses = [ConnectionResetError("lost while reading the answer")]
 
-        async def answer_lost(self: PostgresStateStore, body: Any, attempt: Any) -> Any:
-            result = await real(self, body, attempt)
+        async def answer_lost(self: PostgresStateStore, body: Any, attempt: Any, single: bool) -> Any:
+            result = await real(self, body, attempt, single)
             if losses:
                 raise losses.pop()
             return result
 
         try:
             store.create_execution(_execution("E1"), [])
-            monkeypatch.setattr(PostgresStateStore, "_transaction", answer_lost)
-            # "log" records may repeat: only the outcome check keeps a retry from adding a second.
-            store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
+            monkeypatch.setattr(PostgresStateStore, "_attempt", answer_lost)
+            # "log" records may repeat: only settling the lost attempt keeps a retry from adding one.
+            store.commit("E1", [JournalRecord(kind="log", data={"n": 1})], metadata=metadata)
             assert losses == []
             assert [r.data for r in store.read_journal("E1")] == [{"n": 1}]
         finally:
@@ -287,50 +289,94 @@ class TestCommitLostInFlight:
         self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store = PostgresStateStore(postgres_dsn, backoff=0.01)
-        real = PostgresStateStore._transaction
+        real = PostgresStateStore._attempt
         runs: list[str] = []
 
-        async def commit_lost(self: PostgresStateStore, body: Any, attempt: Any) -> Any:
+        async def commit_lost(self: PostgresStateStore, body: Any, attempt: Any, single: bool) -> Any:
             runs.append("try")
             if len(runs) > 1:
-                return await real(self, body, attempt)
+                return await real(self, body, attempt, single)
             async with self._pool.acquire() as conn:
                 tx = conn.transaction()
                 await tx.start()
                 await body(conn, attempt)
-                attempt.commit_sent = True
+                attempt.sent = True
                 await tx.rollback()  # as if the COMMIT never reached the server
             raise ConnectionResetError("lost while sending COMMIT")
 
         try:
             store.create_execution(_execution("E1"), [])
-            monkeypatch.setattr(PostgresStateStore, "_transaction", commit_lost)
+            monkeypatch.setattr(PostgresStateStore, "_attempt", commit_lost)
             store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
             assert runs == ["try", "try"]
             assert [r.data for r in store.read_journal("E1")] == [{"n": 1}]
         finally:
             store.close()
 
-    @pytest.mark.parametrize("status", [None, "in progress"])
-    def test_an_outcome_that_cannot_be_learned_is_reported_not_guessed(
-        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, status: str | None
+    def test_a_backend_left_holding_the_transaction_is_ended_first(
+        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        store = PostgresStateStore(postgres_dsn, retries=3, backoff=0.01)
-        real = PostgresStateStore._transaction
-        runs: list[str] = []
+        """The client lost its socket, but the server still holds the transaction open (and the
+        execution's row lock): it is terminated, then the write is settled and run again."""
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
-        async def answer_lost(self: PostgresStateStore, body: Any, attempt: Any) -> Any:
-            runs.append("try")
-            await real(self, body, attempt)
-            raise ConnectionResetError("lost while reading COMMIT's answer")
+        store = PostgresStateStore(postgres_dsn, backoff=0.01)
+        real = PostgresStateStore._attempt
+        stranded: list[Any] = []
+        pids: list[int] = []
 
-        async def unknowable(self: PostgresStateStore, txid: int | None) -> str | None:
-            return status
+        async def stranded_transaction(
+            self: PostgresStateStore, body: Any, attempt: Any, single: bool
+        ) -> Any:
+            if stranded:
+                return await real(self, body, attempt, single)
+            conn = await asyncpg.connect(postgres_dsn)
+            stranded.append(conn)
+            pids.append(conn.get_server_pid())
+            started = await conn.fetchval(
+                "SELECT backend_start FROM pg_stat_activity WHERE pid = $1", pids[0]
+            )
+            attempt.backend = (pids[0], started)
+            await conn.execute("BEGIN")
+            await body(conn, attempt)  # written and locked, never committed
+            attempt.sent = True
+            raise ConnectionResetError("lost while sending COMMIT")
 
         try:
             store.create_execution(_execution("E1"), [])
-            monkeypatch.setattr(PostgresStateStore, "_transaction", answer_lost)
-            monkeypatch.setattr(PostgresStateStore, "_txid_status", unknowable)
+            monkeypatch.setattr(PostgresStateStore, "_attempt", stranded_transaction)
+            store.commit("E1", [JournalRecord(kind="log", data={"n": 1})], metadata={"m": 1})
+            assert [r.data for r in store.read_journal("E1")] == [{"n": 1}]
+            # Its client socket is still open here: the server process was ended by the store.
+            assert _fetch(postgres_dsn, f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pids[0]}") == 0
+        finally:
+            if stranded:
+
+                async def drop() -> None:
+                    stranded[0].terminate()
+
+                store._call(drop())
+            store.close()
+
+    def test_an_outcome_that_cannot_be_learned_is_reported_not_guessed(
+        self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = PostgresStateStore(postgres_dsn, retries=3, backoff=0.01)
+        real = PostgresStateStore._attempt
+        runs: list[str] = []
+
+        async def answer_lost(self: PostgresStateStore, body: Any, attempt: Any, single: bool) -> Any:
+            runs.append("try")
+            await real(self, body, attempt, single)
+            raise ConnectionResetError("lost while reading the answer")
+
+        async def unreachable(self: PostgresStateStore, attempt: Any, what: str) -> bool:
+            raise ConnectionRefusedError("the server is gone again")
+
+        try:
+            store.create_execution(_execution("E1"), [])
+            monkeypatch.setattr(PostgresStateStore, "_attempt", answer_lost)
+            monkeypatch.setattr(PostgresStateStore, "_landed", unreachable)
             with pytest.raises(KitaruStoreError, match="may or may not have been saved"):
                 store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
             assert runs == ["try"]  # never run again on a guess
