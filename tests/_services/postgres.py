@@ -13,6 +13,7 @@ role needs its password (scram), so tests can see a refused login.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import glob
 import itertools
 import os
@@ -180,6 +181,7 @@ class PostgresCluster:
         if bindir is None:
             raise FileNotFoundError(f"no /usr/lib/postgresql/*/bin/initdb: {INSTALL}")
         cluster = cls(bindir)
+        atexit.register(cluster.destroy)  # a server outlives its parent: stop it however we exit
         try:
             cluster.init()
             cluster.start()
