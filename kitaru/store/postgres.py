@@ -723,7 +723,12 @@ class PostgresStateStore:
     async def _forget_old_tokens(self) -> None:
         try:
             async with self._pool.acquire() as conn:
-                await conn.execute("DELETE FROM kitaru.commits WHERE at < $1", time.time() - _TOKEN_LIFETIME)
+                # In bounded batches, so no write waits long behind the housekeeping.
+                await conn.execute(
+                    "DELETE FROM kitaru.commits WHERE ctid = ANY(ARRAY("
+                    "SELECT ctid FROM kitaru.commits WHERE at < $1 LIMIT 10000))",
+                    time.time() - _TOKEN_LIFETIME,
+                )
         except Exception:
             pass  # housekeeping only: the next round tries again
 

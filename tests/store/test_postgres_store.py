@@ -130,6 +130,24 @@ class TestSchema:
             store.close()
 
 
+class TestCommitTokens:
+    def test_every_write_leaves_a_token_and_old_ones_are_forgotten(self, postgres_dsn: str) -> None:
+        _fetch(
+            postgres_dsn,
+            "INSERT INTO kitaru.commits (token, at) SELECT gen_random_uuid(), 1000.0 "
+            "FROM generate_series(1, 50)",
+        )
+        store = PostgresStateStore(postgres_dsn)
+        try:
+            store.create_execution(_execution("E1"), [])  # the store's first write tidies up
+            store.commit("E1", [JournalRecord(kind="log")])
+            store.acquire_lease("E1", "elsewhere.invalid:1:x", 60.0, allowed_statuses={"running"})
+            assert _fetch(postgres_dsn, "SELECT count(*) FROM kitaru.commits WHERE at < 2000") == 0
+            assert _fetch(postgres_dsn, "SELECT count(*) FROM kitaru.commits") == 3
+        finally:
+            store.close()
+
+
 class TestOpening:
     @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
     def test_open_state_store_by_uri(self, postgres_dsn: str, scheme: str) -> None:
