@@ -694,7 +694,8 @@ class PostgresStateStore:
         ended (terminated here if it lingers), its transaction is over, and the token tells."""
         async with self._pool.acquire() as conn:
             pid, started = attempt.backend or (None, None)
-            if pid is not None and started is not None:
+            # The same connection (after a statement timeout, say) is idle: its statement is over.
+            if pid is not None and started is not None and pid != conn.get_server_pid():
                 deadline = time.monotonic() + 30
                 end = "pg_terminate_backend(pid)"
                 while True:

@@ -376,6 +376,40 @@ class TestCommitLostInFlight:
                 store._call(drop())
             store.close()
 
+    def test_a_statement_timeout_is_settled_and_retried(
+        self, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A commit waits on a row lock longer than ``command_timeout``: the timed-out try is
+        settled (it did not land) and retried until the lock is released; one record results."""
+        import asyncio
+
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+        store = PostgresStateStore(postgres_dsn, command_timeout=0.3, backoff=0.05, retries=10)
+        store.create_execution(_execution("E1"), [])
+        locked = threading.Event()
+
+        async def hold_the_row() -> None:
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT 1 FROM kitaru.executions WHERE id = 'E1' FOR UPDATE")
+                    locked.set()
+                    await asyncio.sleep(1.5)
+            finally:
+                await conn.close()
+
+        holder = threading.Thread(target=asyncio.run, args=(hold_the_row(),))
+        holder.start()
+        try:
+            assert locked.wait(10)
+            store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
+            assert [r.data for r in store.read_journal("E1")] == [{"n": 1}]
+            assert "TimeoutError" in caplog.text  # it did time out, and was retried
+        finally:
+            holder.join(10)
+            store.close()
+
     def test_an_outcome_that_cannot_be_learned_is_reported_not_guessed(
         self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
