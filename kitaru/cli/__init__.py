@@ -6,75 +6,21 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from kitaru.cli._common import OUTPUT as _OUTPUT
+from kitaru.cli._common import client as _client
+from kitaru.cli._common import echo_json as _echo_json
+from kitaru.cli._common import first_line as _first_line
+from kitaru.cli._common import reports_errors as _reports_errors
+from kitaru.cli._common import table as _table
+from kitaru.cli._common import when as _when
 from kitaru.cli.model import model as _model_group
 from kitaru.cli.stack import stack as _stack_group
 
 __all__ = ["main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-_OUTPUT = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
-
-
-def _client() -> Any:
-    from kitaru.client import KitaruClient
-
-    return KitaruClient()
-
-
-def _reports_errors(fn: F) -> F:
-    """Turn kitaru errors into a one-line message on stderr and the error's exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from kitaru.errors import KitaruError
-
-        try:
-            return fn(*args, **kwargs)
-        except KitaruError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [
-        [str(c) for c in headers],
-        *[[("-" if c is None else str(c)) for c in r] for r in rows],
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _first_line(text: str | None, width: int = 60) -> str | None:
-    if not text:
-        return None
-    line = text.strip().splitlines()[0]
-    return line if len(line) <= width and "\n" not in text.strip() else line[:width] + " ..."
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

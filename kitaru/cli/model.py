@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
 
+from kitaru.cli._common import reports_errors as _reports_errors
+
 __all__ = ["model"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _reports_errors(fn: F) -> F:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from kitaru.errors import KitaruError
-
-        try:
-            return fn(*args, **kwargs)
-        except KitaruError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group()

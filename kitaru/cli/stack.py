@@ -8,53 +8,20 @@ The configuration code is imported when a command runs, so ``kitaru --help`` sta
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from kitaru.cli._common import OUTPUT as _OUTPUT
+from kitaru.cli._common import echo_json as _echo_json
+from kitaru.cli._common import reports_errors as _reports_errors
+from kitaru.cli._common import table as _table
+
 __all__ = ["stack"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-_OUTPUT = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
 
 #: Keys whose values are shown masked.
 _SECRET = re.compile(r"secret|password|token|account_key|connection_string|credentials_json", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/:@]*:)([^/@]*)(@)", re.IGNORECASE)
-
-
-def _reports_errors(fn: F) -> F:
-    """The CLI's own error reporting (``kitaru.cli._reports_errors``), looked up when the command
-    runs: ``kitaru.cli`` imports this module while it is being built."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from kitaru.cli import _reports_errors as reports
-
-        return reports(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _echo_json(value: Any) -> None:
-    from kitaru.cli import _echo_json as echo
-
-    echo(value)
-
-
-def _table(headers: list[str], rows: list[tuple[Any, ...]]) -> str:
-    from kitaru.cli import _table as table
-
-    return str(table(headers, rows))
 
 
 def _mask(key: str, value: Any) -> Any:
