@@ -343,7 +343,7 @@ class _Executions:
 
         record = self._record(exec_id)
         flow_obj = load_flow(record.target, record.sys_path)
-        return flow_obj.replay(record.id, from_, overrides=overrides, args=args)
+        return flow_obj._replay(self._client._runtime, record.id, from_, overrides, args)
 
     def diff(self, a: str, b: str) -> Any:
         """Compare two executions input by input, checkpoint by checkpoint, wait by wait, and
@@ -359,9 +359,7 @@ class _Executions:
 
         return build_graph(self._state, self.resolve(exec_id))
 
-    def logs(
-        self, exec_id: str, *, checkpoint: str | None = None, after: int = 0
-    ) -> builtins.list[LogEntry]:
+    def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> builtins.list[LogEntry]:
         """What an execution printed and logged, in order, per call.
 
         ``checkpoint`` keeps one call (``name`` or ``name:2``), or every call of that name when no

@@ -203,6 +203,19 @@ def _settle(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Out
     raise exc
 
 
+def _pass_context(
+    runtime: Runtime, execution: ExecutionRecord, started: Started, journal: list[JournalRecord] | None
+) -> ExecutionContext:
+    """A fresh view of the journal for one pass of the body, with the flow's inputs known (so
+    passing one to a checkpoint records lineage)."""
+    if journal is None:
+        journal = runtime.state.read_journal(execution.id)
+    ctx = ExecutionContext(runtime, execution, journal)
+    for value, artifact in started.inputs:
+        ctx.remember_output(value, artifact)
+    return ctx
+
+
 def _drive_sync(
     flow: Flow[Any, Any],
     runtime: Runtime,
@@ -213,12 +226,8 @@ def _drive_sync(
     runtime.track(execution.id)
     try:
         while True:
-            if journal is None:
-                journal = runtime.state.read_journal(execution.id)
-            ctx = ExecutionContext(runtime, execution, journal)
-            journal = None
-            for value, artifact in started.inputs:
-                ctx.remember_output(value, artifact)
+            ctx = _pass_context(runtime, execution, started, journal)
+            journal = None  # a second pass (an answer came while suspending) rereads it
             token = _current_exec.set(ctx)
             value, error = None, None
             try:
@@ -249,12 +258,8 @@ async def _drive_async(
     runtime.track(execution.id)
     try:
         while True:
-            if journal is None:
-                journal = runtime.state.read_journal(execution.id)
-            ctx = ExecutionContext(runtime, execution, journal)
+            ctx = _pass_context(runtime, execution, started, journal)
             journal = None
-            for value, artifact in started.inputs:
-                ctx.remember_output(value, artifact)
             import asyncio
 
             ctx.main_task = asyncio.current_task()
@@ -544,9 +549,18 @@ class Flow(Generic[P, R]):
         run again. ``overrides`` replace reused outputs or answers by call id; ``args`` replace
         flow arguments by name. Bad requests raise before anything is written.
         """
+        return self._replay(get_runtime(), exec_id, from_, overrides, args)
+
+    def _replay(
+        self,
+        runtime: Runtime,
+        exec_id: str,
+        from_: str,
+        overrides: dict[str, Any] | None,
+        args: dict[str, Any] | None,
+    ) -> FlowHandle:
         from .replay import replay
 
-        runtime = get_runtime()
         original = runtime.state.get_execution(exec_id)
         if original is None:
             raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
