@@ -583,11 +583,19 @@ class Flow(Generic[P, R]):
         started: Started,
         journal: list[JournalRecord] | None = None,
     ) -> Outcome:
-        """Run the body to its end or suspension, in this thread (the lease is already held)."""
+        """Run the body to its end or suspension, blocking this thread (the lease is already held)."""
         if self.is_async:
             import asyncio
 
-            return asyncio.run(_drive_async(self, runtime, record, started, journal))
+            coro = _drive_async(self, runtime, record, started, journal)
+            if running_loop() is None:
+                return asyncio.run(coro)
+            # A blocking call (the client's input/resume/replay) made from async code: the body
+            # gets a loop of its own on a helper thread rather than failing inside asyncio.run.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix="kitaru-drive") as pool:
+                return pool.submit(asyncio.run, coro).result()
         return _drive_sync(self, runtime, record, started, journal)
 
     def drive_async(

@@ -691,3 +691,24 @@ class TestArtifactsAndMetadata:
             kitaru.wait()
         with pytest.raises(kitaru.KitaruNotInFlowError):
             kitaru.save("x", 1)
+
+
+class TestClientFromAsyncCode:
+    def test_answering_an_async_flow_from_inside_an_event_loop(self, runtime: Runtime) -> None:
+        @checkpoint
+        async def double(x: int) -> int:
+            return 2 * x
+
+        @flow
+        async def waiter(x: int) -> int:
+            ok = kitaru.wait(name="go", schema=bool)
+            return await double(x) if ok else 0
+
+        async def app() -> int:
+            handle = await waiter.start(21)
+            await asyncio.wait_for(asyncio.shield(handle._task), 30)  # type: ignore[arg-type]
+            assert handle.status == "waiting"
+            # The client is blocking; called from async code it must still work.
+            return KitaruClient().executions.input(handle.exec_id, True).wait()  # type: ignore[no-any-return]
+
+        assert asyncio.run(app()) == 42
