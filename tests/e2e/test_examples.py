@@ -141,3 +141,14 @@ def _processes_running(fragment: str) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_readme_fragments_are_valid_python() -> None:
+    # ```py blocks are fragments of the runnable examples/ files (each run above); they must at
+    # least parse, so a renamed argument or a typo shows up here.
+    import ast
+
+    fragments = blocks("py")
+    assert fragments
+    for fragment in fragments:
+        ast.parse(fragment)
