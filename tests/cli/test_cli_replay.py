@@ -146,7 +146,7 @@ class TestInspection:
                 if found:
                     break
                 time.sleep(0.01)
-            threading.Timer(0.3, GATE.set).start()
+            threading.Timer(1.0, GATE.set).start()
             code, out, _ = run("executions", "get", found[0].id, "--watch", "--interval", "0.05")
         finally:
             GATE.set()

@@ -76,7 +76,7 @@ class TestRunning:
     def test_sync_flow_started_from_an_event_loop_runs_off_the_loop(self, runtime: Runtime) -> None:
         @flow
         def blocking() -> str:
-            time.sleep(0.05)
+            time.sleep(0.2)
             return "done"
 
         async def app() -> tuple[str, int]:
@@ -442,18 +442,24 @@ class TestWaits:
             return "answered"
 
         handle = f.run()
-        assert handle.status == "waiting"
-        time.sleep(0.1)
-        assert KitaruClient().executions.resume(handle.exec_id).wait() == "defaulted"
+        if handle.status == "waiting":
+            time.sleep(0.1)
+            handle = KitaruClient().executions.resume(handle.exec_id)
+        # else: a slow machine spent the whole timeout before the flow could suspend, and the wait
+        # timed out in the first run: the same outcome, reached earlier.
+        assert handle.wait() == "defaulted"
+        kinds = [r.kind for r in runtime.state.read_journal(handle.exec_id)]
+        assert kinds.count("wait_timed_out") == 1 and "wait_answered" not in kinds
 
     def test_fast_answer_during_hold_continues_in_the_same_run(
         self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setenv("KITARU_WAIT_HOLD", "5")
+        # The hold only bounds the worst case: the flow continues as soon as the answer lands.
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
         client = KitaruClient()
 
         def answer_soon() -> None:
-            for _ in range(500):
+            for _ in range(3000):
                 executions = runtime.state.list_executions()
                 if executions and client.executions.get(executions[0].id).open_waits:
                     client.executions.input(executions[0].id, "yes", resume=False)
