@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from kitaru.errors import KitaruMissingDependencyError, KitaruUsageError
+from kitaru.errors import KitaruMissingDependencyError, KitaruStateError, KitaruUsageError
 
 __all__ = [
     "AgentRef",
+    "agent_run_result",
     "at_flow_scope",
     "find_agent",
     "import_extra",
@@ -149,3 +150,22 @@ def find_agent(kind: str, ref: AgentRef) -> Any:
             "agent at module level so a resumed run can find it."
         )
     return found
+
+
+def agent_run_result(agent_name: str, exec_id: str, status: str) -> Any:
+    """The result of a flow a run opened, once it stopped: its value, its failure, or -- when it
+    waits for a human -- an error that says how to answer."""
+    from kitaru.client import KitaruClient
+
+    if status == "waiting":
+        waits = KitaruClient().executions.get(exec_id).open_waits
+        names = ", ".join(w.name for w in waits) or "a wait"
+        raise KitaruStateError(
+            f"agent run {exec_id} is waiting on {names}; the process is free. Answer with "
+            f"`kitaru executions input {exec_id} --value true` (or false), which resumes it. "
+            f"Use {agent_name}.run_flow(...) to get a handle instead of this error."
+        )
+    from kitaru._engine.flow import FlowHandle
+    from kitaru._engine.runtime import get_runtime
+
+    return FlowHandle(exec_id, get_runtime()).wait()

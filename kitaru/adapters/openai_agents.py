@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from kitaru._engine.flow import flow
-from kitaru.errors import KitaruStateError, KitaruUsageError
+from kitaru.errors import KitaruUsageError
 
 from ._common import (
     AgentRef,
+    agent_run_result,
     at_flow_scope,
     find_agent,
     import_extra,
@@ -133,7 +134,7 @@ class KitaruAgent:
         import asyncio
 
         handle = await asyncio.to_thread(self.run_flow, input, **kwargs)
-        return _finished(self.name, handle.exec_id, handle.status)
+        return agent_run_result(self.name, handle.exec_id, handle.status)
 
     def run_sync(self, input: Any, **kwargs: Any) -> Any:
         """:meth:`run` for synchronous code."""
@@ -149,7 +150,7 @@ class KitaruAgent:
         if in_checkpoint():
             return Runner.run_sync(self.agent, input, **kwargs)
         handle = self.run_flow(input, **kwargs)
-        return _finished(self.name, handle.exec_id, handle.status)
+        return agent_run_result(self.name, handle.exec_id, handle.status)
 
     def run_flow(self, input: Any, **kwargs: Any) -> FlowHandle:
         """Start a run in a flow of its own; returns its handle (``waiting`` while an approval is
@@ -361,23 +362,6 @@ def _arguments(raw: Any) -> dict[str, Any]:
 def _call_id(raw: Any) -> str:
     value = raw.get("call_id") if isinstance(raw, dict) else getattr(raw, "call_id", None)
     return str(value or "")
-
-
-def _finished(agent_name: str, exec_id: str, status: str) -> Any:
-    from kitaru.client import KitaruClient
-
-    if status == "waiting":
-        waits = KitaruClient().executions.get(exec_id).open_waits
-        names = ", ".join(w.name for w in waits) or "a wait"
-        raise KitaruStateError(
-            f"agent run {exec_id} is waiting on {names}; the process is free. Answer with "
-            f"`kitaru executions input {exec_id} --value true` (or false), which resumes it. "
-            f"Use {agent_name}.run_flow(...) to get a handle instead of this error."
-        )
-    from kitaru._engine.flow import FlowHandle
-    from kitaru._engine.runtime import get_runtime
-
-    return FlowHandle(exec_id, get_runtime()).wait()
 
 
 @flow(name="openai_agents_agent")

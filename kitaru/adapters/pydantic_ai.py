@@ -41,10 +41,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kitaru._engine.flow import flow
-from kitaru.errors import KitaruStateError, KitaruUsageError
+from kitaru.errors import KitaruUsageError
 
 from ._common import (
     AgentRef,
+    agent_run_result,
     at_flow_scope,
     find_agent,
     import_extra,
@@ -142,7 +143,7 @@ class KitaruAgent(Generic[DepsT, OutputT]):
 
         # The flow drives on a worker thread and returns once it completes or suspends.
         handle = await asyncio.to_thread(self.run_flow, user_prompt, **kwargs)
-        return _finished(self.name, handle.exec_id, handle.status)
+        return agent_run_result(self.name, handle.exec_id, handle.status)
 
     def run_sync(self, user_prompt: str | None = None, **kwargs: Any) -> Any:
         """:meth:`run` for synchronous code."""
@@ -160,7 +161,7 @@ class KitaruAgent(Generic[DepsT, OutputT]):
         if in_checkpoint():
             return self.agent.run_sync(user_prompt, **kwargs)
         handle = self.run_flow(user_prompt, **kwargs)
-        return _finished(self.name, handle.exec_id, handle.status)
+        return agent_run_result(self.name, handle.exec_id, handle.status)
 
     def run_flow(self, user_prompt: str | None = None, **kwargs: Any) -> FlowHandle:
         """Start a run in a flow of its own and return the flow's handle (it does not block on
@@ -242,25 +243,6 @@ class KitaruAgent(Generic[DepsT, OutputT]):
                 metadata={"agent": self.name, "tool": tool_name, "args": args, **(metadata or {})},
             )
         )
-
-
-def _finished(agent_name: str, exec_id: str, status: str) -> Any:
-    """The result of a flow a run opened, once it stopped: its value, its failure, or -- when it
-    waits for a human -- an error that says how to answer."""
-    from kitaru.client import KitaruClient
-
-    if status == "waiting":
-        waits = KitaruClient().executions.get(exec_id).open_waits
-        names = ", ".join(w.name for w in waits) or "a wait"
-        raise KitaruStateError(
-            f"agent run {exec_id} is waiting on {names}; the process is free. Answer with "
-            f"`kitaru executions input {exec_id} --value true` (or false), which resumes it. "
-            f"Use {agent_name}.run_flow(...) to get a handle instead of this error."
-        )
-    from kitaru._engine.flow import FlowHandle
-    from kitaru._engine.runtime import get_runtime
-
-    return FlowHandle(exec_id, get_runtime()).wait()
 
 
 @flow(name="pydantic_ai_agent")
