@@ -13,12 +13,13 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError
 
 __all__ = [
     "DEFAULT_PART_SIZE",
+    "PrefixedStore",
     "RetryPolicy",
     "missing_dependency",
     "option_bool",
@@ -33,6 +34,27 @@ T = TypeVar("T")
 #: Size of the parts a streamed upload is cut into, and of the buffer it holds: peak memory of
 #: ``put_stream`` is a small multiple of this, whatever the blob's size.
 DEFAULT_PART_SIZE = 8 << 20
+
+
+class PrefixedStore:
+    """What every object store does the same way: its keys live under ``prefix`` in one bucket or
+    container, and ``reopen`` roots a store of the same kind, with the same options (endpoint,
+    credentials), at another URI. Subclasses set ``uri``, ``prefix`` and ``_options`` and take
+    ``(uri, **options)``."""
+
+    uri: str
+    prefix: str
+    _options: dict[str, Any]
+
+    def reopen(self, uri: str) -> Self:
+        """A store with this one's options rooted at ``uri`` (another bucket or prefix)."""
+        return type(self)(uri, **self._options)  # type: ignore[call-arg]
+
+    def uri_for(self, key: str) -> str:
+        return f"{self.uri}/{key}"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
 
 
 def split_uri(uri: str, scheme: str) -> tuple[str, str]:

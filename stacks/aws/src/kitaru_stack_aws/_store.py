@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from kitaru.errors import KitaruConflictError, KitaruError, KitaruNotFoundError, KitaruStoreError
 from kitaru.store.objectstore import (
     DEFAULT_PART_SIZE,
+    PrefixedStore,
     RetryPolicy,
     missing_dependency,
     option_float,
@@ -76,7 +77,7 @@ class _Loop:
             self.loop.close()
 
 
-class S3ArtifactStore:
+class S3ArtifactStore(PrefixedStore):
     """An :class:`~kitaru.store.ArtifactStore` in an S3 bucket (``s3://bucket/prefix``).
 
     Writes are create-only: ``PutObject`` and ``CompleteMultipartUpload`` carry ``If-None-Match: *``,
@@ -120,16 +121,6 @@ class S3ArtifactStore:
         self._exceptions: Any = None
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def reopen(self, uri: str) -> S3ArtifactStore:
-        """A store with this one's options (endpoint, credentials) rooted at another ``s3://`` URI."""
-        return S3ArtifactStore(uri, **self._options)
-
-    def uri_for(self, key: str) -> str:
-        return f"{self.uri}/{key}"
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     @property
     def _where(self) -> str:

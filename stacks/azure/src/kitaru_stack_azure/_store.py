@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from kitaru.errors import KitaruConflictError, KitaruError, KitaruNotFoundError, KitaruStoreError
 from kitaru.store.objectstore import (
     DEFAULT_PART_SIZE,
+    PrefixedStore,
     RetryPolicy,
     missing_dependency,
     option_float,
@@ -29,7 +30,7 @@ T = TypeVar("T")
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class AzureBlobArtifactStore:
+class AzureBlobArtifactStore(PrefixedStore):
     """An :class:`~kitaru.store.ArtifactStore` in an Azure Blob container (``az://container/prefix``).
 
     Writes are create-only: a blob is uploaded with ``If-None-Match: *`` (``overwrite=False``), or, when
@@ -79,16 +80,6 @@ class AzureBlobArtifactStore:
         self._exc: Any = None
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def reopen(self, uri: str) -> AzureBlobArtifactStore:
-        """A store with this one's options (account, credentials) rooted at another ``az://`` URI."""
-        return AzureBlobArtifactStore(uri, **self._options)
-
-    def uri_for(self, key: str) -> str:
-        return f"{self.uri}/{key}"
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     @property
     def _where(self) -> str:

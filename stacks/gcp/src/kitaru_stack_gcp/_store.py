@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from kitaru.errors import KitaruConflictError, KitaruError, KitaruNotFoundError, KitaruStoreError
 from kitaru.store.objectstore import (
     DEFAULT_PART_SIZE,
+    PrefixedStore,
     RetryPolicy,
     missing_dependency,
     option_bool,
@@ -34,7 +35,7 @@ _QUANTUM = 256 << 10  # resumable upload chunks are multiples of 256 KiB
 _SINGLE_REQUEST = 8 << 20
 
 
-class GcsArtifactStore:
+class GcsArtifactStore(PrefixedStore):
     """An :class:`~kitaru.store.ArtifactStore` in a GCS bucket (``gs://bucket/prefix``).
 
     Writes are create-only through ``ifGenerationMatch=0``: GCS refuses to replace an existing
@@ -76,16 +77,6 @@ class GcsArtifactStore:
         self._exc: Any = None
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def reopen(self, uri: str) -> GcsArtifactStore:
-        """A store with this one's options (endpoint, credentials) rooted at another ``gs://`` URI."""
-        return GcsArtifactStore(uri, **self._options)
-
-    def uri_for(self, key: str) -> str:
-        return f"{self.uri}/{key}"
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
 
     @property
     def _where(self) -> str:
