@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests._services import missing
-from tests._services.s3 import free_port, wait_ready
+from tests._services.s3 import end_process, free_port, wait_ready
 
 __all__ = ["INSTALL", "FakeGcsServer", "fake_gcs_binary", "gcs_server"]
 
@@ -90,12 +90,7 @@ class FakeGcsServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            end_process(self.proc)
             self.proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -54,6 +54,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def end_process(proc: subprocess.Popen[Any]) -> None:
+    """Stop a server process: politely, then for sure."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_ready(url: str, timeout: float, alive: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -112,12 +122,7 @@ class MotoServer(_Buckets):
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            end_process(self.proc)
             self.proc = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
