@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from kitaru import KitaruClient, checkpoint, flow
 from kitaru._engine.runtime import Runtime
 from kitaru.adapters.openai_agents import KitaruAgent, RunOutcome
 from kitaru.store.sqlite import SQLiteStateStore
+from tests._process import wait_for
 
 FLOWS = Path(__file__).parent / "flows"
 
@@ -290,14 +290,6 @@ def test_missing_extra_names_it() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "KitaruMissingDependencyError" in out.stdout and "kitaru[openai-agents]" in out.stdout
-
-
-def wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
 
 
 @pytest.mark.e2e

@@ -6,25 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from kitaru.store.sqlite import SQLiteStateStore
+from tests._process import wait_for
 
 pytestmark = pytest.mark.e2e
 
 FLOWS = Path(__file__).parent / "flows"
-
-
-def wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
 
 
 def test_sigkill_during_checkpoint_12_then_resume_from_another_process(
@@ -34,7 +26,7 @@ def test_sigkill_during_checkpoint_12_then_resume_from_another_process(
     env = {**subprocess_env, "COUNT_FILE": str(count_file), "MARK_FILE": str(mark_file), "SLOW_AT": "12"}
     proc = subprocess.Popen([sys.executable, str(FLOWS / "sixteen.py"), "100"], env=env, cwd=tmp_path)
     try:
-        wait_for(mark_file)
+        wait_for(mark_file, proc)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
@@ -89,7 +81,7 @@ def test_resume_is_refused_while_the_runner_is_alive(
     env = {**subprocess_env, "COUNT_FILE": str(count_file), "MARK_FILE": str(mark_file), "SLOW_AT": "3"}
     proc = subprocess.Popen([sys.executable, str(FLOWS / "sixteen.py"), "0"], env=env, cwd=tmp_path)
     try:
-        wait_for(mark_file)
+        wait_for(mark_file, proc)
         store = SQLiteStateStore(kitaru_home / "kitaru.db")
         [execution] = store.list_executions()
         before = store.read_journal(execution.id)

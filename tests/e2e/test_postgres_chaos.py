@@ -14,22 +14,13 @@ from pathlib import Path
 import pytest
 
 from kitaru.store.postgres import PostgresStateStore
+from tests._process import wait_for
 from tests._services.postgres import PostgresCluster
 
 pytestmark = pytest.mark.e2e
 
 FLOWS = Path(__file__).parent / "flows"
 STEPS = 30
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"the flow exited ({proc.returncode}) before {path.name}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.005)
 
 
 def _check_journal(store: PostgresStateStore, exec_id: str) -> None:
@@ -90,7 +81,7 @@ def test_flow_retries_through_server_restarts(
     proc = _start(env, tmp_path)
     try:
         for at in (5, 15, 25):  # kill the server three times during the run
-            _wait_for(tmp_path / "marks" / str(at), proc)
+            wait_for(tmp_path / "marks" / str(at), proc)
             postgres_cluster.stop("immediate")
             time.sleep(0.5)
             postgres_cluster.start()
@@ -124,7 +115,7 @@ def test_server_down_too_long_is_a_clear_error_then_resume_completes(
     env = {**chaos_env, "PG_RETRIES": "2"}
     proc = _start(env, tmp_path)
     try:
-        _wait_for(tmp_path / "marks" / "10", proc)
+        wait_for(tmp_path / "marks" / "10", proc)
         postgres_cluster.stop("immediate")
         try:
             out, err = proc.communicate(timeout=120)

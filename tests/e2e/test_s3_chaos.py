@@ -20,6 +20,7 @@ import pytest
 from kitaru.stack import artifact_store_for_uri
 from kitaru.store import StateStore
 from kitaru.store.sqlite import SQLiteStateStore
+from tests._process import wait_for
 from tests._services import missing
 from tests._services.s3 import INSTALL, RestartableMoto, moto_installed
 
@@ -40,16 +41,6 @@ def moto() -> Iterator[RestartableMoto]:
 
 def _payload(i: int) -> bytes:
     return hashlib.sha256(str(i).encode()).digest() * 2500
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"the flow exited ({proc.returncode}) early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.01)
 
 
 def _check_whole(store: StateStore, exec_id: str, artifacts: str, options: dict[str, str]) -> None:
@@ -120,7 +111,7 @@ def test_s3_server_down_mid_flow(
         text=True,
     )
     try:
-        _wait_for(marks / "paused", proc)
+        wait_for(marks / "paused", proc)
         moto.stop()  # checkpoint PAUSE_AT is about to write its output: S3 is gone
         (marks / "go").write_text("")
         if outage == "outlasts_retries":
