@@ -2,8 +2,8 @@
 
 Stack types and artifact stores are plugins, discovered through entry points with stevedore:
 ``kitaru.stacks`` (stack types, e.g. ``local``) and ``kitaru.artifact_stores`` (by URI scheme, e.g.
-``file``). The core imports none of them by name; the embedded default ships as the
-``kitaru-stack-local`` distribution, registered through the same entry points as any third party.
+``file``). The core imports none of them by name; the embedded default (``kitaru.local_stack``)
+ships inside kitaru but is registered through the same entry points as any third party.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from kitaru._install import install_hint
 from kitaru.errors import KitaruConfigError
 from kitaru.store import ArtifactStore, StateStore
 
@@ -139,7 +140,7 @@ def artifact_store_for_uri(uri: str, **options: Any) -> ArtifactStore:
         installed = ", ".join(_installed(ARTIFACT_STORE_NAMESPACE)) or "none"
         raise KitaruConfigError(
             f"no artifact store plugin for {scheme}:// URIs (installed: {installed}). Install the "
-            f"stack that provides it, e.g. `pip install kitaru[{scheme}]`."
+            f"stack that provides it, e.g. `{install_hint(scheme)}`."
         ) from None
     store: ArtifactStore = manager.driver
     return store

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kitaru._install import install_hint
 from kitaru.errors import KitaruConfigError
 
 __all__ = [
@@ -362,9 +363,12 @@ def _installed(namespace: str) -> list[str]:
 
 def _install_hint(type_name: str) -> str:
     if type_name in EXTRAS:
-        return f"install it with `pip install 'kitaru[{type_name}]'`"
-    extras = ", ".join(f"kitaru[{e}]" for e in EXTRAS)
-    return f"stack types ship as extras ({extras}) or as plugins registering a `kitaru.stacks` entry point"
+        return f"install it with `{install_hint(type_name)}`"
+    extras = ", ".join(f"[{e}]" for e in EXTRAS)
+    return (
+        f"stack types ship as extras of kitaru ({extras}) or as plugins registering a "
+        "`kitaru.stacks` entry point"
+    )
 
 
 def stack_type(type_name: str, *, where: str | None = None) -> type[Any]:

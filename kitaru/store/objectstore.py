@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
+from kitaru._install import install_hint
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError
 
 __all__ = [
@@ -72,7 +73,7 @@ def missing_dependency(extra: str, module: str, exc: ImportError) -> KitaruMissi
     """The error for an SDK that is not installed, naming the extra that installs it."""
     return KitaruMissingDependencyError(
         f"the {extra} artifact store needs {module}, which is not installed ({exc}). "
-        f"Install it with: pip install 'kitaru[{extra}]'"
+        f"Install it with: {install_hint(extra)}"
     )
 
 

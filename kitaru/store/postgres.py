@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from kitaru._install import install_hint
 from kitaru.errors import (
     KitaruConflictError,
     KitaruError,
@@ -326,7 +327,7 @@ def _import_asyncpg() -> Any:
     except ImportError as exc:
         raise KitaruMissingDependencyError(
             "the PostgreSQL state store needs asyncpg, which is not installed. Install it with: "
-            "pip install 'kitaru[postgres]'"
+            + install_hint("postgres")
         ) from exc
     return asyncpg
 

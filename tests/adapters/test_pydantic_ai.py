@@ -352,7 +352,7 @@ def test_missing_extra_names_it() -> None:
         "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "KitaruMissingDependencyError" in out.stdout and "kitaru[pydantic-ai]" in out.stdout
+    assert "KitaruMissingDependencyError" in out.stdout and "[pydantic-ai]'" in out.stdout
 
 
 # -- real processes ------------------------------------------------------------------------------
