@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from kitaru import serialization
-from kitaru._ids import new_id
+from kitaru._ids import MAX_ID_LENGTH, new_id
 from kitaru.errors import (
     KitaruConflictError,
     KitaruError,
@@ -547,6 +547,11 @@ class Flow(Generic[P, R]):
                 f"flow {self.name!r}: execution_id={execution_id!r} is empty, and an execution id "
                 "cannot be. "
                 "Pass a non-empty id to make the start idempotent, or leave it out for a new one."
+            )
+        if execution_id is not None and len(execution_id) > MAX_ID_LENGTH:
+            raise KitaruUsageError(
+                f"flow {self.name!r}: execution_id is {len(execution_id)} characters long; ids are "
+                f"at most {MAX_ID_LENGTH}. Derive a shorter one (e.g. a hash of the long key)."
             )
         bound = self._bind(args, kwargs)
         exec_id = execution_id or new_id()
