@@ -112,7 +112,8 @@ def _describe(execution: Any, client: Any) -> str:
         # Questions in full: the question is often the very text a person must read to answer.
         for w in execution.waits:
             if w.question:
-                lines += ["", f"{w.name} asks:", *("  " + line for line in w.question.splitlines())]
+                question = [("  " + line).rstrip() for line in w.question.splitlines()]
+                lines += ["", f"{w.name} asks:", *question]
     for w in execution.open_waits:
         lines.append(f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON")
     return "\n".join(lines)
