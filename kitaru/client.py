@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kitaru._ids import MAX_ID_LENGTH
 from kitaru.errors import (
     KitaruError,
     KitaruNotFoundError,
@@ -34,6 +36,10 @@ class CheckpointCall:
     ended_at: float | None
     error: str | None
     metadata: dict[str, Any]
+    reused_from: str | None = None
+    """For a replay: the execution whose recorded output this call reused (it did not run here)."""
+    overridden: bool = False
+    """For a replay: the reused output was replaced by an ``--override``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,12 @@ def fold_journal(
             )
             c["attempts"] = max(c["attempts"], r.attempt or 1)
             c["ended_at"] = r.ts
+            # A replay's seeded record: the call did not run in this execution, so it has no start
+            # (and no duration) here; its original run's timing belongs to the original.
+            c["reused_from"] = data.get("replayed_from")
+            c["overridden"] = bool(data.get("overridden"))
+            if c["reused_from"]:
+                c["started_at"] = None
             if r.kind == "checkpoint_completed":
                 c.update(status="completed", output=r.artifact_id, error=None)
             else:
@@ -172,6 +184,8 @@ def fold_journal(
             ended_at=c["ended_at"],
             error=c["error"],
             metadata=call_meta.get(cid, {}),
+            reused_from=c["reused_from"],
+            overridden=c["overridden"],
         )
         for cid, c in calls.items()
     ]
@@ -201,6 +215,13 @@ class _Executions:
 
     def resolve(self, exec_id: str) -> str:
         """The full id for an id or a unique prefix of one."""
+        if len(exec_id) > MAX_ID_LENGTH:
+            # No execution has such an id; and a store cannot match a prefix this long (SQLite's
+            # LIKE refuses it as "too complex"), which would report a store error, not the answer.
+            raise KitaruNotFoundError(
+                f"no execution {exec_id[:40]!r}... ({len(exec_id)} characters; ids are at most "
+                f"{MAX_ID_LENGTH}). List executions with `kitaru executions list`."
+            )
         if self._state.get_execution(exec_id) is not None:
             return exec_id
         matches = self._state.match_execution_ids(exec_id, limit=5) if exec_id else []
@@ -362,10 +383,15 @@ class _Executions:
     def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> builtins.list[LogEntry]:
         """What an execution printed and logged, in order, per call.
 
-        ``checkpoint`` keeps one call (``name`` or ``name:2``), or every call of that name when no
-        call has exactly that id; ``after`` skips entries up to a previous entry's ``seq``.
+        ``checkpoint`` keeps the calls of one checkpoint: a bare name (``step``) keeps every call of
+        it (``step``, ``step:2``...), a numbered id (``step:2``) that call alone (``step:1`` is the
+        first call, whose id is ``step``). A checkpoint the
+        execution never called raises :class:`~kitaru.errors.KitaruNotFoundError` naming those it
+        did (unless the execution is still running: it may call it yet). ``after`` skips entries
+        up to a previous entry's ``seq``.
         """
         full = self.resolve(exec_id)
+        journal = self._state.read_journal(full)
         entries = [
             LogEntry(
                 r.call_id,
@@ -374,15 +400,33 @@ class _Executions:
                 r.ts,
                 r.id or 0,
             )
-            for r in self._state.read_journal(full)
+            for r in journal
             if r.kind == "output" and (r.id or 0) > after
         ]
         if checkpoint is None:
             return entries
-        exact = [e for e in entries if e.call_id == checkpoint]
-        if exact:
-            return exact
-        return [e for e in entries if e.call_id and e.call_id.partition(":")[0] == checkpoint]
+        numbered = re.fullmatch(r"(.+):(\d+)", checkpoint)
+        if numbered and int(numbered.group(2)) == 1:
+            wanted = re.compile(re.escape(numbered.group(1)) + "(:1)?")  # the first call is `name`
+        elif numbered:
+            wanted = re.compile(re.escape(checkpoint))  # one numbered call
+        else:
+            wanted = re.compile(re.escape(checkpoint) + r"(:\d+)?")  # every call of the name
+        called = {
+            r.call_id
+            for r in journal
+            if r.call_id and r.kind in ("checkpoint_completed", "checkpoint_failed", "output")
+        }
+        if not any(wanted.fullmatch(c) for c in called):
+            record = self._state.get_execution(full)
+            if record is None or record.status != "running":
+                names = sorted({re.sub(r":\d+$", "", c) for c in called})
+                raise KitaruNotFoundError(
+                    f"execution {full} has no checkpoint call {checkpoint!r}; its checkpoints: "
+                    f"{', '.join(names) or 'none'}. Give a name for every call of it, or name:N "
+                    "for one call."
+                )
+        return [e for e in entries if e.call_id and wanted.fullmatch(e.call_id)]
 
     def cancel(self, exec_id: str) -> Execution:
         """Cancel a running or waiting execution. A running one stops at its next checkpoint."""
@@ -393,6 +437,26 @@ class _Executions:
 class _Artifacts:
     def __init__(self, client: KitaruClient) -> None:
         self._client = client
+
+    def preview(self, artifact_id: str, width: int = 200) -> str:
+        """A short text preview of an artifact, read without loading it: JSON-like stored bytes
+        (json, pydantic, dataclass values kept inline) are shown, cut to ``width`` characters;
+        anything else is described, never unpickled (``kitaru artifacts get`` shows it whole)."""
+        record = self._client._runtime.state.get_artifact(artifact_id)
+        if record is None:
+            raise KitaruNotFoundError(f"no artifact {artifact_id!r}.")
+        text = None
+        if record.inline is not None and record.serializer in ("json", "pydantic", "dataclass"):
+            try:
+                raw = record.inline.decode("utf-8")
+                value = json.loads(raw)
+                text = value if isinstance(value, str) else raw
+            except (UnicodeDecodeError, ValueError):
+                text = None
+        if text is None:
+            return f"({record.data_type}, {record.size} bytes: `kitaru artifacts get {record.id}` shows it)"
+        text = " ".join(text.split()) if "\n" in text else text
+        return text if len(text) <= width else text[: width - 4] + " ..."
 
     def _view(self, r: ArtifactRecord) -> Artifact:
         return Artifact(

@@ -473,8 +473,28 @@ def validate_stack_keys(
             raise KitaruConfigError(
                 f"{where}: key {key!r} of stack {stack_name!r} has a wrong value {value!r}: {error}."
             )
+        if key == "state" and isinstance(checked, str):
+            _check_state_uri(cls, checked, where, stack_name)
         out[key] = checked
     return out
+
+
+def _check_state_uri(cls: type[Any], uri: str, where: str, stack_name: str) -> None:
+    """A ``state`` URI must name a state store kitaru can open (a stack type may widen the list
+    with a ``state_schemes`` attribute), so a typo fails when the stack is declared, not when a
+    flow first runs on it."""
+    from kitaru.store.open import STATE_STORE_SCHEMES
+
+    schemes: tuple[str, ...] = tuple(getattr(cls, "state_schemes", STATE_STORE_SCHEMES))
+    scheme, sep, _ = uri.partition("://")
+    if sep and scheme.lower() in schemes:
+        return
+    shown = f"{scheme}://..." if sep and "@" in uri else uri  # the URI may hold a password
+    raise KitaruConfigError(
+        f"{where}: key 'state' of stack {stack_name!r} is {shown!r}, which is no state store "
+        f"kitaru supports; supported: {', '.join(s + '://' for s in schemes)} (e.g. "
+        "sqlite:////abs/path/kitaru.db or postgresql://user:password@host:5432/db)."
+    )
 
 
 # -- resolving a stack --------------------------------------------------------------------------------
@@ -743,6 +763,12 @@ def delete_stack(name: str) -> tuple[Path, bool]:
     data = _user_data()
     path = user_config_path()
     if name not in data.get("stacks", {}):
+        if name == DEFAULT_STACK and name not in settings.stacks:
+            raise KitaruConfigError(
+                f"the built-in {DEFAULT_STACK!r} stack cannot be deleted: it is kitaru's default "
+                "(state and artifacts under KITARU_HOME) and is there when no other stack is. "
+                "Use another one with `kitaru stack set NAME`."
+            )
         if name in settings.stacks:
             raise KitaruConfigError(
                 f"stack {name!r} is declared in {settings.where(name)}, not in the user file {path}: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -13,7 +14,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kitaru.errors import KitaruDivergenceError, KitaruNotInFlowError, KitaruStoreError, KitaruUsageError
+from kitaru.errors import (
+    KitaruConfigError,
+    KitaruDivergenceError,
+    KitaruNotInFlowError,
+    KitaruStoreError,
+    KitaruUsageError,
+)
 from kitaru.serialization import _is_json_native
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
@@ -316,10 +323,14 @@ class ExecutionContext:
     # -- concurrency helpers ----------------------------------------------------------------
 
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        """Run ``fn`` on the execution's worker threads (``.submit()``/``.map()`` checkpoints); at
+        most ``KITARU_MAX_THREADS`` run at once (see :func:`max_threads`), the rest queue."""
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._executor = ThreadPoolExecutor(thread_name_prefix=f"kitaru-{self.exec_id[-6:]}")
+            self._executor = ThreadPoolExecutor(
+                max_workers=max_threads(), thread_name_prefix=f"kitaru-{self.exec_id[-6:]}"
+            )
         future = self._executor.submit(fn, *args)
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
@@ -358,6 +369,25 @@ class ExecutionContext:
             self._executor.shutdown(wait=True)
         if self._loop_runner is not None:
             self._loop_runner.close()
+
+
+def max_threads() -> int | None:
+    """How many ``.submit()``/``.map()`` checkpoints of one execution run at once:
+    ``KITARU_MAX_THREADS``, else None (Python's default, ``min(32, CPUs + 4)``). Checkpoints that
+    wait on rate-limited APIs want more; ones that fill memory, fewer."""
+    raw = os.environ.get("KITARU_MAX_THREADS", "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise KitaruConfigError(
+            f"KITARU_MAX_THREADS={raw!r} is not a positive whole number of threads; set it to e.g. "
+            "8, or unset it for the default (min(32, CPUs + 4))."
+        )
+    return value
 
 
 def _fingerprint(value: Any) -> str:

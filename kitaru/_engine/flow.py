@@ -9,14 +9,16 @@ import importlib.util
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from kitaru import serialization
-from kitaru._ids import new_id
+from kitaru._ids import MAX_ID_LENGTH, new_id
 from kitaru.errors import (
     KitaruConflictError,
     KitaruError,
@@ -31,7 +33,7 @@ from kitaru.errors import (
 from kitaru.store import TERMINAL_STATUSES, ArtifactRecord, ExecutionRecord, JournalRecord
 
 from .capture import capturing
-from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, running_loop
+from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, logger, running_loop
 from .runtime import Runtime, get_runtime
 
 if TYPE_CHECKING:
@@ -45,14 +47,26 @@ R = TypeVar("R")
 
 _REGISTRY: dict[str, Flow[Any, Any]] = {}
 
+#: A script that ran as ``__main__`` is imported again under this prefix to resume its flows.
+SCRIPT_MODULE_PREFIX = "__kitaru_main_"
+
+# The code kitaru is importing to resume an execution (a module or script path), while it does.
+# A context variable, not a global: another thread of this process may start flows meanwhile.
+_loading: ContextVar[str | None] = ContextVar("kitaru_loading_code", default=None)
+_warned_skips: set[str] = set()
+
 
 def _import_target(fn: Callable[..., Any]) -> tuple[str, str | None]:
     """Where another process finds this function: ``module:qualname`` plus the sys.path root, or
-    the absolute path of the script for functions defined in ``__main__``."""
+    the absolute path of the script for functions defined in ``__main__``.
+
+    A script re-imported by :func:`_load_script` (its module named ``__kitaru_main_...``) keeps
+    its path form too: a replay created from that import must name the script, which any process
+    can load, not the private module name, which only this process has."""
     module_name, qualname = fn.__module__, fn.__qualname__
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
-    if module_name == "__main__":
+    if module_name == "__main__" or module_name.startswith(SCRIPT_MODULE_PREFIX):
         if file is None:
             return f"__main__:{qualname}", None
         path = Path(file).resolve()
@@ -66,8 +80,45 @@ def _import_target(fn: Callable[..., Any]) -> tuple[str, str | None]:
     return f"{module_name}:{qualname}", str(root)
 
 
+@contextmanager
+def _loading_code(location: str) -> Iterator[None]:
+    """Mark that ``location`` is being imported to resume an execution (see :func:`_skipped`)."""
+    token = _loading.set(location)
+    try:
+        yield
+    finally:
+        _loading.reset(token)
+
+
+def _skipped(flow_obj: Flow[Any, Any], call: str) -> bool:
+    """Whether ``flow.<call>()`` runs while kitaru imports code to resume an execution; it is then
+    skipped (and said once per script or module).
+
+    Such a call is the script's own top-level code (``my_flow.run(...)`` without an
+    ``if __name__ == "__main__":`` guard): running it would start a second execution, and pay for
+    its checkpoints again, every time something resumes the first."""
+    location = _loading.get()
+    if location is None:
+        return False
+    if location not in _warned_skips:
+        _warned_skips.add(location)
+        logger.warning(
+            "kitaru: %s.%s() was skipped while kitaru imported %s to resume an execution: the call "
+            "is top-level code, and running it would start a second execution (paying for its "
+            'checkpoints again). Put it under `if __name__ == "__main__":` so importing the '
+            "file runs nothing.",
+            flow_obj.name,
+            call,
+            location,
+        )
+    return True
+
+
 def load_flow(target: str, sys_path: str | None) -> Flow[Any, Any]:
-    """Find the flow a journal names, importing its module or script if this process lacks it."""
+    """Find the flow a journal names, importing its module or script if this process lacks it.
+
+    While the code is imported, calls it makes to ``run``/``start``/``replay`` are skipped: see
+    :func:`_skipped`."""
     if target in _REGISTRY:
         return _REGISTRY[target]
     location, _, qualname = target.rpartition(":")
@@ -79,10 +130,11 @@ def load_flow(target: str, sys_path: str | None) -> Flow[Any, Any]:
     if sys_path and sys_path not in sys.path:
         sys.path.insert(0, sys_path)
     try:
-        if location.endswith(".py"):
-            module = _load_script(location)
-        else:
-            module = importlib.import_module(location)
+        with _loading_code(location):
+            if location.endswith(".py"):
+                module = _load_script(location)
+            else:
+                module = importlib.import_module(location)
         obj: Any = module
         for part in qualname.split("."):
             obj = getattr(obj, part)
@@ -99,7 +151,7 @@ def load_flow(target: str, sys_path: str | None) -> Flow[Any, Any]:
 
 def _load_script(path: str) -> ModuleType:
     """Import a script that ran as ``__main__`` under a private name (its main block stays idle)."""
-    name = "__kitaru_main_" + hashlib.sha256(path.encode()).hexdigest()[:12]
+    name = SCRIPT_MODULE_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -386,6 +438,45 @@ class AsyncFlowHandle:
         return _result_of(self._runtime, self.exec_id, outcome)
 
 
+class _SkippedFlowHandle(FlowHandle):
+    """What ``run()``/``replay()`` return when the call was skipped (see :func:`_skipped`):
+    nothing ran, so there is no execution; ``status`` is ``skipped`` and ``wait()`` gives None."""
+
+    def __init__(self) -> None:  # no runtime: nothing is ever read
+        self.exec_id = ""
+        self._outcome = None
+
+    def __repr__(self) -> str:
+        return "<FlowHandle skipped>"
+
+    @property
+    def status(self) -> str:
+        return "skipped"
+
+    def wait(self, timeout: float | None = None) -> Any:
+        return None
+
+    get = wait
+
+
+class _SkippedAsyncFlowHandle(AsyncFlowHandle):
+    """What ``await start()`` returns when the call was skipped (see :func:`_skipped`)."""
+
+    def __init__(self) -> None:
+        self.exec_id = ""
+        self._task = None
+
+    def __repr__(self) -> str:
+        return "<AsyncFlowHandle skipped>"
+
+    @property
+    def status(self) -> str:
+        return "skipped"
+
+    async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - mirrors wait()
+        return None
+
+
 # -- the decorator --------------------------------------------------------------------------------
 
 
@@ -451,6 +542,17 @@ class Flow(Generic[P, R]):
         A replay passes the ``original`` execution, the original input artifacts it keeps
         (``reused_inputs``, referenced rather than copied) and its ``seed`` journal.
         """
+        if execution_id is not None and not execution_id.strip():
+            raise KitaruUsageError(
+                f"flow {self.name!r}: execution_id={execution_id!r} is empty, and an execution id "
+                "cannot be. "
+                "Pass a non-empty id to make the start idempotent, or leave it out for a new one."
+            )
+        if execution_id is not None and len(execution_id) > MAX_ID_LENGTH:
+            raise KitaruUsageError(
+                f"flow {self.name!r}: execution_id is {len(execution_id)} characters long; ids are "
+                f"at most {MAX_ID_LENGTH}. Derive a shorter one (e.g. a hash of the long key)."
+            )
         bound = self._bind(args, kwargs)
         exec_id = execution_id or new_id()
         now = time.time()
@@ -505,6 +607,8 @@ class Flow(Generic[P, R]):
         returned (and driven on if it was interrupted) instead of starting another. ``stack`` runs
         it on that configured stack instead of the active one (``kitaru stack list``).
         """
+        if _skipped(self, "run"):
+            return _SkippedFlowHandle()
         if running_loop() is not None:
             raise KitaruUsageError(
                 f"{self.name}.run() blocks, and an event loop is running in this thread. Use "
@@ -524,6 +628,8 @@ class Flow(Generic[P, R]):
         Async flow bodies run as a task on this loop; sync ones on a worker thread. ``execution_id``
         and ``stack`` work as in :meth:`run`.
         """
+        if _skipped(self, "start"):
+            return _SkippedAsyncFlowHandle()
         runtime = get_runtime(stack)
         record, created, started = self._create(runtime, args, kwargs, execution_id)
         if not created:
@@ -549,6 +655,8 @@ class Flow(Generic[P, R]):
         run again. ``overrides`` replace reused outputs or answers by call id; ``args`` replace
         flow arguments by name. Bad requests raise before anything is written.
         """
+        if _skipped(self, "replay"):
+            return _SkippedFlowHandle()
         return self._replay(get_runtime(), exec_id, from_, overrides, args)
 
     def _replay(
@@ -561,6 +669,8 @@ class Flow(Generic[P, R]):
     ) -> FlowHandle:
         from .replay import replay
 
+        if _skipped(self, "replay"):
+            return _SkippedFlowHandle()
         original = runtime.state.get_execution(exec_id)
         if original is None:
             raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")

@@ -12,8 +12,8 @@ import click
 
 from kitaru.cli._common import OUTPUT as _OUTPUT
 from kitaru.cli._common import client as _client
+from kitaru.cli._common import complete_execution_ids as _complete_ids
 from kitaru.cli._common import echo_json as _echo_json
-from kitaru.cli._common import first_line as _first_line
 from kitaru.cli._common import reports_errors as _reports_errors
 from kitaru.cli._common import table as _table
 from kitaru.cli._common import when as _when
@@ -55,7 +55,12 @@ def list_executions(flow_name: str | None, status: str | None, limit: int, outpu
         _echo_json([e.to_dict() for e in found])
         return
     if not found:
-        click.echo("no executions yet: run a flow, e.g. `python examples/quickstart.py`.")
+        if flow_name or status:
+            filters = [f"flow {flow_name!r}" if flow_name else "", f"status {status}" if status else ""]
+            shown = " and ".join(f for f in filters if f)
+            click.echo(f"no executions match {shown}; `kitaru executions list` shows them all.")
+        else:
+            click.echo("no executions yet: run a flow, e.g. `python examples/quickstart.py`.")
         return
     click.echo(
         _table(
@@ -65,7 +70,23 @@ def list_executions(flow_name: str | None, status: str | None, limit: int, outpu
     )
 
 
-def _describe(execution: Any) -> str:
+def _checkpoint_row(c: Any) -> tuple[Any, ...]:
+    if c.reused_from:
+        # A replay reused this call's recorded output: it did not run here, so it took no time.
+        status, took = "reused", None
+        notes = f"from {c.reused_from}" + (", output overridden" if c.overridden else "")
+    else:
+        status = c.status
+        took = f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None
+        notes = None
+    if c.metadata:
+        notes = json.dumps(c.metadata) + (f"; {notes}" if notes else "")
+    elif c.error:
+        notes = c.error
+    return (c.call_id, c.function, status, c.attempts, took, c.output_artifact, notes)
+
+
+def _describe(execution: Any, client: Any) -> str:
     lines = [
         f"execution  {execution.id}",
         f"flow       {execution.flow}  ({execution.target})",
@@ -73,44 +94,43 @@ def _describe(execution: Any) -> str:
         f"started    {_when(execution.created_at)}",
         f"updated    {_when(execution.updated_at)}",
     ]
+    if execution.status == "completed" and execution.result_artifact:
+        lines.append(f"result     {client.artifacts.preview(execution.result_artifact)}")
     if execution.error:
         lines.append(f"error      {execution.error}")
     if execution.metadata:
         lines.append(f"metadata   {json.dumps(execution.metadata, default=str)}")
     if execution.checkpoints:
         lines += ["", "checkpoints"]
-        rows = [
-            (
-                c.call_id,
-                c.function,
-                c.status,
-                c.attempts,
-                f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None,
-                c.output_artifact,
-                json.dumps(c.metadata) if c.metadata else (c.error or None),
-            )
-            for c in execution.checkpoints
-        ]
+        rows = [_checkpoint_row(c) for c in execution.checkpoints]
         lines.append(_table(["CALL", "FUNCTION", "STATUS", "ATTEMPTS", "TOOK", "OUTPUT", "NOTES"], rows))
     if execution.waits:
         lines += ["", "waits"]
         lines.append(
-            _table(
-                ["WAIT", "STATUS", "EXPECTS", "QUESTION"],
-                [(w.name, w.status, w.schema, _first_line(w.question)) for w in execution.waits],
-            )
+            _table(["WAIT", "STATUS", "EXPECTS"], [(w.name, w.status, w.schema) for w in execution.waits])
         )
+        # Questions in full: the question is often the very text a person must read to answer.
+        for w in execution.waits:
+            if w.question:
+                question = [("  " + line).rstrip() for line in w.question.splitlines()]
+                lines += ["", f"{w.name} asks:", *question]
     for w in execution.open_waits:
         lines.append(f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON")
     return "\n".join(lines)
 
 
 @executions.command("get")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option(
     "--watch", "-w", is_flag=True, help="Stay and print checkpoints as they complete, until it stops."
 )
-@click.option("--interval", default=0.5, show_default=True, help="Seconds between looks with --watch.")
+@click.option(
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between looks with --watch (a positive number).",
+)
 @_OUTPUT
 @_reports_errors
 def get_execution(exec_id: str, watch: bool, interval: float, output: str) -> None:
@@ -121,7 +141,7 @@ def get_execution(exec_id: str, watch: bool, interval: float, output: str) -> No
         _echo_json(execution.to_dict())
         return
     if not watch:
-        click.echo(_describe(execution))
+        click.echo(_describe(execution, client))
         return
     _watch(client, execution, interval, output)
 
@@ -161,7 +181,7 @@ def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
 
 
 @executions.command("input")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--value", required=True, help="The answer, as JSON: true, 42, '\"text\"', '{...}'.")
 @click.option("--wait", "wait_name", help="Which wait to answer, when several are open.")
 @click.option(
@@ -199,7 +219,7 @@ def _report_handle(client: Any, exec_id: str, output: str) -> None:
 
 
 @executions.command("resume")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @_OUTPUT
 @_reports_errors
 def resume_execution(exec_id: str, output: str) -> None:
@@ -210,7 +230,7 @@ def resume_execution(exec_id: str, output: str) -> None:
 
 
 @executions.command("retry")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @_OUTPUT
 @_reports_errors
 def retry_execution(exec_id: str, output: str) -> None:
@@ -232,7 +252,7 @@ def _parse_json(text: str, option: str) -> Any:
 
 
 @executions.command("replay")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--from", "from_", required=True, help="Checkpoint or wait to re-run from (name, or name:N).")
 @click.option(
     "--override",
@@ -267,8 +287,8 @@ def replay_execution(
 
 
 @executions.command("diff")
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=_complete_ids)
+@click.argument("b", shell_complete=_complete_ids)
 @click.option("--all", "show_all", is_flag=True, help="List unchanged items too.")
 @_OUTPUT
 @_reports_errors
@@ -292,7 +312,7 @@ def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
 
 
 @executions.command("graph")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option(
     "-o",
     "--output",
@@ -325,7 +345,7 @@ def execution_graph(exec_id: str, output: str) -> None:
 
 
 @executions.command("logs")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the execution stops.")
 @_OUTPUT
@@ -355,7 +375,7 @@ def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, output: s
 
 
 @executions.command("cancel")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @_OUTPUT
 @_reports_errors
 def cancel_execution(exec_id: str, output: str) -> None:
@@ -384,7 +404,7 @@ def artifacts() -> None:
 
 
 @artifacts.command("list")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--name", help="Only artifacts with this name.")
 @click.option("--type", "type_", help="Only artifacts of this type (output, input, result...).")
 @_OUTPUT

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from kitaru.cli._common import OUTPUT as _OUTPUT
+from kitaru.cli._common import complete_stack_names as _complete_stacks
 from kitaru.cli._common import echo_json as _echo_json
 from kitaru.cli._common import reports_errors as _reports_errors
 from kitaru.cli._common import table as _table
@@ -96,7 +97,7 @@ def list_stacks(output: str) -> None:
 
 
 @stack.command("show")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=_complete_stacks)
 @_OUTPUT
 @_reports_errors
 def show_stack(name: str | None, output: str) -> None:
@@ -133,7 +134,7 @@ def show_stack(name: str | None, output: str) -> None:
 
 
 @stack.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_stacks)
 @_OUTPUT
 @_reports_errors
 def set_stack(name: str, output: str) -> None:
@@ -227,7 +228,7 @@ def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], o
 
 
 @stack.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_stacks)
 @_OUTPUT
 @_reports_errors
 def delete_stack(name: str, output: str) -> None:

@@ -8,7 +8,10 @@ from urllib.parse import unquote, urlparse
 from kitaru.errors import KitaruConfigError
 from kitaru.store import StateStore
 
-__all__ = ["open_state_store"]
+__all__ = ["STATE_STORE_SCHEMES", "open_state_store"]
+
+#: URI schemes of the state stores kitaru can open (stack config checks ``state`` against them).
+STATE_STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 def open_state_store(uri: str) -> StateStore:
