@@ -7,8 +7,9 @@ import datetime
 import decimal
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field
 
 import kitaru
 from kitaru import KitaruClient
+from kitaru._engine.waits import _class_resolver, _Unbuildable, build_type, type_ref
 from kitaru.cli import main
 from kitaru.store import JournalRecord
 
@@ -234,3 +236,44 @@ class TestReplayOverrides:
         replayed = client.executions.list(limit=1)[0]
         result = client.artifacts.get(client.executions.get(replayed.id).result_artifact or "")
         assert result.load() == "cake:Decimal('2'):datetime.date(2026, 2, 1)"
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+
+
+class TestTypeReference:
+    @pytest.mark.parametrize(
+        "schema",
+        [
+            bool,
+            list[Order],
+            Order | None,
+            list[decimal.Decimal],
+            dict[str, list[Order]] | None,
+            tuple[int, ...],
+            tuple[int, str],
+            frozenset[str],
+            Literal["yes", "no", 3, None],
+            Sequence[int],
+            Page[Order],
+            Any,
+        ],
+        ids=repr,
+    )
+    def test_a_schema_is_rebuilt_from_its_json_tree(self, schema: Any) -> None:
+        tree = json.loads(json.dumps(type_ref(schema)))  # it is stored as JSON
+        assert build_type(tree, _class_resolver(None)) == schema
+
+    def test_annotated_metadata_is_for_display_and_its_type_is_rebuilt(self) -> None:
+        tree = type_ref(Annotated[int, Field(gt=0)])
+        assert tree["origin"] == "Annotated" and "gt=0" in tree["metadata"][0]
+        assert build_type(json.loads(json.dumps(tree)), _class_resolver(None)) is int
+
+    def test_a_reference_to_something_not_a_class_is_not_rebuilt(self) -> None:
+        for path in ("os:system", "builtins:print", "nowhere_at_all:Thing", "__main__:Order"):
+            with pytest.raises(_Unbuildable):
+                build_type({"class": path}, _class_resolver(None))
