@@ -55,6 +55,11 @@ class Wait:
     metadata: dict[str, Any]
     deadline: float | None
     schema_ref: str | None = None
+    """The text reference journals written before structured references carry (never evaluated)."""
+    json_schema: dict[str, Any] | None = None
+    """What an answer must match, as a JSON Schema (None: any JSON value)."""
+    type_ref: dict[str, Any] | None = None
+    """The schema's structured type reference (see ``kitaru._engine.waits.type_ref``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,8 @@ def fold_journal(
                 "metadata": d.get("metadata") or {},
                 "deadline": d.get("deadline"),
                 "schema_ref": d.get("schema"),
+                "json_schema": d.get("json_schema"),
+                "type_ref": d.get("type"),
             }
         elif r.kind == "wait_answered" and r.call_id in waits:
             waits[r.call_id].update(status="answered", answer=r.artifact_id)
@@ -199,6 +206,8 @@ def fold_journal(
             metadata=w["metadata"],
             deadline=w["deadline"],
             schema_ref=w["schema_ref"],
+            json_schema=w["json_schema"],
+            type_ref=w["type_ref"],
         )
         for wid, w in waits.items()
     ]
@@ -254,12 +263,15 @@ class _Executions:
     def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> Any:
         """Answer an open wait; with ``resume`` the flow continues in this process.
 
-        The answer is validated against the wait's schema first: a bad one raises
-        :class:`~kitaru.errors.KitaruWaitValidationError` and leaves the wait open. Returns a
-        :class:`~kitaru.FlowHandle` of the execution.
+        The answer is checked first, with no user code needed, against the wait's JSON Schema
+        (strictly: ``"no"`` is not a bool), then with pydantic where the classes its schema names
+        are importable here. A bad one raises :class:`~kitaru.errors.KitaruWaitValidationError`
+        and leaves the wait open. Python values (a model, a date) are turned into JSON first: the
+        answer is stored as its JSON value and the flow validates it again when it resumes.
+        Returns a :class:`~kitaru.FlowHandle` of the execution.
         """
         from kitaru._engine.flow import FlowHandle, load_flow
-        from kitaru._engine.waits import resolve_schema, validate_answer
+        from kitaru._engine.waits import _LIVE_SCHEMAS, check_answer
 
         runtime = self._client._runtime
         execution = self.get(exec_id)
@@ -270,22 +282,22 @@ class _Executions:
             flow_obj = load_flow(execution.target, self._record(execution.id).sys_path)
             flow_module = sys.modules.get(flow_obj.fn.__module__)
         except KitaruError:
-            # Without the flow's code an answer can still be recorded (--no-resume), as long as
-            # its schema needs no import from that code.
+            # Without the flow's code an answer can still be recorded (--no-resume): the wait's
+            # JSON Schema needs no user code.
             if resume:
                 raise
-        try:
-            schema = resolve_schema(chosen.schema_ref, flow_module)
-        except Exception as exc:
-            raise KitaruUsageError(
-                f"cannot rebuild the schema of wait {chosen.name!r} ({chosen.schema}): {exc}. "
-                "Answer from an environment where the flow's code is importable."
-            ) from exc
-        value = validate_answer(
-            schema,
+        value = check_answer(
+            {
+                "schema_text": chosen.schema,
+                "json_schema": chosen.json_schema,
+                "type": chosen.type_ref,
+                "schema": chosen.schema_ref,
+            },
             value,
             where=f"wait {chosen.name!r} of execution {execution.id}",
             fix=f"answer again with `kitaru executions input {execution.id} --value JSON`.",
+            live_schema=_LIVE_SCHEMAS.get((execution.id, chosen.name)),
+            flow_module=flow_module,
         )
         artifact = runtime.make_artifact(
             execution.id,

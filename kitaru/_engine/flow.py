@@ -66,6 +66,8 @@ def _import_target(fn: Callable[..., Any]) -> tuple[str, str | None]:
     module_name, qualname = fn.__module__, fn.__qualname__
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
+    # A script this process loaded under its private name (to resume or replay it) is still
+    # that script: record its path, which every process can load, not the private name.
     if module_name == "__main__" or module_name.startswith(SCRIPT_MODULE_PREFIX):
         if file is None:
             return f"__main__:{qualname}", None

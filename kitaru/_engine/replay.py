@@ -83,7 +83,7 @@ def plan_replay(
     args: Mapping[str, Any] | None = None,
 ) -> ReplayPlan:
     """Check a replay request against the original's journal; every error comes before any write."""
-    from .waits import resolve_schema, validate_answer
+    from .waits import _LIVE_SCHEMAS, check_answer
 
     if original.status == "running":
         raise KitaruStateError(
@@ -133,11 +133,15 @@ def plan_replay(
         else:
             import sys
 
-            schema = resolve_schema(
-                (opened[name].data or {}).get("schema"), sys.modules.get(flow.fn.__module__)
-            )
-            value = validate_answer(
-                schema, value, where=f"the override of wait {name!r}", fix="give a valid answer."
+            # The same check as an answer given with `kitaru executions input`; the override is
+            # stored as its JSON value and the replayed flow validates it again in wait().
+            value = check_answer(
+                opened[name].data or {},
+                value,
+                where=f"the override of wait {name!r}",
+                fix="give a valid answer.",
+                live_schema=_LIVE_SCHEMAS.get((original.id, name)),
+                flow_module=sys.modules.get(flow.fn.__module__),
             )
         previous = stored.get(source.artifact_id or "") or runtime.state.get_artifact(
             source.artifact_id or ""

@@ -241,14 +241,27 @@ def retry_execution(exec_id: str, output: str) -> None:
 
 
 def _parse_json(text: str, option: str) -> Any:
+    from kitaru._engine.waits import MAX_ANSWER_DEPTH, json_depth
+
+    too_deep = click.BadParameter(
+        f"the JSON nests more than {MAX_ANSWER_DEPTH} levels deep; give a flatter value.",
+        param_hint=option,
+    )
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
+        shown = text if len(text) <= 80 else text[:80] + "..."
         raise click.BadParameter(
-            f"{text!r} is not JSON ({exc.msg}). Quote text as JSON: '\"yes\"'; booleans and "
+            f"{shown!r} is not JSON ({exc.msg}). Quote text as JSON: '\"yes\"'; booleans and "
             "numbers go bare: true, 42.",
             param_hint=option,
         ) from None
+    except RecursionError:
+        # json.loads recurses once per level: thousands of '[' exhaust the interpreter's stack.
+        raise too_deep from None
+    if json_depth(value) > MAX_ANSWER_DEPTH:
+        raise too_deep
+    return value
 
 
 @executions.command("replay")
