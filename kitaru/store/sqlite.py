@@ -227,6 +227,7 @@ class SQLiteStateStore:
         text = os.fspath(path)
         self.path = Path("/" + text.lstrip("/") if text.startswith("//") else text)
         self.read_only = read_only
+        self._building_stand_in = False  # the one write a read-only store makes: see below
         self._lock = threading.RLock()
         if read_only:
             self._conn = self._connect_read_only(timeout)
@@ -292,7 +293,11 @@ class SQLiteStateStore:
         an empty one, in memory, rather than being created."""
         if not self.path.exists():
             self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            self._migrate()
+            self._building_stand_in = True
+            try:
+                self._migrate()
+            finally:
+                self._building_stand_in = False
             return self._conn
         base = "file:" + quote(str(self.path)) + "?mode=ro"
         conn: sqlite3.Connection | None = None
@@ -359,6 +364,11 @@ class SQLiteStateStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
+        if self.read_only and not self._building_stand_in:
+            raise KitaruStoreError(
+                f"the state database {self.path} was opened read-only, for inspection; this "
+                "operation writes. Run it with a client that is not read-only."
+            )
         with self._lock:
             cur = self._conn.cursor()
             try:
