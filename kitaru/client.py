@@ -6,7 +6,6 @@ import builtins
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,6 +153,8 @@ class Artifact:
             )
         if target.is_dir():
             raise KitaruUsageError(f"cannot write {target}: it is a directory. Give a file path.")
+        import tempfile
+
         try:
             fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
         except OSError as exc:

@@ -17,6 +17,9 @@ from kitaru import KitaruClient, checkpoint, flow, wait
 from kitaru._engine.runtime import Runtime
 from kitaru.errors import KitaruStoreError
 from kitaru.store import ArtifactRecord
+from tests._services.s3 import s3_server
+
+__all__ = ["s3_server"]  # the S3 fixture, for the object-store test
 
 BIG = 100_000  # past the inline limit: the value is a blob in the artifact store
 
@@ -156,3 +159,30 @@ class TestReplacedPickleNeverRuns:
             KitaruClient().executions.input(handle.exec_id, True)
         assert not marker.exists()
         assert KitaruClient().executions.get(handle.exec_id).status == "failed"
+
+
+class TestOnAnObjectStore:
+    """The check is the runtime's, so it holds on every artifact store; S3 (moto) stands for the
+    object stores, whose reads are streamed in parts."""
+
+    def test_a_changed_s3_blob_fails_the_execution_then_retry_after_restoring_it(
+        self, request: pytest.FixtureRequest, kitaru_home: Path
+    ) -> None:
+        pytest.importorskip("kitaru_stack_aws")
+        from kitaru._engine.runtime import use_runtime
+        from kitaru.stack import artifact_store_for_uri
+        from kitaru.store.sqlite import SQLiteStateStore
+
+        server = request.getfixturevalue("s3_server")
+        store = artifact_store_for_uri(f"s3://{server.create_bucket()}/kitaru", **server.options())
+        runtime = Runtime(SQLiteStateStore(kitaru_home / "kitaru.db"), store, heartbeat_interval=0.05)
+        with use_runtime(runtime):
+            handle = text_flow.run(BIG)
+            record, key = blob_of(runtime, handle.exec_id, "make_text")
+            original = store.get(key)
+            replace_blob(runtime, key, original.replace(b"x", b"y", 1))
+            with pytest.raises(KitaruStoreError, match=record.id):
+                KitaruClient().executions.input(handle.exec_id, True)
+            replace_blob(runtime, key, original)
+            assert KitaruClient().executions.retry(handle.exec_id).wait() == BIG
+        runtime.close()
