@@ -248,8 +248,18 @@ def _open_runtime(stack_name: str | None, *, read_only: bool = False) -> Runtime
     from kitaru.stack import load_stack
 
     stack = load_stack(stack_name)
-    state = stack.state_store(read_only=True) if read_only else stack.state_store()
+    state = (
+        stack.state_store(read_only=True) if read_only and _takes_read_only(stack) else stack.state_store()
+    )
     return Runtime(state, stack.artifact_store(), stack_name=stack.name)
+
+
+def _takes_read_only(stack: Any) -> bool:
+    """Whether the stack's ``state_store`` takes ``read_only`` (a third-party stack written
+    before it existed opens its store as it always did)."""
+    import inspect
+
+    return "read_only" in inspect.signature(stack.state_store).parameters
 
 
 def read_only_runtime(stack_name: str | None = None) -> Runtime:
