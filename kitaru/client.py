@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kitaru._ids import MAX_ID_LENGTH
@@ -20,6 +22,9 @@ from kitaru.errors import (
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
 __all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Wait"]
+
+#: Serializers whose bytes are JSON: inspection shows them without importing or running code.
+JSON_SERIALIZERS = frozenset({"json", "pydantic", "dataclass"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +125,67 @@ class Artifact:
     _client: KitaruClient = field(repr=False, compare=False)
 
     def load(self) -> Any:
+        """The value with its type, from bytes verified against the recorded hash. Pickled values
+        are unpickled (unless ``KITARU_ALLOW_PICKLE=0``): only load what the state store vouches for."""
         return self._client._runtime.load_artifact(self._record)
+
+    @property
+    def is_json(self) -> bool:
+        """Whether the stored bytes are JSON (the ``json``, ``pydantic`` and ``dataclass``
+        serializers), so :meth:`as_json` can show them without running any code."""
+        return self.serializer in JSON_SERIALIZERS
+
+    def read_bytes(self) -> bytes:
+        """The stored bytes, verified against the state store's size and sha256."""
+        return self._client._runtime.artifact_bytes(self._record)  # type: ignore[no-any-return]
+
+    def as_json(self) -> Any:
+        """The value as plain JSON data, parsed from the verified bytes without importing or
+        running anything: a pydantic model or dataclass comes back as its JSON object."""
+        if not self.is_json:
+            raise KitaruUsageError(
+                f"artifact {self.id} is stored by the {self.serializer!r} serializer, not as JSON. "
+                f"Load it with `kitaru artifacts get {self.id} --load` (which may unpickle it), or "
+                f"write its bytes with `kitaru artifacts get {self.id} --out FILE`."
+            )
+        return json.loads(self.read_bytes())
+
+    def write_to(self, path: str | os.PathLike[str]) -> int:
+        """Write the stored bytes to ``path``, streamed in bounded memory and verified on the way.
+
+        The bytes go to a temporary file beside ``path`` that is renamed into place only once all
+        of them matched the recorded hash: a mismatch leaves ``path`` untouched. Returns the size."""
+        target = Path(path).absolute()
+        parent = target.parent
+        if not parent.is_dir():
+            raise KitaruUsageError(
+                f"cannot write {target}: the directory {parent} does not exist. Create it "
+                f"(mkdir -p {parent}) or choose another path."
+            )
+        if target.is_dir():
+            raise KitaruUsageError(f"cannot write {target}: it is a directory. Give a file path.")
+        import tempfile
+
+        try:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
+        except OSError as exc:
+            raise KitaruUsageError(
+                f"cannot write {target}: {exc.strerror or exc}. Choose a writable directory."
+            ) from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in self._client._runtime.artifact_chunks(self._record):
+                    fh.write(chunk)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise KitaruUsageError(
+                f"cannot write {target}: {exc.strerror or exc}. Check the directory is writable "
+                "and has space."
+            ) from exc
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        return self.size
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
@@ -508,11 +573,14 @@ class _Artifacts:
 class KitaruClient:
     """Entry point for inspecting and steering executions: ``.executions`` and ``.artifacts``.
 
-    ``stack`` names the configured stack whose executions it sees (default: the active stack)."""
+    ``stack`` names the configured stack whose executions it sees (default: the active stack).
+    ``read_only`` opens the state store for inspection only (listing, showing, fetching artifacts),
+    so it works without write access; steering an execution then fails."""
 
-    def __init__(self, runtime: Any = None, *, stack: str | None = None) -> None:
+    def __init__(self, runtime: Any = None, *, stack: str | None = None, read_only: bool = False) -> None:
         self._explicit = runtime
         self._stack = stack
+        self._read_only = read_only
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
 
@@ -520,9 +588,9 @@ class KitaruClient:
     def _runtime(self) -> Any:
         if self._explicit is not None:
             return self._explicit
-        from kitaru._engine.runtime import get_runtime
+        from kitaru._engine.runtime import get_runtime, read_only_runtime
 
-        return get_runtime(self._stack)
+        return read_only_runtime(self._stack) if self._read_only else get_runtime(self._stack)
 
 
 def _execution_view(

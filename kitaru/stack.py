@@ -35,8 +35,9 @@ class Stack(Protocol):
 
     name: str
 
-    def state_store(self) -> StateStore:
-        """The store of executions, journals and the artifact index."""
+    def state_store(self, *, read_only: bool = False) -> StateStore:
+        """The store of executions, journals and the artifact index; ``read_only`` for inspection
+        (a store may ignore it, but must then not need write access to read)."""
         ...
 
     def artifact_store(self) -> ArtifactStore:
@@ -80,10 +81,10 @@ class BaseStack:
         self.artifacts_uri = artifacts or (root / "artifacts").resolve().as_uri()
         self.options = options
 
-    def state_store(self) -> StateStore:
+    def state_store(self, *, read_only: bool = False) -> StateStore:
         from kitaru.store.open import open_state_store
 
-        return open_state_store(self.state_uri)
+        return open_state_store(self.state_uri, read_only=read_only)
 
     def artifact_store(self) -> ArtifactStore:
         return artifact_store_for_uri(self.artifacts_uri, **self.options)

@@ -14,9 +14,17 @@ from typing import Any
 from kitaru import serialization
 from kitaru._ids import new_id
 from kitaru.config import env_float
+from kitaru.errors import KitaruNotFoundError, KitaruStoreError
 from kitaru.store import ArtifactRecord, ArtifactStore, StateStore
 
-__all__ = ["Runtime", "close_stack_runtimes", "get_runtime", "set_runtime", "use_runtime"]
+__all__ = [
+    "Runtime",
+    "close_stack_runtimes",
+    "get_runtime",
+    "read_only_runtime",
+    "set_runtime",
+    "use_runtime",
+]
 
 #: Serialized values up to this size live inline in the state store; larger ones are
 #: content-addressed blobs in the artifact store.
@@ -131,13 +139,57 @@ class Runtime:
         )
 
     def artifact_bytes(self, record: ArtifactRecord) -> bytes:
+        """The artifact's bytes, verified against the size and sha256 the state store recorded.
+
+        The state store is trusted and the artifact store is not: bytes that do not match raise
+        :class:`~kitaru.errors.KitaruStoreError` and are never handed to a deserializer."""
         if record.inline is not None:
-            return record.inline
-        assert record.uri is not None, f"artifact {record.id} has neither bytes nor a URI"
+            data = record.inline
+            _verify(record, len(data), hashlib.sha256(data).hexdigest(), "inline in the state store")
+            return data
+        # Joining costs a second copy while it runs, but lets a blob longer than the record stop
+        # the read at once instead of filling memory with whatever replaced it.
+        return b"".join(self.artifact_chunks(record))
+
+    def artifact_chunks(self, record: ArtifactRecord, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Stream the artifact's bytes in bounded chunks, hashing as they pass.
+
+        The chunks are only trustworthy once the iterator is exhausted: the size and hash are
+        checked at the end (and the size on the way, so a longer blob stops early), raising
+        :class:`~kitaru.errors.KitaruStoreError` on a mismatch. Consumers write to a temporary
+        place and keep the result only when the iteration finished."""
+        if record.inline is not None:
+            yield self.artifact_bytes(record)
+            return
+        store, key = self._blob_store(record)
+        where = record.uri or key
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in store.open(key, chunk_size):
+                size += len(chunk)
+                if size > record.size:
+                    _verify(record, size, None, where)
+                digest.update(chunk)
+                yield chunk
+        except KitaruNotFoundError as exc:
+            raise KitaruStoreError(
+                f"{_describe(record)} is missing from the artifact store: no blob at {where}. "
+                f"{_restore_hint(record)}"
+            ) from exc
+        _verify(record, size, digest.hexdigest(), where)
+
+    def _blob_store(self, record: ArtifactRecord) -> tuple[ArtifactStore, str]:
+        """The store holding the record's blob (ours, or another bucket or prefix) and its key."""
+        if record.uri is None:
+            raise KitaruStoreError(
+                f"{_describe(record)} has neither inline bytes nor a URI in the state store. The "
+                "state database is damaged; restore it from a backup."
+            )
         base, _sep, key = record.uri.rpartition("/" + _BLOB_PREFIX)
         key = _BLOB_PREFIX + key
         if base == self.artifacts.uri:
-            return self.artifacts.get(key)
+            return self.artifacts, key
         store = self._foreign.get(base)
         if store is None:
             from kitaru.stack import artifact_store_for_uri
@@ -148,23 +200,86 @@ class Runtime:
             same_kind = base.partition("://")[0] == self.artifacts.uri.partition("://")[0]
             store = reopen(base) if reopen is not None and same_kind else artifact_store_for_uri(base)
             self._foreign[base] = store
-        return store.get(key)
+        return store, key
 
     def load_artifact(self, record: ArtifactRecord) -> Any:
+        """The artifact's value: verified bytes (see :meth:`artifact_bytes`), then deserialized."""
         return serialization.loads(record.serializer, record.data_type, self.artifact_bytes(record))
+
+
+def _describe(record: ArtifactRecord) -> str:
+    return f"artifact {record.id} ({record.name!r} v{record.version} of execution {record.exec_id})"
+
+
+def _restore_hint(record: ArtifactRecord) -> str:
+    return (
+        f"Restore the original bytes (they hash to {record.content_hash}) from a backup, then "
+        f"continue with `kitaru executions retry {record.exec_id}` if the execution failed on it."
+    )
+
+
+def _verify(record: ArtifactRecord, size: int, hexdigest: str | None, where: str) -> None:
+    """Raise unless ``size`` and ``hexdigest`` (None: not known yet) match the record."""
+    algorithm, _, expected = record.content_hash.partition(":")
+    if algorithm != "sha256":
+        raise KitaruStoreError(
+            f"{_describe(record)} records a {algorithm or 'missing'} hash, which this kitaru cannot "
+            "verify, so its bytes are not loaded. Upgrade kitaru."
+        )
+    if size == record.size and hexdigest == expected:
+        return
+    found = f"more than {record.size} bytes" if hexdigest is None else f"{size} bytes with sha256:{hexdigest}"
+    raise KitaruStoreError(
+        f"{_describe(record)} does not match the state store's record: expected {record.size} "
+        f"bytes with {record.content_hash}, found {found} ({where}). The bytes were changed or "
+        f"damaged after they were written; nothing was loaded from them. {_restore_hint(record)}"
+    )
 
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 #: Runtimes of stacks named explicitly (``flow.run(..., stack=NAME)``), one per name per process.
 _stack_runtimes: dict[str, Runtime] = {}
+#: Runtimes opened for inspection only (read-only state stores), one per stack name.
+_read_only_runtimes: dict[str, Runtime] = {}
 
 
-def _open_runtime(stack_name: str | None) -> Runtime:
+def _open_runtime(stack_name: str | None, *, read_only: bool = False) -> Runtime:
     from kitaru.stack import load_stack
 
     stack = load_stack(stack_name)
-    return Runtime(stack.state_store(), stack.artifact_store(), stack_name=stack.name)
+    state = (
+        stack.state_store(read_only=True) if read_only and _takes_read_only(stack) else stack.state_store()
+    )
+    return Runtime(state, stack.artifact_store(), stack_name=stack.name)
+
+
+def _takes_read_only(stack: Any) -> bool:
+    """Whether the stack's ``state_store`` takes ``read_only`` (a third-party stack written
+    before it existed opens its store as it always did)."""
+    import inspect
+
+    return "read_only" in inspect.signature(stack.state_store).parameters
+
+
+def read_only_runtime(stack_name: str | None = None) -> Runtime:
+    """A runtime to inspect with, which never writes: the process's runtime of that stack when one
+    is open already (it reads as well), else one whose state store is opened read-only, so that
+    listing and showing work on a read-only home or a full disk (cached per stack name)."""
+    current = _runtime
+    if current is not None and stack_name in (None, current.stack_name):
+        return current
+    if stack_name is None:
+        from kitaru.stack_config import load_settings
+
+        stack_name = load_settings().active_stack
+    opened = _stack_runtimes.get(stack_name) or _read_only_runtimes.get(stack_name)
+    if opened is None:
+        with _runtime_lock:
+            opened = _read_only_runtimes.get(stack_name)
+            if opened is None:
+                opened = _read_only_runtimes[stack_name] = _open_runtime(stack_name, read_only=True)
+    return opened
 
 
 def get_runtime(stack_name: str | None = None) -> Runtime:
@@ -194,10 +309,12 @@ def get_runtime(stack_name: str | None = None) -> Runtime:
 
 
 def close_stack_runtimes() -> None:
-    """Close and forget the runtimes opened by stack name (the default runtime stays)."""
+    """Close and forget the runtimes opened by stack name and the read-only ones (the default
+    runtime stays)."""
     with _runtime_lock:
-        runtimes = list(_stack_runtimes.values())
+        runtimes = [*_stack_runtimes.values(), *_read_only_runtimes.values()]
         _stack_runtimes.clear()
+        _read_only_runtimes.clear()
     for runtime in runtimes:
         runtime.close()
 

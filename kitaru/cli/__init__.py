@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -50,7 +51,7 @@ def executions() -> None:
 @_reports_errors
 def list_executions(flow_name: str | None, status: str | None, limit: int, output: str) -> None:
     """List executions, newest first."""
-    found = _client().executions.list(flow=flow_name, status=status, limit=limit)
+    found = _client(read_only=True).executions.list(flow=flow_name, status=status, limit=limit)
     if output == "json":
         _echo_json([e.to_dict() for e in found])
         return
@@ -135,7 +136,7 @@ def _describe(execution: Any, client: Any) -> str:
 @_reports_errors
 def get_execution(exec_id: str, watch: bool, interval: float, output: str) -> None:
     """Show one execution: status, checkpoints, waits and metadata."""
-    client = _client()
+    client = _client(read_only=True)
     execution = client.executions.get(exec_id)
     if output == "json" and not watch:
         _echo_json(execution.to_dict())
@@ -307,7 +308,7 @@ def replay_execution(
 @_reports_errors
 def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
     """Compare two executions checkpoint by checkpoint (inputs, outputs, wait answers, result)."""
-    diff = _client().executions.diff(a, b)
+    diff = _client(read_only=True).executions.diff(a, b)
     if output == "json":
         _echo_json(diff.to_dict())
         return
@@ -337,7 +338,7 @@ def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
 @_reports_errors
 def execution_graph(exec_id: str, output: str) -> None:
     """Show the lineage graph: which artifacts flowed into each checkpoint."""
-    graph = _client().executions.graph(exec_id)
+    graph = _client(read_only=True).executions.graph(exec_id)
     if output == "json":
         _echo_json(graph.to_dict())
         return
@@ -365,7 +366,7 @@ def execution_graph(exec_id: str, output: str) -> None:
 @_reports_errors
 def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, output: str) -> None:
     """Print what an execution's flow and checkpoints printed and logged, in order."""
-    client = _client()
+    client = _client(read_only=True)
     full = client.executions.resolve(exec_id)
     after = 0
     while True:
@@ -424,7 +425,7 @@ def artifacts() -> None:
 @_reports_errors
 def list_artifacts(exec_id: str, name: str | None, type_: str | None, output: str) -> None:
     """List an execution's artifacts."""
-    found = _client().artifacts.list(exec_id, name=name, type=type_)
+    found = _client(read_only=True).artifacts.list(exec_id, name=name, type=type_)
     if output == "json":
         _echo_json([a.to_dict() for a in found])
         return
@@ -450,27 +451,73 @@ def list_artifacts(exec_id: str, name: str | None, type_: str | None, output: st
 
 @artifacts.command("get")
 @click.argument("artifact_id")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the raw bytes here.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write the stored bytes here, verified against their recorded hash.",
+)
+@click.option(
+    "--load",
+    is_flag=True,
+    help="Load the value with its serializer and show it. Pickled values are unpickled.",
+)
 @_OUTPUT
 @_reports_errors
-def get_artifact(artifact_id: str, out: str | None, output: str) -> None:
-    """Show an artifact's value, or write its bytes to a file with --out."""
-    client = _client()
-    artifact = client.artifacts.get(artifact_id)
+def get_artifact(artifact_id: str, out: str | None, load: bool, output: str) -> None:
+    """Show an artifact, or write its bytes to a file with --out.
+
+    Nothing is unpickled unless you ask with --load: JSON, pydantic and dataclass artifacts show
+    as JSON, others are described (serializer, type, size, hash). Bytes are always checked
+    against the hash the state store recorded.
+    """
+    from kitaru.errors import KitaruUsageError
+
+    if out and load:
+        raise KitaruUsageError("--out writes the stored bytes and --load shows the value: use one of them.")
+    artifact = _client(read_only=True).artifacts.get(artifact_id)
     if out:
-        with open(out, "wb") as fh:
-            fh.write(client._runtime.artifact_bytes(artifact._record))
-        click.echo(f"wrote {artifact.size} bytes to {out}")
+        size = artifact.write_to(out)
+        target = os.path.abspath(out)
+        if output == "json":
+            _echo_json({**artifact.to_dict(), "written_to": target})
+        else:
+            click.echo(f"wrote {size} bytes to {target}")
         return
-    value = artifact.load()
+    header = (
+        f"{artifact.name} v{artifact.version} ({artifact.type}, {artifact.data_type}, "
+        f"{artifact.size} bytes, {artifact.content_hash})"
+    )
+    if load:
+        value = artifact.load()
+        if output == "json":
+            _echo_json({**artifact.to_dict(), "view": "loaded", "value": value})
+        else:
+            click.echo(header)
+            click.echo(value if isinstance(value, str) else repr(value))
+        return
+    if artifact.is_json:
+        value = artifact.as_json()
+        if output == "json":
+            _echo_json({**artifact.to_dict(), "view": "json", "value": value})
+        else:
+            click.echo(header)
+            click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+        return
+    # Not JSON: describe it from the state store's record alone. Loading could unpickle, which
+    # runs whatever code the bytes name, so it waits until the user asks.
+    how = "bytes" if artifact.serializer == "bytes" else f"a {artifact.data_type} value"
+    hint = (
+        f"write the bytes with `kitaru artifacts get {artifact.id} --out FILE`"
+        if artifact.serializer == "bytes"
+        else f"show the value with `kitaru artifacts get {artifact.id} --load`"
+        + (" (this unpickles it)" if artifact.serializer == "cloudpickle" else "")
+        + ", or write the stored bytes with `--out FILE`"
+    )
     if output == "json":
-        _echo_json({**artifact.to_dict(), "value": value})
-    else:
-        click.echo(
-            f"{artifact.name} v{artifact.version} ({artifact.type}, {artifact.data_type}, "
-            f"{artifact.size} bytes, {artifact.content_hash})"
-        )
-        click.echo(value if isinstance(value, str) else repr(value))
+        _echo_json({**artifact.to_dict(), "view": "none", "value": None, "hint": hint})
+        return
+    click.echo(header)
+    click.echo(f"{how}, stored by the {artifact.serializer!r} serializer; not shown: {hint}.")
 
 
 main.add_command(_model_group)

@@ -35,10 +35,12 @@ OUTPUT = click.option(
 )
 
 
-def client() -> Any:
+def client(*, read_only: bool = False) -> Any:
+    """The client commands use; ``read_only`` for commands that only look (they then work on a
+    read-only home or a full disk: nothing is written, not even a migration)."""
     from kitaru.client import KitaruClient
 
-    return KitaruClient()
+    return KitaruClient(read_only=read_only)
 
 
 # Shell completion: the store and the config are read only when the shell asks for candidates, and

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from kitaru.config import private_dir
 from kitaru.errors import KitaruConflictError, KitaruNotFoundError, KitaruStoreError
 
 __all__ = ["FilesystemArtifactStore"]
@@ -19,6 +20,9 @@ class FilesystemArtifactStore:
     A blob is written to a temporary file in its final directory and renamed into place, so a reader
     never sees half a blob and a crash leaves at most a stray temporary file. ``KITARU_FSYNC=1`` adds
     an fsync before the rename for power-loss durability.
+
+    Artifacts hold inputs, prompts and answers: the directories it creates are 0700 and its blobs
+    0600 (``mkstemp``'s mode, kept by the link into place), whatever the umask.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -50,7 +54,7 @@ class FilesystemArtifactStore:
             self._check_same(path, chunks)
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         except OSError as exc:
             raise KitaruStoreError(
