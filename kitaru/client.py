@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kitaru._engine.runtime import INFLIGHT
 from kitaru.errors import (
     KitaruError,
     KitaruNotFoundError,
@@ -27,13 +28,17 @@ class CheckpointCall:
     call_id: str
     function: str
     status: str
-    """``completed``, ``failed`` (no attempt left), ``retrying``, or ``running``."""
+    """``completed``, ``failed`` (no attempt left), ``retrying``, or ``interrupted`` (a crash cut
+    its last attempt short; it runs again when the execution resumes)."""
     attempts: int
     output_artifact: str | None
     started_at: float | None
     ended_at: float | None
     error: str | None
     metadata: dict[str, Any]
+    interrupted: int = 0
+    """Attempts cut short by a crash of their runner (counted in ``attempts``). Only attempts
+    that lasted past one of the runner's heartbeats are seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,9 @@ class Artifact:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
 
 
+_ATTEMPT_KINDS = frozenset({"checkpoint_completed", "checkpoint_failed", "checkpoint_interrupted"})
+
+
 def fold_journal(
     journal: list[JournalRecord],
 ) -> tuple[list[CheckpointCall], list[Wait], dict[str, Any]]:
@@ -124,13 +132,30 @@ def fold_journal(
     flow_meta: dict[str, Any] = {}
     call_meta: dict[str, dict[str, Any]] = {}
     for r in journal:
-        if r.kind in ("checkpoint_completed", "checkpoint_failed") and r.call_id:
+        if r.kind in _ATTEMPT_KINDS and r.call_id:
             data = r.data or {}
             c = calls.setdefault(
                 r.call_id,
-                {"function": r.name, "attempts": 0, "started_at": data.get("started_at", r.ts)},
+                {
+                    "function": r.name,
+                    "attempts": 0,
+                    "records": 0,
+                    "interrupted": 0,
+                    "started_at": data.get("started_at", r.ts),
+                    "ended_at": None,
+                    "status": "interrupted",
+                    "output": None,
+                    "error": None,
+                },
             )
-            c["attempts"] = max(c["attempts"], r.attempt or 1)
+            # Attempt numbers restart when a runner takes over, so each attempt record counts too.
+            c["records"] += 1
+            c["attempts"] = max(c["attempts"], r.attempt or 1, c["records"])
+            if r.kind == "checkpoint_interrupted":
+                c["interrupted"] += 1
+                if c["status"] != "completed":
+                    c["status"] = "interrupted"
+                continue
             c["ended_at"] = r.ts
             if r.kind == "checkpoint_completed":
                 c.update(status="completed", output=r.artifact_id, error=None)
@@ -172,6 +197,7 @@ def fold_journal(
             ended_at=c["ended_at"],
             error=c["error"],
             metadata=call_meta.get(cid, {}),
+            interrupted=c["interrupted"],
         )
         for cid, c in calls.items()
     ]
@@ -461,7 +487,8 @@ def _execution_view(
         target=r.target,
         error=r.error,
         original_exec_id=r.original_exec_id,
-        metadata={**r.metadata, **flow_meta},
+        # The heartbeat's note of attempts in flight is bookkeeping, not the user's metadata.
+        metadata={**{k: v for k, v in r.metadata.items() if k != INFLIGHT}, **flow_meta},
         checkpoints=tuple(calls),
         waits=tuple(waits),
         result_artifact=r.result_artifact,

@@ -32,6 +32,7 @@ from kitaru.store import TERMINAL_STATUSES, ArtifactRecord, ExecutionRecord, Jou
 
 from .capture import capturing
 from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, running_loop
+from .interrupted import note_interrupted
 from .runtime import Runtime, get_runtime
 
 if TYPE_CHECKING:
@@ -225,6 +226,7 @@ def _drive_sync(
 ) -> Outcome:
     runtime.track(execution.id)
     try:
+        journal = note_interrupted(runtime, execution, journal)
         while True:
             ctx = _pass_context(runtime, execution, started, journal)
             journal = None  # a second pass (an answer came while suspending) rereads it
@@ -257,6 +259,7 @@ async def _drive_async(
 ) -> Outcome:
     runtime.track(execution.id)
     try:
+        journal = note_interrupted(runtime, execution, journal)
         while True:
             ctx = _pass_context(runtime, execution, started, journal)
             journal = None

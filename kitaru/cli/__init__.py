@@ -87,7 +87,7 @@ def _describe(execution: Any) -> str:
                 c.attempts,
                 f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None,
                 c.output_artifact,
-                json.dumps(c.metadata) if c.metadata else (c.error or None),
+                _notes(c),
             )
             for c in execution.checkpoints
         ]
@@ -103,6 +103,12 @@ def _describe(execution: Any) -> str:
     for w in execution.open_waits:
         lines.append(f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON")
     return "\n".join(lines)
+
+
+def _notes(call: Any) -> str | None:
+    notes = [f"interrupted x{call.interrupted} (its runner died)"] if call.interrupted else []
+    notes.append(json.dumps(call.metadata) if call.metadata else (call.error or ""))
+    return "; ".join(n for n in notes if n) or None
 
 
 @executions.command("get")
