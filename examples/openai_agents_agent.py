@@ -6,8 +6,8 @@ Needs `pip install 'kitaru[openai-agents]'`. The model is an offline implementat
 Model interface, so no key or network is needed; give the Agent a real model name to use one.
 
 `per_call` (default) checkpoints each model call and tool call; `runner_call` makes the whole
-Runner.run one checkpoint. Either way the run suspends on `triage.approve.refund` and the process
-exits; approving it resumes the run, replaying what already ran:
+Runner.run one checkpoint. The run suspends on `triage.approve.refund` (`triage_run.approve.refund`
+with runner_call) and the process exits; approving it resumes the run, replaying what already ran:
 
     kitaru executions input <exec_id> --value true
     kitaru executions get <exec_id>

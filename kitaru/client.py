@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kitaru._engine.runtime import INFLIGHT
 from kitaru._ids import MAX_ID_LENGTH
 from kitaru.errors import (
     KitaruError,
@@ -34,7 +35,8 @@ class CheckpointCall:
     call_id: str
     function: str
     status: str
-    """``completed``, ``failed`` (no attempt left), ``retrying``, or ``running``."""
+    """``completed``, ``failed`` (no attempt left), ``retrying``, or ``interrupted`` (a crash cut
+    its last attempt short; it runs again when the execution resumes)."""
     attempts: int
     output_artifact: str | None
     started_at: float | None
@@ -45,6 +47,9 @@ class CheckpointCall:
     """For a replay: the execution whose recorded output this call reused (it did not run here)."""
     overridden: bool = False
     """For a replay: the reused output was replaced by an ``--override``."""
+    interrupted: int = 0
+    """Attempts cut short by a crash of their runner (counted in ``attempts``). Only attempts
+    that lasted past one of the runner's heartbeats are seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +196,9 @@ class Artifact:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
 
 
+_ATTEMPT_KINDS = frozenset({"checkpoint_completed", "checkpoint_failed", "checkpoint_interrupted"})
+
+
 def fold_journal(
     journal: list[JournalRecord],
 ) -> tuple[list[CheckpointCall], list[Wait], dict[str, Any]]:
@@ -200,13 +208,32 @@ def fold_journal(
     flow_meta: dict[str, Any] = {}
     call_meta: dict[str, dict[str, Any]] = {}
     for r in journal:
-        if r.kind in ("checkpoint_completed", "checkpoint_failed") and r.call_id:
+        if r.kind in _ATTEMPT_KINDS and r.call_id:
             data = r.data or {}
             c = calls.setdefault(
                 r.call_id,
-                {"function": r.name, "attempts": 0, "started_at": data.get("started_at", r.ts)},
+                {
+                    "function": r.name,
+                    "attempts": 0,
+                    "records": 0,
+                    "interrupted": 0,
+                    "started_at": data.get("started_at", r.ts),
+                    "ended_at": None,
+                    "status": "interrupted",
+                    "output": None,
+                    "error": None,
+                    "reused_from": None,
+                    "overridden": False,
+                },
             )
-            c["attempts"] = max(c["attempts"], r.attempt or 1)
+            # Attempt numbers restart when a runner takes over, so each attempt record counts too.
+            c["records"] += 1
+            c["attempts"] = max(c["attempts"], r.attempt or 1, c["records"])
+            if r.kind == "checkpoint_interrupted":
+                c["interrupted"] += 1
+                if c["status"] != "completed":
+                    c["status"] = "interrupted"
+                continue
             c["ended_at"] = r.ts
             # A replay's seeded record: the call did not run in this execution, so it has no start
             # (and no duration) here; its original run's timing belongs to the original.
@@ -258,6 +285,7 @@ def fold_journal(
             metadata=call_meta.get(cid, {}),
             reused_from=c["reused_from"],
             overridden=c["overridden"],
+            interrupted=c["interrupted"],
         )
         for cid, c in calls.items()
     ]
@@ -605,7 +633,8 @@ def _execution_view(
         target=r.target,
         error=r.error,
         original_exec_id=r.original_exec_id,
-        metadata={**r.metadata, **flow_meta},
+        # The heartbeat's note of attempts in flight is bookkeeping, not the user's metadata.
+        metadata={**{k: v for k, v in r.metadata.items() if k != INFLIGHT}, **flow_meta},
         checkpoints=tuple(calls),
         waits=tuple(waits),
         result_artifact=r.result_artifact,

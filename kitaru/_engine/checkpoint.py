@@ -223,25 +223,30 @@ class Checkpoint(Generic[P, R]):
         if hit:
             return value
         attempt = 1
+        runtime = ctx.runtime
         while True:
             frame = CallFrame(call, ctx)
             started = self._started(call, attempt, fingerprint, lineage)
-            token = _current_call.set(frame)
+            runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
             try:
-                value = self.fn(*args, **kwargs)
-            except Exception as exc:
-                records, delay = self._failed(frame, started, exc)
-                ctx.commit(records)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                attempt += 1
-                continue
+                token = _current_call.set(frame)
+                try:
+                    value = self.fn(*args, **kwargs)
+                except Exception as exc:
+                    records, delay = self._failed(frame, started, exc)
+                    ctx.commit(records)
+                    if delay is None:
+                        raise
+                    time.sleep(delay)
+                    attempt += 1
+                    continue
+                finally:
+                    _current_call.reset(token)
+                records, artifacts = self._succeeded(frame, started, value)
+                ctx.commit(records, artifacts)
+                return value
             finally:
-                _current_call.reset(token)
-            records, artifacts = self._succeeded(frame, started, value)
-            ctx.commit(records, artifacts)
-            return value
+                runtime.call_ended(ctx.exec_id, call.call_id)
 
     async def _run_async(
         self, ctx: ExecutionContext, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -257,25 +262,30 @@ class Checkpoint(Generic[P, R]):
             ctx.tasks.add(task)
         try:
             attempt = 1
+            runtime = ctx.runtime
             while True:
                 frame = CallFrame(call, ctx)
                 started = self._started(call, attempt, fingerprint, lineage)
-                token = _current_call.set(frame)
+                runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
                 try:
-                    value = await self.fn(*args, **kwargs)
-                except Exception as exc:
-                    records, delay = self._failed(frame, started, exc)
-                    await ctx.commit_async(records, ())
-                    if delay is None:
-                        raise
-                    await asyncio.sleep(delay)
-                    attempt += 1
-                    continue
+                    token = _current_call.set(frame)
+                    try:
+                        value = await self.fn(*args, **kwargs)
+                    except Exception as exc:
+                        records, delay = self._failed(frame, started, exc)
+                        await ctx.commit_async(records, ())
+                        if delay is None:
+                            raise
+                        await asyncio.sleep(delay)
+                        attempt += 1
+                        continue
+                    finally:
+                        _current_call.reset(token)
+                    records, artifacts = self._succeeded(frame, started, value)
+                    await ctx.commit_async(records, artifacts)
+                    return value
                 finally:
-                    _current_call.reset(token)
-                records, artifacts = self._succeeded(frame, started, value)
-                await ctx.commit_async(records, artifacts)
-                return value
+                    runtime.call_ended(ctx.exec_id, call.call_id)
         finally:
             if task is not None:
                 ctx.tasks.discard(task)

@@ -27,6 +27,7 @@ from kitaru.errors import (
     KitaruLeaseError,
     KitaruNotFoundError,
     KitaruStateError,
+    KitaruStoreError,
     KitaruTimeoutError,
     KitaruUsageError,
 )
@@ -34,6 +35,7 @@ from kitaru.store import TERMINAL_STATUSES, ArtifactRecord, ExecutionRecord, Jou
 
 from .capture import capturing
 from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, logger, running_loop
+from .interrupted import note_interrupted
 from .runtime import Runtime, get_runtime
 
 if TYPE_CHECKING:
@@ -279,6 +281,7 @@ def _drive_sync(
 ) -> Outcome:
     runtime.track(execution.id)
     try:
+        journal = note_interrupted(runtime, execution, journal)
         while True:
             ctx = _pass_context(runtime, execution, started, journal)
             journal = None  # a second pass (an answer came while suspending) rereads it
@@ -311,6 +314,7 @@ async def _drive_async(
 ) -> Outcome:
     runtime.track(execution.id)
     try:
+        journal = note_interrupted(runtime, execution, journal)
         while True:
             ctx = _pass_context(runtime, execution, started, journal)
             journal = None
@@ -341,17 +345,35 @@ async def _drive_async(
 # -- handles ----------------------------------------------------------------------------------
 
 
-def _result_of(runtime: Runtime, exec_id: str, local: Outcome | None) -> Any:
+def _unreachable(exec_id: str, last_status: str | None, exc: KitaruStoreError) -> KitaruStoreError:
+    """The error a handle raises when the store fails under it: which execution, where it was last
+    seen, and the commands that pick it up once the store is back (the cause is chained)."""
+    seen = f"it was last seen {last_status}" if last_status else "its state was never read"
+    return KitaruStoreError(
+        f"execution {exec_id}: the state store failed while this handle waited for it ({exc}); "
+        f"{seen}. Once the store is reachable, `kitaru executions get {exec_id}` shows where it "
+        f"is: `kitaru executions resume {exec_id}` continues it if it was interrupted, "
+        f"`kitaru executions retry {exec_id}` if it failed."
+    )
+
+
+def _result_of(runtime: Runtime, exec_id: str, local: Outcome | None, last_status: str | None = None) -> Any:
     """The value of a finished execution, or the error that says why there is none."""
-    record = runtime.state.get_execution(exec_id)
+    try:
+        record = runtime.state.get_execution(exec_id)
+        if record is not None and record.status == "completed":
+            last_status = record.status
+            if local is not None and local.status == "completed":
+                return local.value
+            artifact = runtime.state.get_artifact(record.result_artifact or "")
+            assert artifact is not None, f"result artifact of {exec_id} is missing"
+            return runtime.load_artifact(artifact)
+    except KitaruStoreError as exc:
+        if isinstance(exc, KitaruLeaseError | KitaruConflictError):
+            raise
+        raise _unreachable(exec_id, last_status, exc) from exc
     if record is None:
         raise KitaruNotFoundError(f"no execution {exec_id!r}")
-    if record.status == "completed":
-        if local is not None and local.status == "completed":
-            return local.value
-        artifact = runtime.state.get_artifact(record.result_artifact or "")
-        assert artifact is not None, f"result artifact of {exec_id} is missing"
-        return runtime.load_artifact(artifact)
     if record.status == "cancelled":
         raise KitaruExecutionCancelledError(f"execution {exec_id} was cancelled.", exec_id=exec_id)
     cause = local.error if local is not None else None
@@ -392,14 +414,20 @@ class FlowHandle:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.01
-        while self.status not in TERMINAL_STATUSES:
+        last = self._outcome.status if self._outcome is not None else None
+        while (last := self._poll(last)) not in TERMINAL_STATUSES:
             if deadline is not None and time.monotonic() >= deadline:
-                raise KitaruTimeoutError(
-                    f"execution {self.exec_id} is still {self.status} after {timeout} s."
-                )
+                raise KitaruTimeoutError(f"execution {self.exec_id} is still {last} after {timeout} s.")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-        return _result_of(self._runtime, self.exec_id, self._outcome)
+        return _result_of(self._runtime, self.exec_id, self._outcome, last)
+
+    def _poll(self, last: str | None) -> str:
+        """The status now; a store failure names the execution and the last status seen."""
+        try:
+            return self.status
+        except KitaruStoreError as exc:
+            raise _unreachable(self.exec_id, last, exc) from exc
 
     get = wait
 
@@ -430,14 +458,19 @@ class AsyncFlowHandle:
         if self._task is not None:
             outcome = await asyncio.wait_for(asyncio.shield(self._task), timeout)
         delay = 0.01
-        while self.status not in TERMINAL_STATUSES:
+        last = outcome.status if outcome is not None else None
+        while (last := self._poll(last)) not in TERMINAL_STATUSES:
             if deadline is not None and loop.time() >= deadline:
-                raise KitaruTimeoutError(
-                    f"execution {self.exec_id} is still {self.status} after {timeout} s."
-                )
+                raise KitaruTimeoutError(f"execution {self.exec_id} is still {last} after {timeout} s.")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
-        return _result_of(self._runtime, self.exec_id, outcome)
+        return _result_of(self._runtime, self.exec_id, outcome, last)
+
+    def _poll(self, last: str | None) -> str:
+        try:
+            return self.status
+        except KitaruStoreError as exc:
+            raise _unreachable(self.exec_id, last, exc) from exc
 
 
 class _SkippedFlowHandle(FlowHandle):

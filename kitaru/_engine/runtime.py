@@ -15,9 +15,10 @@ from kitaru import serialization
 from kitaru._ids import new_id
 from kitaru.config import env_float
 from kitaru.errors import KitaruNotFoundError, KitaruStoreError
-from kitaru.store import ArtifactRecord, ArtifactStore, StateStore
+from kitaru.store import ArtifactRecord, ArtifactStore, JournalRecord, StateStore
 
 __all__ = [
+    "INFLIGHT",
     "Runtime",
     "close_stack_runtimes",
     "get_runtime",
@@ -25,6 +26,9 @@ __all__ = [
     "set_runtime",
     "use_runtime",
 ]
+
+#: Execution metadata key under which the heartbeat notes the checkpoint attempts in flight.
+INFLIGHT = "inflight"
 
 #: Serialized values up to this size live inline in the state store; larger ones are
 #: content-addressed blobs in the artifact store.
@@ -56,6 +60,9 @@ class Runtime:
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
         self._foreign: dict[str, ArtifactStore] = {}
+        # Checkpoint attempts running now, per execution, and what the heartbeat last wrote of them.
+        self._inflight: dict[str, dict[str, dict[str, Any]]] = {}
+        self._noted: dict[str, dict[str, dict[str, Any]]] = {}
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -74,6 +81,8 @@ class Runtime:
             left = self._active.get(exec_id, 0) - 1
             if left <= 0:
                 self._active.pop(exec_id, None)
+                self._inflight.pop(exec_id, None)
+                self._noted.pop(exec_id, None)
             else:
                 self._active[exec_id] = left
 
@@ -95,6 +104,42 @@ class Runtime:
                 continue
             with self._lock:
                 self._cancelled.update(i for i, s in statuses.items() if s == "cancelled")
+            self._note_inflight(ids)
+
+    # -- attempts in flight (so a crash that cuts one short is visible after resume) ---------
+
+    def call_started(self, exec_id: str, started: JournalRecord) -> None:
+        """Note a checkpoint attempt as running (``started``: its never-committed start record)."""
+        note = {
+            "attempt": started.attempt or 1,
+            "name": started.name,
+            "started_at": (started.data or {}).get("started_at", started.ts),
+        }
+        with self._lock:
+            self._inflight.setdefault(exec_id, {})[started.call_id or ""] = note
+
+    def call_ended(self, exec_id: str, call_id: str) -> None:
+        with self._lock:
+            calls = self._inflight.get(exec_id)
+            if calls is not None:
+                calls.pop(call_id, None)
+
+    def _note_inflight(self, exec_ids: list[str]) -> None:
+        """Write each execution's attempts in flight to its metadata when they changed since the
+        last beat. This rides on the heartbeat, not on checkpoints: a checkpoint stays one commit,
+        and an attempt shorter than a beat may go unnoted (its crash then leaves no trace)."""
+        for exec_id in exec_ids:
+            with self._lock:
+                now = {call_id: dict(note) for call_id, note in self._inflight.get(exec_id, {}).items()}
+            if now == self._noted.get(exec_id, {}):
+                continue
+            try:
+                self.state.commit(exec_id, [], owner=self.owner, metadata={INFLIGHT: now})
+            except Exception:
+                continue  # lease lost or store down: the owner check and the next beat handle it
+            with self._lock:
+                if exec_id in self._active:
+                    self._noted[exec_id] = now
 
     def close(self) -> None:
         self._stop.set()

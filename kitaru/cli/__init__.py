@@ -80,11 +80,7 @@ def _checkpoint_row(c: Any) -> tuple[Any, ...]:
         status = c.status
         took = f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None
         notes = None
-    if c.metadata:
-        notes = json.dumps(c.metadata) + (f"; {notes}" if notes else "")
-    elif c.error:
-        notes = c.error
-    return (c.call_id, c.function, status, c.attempts, took, c.output_artifact, notes)
+    return (c.call_id, c.function, status, c.attempts, took, c.output_artifact, _notes(c, notes))
 
 
 def _describe(execution: Any, client: Any) -> str:
@@ -118,6 +114,13 @@ def _describe(execution: Any, client: Any) -> str:
     for w in execution.open_waits:
         lines.append(f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON")
     return "\n".join(lines)
+
+
+def _notes(call: Any, reused: str | None = None) -> str | None:
+    notes = [f"interrupted x{call.interrupted} (its runner died)"] if call.interrupted else []
+    notes.append(json.dumps(call.metadata) if call.metadata else (call.error or ""))
+    notes.append(reused or "")
+    return "; ".join(n for n in notes if n) or None
 
 
 @executions.command("get")

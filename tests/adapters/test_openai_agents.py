@@ -91,7 +91,7 @@ class TestPerCall:
             return str(durable.run_sync(q).final_output)
 
         handle = f.run("hi")
-        assert handle.wait() == "final after 3 calls"
+        assert handle.wait(timeout=60) == "final after 3 calls"
         assert completed(runtime, handle.exec_id) == [
             "helper.model",
             "helper.tool.tool_a",
@@ -126,7 +126,7 @@ class TestPerCall:
 
         handle = f.run()
         assert handle.status == "waiting" and model.calls == 3
-        assert KitaruClient().executions.input(handle.exec_id, None).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60) == "final after 3 calls"
         assert model.calls == 3 and ran == {"tool_a": 1, "tool_b": 1}
         assert "input_changed" not in [r.kind for r in runtime.state.read_journal(handle.exec_id)]
 
@@ -145,7 +145,7 @@ class TestPerCall:
 
         handle = f.run()
         assert completed(runtime, handle.exec_id) == ["triage.model", "triage.model:2"]
-        assert KitaruClient().executions.input(handle.exec_id, None).wait().startswith("specialist")
+        assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60).startswith("specialist")
         assert (triage_model.calls, specialist_model.calls) == (1, 1)
         logs = [r.data for r in runtime.state.read_journal(handle.exec_id) if r.kind == "log"]
         assert [d["agent"] for d in logs if d] == ["triage", "specialist"]
@@ -165,7 +165,7 @@ class TestPerCall:
             return [str((await durable.run("hi")).final_output), await inside()]
 
         async def app() -> list[str]:
-            return await (await f.start()).result()
+            return await (await f.start()).result(timeout=60)
 
         assert asyncio.run(app()) == ["final after 3 calls", "final after 3 calls"]
 
@@ -177,7 +177,7 @@ class TestPerCall:
             return str(durable.run_sync("hi", previous_response_id="resp_1").final_output)
 
         with pytest.raises(kitaru.KitaruUsageError, match="previous_response_id"):
-            f.run().wait()
+            f.run().wait(timeout=60)
 
 
 class TestApprovals:
@@ -193,7 +193,7 @@ class TestApprovals:
         assert handle.status == "waiting" and ran == {"tool_a": 1} and model.calls == 2
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
         assert w.name == "helper.approve.tool_b" and "tool_b(x=2)" in (w.question or "")
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 calls"
         assert ran == {"tool_a": 1, "tool_b": 1} and model.calls == 3
 
     def test_denied_tools_never_run(self, runtime: Runtime) -> None:
@@ -205,7 +205,7 @@ class TestApprovals:
             return durable.run_sync("hi").to_input_list()
 
         handle = f.run()
-        items = KitaruClient().executions.input(handle.exec_id, False).wait()
+        items = KitaruClient().executions.input(handle.exec_id, False).wait(timeout=60)
         assert ran == {"tool_a": 1}
         outputs = [i for i in items if i.get("type") == "function_call_output" and i.get("call_id") == "c2"]
         assert outputs and "tool_b" not in ran
@@ -221,7 +221,7 @@ class TestApprovals:
         handle = f.run()
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
         assert w.name == "helper.approve.tool_a"
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 calls"
 
 
 class TestRunnerCall:
@@ -237,7 +237,7 @@ class TestRunnerCall:
 
         handle = f.run()
         assert completed(runtime, handle.exec_id) == ["helper.run"]
-        outcome = KitaruClient().executions.input(handle.exec_id, None).wait()
+        outcome = KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60)
         assert isinstance(outcome, RunOutcome)
         assert outcome.final_output == "final after 3 calls" and outcome.last_agent == "helper"
         assert model.calls == 3 and ran == {"tool_a": 1, "tool_b": 1}
@@ -252,7 +252,7 @@ class TestRunnerCall:
 
         handle = f.run()
         assert handle.status == "waiting" and model.calls == 2
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 calls"
         assert completed(runtime, handle.exec_id) == ["helper.run", "helper.run:2"]
         assert model.calls == 3 and ran == {"tool_a": 1, "tool_b": 1}
 

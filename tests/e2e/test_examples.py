@@ -150,12 +150,118 @@ def _processes_running(fragment: str) -> bool:
     return False
 
 
-def test_readme_fragments_are_valid_python() -> None:
-    # ```py blocks are fragments of the runnable examples/ files (each run above); they must at
-    # least parse, so a renamed argument or a typo shows up here.
+#: The comment that marks a README Python block as a fragment: parsed, not run. It must say why.
+NOT_RUN = re.compile(r"<!-- not-run: fragment \((?P<why>[^)]+)\) -->\n$")
+
+
+def python_blocks() -> list[tuple[int, str, str | None]]:
+    """Every ```python and ```py block: its line, its code, and why it is not run (None: it runs)."""
+    found = []
+    for match in re.finditer(r"```(?:python|py)\n(.*?)```", README, flags=re.S):
+        before = README[: match.start()]
+        marker = NOT_RUN.search(before[before.rstrip("\n").rfind("\n") + 1 :])
+        found.append((before.count("\n") + 1, match.group(1), marker.group("why") if marker else None))
+    return found
+
+
+def test_readme_marks_its_fragments() -> None:
+    blocks_found = python_blocks()
+    assert len(blocks_found) >= 3
+    # A marker anywhere else (a typo, a marker before a bash block) would skip nothing: refuse it.
+    assert README.count("<!-- not-run:") == sum(why is not None for _, _, why in blocks_found)
     import ast
 
-    fragments = blocks("py")
-    assert fragments
-    for fragment in fragments:
-        ast.parse(fragment)
+    for line, code, _why in blocks_found:
+        try:
+            ast.parse(code)  # fragments must at least parse: a renamed argument shows up here
+        except SyntaxError as exc:
+            raise AssertionError(f"README.md line {line}: {exc}") from None
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [pytest.param(line, code, id=f"line{line}") for line, code, why in python_blocks() if why is None],
+)
+def test_every_readme_python_block_runs(
+    line: int, code: str, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Offline, in a fresh process, with a home of its own."""
+    script = tmp_path / f"readme_line_{line}.py"
+    script.write_text(code)
+    env = {**subprocess_env, "KITARU_HOME": str(tmp_path / "home")}
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env.pop(proxy, None)
+    env["NO_PROXY"] = env["no_proxy"] = "*"
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"README.md line {line}:\n{done.stderr}"
+
+
+#: Each agent example, the wait it stops at, and how its result starts once approved.
+APPROVALS = [
+    ("quickstart.py", [], "approve_draft"),
+    ("llm_calls.py", [], "approve"),
+    ("pydantic_ai_agent.py", [], "support.approve.refund"),
+    ("openai_agents_agent.py", ["per_call"], "triage.approve.refund"),
+    ("openai_agents_agent.py", ["runner_call"], "triage_run.approve.refund"),
+    ("crewai_crew.py", [], "approve_draft"),
+]
+
+
+@pytest.mark.parametrize(
+    ("example", "args", "wait_name"), APPROVALS, ids=[" ".join([e, *a]) for e, a, _ in APPROVALS]
+)
+def test_agent_example_stops_at_its_approval_and_completes_once_answered(
+    example: str,
+    args: list[str],
+    wait_name: str,
+    tmp_path: Path,
+    subprocess_env: dict[str, str],
+    kitaru_cli: list[str],
+    kitaru_home: Path,
+) -> None:
+    started = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / example), *args],
+        env=subprocess_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert started.returncode == 0, started.stderr
+    if "is not installed" in started.stdout:
+        pytest.skip(started.stdout.strip())
+    match = re.search(r"execution (\w+)\b.* waiting for approval", started.stdout)
+    assert match, started.stdout
+    exec_id = match.group(1)
+    assert f"kitaru executions input {exec_id} --value true" in started.stdout
+
+    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    try:
+        execution = store.get_execution(exec_id)
+        assert execution is not None and execution.status == "waiting"
+        journal = store.read_journal(exec_id)
+        opened = [r.call_id for r in journal if r.kind == "wait_opened"]
+        assert opened == [wait_name]  # stopped at its approval, and nothing else
+        done_before = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
+
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        answered = subprocess.run(
+            [*kitaru_cli, "executions", "input", exec_id, "--value", "true"],
+            env=subprocess_env,
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert answered.returncode == 0, answered.stderr
+        assert f"execution {exec_id} is completed" in answered.stdout
+        final = store.get_execution(exec_id)
+        assert final is not None and final.status == "completed" and final.result_artifact
+        after = Counter(r.call_id for r in store.read_journal(exec_id) if r.kind == "checkpoint_completed")
+        # Everything completed before the approval was reused, not run again.
+        assert all(after[call] == 1 for call in done_before), after
+    finally:
+        store.close()

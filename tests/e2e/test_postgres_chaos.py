@@ -89,7 +89,7 @@ def test_flow_retries_through_server_restarts(
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(60)
     assert proc.returncode == 0, err
     exec_id, status = out.split()
     if status != "completed":
@@ -124,7 +124,7 @@ def test_server_down_too_long_is_a_clear_error_then_resume_completes(
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(60)
     assert proc.returncode != 0, out
     assert "KitaruStoreError" in err and "cannot reach the PostgreSQL state store" in err, err
     assert f"127.0.0.1:{postgres_cluster.port}" in err

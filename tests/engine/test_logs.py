@@ -93,7 +93,7 @@ class TestLogs:
     def test_concurrent_checkpoints_keep_their_own_lines_in_order(self, runtime: Runtime) -> None:
         async def main() -> str:
             handle = await concurrent.start()
-            await handle.result()
+            await handle.result(timeout=60)
             return handle.exec_id
 
         exec_id = asyncio.run(main())
@@ -106,7 +106,7 @@ class TestLogs:
     def test_failed_attempts_keep_their_output(self, runtime: Runtime) -> None:
         ATTEMPTS["n"] = 0
         handle = retrying.run()
-        assert handle.wait() == "ok"
+        assert handle.wait(timeout=60) == "ok"
         texts = [e.text for e in KitaruClient().executions.logs(handle.exec_id)]
         assert texts == ["attempt 1\n", "attempt 2\n"]
 

@@ -72,7 +72,7 @@ class TestSchema:
         errors: list[BaseException] = []
 
         def open_one() -> None:
-            barrier.wait()
+            barrier.wait(timeout=60)
             try:
                 PostgresStateStore(dsn, min_size=1, max_size=1).close()
             except BaseException as exc:

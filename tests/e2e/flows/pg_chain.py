@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
     record = state.get_execution(argv[1])
     assert record is not None, argv[1]
     handle = executions.retry(record.id) if record.status == "failed" else executions.resume(record.id)
-    print(handle.exec_id, handle.wait(), handle.status, flush=True)
+    print(handle.exec_id, handle.wait(timeout=60), handle.status, flush=True)
     return 0
 
 
