@@ -301,13 +301,14 @@ class _Executions:
 
     def _take_over(self, exec_id: str, allowed: set[str]) -> Any:
         from kitaru._engine.flow import load_flow
+        from kitaru.store import _rules
 
         runtime = self._client._runtime
         record = self._record(exec_id)
+        if record.status in _rules.FINAL_STATUSES:
+            raise _rules.final_error(record.id, record.status, "run again")
         if record.status not in allowed:
             hint = {
-                "completed": "it is done; its result is in `kitaru executions get " + record.id + "`",
-                "cancelled": "a cancelled execution does not run again",
                 "failed": f"continue it with `kitaru executions retry {record.id}`",
                 "waiting": f"answer its wait with `kitaru executions input {record.id} --value JSON`",
                 "running": f"resume it with `kitaru executions resume {record.id}`",
@@ -469,6 +470,10 @@ def _execution_view(
 
 
 def _choose_wait(execution: Execution, name: str | None) -> Wait:
+    from kitaru.store import _rules
+
+    if execution.status == "cancelled":  # before naming waits: none of them is open now
+        raise _rules.final_error(execution.id, execution.status, "take an answer")
     open_waits = execution.open_waits
     if name is not None:
         for w in execution.waits:

@@ -70,8 +70,13 @@ class Runtime:
                 self._active[exec_id] = left
 
     def cancelled(self, exec_id: str) -> bool:
-        """Whether a cancel of ``exec_id`` was seen by the heartbeat (checked at call boundaries)."""
+        """Whether a cancel of ``exec_id`` was seen, by a commit or the heartbeat (checked at call
+        boundaries, so concurrent calls of the same execution stop too)."""
         return exec_id in self._cancelled
+
+    def saw_cancel(self, exec_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(exec_id)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
