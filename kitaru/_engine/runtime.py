@@ -18,6 +18,31 @@ from kitaru.store import ArtifactRecord, ArtifactStore, StateStore
 
 __all__ = ["Runtime", "close_stack_runtimes", "get_runtime", "set_runtime", "use_runtime"]
 
+#: The shortest lease that holds: a runner renews every TTL/3 seconds (at most every
+#: ``KITARU_HEARTBEAT`` seconds), so a lease survives two late renewals; below this, one stall of the
+#: process or the store lets another process take over a live runner and run its work twice.
+MIN_LEASE_TTL = 3.0
+_DEFAULT_LEASE_TTL = 30.0
+_DEFAULT_HEARTBEAT = 2.0
+
+
+def lease_timing(lease_ttl: float | None = None, heartbeat: float | None = None) -> tuple[float, float]:
+    """The lease TTL (``KITARU_LEASE_TTL``) and the heartbeat derived from it: TTL/3, capped at
+    ``KITARU_HEARTBEAT`` (default 2 s). A TTL too short to hold is a KitaruConfigError."""
+    from kitaru.errors import KitaruConfigError
+
+    ttl = lease_ttl if lease_ttl is not None else env_float("KITARU_LEASE_TTL", _DEFAULT_LEASE_TTL)
+    if not ttl >= MIN_LEASE_TTL:
+        raise KitaruConfigError(
+            f"KITARU_LEASE_TTL={ttl:g} is too short for a lease to hold: a runner renews its lease "
+            f"every TTL/3 seconds, and with less than {MIN_LEASE_TTL:g} s one slow renewal lets "
+            "another process take over a live runner and run its checkpoints a second time. Set "
+            f"KITARU_LEASE_TTL to {MIN_LEASE_TTL:g} or more (default {_DEFAULT_LEASE_TTL:g})."
+        )
+    cap = heartbeat or env_float("KITARU_HEARTBEAT", _DEFAULT_HEARTBEAT)
+    return ttl, min(cap, ttl / 3) if cap > 0 else ttl / 3
+
+
 #: Serialized values up to this size live inline in the state store; larger ones are
 #: content-addressed blobs in the artifact store.
 INLINE_LIMIT = 64 * 1024
@@ -39,8 +64,7 @@ class Runtime:
         self.state = state
         self.artifacts = artifacts
         self.stack_name = stack_name
-        self.lease_ttl = lease_ttl or env_float("KITARU_LEASE_TTL", 30.0)
-        self.heartbeat_interval = heartbeat_interval or env_float("KITARU_HEARTBEAT", 2.0)
+        self.lease_ttl, self.heartbeat_interval = lease_timing(lease_ttl, heartbeat_interval)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._active: dict[str, int] = {}
         self._cancelled: set[str] = set()
@@ -168,6 +192,7 @@ _stack_runtimes: dict[str, Runtime] = {}
 def _open_runtime(stack_name: str | None) -> Runtime:
     from kitaru.stack import load_stack
 
+    lease_timing()  # a lease setting that cannot hold fails before any store is opened
     stack = load_stack(stack_name)
     return Runtime(stack.state_store(), stack.artifact_store(), stack_name=stack.name)
 
