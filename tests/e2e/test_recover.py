@@ -127,7 +127,7 @@ def test_recover_from_two_processes_at_once_after_a_sigkill(
 def test_recover_times_out_a_wait_past_its_deadline(
     tmp_path: Path, env: dict[str, str], kitaru_cli: list[str], kitaru_home: Path
 ) -> None:
-    env = {**env, "WAIT_TIMEOUT": "1"}
+    env = {**env, "WAIT_TIMEOUT": "3"}
     started = subprocess.run(
         [sys.executable, str(FLOWS / "hold_and_count.py"), "approval"],
         env=env,
