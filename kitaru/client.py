@@ -22,7 +22,7 @@ from kitaru.errors import (
 )
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
-__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Wait"]
+__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Recovery", "Wait"]
 
 #: Serializers whose bytes are JSON: inspection shows them without importing or running code.
 JSON_SERIALIZERS = frozenset({"json", "pydantic", "dataclass"})
@@ -105,6 +105,25 @@ class Execution:
     @property
     def open_waits(self) -> list[Wait]:
         return [w for w in self.waits if w.status == "open"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What ``recover()`` did with one execution that nobody moved on."""
+
+    exec_id: str
+    flow: str
+    reason: str
+    """``runner_gone`` (running, its runner dead or its lease expired) or ``wait_deadline`` (waiting,
+    a wait's deadline passed)."""
+    outcome: str
+    """The status this process left it in (``completed``, ``failed``, ``waiting``, ``cancelled``),
+    ``skipped`` (another runner drives it, or it moved on meanwhile) or ``error`` (it could not be
+    driven here, e.g. its code does not import)."""
+    detail: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -427,13 +446,14 @@ class _Executions:
 
     def _take_over(self, exec_id: str, allowed: set[str]) -> Any:
         from kitaru._engine.flow import load_flow
+        from kitaru.store import _rules
 
         runtime = self._client._runtime
         record = self._record(exec_id)
+        if record.status in _rules.FINAL_STATUSES:
+            raise _rules.final_error(record.id, record.status, "run again")
         if record.status not in allowed:
             hint = {
-                "completed": "it is done; its result is in `kitaru executions get " + record.id + "`",
-                "cancelled": "a cancelled execution does not run again",
                 "failed": f"continue it with `kitaru executions retry {record.id}`",
                 "waiting": f"answer its wait with `kitaru executions input {record.id} --value JSON`",
                 "running": f"resume it with `kitaru executions resume {record.id}`",
@@ -454,6 +474,58 @@ class _Executions:
     def retry(self, exec_id: str) -> Any:
         """Continue a ``failed`` execution in place, reusing its completed checkpoints."""
         return self._take_over(exec_id, {"failed"})
+
+    def recover(self, *, limit: int = 100) -> builtins.list[Recovery]:
+        """Drive on, in this process, every execution that nobody moves on: ``running`` ones whose
+        runner is gone (its process died, or its lease expired), and ``waiting`` ones whose wait
+        deadline passed (their flow sees :class:`~kitaru.errors.KitaruWaitTimeoutError`, as an
+        in-process timeout does).
+
+        Safe to run from cron, or from several processes and hosts at once: taking each lease
+        decides who drives; the others skip it. Returns what happened to each, oldest first.
+        """
+        return [self._recover_one(record) for record in self._state.list_recoverable(limit=limit)]
+
+    def _recover_one(self, record: ExecutionRecord) -> Recovery:
+        from kitaru._engine.flow import load_flow
+        from kitaru.errors import KitaruLeaseError
+
+        runtime = self._client._runtime
+        reason = "runner_gone" if record.status == "running" else "wait_deadline"
+
+        def note(outcome: str, detail: str | None = None) -> Recovery:
+            return Recovery(record.id, record.flow, reason, outcome, detail)
+
+        try:
+            # The code first: an execution this process cannot drive keeps its state and lease.
+            flow_obj = load_flow(record.target, record.sys_path)
+            leased = self._state.acquire_lease(
+                record.id, runtime.owner, runtime.lease_ttl, allowed_statuses={record.status}
+            )
+        except KitaruLeaseError:
+            return note("skipped", "another runner drives it")
+        except KitaruStateError:
+            return note("skipped", "it moved on meanwhile")
+        except KitaruError as exc:
+            return note("error", str(exc))
+        try:
+            outcome = flow_obj.drive(runtime, leased, flow_obj.inputs_of(runtime, record.id))
+        except KitaruError as exc:
+            return note("error", str(exc))
+        if outcome.status == "lost":
+            return note("skipped", "another runner took it over")
+        return note(outcome.status, str(outcome.error) if outcome.error is not None else None)
+
+    def runner_gone(self, exec_id: str) -> bool:
+        """Whether a ``running`` execution has no live runner: its lease was released or expired,
+        or its holder was a process on this host that has exited. It will not move on by itself;
+        :meth:`recover` (or :meth:`resume`) drives it on."""
+        from kitaru.store import _rules
+
+        record = self._record(exec_id)
+        return record.status == "running" and _rules.lease_free(
+            record.lease_owner, record.lease_expires_at, time.time()
+        )
 
     def replay(
         self,
@@ -642,6 +714,10 @@ def _execution_view(
 
 
 def _choose_wait(execution: Execution, name: str | None) -> Wait:
+    from kitaru.store import _rules
+
+    if execution.status == "cancelled":  # before naming waits: none of them is open now
+        raise _rules.final_error(execution.id, execution.status, "take an answer")
     open_waits = execution.open_waits
     if name is not None:
         for w in execution.waits:

@@ -281,9 +281,16 @@ class ExecutionContext:
         self,
         records: Sequence[JournalRecord],
         artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        unwind: bool = True,
         **kw: Any,
     ) -> None:
-        """Commit records and artifacts (with anything pending) as this execution's runner."""
+        """Commit records and artifacts (with anything pending) as this execution's runner.
+
+        The store answers with the execution's status in the same transaction: when it says
+        ``cancelled`` (and ``unwind``), the records landed (that work is paid for) and the body
+        unwinds now with :class:`_Cancelled`, rather than running on until the next heartbeat.
+        """
         with self._pending_lock:
             if self._pending or self.pending_output:
                 records = [*self._pending, *self.pending_output, *records]
@@ -291,7 +298,11 @@ class ExecutionContext:
             if self._pending_metadata:
                 kw["metadata"] = {**self._pending_metadata, **(kw.get("metadata") or {})}
                 self._pending_metadata = {}
-        self.state.commit(self.exec_id, records, artifacts, owner=self.runtime.owner, **kw)
+        status = self.state.commit(self.exec_id, records, artifacts, owner=self.runtime.owner, **kw)
+        if status == "cancelled":
+            self.runtime.saw_cancel(self.exec_id)
+            if unwind:
+                raise _Cancelled()
 
     async def commit_async(
         self, records: Sequence[JournalRecord], artifacts: Sequence[ArtifactRecord]

@@ -237,18 +237,42 @@ def _settle_error(ctx: ExecutionContext, exc: Exception) -> Outcome:
     return Outcome("failed", error=exc)
 
 
+def _settle_cancelled(ctx: ExecutionContext) -> Outcome:
+    try:
+        ctx.commit([JournalRecord(kind="flow_cancelled", ts=time.time())], release_lease=True, unwind=False)
+    except KitaruLeaseError:
+        pass  # nobody holds it any more (cancelled while it was waiting): nothing left to release
+    return Outcome("cancelled")
+
+
 def _settle(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Outcome | None:
-    """Record how the body ended. None means: an answer arrived while suspending, run again."""
+    """Record how the body ended. None means: an answer arrived while suspending, run again.
+
+    A cancel that lands while the body ends wins: the store refuses to turn a cancelled execution
+    into ``completed``, ``failed`` or ``waiting``, and the runner records that it stopped instead.
+    """
+    try:
+        return _settle_as(ctx, value, exc)
+    except _Cancelled:
+        return _settle_cancelled(ctx)
+    except KitaruStateError:
+        record = ctx.state.get_execution(ctx.exec_id)
+        if record is not None and record.status == "cancelled":
+            ctx.runtime.saw_cancel(ctx.exec_id)
+            return _settle_cancelled(ctx)
+        raise
+
+
+def _settle_as(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Outcome | None:
     if exc is None:
         return _settle_value(ctx, value)
     if isinstance(exc, _Suspend):
-        ctx.commit([])  # flush anything pending before the process lets go
+        ctx.commit([])  # flush anything pending before the process lets go (and see a cancel)
         if ctx.state.suspend(ctx.exec_id, ctx.runtime.owner, ctx.suspended_on):
             return Outcome("waiting")
         return None
     if isinstance(exc, _Cancelled):
-        ctx.commit([JournalRecord(kind="flow_cancelled", ts=time.time())], release_lease=True)
-        return Outcome("cancelled")
+        return _settle_cancelled(ctx)
     if isinstance(exc, KitaruLeaseError | KitaruConflictError):
         # Another runner owns the execution now: stop without writing anything more.
         return Outcome("lost", error=exc)

@@ -30,6 +30,31 @@ __all__ = [
 #: Execution metadata key under which the heartbeat notes the checkpoint attempts in flight.
 INFLIGHT = "inflight"
 
+#: The shortest lease that holds: a runner renews every TTL/3 seconds (at most every
+#: ``KITARU_HEARTBEAT`` seconds), so a lease survives two late renewals; below this, one stall of the
+#: process or the store lets another process take over a live runner and run its work twice.
+MIN_LEASE_TTL = 3.0
+_DEFAULT_LEASE_TTL = 30.0
+_DEFAULT_HEARTBEAT = 2.0
+
+
+def lease_timing(lease_ttl: float | None = None, heartbeat: float | None = None) -> tuple[float, float]:
+    """The lease TTL (``KITARU_LEASE_TTL``) and the heartbeat derived from it: TTL/3, capped at
+    ``KITARU_HEARTBEAT`` (default 2 s). A TTL too short to hold is a KitaruConfigError."""
+    from kitaru.errors import KitaruConfigError
+
+    ttl = lease_ttl if lease_ttl is not None else env_float("KITARU_LEASE_TTL", _DEFAULT_LEASE_TTL)
+    if not ttl >= MIN_LEASE_TTL:
+        raise KitaruConfigError(
+            f"KITARU_LEASE_TTL={ttl:g} is too short for a lease to hold: a runner renews its lease "
+            f"every TTL/3 seconds, and with less than {MIN_LEASE_TTL:g} s one slow renewal lets "
+            "another process take over a live runner and run its checkpoints a second time. Set "
+            f"KITARU_LEASE_TTL to {MIN_LEASE_TTL:g} or more (default {_DEFAULT_LEASE_TTL:g})."
+        )
+    cap = heartbeat or env_float("KITARU_HEARTBEAT", _DEFAULT_HEARTBEAT)
+    return ttl, min(cap, ttl / 3) if cap > 0 else ttl / 3
+
+
 #: Serialized values up to this size live inline in the state store; larger ones are
 #: content-addressed blobs in the artifact store.
 INLINE_LIMIT = 64 * 1024
@@ -51,8 +76,7 @@ class Runtime:
         self.state = state
         self.artifacts = artifacts
         self.stack_name = stack_name
-        self.lease_ttl = lease_ttl or env_float("KITARU_LEASE_TTL", 30.0)
-        self.heartbeat_interval = heartbeat_interval or env_float("KITARU_HEARTBEAT", 2.0)
+        self.lease_ttl, self.heartbeat_interval = lease_timing(lease_ttl, heartbeat_interval)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._active: dict[str, int] = {}
         self._cancelled: set[str] = set()
@@ -87,8 +111,13 @@ class Runtime:
                 self._active[exec_id] = left
 
     def cancelled(self, exec_id: str) -> bool:
-        """Whether a cancel of ``exec_id`` was seen by the heartbeat (checked at call boundaries)."""
+        """Whether a cancel of ``exec_id`` was seen, by a commit or the heartbeat (checked at call
+        boundaries, so concurrent calls of the same execution stop too)."""
         return exec_id in self._cancelled
+
+    def saw_cancel(self, exec_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(exec_id)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
@@ -292,6 +321,7 @@ _read_only_runtimes: dict[str, Runtime] = {}
 def _open_runtime(stack_name: str | None, *, read_only: bool = False) -> Runtime:
     from kitaru.stack import load_stack
 
+    lease_timing()  # a lease setting that cannot hold fails before any store is opened
     stack = load_stack(stack_name)
     state = (
         stack.state_store(read_only=True) if read_only and _takes_read_only(stack) else stack.state_store()

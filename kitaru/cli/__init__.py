@@ -180,6 +180,14 @@ def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
             for w in execution.open_waits:
                 click.echo(f"waiting on {w.name!r}: kitaru executions input {execution.id} --value JSON")
             return
+        if client.executions.runner_gone(execution.id):
+            from kitaru.errors import KitaruStateError
+
+            raise KitaruStateError(
+                f"execution {execution.id} is running, but its runner is gone (its process exited or "
+                "its lease expired), so it will not move on by itself. Continue it with `kitaru "
+                f"executions recover` (or `kitaru executions resume {execution.id}`)."
+            )
         time.sleep(interval)
         execution = client.executions.get(execution.id)
 
@@ -389,6 +397,32 @@ def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, output: s
         if not follow or client.executions.get(full).status not in {"running"}:
             return
         time.sleep(0.5)
+
+
+@executions.command("recover")
+@click.option("--limit", default=100, show_default=True, help="At most this many executions, oldest first.")
+@_OUTPUT
+@_reports_errors
+def recover_executions(limit: int, output: str) -> None:
+    """Resume executions whose runner died, and time out waits past their deadline.
+
+    Safe to run from cron, or from several hosts at once: whoever takes an execution's lease
+    drives it, the others skip it. Exits 1 when an execution could not be driven here.
+    """
+    report = _client().executions.recover(limit=limit)
+    if output == "json":
+        _echo_json([r.to_dict() for r in report])
+    elif not report:
+        click.echo("nothing to recover: no execution is stuck without its runner or past a wait deadline.")
+    else:
+        click.echo(
+            _table(
+                ["ID", "FLOW", "REASON", "OUTCOME", "DETAIL"],
+                [(r.exec_id, r.flow, r.reason, r.outcome, _first_line(r.detail, 80)) for r in report],
+            )
+        )
+    if any(r.outcome == "error" for r in report):
+        sys.exit(1)
 
 
 @executions.command("cancel")

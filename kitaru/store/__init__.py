@@ -110,6 +110,8 @@ class StateStore(Protocol):
     - When ``owner`` is given, a commit succeeds only while ``owner`` holds the execution's lease;
       otherwise it raises :class:`~kitaru.errors.KitaruLeaseError` and writes nothing.
     - Journal records come back in the order they were committed.
+    - ``completed`` and ``cancelled`` are final: no commit, suspension, lease or answer moves an
+      execution out of them (:mod:`kitaru.store._rules` holds these rules and their messages).
     - Safe to call from several threads, and from several processes on the same database.
     """
 
@@ -154,9 +156,16 @@ class StateStore(Protocol):
 
         Succeeds when nobody holds the lease, the lease expired, its holder is ``owner``, or its holder
         is a process on this host that no longer exists. Raises KitaruLeaseError otherwise,
-        KitaruStateError when the status is not in ``allowed_statuses``, KitaruNotFoundError when the
-        execution does not exist.
+        KitaruStateError when the status is final or not in ``allowed_statuses``,
+        KitaruNotFoundError when the execution does not exist.
         """
+        ...
+
+    def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        """Executions that no runner moves on, oldest first: ``running`` ones whose lease is free
+        (released, expired, or held by a process on this host that no longer exists), and
+        ``waiting`` ones with an open wait whose deadline (``data["deadline"]`` of its
+        ``wait_opened`` record) has passed. What ``kitaru executions recover`` resumes."""
         ...
 
     def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
@@ -175,13 +184,20 @@ class StateStore(Protocol):
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
-        """Append records and artifacts, and optionally change the execution's status, atomically."""
+    ) -> str | None:
+        """Append records and artifacts, and optionally change the execution's status, atomically.
+
+        Returns the execution's status after the commit (None if there is no such execution): a
+        runner whose commit returns ``cancelled`` stops there. Records may still land in a
+        cancelled execution (a checkpoint that finished as the cancel came is paid for), but a
+        ``status`` change out of a final status raises KitaruStateError and writes nothing.
+        """
         ...
 
     def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         """Mark the execution ``waiting`` and release the lease, unless a wait in ``waiting_on``
-        was answered meanwhile (then nothing changes and False is returned: keep running)."""
+        was answered meanwhile (then nothing changes and False is returned: keep running).
+        KitaruStateError when the execution was cancelled (it does not wait, it stops)."""
         ...
 
     def answer_wait(

@@ -873,6 +873,143 @@ class StateStoreConformance:
         assert _get(state_store, execution.id).lease_owner == owner
         state_store.commit(execution.id, [_record("checkpoint_failed", "a")], owner=owner)
 
+    # -- final statuses: cancelled (and completed) are never left ------------------------------
+
+    def test_commit_returns_the_status(self, state_store: StateStore) -> None:
+        owner = _live_owner()
+        execution = _leased(state_store, owner)
+        assert state_store.commit(execution.id, [_completed("a")], owner=owner) == "running"
+        assert state_store.commit(execution.id, [], owner=owner, status="failed", error="E") == "failed"
+
+    def test_a_runner_commit_sees_a_cancel_and_its_paid_work_is_kept(self, state_store: StateStore) -> None:
+        owner = _live_owner()
+        execution = _leased(state_store, owner)
+        state_store.cancel(execution.id)
+        artifact = _artifact(execution.id, call_id="a")
+
+        # The checkpoint that finished as the cancel came is recorded; the answer says stop.
+        assert state_store.commit(execution.id, [_completed("a", artifact)], [artifact], owner=owner) == (
+            "cancelled"
+        )
+        assert ("checkpoint_completed", "a") in _kinds(state_store, execution.id)
+        assert state_store.get_artifact(artifact.id) == artifact
+
+    @pytest.mark.parametrize("final", ["cancelled", "completed"])
+    @pytest.mark.parametrize("status", ["completed", "failed", "running", "waiting"])
+    def test_a_final_status_is_never_left_by_commit(
+        self, state_store: StateStore, final: str, status: str
+    ) -> None:
+        if final == status:
+            pytest.skip("not a change of status")
+        owner = _live_owner()
+        execution = _leased(state_store, owner)
+        if final == "cancelled":
+            state_store.cancel(execution.id)
+        else:
+            state_store.commit(execution.id, [], owner=owner, status="completed")
+        before = state_store.read_journal(execution.id)
+        artifact = _artifact(execution.id, "result", type="result")
+
+        with pytest.raises(KitaruStateError, match=final):
+            state_store.commit(
+                execution.id,
+                [_record("flow_completed", None, artifact=artifact)],
+                [artifact],
+                owner=owner,
+                status=status,
+                result_artifact=artifact.id,
+                release_lease=True,
+            )
+        with pytest.raises(KitaruStateError, match=final):
+            state_store.commit(execution.id, [], status=status, metadata={"m": 1})
+
+        assert state_store.read_journal(execution.id) == before
+        assert state_store.get_artifact(artifact.id) is None
+        stored = _get(state_store, execution.id)
+        assert (stored.status, stored.result_artifact, stored.metadata) == (final, None, {})
+
+    def test_a_cancelled_execution_does_not_suspend(self, state_store: StateStore) -> None:
+        owner = _live_owner()
+        execution = _leased(state_store, owner)
+        state_store.commit(execution.id, [_record("wait_opened", "w")], owner=owner)
+        state_store.cancel(execution.id)
+
+        with pytest.raises(KitaruStateError, match="cancelled"):
+            state_store.suspend(execution.id, owner, ["w"])
+
+        assert _get(state_store, execution.id).status == "cancelled"
+
+    @pytest.mark.parametrize("was", ["running", "waiting"])
+    def test_a_cancelled_execution_takes_no_lease_and_no_answer(
+        self, state_store: StateStore, was: str
+    ) -> None:
+        exec_id = _waiting(state_store) if was == "waiting" else _leased(state_store, _dead_owner()).id
+        state_store.cancel(exec_id)
+        before = state_store.read_journal(exec_id)
+
+        for set_status in ("running", None):
+            with pytest.raises(KitaruStateError, match="does not run again"):
+                state_store.acquire_lease(
+                    exec_id,
+                    _live_owner(),
+                    _TTL,
+                    allowed_statuses={"running", "waiting", "cancelled"},
+                    set_status=set_status,
+                )
+        if was == "waiting":
+            record, artifact = _answer(exec_id)
+            with pytest.raises(KitaruStateError, match="does not run again"):
+                state_store.answer_wait(
+                    exec_id, record, artifact, owner=_live_owner(), ttl=_TTL, take_lease=True
+                )
+
+        assert state_store.read_journal(exec_id) == before
+        assert _get(state_store, exec_id).status == "cancelled"
+
+    # -- recovery candidates ------------------------------------------------------------------
+
+    def test_list_recoverable_finds_running_executions_nobody_drives(self, state_store: StateStore) -> None:
+        dead = _leased(state_store, _dead_owner()).id
+        expired = _execution()
+        state_store.create_execution(expired, [])
+        state_store.acquire_lease(expired.id, _remote_owner(), -1.0, allowed_statuses={"running"})
+        released = _leased(state_store, _live_owner())
+        state_store.commit(released.id, [], owner=released.lease_owner, release_lease=True)
+        live_here = _leased(state_store, _live_owner()).id
+        live_elsewhere = _leased(state_store, _remote_owner()).id
+        finished = _leased(state_store, _dead_owner())
+        state_store.commit(finished.id, [], status="failed", error="E")
+
+        found = [e.id for e in state_store.list_recoverable(limit=10_000)]
+
+        assert {dead, expired.id, released.id} <= set(found)
+        assert not {live_here, live_elsewhere, finished.id} & set(found)
+        assert found == sorted(found)
+
+    def test_list_recoverable_finds_waits_past_their_deadline(self, state_store: StateStore) -> None:
+        def waiting(deadline: float | None, closed_by: str | None = None) -> str:
+            owner = _live_owner()
+            execution = _leased(state_store, owner)
+            opened = _record("wait_opened", "w")
+            opened.data = {"question": "?", "deadline": deadline}
+            state_store.commit(execution.id, [opened], owner=owner)
+            if closed_by is not None:
+                state_store.commit(execution.id, [_record(closed_by, "w")], owner=owner)
+            assert state_store.suspend(execution.id, owner, []) is True
+            return execution.id
+
+        past, future = time.time() - 5, time.time() + 3600
+        due = waiting(past)
+        not_yet, no_deadline = waiting(future), waiting(None)
+        answered, timed_out = waiting(past, "wait_answered"), waiting(past, "wait_timed_out")
+        cancelled = waiting(past)
+        state_store.cancel(cancelled)
+
+        found = {e.id: e for e in state_store.list_recoverable(limit=10_000)}
+
+        assert due in found and found[due].status == "waiting"
+        assert not {not_yet, no_deadline, answered, timed_out, cancelled} & set(found)
+
     @pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
     def test_cancel_a_finished_execution_raises_state_error(
         self, state_store: StateStore, status: str

@@ -12,16 +12,14 @@ from kitaru.errors import (
     KitaruConflictError,
     KitaruLeaseError,
     KitaruNotFoundError,
-    KitaruStateError,
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
-    TERMINAL_STATUSES,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
+    _rules,
 )
-from kitaru.store.sqlite import lease_holder_alive
 
 __all__ = ["MemoryArtifactStore", "MemoryStateStore"]
 
@@ -117,20 +115,34 @@ class MemoryStateStore:
         now = time.time()
         with self._lock:
             e = self._get(exec_id)
-            if e.status not in allowed:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {e.status}; this needs it to be {' or '.join(sorted(allowed))}."
-                )
-            if (
-                e.lease_owner not in (None, owner)
-                and (e.lease_expires_at or 0) > now
-                and lease_holder_alive(e.lease_owner or "")
-            ):
-                raise KitaruLeaseError(f"execution {exec_id} is being driven by {e.lease_owner}")
+            _rules.check_acquirable(exec_id, e.status, allowed)
+            _rules.check_takeover(exec_id, e.lease_owner, e.lease_expires_at, owner, now)
             e.lease_owner, e.lease_expires_at = owner, now + ttl
             e.status = set_status or e.status
             e.updated_at = now
             return copy.deepcopy(e)
+
+    def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        now = time.time()
+        with self._lock:
+            found = []
+            for e in self._executions.values():
+                if e.status == "running":
+                    due = _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+                elif e.status == "waiting":
+                    due = any(
+                        r.kind == "wait_opened"
+                        and (r.data or {}).get("deadline") is not None
+                        and (r.data or {})["deadline"] <= now
+                        and (e.id, "wait_answered", r.call_id) not in self._once
+                        and (e.id, "wait_timed_out", r.call_id) not in self._once
+                        for r in self._journal.get(e.id, [])
+                    )
+                else:
+                    due = False
+                if due:
+                    found.append(copy.deepcopy(e))
+        return sorted(found, key=lambda e: e.id)[:limit]
 
     def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         with self._lock:
@@ -156,11 +168,13 @@ class MemoryStateStore:
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         with self._lock:
             e = self._get(exec_id)
             if owner is not None and e.lease_owner != owner:
                 raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner or 'nobody'}")
+            if status is not None:
+                _rules.check_status_change(exec_id, e.status, status)
             self._append(exec_id, records)
             for a in artifacts:
                 self._artifacts[a.id] = a
@@ -173,12 +187,14 @@ class MemoryStateStore:
             if release_lease:
                 e.lease_owner = e.lease_expires_at = None
             e.updated_at = time.time()
+            return e.status
 
     def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         with self._lock:
             e = self._get(exec_id)
             if e.lease_owner != owner:
                 raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner}")
+            _rules.check_status_change(exec_id, e.status, "waiting")
             if any((exec_id, "wait_answered", c) in self._once for c in waiting_on):
                 return False
             e.status, e.lease_owner, e.lease_expires_at = "waiting", None, None
@@ -198,26 +214,17 @@ class MemoryStateStore:
         now = time.time()
         with self._lock:
             e = self._get(exec_id)
-            if e.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {e.status}: its waits are closed and take no answers."
-                )
-            if (exec_id, "wait_opened", record.call_id) not in self._once:
-                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
-            for kind, word in (("wait_answered", "answered"), ("wait_timed_out", "timed out")):
-                if (exec_id, kind, record.call_id) in self._once:
-                    raise KitaruStateError(
-                        f"wait {record.call_id!r} of execution {exec_id} is already {word}; "
-                        "it takes no other answer."
-                    )
+            _rules.check_answerable(exec_id, e.status)
+            kinds = [
+                kind
+                for kind in ("wait_opened", "wait_answered", "wait_timed_out")
+                if (exec_id, kind, record.call_id) in self._once
+            ]
+            _rules.check_wait_open(exec_id, record.call_id, kinds)
             self._append(exec_id, [record])
             self._artifacts[artifact.id] = artifact
-            lease_free = (
-                e.lease_owner is None
-                or (e.lease_expires_at or 0) <= now
-                or not lease_holder_alive(e.lease_owner)
-            )
-            if take_lease and e.status == "waiting" and lease_free:
+            free = _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+            if take_lease and e.status == "waiting" and free:
                 e.status, e.lease_owner, e.lease_expires_at = "running", owner, now + ttl
                 return True
             return False
@@ -225,11 +232,7 @@ class MemoryStateStore:
     def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:
             e = self._get(exec_id)
-            if e.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is already {e.status}; only running or waiting "
-                    "executions can be cancelled."
-                )
+            _rules.check_cancellable(exec_id, e.status)
             if e.status == "waiting":
                 e.lease_owner = None
             e.status = "cancelled"

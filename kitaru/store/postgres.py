@@ -43,17 +43,15 @@ from kitaru.errors import (
     KitaruLeaseError,
     KitaruMissingDependencyError,
     KitaruNotFoundError,
-    KitaruStateError,
     KitaruStoreError,
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
-    TERMINAL_STATUSES,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
+    _rules,
 )
-from kitaru.store.sqlite import lease_holder_alive
 
 __all__ = ["PostgresStateStore"]
 
@@ -184,11 +182,13 @@ def _commit_statement(
     artifacts: Sequence[tuple[Any, ...]],
     sets: Sequence[tuple[str, Any]],
     token: uuid.UUID,
+    refused_from: Sequence[str] = (),
 ) -> tuple[str, list[Any]]:
     """One statement for a whole commit (atomic on its own, no BEGIN/COMMIT needed): lock the
     execution's row, check the lease, insert the artifacts, journal records (as arrays) and the
-    commit's token, update the row; nothing is written unless the lease check passed. Returns the
-    statement and its parameters.
+    commit's token, update the row; nothing is written unless the lease check passed and, when the
+    commit changes the status, the current status is not in ``refused_from`` (see
+    :mod:`kitaru.store._rules`). Returns the statement and its parameters.
 
     Its one row: (lease ok, execution found, lease owner, status).
     """
@@ -200,9 +200,13 @@ def _commit_statement(
 
     # `ok` reads `ex` first whatever the owner (COALESCE evaluates left to right), so the row is
     # always locked before anything is inserted: concurrent commits to one execution queue on it.
+    status_ok = ""
+    if refused_from:
+        status_ok = f" AND NOT (status = ANY({param(list(refused_from), 'text[]')}))"
     ctes = [
         "ex AS (SELECT lease_owner, status FROM kitaru.executions WHERE id = $1 FOR UPDATE)",
-        "ok AS (SELECT COALESCE((SELECT lease_owner = $2 OR $2 IS NULL FROM ex), $2::text IS NULL) AS ok)",
+        "ok AS (SELECT COALESCE((SELECT (lease_owner = $2 OR $2 IS NULL)"
+        f"{status_ok} FROM ex), $2::text IS NULL) AS ok)",
         "token AS (INSERT INTO kitaru.commits (token, at) SELECT $3, $4 WHERE (SELECT ok FROM ok))",
     ]
     if artifacts:
@@ -823,23 +827,8 @@ class PostgresStateStore:
                 raise KitaruNotFoundError(
                     f"no execution {exec_id!r}. List executions with `kitaru executions list`."
                 )
-            if record.status not in allowed:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {record.status}; this needs it to be "
-                    f"{' or '.join(sorted(allowed))}."
-                )
-            holder = record.lease_owner
-            if (
-                holder is not None
-                and holder != owner
-                and (record.lease_expires_at or 0) > now
-                and lease_holder_alive(holder)
-            ):
-                raise KitaruLeaseError(
-                    f"execution {exec_id} is being driven by {holder} (lease until "
-                    f"{time.strftime('%H:%M:%S', time.localtime(record.lease_expires_at))}). "
-                    "It will finish there; if that runner is gone, retry after the lease expires."
-                )
+            _rules.check_acquirable(exec_id, record.status, allowed)
+            _rules.check_takeover(exec_id, record.lease_owner, record.lease_expires_at, owner, now)
             status = set_status or record.status
             await conn.execute(
                 "UPDATE kitaru.executions SET lease_owner = $1, lease_expires_at = $2, status = $3, "
@@ -855,6 +844,40 @@ class PostgresStateStore:
             return record
 
         return self._call(self._write(body, f"taking the lease of execution {exec_id}"))
+
+    def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        now = time.time()
+        # Local holders are checked in Python (is their process alive?); the query narrows to them.
+        running = self._call(
+            self._read(
+                f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE status = 'running' AND "
+                "(lease_owner IS NULL OR lease_expires_at <= $1 OR starts_with(lease_owner, $2)) "
+                "ORDER BY id",
+                now,
+                _rules.HOST + ":",
+            )
+        )
+        found = [
+            e
+            for e in map(_exec_from_row, running)
+            if _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+        ]
+        # A wait's deadline lives in its `wait_opened` record; the once-index finds each waiting
+        # execution's waits and whether they were closed.
+        waiting = self._call(
+            self._read(
+                f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions e WHERE status = 'waiting' AND "
+                "EXISTS (SELECT 1 FROM kitaru.journal j WHERE j.exec_id = e.id AND "
+                "j.kind = 'wait_opened' AND j.once IS NOT NULL AND "
+                "(j.data::jsonb ->> 'deadline')::float8 <= $1 AND NOT EXISTS (SELECT 1 FROM "
+                "kitaru.journal k WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', "
+                "'wait_timed_out') AND k.once = j.once)) ORDER BY id LIMIT $2",
+                now,
+                limit,
+            )
+        )
+        found += map(_exec_from_row, waiting)
+        return sorted(found, key=lambda e: e.id)[:limit]
 
     def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:
@@ -888,7 +911,7 @@ class PostgresStateStore:
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         now = time.time()
         journal = [_journal_row(exec_id, r, now) for r in records]
         artifact_rows = [_artifact_row(a) for a in artifacts]
@@ -909,16 +932,23 @@ class PostgresStateStore:
                 "runner lost its lease and stops without writing."
             )
 
-        async def fast(conn: Any, attempt: _Attempt) -> None:
+        refused = _rules.refused_from(status) if status is not None else []
+
+        async def fast(conn: Any, attempt: _Attempt) -> str | None:
             # The hot path: one statement, so a checkpoint costs BEGIN, this, COMMIT.
-            sql, params = _commit_statement(exec_id, owner, journal, artifact_rows, sets, attempt.token)
+            sql, params = _commit_statement(
+                exec_id, owner, journal, artifact_rows, sets, attempt.token, refused
+            )
             ok, found, holder, current = await conn.fetchrow(sql, *params)
             if not ok:
-                raise (
-                    lost_lease(holder, current) if found else KitaruNotFoundError(f"no execution {exec_id!r}")
-                )
+                if not found:
+                    raise KitaruNotFoundError(f"no execution {exec_id!r}")
+                if owner is not None and holder != owner:
+                    raise lost_lease(holder, current)
+                _rules.check_status_change(exec_id, current, status or current)
+            return status if status is not None and found else current
 
-        async def merging(conn: Any, attempt: _Attempt) -> None:
+        async def merging(conn: Any, attempt: _Attempt) -> str | None:
             # Metadata is merged with what is stored, read under the row lock.
             record = await self._lock(conn, attempt, exec_id)
             if owner is not None:
@@ -926,12 +956,14 @@ class PostgresStateStore:
                     raise KitaruNotFoundError(f"no execution {exec_id!r}")
                 if record.lease_owner != owner:
                     raise lost_lease(record.lease_owner, record.status)
+            if record is not None and status is not None:
+                _rules.check_status_change(exec_id, record.status, status)
             if artifact_rows:
                 await conn.executemany(_INSERT_ARTIFACT, artifact_rows)
             if journal:
                 await conn.executemany(_INSERT_JOURNAL, journal)
             if record is None:
-                return
+                return None
             changes = [*sets, ("metadata", json.dumps({**record.metadata, **(metadata or {})}))]
             assignments = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(changes, start=2))
             await conn.execute(
@@ -939,11 +971,11 @@ class PostgresStateStore:
                 exec_id,
                 *(value for _, value in changes),
             )
+            return status or record.status
 
         if metadata:
-            self._call(self._write(merging, what))
-        else:
-            self._call(self._write(fast, what, single=True))
+            return self._call(self._write(merging, what))
+        return self._call(self._write(fast, what, single=True))
 
     def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         waits = list(waiting_on)
@@ -957,6 +989,7 @@ class PostgresStateStore:
                     f"execution {exec_id} is now driven by {record.lease_owner or 'nobody'} (status "
                     f"{record.status}); this runner lost its lease and stops without writing."
                 )
+            _rules.check_status_change(exec_id, record.status, "waiting")
             if waits and await conn.fetchval(
                 "SELECT 1 FROM kitaru.journal WHERE exec_id = $1 AND kind = 'wait_answered' "
                 "AND once = ANY($2::text[]) LIMIT 1",
@@ -989,10 +1022,7 @@ class PostgresStateStore:
             execution = await self._lock(conn, attempt, exec_id)
             if execution is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
-            if execution.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {execution.status}: its waits are closed and take no answers."
-                )
+            _rules.check_answerable(exec_id, execution.status)
             kinds = {
                 r[0]
                 for r in await conn.fetch(
@@ -1002,19 +1032,11 @@ class PostgresStateStore:
                     record.call_id,
                 )
             }
-            if "wait_opened" not in kinds:
-                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
-            if "wait_answered" in kinds or "wait_timed_out" in kinds:
-                raise KitaruStateError(
-                    f"wait {record.call_id!r} of execution {exec_id} is already "
-                    f"{'answered' if 'wait_answered' in kinds else 'timed out'}; it takes no "
-                    "other answer. See it with `kitaru executions get " + exec_id + "`."
-                )
+            _rules.check_wait_open(exec_id, record.call_id, kinds)
             await conn.execute(_INSERT_ARTIFACT, *_artifact_row(artifact))
             await conn.execute(_INSERT_JOURNAL, *_journal_row(exec_id, record, now))
             holder, expires = execution.lease_owner, execution.lease_expires_at
-            lease_free = holder is None or (expires or 0) <= now or not lease_holder_alive(holder)
-            if take_lease and execution.status == "waiting" and lease_free:
+            if take_lease and execution.status == "waiting" and _rules.lease_free(holder, expires, now):
                 await conn.execute(
                     "UPDATE kitaru.executions SET status = 'running', lease_owner = $1, "
                     "lease_expires_at = $2, updated_at = $3 WHERE id = $4",
@@ -1034,11 +1056,7 @@ class PostgresStateStore:
             record = await self._lock(conn, attempt, exec_id)
             if record is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
-            if record.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is already {record.status}; only running or waiting "
-                    "executions can be cancelled."
-                )
+            _rules.check_cancellable(exec_id, record.status)
             # A waiting execution has no runner: it is cancelled now. A running one is marked, and
             # its runner stops at the next checkpoint boundary (it sees the status on lease renewal).
             await conn.execute(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -23,16 +22,16 @@ from kitaru.errors import (
     KitaruConflictError,
     KitaruLeaseError,
     KitaruNotFoundError,
-    KitaruStateError,
     KitaruStoreError,
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
-    TERMINAL_STATUSES,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
+    _rules,
 )
+from kitaru.store._rules import lease_holder_alive
 
 __all__ = ["SQLiteStateStore", "lease_holder_alive"]
 
@@ -104,37 +103,9 @@ _ARTIFACT_COLUMNS = (
     "created_at, inline, uri"
 )
 
-_HOST = socket.gethostname()
-
 # Primary result codes (the low byte of an extended code) that a read-only open falls back on.
 _SQLITE_READONLY = 8
 _SQLITE_CANTOPEN = 14
-
-
-def lease_holder_alive(owner: str) -> bool:
-    """Whether the process named in a lease owner (``host:pid:token``) may still be running.
-
-    Only a holder on this host can be proven dead; a remote holder is trusted until its lease expires.
-    """
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != _HOST or not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited but still answers kill(0); treat it as dead.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().split(b") ", 1)[1][:1] != b"Z"
-    except OSError:
-        return True
 
 
 _INSERT_JOURNAL = (
@@ -394,15 +365,19 @@ class SQLiteStateStore:
                 raise KitaruStoreError(f"cannot read {self.path}: {exc}") from exc
 
     @staticmethod
-    def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str) -> None:
+    def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str | None) -> str | None:
+        """The execution's status, after checking that ``owner`` (if given) holds its lease."""
         row = cur.execute("SELECT lease_owner, status FROM executions WHERE id = ?", (exec_id,)).fetchone()
         if row is None:
+            if owner is None:
+                return None
             raise KitaruNotFoundError(f"no execution {exec_id!r}")
-        if row[0] != owner:
+        if owner is not None and row[0] != owner:
             raise KitaruLeaseError(
                 f"execution {exec_id} is now driven by {row[0] or 'nobody'} (status {row[1]}); "
                 "this runner lost its lease and stops without writing."
             )
+        return str(row[1])
 
     # -- executions -------------------------------------------------------------------------
 
@@ -495,23 +470,8 @@ class SQLiteStateStore:
                     f"no execution {exec_id!r}. List executions with `kitaru executions list`."
                 )
             record = _exec_from_row(row)
-            if record.status not in allowed:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {record.status}; this needs it to be "
-                    f"{' or '.join(sorted(allowed))}."
-                )
-            holder = record.lease_owner
-            if (
-                holder is not None
-                and holder != owner
-                and (record.lease_expires_at or 0) > now
-                and lease_holder_alive(holder)
-            ):
-                raise KitaruLeaseError(
-                    f"execution {exec_id} is being driven by {holder} (lease until "
-                    f"{time.strftime('%H:%M:%S', time.localtime(record.lease_expires_at))}). "
-                    "It will finish there; if that runner is gone, retry after the lease expires."
-                )
+            _rules.check_acquirable(exec_id, record.status, allowed)
+            _rules.check_takeover(exec_id, record.lease_owner, record.lease_expires_at, owner, now)
             status = set_status or record.status
             cur.execute(
                 "UPDATE executions SET lease_owner = ?, lease_expires_at = ?, status = ?, "
@@ -521,6 +481,32 @@ class SQLiteStateStore:
         record.lease_owner, record.lease_expires_at, record.status = owner, now + ttl, status
         record.updated_at = now
         return record
+
+    def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        now = time.time()
+        # Local holders are checked in Python (is their process alive?); the query narrows to them.
+        running = self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM executions WHERE status = 'running' AND (lease_owner IS "
+            "NULL OR lease_expires_at <= ? OR substr(lease_owner, 1, ?) = ?) ORDER BY id",
+            (now, len(_rules.HOST) + 1, _rules.HOST + ":"),
+        )
+        found = [
+            e
+            for e in map(_exec_from_row, running)
+            if _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+        ]
+        # A wait's deadline lives in its `wait_opened` record; the journal index finds each
+        # waiting execution's waits and whether they were closed.
+        waiting = self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM executions e WHERE status = 'waiting' AND EXISTS ("
+            "SELECT 1 FROM journal j WHERE j.exec_id = e.id AND j.kind = 'wait_opened' "
+            "AND json_extract(j.data, '$.deadline') <= ? AND NOT EXISTS (SELECT 1 FROM journal k "
+            "WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', 'wait_timed_out') "
+            "AND k.once = j.once)) ORDER BY id LIMIT ?",
+            (now, limit),
+        )
+        found += map(_exec_from_row, waiting)
+        return sorted(found, key=lambda e: e.id)[:limit]
 
     def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:
@@ -548,12 +534,13 @@ class SQLiteStateStore:
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         now = time.time()
         try:
             with self._write() as cur:
-                if owner is not None:
-                    self._check_lease(cur, exec_id, owner)
+                current = self._check_lease(cur, exec_id, owner)
+                if status is not None and current is not None:
+                    _rules.check_status_change(exec_id, current, status)
                 if artifacts:
                     cur.executemany(
                         f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -582,6 +569,7 @@ class SQLiteStateStore:
                     if release_lease:
                         sets.append("lease_owner = NULL, lease_expires_at = NULL")
                     cur.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id = ?", (*params, exec_id))
+            return status if status is not None and current is not None else current
         except sqlite3.IntegrityError as exc:
             raise KitaruConflictError(
                 f"execution {exec_id}: a record already exists for this call ({exc}); another "
@@ -592,7 +580,8 @@ class SQLiteStateStore:
 
     def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         with self._write() as cur:
-            self._check_lease(cur, exec_id, owner)
+            current = self._check_lease(cur, exec_id, owner)
+            _rules.check_status_change(exec_id, current or "", "waiting")
             if waiting_on:
                 marks = ",".join("?" * len(waiting_on))
                 answered = cur.execute(
@@ -628,10 +617,7 @@ class SQLiteStateStore:
             if row is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
             status, holder, expires = row
-            if status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {status}: its waits are closed and take no answers."
-                )
+            _rules.check_answerable(exec_id, status)
             kinds = {
                 r[0]
                 for r in cur.execute(
@@ -639,21 +625,13 @@ class SQLiteStateStore:
                     (exec_id, record.call_id),
                 ).fetchall()
             }
-            if "wait_opened" not in kinds:
-                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
-            if "wait_answered" in kinds or "wait_timed_out" in kinds:
-                raise KitaruStateError(
-                    f"wait {record.call_id!r} of execution {exec_id} is already "
-                    f"{'answered' if 'wait_answered' in kinds else 'timed out'}; it takes no "
-                    "other answer. See it with `kitaru executions get " + exec_id + "`."
-                )
+            _rules.check_wait_open(exec_id, record.call_id, kinds)
             cur.execute(
                 f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _artifact_row(artifact),
             )
             cur.execute(_INSERT_JOURNAL, _journal_row(exec_id, record, now))
-            lease_free = holder is None or (expires or 0) <= now or not lease_holder_alive(holder)
-            if take_lease and status == "waiting" and lease_free:
+            if take_lease and status == "waiting" and _rules.lease_free(holder, expires, now):
                 cur.execute(
                     "UPDATE executions SET status = 'running', lease_owner = ?, "
                     "lease_expires_at = ?, updated_at = ? WHERE id = ?",
@@ -669,11 +647,7 @@ class SQLiteStateStore:
             if row is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
             record = _exec_from_row(row)
-            if record.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is already {record.status}; only running or waiting "
-                    "executions can be cancelled."
-                )
+            _rules.check_cancellable(exec_id, record.status)
             # A waiting execution has no runner: it is cancelled now. A running one is marked, and
             # its runner stops at the next checkpoint boundary (it sees the status on lease renewal).
             cur.execute(
