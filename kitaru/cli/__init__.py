@@ -15,6 +15,7 @@ from kitaru.cli._common import OUTPUT as _OUTPUT
 from kitaru.cli._common import client as _client
 from kitaru.cli._common import complete_execution_ids as _complete_ids
 from kitaru.cli._common import echo_json as _echo_json
+from kitaru.cli._common import first_line as _first_line
 from kitaru.cli._common import reports_errors as _reports_errors
 from kitaru.cli._common import table as _table
 from kitaru.cli._common import when as _when
