@@ -25,7 +25,11 @@ __all__ = [
     "ExecutionStatus",
     "JournalRecord",
     "StateStore",
+    "SyncView",
+    "sync_view",
 ]
+
+from kitaru.store._sync import SyncView, sync_view
 
 ExecutionStatus = Literal["running", "waiting", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
