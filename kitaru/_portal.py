@@ -20,7 +20,7 @@ from kitaru.errors import KitaruUsageError
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
 
-__all__ = ["in_portal_thread", "portal", "run_inline", "run_sync"]
+__all__ = ["block_on", "in_portal_thread", "portal", "run_inline", "run_sync"]
 
 T = TypeVar("T")
 
@@ -87,6 +87,28 @@ def run_sync(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
             "awaitable form of the call (e.g. `await flow.start(...)`, `await handle.result()`)."
         )
     return portal().call(fn, *args)
+
+
+def block_on(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` on the portal's loop and return its result, blocking this thread.
+
+    The sync view of a store that is not ``inline`` calls this. Unlike :func:`run_sync` it is
+    allowed on a thread that runs another event loop (that loop stalls while the call runs); it is
+    refused on the portal's own thread, where it could only deadlock.
+    """
+    # transition (issue 9): the old engine commits through `sync_view` from the loop of an async
+    # flow; once the Runner awaits the stores natively, sync views run only off-loop and this may
+    # refuse a running loop the way run_sync does.
+    if in_portal_thread():
+        raise KitaruUsageError(
+            "a blocking store call was made on kitaru's portal loop, which would wait on itself; "
+            "await the store's coroutine instead."
+        )
+    return portal().call(_awaited, awaitable)
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 def run_inline(coro: Any) -> Any:

@@ -9,13 +9,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from kitaru import serialization
 from kitaru._ids import new_id
 from kitaru.config import env_float
 from kitaru.errors import KitaruNotFoundError, KitaruStoreError
-from kitaru.store import ArtifactRecord, ArtifactStore, JournalRecord, StateStore
+from kitaru.store import (
+    ArtifactRecord,
+    ArtifactStore,
+    JournalRecord,
+    StateStore,
+    SyncArtifactStore,
+    SyncStateStore,
+    SyncView,
+    sync_view,
+)
 
 __all__ = [
     "INFLIGHT",
@@ -66,15 +75,21 @@ class Runtime:
 
     def __init__(
         self,
-        state: StateStore,
-        artifacts: ArtifactStore,
+        state: StateStore | SyncView,
+        artifacts: ArtifactStore | SyncView,
         *,
         stack_name: str = "local",
         lease_ttl: float | None = None,
         heartbeat_interval: float | None = None,
     ) -> None:
-        self.state = state
-        self.artifacts = artifacts
+        #: The async stores, for code that awaits them (the Runner).
+        self.astate: StateStore = state.store if isinstance(state, SyncView) else state
+        self.aartifacts: ArtifactStore = artifacts.store if isinstance(artifacts, SyncView) else artifacts
+        # transition (issue 9): the engine, client and CLI still call the stores synchronously, so
+        # `state` and `artifacts` are blocking views of the async stores (inline for SQLite and
+        # memory, kitaru's portal loop otherwise). The lead deletes them once the Runner is in.
+        self.state: SyncStateStore = cast(SyncStateStore, sync_view(self.astate))
+        self.artifacts: SyncArtifactStore = cast(SyncArtifactStore, sync_view(self.aartifacts))
         self.stack_name = stack_name
         self.lease_ttl, self.heartbeat_interval = lease_timing(lease_ttl, heartbeat_interval)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
@@ -83,7 +98,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
-        self._foreign: dict[str, ArtifactStore] = {}
+        self._foreign: dict[str, SyncArtifactStore] = {}
         # Checkpoint attempts running now, per execution, and what the heartbeat last wrote of them.
         self._inflight: dict[str, dict[str, dict[str, Any]]] = {}
         self._noted: dict[str, dict[str, dict[str, Any]]] = {}
@@ -173,6 +188,10 @@ class Runtime:
     def close(self) -> None:
         self._stop.set()
         self.state.close()
+        # Artifact stores hold clients too (per event loop, for the cloud ones).
+        for store in (self.artifacts, *self._foreign.values()):
+            store.close()
+        self._foreign.clear()
 
     # -- artifacts --------------------------------------------------------------------------
 
@@ -253,7 +272,7 @@ class Runtime:
             ) from exc
         _verify(record, size, digest.hexdigest(), where)
 
-    def _blob_store(self, record: ArtifactRecord) -> tuple[ArtifactStore, str]:
+    def _blob_store(self, record: ArtifactRecord) -> tuple[SyncArtifactStore, str]:
         """The store holding the record's blob (ours, or another bucket or prefix) and its key."""
         if record.uri is None:
             raise KitaruStoreError(
@@ -272,8 +291,9 @@ class Runtime:
             # endpoint and credentials: cloud stores offer ``reopen(uri)`` with their options.
             reopen = getattr(self.artifacts, "reopen", None)
             same_kind = base.partition("://")[0] == self.artifacts.uri.partition("://")[0]
-            store = reopen(base) if reopen is not None and same_kind else artifact_store_for_uri(base)
-            self._foreign[base] = store
+            opened = reopen(base) if reopen is not None and same_kind else artifact_store_for_uri(base)
+            # transition (issue 9): a blocking view, like `self.artifacts`.
+            store = self._foreign[base] = cast(SyncArtifactStore, sync_view(opened))
         return store, key
 
     def load_artifact(self, record: ArtifactRecord) -> Any:

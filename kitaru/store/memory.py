@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import Any, ClassVar
 
 from kitaru.errors import (
     KitaruConflictError,
@@ -25,7 +25,10 @@ __all__ = ["MemoryArtifactStore", "MemoryStateStore"]
 
 
 class MemoryStateStore:
-    """A :class:`~kitaru.store.StateStore` in dictionaries, guarded by one lock."""
+    """A :class:`~kitaru.store.StateStore` in dictionaries, guarded by one lock (``inline``: its
+    coroutines never suspend)."""
+
+    inline: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -57,7 +60,7 @@ class MemoryStateStore:
             self._next_id += 1
             journal.append(stored)
 
-    def create_execution(
+    async def create_execution(
         self,
         execution: ExecutionRecord,
         artifacts: Sequence[ArtifactRecord],
@@ -82,16 +85,16 @@ class MemoryStateStore:
             )
         return execution, True
 
-    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
         with self._lock:
             e = self._executions.get(exec_id)
             return copy.deepcopy(e) if e else None
 
-    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         with self._lock:
             return sorted(i for i in self._executions if i.startswith(prefix))[:limit]
 
-    def list_executions(
+    async def list_executions(
         self, *, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[ExecutionRecord]:
         with self._lock:
@@ -102,7 +105,7 @@ class MemoryStateStore:
             ]
         return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         exec_id: str,
         owner: str,
@@ -122,7 +125,7 @@ class MemoryStateStore:
             e.updated_at = now
             return copy.deepcopy(e)
 
-    def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
         now = time.time()
         with self._lock:
             found = []
@@ -144,7 +147,7 @@ class MemoryStateStore:
                     found.append(copy.deepcopy(e))
         return sorted(found, key=lambda e: e.id)[:limit]
 
-    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         with self._lock:
             out = {}
             for i in exec_ids:
@@ -156,7 +159,7 @@ class MemoryStateStore:
                 out[i] = e.status
             return out
 
-    def commit(
+    async def commit(
         self,
         exec_id: str,
         records: Sequence[JournalRecord],
@@ -189,7 +192,7 @@ class MemoryStateStore:
             e.updated_at = time.time()
             return e.status
 
-    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         with self._lock:
             e = self._get(exec_id)
             if e.lease_owner != owner:
@@ -201,7 +204,7 @@ class MemoryStateStore:
             e.updated_at = time.time()
             return True
 
-    def answer_wait(
+    async def answer_wait(
         self,
         exec_id: str,
         record: JournalRecord,
@@ -229,7 +232,7 @@ class MemoryStateStore:
                 return True
             return False
 
-    def cancel(self, exec_id: str) -> ExecutionRecord:
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:
             e = self._get(exec_id)
             _rules.check_cancellable(exec_id, e.status)
@@ -239,15 +242,15 @@ class MemoryStateStore:
             self._append(exec_id, [JournalRecord(kind="cancel_requested")])
             return copy.deepcopy(e)
 
-    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         with self._lock:
             return [copy.copy(r) for r in self._journal.get(exec_id, [])]
 
-    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         with self._lock:
             return self._artifacts.get(artifact_id)
 
-    def list_artifacts(
+    async def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         with self._lock:
@@ -264,12 +267,17 @@ class MemoryStateStore:
                     seen[a.id] = a
             return list(seen.values())
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 
 class MemoryArtifactStore:
-    """An :class:`~kitaru.store.ArtifactStore` in a dictionary."""
+    """An :class:`~kitaru.store.ArtifactStore` in a dictionary.
+
+    Not ``inline``, like every artifact store (the contract lets callers rely on no artifact store
+    being inline), although its coroutines never suspend."""
+
+    inline: ClassVar[bool] = False
 
     def __init__(self, name: str = "default") -> None:
         self.uri = f"memory://{name}"
@@ -279,7 +287,10 @@ class MemoryArtifactStore:
     def uri_for(self, key: str) -> str:
         return f"{self.uri}/{key}"
 
-    def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes) -> None:
+        self._put(key, data)
+
+    def _put(self, key: str, data: bytes) -> None:
         with self._lock:
             existing = self._blobs.get(key)
             if existing is not None and existing != data:
@@ -288,28 +299,35 @@ class MemoryArtifactStore:
                 )
             self._blobs[key] = bytes(data)
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
-        self.put(key, b"".join(chunks))
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        self._put(key, b"".join([chunk async for chunk in chunks]))
 
-    def get(self, key: str) -> bytes:
+    async def get(self, key: str) -> bytes:
+        return self._get(key)
+
+    def _get(self, key: str) -> bytes:
         try:
             return self._blobs[key]
         except KeyError:
             raise KitaruNotFoundError(f"no artifact blob {key!r} in {self.uri}") from None
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        data = self.get(key)
+    async def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        data = self._get(key)
         for i in range(0, len(data), chunk_size):
             yield data[i : i + chunk_size]
 
-    def exists(self, key: str) -> bool:
+    async def exists(self, key: str) -> bool:
         return key in self._blobs
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
         with self._lock:
             keys = sorted(k for k in self._blobs if k.startswith(prefix))
-        yield from keys
+        for key in keys:
+            yield key
 
-    def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(key, None)
+
+    async def aclose(self) -> None:
+        pass

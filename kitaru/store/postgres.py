@@ -1,9 +1,12 @@
 """The server state store: PostgreSQL through asyncpg, for teams and remote runners.
 
-The :class:`~kitaru.store.StateStore` protocol is synchronous; asyncpg is not. The store runs one
-private event loop on a daemon thread and hands each call to it as a coroutine
-(``asyncio.run_coroutine_threadsafe``), so callers on any thread, or inside their own event loop,
-see plain blocking calls and share one connection pool.
+Every call runs on the caller's event loop: no private loop, no thread hop. An asyncpg pool belongs
+to the loop it was made on, and a process may use one store from several loops (kitaru's portal loop
+for sync callers, an application's own loop), so the store keeps one pool per running loop, opened
+on that loop's first call (the schema is checked once per store, on the first pool). ``aclose()``
+closes every pool, each on its own loop. A pool whose loop shuts down first (``asyncio.run``
+returning) is closed by that shutdown: each pool is tied to an async generator the loop finalizes
+as it ends, so no connection is left for the garbage collector.
 
 Concurrency is PostgreSQL's: every write that reads before it writes (commit with a lease check,
 lease takeover, suspend, answering a wait, cancel) locks the execution's row with
@@ -22,7 +25,6 @@ server may hand an id whose WAL was lost to another transaction.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -31,9 +33,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from kitaru._install import install_hint
@@ -391,10 +393,15 @@ class _Attempt:
 class PostgresStateStore:
     """A :class:`~kitaru.store.StateStore` in a PostgreSQL database (``postgresql://`` URI).
 
+    Not ``inline``: its calls await the network. Opening it connects to nothing; each event loop's
+    first call opens that loop's pool, so a wrong address or password surfaces there.
+
     ``min_size``/``max_size`` bound the connection pool. Transient connection errors are retried
     ``retries`` times with exponential backoff starting at ``backoff`` seconds (capped at 5 s);
     ``command_timeout`` bounds each statement.
     """
+
+    inline: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -412,58 +419,71 @@ class PostgresStateStore:
         self._target = _Target.parse(dsn)
         self._retries = max(0, retries)
         self._backoff = backoff
+        self._pool_options = {
+            "min_size": min(min_size, max_size),
+            "max_size": max_size,
+            "timeout": connect_timeout,
+            "command_timeout": command_timeout,
+        }
         self._pid = os.getpid()
         self._closed = False
-        self._close_lock = threading.Lock()
-        self._pool: Any = None
+        self._lock_pools = threading.Lock()
+        self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
+        self._migrated = False
         self._writes = 0
         self._backend_starts: dict[int, Any] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kitaru-postgres", daemon=True)
-        self._thread.start()
-        try:
-            self._call(self._open(min_size, max_size, connect_timeout, command_timeout))
-        except BaseException:
-            self.close()
-            raise
 
     def __repr__(self) -> str:
         return f"PostgresStateStore({str(self._target)!r})"
 
-    # -- plumbing: the private loop -----------------------------------------------------------
+    # -- plumbing: one pool per running loop ---------------------------------------------------
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _closed_error(self) -> KitaruStoreError:
+        return KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.")
+
+    async def _ready(self) -> Any:
+        """This loop's pool, opened (and the schema checked) on its first call."""
         if self._closed:
-            coro.close()
-            raise KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.")
+            raise self._closed_error()
         if os.getpid() != self._pid:
-            coro.close()
             raise KitaruStoreError(
                 f"the PostgreSQL state store {self._target} was opened in process {self._pid} and "
                 "cannot be used after a fork; open a new store in this process."
             )
+        loop = asyncio.get_running_loop()
+        entry = self._pools.get(loop)
+        if entry is not None and entry.pool is not None:
+            return entry.pool
+        if entry is None:
+            with self._lock_pools:
+                entry = self._pools.get(loop)
+                if entry is None:
+                    # Concurrent first calls on one loop share one opening.
+                    entry = self._pools[loop] = _LoopPool(loop.create_task(self._open()))
+        assert entry.opening is not None
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except RuntimeError:  # the loop was closed meanwhile
-            coro.close()
-            raise KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.") from None
-        while True:
-            try:
-                return future.result(timeout=1.0)
-            except concurrent.futures.CancelledError:
-                break
-            except TimeoutError:
-                if future.done():
-                    raise  # the call itself raised it
-                # A call that slipped in as the store closed would otherwise wait forever.
-                if not self._thread.is_alive():
-                    future.cancel()
-                    break
-        raise KitaruStoreError(f"the PostgreSQL state store {self._target} was closed during the call.")
+            entry.pool, entry.keeper = await asyncio.shield(entry.opening)
+        except BaseException:
+            if entry.opening.done():
+                # A failed opening is forgotten: the next call tries again.
+                with self._lock_pools:
+                    if self._pools.get(loop) is entry:
+                        del self._pools[loop]
+            raise
+        if self._closed:  # closed while opening: this pool is not in aclose()'s list
+            await _close_keeper(entry.keeper)
+            raise self._closed_error()
+        return entry.pool
 
-    async def _open(
-        self, min_size: int, max_size: int, connect_timeout: float, command_timeout: float
-    ) -> None:
+    @property
+    def _pool(self) -> Any:
+        """The running loop's pool (opened by :meth:`_ready`, which every call awaits first)."""
+        entry = self._pools.get(asyncio.get_running_loop())
+        if entry is None or entry.pool is None:
+            raise self._closed_error()
+        return entry.pool
+
+    async def _open(self) -> tuple[Any, AsyncGenerator[None, None]]:
         async def no_reset(conn: Any) -> None:
             # The pool's default reset (RESET ALL, UNLISTEN, advisory unlock...) costs a round trip on
             # every release; this store keeps no session state, and an open transaction is rolled
@@ -479,20 +499,23 @@ class PostgresStateStore:
 
         async def create() -> Any:
             return await self._asyncpg.create_pool(
-                self.dsn,
-                min_size=min(min_size, max_size),
-                max_size=max_size,
-                timeout=connect_timeout,
-                command_timeout=command_timeout,
-                reset=no_reset,
-                init=remember_backend,
+                self.dsn, reset=no_reset, init=remember_backend, **self._pool_options
             )
 
-        self._pool = await self._retrying(create, "connecting")
-        await self._retrying(self._migrate, "checking the schema")
+        pool = await self._retrying(create, "connecting")
+        try:
+            if not self._migrated:
+                await self._retrying(lambda: self._migrate(pool), "checking the schema")
+                self._migrated = True
+        except BaseException:
+            await _close_pool(pool)
+            raise
+        keeper = _keep(pool)
+        await keeper.asend(None)  # first step: the loop now finalizes it when it shuts down
+        return pool, keeper
 
-    async def _migrate(self) -> None:
-        async with self._pool.acquire() as conn:
+    async def _migrate(self, pool: Any) -> None:
+        async with pool.acquire() as conn:
             # Checked without the lock first: an up-to-date database needs no privilege to create.
             version = self._check_version(await self._schema_version(conn))
             if version == len(_MIGRATIONS):
@@ -616,6 +639,8 @@ class PostgresStateStore:
             except KitaruError:
                 raise
             except Exception as exc:
+                if self._closed:
+                    raise self._closed_error() from None
                 if not self._transient(exc) or attempt == self._retries:
                     raise self._translate(exc, what) from None
                 self._log_retry(what, exc, attempt)
@@ -623,6 +648,8 @@ class PostgresStateStore:
         raise AssertionError("unreachable")
 
     async def _read(self, sql: str, *params: Any) -> list[Any]:
+        await self._ready()
+
         async def op() -> list[Any]:
             async with self._pool.acquire() as conn:
                 return list(await conn.fetch(sql, *params))
@@ -640,6 +667,7 @@ class PostgresStateStore:
         settles that attempt: if its token is there it committed and its result is returned;
         otherwise ``body`` runs again.
         """
+        await self._ready()
         pending: _Attempt | None = None
         last: BaseException | None = None
         self._writes += 1
@@ -658,6 +686,8 @@ class PostgresStateStore:
             except KitaruError:
                 raise
             except Exception as exc:
+                if self._closed:
+                    raise self._closed_error() from None
                 if not self._transient(exc):
                     raise self._translate(exc, what) from None
                 if attempt.sent:
@@ -747,7 +777,7 @@ class PostgresStateStore:
 
     # -- executions -------------------------------------------------------------------------
 
-    def create_execution(
+    async def create_execution(
         self,
         execution: ExecutionRecord,
         artifacts: Sequence[ArtifactRecord],
@@ -774,25 +804,23 @@ class PostgresStateStore:
                 await conn.executemany(_INSERT_JOURNAL, journal)
             return e, True
 
-        return self._call(self._write(body, f"creating execution {e.id}"))
+        return await self._write(body, f"creating execution {e.id}")
 
-    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
-        rows = self._call(self._read(f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", exec_id))
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+        rows = await self._read(f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", exec_id)
         return _exec_from_row(rows[0]) if rows else None
 
-    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         # A range on the primary key (ids sort bytewise) the index can serve, and an exact test.
-        rows = self._call(
-            self._read(
-                "SELECT id FROM kitaru.executions WHERE id >= $1 AND id < $1 || chr(1114111) "
-                "AND starts_with(id, $1) ORDER BY id LIMIT $2",
-                prefix,
-                limit,
-            )
+        rows = await self._read(
+            "SELECT id FROM kitaru.executions WHERE id >= $1 AND id < $1 || chr(1114111) "
+            "AND starts_with(id, $1) ORDER BY id LIMIT $2",
+            prefix,
+            limit,
         )
         return [r[0] for r in rows]
 
-    def list_executions(
+    async def list_executions(
         self, *, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[ExecutionRecord]:
         clauses: list[str] = []
@@ -806,10 +834,10 @@ class PostgresStateStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit)
         sql = f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions {where} ORDER BY id DESC LIMIT ${len(params)}"
-        rows = self._call(self._read(sql, *params))
+        rows = await self._read(sql, *params)
         return [_exec_from_row(r) for r in rows]
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         exec_id: str,
         owner: str,
@@ -843,19 +871,17 @@ class PostgresStateStore:
             record.updated_at = now
             return record
 
-        return self._call(self._write(body, f"taking the lease of execution {exec_id}"))
+        return await self._write(body, f"taking the lease of execution {exec_id}")
 
-    def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
         now = time.time()
         # Local holders are checked in Python (is their process alive?); the query narrows to them.
-        running = self._call(
-            self._read(
-                f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE status = 'running' AND "
-                "(lease_owner IS NULL OR lease_expires_at <= $1 OR starts_with(lease_owner, $2)) "
-                "ORDER BY id",
-                now,
-                _rules.HOST + ":",
-            )
+        running = await self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE status = 'running' AND "
+            "(lease_owner IS NULL OR lease_expires_at <= $1 OR starts_with(lease_owner, $2)) "
+            "ORDER BY id",
+            now,
+            _rules.HOST + ":",
         )
         found = [
             e
@@ -864,25 +890,24 @@ class PostgresStateStore:
         ]
         # A wait's deadline lives in its `wait_opened` record; the once-index finds each waiting
         # execution's waits and whether they were closed.
-        waiting = self._call(
-            self._read(
-                f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions e WHERE status = 'waiting' AND "
-                "EXISTS (SELECT 1 FROM kitaru.journal j WHERE j.exec_id = e.id AND "
-                "j.kind = 'wait_opened' AND j.once IS NOT NULL AND "
-                "(j.data::jsonb ->> 'deadline')::float8 <= $1 AND NOT EXISTS (SELECT 1 FROM "
-                "kitaru.journal k WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', "
-                "'wait_timed_out') AND k.once = j.once)) ORDER BY id LIMIT $2",
-                now,
-                limit,
-            )
+        waiting = await self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions e WHERE status = 'waiting' AND "
+            "EXISTS (SELECT 1 FROM kitaru.journal j WHERE j.exec_id = e.id AND "
+            "j.kind = 'wait_opened' AND j.once IS NOT NULL AND "
+            "(j.data::jsonb ->> 'deadline')::float8 <= $1 AND NOT EXISTS (SELECT 1 FROM "
+            "kitaru.journal k WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', "
+            "'wait_timed_out') AND k.once = j.once)) ORDER BY id LIMIT $2",
+            now,
+            limit,
         )
         found += map(_exec_from_row, waiting)
         return sorted(found, key=lambda e: e.id)[:limit]
 
-    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:
             return {}
         ids = list(exec_ids)
+        await self._ready()
 
         async def op() -> dict[str, str]:
             # Setting an expiry is idempotent: safe to retry whatever happened to a previous try.
@@ -897,9 +922,9 @@ class PostgresStateStore:
                 )
             return {r[0]: r[1] for r in rows}
 
-        return self._call(self._retrying(op, "renewing leases"))
+        return await self._retrying(op, "renewing leases")
 
-    def commit(
+    async def commit(
         self,
         exec_id: str,
         records: Sequence[JournalRecord],
@@ -974,10 +999,10 @@ class PostgresStateStore:
             return status or record.status
 
         if metadata:
-            return self._call(self._write(merging, what))
-        return self._call(self._write(fast, what, single=True))
+            return await self._write(merging, what)
+        return await self._write(fast, what, single=True)
 
-    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         waits = list(waiting_on)
 
         async def body(conn: Any, attempt: _Attempt) -> bool:
@@ -1005,9 +1030,9 @@ class PostgresStateStore:
             )
             return True
 
-        return self._call(self._write(body, f"suspending execution {exec_id}"))
+        return await self._write(body, f"suspending execution {exec_id}")
 
-    def answer_wait(
+    async def answer_wait(
         self,
         exec_id: str,
         record: JournalRecord,
@@ -1048,9 +1073,9 @@ class PostgresStateStore:
                 return True
             return False
 
-        return self._call(self._write(body, f"answering wait {record.call_id!r} of execution {exec_id}"))
+        return await self._write(body, f"answering wait {record.call_id!r} of execution {exec_id}")
 
-    def cancel(self, exec_id: str) -> ExecutionRecord:
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
         async def body(conn: Any, attempt: _Attempt) -> ExecutionRecord:
             now = time.time()
             record = await self._lock(conn, attempt, exec_id)
@@ -1073,17 +1098,15 @@ class PostgresStateStore:
             record.status = "cancelled"
             return record
 
-        return self._call(self._write(body, f"cancelling execution {exec_id}"))
+        return await self._write(body, f"cancelling execution {exec_id}")
 
     # -- journal and artifacts ----------------------------------------------------------------
 
-    def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        rows = self._call(
-            self._read(
-                "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
-                "WHERE exec_id = $1 ORDER BY id",
-                exec_id,
-            )
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
+        rows = await self._read(
+            "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
+            "WHERE exec_id = $1 ORDER BY id",
+            exec_id,
         )
         return [
             JournalRecord(
@@ -1100,13 +1123,13 @@ class PostgresStateStore:
             for r in rows
         ]
 
-    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
-        rows = self._call(
-            self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM kitaru.artifacts WHERE id = $1", artifact_id)
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        rows = await self._read(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM kitaru.artifacts WHERE id = $1", artifact_id
         )
         return _artifact_from_row(rows[0]) if rows else None
 
-    def list_artifacts(
+    async def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         columns = ", ".join(f"a.{c.strip()}" for c in _ARTIFACT_COLUMNS.split(","))
@@ -1121,34 +1144,65 @@ class PostgresStateStore:
         if type is not None:
             params.append(type)
             sql += f" AND a.type = ${len(params)}"
-        rows = self._call(self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", *params))
+        rows = await self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", *params)
         return [_artifact_from_row(r) for r in rows]
 
     # -- closing ------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        with self._close_lock:
+    async def aclose(self) -> None:
+        """Close every loop's pool, each on its own loop (a loop that already ended closed its
+        pool as it shut down); calls after this raise KitaruStoreError. Closing twice is fine."""
+        with self._lock_pools:
             if self._closed:
                 return
             self._closed = True
-        if os.getpid() == self._pid and self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(30)
-            except Exception:
-                pass
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-        if not self._loop.is_running():
-            self._loop.close()
+            entries = list(self._pools.items())
+            self._pools.clear()
+        here = asyncio.get_running_loop()
+        for loop, entry in entries:
+            if entry.keeper is None:
+                if entry.opening is not None and loop is here:
+                    entry.opening.cancel()  # ended by _ready's check when it completes elsewhere
+                continue
+            if loop is here:
+                await _close_keeper(entry.keeper)
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(_close_keeper(entry.keeper), loop)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(future), 30)
+                except Exception:
+                    pass  # that loop is stuck or stopping: its shutdown finalizes the keeper
+            elif entry.pool is not None and not loop.is_closed():
+                entry.pool.terminate()
 
-    async def _aclose(self) -> None:
-        current = asyncio.current_task()
-        others = [t for t in asyncio.all_tasks() if t is not current]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        if self._pool is not None:
-            try:
-                await asyncio.wait_for(self._pool.close(), 10)
-            except Exception:
-                self._pool.terminate()
+
+class _LoopPool:
+    """One event loop's pool: its opening task, then the pool and the keeper that closes it."""
+
+    __slots__ = ("keeper", "opening", "pool")
+
+    def __init__(self, opening: asyncio.Task[tuple[Any, AsyncGenerator[None, None]]]) -> None:
+        self.opening: asyncio.Task[tuple[Any, AsyncGenerator[None, None]]] | None = opening
+        self.pool: Any = None
+        self.keeper: AsyncGenerator[None, None] | None = None
+
+
+async def _keep(pool: Any) -> AsyncGenerator[None, None]:
+    """Holds ``pool`` open until closed: by ``aclose()``, or by the loop's own shutdown, which
+    finalizes the async generators still suspended on it (``shutdown_asyncgens``)."""
+    try:
+        yield
+    finally:
+        await _close_pool(pool)
+
+
+async def _close_keeper(keeper: AsyncGenerator[None, None] | None) -> None:
+    if keeper is not None:
+        await keeper.aclose()
+
+
+async def _close_pool(pool: Any) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except Exception:
+        pool.terminate()

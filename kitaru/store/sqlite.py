@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from kitaru.errors import (
@@ -189,6 +189,8 @@ def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
 
 class SQLiteStateStore:
     """A :class:`~kitaru.store.StateStore` in one SQLite database file."""
+
+    inline: ClassVar[bool] = True
 
     def __init__(
         self, path: str | os.PathLike[str], *, timeout: float = 30.0, read_only: bool = False
@@ -381,7 +383,7 @@ class SQLiteStateStore:
 
     # -- executions -------------------------------------------------------------------------
 
-    def create_execution(
+    async def create_execution(
         self,
         execution: ExecutionRecord,
         artifacts: Sequence[ArtifactRecord],
@@ -421,11 +423,11 @@ class SQLiteStateStore:
             cur.executemany(_INSERT_JOURNAL, [_journal_row(e.id, r, e.created_at) for r in records])
         return e, True
 
-    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
         rows = self._read(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,))
         return _exec_from_row(rows[0]) if rows else None
 
-    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         # LIKE ignores ASCII case; the substr comparison makes the match exact, like startswith.
         rows = self._read(
@@ -435,7 +437,7 @@ class SQLiteStateStore:
         )
         return [r[0] for r in rows]
 
-    def list_executions(
+    async def list_executions(
         self, *, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[ExecutionRecord]:
         clauses, params = [], []
@@ -452,7 +454,7 @@ class SQLiteStateStore:
         )
         return [_exec_from_row(r) for r in rows]
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         exec_id: str,
         owner: str,
@@ -482,7 +484,7 @@ class SQLiteStateStore:
         record.updated_at = now
         return record
 
-    def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
         now = time.time()
         # Local holders are checked in Python (is their process alive?); the query narrows to them.
         running = self._read(
@@ -508,7 +510,7 @@ class SQLiteStateStore:
         found += map(_exec_from_row, waiting)
         return sorted(found, key=lambda e: e.id)[:limit]
 
-    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:
             return {}
         marks = ",".join("?" * len(exec_ids))
@@ -522,7 +524,7 @@ class SQLiteStateStore:
             ).fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def commit(
+    async def commit(
         self,
         exec_id: str,
         records: Sequence[JournalRecord],
@@ -578,7 +580,7 @@ class SQLiteStateStore:
         except sqlite3.Error as exc:
             raise KitaruStoreError(f"commit to {self.path} failed: {exc}") from exc
 
-    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         with self._write() as cur:
             current = self._check_lease(cur, exec_id, owner)
             _rules.check_status_change(exec_id, current or "", "waiting")
@@ -598,7 +600,7 @@ class SQLiteStateStore:
             )
         return True
 
-    def answer_wait(
+    async def answer_wait(
         self,
         exec_id: str,
         record: JournalRecord,
@@ -640,7 +642,7 @@ class SQLiteStateStore:
                 return True
         return False
 
-    def cancel(self, exec_id: str) -> ExecutionRecord:
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
         now = time.time()
         with self._write() as cur:
             row = cur.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)).fetchone()
@@ -664,7 +666,7 @@ class SQLiteStateStore:
 
     # -- journal and artifacts ----------------------------------------------------------------
 
-    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         rows = self._read(
             "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM journal "
             "WHERE exec_id = ? ORDER BY id",
@@ -685,11 +687,11 @@ class SQLiteStateStore:
             for r in rows
         ]
 
-    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,))
         return _artifact_from_row(rows[0]) if rows else None
 
-    def list_artifacts(
+    async def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         columns = ", ".join(f"a.{c.strip()}" for c in _ARTIFACT_COLUMNS.split(","))
@@ -707,6 +709,6 @@ class SQLiteStateStore:
         rows = self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", params)
         return [_artifact_from_row(r) for r in rows]
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         with self._lock:
             self._conn.close()

@@ -22,6 +22,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 _CHILD = r"""
 import hashlib, json, resource, sys, time
 from kitaru.stack import artifact_store_for_uri
+from kitaru.store import sync_view
 
 uri, options, total_mib = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 def rss():
@@ -32,7 +33,7 @@ def rss():
             return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) * 1024
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-store = artifact_store_for_uri(uri, **options)
+store = sync_view(artifact_store_for_uri(uri, **options))
 store.put("warm-up", b"x")  # the SDK imported and its connections open: the baseline
 assert store.get("warm-up") == b"x"
 baseline = rss()

@@ -26,6 +26,7 @@ import kitaru
 from kitaru import KitaruClient, checkpoint, flow
 from kitaru._engine.runtime import Runtime
 from kitaru.adapters.openai_agents import KitaruAgent, RunOutcome
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
 
@@ -306,7 +307,7 @@ def test_sigkill_after_the_second_model_call_then_resume_from_the_cli(
     finally:
         proc.wait(30)
     assert count.read_text().split("\n")[:4] == ["model 1", "tool lookup", "model 2", "tool publish"]
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     [execution] = store.list_executions()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

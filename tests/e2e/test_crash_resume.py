@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from kitaru.stack import artifact_store_for_uri
-from kitaru.store import StateStore
+from kitaru.store import StateStore, sync_view
 from kitaru.store.postgres import PostgresStateStore
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
@@ -103,7 +103,7 @@ def test_postgres_state_and_s3_artifacts_survive_sigkill(
     )
     env = {**env, "KITARU_CONFIG": str(config), "SLOW_AT": str(slow_at)}
     proc = subprocess.Popen([sys.executable, SCRIPT, "chain", str(steps)], env=env, cwd=tmp_path)
-    store = PostgresStateStore(postgres_dsn)
+    store = sync_view(PostgresStateStore(postgres_dsn))
     try:
         try:
             wait_for(Path(env["MARK_DIR"]) / "slow", proc)
@@ -123,7 +123,7 @@ def test_postgres_state_and_s3_artifacts_survive_sigkill(
         execution = store.get_execution(exec_id)
         assert execution is not None and execution.status == "completed"
         # Every output is a blob in S3 (not inline in PostgreSQL), with the bytes it should have.
-        blobs = artifact_store_for_uri(artifacts, **s3_server.options())
+        blobs = sync_view(artifact_store_for_uri(artifacts, **s3_server.options()))
         try:
             outputs = [
                 store.get_artifact(r.artifact_id or "")
@@ -154,7 +154,7 @@ def test_async_flow_killed_with_eight_checkpoints_in_flight(
 ) -> None:
     marks = Path(env["MARK_DIR"])
     proc = subprocess.Popen([sys.executable, SCRIPT, "fanout"], env=env, cwd=tmp_path)
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         try:
             for i in range(4, 8):
@@ -199,7 +199,7 @@ def test_killed_during_a_wait_hold_then_answered_and_resumed(
     env = {**env, "KITARU_WAIT_HOLD": "120"}  # the process holds on the wait instead of suspending
     marks = Path(env["MARK_DIR"])
     proc = subprocess.Popen([sys.executable, SCRIPT, "hold"], env=env, cwd=tmp_path)
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         try:
             wait_for(marks / "holding", proc)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +72,7 @@ def test_quickstart_commands_from_the_readme(
     # The process is gone: nothing runs this execution while it waits.
     assert not _processes_running("examples/quickstart.py")
 
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     before = store.read_journal(exec_id)
 
     # A bad answer from the CLI is refused and changes nothing.
@@ -237,7 +238,7 @@ def test_agent_example_stops_at_its_approval_and_completes_once_answered(
     exec_id = match.group(1)
     assert f"kitaru executions input {exec_id} --value true" in started.stdout
 
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         execution = store.get_execution(exec_id)
         assert execution is not None and execution.status == "waiting"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
 
@@ -46,7 +47,7 @@ def test_an_attempt_killed_mid_checkpoint_shows_after_resume(
         "KITARU_HEARTBEAT": "0.1",  # beat often, so the test need not wait for the default 2 s
     }
     proc = subprocess.Popen([sys.executable, str(FLOWS / "sixteen.py"), "100"], env=env, cwd=tmp_path)
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         wait_for(mark_file, proc)
         exec_id = wait_until_noted(store, "step:12")

@@ -12,6 +12,7 @@ import pytest
 
 from kitaru._engine.runtime import MIN_LEASE_TTL, Runtime
 from kitaru.errors import KitaruConfigError
+from kitaru.store import sync_view
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
@@ -64,7 +65,7 @@ def test_a_live_runner_keeps_a_short_lease(
     )
     try:
         wait_for(mark_file, runner)
-        store = SQLiteStateStore(kitaru_home / "kitaru.db")
+        store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
         [execution] = store.list_executions()
         store.close()
         # Try for more than three lease lifetimes while the checkpoint is held.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +89,7 @@ def test_inspection_commands_work_on_a_read_only_home(
     )
     output_id = next(a["id"] for a in json.loads(listed.stdout) if a["name"] == "produce")
     if wal == "closed-cleanly":
-        SQLiteStateStore(kitaru_home / "kitaru.db").close()
+        sync_view(SQLiteStateStore(kitaru_home / "kitaru.db")).close()
     assert (kitaru_home / "kitaru.db-wal").exists() == (wal == "wal-left")
     before = make_read_only(kitaru_home)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kitaru.store import ExecutionRecord
+from kitaru.store import ExecutionRecord, sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
 
@@ -40,7 +40,7 @@ def counts(env: dict[str, str]) -> Counter[str]:
 
 
 def only_execution(kitaru_home: Path) -> ExecutionRecord:
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         [execution] = store.list_executions()
         return execution
@@ -49,7 +49,7 @@ def only_execution(kitaru_home: Path) -> ExecutionRecord:
 
 
 def journal_kinds(kitaru_home: Path, exec_id: str) -> list[tuple[str, str | None]]:
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         return [(r.kind, r.call_id) for r in store.read_journal(exec_id)]
     finally:
@@ -140,7 +140,7 @@ def test_recover_times_out_a_wait_past_its_deadline(
     execution = only_execution(kitaru_home)
 
     # Not yet due: recover leaves it alone (the test waits for the deadline, not a fixed time).
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     [opened] = [r for r in store.read_journal(execution.id) if r.kind == "wait_opened"]
     store.close()
     deadline = (opened.data or {})["deadline"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 
 pytestmark = pytest.mark.e2e
@@ -79,7 +80,7 @@ def test_replay_of_a_script_flow_is_answered_and_completes_from_another_director
     replay_id = match.group(1)
     assert replay_id != original
 
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         first, replay = store.get_execution(original), store.get_execution(replay_id)
         assert first is not None and replay is not None
@@ -129,7 +130,7 @@ def test_resuming_an_unguarded_script_does_not_start_a_second_execution(
 
     # The checkpoint was paid for once, and the script's import made no execution of its own.
     assert (project / "paid.txt").read_text().split() == ["paid"]
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         [execution] = store.list_executions()
         assert execution.id == exec_id and execution.status == "completed"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ def start(kind: str, env: dict[str, str], cwd: Path) -> str:
 
 
 def blob_path(home: Path, exec_id: str) -> tuple[str, str, Path]:
-    store = SQLiteStateStore(home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(home / "kitaru.db"))
     try:
         [artifact] = store.list_artifacts(exec_id, name="produce", type="output")
     finally:
@@ -83,7 +84,7 @@ def test_truncated_blob_fails_the_resume_then_retry_completes_after_restoring_it
     retried = cli(kitaru_cli, "executions", "retry", exec_id, env=subprocess_env, cwd=elsewhere)
     assert retried.returncode == 0, retried.stderr
     assert f"execution {exec_id} is completed" in retried.stdout
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     try:
         record = store.get_execution(exec_id)
         assert record is not None and record.result_artifact is not None

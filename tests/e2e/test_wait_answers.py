@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kitaru import KitaruClient
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +56,7 @@ def _start(how: str, flow: str, project: Path, env: dict[str, str]) -> str:
         command = [sys.executable, "-c", f"import wait_shapes; wait_shapes.main({flow!r})"]
     started = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
-    store = SQLiteStateStore(Path(env["KITARU_HOME"]) / "kitaru.db")
+    store = sync_view(SQLiteStateStore(Path(env["KITARU_HOME"]) / "kitaru.db"))
     try:
         [execution] = [e for e in store.list_executions() if e.status == "waiting"]
     finally:
@@ -64,7 +65,7 @@ def _start(how: str, flow: str, project: Path, env: dict[str, str]) -> str:
 
 
 def _answered(home: Path, exec_id: str) -> set[str | None]:
-    store = SQLiteStateStore(home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(home / "kitaru.db"))
     try:
         return {r.call_id for r in store.read_journal(exec_id) if r.kind == "wait_answered"}
     finally:

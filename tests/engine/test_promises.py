@@ -14,6 +14,7 @@ import pytest
 import kitaru
 from kitaru import KitaruClient, checkpoint, flow
 from kitaru._engine.runtime import Runtime, get_runtime
+from kitaru.store import sync_view
 from kitaru.store.filesystem import FilesystemArtifactStore
 from kitaru.store.sqlite import SQLiteStateStore
 
@@ -243,7 +244,7 @@ class TestSettings:
         home = data / "kitaru"
         assert (home / "kitaru.db").is_file()
         assert any((home / "artifacts").rglob("*")), "the blob is under the XDG home"
-        store = SQLiteStateStore(home / "kitaru.db")
+        store = sync_view(SQLiteStateStore(home / "kitaru.db"))
         try:
             assert [e.id for e in store.list_executions()] == [handle.exec_id]
         finally:
@@ -259,7 +260,7 @@ class TestSettings:
             monkeypatch.delenv("KITARU_SQLITE_SYNC", raising=False)
         else:
             monkeypatch.setenv("KITARU_SQLITE_SYNC", setting)
-        state = get_runtime().state
+        state = get_runtime().astate
         assert isinstance(state, SQLiteStateStore)
         [(level,)] = state._conn.execute("PRAGMA synchronous").fetchall()
         assert level == expected
@@ -285,6 +286,6 @@ class TestSettings:
 
         monkeypatch.setattr(os, "fsync", counting_fsync)
         runtime = get_runtime()
-        assert isinstance(runtime.artifacts, FilesystemArtifactStore)
+        assert isinstance(runtime.aartifacts, FilesystemArtifactStore)
         assert big_flow.run().wait(timeout=60) == len(BIG)
         assert bool(synced) is fsyncs, synced

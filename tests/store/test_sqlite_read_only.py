@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kitaru.errors import KitaruStoreError
-from kitaru.store import ExecutionRecord
+from kitaru.store import ExecutionRecord, sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 
 
@@ -22,13 +22,13 @@ def _execution(exec_id: str) -> ExecutionRecord:
 
 def test_a_current_database_opens_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:
     path = tmp_path / "kitaru.db"
-    store = SQLiteStateStore(path)
+    store = sync_view(SQLiteStateStore(path))
     store.create_execution(_execution("E1"), [])
     store.close()
     with closing(sqlite3.connect(path, isolation_level=None)) as writer:
         writer.execute("BEGIN IMMEDIATE")  # a long commit elsewhere: opening must not queue on it
         for read_only in (False, True):
-            again = SQLiteStateStore(path, timeout=0.2, read_only=read_only)
+            again = sync_view(SQLiteStateStore(path, timeout=0.2, read_only=read_only))
             try:
                 assert again.get_execution("E1") is not None
             finally:
@@ -38,7 +38,7 @@ def test_a_current_database_opens_while_another_process_holds_the_write_lock(tmp
 
 def test_read_only_open_of_a_missing_database_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "home" / "kitaru.db"
-    store = SQLiteStateStore(path, read_only=True)
+    store = sync_view(SQLiteStateStore(path, read_only=True))
     try:
         assert store.list_executions() == [] and store.get_execution("E1") is None
         with pytest.raises(KitaruStoreError, match="read-only"):
@@ -60,8 +60,8 @@ def test_read_only_open_of_a_database_behind_says_so_and_changes_nothing(tmp_pat
     assert path.read_bytes() == before
 
     # A read-write open migrates it.
-    SQLiteStateStore(path).close()
-    store = SQLiteStateStore(path, read_only=True)
+    sync_view(SQLiteStateStore(path)).close()
+    store = sync_view(SQLiteStateStore(path, read_only=True))
     try:
         assert store.list_executions() == []
     finally:
@@ -70,14 +70,14 @@ def test_read_only_open_of_a_database_behind_says_so_and_changes_nothing(tmp_pat
 
 def test_read_only_store_refuses_writes(tmp_path: Path) -> None:
     path = tmp_path / "kitaru.db"
-    SQLiteStateStore(path).close()
-    store = SQLiteStateStore(path, read_only=True)
+    sync_view(SQLiteStateStore(path)).close()
+    store = sync_view(SQLiteStateStore(path, read_only=True))
     try:
         with pytest.raises(KitaruStoreError):
             store.create_execution(_execution("E1"), [])
     finally:
         store.close()
-    check = SQLiteStateStore(path)
+    check = sync_view(SQLiteStateStore(path))
     try:
         assert check.get_execution("E1") is None
     finally:
