@@ -216,7 +216,6 @@ class TestPrecedence:
         )
         assert out.stdout.split() == ["local", "False"]
 
-
     def test_each_module_imports_alone_and_stays_light(self, tmp_path: Path) -> None:
         """No import cycles among the configuration modules (each imports alone in a fresh
         interpreter), and reading the configuration imports neither tomlkit (only the editor uses
