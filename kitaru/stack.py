@@ -11,22 +11,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from kitaru._install import install_hint
 from kitaru.errors import KitaruConfigError
+from kitaru.stack_config import load_settings, resolve_stack, stack_type
+from kitaru.stack_config._plugins import ARTIFACT_STORE_NAMESPACE as ARTIFACT_STORE_NAMESPACE
+from kitaru.stack_config._plugins import STACK_NAMESPACE as STACK_NAMESPACE
+from kitaru.stack_config._plugins import artifact_store_for_uri as artifact_store_for_uri
 from kitaru.store import ArtifactStore, StateStore
 
 __all__ = [
     "ARTIFACT_STORE_NAMESPACE",
     "STACK_NAMESPACE",
     "BaseStack",
+    "ObjectStoreStack",
     "Stack",
     "active_stack_name",
     "artifact_store_for_uri",
     "load_stack",
 ]
-
-STACK_NAMESPACE = "kitaru.stacks"
-ARTIFACT_STORE_NAMESPACE = "kitaru.artifact_stores"
 
 
 @runtime_checkable
@@ -90,26 +91,36 @@ class BaseStack:
         return artifact_store_for_uri(self.artifacts_uri, **self.options)
 
 
+class ObjectStoreStack(BaseStack):
+    """A stack type whose artifacts live in an object store (S3, GCS, Azure Blob...): the same as
+    :class:`BaseStack`, except that ``artifacts`` is required and must be a ``scheme://`` URI. A
+    plugin sets ``type`` and ``scheme``; its artifact store's factory declares the other keys."""
+
+    scheme: ClassVar[str]
+    """The URI scheme of the artifact store this stack type pairs with, e.g. ``s3``."""
+
+    def __init__(
+        self, name: str, state: str | None = None, artifacts: str | None = None, **options: Any
+    ) -> None:
+        if not artifacts or not artifacts.startswith(f"{self.scheme}://"):
+            raise KitaruConfigError(
+                f"stack {name!r} (type {self.type}) keeps its artifacts in an object store: it needs "
+                f'`artifacts = "{self.scheme}://NAME/PREFIX"` (NAME: the bucket or container), '
+                f"got {artifacts!r}."
+            )
+        super().__init__(name, state=state, artifacts=artifacts, **options)
+
+
 def active_stack_name() -> str:
     """The stack flows use: ``$KITARU_STACK``, else ``active_stack`` of the project file, else of the
     user file, else ``local`` (see :mod:`kitaru.stack_config`)."""
-    from kitaru.stack_config import load_settings
-
     return load_settings().active_stack
-
-
-def _installed(namespace: str) -> list[str]:
-    from importlib.metadata import entry_points
-
-    return sorted({ep.name for ep in entry_points(group=namespace)})
 
 
 def load_stack(name: str | None = None, **options: Any) -> Stack:
     """Build the stack ``name`` (default: the active stack) from its configuration: its type's
     class comes from the ``kitaru.stacks`` entry points (stevedore), its keys from the config files
     and the environment; ``options`` override them."""
-    from kitaru.stack_config import resolve_stack, stack_type
-
     config = resolve_stack(name, **options)
     cls = stack_type(config.type)
     try:
@@ -120,28 +131,3 @@ def load_stack(name: str | None = None, **options: Any) -> Stack:
             f"{exc}. See stacks.example.toml for the keys of each stack type."
         ) from None
     return stack
-
-
-def artifact_store_for_uri(uri: str, **options: Any) -> ArtifactStore:
-    """Open the artifact store rooted at ``uri``, chosen by its scheme (``file``, ``s3``...);
-    ``options`` go to the store's factory."""
-    scheme = uri.partition("://")[0]
-    from stevedore import driver
-    from stevedore.exception import NoMatches
-
-    try:
-        manager: Any = driver.DriverManager(
-            namespace=ARTIFACT_STORE_NAMESPACE,
-            name=scheme,
-            invoke_on_load=True,
-            invoke_args=(uri,),
-            invoke_kwds=options,
-        )
-    except NoMatches:
-        installed = ", ".join(_installed(ARTIFACT_STORE_NAMESPACE)) or "none"
-        raise KitaruConfigError(
-            f"no artifact store plugin for {scheme}:// URIs (installed: {installed}). Install the "
-            f"stack that provides it, e.g. `{install_hint(scheme)}`."
-        ) from None
-    store: ArtifactStore = manager.driver
-    return store

@@ -207,8 +207,9 @@ def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], o
     kitaru stack create prod --type aws --artifacts s3://bucket/kitaru --region eu-west-1
     """
     from kitaru.stack_config import create_stack as create
+    from kitaru.stack_config import user_config_path
 
-    config = create(name, type_, _parse_keys(keys), activate=activate)
+    config, rewritten = create(name, type_, _parse_keys(keys), activate=activate)
     if output == "json":
         _echo_json(
             {
@@ -217,6 +218,7 @@ def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], o
                 "keys": {k: _mask(k, v) for k, v in config.options.items()},
                 "declared_in": config.declared_in,
                 "active": config.active,
+                "comments_kept": not rewritten,
             }
         )
         return
@@ -225,6 +227,7 @@ def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], o
         click.echo(f"active stack is now {config.name}")
     else:
         click.echo(f"make it active with: kitaru stack set {config.name}")
+    _note_rewrite(rewritten, user_config_path())
 
 
 @stack.command("delete")

@@ -206,7 +206,8 @@ APPROVALS = [
     ("pydantic_ai_agent.py", [], "support.approve.refund"),
     ("openai_agents_agent.py", ["per_call"], "triage.approve.refund"),
     ("openai_agents_agent.py", ["runner_call"], "triage_run.approve.refund"),
-    ("crewai_crew.py", [], "approve_draft"),
+    # crewai_crew.py needs CrewAI's own environment: tests/adapters/test_crewai_example.py runs it
+    # there through its approval.
 ]
 
 
@@ -231,8 +232,6 @@ def test_agent_example_stops_at_its_approval_and_completes_once_answered(
         timeout=300,
     )
     assert started.returncode == 0, started.stderr
-    if "is not installed" in started.stdout:
-        pytest.skip(started.stdout.strip())
     match = re.search(r"execution (\w+)\b.* waiting for approval", started.stdout)
     assert match, started.stdout
     exec_id = match.group(1)
