@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,7 +42,8 @@ from kitaru.errors import (
     KitaruStoreError,
 )
 from kitaru.stack import ObjectStoreStack, artifact_store_for_uri, load_stack
-from kitaru.store.conformance import ArtifactStoreConformance
+from kitaru.store import sync_view
+from kitaru.store.conformance import ArtifactStoreConformance, _chunks, _keys, _to_thread
 
 __all__ = ["ObjectStoreConformance"]
 
@@ -79,6 +80,7 @@ def _without(monkeypatch: pytest.MonkeyPatch, *prefixes: str) -> None:
 _CHILD = r"""
 import hashlib, json, resource, sys, time
 from kitaru.stack import artifact_store_for_uri
+from kitaru.store import sync_view
 
 uri, options, total_mib = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 def rss():
@@ -89,7 +91,7 @@ def rss():
             return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) * 1024
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-store = artifact_store_for_uri(uri, **options)
+store = sync_view(artifact_store_for_uri(uri, **options))
 store.put("warm-up", b"x")  # the SDK imported and its connections open: the baseline
 assert store.get("warm-up") == b"x"
 baseline = rss()
@@ -195,109 +197,118 @@ class ObjectStoreConformance(ArtifactStoreConformance):
 
     # -- the shared behaviours ----------------------------------------------------------------------
 
-    def test_the_store_is_found_by_its_scheme(self, store_options: dict[str, Any], bucket: str) -> None:
+    async def test_the_store_is_found_by_its_scheme(self, store_options: dict[str, Any], bucket: str) -> None:
         store: Any = artifact_store_for_uri(self._uri(bucket, "kitaru"), **store_options)
         try:
             assert isinstance(store, self.store_type)
         finally:
-            store.close()
+            await store.aclose()
 
-    def test_keys_live_under_the_prefix(
+    async def test_keys_live_under_the_prefix(
         self, artifact_store: Any, store_options: dict[str, Any], bucket: str
     ) -> None:
         key = f"blobs/ab/{new_id()}"
-        artifact_store.put(key, b"x")
+        await artifact_store.put(key, b"x")
         assert artifact_store.uri_for(key) == f"{self._uri(bucket, 'kitaru')}/{key}"
         bare = self._store(self._uri(bucket), **store_options)
         try:
-            assert bare.get(f"kitaru/{key}") == b"x"
-            assert f"kitaru/{key}" in set(bare.list("kitaru/blobs/"))
+            assert await bare.get(f"kitaru/{key}") == b"x"
+            assert f"kitaru/{key}" in {k async for k in bare.list("kitaru/blobs/")}
         finally:
-            bare.close()
+            await bare.aclose()
 
-    def test_a_large_stream_conflicts_with_different_bytes(
+    async def test_a_large_stream_conflicts_with_different_bytes(
         self, store_options: dict[str, Any], bucket: str
     ) -> None:
         store = self._store(self._uri(bucket, "big"), part_size=self.large_part_size, **store_options)
         key = f"big/{new_id()}"
         one = [bytes([1]) * MiB] * self.large_stream_mib  # several parts / blocks / a resumable upload
         try:
-            store.put_stream(key, iter(one))
-            store.put_stream(key, iter(one))  # the same bytes again: fine
+            await store.put_stream(key, _chunks(*one))
+            await store.put_stream(key, _chunks(*one))  # the same bytes again: fine
             with pytest.raises(KitaruConflictError, match="different bytes"):
-                store.put_stream(key, iter([bytes([2]) * MiB] * self.large_stream_mib))
+                await store.put_stream(key, _chunks(*[bytes([2]) * MiB] * self.large_stream_mib))
             with pytest.raises(KitaruConflictError):
-                store.put(key, b"small and different")
-            assert store.get(key) == b"".join(one)
+                await store.put(key, b"small and different")
+            assert await store.get(key) == b"".join(one)
         finally:
-            store.close()
+            await store.aclose()
 
-    def test_a_failed_large_stream_leaves_nothing(self, store_options: dict[str, Any], bucket: str) -> None:
+    async def test_a_failed_large_stream_leaves_nothing(
+        self, store_options: dict[str, Any], bucket: str
+    ) -> None:
         store = self._store(self._uri(bucket, "failed"), part_size=self.large_part_size, **store_options)
         key = f"big-failed/{new_id()}"
 
-        def produce() -> Iterator[bytes]:
+        async def produce() -> AsyncIterator[bytes]:
             for i in range(self.large_stream_mib):  # several parts are already uploaded when it fails
                 yield bytes([i]) * MiB
             raise RuntimeError("producer died")
 
         try:
             with pytest.raises(RuntimeError, match="producer died"):
-                store.put_stream(key, produce())
+                await store.put_stream(key, produce())
             gc.collect()  # a dropped SDK writer must not finalize the upload on its way out
-            assert not store.exists(key)
-            assert list(store.list(key)) == []
-            store.put(key, b"whole")
-            assert store.get(key) == b"whole"
+            assert not await store.exists(key)
+            assert [k async for k in store.list(key)] == []
+            await store.put(key, b"whole")
+            assert await store.get(key) == b"whole"
         finally:
-            store.close()
+            await store.aclose()
 
-    def test_missing_bucket_is_a_store_error_naming_it(
+    async def test_missing_bucket_is_a_store_error_naming_it(
         self, store_options: dict[str, Any], service_address: str
     ) -> None:
         store = self._store(self._uri(f"no-such-bucket-{new_id().lower()}", "p"), **store_options)
-        operations: dict[str, Callable[[], object]] = {
+        operations: dict[str, Callable[[], Awaitable[object]]] = {
             "put": lambda: store.put("k", b"v"),
             "get": lambda: store.get("k"),
-            "list": lambda: list(store.list()),
+            "list": lambda: _keys(store),
         }
         try:
             for name in self.missing_bucket_operations:
                 with pytest.raises(KitaruStoreError, match="does not exist") as info:
-                    operations[name]()
+                    await operations[name]()
                 assert not isinstance(info.value, KitaruNotFoundError)
                 assert "no-such-bucket" in str(info.value)
                 assert self.missing_bucket_names(service_address) in str(info.value)
         finally:
-            store.close()
+            await store.aclose()
 
-    def test_server_down_is_a_store_error_after_bounded_retries(self) -> None:
+    async def test_server_down_is_a_store_error_after_bounded_retries(self) -> None:
         store, address = self.unreachable_store(_free_port())
         try:
             started = time.monotonic()
-            for attempt in (lambda: store.put("k", b"v"), lambda: store.get("k"), lambda: list(store.list())):
+            attempts: list[Callable[[], Awaitable[object]]] = [
+                lambda: store.put("k", b"v"),
+                lambda: store.get("k"),
+                lambda: _keys(store),
+            ]
+            for attempt in attempts:
                 with pytest.raises(KitaruStoreError, match="unreachable") as info:
-                    attempt()
+                    await attempt()
                 assert address in str(info.value) and "3 attempts" in str(info.value)
             assert time.monotonic() - started < 30
         finally:
-            store.close()
+            await store.aclose()
 
-    def test_transient_errors_are_retried(self, artifact_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_transient_errors_are_retried(
+        self, artifact_store: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         failures = [2]
         self.make_flaky(artifact_store, monkeypatch, failures)
         key = f"flaky/{new_id()}"
-        artifact_store.put(key, b"after two transient errors")
+        await artifact_store.put(key, b"after two transient errors")
         assert failures == [0]
-        assert artifact_store.get(key) == b"after two transient errors"
+        assert await artifact_store.get(key) == b"after two transient errors"
 
-    def test_a_missing_sdk_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_a_missing_sdk_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         _without(monkeypatch, *self.sdk_modules)
         store = self._store(self._uri("bucket", "p"), **self.offline_options)
         with pytest.raises(KitaruMissingDependencyError, match=rf"pip install '\S+\[{self.extra}\]'"):
-            store.put("k", b"v")
+            await store.put("k", b"v")
 
-    def test_the_stack_from_a_config_file(
+    async def test_the_stack_from_a_config_file(
         self,
         store_options: dict[str, Any],
         service_address: str,
@@ -317,24 +328,24 @@ class ObjectStoreConformance(ArtifactStoreConformance):
         store: Any = stack.artifact_store()
         assert isinstance(store, self.store_type) and store.uri == self._uri(bucket, "stack")
         assert store.retry.attempts == 2
-        store.put("hello", b"world")
-        assert store.get("hello") == b"world"
+        await store.put("hello", b"world")
+        assert await store.get("hello") == b"world"
         other = store.reopen(self._uri(bucket, "other"))
         assert getattr(other, self.address_attribute) == service_address
-        store.close()
+        await store.aclose()
 
         config.write_text(config.read_text() + f'{self.typo_key} = "x"\n')
         with pytest.raises(KitaruConfigError, match=self.typo_key):
             load_stack("cloud")
 
-    def test_the_stack_type_needs_its_scheme(self) -> None:
+    async def test_the_stack_type_needs_its_scheme(self) -> None:
         other = "file:///tmp/x"
         with pytest.raises(KitaruConfigError, match=f"{self.stack_type.scheme}://"):
             self.stack_type(name="cloud", artifacts=other)
         with pytest.raises(KitaruConfigError, match=f"{self.stack_type.scheme}://"):
             self.stack_type(name="cloud")
 
-    def test_the_runtime_reads_another_prefix_with_its_own_store_options(
+    async def test_the_runtime_reads_another_prefix_with_its_own_store_options(
         self, store_options: dict[str, Any], bucket: str
     ) -> None:
         from kitaru._engine.runtime import Runtime
@@ -349,13 +360,15 @@ class ObjectStoreConformance(ArtifactStoreConformance):
             "exec", name="big", version=1, type="output", value=b"z" * 100_000, call_id="c"
         )
         assert record.inline is None and record.uri is not None and "/stack-a/blobs/" in record.uri
-        runtime.artifacts = reader
+        runtime.artifacts = sync_view(reader)
         assert runtime.load_artifact(record) == b"z" * 100_000
-        runtime.close()
-        writer.close()
-        reader.close()
+        await _to_thread(runtime.close)
+        await writer.aclose()
+        await reader.aclose()
 
-    def test_200_mb_round_trip_in_bounded_memory(self, store_options: dict[str, Any], bucket: str) -> None:
+    async def test_200_mb_round_trip_in_bounded_memory(
+        self, store_options: dict[str, Any], bucket: str
+    ) -> None:
         _round_trip_in_bounded_memory(
             self._uri(bucket, "big"), store_options, part_size=8 * MiB, report_as=self.report_as
         )

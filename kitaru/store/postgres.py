@@ -3,10 +3,9 @@
 Every call runs on the caller's event loop: no private loop, no thread hop. An asyncpg pool belongs
 to the loop it was made on, and a process may use one store from several loops (kitaru's portal loop
 for sync callers, an application's own loop), so the store keeps one pool per running loop, opened
-on that loop's first call (the schema is checked once per store, on the first pool). ``aclose()``
-closes every pool, each on its own loop. A pool whose loop shuts down first (``asyncio.run``
-returning) is closed by that shutdown: each pool is tied to an async generator the loop finalizes
-as it ends, so no connection is left for the garbage collector.
+on that loop's first call (the schema is checked once per store, on the first pool); ``aclose()``
+closes every pool, each on its own loop, and a loop that shuts down first closes its pool itself
+(:mod:`kitaru.store._perloop`).
 
 Concurrency is PostgreSQL's: every write that reads before it writes (commit with a lease check,
 lease takeover, suspend, answering a wait, cancel) locks the execution's row with
@@ -33,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -54,6 +53,7 @@ from kitaru.store import (
     JournalRecord,
     _rules,
 )
+from kitaru.store._perloop import PerLoop
 
 __all__ = ["PostgresStateStore"]
 
@@ -428,7 +428,7 @@ class PostgresStateStore:
         self._pid = os.getpid()
         self._closed = False
         self._lock_pools = threading.Lock()
-        self._pools: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
+        self._pools: PerLoop[Any] = PerLoop(self._open, _close_pool)
         self._migrated = False
         self._writes = 0
         self._backend_starts: dict[int, Any] = {}
@@ -450,40 +450,22 @@ class PostgresStateStore:
                 f"the PostgreSQL state store {self._target} was opened in process {self._pid} and "
                 "cannot be used after a fork; open a new store in this process."
             )
-        loop = asyncio.get_running_loop()
-        entry = self._pools.get(loop)
-        if entry is not None and entry.pool is not None:
-            return entry.pool
-        if entry is None:
-            with self._lock_pools:
-                entry = self._pools.get(loop)
-                if entry is None:
-                    # Concurrent first calls on one loop share one opening.
-                    entry = self._pools[loop] = _LoopPool(loop.create_task(self._open()))
-        assert entry.opening is not None
         try:
-            entry.pool, entry.keeper = await asyncio.shield(entry.opening)
-        except BaseException:
-            if entry.opening.done():
-                # A failed opening is forgotten: the next call tries again.
-                with self._lock_pools:
-                    if self._pools.get(loop) is entry:
-                        del self._pools[loop]
+            return await self._pools.get()
+        except RuntimeError:
+            if self._closed:  # closed while this loop's pool was opening
+                raise self._closed_error() from None
             raise
-        if self._closed:  # closed while opening: this pool is not in aclose()'s list
-            await _close_keeper(entry.keeper)
-            raise self._closed_error()
-        return entry.pool
 
     @property
     def _pool(self) -> Any:
         """The running loop's pool (opened by :meth:`_ready`, which every call awaits first)."""
-        entry = self._pools.get(asyncio.get_running_loop())
-        if entry is None or entry.pool is None:
+        pool = self._pools.current()
+        if pool is None:
             raise self._closed_error()
-        return entry.pool
+        return pool
 
-    async def _open(self) -> tuple[Any, AsyncGenerator[None, None]]:
+    async def _open(self) -> Any:
         async def no_reset(conn: Any) -> None:
             # The pool's default reset (RESET ALL, UNLISTEN, advisory unlock...) costs a round trip on
             # every release; this store keeps no session state, and an open transaction is rolled
@@ -510,9 +492,7 @@ class PostgresStateStore:
         except BaseException:
             await _close_pool(pool)
             raise
-        keeper = _keep(pool)
-        await keeper.asend(None)  # first step: the loop now finalizes it when it shuts down
-        return pool, keeper
+        return pool
 
     async def _migrate(self, pool: Any) -> None:
         async with pool.acquire() as conn:
@@ -1156,49 +1136,7 @@ class PostgresStateStore:
             if self._closed:
                 return
             self._closed = True
-            entries = list(self._pools.items())
-            self._pools.clear()
-        here = asyncio.get_running_loop()
-        for loop, entry in entries:
-            if entry.keeper is None:
-                if entry.opening is not None and loop is here:
-                    entry.opening.cancel()  # ended by _ready's check when it completes elsewhere
-                continue
-            if loop is here:
-                await _close_keeper(entry.keeper)
-            elif loop.is_running():
-                future = asyncio.run_coroutine_threadsafe(_close_keeper(entry.keeper), loop)
-                try:
-                    await asyncio.wait_for(asyncio.wrap_future(future), 30)
-                except Exception:
-                    pass  # that loop is stuck or stopping: its shutdown finalizes the keeper
-            elif entry.pool is not None and not loop.is_closed():
-                entry.pool.terminate()
-
-
-class _LoopPool:
-    """One event loop's pool: its opening task, then the pool and the keeper that closes it."""
-
-    __slots__ = ("keeper", "opening", "pool")
-
-    def __init__(self, opening: asyncio.Task[tuple[Any, AsyncGenerator[None, None]]]) -> None:
-        self.opening: asyncio.Task[tuple[Any, AsyncGenerator[None, None]]] | None = opening
-        self.pool: Any = None
-        self.keeper: AsyncGenerator[None, None] | None = None
-
-
-async def _keep(pool: Any) -> AsyncGenerator[None, None]:
-    """Holds ``pool`` open until closed: by ``aclose()``, or by the loop's own shutdown, which
-    finalizes the async generators still suspended on it (``shutdown_asyncgens``)."""
-    try:
-        yield
-    finally:
-        await _close_pool(pool)
-
-
-async def _close_keeper(keeper: AsyncGenerator[None, None] | None) -> None:
-    if keeper is not None:
-        await keeper.aclose()
+        await self._pools.aclose()
 
 
 async def _close_pool(pool: Any) -> None:

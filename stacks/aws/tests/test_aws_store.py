@@ -12,6 +12,7 @@ from kitaru_stack_aws._store import S3ArtifactStore
 
 from kitaru._ids import new_id
 from kitaru.stack import artifact_store_for_uri
+from kitaru.store import sync_view
 from kitaru.store.objectstore_conformance import FAST_RETRIES, ObjectStoreConformance
 from tests._services.s3 import MotoServer, s3_server
 
@@ -41,7 +42,7 @@ def artifact_store(store_options: dict[str, Any], bucket: str) -> Iterator[S3Art
     store = artifact_store_for_uri(f"s3://{bucket}/kitaru", part_size=5 * MiB, **store_options)
     assert isinstance(store, S3ArtifactStore)
     yield store
-    store.close()
+    sync_view(store).close()
 
 
 class TestS3ArtifactStore(ObjectStoreConformance):
@@ -67,19 +68,33 @@ class TestS3ArtifactStore(ObjectStoreConformance):
     def make_flaky(self, store: Any, monkeypatch: pytest.MonkeyPatch, failures: list[int]) -> None:
         from botocore.exceptions import ClientError
 
-        real = store._run
+        real = store._clients.get
 
-        def flaky(coro: Any) -> Any:  # the next S3 requests are throttled
-            if failures[0] > 0:
-                failures[0] -= 1
-                coro.close()
-                raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow down"}}, "PutObject")
-            return real(coro)
+        class Throttled:  # the next S3 requests are throttled
+            def __init__(self, client: Any) -> None:
+                self.client = client
 
-        monkeypatch.setattr(store, "_run", flaky)
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(self.client, name)
+
+                async def call(**params: Any) -> Any:
+                    if failures[0] > 0:
+                        failures[0] -= 1
+                        raise ClientError({"Error": {"Code": "SlowDown", "Message": "slow down"}}, name)
+                    return await method(**params)
+
+                return call
+
+        async def flaky() -> Any:
+            client, ctx = await real()
+            return Throttled(client), ctx
+
+        monkeypatch.setattr(store._clients, "get", flaky)
 
 
-def test_a_download_cut_mid_way_resumes_from_where_it_was(
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_download_cut_mid_way_resumes_from_where_it_was(
     artifact_store: S3ArtifactStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import aiohttp
@@ -87,7 +102,7 @@ def test_a_download_cut_mid_way_resumes_from_where_it_was(
 
     key = f"resume/{new_id()}"
     data = bytes(range(256)) * 4096  # 1 MiB
-    artifact_store.put(key, data)
+    await artifact_store.put(key, data)
     real, calls = _store._read_block, [0]
 
     async def cut_once(body: Any, size: int) -> bytes:
@@ -97,5 +112,5 @@ def test_a_download_cut_mid_way_resumes_from_where_it_was(
         return await real(body, size)
 
     monkeypatch.setattr(_store, "_read_block", cut_once)
-    chunks = list(artifact_store.open(key, chunk_size=64 * 1024))
+    chunks = [chunk async for chunk in artifact_store.open(key, chunk_size=64 * 1024)]
     assert b"".join(chunks) == data and calls[0] > 3

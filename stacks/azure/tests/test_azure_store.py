@@ -13,6 +13,7 @@ from kitaru_stack_azure._store import AzureBlobArtifactStore
 
 from kitaru.errors import KitaruStoreError
 from kitaru.stack import artifact_store_for_uri
+from kitaru.store import sync_view
 from kitaru.store.objectstore_conformance import FAST_RETRIES, ObjectStoreConformance
 from tests._services.azure import ACCOUNT, ACCOUNT_KEY, Azurite, azurite
 
@@ -46,7 +47,7 @@ def artifact_store(store_options: dict[str, Any], container: str) -> Iterator[Az
     store = artifact_store_for_uri(f"az://{container}/kitaru", part_size=MiB, **store_options)
     assert isinstance(store, AzureBlobArtifactStore)
     yield store
-    store.close()
+    sync_view(store).close()
 
 
 class TestAzureBlobArtifactStore(ObjectStoreConformance):
@@ -92,10 +93,10 @@ def test_account_key_and_account_url(azurite: Azurite, container: str) -> None:
         f"az://{container}/key", account_url=azurite.account_url, account_key=ACCOUNT_KEY
     )
     try:
-        store.put("k", b"by account key")
-        assert store.get("k") == b"by account key"
+        sync_view(store).put("k", b"by account key")
+        assert sync_view(store).get("k") == b"by account key"
     finally:
-        store.close()
+        sync_view(store).close()
 
 
 def test_bad_credentials_are_a_store_error_naming_the_container(azurite: Azurite, container: str) -> None:
@@ -103,8 +104,8 @@ def test_bad_credentials_are_a_store_error_naming_the_container(azurite: Azurite
     store = AzureBlobArtifactStore(f"az://{container}/p", account_url=azurite.account_url, account_key=wrong)
     try:
         with pytest.raises(KitaruStoreError, match="access denied") as info:
-            store.put("k", b"v")
+            sync_view(store).put("k", b"v")
         assert container in str(info.value) and azurite.account_url in str(info.value)
         assert "account_key" in str(info.value)
     finally:
-        store.close()
+        sync_view(store).close()

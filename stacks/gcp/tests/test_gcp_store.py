@@ -11,6 +11,7 @@ from kitaru_stack_gcp import GcpStack
 from kitaru_stack_gcp._store import GcsArtifactStore
 
 from kitaru.stack import artifact_store_for_uri
+from kitaru.store import sync_view
 from kitaru.store.objectstore_conformance import FAST_RETRIES, ObjectStoreConformance
 from tests._services.gcs import FakeGcsServer, gcs_server
 
@@ -37,7 +38,7 @@ def artifact_store(store_options: dict[str, Any], bucket: str) -> Iterator[GcsAr
     store = artifact_store_for_uri(f"gs://{bucket}/kitaru", part_size=512 * 1024, **store_options)
     assert isinstance(store, GcsArtifactStore)
     yield store
-    store.close()
+    sync_view(store).close()
 
 
 class TestGcsArtifactStore(ObjectStoreConformance):
