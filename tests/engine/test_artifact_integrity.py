@@ -179,7 +179,7 @@ class TestOnAnObjectStore:
         with use_runtime(runtime):
             handle = text_flow.run(BIG)
             record, key = blob_of(runtime, handle.exec_id, "make_text")
-            original = store.get(key)
+            original = runtime.artifacts.get(key)
             replace_blob(runtime, key, original.replace(b"x", b"y", 1))
             with pytest.raises(KitaruStoreError, match=record.id):
                 KitaruClient().executions.input(handle.exec_id, True)
