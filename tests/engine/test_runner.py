@@ -16,11 +16,14 @@ from kitaru._engine.runtime import Runtime
 from kitaru.local_stack import LocalOrchestrator, LocalStack
 
 RAN: Counter[str] = Counter()
+ASLEEP: list[anyio.Event] = []
 
 
 @checkpoint
 async def sleeps_for_an_hour() -> str:
     RAN["sleeping"] += 1
+    for event in ASLEEP:
+        event.set()
     await anyio.sleep(3600)
     RAN["woke"] += 1
     return "woke"
@@ -45,16 +48,21 @@ class TestCancelScope:
         result: dict[str, Any] = {}
 
         async def main() -> None:
+            asleep = anyio.Event()
+            ASLEEP.append(asleep)
             handle = await sleepy.start()
             result["id"] = handle.exec_id
+            cancel = KitaruClient(runtime).executions.cancel
             with anyio.fail_after(60):  # a safety net, not a timing assertion
-                while RAN["sleeping"] == 0:
-                    await anyio.sleep(0.01)
-                await anyio.to_thread.run_sync(lambda: KitaruClient(runtime).executions.cancel(handle.exec_id))
+                await asleep.wait()
+                await anyio.to_thread.run_sync(cancel, handle.exec_id)
                 with pytest.raises(kitaru.KitaruExecutionCancelledError):
                     await handle.result()
 
-        anyio.run(main)
+        try:
+            anyio.run(main)
+        finally:
+            ASLEEP.clear()
         assert RAN == {"sleeping": 1}  # neither woke nor went on
         kinds = [r.kind for r in runtime.state.read_journal(result["id"])]
         assert kinds[-1] == "flow_cancelled"
@@ -143,7 +151,9 @@ class TestOrchestratorSeam:
 
         assert isinstance(load_stack().orchestrator(), LocalOrchestrator)
 
-    def test_an_answer_goes_to_the_stacks_orchestrator(self, runtime: Runtime, remote: RecordingOrchestrator) -> None:
+    def test_an_answer_goes_to_the_stacks_orchestrator(
+        self, runtime: Runtime, remote: RecordingOrchestrator
+    ) -> None:
         RAN.clear()
         handle = asks.run()
         assert handle.status == "waiting"
