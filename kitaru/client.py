@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kitaru._engine.runtime import INFLIGHT
 from kitaru._ids import MAX_ID_LENGTH
@@ -21,6 +21,14 @@ from kitaru.errors import (
     KitaruUsageError,
 )
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
+
+if TYPE_CHECKING:
+    from kitaru._engine.handles import FlowHandle
+    from kitaru._engine.runner import Outcome
+    from kitaru._engine.runtime import Runtime
+    from kitaru.diff import ExecutionDiff
+    from kitaru.lineage import LineageGraph
+    from kitaru.stack import Orchestrator
 
 __all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Recovery", "Wait"]
 
@@ -161,7 +169,7 @@ class Artifact:
 
     def read_bytes(self) -> bytes:
         """The stored bytes, verified against the state store's size and sha256."""
-        return self._client._runtime.artifact_bytes(self._record)  # type: ignore[no-any-return]
+        return self._client._runtime.artifact_bytes(self._record)
 
     def as_json(self) -> Any:
         """The value as plain JSON data, parsed from the verified bytes without importing or
@@ -372,8 +380,9 @@ class _Executions:
         records = self._state.list_executions(flow=flow, status=status, limit=limit)
         return [_execution_view(r, [], [], {}) for r in records]
 
-    def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> Any:
-        """Answer an open wait; with ``resume`` the flow continues in this process.
+    def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> FlowHandle:
+        """Answer an open wait; with ``resume`` the stack's orchestrator moves the flow on (the
+        local stack drives it in this process).
 
         The answer is checked first, with no user code needed, against the wait's JSON Schema
         (strictly: ``"no"`` is not a bool), then with pydantic where the classes its schema names
@@ -383,20 +392,23 @@ class _Executions:
         Returns a :class:`~kitaru.FlowHandle` of the execution.
         """
         from kitaru._engine.flow import FlowHandle, load_flow
+        from kitaru._engine.handles import blocking
+        from kitaru._engine.runner import Runner
         from kitaru._engine.waits import _LIVE_SCHEMAS, check_answer
 
         runtime = self._client._runtime
         execution = self.get(exec_id)
         chosen = _choose_wait(execution, wait)
-        flow_obj = None
+        orchestrator = self._client._orchestrator()
+        in_process = _drives_here(orchestrator)
         flow_module = None
         try:
             flow_obj = load_flow(execution.target, self._record(execution.id).sys_path)
             flow_module = sys.modules.get(flow_obj.fn.__module__)
         except KitaruError:
-            # Without the flow's code an answer can still be recorded (--no-resume): the wait's
-            # JSON Schema needs no user code.
-            if resume:
+            # Without the flow's code an answer can still be recorded (--no-resume, or a stack
+            # whose jobs carry the code): the wait's JSON Schema needs no user code.
+            if resume and in_process:
                 raise
         value = check_answer(
             {
@@ -411,44 +423,30 @@ class _Executions:
             live_schema=_LIVE_SCHEMAS.get((execution.id, chosen.name)),
             flow_module=flow_module,
         )
-        artifact = runtime.make_artifact(
-            execution.id,
-            name=chosen.name,
-            version=1,
-            type="answer",
-            value=value,
-            call_id=chosen.name,
-        )
-        record = JournalRecord(
-            kind="wait_answered", call_id=chosen.name, artifact_id=artifact.id, ts=time.time()
-        )
-        took = self._state.answer_wait(
-            execution.id,
-            record,
-            artifact,
-            owner=runtime.owner,
-            ttl=runtime.lease_ttl,
-            take_lease=resume,
-        )
-        if not took or flow_obj is None:
+        runner = Runner(runtime)
+        # Driving here: take the lease in the answer's own transaction (nobody can slip in
+        # between). Elsewhere: record the answer, then let the orchestrator start the work.
+        leased = blocking(runner.answer, execution.id, chosen.name, value, take_lease=resume and in_process)
+        if not resume:
             return FlowHandle(execution.id, runtime)
-        leased = self._state.get_execution(execution.id)
-        return self._drive(flow_obj, leased)
+        if in_process:
+            if leased is None:
+                return FlowHandle(execution.id, runtime)  # its runner (still holding) goes on
+            flow_obj, started = blocking(runner.load, leased)
+            return _handle(execution.id, runtime, blocking(runner.drive, flow_obj, leased, started))
+        return self._submit(execution.id)
 
-    def _drive(self, flow_obj: Any, record: ExecutionRecord) -> Any:
-        from kitaru._engine.flow import FlowHandle
+    def _submit(self, exec_id: str) -> FlowHandle:
+        """Hand the execution to the stack's orchestrator; the handle has the local outcome when
+        it drove the execution here."""
+        from kitaru._engine.handles import blocking
 
-        runtime = self._client._runtime
-        outcome = flow_obj.drive(runtime, record, flow_obj.inputs_of(runtime, record.id))
-        if isinstance(outcome.error, KitaruError):
-            raise outcome.error
-        return FlowHandle(record.id, runtime, outcome)
+        outcome = blocking(self._client._orchestrator().submit, exec_id)
+        return _handle(exec_id, self._client._runtime, outcome)
 
-    def _take_over(self, exec_id: str, allowed: set[str]) -> Any:
-        from kitaru._engine.flow import load_flow
+    def _take_over(self, exec_id: str, allowed: set[str]) -> FlowHandle:
         from kitaru.store import _rules
 
-        runtime = self._client._runtime
         record = self._record(exec_id)
         if record.status in _rules.FINAL_STATUSES:
             raise _rules.final_error(record.id, record.status, "run again")
@@ -459,27 +457,23 @@ class _Executions:
                 "running": f"resume it with `kitaru executions resume {record.id}`",
             }.get(record.status, "")
             raise KitaruStateError(f"execution {record.id} is {record.status}: {hint}.")
-        flow_obj = load_flow(record.target, record.sys_path)
-        leased = self._state.acquire_lease(
-            record.id, runtime.owner, runtime.lease_ttl, allowed_statuses=allowed
-        )
-        return self._drive(flow_obj, leased)
+        return self._submit(record.id)
 
-    def resume(self, exec_id: str) -> Any:
+    def resume(self, exec_id: str) -> FlowHandle:
         """Drive an interrupted (``running`` with a dead runner) or ``waiting`` execution on from
-        its journal, in this process. A waiting one suspends again unless its wait was answered
-        or timed out."""
+        its journal (the local stack: in this process). A waiting one suspends again unless its
+        wait was answered or timed out."""
         return self._take_over(exec_id, {"running", "waiting"})
 
-    def retry(self, exec_id: str) -> Any:
+    def retry(self, exec_id: str) -> FlowHandle:
         """Continue a ``failed`` execution in place, reusing its completed checkpoints."""
         return self._take_over(exec_id, {"failed"})
 
     def recover(self, *, limit: int = 100) -> builtins.list[Recovery]:
-        """Drive on, in this process, every execution that nobody moves on: ``running`` ones whose
-        runner is gone (its process died, or its lease expired), and ``waiting`` ones whose wait
-        deadline passed (their flow sees :class:`~kitaru.errors.KitaruWaitTimeoutError`, as an
-        in-process timeout does).
+        """Drive on every execution that nobody moves on: ``running`` ones whose runner is gone
+        (its process died, or its lease expired), and ``waiting`` ones whose wait deadline passed
+        (their flow sees :class:`~kitaru.errors.KitaruWaitTimeoutError`, as an in-process timeout
+        does). The stack's orchestrator does the driving (the local stack: in this process).
 
         Safe to run from cron, or from several processes and hosts at once: taking each lease
         decides who drives; the others skip it. Returns what happened to each, oldest first.
@@ -487,33 +481,27 @@ class _Executions:
         return [self._recover_one(record) for record in self._state.list_recoverable(limit=limit)]
 
     def _recover_one(self, record: ExecutionRecord) -> Recovery:
-        from kitaru._engine.flow import load_flow
+        from kitaru._engine.handles import blocking
         from kitaru.errors import KitaruLeaseError
 
-        runtime = self._client._runtime
         reason = "runner_gone" if record.status == "running" else "wait_deadline"
 
         def note(outcome: str, detail: str | None = None) -> Recovery:
             return Recovery(record.id, record.flow, reason, outcome, detail)
 
         try:
-            # The code first: an execution this process cannot drive keeps its state and lease.
-            flow_obj = load_flow(record.target, record.sys_path)
-            leased = self._state.acquire_lease(
-                record.id, runtime.owner, runtime.lease_ttl, allowed_statuses={record.status}
-            )
+            outcome = blocking(self._client._orchestrator().submit, record.id)
         except KitaruLeaseError:
             return note("skipped", "another runner drives it")
         except KitaruStateError:
             return note("skipped", "it moved on meanwhile")
         except KitaruError as exc:
             return note("error", str(exc))
-        try:
-            outcome = flow_obj.drive(runtime, leased, flow_obj.inputs_of(runtime, record.id))
-        except KitaruError as exc:
-            return note("error", str(exc))
+        if outcome is None:
+            return note("submitted", "the stack's orchestrator started it")
         if outcome.status == "lost":
             return note("skipped", "another runner took it over")
+        outcome.raise_interrupt()
         return note(outcome.status, str(outcome.error) if outcome.error is not None else None)
 
     def runner_gone(self, exec_id: str) -> bool:
@@ -534,23 +522,27 @@ class _Executions:
         *,
         overrides: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
-    ) -> Any:
+    ) -> FlowHandle:
         """Re-run an execution from a checkpoint or wait as a new execution, reusing everything
         above it; see :meth:`kitaru.Flow.replay`. Returns the new execution's FlowHandle."""
         from kitaru._engine.flow import load_flow
+        from kitaru._engine.handles import blocking
+        from kitaru._engine.runner import Runner
 
         record = self._record(exec_id)
         flow_obj = load_flow(record.target, record.sys_path)
-        return flow_obj._replay(self._client._runtime, record.id, from_, overrides, args)
+        runtime = self._client._runtime
+        replayed, outcome = blocking(Runner(runtime).replay, flow_obj, record, from_, overrides, args)
+        return _handle(replayed.id, runtime, outcome)
 
-    def diff(self, a: str, b: str) -> Any:
+    def diff(self, a: str, b: str) -> ExecutionDiff:
         """Compare two executions input by input, checkpoint by checkpoint, wait by wait, and
         their results; returns a :class:`kitaru.diff.ExecutionDiff`."""
         from kitaru.diff import diff_executions
 
         return diff_executions(self._client._runtime, self.resolve(a), self.resolve(b))
 
-    def graph(self, exec_id: str) -> Any:
+    def graph(self, exec_id: str) -> LineageGraph:
         """The execution's lineage: which artifacts (inputs, outputs, answers, other executions'
         loaded artifacts) fed each checkpoint call; a :class:`kitaru.lineage.LineageGraph`."""
         from kitaru.lineage import build_graph
@@ -606,8 +598,11 @@ class _Executions:
         return [e for e in entries if e.call_id and wanted.fullmatch(e.call_id)]
 
     def cancel(self, exec_id: str) -> Execution:
-        """Cancel a running or waiting execution. A running one stops at its next checkpoint."""
-        self._state.cancel(self.resolve(exec_id))
+        """Cancel a running or waiting execution, through the stack's orchestrator. A running one
+        stops at its next checkpoint (an async flow at once)."""
+        from kitaru._engine.handles import blocking
+
+        blocking(self._client._orchestrator().cancel, self.resolve(exec_id))
         return self.get(exec_id)
 
 
@@ -677,20 +672,37 @@ class KitaruClient:
     ``read_only`` opens the state store for inspection only (listing, showing, fetching artifacts),
     so it works without write access; steering an execution then fails."""
 
-    def __init__(self, runtime: Any = None, *, stack: str | None = None, read_only: bool = False) -> None:
+    def __init__(
+        self, runtime: Runtime | None = None, *, stack: str | None = None, read_only: bool = False
+    ) -> None:
         self._explicit = runtime
+        self._orchestrator_cache: Orchestrator | None = None
         self._stack = stack
         self._read_only = read_only
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
 
     @property
-    def _runtime(self) -> Any:
+    def _runtime(self) -> Runtime:
         if self._explicit is not None:
             return self._explicit
         from kitaru._engine.runtime import get_runtime, read_only_runtime
 
         return read_only_runtime(self._stack) if self._read_only else get_runtime(self._stack)
+
+    def _orchestrator(self) -> Orchestrator:
+        """The orchestrator of the client's stack (a client over an explicit runtime drives in
+        this process)."""
+        if self._orchestrator_cache is None:
+            from kitaru.local_stack import LocalOrchestrator
+
+            if self._explicit is not None:
+                self._orchestrator_cache = LocalOrchestrator(runtime=self._explicit)
+            else:
+                from kitaru.stack import load_stack, orchestrator_of
+
+                self._orchestrator_cache = orchestrator_of(load_stack(self._stack))
+        return self._orchestrator_cache
 
 
 def _execution_view(
@@ -746,6 +758,24 @@ def _choose_wait(execution: Execution, name: str | None) -> Wait:
             f"({', '.join(w.name for w in open_waits)}); choose one with --wait NAME."
         )
     return open_waits[0]
+
+
+def _drives_here(orchestrator: Orchestrator) -> bool:
+    """Whether the orchestrator drives executions in this process (the local one)."""
+    from kitaru.local_stack import LocalOrchestrator
+
+    return isinstance(orchestrator, LocalOrchestrator)
+
+
+def _handle(exec_id: str, runtime: Runtime, outcome: Outcome | None) -> FlowHandle:
+    """The handle on an execution driven here; the flow's kitaru errors (a divergence, a bad
+    answer) are raised as the driving call's own."""
+    from kitaru._engine.handles import FlowHandle
+
+    error = outcome.raise_interrupt().error if outcome is not None else None
+    if isinstance(error, KitaruError):
+        raise error
+    return FlowHandle(exec_id, runtime, outcome)
 
 
 def dumps_json(value: Any) -> str:

@@ -9,7 +9,7 @@ ships inside kitaru but is registered through the same entry points as any third
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from kitaru.errors import KitaruConfigError
 from kitaru.stack_config import load_settings, resolve_stack, stack_type
@@ -18,16 +18,41 @@ from kitaru.stack_config._plugins import STACK_NAMESPACE as STACK_NAMESPACE
 from kitaru.stack_config._plugins import artifact_store_for_uri as artifact_store_for_uri
 from kitaru.store import ArtifactStore, StateStore
 
+if TYPE_CHECKING:
+    from kitaru._engine.runner import Outcome
+
 __all__ = [
     "ARTIFACT_STORE_NAMESPACE",
     "STACK_NAMESPACE",
     "BaseStack",
     "ObjectStoreStack",
+    "Orchestrator",
     "Stack",
     "active_stack_name",
     "artifact_store_for_uri",
     "load_stack",
+    "orchestrator_of",
 ]
+
+
+@runtime_checkable
+class Orchestrator(Protocol):
+    """Where a stack's executions run: the seam between steering an execution (answer, resume,
+    retry, recover, cancel) and the compute that drives it.
+
+    Duties: ``submit`` makes sure the execution is driven on from its journal, exactly as a
+    resume in this process would (the runner that takes its lease decides; a lease held by a live
+    runner raises :class:`~kitaru.errors.KitaruLeaseError`, a status that cannot be driven
+    :class:`~kitaru.errors.KitaruStateError`). An orchestrator that drives in this process returns
+    the :class:`~kitaru._engine.runner.Outcome`; one that starts a job elsewhere returns None once
+    the job is submitted. ``cancel`` makes the cancel final in the state store (and may stop the
+    job); ``describe`` says, for people, where the execution runs."""
+
+    async def submit(self, exec_id: str) -> Outcome | None: ...
+
+    async def cancel(self, exec_id: str) -> None: ...
+
+    async def describe(self, exec_id: str) -> str: ...
 
 
 @runtime_checkable
@@ -43,6 +68,10 @@ class Stack(Protocol):
 
     def artifact_store(self) -> ArtifactStore:
         """The store of artifact bytes."""
+        ...
+
+    def orchestrator(self) -> Orchestrator:
+        """Where executions of this stack run (``local``: in the calling process)."""
         ...
 
 
@@ -89,6 +118,24 @@ class BaseStack:
 
     def artifact_store(self) -> ArtifactStore:
         return artifact_store_for_uri(self.artifacts_uri, **self.options)
+
+    def orchestrator(self) -> Orchestrator:
+        """Executions run in the calling process, through the Runner."""
+        from kitaru.local_stack import LocalOrchestrator
+
+        return LocalOrchestrator(stack_name=self.name)
+
+
+def orchestrator_of(stack: Any) -> Orchestrator:
+    """The stack's orchestrator; a stack type written before orchestrators existed drives in the
+    calling process, as it always did."""
+    make = getattr(stack, "orchestrator", None)
+    if make is None:
+        from kitaru.local_stack import LocalOrchestrator
+
+        return LocalOrchestrator(stack_name=stack.name)
+    orchestrator: Orchestrator = make()
+    return orchestrator
 
 
 class ObjectStoreStack(BaseStack):

@@ -24,7 +24,7 @@ __all__ = ["note_interrupted"]
 _ENDED = frozenset({"checkpoint_completed", "checkpoint_failed", "checkpoint_interrupted"})
 
 
-def note_interrupted(
+async def note_interrupted(
     runtime: Runtime, execution: ExecutionRecord, journal: list[JournalRecord] | None
 ) -> list[JournalRecord] | None:
     """Journal the attempts ``execution``'s previous runner had in flight and never finished;
@@ -33,7 +33,7 @@ def note_interrupted(
     if not inflight:
         return journal
     if journal is None:
-        journal = runtime.state.read_journal(execution.id)
+        journal = await runtime.astate.read_journal(execution.id)
     # An attempt is known by its call and start time: attempt numbers restart with each runner.
     ended = {(r.call_id, (r.data or {}).get("started_at")) for r in journal if r.kind in _ENDED}
     now = time.time()
@@ -51,6 +51,6 @@ def note_interrupted(
     ]
     if not records:
         return journal
-    runtime.state.commit(execution.id, records, owner=runtime.owner, metadata={INFLIGHT: {}})
+    await runtime.astate.commit(execution.id, records, owner=runtime.owner, metadata={INFLIGHT: {}})
     execution.metadata = {**execution.metadata, INFLIGHT: {}}
     return [*journal, *records]

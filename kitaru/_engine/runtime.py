@@ -7,9 +7,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from kitaru import serialization
 from kitaru._ids import new_id
@@ -35,6 +35,8 @@ __all__ = [
     "set_runtime",
     "use_runtime",
 ]
+
+T = TypeVar("T")
 
 #: Execution metadata key under which the heartbeat notes the checkpoint attempts in flight.
 INFLIGHT = "inflight"
@@ -82,14 +84,15 @@ class Runtime:
         lease_ttl: float | None = None,
         heartbeat_interval: float | None = None,
     ) -> None:
-        #: The async stores, for code that awaits them (the Runner).
+        #: The async stores: what the engine (the Runner) awaits.
         self.astate: StateStore = state.store if isinstance(state, SyncView) else state
         self.aartifacts: ArtifactStore = artifacts.store if isinstance(artifacts, SyncView) else artifacts
-        # transition (issue 9): the engine, client and CLI still call the stores synchronously, so
-        # `state` and `artifacts` are blocking views of the async stores (inline for SQLite and
-        # memory, kitaru's portal loop otherwise). The lead deletes them once the Runner is in.
+        #: Blocking views of the same stores, for sync edges (the client, the CLI, the heartbeat):
+        #: inline for SQLite and memory, kitaru's portal loop otherwise.
         self.state: SyncStateStore = cast(SyncStateStore, sync_view(self.astate))
         self.artifacts: SyncArtifactStore = cast(SyncArtifactStore, sync_view(self.aartifacts))
+        #: The state store's calls never suspend: sync code may run them inline, without a hop.
+        self.inline = bool(getattr(self.astate, "inline", False))
         self.stack_name = stack_name
         self.lease_ttl, self.heartbeat_interval = lease_timing(lease_ttl, heartbeat_interval)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
@@ -98,7 +101,9 @@ class Runtime:
         self._lock = threading.Lock()
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
-        self._foreign: dict[str, SyncArtifactStore] = {}
+        self._foreign: dict[str, Any] = {}
+        # Called when a cancel of the execution is seen (the Runner cancels the body's scope).
+        self._cancel_hooks: dict[str, list[Callable[[], None]]] = {}
         # Checkpoint attempts running now, per execution, and what the heartbeat last wrote of them.
         self._inflight: dict[str, dict[str, dict[str, Any]]] = {}
         self._noted: dict[str, dict[str, dict[str, Any]]] = {}
@@ -133,6 +138,25 @@ class Runtime:
     def saw_cancel(self, exec_id: str) -> None:
         with self._lock:
             self._cancelled.add(exec_id)
+            hooks = list(self._cancel_hooks.get(exec_id, ()))
+        for hook in hooks:
+            hook()
+
+    def on_cancel(self, exec_id: str, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` (from any thread) when a cancel of ``exec_id`` is seen; returns the
+        function that unregisters it."""
+        with self._lock:
+            self._cancel_hooks.setdefault(exec_id, []).append(hook)
+
+        def remove() -> None:
+            with self._lock:
+                hooks = self._cancel_hooks.get(exec_id, [])
+                if hook in hooks:
+                    hooks.remove(hook)
+                if not hooks:
+                    self._cancel_hooks.pop(exec_id, None)
+
+        return remove
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
@@ -146,8 +170,9 @@ class Runtime:
                 # A store hiccup must not kill the heartbeat; the next beat tries again, and a
                 # lost lease is caught by the owner check on the next commit.
                 continue
-            with self._lock:
-                self._cancelled.update(i for i, s in statuses.items() if s == "cancelled")
+            for exec_id, status in statuses.items():
+                if status == "cancelled" and exec_id in ids:
+                    self.saw_cancel(exec_id)
             self._note_inflight(ids)
 
     # -- attempts in flight (so a crash that cuts one short is visible after resume) ---------
@@ -194,8 +219,12 @@ class Runtime:
         self._foreign.clear()
 
     # -- artifacts --------------------------------------------------------------------------
+    #
+    # One implementation, async; the few sync callers (the client, the CLI) go through the
+    # ``blocking`` edge. Engine code reaches them through its ExecutionContext instead, which hops
+    # onto the Runner's loop.
 
-    def make_artifact(
+    def serialize_artifact(
         self,
         exec_id: str,
         *,
@@ -204,18 +233,20 @@ class Runtime:
         type: str,
         value: Any,
         call_id: str | None,
-    ) -> ArtifactRecord:
-        """Serialize ``value`` and write its bytes: inline when small, else as a shared blob."""
+    ) -> tuple[ArtifactRecord, tuple[str, bytes] | None]:
+        """Serialize ``value`` into its record: inline when small, else the blob ``(key, bytes)``
+        that must be in the artifact store before the record is committed."""
         s = serialization.dumps(value)
         data = s.data
         digest = hashlib.sha256(data).hexdigest()
         inline: bytes | None = data
         uri = None
+        blob = None
         if len(data) > INLINE_LIMIT:
             key = f"{_BLOB_PREFIX}{digest[:2]}/{digest}"
-            self.artifacts.put(key, data)
-            inline, uri = None, self.artifacts.uri_for(key)
-        return ArtifactRecord(
+            blob = (key, data)
+            inline, uri = None, self.aartifacts.uri_for(key)
+        record = ArtifactRecord(
             id=new_id(),
             exec_id=exec_id,
             name=name,
@@ -230,21 +261,33 @@ class Runtime:
             inline=inline,
             uri=uri,
         )
+        return record, blob
 
-    def artifact_bytes(self, record: ArtifactRecord) -> bytes:
-        """The artifact's bytes, verified against the size and sha256 the state store recorded.
+    async def amake_artifact(
+        self, exec_id: str, *, name: str, version: int, type: str, value: Any, call_id: str | None
+    ) -> ArtifactRecord:
+        """Serialize ``value`` and write its bytes: inline when small, else as a shared blob."""
+        record, blob = self.serialize_artifact(
+            exec_id, name=name, version=version, type=type, value=value, call_id=call_id
+        )
+        if blob is not None:
+            await self.aartifacts.put(*blob)
+        return record
 
-        The state store is trusted and the artifact store is not: bytes that do not match raise
-        :class:`~kitaru.errors.KitaruStoreError` and are never handed to a deserializer."""
-        if record.inline is not None:
-            data = record.inline
-            _verify(record, len(data), hashlib.sha256(data).hexdigest(), "inline in the state store")
-            return data
-        # Joining costs a second copy while it runs, but lets a blob longer than the record stop
-        # the read at once instead of filling memory with whatever replaced it.
-        return b"".join(self.artifact_chunks(record))
+    def make_artifact(
+        self, exec_id: str, *, name: str, version: int, type: str, value: Any, call_id: str | None
+    ) -> ArtifactRecord:
+        """:meth:`amake_artifact` for sync callers."""
+        record, blob = self.serialize_artifact(
+            exec_id, name=name, version=version, type=type, value=value, call_id=call_id
+        )
+        if blob is not None:
+            self.blocking(self.aartifacts.put, *blob)
+        return record
 
-    def artifact_chunks(self, record: ArtifactRecord, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    async def aartifact_chunks(
+        self, record: ArtifactRecord, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
         """Stream the artifact's bytes in bounded chunks, hashing as they pass.
 
         The chunks are only trustworthy once the iterator is exhausted: the size and hash are
@@ -252,14 +295,14 @@ class Runtime:
         :class:`~kitaru.errors.KitaruStoreError` on a mismatch. Consumers write to a temporary
         place and keep the result only when the iteration finished."""
         if record.inline is not None:
-            yield self.artifact_bytes(record)
+            yield _inline_bytes(record)
             return
         store, key = self._blob_store(record)
         where = record.uri or key
         digest = hashlib.sha256()
         size = 0
         try:
-            for chunk in store.open(key, chunk_size):
+            async for chunk in store.open(key, chunk_size):
                 size += len(chunk)
                 if size > record.size:
                     _verify(record, size, None, where)
@@ -272,8 +315,54 @@ class Runtime:
             ) from exc
         _verify(record, size, digest.hexdigest(), where)
 
-    def _blob_store(self, record: ArtifactRecord) -> tuple[SyncArtifactStore, str]:
-        """The store holding the record's blob (ours, or another bucket or prefix) and its key."""
+    async def aartifact_bytes(self, record: ArtifactRecord) -> bytes:
+        """The artifact's bytes, verified against the size and sha256 the state store recorded.
+
+        The state store is trusted and the artifact store is not: bytes that do not match raise
+        :class:`~kitaru.errors.KitaruStoreError` and are never handed to a deserializer."""
+        if record.inline is not None:
+            return _inline_bytes(record)
+        # Joining costs a second copy while it runs, but lets a blob longer than the record stop
+        # the read at once instead of filling memory with whatever replaced it.
+        return b"".join([chunk async for chunk in self.aartifact_chunks(record)])
+
+    async def aload_artifact(self, record: ArtifactRecord) -> Any:
+        """The artifact's value: verified bytes (see :meth:`aartifact_bytes`), then deserialized."""
+        return serialization.loads(record.serializer, record.data_type, await self.aartifact_bytes(record))
+
+    def artifact_bytes(self, record: ArtifactRecord) -> bytes:
+        """:meth:`aartifact_bytes` for sync callers."""
+        if record.inline is not None:
+            return _inline_bytes(record)
+        return self.blocking(self.aartifact_bytes, record)
+
+    def artifact_chunks(self, record: ArtifactRecord, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """:meth:`aartifact_chunks` for sync callers (same verification duties)."""
+        if record.inline is not None:
+            yield _inline_bytes(record)
+            return
+        chunks = self.aartifact_chunks(record, chunk_size)
+        while True:
+            try:
+                yield self.blocking(chunks.__anext__)
+            except StopAsyncIteration:
+                return
+
+    def load_artifact(self, record: ArtifactRecord) -> Any:
+        """:meth:`aload_artifact` for sync callers."""
+        return serialization.loads(record.serializer, record.data_type, self.artifact_bytes(record))
+
+    def blocking(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` from sync code (the client, the CLI) on kitaru's portal loop."""
+        from kitaru._portal import in_portal_thread, portal
+
+        if in_portal_thread():
+            raise RuntimeError("a blocking store call was made on kitaru's portal loop; await it")
+        return portal().call(fn, *args)
+
+    def _blob_store(self, record: ArtifactRecord) -> tuple[Any, str]:
+        """The (async) store holding the record's blob (ours, or another bucket or prefix) and
+        its key."""
         if record.uri is None:
             raise KitaruStoreError(
                 f"{_describe(record)} has neither inline bytes nor a URI in the state store. The "
@@ -281,24 +370,26 @@ class Runtime:
             )
         base, _sep, key = record.uri.rpartition("/" + _BLOB_PREFIX)
         key = _BLOB_PREFIX + key
-        if base == self.artifacts.uri:
-            return self.artifacts, key
+        if base == self.aartifacts.uri:
+            return self.aartifacts, key
         store = self._foreign.get(base)
         if store is None:
             from kitaru.stack import artifact_store_for_uri
 
             # Another bucket or prefix of our own kind of store (a replay across stacks) needs our
             # endpoint and credentials: cloud stores offer ``reopen(uri)`` with their options.
-            reopen = getattr(self.artifacts, "reopen", None)
-            same_kind = base.partition("://")[0] == self.artifacts.uri.partition("://")[0]
+            reopen = getattr(self.aartifacts, "reopen", None)
+            same_kind = base.partition("://")[0] == self.aartifacts.uri.partition("://")[0]
             opened = reopen(base) if reopen is not None and same_kind else artifact_store_for_uri(base)
-            # transition (issue 9): a blocking view, like `self.artifacts`.
-            store = self._foreign[base] = cast(SyncArtifactStore, sync_view(opened))
+            store = self._foreign[base] = opened
         return store, key
 
-    def load_artifact(self, record: ArtifactRecord) -> Any:
-        """The artifact's value: verified bytes (see :meth:`artifact_bytes`), then deserialized."""
-        return serialization.loads(record.serializer, record.data_type, self.artifact_bytes(record))
+
+def _inline_bytes(record: ArtifactRecord) -> bytes:
+    data = record.inline
+    assert data is not None
+    _verify(record, len(data), hashlib.sha256(data).hexdigest(), "inline in the state store")
+    return data
 
 
 def _describe(record: ArtifactRecord) -> str:

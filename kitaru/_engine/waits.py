@@ -41,7 +41,7 @@ from kitaru.errors import (
 )
 from kitaru.store import JournalRecord
 
-from .context import ExecutionContext, _current_call, _Suspend, require_flow
+from .context import ExecutionContext, _current_call, _Suspend, require_flow, running_loop
 
 __all__ = [
     "MAX_ANSWER_DEPTH",
@@ -496,7 +496,7 @@ def wait(
         artifact = ctx.stored_artifact(record)
         value = typed_answer(
             schema,
-            ctx.runtime.load_artifact(artifact),
+            ctx.load_artifact(artifact),
             artifact.serializer,
             call_id=call_id,
             exec_id=ctx.exec_id,
@@ -539,7 +539,10 @@ def wait(
     deadline = (opened.data or {}).get("deadline")
     # Only poll while holding for a fast answer: an answer that lands after this point is seen
     # by the store's suspend(), which then refuses to suspend and the runner replays at once.
-    hold_until = time.time() + env_float("KITARU_WAIT_HOLD", 0.0)
+    # Called from an async body (on the event loop), this sync form never holds: sleeping would
+    # block the loop. `await kitaru.wait_async(...)` holds there with anyio.sleep.
+    hold = env_float("KITARU_WAIT_HOLD", 0.0) if running_loop() is None else 0.0
+    hold_until = time.time() + hold
     while True:
         now = time.time()
         if deadline is not None and now >= deadline:
@@ -560,7 +563,8 @@ def wait(
 
 
 def _fetch_answer(ctx: ExecutionContext, call_id: str) -> JournalRecord | None:
-    for record in ctx.state.read_journal(ctx.exec_id):
+    journal: list[JournalRecord] = ctx.state_call(ctx.runtime.astate.read_journal, ctx.exec_id)
+    for record in journal:
         if record.kind == "wait_answered" and record.call_id == call_id:
             return record
     return None

@@ -8,6 +8,8 @@ from collections import Counter
 
 import kitaru
 from kitaru import KitaruClient, checkpoint, flow
+from kitaru._engine.handles import blocking
+from kitaru._engine.runner import Runner
 from kitaru._engine.runtime import Runtime
 
 RAN: Counter[int] = Counter()
@@ -36,7 +38,7 @@ def short_wait() -> str:
 def test_recover_drives_an_execution_left_without_a_runner(runtime: Runtime) -> None:
     RAN.clear()
     # A runner that stopped before the body ran: the execution is running, its lease released.
-    record, _, _ = two_steps._create(runtime, (10,), {}, None)
+    record, _, _ = blocking(Runner(runtime).create, two_steps, (10,), {}, None)
     runtime.state.commit(record.id, [], owner=runtime.owner, release_lease=True)
     client = KitaruClient()
     assert client.executions.runner_gone(record.id)
@@ -50,7 +52,7 @@ def test_recover_drives_an_execution_left_without_a_runner(runtime: Runtime) -> 
 
 
 def test_recover_leaves_a_live_runner_alone(runtime: Runtime) -> None:
-    record, _, _ = two_steps._create(runtime, (1,), {}, None)  # leased to this live process
+    record, _, _ = blocking(Runner(runtime).create, two_steps, (1,), {}, None)  # leased to this live process
     client = KitaruClient()
     assert not client.executions.runner_gone(record.id)
     assert client.executions.recover() == []
