@@ -18,7 +18,7 @@ from kitaru.store.sqlite import SQLiteStateStore
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fixtures that start real backing services (only when a test asks for them).
-pytest_plugins = ["tests._services.postgres"]
+pytest_plugins = ["tests._services.postgres", "tests._services.kube"]
 
 
 @pytest.fixture(autouse=True)

@@ -56,3 +56,37 @@ def test_a_wrong_value_type_names_the_line(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("KITARU_CONFIG", str(config))
     with pytest.raises(KitaruConfigError, match=r"config.toml, line 3.*'namespace'"):
         load_stack("k8s")
+
+
+def test_the_job_keys_are_typed_and_defaulted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        """
+[stacks.k8s]
+type = "kubernetes"
+code = "image"
+service_account = "kitaru-runner"
+resources = { requests = { cpu = "500m" }, limits = { memory = "2Gi" } }
+node_selector = { pool = "agents" }
+tolerations = [{ key = "dedicated", operator = "Exists", effect = "NoSchedule" }]
+secret_env = { KITARU_STACK__STATE = "kitaru-db:dsn" }
+backoff_limit = 5
+"""
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    monkeypatch.setenv("KITARU_STACK", "k8s")
+    monkeypatch.setenv("KITARU_STACK__TTL_SECONDS_AFTER_FINISHED", "60")  # from the environment: a string
+    stack = load_stack("k8s")
+    assert isinstance(stack, KubernetesStack)
+    assert (stack.code, stack.service_account, stack.backoff_limit, stack.ttl_seconds_after_finished) == (
+        "image",
+        "kitaru-runner",
+        5,
+        60,
+    )
+    assert stack.resources == {"requests": {"cpu": "500m"}, "limits": {"memory": "2Gi"}}
+    assert stack.tolerations == [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+    assert (stack.env, stack.active_deadline_seconds, stack.image_pull_secrets) == ({}, None, [])
+    config.write_text('[stacks.k8s]\ntype = "kubernetes"\ncode = "git"\n')
+    with pytest.raises(KitaruConfigError, match=r"'code'"):
+        load_stack("k8s")
