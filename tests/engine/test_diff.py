@@ -7,6 +7,7 @@ and JSON diffs, model and dataclass values, bytes and values that no longer load
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Any
 
 import pytest
@@ -21,6 +22,10 @@ from kitaru.diff import DiffEntry
 class Point(BaseModel):
     x: int
     label: str
+
+
+class Stamped(BaseModel):
+    at: datetime.datetime
 
 
 @dataclasses.dataclass
@@ -95,6 +100,12 @@ class TestDiff:
         a_hash = _hashes(a)[("checkpoint", "extra")]
         assert _entry(a, b, "checkpoint", "extra") == DiffEntry("checkpoint", "extra", "only_a", a_hash, None)
         assert _entry(b, a, "checkpoint", "extra") == DiffEntry("checkpoint", "extra", "only_b", None, a_hash)
+        # Items after a one-sided one are still compared.
+        assert [(e.kind, e.name, e.status) for e in KitaruClient().executions.diff(a, b).entries][-3:] == [
+            ("checkpoint", "extra", "only_a"),
+            ("wait", "approve", "same"),
+            ("result", "result", "same"),
+        ]
 
     def test_a_changed_wait_answer_is_an_entry(self, runtime: Runtime) -> None:
         a, b = _run("text", answer=True), _run("text", answer=False)
@@ -136,6 +147,23 @@ class TestDiff:
         assert entry.detail is not None
         lines = entry.detail.splitlines()
         assert changed_line[0] in lines and changed_line[1] in lines, entry.detail
+
+    def test_models_diff_in_json_mode(self, runtime: Runtime) -> None:
+        a = _run(Stamped(at=datetime.datetime(2024, 1, 1)))
+        b = _run(Stamped(at=datetime.datetime(2024, 1, 2)))
+        detail = _entry(a, b, "checkpoint", "echo").detail or ""
+        assert '-  "at": "2024-01-01T00:00:00"' in detail.splitlines(), detail
+
+    @pytest.mark.parametrize(("old", "new"), [("text", "text\n"), ("text", {1, 2}), ({1, 2}, "text")])
+    def test_changes_without_a_line_diff_are_summarised(self, runtime: Runtime, old: Any, new: Any) -> None:
+        a, b = _run(old), _run(new)
+        client = KitaruClient()
+        ra = client.artifacts.get(client.executions.get(a).checkpoints[0].output_artifact or "")
+        rb = client.artifacts.get(client.executions.get(b).checkpoints[0].output_artifact or "")
+        assert _entry(a, b, "checkpoint", "echo").detail == (
+            f"{ra.data_type}, {ra.size} bytes, {ra.content_hash[:19]} -> "
+            f"{rb.data_type}, {rb.size} bytes, {rb.content_hash[:19]}"
+        )
 
     def test_bytes_changes_are_summarised(self, runtime: Runtime) -> None:
         a, b = _run(b"\x00" * 10), _run(b"\x01" * 12)
