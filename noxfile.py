@@ -72,7 +72,11 @@ _MUTATE: dict[str, list[str]] = {
     "kitaru/serialization.py": ["tests/test_serialization.py"],
     "kitaru/store/sqlite.py": ["tests/store/test_sqlite_store.py"],
     "kitaru/store/memory.py": ["tests/store/test_memory_store.py"],
-    "kitaru/_engine/replay.py": ["tests/engine/test_replay.py", "tests/cli/test_cli_replay.py"],
+    "kitaru/_engine/replay.py": [
+        "tests/engine/test_replay.py",
+        "tests/engine/test_replay_plan.py",
+        "tests/cli/test_cli_replay.py",
+    ],
     "kitaru/_engine/*.py": ["tests/engine", "tests/sim"],
 }
 
