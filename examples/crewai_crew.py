@@ -103,6 +103,8 @@ def crew_flow(topic: str) -> str:
 
 
 if __name__ == "__main__":
+    from _cli import kitaru_cli  # examples/_cli.py: the command as typed from any directory
+
     if Crew is None:
         print(
             "crewai is not installed, so this example has nothing to run. Install it with "
@@ -112,6 +114,6 @@ if __name__ == "__main__":
     handle = crew_flow.run(sys.argv[1] if len(sys.argv) > 1 else "durable agents")
     if handle.status == "waiting":
         print(f"execution {handle.exec_id} is waiting for approval; the crew's result is stored.")
-        print(f"approve it with:  kitaru executions input {handle.exec_id} --value true")
+        print(f"approve it with:  {kitaru_cli()} executions input {handle.exec_id} --value true")
     else:
         print(handle.wait())

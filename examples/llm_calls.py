@@ -83,6 +83,8 @@ def start_stand_in() -> ThreadingHTTPServer:
 
 
 if __name__ == "__main__":
+    from _cli import kitaru_cli  # examples/_cli.py: the command as typed from any directory
+
     if len(sys.argv) > 1:
         MODEL = os.environ["EXAMPLE_MODEL"] = sys.argv[1]
     else:
@@ -95,6 +97,6 @@ if __name__ == "__main__":
         print(f"{c.call_id}: {usage}")
     if handle.status == "waiting":
         print(f"execution {handle.exec_id} is waiting for approval; approve it with:")
-        print(f"  kitaru executions input {handle.exec_id} --value true")
+        print(f"  {kitaru_cli()} executions input {handle.exec_id} --value true")
     else:
         print(handle.wait())

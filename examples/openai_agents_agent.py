@@ -6,8 +6,8 @@ Needs `pip install 'kitaru[openai-agents]'`. The model is an offline implementat
 Model interface, so no key or network is needed; give the Agent a real model name to use one.
 
 `per_call` (default) checkpoints each model call and tool call; `runner_call` makes the whole
-Runner.run one checkpoint. Either way the run suspends on `triage.approve.refund` and the process
-exits; approving it resumes the run, replaying what already ran:
+Runner.run one checkpoint. The run suspends on `triage.approve.refund` (`triage_run.approve.refund`
+with runner_call) and the process exits; approving it resumes the run, replaying what already ran:
 
     kitaru executions input <exec_id> --value true
     kitaru executions get <exec_id>
@@ -79,10 +79,12 @@ def support_ticket(message: str, strategy: str = "per_call") -> str:
 
 
 if __name__ == "__main__":
+    from _cli import kitaru_cli  # examples/_cli.py: the command as typed from any directory
+
     strategy = sys.argv[1] if len(sys.argv) > 1 else "per_call"
     handle = support_ticket.run("My order A-1001 arrived broken, please refund it.", strategy)
     if handle.status == "waiting":
         print(f"execution {handle.exec_id} ({strategy}) is waiting for approval of the refund.")
-        print(f"approve it with:  kitaru executions input {handle.exec_id} --value true")
+        print(f"approve it with:  {kitaru_cli()} executions input {handle.exec_id} --value true")
     else:
         print(handle.wait())

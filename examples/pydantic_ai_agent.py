@@ -55,9 +55,11 @@ def support_ticket(message: str) -> str:
 
 
 if __name__ == "__main__":
+    from _cli import kitaru_cli  # examples/_cli.py: the command as typed from any directory
+
     handle = support_ticket.run("My order A-1001 arrived broken, please refund it.")
     if handle.status == "waiting":
         print(f"execution {handle.exec_id} is waiting for approval of the refund.")
-        print(f"approve it with:  kitaru executions input {handle.exec_id} --value true")
+        print(f"approve it with:  {kitaru_cli()} executions input {handle.exec_id} --value true")
     else:
         print(handle.wait())

@@ -54,10 +54,12 @@ def review_flow(topic: str) -> str:
 
 
 if __name__ == "__main__":
+    from _cli import kitaru_cli  # examples/_cli.py: the command as typed from any directory
+
     topic = sys.argv[1] if len(sys.argv) > 1 else "durable agents"
     handle = review_flow.run(topic)
     if handle.status == "waiting":
         print(f"execution {handle.exec_id} is waiting for approval.")
-        print(f"approve it with:  kitaru executions input {handle.exec_id} --value true")
+        print(f"approve it with:  {kitaru_cli()} executions input {handle.exec_id} --value true")
     else:
         print(handle.wait())

@@ -7,6 +7,10 @@ import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
+#: The longest execution id a caller may choose (``flow.run(execution_id=...)``); longer strings
+#: are refused, and looked up as no id at all.
+MAX_ID_LENGTH = 256
+
 
 def new_id() -> str:
     """Return a 26-character id that sorts by creation time across processes."""

@@ -232,6 +232,23 @@ def _check_alias_name(name: str) -> None:
         raise KitaruUsageError(f"alias {name!r} must be non-empty, without '/' or spaces.")
 
 
+def _check_base_url(base_url: str) -> None:
+    """A base URL is where requests go: it needs an http(s) scheme and a host."""
+    from urllib.parse import urlparse
+
+    try:
+        parsed = urlparse(base_url)
+        host = parsed.hostname
+    except ValueError:
+        host = None
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not host:
+        raise KitaruUsageError(
+            f"--base-url {base_url!r} is not an http(s) URL with a host; give one like "
+            "http://localhost:11434/v1 or https://proxy.example.com/v1."
+        )
+
+
 def register(
     name: str,
     model: str,
@@ -256,6 +273,8 @@ def register(
             f"unknown provider {provider!r} in {model!r}; known: {', '.join(PROVIDERS)}. Any "
             "OpenAI-compatible server works as `openai/<model>` or `vllm/<model>` with --base-url."
         )
+    if base_url is not None:
+        _check_base_url(base_url)
     if provider == "vllm" and not base_url and not os.environ.get("VLLM_BASE_URL"):
         raise KitaruUsageError("a vllm model needs --base-url (or VLLM_BASE_URL), e.g. http://host:8000/v1.")
     config = load_config()

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from kitaru._engine.runtime import INFLIGHT
+from kitaru._ids import MAX_ID_LENGTH
 from kitaru.errors import (
     KitaruError,
     KitaruNotFoundError,
@@ -17,7 +22,18 @@ from kitaru.errors import (
 )
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
-__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Wait"]
+if TYPE_CHECKING:
+    from kitaru._engine.handles import FlowHandle
+    from kitaru._engine.runner import Outcome
+    from kitaru._engine.runtime import Runtime
+    from kitaru.diff import ExecutionDiff
+    from kitaru.lineage import LineageGraph
+    from kitaru.stack import Orchestrator
+
+__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Recovery", "Wait"]
+
+#: Serializers whose bytes are JSON: inspection shows them without importing or running code.
+JSON_SERIALIZERS = frozenset({"json", "pydantic", "dataclass"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +43,21 @@ class CheckpointCall:
     call_id: str
     function: str
     status: str
-    """``completed``, ``failed`` (no attempt left), ``retrying``, or ``running``."""
+    """``completed``, ``failed`` (no attempt left), ``retrying``, or ``interrupted`` (a crash cut
+    its last attempt short; it runs again when the execution resumes)."""
     attempts: int
     output_artifact: str | None
     started_at: float | None
     ended_at: float | None
     error: str | None
     metadata: dict[str, Any]
+    reused_from: str | None = None
+    """For a replay: the execution whose recorded output this call reused (it did not run here)."""
+    overridden: bool = False
+    """For a replay: the reused output was replaced by an ``--override``."""
+    interrupted: int = 0
+    """Attempts cut short by a crash of their runner (counted in ``attempts``). Only attempts
+    that lasted past one of the runner's heartbeats are seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +73,11 @@ class Wait:
     metadata: dict[str, Any]
     deadline: float | None
     schema_ref: str | None = None
+    """The text reference journals written before structured references carry (never evaluated)."""
+    json_schema: dict[str, Any] | None = None
+    """What an answer must match, as a JSON Schema (None: any JSON value)."""
+    type_ref: dict[str, Any] | None = None
+    """The schema's structured type reference (see ``kitaru._engine.waits.type_ref``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +119,25 @@ class Execution:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovery:
+    """What ``recover()`` did with one execution that nobody moved on."""
+
+    exec_id: str
+    flow: str
+    reason: str
+    """``runner_gone`` (running, its runner dead or its lease expired) or ``wait_deadline`` (waiting,
+    a wait's deadline passed)."""
+    outcome: str
+    """The status this process left it in (``completed``, ``failed``, ``waiting``, ``cancelled``),
+    ``skipped`` (another runner drives it, or it moved on meanwhile) or ``error`` (it could not be
+    driven here, e.g. its code does not import)."""
+    detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
 class Artifact:
     """A stored artifact; ``load()`` gives the value back with its type."""
 
@@ -109,10 +157,73 @@ class Artifact:
     _client: KitaruClient = field(repr=False, compare=False)
 
     def load(self) -> Any:
+        """The value with its type, from bytes verified against the recorded hash. Pickled values
+        are unpickled (unless ``KITARU_ALLOW_PICKLE=0``): only load what the state store vouches for."""
         return self._client._runtime.load_artifact(self._record)
+
+    @property
+    def is_json(self) -> bool:
+        """Whether the stored bytes are JSON (the ``json``, ``pydantic`` and ``dataclass``
+        serializers), so :meth:`as_json` can show them without running any code."""
+        return self.serializer in JSON_SERIALIZERS
+
+    def read_bytes(self) -> bytes:
+        """The stored bytes, verified against the state store's size and sha256."""
+        return self._client._runtime.artifact_bytes(self._record)
+
+    def as_json(self) -> Any:
+        """The value as plain JSON data, parsed from the verified bytes without importing or
+        running anything: a pydantic model or dataclass comes back as its JSON object."""
+        if not self.is_json:
+            raise KitaruUsageError(
+                f"artifact {self.id} is stored by the {self.serializer!r} serializer, not as JSON. "
+                f"Load it with `kitaru artifacts get {self.id} --load` (which may unpickle it), or "
+                f"write its bytes with `kitaru artifacts get {self.id} --out FILE`."
+            )
+        return json.loads(self.read_bytes())
+
+    def write_to(self, path: str | os.PathLike[str]) -> int:
+        """Write the stored bytes to ``path``, streamed in bounded memory and verified on the way.
+
+        The bytes go to a temporary file beside ``path`` that is renamed into place only once all
+        of them matched the recorded hash: a mismatch leaves ``path`` untouched. Returns the size."""
+        target = Path(path).absolute()
+        parent = target.parent
+        if not parent.is_dir():
+            raise KitaruUsageError(
+                f"cannot write {target}: the directory {parent} does not exist. Create it "
+                f"(mkdir -p {parent}) or choose another path."
+            )
+        if target.is_dir():
+            raise KitaruUsageError(f"cannot write {target}: it is a directory. Give a file path.")
+        import tempfile
+
+        try:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".part")
+        except OSError as exc:
+            raise KitaruUsageError(
+                f"cannot write {target}: {exc.strerror or exc}. Choose a writable directory."
+            ) from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in self._client._runtime.artifact_chunks(self._record):
+                    fh.write(chunk)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise KitaruUsageError(
+                f"cannot write {target}: {exc.strerror or exc}. Check the directory is writable "
+                "and has space."
+            ) from exc
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        return self.size
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
+
+
+_ATTEMPT_KINDS = frozenset({"checkpoint_completed", "checkpoint_failed", "checkpoint_interrupted"})
 
 
 def fold_journal(
@@ -124,14 +235,39 @@ def fold_journal(
     flow_meta: dict[str, Any] = {}
     call_meta: dict[str, dict[str, Any]] = {}
     for r in journal:
-        if r.kind in ("checkpoint_completed", "checkpoint_failed") and r.call_id:
+        if r.kind in _ATTEMPT_KINDS and r.call_id:
             data = r.data or {}
             c = calls.setdefault(
                 r.call_id,
-                {"function": r.name, "attempts": 0, "started_at": data.get("started_at", r.ts)},
+                {
+                    "function": r.name,
+                    "attempts": 0,
+                    "records": 0,
+                    "interrupted": 0,
+                    "started_at": data.get("started_at", r.ts),
+                    "ended_at": None,
+                    "status": "interrupted",
+                    "output": None,
+                    "error": None,
+                    "reused_from": None,
+                    "overridden": False,
+                },
             )
-            c["attempts"] = max(c["attempts"], r.attempt or 1)
+            # Attempt numbers restart when a runner takes over, so each attempt record counts too.
+            c["records"] += 1
+            c["attempts"] = max(c["attempts"], r.attempt or 1, c["records"])
+            if r.kind == "checkpoint_interrupted":
+                c["interrupted"] += 1
+                if c["status"] != "completed":
+                    c["status"] = "interrupted"
+                continue
             c["ended_at"] = r.ts
+            # A replay's seeded record: the call did not run in this execution, so it has no start
+            # (and no duration) here; its original run's timing belongs to the original.
+            c["reused_from"] = data.get("replayed_from")
+            c["overridden"] = bool(data.get("overridden"))
+            if c["reused_from"]:
+                c["started_at"] = None
             if r.kind == "checkpoint_completed":
                 c.update(status="completed", output=r.artifact_id, error=None)
             else:
@@ -156,6 +292,8 @@ def fold_journal(
                 "metadata": d.get("metadata") or {},
                 "deadline": d.get("deadline"),
                 "schema_ref": d.get("schema"),
+                "json_schema": d.get("json_schema"),
+                "type_ref": d.get("type"),
             }
         elif r.kind == "wait_answered" and r.call_id in waits:
             waits[r.call_id].update(status="answered", answer=r.artifact_id)
@@ -172,6 +310,9 @@ def fold_journal(
             ended_at=c["ended_at"],
             error=c["error"],
             metadata=call_meta.get(cid, {}),
+            reused_from=c["reused_from"],
+            overridden=c["overridden"],
+            interrupted=c["interrupted"],
         )
         for cid, c in calls.items()
     ]
@@ -185,6 +326,8 @@ def fold_journal(
             metadata=w["metadata"],
             deadline=w["deadline"],
             schema_ref=w["schema_ref"],
+            json_schema=w["json_schema"],
+            type_ref=w["type_ref"],
         )
         for wid, w in waits.items()
     ]
@@ -201,6 +344,13 @@ class _Executions:
 
     def resolve(self, exec_id: str) -> str:
         """The full id for an id or a unique prefix of one."""
+        if len(exec_id) > MAX_ID_LENGTH:
+            # No execution has such an id; and a store cannot match a prefix this long (SQLite's
+            # LIKE refuses it as "too complex"), which would report a store error, not the answer.
+            raise KitaruNotFoundError(
+                f"no execution {exec_id[:40]!r}... ({len(exec_id)} characters; ids are at most "
+                f"{MAX_ID_LENGTH}). List executions with `kitaru executions list`."
+            )
         if self._state.get_execution(exec_id) is not None:
             return exec_id
         matches = self._state.match_execution_ids(exec_id, limit=5) if exec_id else []
@@ -230,104 +380,140 @@ class _Executions:
         records = self._state.list_executions(flow=flow, status=status, limit=limit)
         return [_execution_view(r, [], [], {}) for r in records]
 
-    def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> Any:
-        """Answer an open wait; with ``resume`` the flow continues in this process.
+    def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> FlowHandle:
+        """Answer an open wait; with ``resume`` the stack's orchestrator moves the flow on (the
+        local stack drives it in this process).
 
-        The answer is validated against the wait's schema first: a bad one raises
-        :class:`~kitaru.errors.KitaruWaitValidationError` and leaves the wait open. Returns a
-        :class:`~kitaru.FlowHandle` of the execution.
+        The answer is checked first, with no user code needed, against the wait's JSON Schema
+        (strictly: ``"no"`` is not a bool), then with pydantic where the classes its schema names
+        are importable here. A bad one raises :class:`~kitaru.errors.KitaruWaitValidationError`
+        and leaves the wait open. Python values (a model, a date) are turned into JSON first: the
+        answer is stored as its JSON value and the flow validates it again when it resumes.
+        Returns a :class:`~kitaru.FlowHandle` of the execution.
         """
         from kitaru._engine.flow import FlowHandle, load_flow
-        from kitaru._engine.waits import resolve_schema, validate_answer
+        from kitaru._engine.handles import blocking
+        from kitaru._engine.runner import Runner
+        from kitaru._engine.waits import _LIVE_SCHEMAS, check_answer
 
         runtime = self._client._runtime
         execution = self.get(exec_id)
         chosen = _choose_wait(execution, wait)
-        flow_obj = None
+        orchestrator = self._client._orchestrator()
+        in_process = _drives_here(orchestrator)
         flow_module = None
         try:
             flow_obj = load_flow(execution.target, self._record(execution.id).sys_path)
             flow_module = sys.modules.get(flow_obj.fn.__module__)
         except KitaruError:
-            # Without the flow's code an answer can still be recorded (--no-resume), as long as
-            # its schema needs no import from that code.
-            if resume:
+            # Without the flow's code an answer can still be recorded (--no-resume, or a stack
+            # whose jobs carry the code): the wait's JSON Schema needs no user code.
+            if resume and in_process:
                 raise
-        try:
-            schema = resolve_schema(chosen.schema_ref, flow_module)
-        except Exception as exc:
-            raise KitaruUsageError(
-                f"cannot rebuild the schema of wait {chosen.name!r} ({chosen.schema}): {exc}. "
-                "Answer from an environment where the flow's code is importable."
-            ) from exc
-        value = validate_answer(
-            schema,
+        value = check_answer(
+            {
+                "schema_text": chosen.schema,
+                "json_schema": chosen.json_schema,
+                "type": chosen.type_ref,
+                "schema": chosen.schema_ref,
+            },
             value,
             where=f"wait {chosen.name!r} of execution {execution.id}",
             fix=f"answer again with `kitaru executions input {execution.id} --value JSON`.",
+            live_schema=_LIVE_SCHEMAS.get((execution.id, chosen.name)),
+            flow_module=flow_module,
         )
-        artifact = runtime.make_artifact(
-            execution.id,
-            name=chosen.name,
-            version=1,
-            type="answer",
-            value=value,
-            call_id=chosen.name,
-        )
-        record = JournalRecord(
-            kind="wait_answered", call_id=chosen.name, artifact_id=artifact.id, ts=time.time()
-        )
-        took = self._state.answer_wait(
-            execution.id,
-            record,
-            artifact,
-            owner=runtime.owner,
-            ttl=runtime.lease_ttl,
-            take_lease=resume,
-        )
-        if not took or flow_obj is None:
+        runner = Runner(runtime)
+        # Driving here: take the lease in the answer's own transaction (nobody can slip in
+        # between). Elsewhere: record the answer, then let the orchestrator start the work.
+        leased = blocking(runner.answer, execution.id, chosen.name, value, take_lease=resume and in_process)
+        if not resume:
             return FlowHandle(execution.id, runtime)
-        leased = self._state.get_execution(execution.id)
-        return self._drive(flow_obj, leased)
+        if in_process:
+            if leased is None:
+                return FlowHandle(execution.id, runtime)  # its runner (still holding) goes on
+            flow_obj, started = blocking(runner.load, leased)
+            return _handle(execution.id, runtime, blocking(runner.drive, flow_obj, leased, started))
+        return self._submit(execution.id)
 
-    def _drive(self, flow_obj: Any, record: ExecutionRecord) -> Any:
-        from kitaru._engine.flow import FlowHandle
+    def _submit(self, exec_id: str) -> FlowHandle:
+        """Hand the execution to the stack's orchestrator; the handle has the local outcome when
+        it drove the execution here."""
+        from kitaru._engine.handles import blocking
 
-        runtime = self._client._runtime
-        outcome = flow_obj.drive(runtime, record, flow_obj.inputs_of(runtime, record.id))
-        if isinstance(outcome.error, KitaruError):
-            raise outcome.error
-        return FlowHandle(record.id, runtime, outcome)
+        outcome = blocking(self._client._orchestrator().submit, exec_id)
+        return _handle(exec_id, self._client._runtime, outcome)
 
-    def _take_over(self, exec_id: str, allowed: set[str]) -> Any:
-        from kitaru._engine.flow import load_flow
+    def _take_over(self, exec_id: str, allowed: set[str]) -> FlowHandle:
+        from kitaru.store import _rules
 
-        runtime = self._client._runtime
         record = self._record(exec_id)
+        if record.status in _rules.FINAL_STATUSES:
+            raise _rules.final_error(record.id, record.status, "run again")
         if record.status not in allowed:
             hint = {
-                "completed": "it is done; its result is in `kitaru executions get " + record.id + "`",
-                "cancelled": "a cancelled execution does not run again",
                 "failed": f"continue it with `kitaru executions retry {record.id}`",
                 "waiting": f"answer its wait with `kitaru executions input {record.id} --value JSON`",
                 "running": f"resume it with `kitaru executions resume {record.id}`",
             }.get(record.status, "")
             raise KitaruStateError(f"execution {record.id} is {record.status}: {hint}.")
-        flow_obj = load_flow(record.target, record.sys_path)
-        leased = self._state.acquire_lease(
-            record.id, runtime.owner, runtime.lease_ttl, allowed_statuses=allowed
-        )
-        return self._drive(flow_obj, leased)
+        return self._submit(record.id)
 
-    def resume(self, exec_id: str) -> Any:
+    def resume(self, exec_id: str) -> FlowHandle:
         """Drive an interrupted (``running`` with a dead runner) or ``waiting`` execution on from
-        its journal, in this process. A waiting one suspends again unless its wait was answered
-        or timed out."""
+        its journal (the local stack: in this process). A waiting one suspends again unless its
+        wait was answered or timed out."""
         return self._take_over(exec_id, {"running", "waiting"})
 
-    def retry(self, exec_id: str) -> Any:
+    def retry(self, exec_id: str) -> FlowHandle:
         """Continue a ``failed`` execution in place, reusing its completed checkpoints."""
         return self._take_over(exec_id, {"failed"})
+
+    def recover(self, *, limit: int = 100) -> builtins.list[Recovery]:
+        """Drive on every execution that nobody moves on: ``running`` ones whose runner is gone
+        (its process died, or its lease expired), and ``waiting`` ones whose wait deadline passed
+        (their flow sees :class:`~kitaru.errors.KitaruWaitTimeoutError`, as an in-process timeout
+        does). The stack's orchestrator does the driving (the local stack: in this process).
+
+        Safe to run from cron, or from several processes and hosts at once: taking each lease
+        decides who drives; the others skip it. Returns what happened to each, oldest first.
+        """
+        return [self._recover_one(record) for record in self._state.list_recoverable(limit=limit)]
+
+    def _recover_one(self, record: ExecutionRecord) -> Recovery:
+        from kitaru._engine.handles import blocking
+        from kitaru.errors import KitaruLeaseError
+
+        reason = "runner_gone" if record.status == "running" else "wait_deadline"
+
+        def note(outcome: str, detail: str | None = None) -> Recovery:
+            return Recovery(record.id, record.flow, reason, outcome, detail)
+
+        try:
+            outcome = blocking(self._client._orchestrator().submit, record.id)
+        except KitaruLeaseError:
+            return note("skipped", "another runner drives it")
+        except KitaruStateError:
+            return note("skipped", "it moved on meanwhile")
+        except KitaruError as exc:
+            return note("error", str(exc))
+        if outcome is None:
+            return note("submitted", "the stack's orchestrator started it")
+        if outcome.status == "lost":
+            return note("skipped", "another runner took it over")
+        outcome.raise_interrupt()
+        return note(outcome.status, str(outcome.error) if outcome.error is not None else None)
+
+    def runner_gone(self, exec_id: str) -> bool:
+        """Whether a ``running`` execution has no live runner: its lease was released or expired,
+        or its holder was a process on this host that has exited. It will not move on by itself;
+        :meth:`recover` (or :meth:`resume`) drives it on."""
+        from kitaru.store import _rules
+
+        record = self._record(exec_id)
+        return record.status == "running" and _rules.lease_free(
+            record.lease_owner, record.lease_expires_at, time.time()
+        )
 
     def replay(
         self,
@@ -336,23 +522,27 @@ class _Executions:
         *,
         overrides: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
-    ) -> Any:
+    ) -> FlowHandle:
         """Re-run an execution from a checkpoint or wait as a new execution, reusing everything
         above it; see :meth:`kitaru.Flow.replay`. Returns the new execution's FlowHandle."""
         from kitaru._engine.flow import load_flow
+        from kitaru._engine.handles import blocking
+        from kitaru._engine.runner import Runner
 
         record = self._record(exec_id)
         flow_obj = load_flow(record.target, record.sys_path)
-        return flow_obj._replay(self._client._runtime, record.id, from_, overrides, args)
+        runtime = self._client._runtime
+        replayed, outcome = blocking(Runner(runtime).replay, flow_obj, record, from_, overrides, args)
+        return _handle(replayed.id, runtime, outcome)
 
-    def diff(self, a: str, b: str) -> Any:
+    def diff(self, a: str, b: str) -> ExecutionDiff:
         """Compare two executions input by input, checkpoint by checkpoint, wait by wait, and
         their results; returns a :class:`kitaru.diff.ExecutionDiff`."""
         from kitaru.diff import diff_executions
 
         return diff_executions(self._client._runtime, self.resolve(a), self.resolve(b))
 
-    def graph(self, exec_id: str) -> Any:
+    def graph(self, exec_id: str) -> LineageGraph:
         """The execution's lineage: which artifacts (inputs, outputs, answers, other executions'
         loaded artifacts) fed each checkpoint call; a :class:`kitaru.lineage.LineageGraph`."""
         from kitaru.lineage import build_graph
@@ -362,10 +552,15 @@ class _Executions:
     def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> builtins.list[LogEntry]:
         """What an execution printed and logged, in order, per call.
 
-        ``checkpoint`` keeps one call (``name`` or ``name:2``), or every call of that name when no
-        call has exactly that id; ``after`` skips entries up to a previous entry's ``seq``.
+        ``checkpoint`` keeps the calls of one checkpoint: a bare name (``step``) keeps every call of
+        it (``step``, ``step:2``...), a numbered id (``step:2``) that call alone (``step:1`` is the
+        first call, whose id is ``step``). A checkpoint the
+        execution never called raises :class:`~kitaru.errors.KitaruNotFoundError` naming those it
+        did (unless the execution is still running: it may call it yet). ``after`` skips entries
+        up to a previous entry's ``seq``.
         """
         full = self.resolve(exec_id)
+        journal = self._state.read_journal(full)
         entries = [
             LogEntry(
                 r.call_id,
@@ -374,25 +569,66 @@ class _Executions:
                 r.ts,
                 r.id or 0,
             )
-            for r in self._state.read_journal(full)
+            for r in journal
             if r.kind == "output" and (r.id or 0) > after
         ]
         if checkpoint is None:
             return entries
-        exact = [e for e in entries if e.call_id == checkpoint]
-        if exact:
-            return exact
-        return [e for e in entries if e.call_id and e.call_id.partition(":")[0] == checkpoint]
+        numbered = re.fullmatch(r"(.+):(\d+)", checkpoint)
+        if numbered and int(numbered.group(2)) == 1:
+            wanted = re.compile(re.escape(numbered.group(1)) + "(:1)?")  # the first call is `name`
+        elif numbered:
+            wanted = re.compile(re.escape(checkpoint))  # one numbered call
+        else:
+            wanted = re.compile(re.escape(checkpoint) + r"(:\d+)?")  # every call of the name
+        called = {
+            r.call_id
+            for r in journal
+            if r.call_id and r.kind in ("checkpoint_completed", "checkpoint_failed", "output")
+        }
+        if not any(wanted.fullmatch(c) for c in called):
+            record = self._state.get_execution(full)
+            if record is None or record.status != "running":
+                names = sorted({re.sub(r":\d+$", "", c) for c in called})
+                raise KitaruNotFoundError(
+                    f"execution {full} has no checkpoint call {checkpoint!r}; its checkpoints: "
+                    f"{', '.join(names) or 'none'}. Give a name for every call of it, or name:N "
+                    "for one call."
+                )
+        return [e for e in entries if e.call_id and wanted.fullmatch(e.call_id)]
 
     def cancel(self, exec_id: str) -> Execution:
-        """Cancel a running or waiting execution. A running one stops at its next checkpoint."""
-        self._state.cancel(self.resolve(exec_id))
+        """Cancel a running or waiting execution, through the stack's orchestrator. A running one
+        stops at its next checkpoint (an async flow at once)."""
+        from kitaru._engine.handles import blocking
+
+        blocking(self._client._orchestrator().cancel, self.resolve(exec_id))
         return self.get(exec_id)
 
 
 class _Artifacts:
     def __init__(self, client: KitaruClient) -> None:
         self._client = client
+
+    def preview(self, artifact_id: str, width: int = 200) -> str:
+        """A short text preview of an artifact, read without loading it: JSON-like stored bytes
+        (json, pydantic, dataclass values kept inline) are shown, cut to ``width`` characters;
+        anything else is described, never unpickled (``kitaru artifacts get`` shows it whole)."""
+        record = self._client._runtime.state.get_artifact(artifact_id)
+        if record is None:
+            raise KitaruNotFoundError(f"no artifact {artifact_id!r}.")
+        text = None
+        if record.inline is not None and record.serializer in ("json", "pydantic", "dataclass"):
+            try:
+                raw = record.inline.decode("utf-8")
+                value = json.loads(raw)
+                text = value if isinstance(value, str) else raw
+            except (UnicodeDecodeError, ValueError):
+                text = None
+        if text is None:
+            return f"({record.data_type}, {record.size} bytes: `kitaru artifacts get {record.id}` shows it)"
+        text = " ".join(text.split()) if "\n" in text else text
+        return text if len(text) <= width else text[: width - 4] + " ..."
 
     def _view(self, r: ArtifactRecord) -> Artifact:
         return Artifact(
@@ -432,21 +668,41 @@ class _Artifacts:
 class KitaruClient:
     """Entry point for inspecting and steering executions: ``.executions`` and ``.artifacts``.
 
-    ``stack`` names the configured stack whose executions it sees (default: the active stack)."""
+    ``stack`` names the configured stack whose executions it sees (default: the active stack).
+    ``read_only`` opens the state store for inspection only (listing, showing, fetching artifacts),
+    so it works without write access; steering an execution then fails."""
 
-    def __init__(self, runtime: Any = None, *, stack: str | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime | None = None, *, stack: str | None = None, read_only: bool = False
+    ) -> None:
         self._explicit = runtime
+        self._orchestrator_cache: Orchestrator | None = None
         self._stack = stack
+        self._read_only = read_only
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
 
     @property
-    def _runtime(self) -> Any:
+    def _runtime(self) -> Runtime:
         if self._explicit is not None:
             return self._explicit
-        from kitaru._engine.runtime import get_runtime
+        from kitaru._engine.runtime import get_runtime, read_only_runtime
 
-        return get_runtime(self._stack)
+        return read_only_runtime(self._stack) if self._read_only else get_runtime(self._stack)
+
+    def _orchestrator(self) -> Orchestrator:
+        """The orchestrator of the client's stack (a client over an explicit runtime drives in
+        this process)."""
+        if self._orchestrator_cache is None:
+            from kitaru.local_stack import LocalOrchestrator
+
+            if self._explicit is not None:
+                self._orchestrator_cache = LocalOrchestrator(runtime=self._explicit)
+            else:
+                from kitaru.stack import load_stack, orchestrator_of
+
+                self._orchestrator_cache = orchestrator_of(load_stack(self._stack))
+        return self._orchestrator_cache
 
 
 def _execution_view(
@@ -461,7 +717,8 @@ def _execution_view(
         target=r.target,
         error=r.error,
         original_exec_id=r.original_exec_id,
-        metadata={**r.metadata, **flow_meta},
+        # The heartbeat's note of attempts in flight is bookkeeping, not the user's metadata.
+        metadata={**{k: v for k, v in r.metadata.items() if k != INFLIGHT}, **flow_meta},
         checkpoints=tuple(calls),
         waits=tuple(waits),
         result_artifact=r.result_artifact,
@@ -469,6 +726,10 @@ def _execution_view(
 
 
 def _choose_wait(execution: Execution, name: str | None) -> Wait:
+    from kitaru.store import _rules
+
+    if execution.status == "cancelled":  # before naming waits: none of them is open now
+        raise _rules.final_error(execution.id, execution.status, "take an answer")
     open_waits = execution.open_waits
     if name is not None:
         for w in execution.waits:
@@ -497,6 +758,24 @@ def _choose_wait(execution: Execution, name: str | None) -> Wait:
             f"({', '.join(w.name for w in open_waits)}); choose one with --wait NAME."
         )
     return open_waits[0]
+
+
+def _drives_here(orchestrator: Orchestrator) -> bool:
+    """Whether the orchestrator drives executions in this process (the local one)."""
+    from kitaru.local_stack import LocalOrchestrator
+
+    return isinstance(orchestrator, LocalOrchestrator)
+
+
+def _handle(exec_id: str, runtime: Runtime, outcome: Outcome | None) -> FlowHandle:
+    """The handle on an execution driven here; the flow's kitaru errors (a divergence, a bad
+    answer) are raised as the driving call's own."""
+    from kitaru._engine.handles import FlowHandle
+
+    error = outcome.raise_interrupt().error if outcome is not None else None
+    if isinstance(error, KitaruError):
+        raise error
+    return FlowHandle(exec_id, runtime, outcome)
 
 
 def dumps_json(value: Any) -> str:

@@ -16,9 +16,8 @@ def wait_for(path: Path, proc: subprocess.Popen[Any] | None = None, timeout: flo
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(
-                f"the process exited ({proc.returncode}) before {path} appeared: {proc.communicate()}"
-            )
+            said = proc.communicate(timeout=30)
+            raise AssertionError(f"the process exited ({proc.returncode}) before {path} appeared: {said}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear within {timeout} s")
         time.sleep(0.005)

@@ -34,9 +34,7 @@ def save(name: str, value: Any, type: str = "save") -> None:
         n = frame.save_counts.get(name, 0) + 1
         frame.save_counts[name] = n
         call_id = f"{frame.call.call_id}/{name}" + (f":{n}" if n > 1 else "")
-        artifact = ctx.runtime.make_artifact(
-            ctx.exec_id, name=name, version=n, type=type, value=value, call_id=frame.call.call_id
-        )
+        artifact = ctx.make_artifact(name=name, version=n, type=type, value=value, call_id=frame.call.call_id)
         frame.artifacts.append(artifact)
         frame.records.append(
             JournalRecord(kind="save", call_id=call_id, name=name, artifact_id=artifact.id, ts=time.time())
@@ -46,9 +44,7 @@ def save(name: str, value: Any, type: str = "save") -> None:
     if call.call_id in ctx.done_saves:
         return
     version = int(call.call_id.rpartition(":")[2]) if ":" in call.call_id else 1
-    artifact = ctx.runtime.make_artifact(
-        ctx.exec_id, name=name, version=version, type=type, value=value, call_id=None
-    )
+    artifact = ctx.make_artifact(name=name, version=version, type=type, value=value, call_id=None)
     ctx.commit(
         [
             JournalRecord(
@@ -71,15 +67,16 @@ def load(exec_id: str, name: str, version: int | None = None) -> Any:
     lineage crosses executions.
     """
     ctx = require_flow("kitaru.load()")
-    found = ctx.state.list_artifacts(exec_id, name=name)
+    astate = ctx.runtime.astate
+    found = ctx.state_call(astate.list_artifacts, exec_id, name=name)
     if version is not None:
         found = [a for a in found if a.version == version]
     if not found:
-        if ctx.state.get_execution(exec_id) is None:
+        if ctx.state_call(astate.get_execution, exec_id) is None:
             raise KitaruNotFoundError(
                 f"kitaru.load(): no execution {exec_id!r}. List them with `kitaru executions list`."
             )
-        names = sorted({a.name for a in ctx.state.list_artifacts(exec_id)})
+        names = sorted({a.name for a in ctx.state_call(astate.list_artifacts, exec_id)})
         raise KitaruNotFoundError(
             f"kitaru.load(): execution {exec_id} has no artifact {name!r}"
             + (f" version {version}" if version is not None else "")
@@ -97,7 +94,7 @@ def load(exec_id: str, name: str, version: int | None = None) -> Any:
                 ts=time.time(),
             )
         )
-    return ctx.runtime.load_artifact(artifact)
+    return ctx.load_artifact(artifact)
 
 
 def log(**metadata: Any) -> None:

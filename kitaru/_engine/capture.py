@@ -1,7 +1,10 @@
 """Capture of stdout, stderr and ``logging`` records while flows run, per call, into the journal.
 
 While any flow runs in the process, ``sys.stdout``/``sys.stderr`` are wrapped by a tee that still
-writes everything through, and a handler sits on the root logger. Text written in the context of a
+writes everything through, and a handler sits on the root logger. That handler only adds: a record
+still reaches the user's own handlers, and where there are none, the console exactly as Python
+would print it without kitaru (``logging.lastResort``: warnings and errors to stderr). Text written
+in the context of a
 running checkpoint joins that checkpoint's records (committed with its outcome, so its order is
 kept even when checkpoints run concurrently); text written by the flow body rides with the next
 commit. Outside any flow nothing is recorded.
@@ -13,6 +16,7 @@ import logging
 import sys
 import threading
 import time
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 from kitaru.store import JournalRecord
@@ -25,6 +29,9 @@ _lock = threading.Lock()
 _users = 0
 _saved: dict[str, TextIO] = {}
 _handler: _Handler | None = None
+# Set while a log record is printed on kitaru's behalf: the tee lets that text through without
+# recording it again (the record itself is in the journal already, as a ``log`` entry).
+_echoing: ContextVar[bool] = ContextVar("kitaru_echoing_log", default=False)
 
 
 def _record(stream: str, text: str) -> None:
@@ -57,7 +64,8 @@ class _Tee:
         self._target = target
 
     def write(self, text: str) -> int:
-        _record(self._name, text)
+        if not _echoing.get():
+            _record(self._name, text)
         return self._target.write(text)
 
     def __getattr__(self, attr: str) -> Any:
@@ -66,15 +74,38 @@ class _Tee:
 
 class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        if _current_exec.get() is None:
+        if _current_exec.get() is not None:
+            try:
+                text = f"{record.levelname} {record.name}: {record.getMessage()}\n"
+                if record.exc_info:
+                    text += logging.Formatter().formatException(record.exc_info) + "\n"
+            except Exception:  # a broken log call must not break the flow
+                text = None
+            if text is not None:
+                _record("log", text)
+        self._fall_back_to_last_resort(record)
+
+    def _fall_back_to_last_resort(self, record: logging.LogRecord) -> None:
+        """Print the record as Python does when no handler is configured. Our handler on the root
+        logger counts as one, which switches ``logging.lastResort`` off: without this, a flow's
+        warnings would vanish from the console of a script that never configured logging."""
+        last_resort = logging.lastResort
+        if last_resort is None or record.levelno < last_resort.level:
             return
+        logger: logging.Logger | None = (
+            logging.getLogger(record.name) if record.name != "root" else logging.getLogger()
+        )
+        while logger is not None:
+            if any(h is not self for h in logger.handlers):
+                return  # someone else handles it: as without kitaru, lastResort stays silent
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        token = _echoing.set(True)
         try:
-            text = f"{record.levelname} {record.name}: {record.getMessage()}\n"
-            if record.exc_info:
-                text += logging.Formatter().formatException(record.exc_info) + "\n"
-        except Exception:  # a broken log call must not break the flow
-            return
-        _record("log", text)
+            last_resort.handle(record)
+        finally:
+            _echoing.reset(token)
 
 
 class capturing:

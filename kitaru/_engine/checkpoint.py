@@ -105,8 +105,9 @@ class Checkpoint(Generic[P, R]):
         call = ctx.begin_call(self.name, self.qualname)
         if self.is_async:
             if running_loop() is None:
-                # A sync flow body calling an async checkpoint gets the value, not a coroutine.
-                return cast(R, ctx.run_coroutine(self._run_async(ctx, call, args, kwargs)))
+                # A sync flow body calling an async checkpoint gets the value, not a coroutine: it
+                # runs on the Runner's loop.
+                return cast(R, ctx.run_async(self._run_async, ctx, call, args, kwargs))
             return cast(R, self._run_async(ctx, call, args, kwargs))
         return cast(R, self._run_sync(ctx, call, args, kwargs))
 
@@ -140,7 +141,22 @@ class Checkpoint(Generic[P, R]):
         ctx.check_inputs(call, fingerprint)
         record = ctx.completed[call.call_id]
         artifact = ctx.stored_artifact(record)
-        value = ctx.runtime.load_artifact(artifact)
+        value = ctx.load_artifact(artifact)
+        ctx.remember_output(value, artifact)
+        return True, value
+
+    async def _areplayed(self, ctx: ExecutionContext, call: Call, fingerprint: str) -> tuple[bool, Any]:
+        """:meth:`_replayed` for async checkpoints: the reads are awaited on the loop."""
+        if call.call_id not in ctx.completed:
+            return False, None
+        ctx.check_inputs(call, fingerprint)
+        record = ctx.completed[call.call_id]
+        if ctx.inline:
+            artifact = ctx.stored_artifact(record)
+        else:
+            found = await ctx.runtime.astate.get_artifact(record.artifact_id or "")
+            artifact = found if found is not None else ctx.stored_artifact(record)  # raises
+        value = await ctx.runtime.aload_artifact(artifact)
         ctx.remember_output(value, artifact)
         return True, value
 
@@ -165,8 +181,7 @@ class Checkpoint(Generic[P, R]):
     ) -> tuple[list[JournalRecord], list[ArtifactRecord]]:
         ctx, call = frame.ctx, frame.call
         version = int(call.call_id.rpartition(":")[2]) if ":" in call.call_id else 1
-        artifact = ctx.runtime.make_artifact(
-            ctx.exec_id,
+        artifact = ctx.make_artifact(
             name=self.name,
             version=version,
             type="output",
@@ -223,59 +238,71 @@ class Checkpoint(Generic[P, R]):
         if hit:
             return value
         attempt = 1
+        runtime = ctx.runtime
         while True:
             frame = CallFrame(call, ctx)
             started = self._started(call, attempt, fingerprint, lineage)
-            token = _current_call.set(frame)
+            runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
             try:
-                value = self.fn(*args, **kwargs)
-            except Exception as exc:
-                records, delay = self._failed(frame, started, exc)
-                ctx.commit(records)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                attempt += 1
-                continue
+                token = _current_call.set(frame)
+                try:
+                    value = self.fn(*args, **kwargs)
+                except Exception as exc:
+                    records, delay = self._failed(frame, started, exc)
+                    ctx.commit(records)
+                    if delay is None:
+                        raise
+                    time.sleep(delay)
+                    attempt += 1
+                    continue
+                finally:
+                    _current_call.reset(token)
+                records, artifacts = self._succeeded(frame, started, value)
+                ctx.commit(records, artifacts)
+                return value
             finally:
-                _current_call.reset(token)
-            records, artifacts = self._succeeded(frame, started, value)
-            ctx.commit(records, artifacts)
-            return value
+                runtime.call_ended(ctx.exec_id, call.call_id)
 
     async def _run_async(
         self, ctx: ExecutionContext, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         fingerprint, lineage = ctx.describe_inputs(args, kwargs)
-        hit, value = self._replayed(ctx, call, fingerprint)
+        hit, value = await self._areplayed(ctx, call, fingerprint)
         if hit:
             return value
         import asyncio
+
+        import anyio
 
         task = asyncio.current_task()
         if task is not None:
             ctx.tasks.add(task)
         try:
             attempt = 1
+            runtime = ctx.runtime
             while True:
                 frame = CallFrame(call, ctx)
                 started = self._started(call, attempt, fingerprint, lineage)
-                token = _current_call.set(frame)
+                runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
                 try:
-                    value = await self.fn(*args, **kwargs)
-                except Exception as exc:
-                    records, delay = self._failed(frame, started, exc)
-                    await ctx.commit_async(records, ())
-                    if delay is None:
-                        raise
-                    await asyncio.sleep(delay)
-                    attempt += 1
-                    continue
+                    token = _current_call.set(frame)
+                    try:
+                        value = await self.fn(*args, **kwargs)
+                    except Exception as exc:
+                        records, delay = self._failed(frame, started, exc)
+                        await ctx.commit_async(records, ())
+                        if delay is None:
+                            raise
+                        await anyio.sleep(delay)
+                        attempt += 1
+                        continue
+                    finally:
+                        _current_call.reset(token)
+                    records, artifacts = self._succeeded(frame, started, value)
+                    await ctx.commit_async(records, artifacts)
+                    return value
                 finally:
-                    _current_call.reset(token)
-                records, artifacts = self._succeeded(frame, started, value)
-                await ctx.commit_async(records, artifacts)
-                return value
+                    runtime.call_ended(ctx.exec_id, call.call_id)
         finally:
             if task is not None:
                 ctx.tasks.discard(task)

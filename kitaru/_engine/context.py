@@ -5,24 +5,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from kitaru.errors import KitaruDivergenceError, KitaruNotInFlowError, KitaruStoreError, KitaruUsageError
+from kitaru.errors import (
+    KitaruConfigError,
+    KitaruDivergenceError,
+    KitaruNotInFlowError,
+    KitaruStoreError,
+    KitaruUsageError,
+)
 from kitaru.serialization import _is_json_native
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
 from .runtime import INLINE_LIMIT, Runtime
 
 if TYPE_CHECKING:
-    # asyncio and concurrent.futures load on first use: `import kitaru` stays light.
+    # asyncio, anyio and concurrent.futures load on first use: `import kitaru` stays light.
     import asyncio
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    from anyio.lowlevel import EventLoopToken
+
+T = TypeVar("T")
 
 logger = logging.getLogger("kitaru")
 
@@ -107,6 +119,7 @@ class ExecutionContext:
         self.timed_out: set[str] = set()
         self.at_seq: dict[int, JournalRecord] = {}
         self.done_saves: set[str] = set()
+        self._referenced = [r.artifact_id for r in journal if r.artifact_id]
         for r in journal:
             kind = r.kind
             if r.seq is not None and r.seq not in self.at_seq:
@@ -138,8 +151,15 @@ class ExecutionContext:
         self.main_task: asyncio.Task[Any] | None = None
         self._batch_records: list[JournalRecord] = []
         self._batch_artifacts: list[ArtifactRecord] = []
+        self._batch_uploads: list[tuple[str, bytes]] = []
         self._batch_future: asyncio.Future[None] | None = None
-        self._loop_runner: asyncio.Runner | None = None
+        self._flushes: set[asyncio.Future[None]] = set()
+        self._flush_error: BaseException | None = None
+        self._awaited: set[asyncio.Future[None]] = set()
+        #: The Runner's event loop, for sync code of this execution running on other threads.
+        self.token: EventLoopToken | None = None
+        self.inline = runtime.inline
+        self._known_artifacts: dict[str, ArtifactRecord] = {}
 
     # -- identity and replay -------------------------------------------------------------
 
@@ -179,7 +199,9 @@ class ExecutionContext:
 
     def stored_artifact(self, record: JournalRecord) -> ArtifactRecord:
         """The artifact a journal record points to; its absence means the store lost data."""
-        artifact = self.state.get_artifact(record.artifact_id or "")
+        artifact = self._known_artifacts.get(record.artifact_id or "")
+        if artifact is None:
+            artifact = self.state_call(self.runtime.astate.get_artifact, record.artifact_id or "")
         if artifact is None:
             raise KitaruStoreError(
                 f"execution {self.exec_id}: the journal's {record.kind} record of "
@@ -187,6 +209,82 @@ class ExecutionContext:
                 "does not have. The store was modified or restored partially; restore it whole."
             )
         return artifact
+
+    async def preload_artifacts(self) -> None:
+        """Read the records of every artifact the journal references, up front, so that sync
+        code of an async body (``kitaru.wait()`` returning an answer, a sync checkpoint replaying
+        its output) finds them without a store call it could not make without blocking the loop."""
+        wanted = set(self._referenced)
+        self._referenced = []  # once per pass
+        if not wanted:
+            return
+        astate = self.runtime.astate
+        for artifact in await astate.list_artifacts(self.exec_id):
+            if artifact.id in wanted:
+                self._known_artifacts[artifact.id] = artifact
+        for artifact_id in wanted - self._known_artifacts.keys():  # a replay's reused ones
+            found = await astate.get_artifact(artifact_id)
+            if found is not None:
+                self._known_artifacts[artifact_id] = found
+
+    # -- reaching the stores from sync code ---------------------------------------------------
+    #
+    # The stores are async; the Runner awaits them. Sync code of the execution (a sync body or
+    # checkpoint, kitaru.wait(), kitaru.save()) reaches them here: inline when the state store is
+    # inline (SQLite: no thread hop on the hot path), from a worker thread onto the Runner's loop,
+    # and from sync code running on the loop itself (a sync checkpoint called from an async body)
+    # writes are queued into the group commit, flushed at the body's next await.
+
+    def blocking(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``await fn(*args, **kwargs)`` from sync code of this execution, waiting for it."""
+        if running_loop() is None:
+            import anyio.from_thread
+
+            return anyio.from_thread.run(partial(_awaited, fn, *args, **kwargs), token=self.token)
+        # Sync code on an event loop's thread cannot wait for that loop. Reads here are rare (a
+        # sync checkpoint of an async flow replaying an output kept in the artifact store): they
+        # block this loop while kitaru's portal loop does them, as any sync call would.
+        from kitaru._portal import in_portal_thread, portal
+
+        if in_portal_thread():
+            raise KitaruUsageError(
+                f"execution {self.exec_id}: sync code called from the async flow needs a store "
+                "read that cannot run without blocking the event loop it is on (a sync "
+                "checkpoint replaying an output kept in the artifact store). Make that "
+                "checkpoint `async def`."
+            )
+        return portal().call(partial(fn, *args, **kwargs))
+
+    def state_call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Call a state store method from sync code: inline when the store is inline."""
+        if self.inline:
+            from kitaru._portal import run_inline
+
+            return run_inline(fn(*args, **kwargs))  # type: ignore[no-any-return]
+        return self.blocking(fn, *args, **kwargs)
+
+    def make_artifact(
+        self, *, name: str, version: int, type: str, value: Any, call_id: str | None
+    ) -> ArtifactRecord:
+        """Serialize ``value`` into an artifact of this execution, from sync code. A large value's
+        bytes are uploaded before this returns, or (on the loop's thread) queued ahead of the
+        commit that references them."""
+        record, blob = self.runtime.serialize_artifact(
+            self.exec_id, name=name, version=version, type=type, value=value, call_id=call_id
+        )
+        if blob is not None:
+            if running_loop() is None:
+                self.blocking(self.runtime.aartifacts.put, *blob)
+            else:
+                self._batch_uploads.append(blob)
+                self._schedule_flush()
+        return record
+
+    def load_artifact(self, artifact: ArtifactRecord) -> Any:
+        """An artifact's value, from sync code of this execution."""
+        if artifact.inline is not None:
+            return self.runtime.load_artifact(artifact)
+        return self.blocking(self.runtime.aload_artifact, artifact)
 
     # -- inputs: lineage and fingerprints ---------------------------------------------------
 
@@ -270,13 +368,7 @@ class ExecutionContext:
             if metadata:
                 self._pending_metadata.update(metadata)
 
-    def commit(
-        self,
-        records: Sequence[JournalRecord],
-        artifacts: Sequence[ArtifactRecord] = (),
-        **kw: Any,
-    ) -> None:
-        """Commit records and artifacts (with anything pending) as this execution's runner."""
+    def _take_pending(self, records: Sequence[JournalRecord], kw: dict[str, Any]) -> Sequence[JournalRecord]:
         with self._pending_lock:
             if self._pending or self.pending_output:
                 records = [*self._pending, *self.pending_output, *records]
@@ -284,7 +376,66 @@ class ExecutionContext:
             if self._pending_metadata:
                 kw["metadata"] = {**self._pending_metadata, **(kw.get("metadata") or {})}
                 self._pending_metadata = {}
-        self.state.commit(self.exec_id, records, artifacts, owner=self.runtime.owner, **kw)
+        return records
+
+    async def acommit(
+        self,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        unwind: bool = True,
+        **kw: Any,
+    ) -> None:
+        """Commit records and artifacts (with anything pending) as this execution's runner.
+
+        The store answers with the execution's status in the same transaction: when it says
+        ``cancelled`` (and ``unwind``), the records landed (that work is paid for) and the body
+        unwinds now with :class:`_Cancelled`, rather than running on until the next heartbeat.
+        Writes queued from sync code on the loop land first (their blobs before their records).
+        """
+        if self._batch_future is not None or self._flushes:
+            await self.flush()
+        records = self._take_pending(records, kw)
+        status = await self.runtime.astate.commit(
+            self.exec_id, records, artifacts, owner=self.runtime.owner, **kw
+        )
+        self._saw_status(status, unwind)
+
+    def _saw_status(self, status: str | None, unwind: bool) -> None:
+        if status == "cancelled":
+            self.runtime.saw_cancel(self.exec_id)
+            if unwind:
+                raise _Cancelled()
+
+    def commit(
+        self,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        unwind: bool = True,
+        **kw: Any,
+    ) -> None:
+        """:meth:`acommit` from sync code of the execution.
+
+        Inline (SQLite) it commits here, on this thread; from a worker thread it commits on the
+        Runner's loop. On the loop's own thread (a sync checkpoint called from an async body) a
+        non-inline store must not block the loop: the commit joins the group commit, which the
+        body's next await flushes (a cancel it reports then cancels the body's scope)."""
+        if running_loop() is not None and (not self.inline or self._batch_uploads or self._batch_future):
+            self._batch_records.extend(records)  # pending records ride with the flush
+            self._batch_artifacts.extend(artifacts)
+            self._schedule_flush()
+            return
+        if self.inline:
+            from kitaru._portal import run_inline
+
+            records = self._take_pending(records, kw)
+            coro = self.runtime.astate.commit(
+                self.exec_id, records, artifacts, owner=self.runtime.owner, **kw
+            )
+            self._saw_status(run_inline(coro), unwind)
+            return
+        self.blocking(self.acommit, records, artifacts, unwind=unwind, **kw)
 
     async def commit_async(
         self, records: Sequence[JournalRecord], artifacts: Sequence[ArtifactRecord]
@@ -293,45 +444,139 @@ class ExecutionContext:
         transaction, which is what makes a thousand concurrent checkpoints cheap."""
         self._batch_records.extend(records)
         self._batch_artifacts.extend(artifacts)
+        future = self._schedule_flush()
+        self._awaited.add(future)  # its error reaches this checkpoint, not the next flush()
+        await future
+
+    def _schedule_flush(self) -> asyncio.Future[None]:
         future = self._batch_future
         if future is None:
             import asyncio
 
             loop = asyncio.get_running_loop()
             future = self._batch_future = loop.create_future()
+            # A flush nobody awaits (queued by sync code) reports its error at the next flush().
+            future.add_done_callback(self._note_flush_error)
             loop.call_soon(self._flush_batch)
-        await future
+        return future
+
+    def _note_flush_error(self, future: asyncio.Future[None]) -> None:
+        if future in self._awaited:
+            self._awaited.discard(future)
+            return
+        if not future.cancelled() and future.exception() is not None and self._flush_error is None:
+            self._flush_error = future.exception()
 
     def _flush_batch(self) -> None:
-        future, records, artifacts = self._batch_future, self._batch_records, self._batch_artifacts
-        self._batch_future, self._batch_records, self._batch_artifacts = None, [], []
+        future = self._batch_future
+        records, artifacts, uploads = self._batch_records, self._batch_artifacts, self._batch_uploads
+        self._batch_future, self._batch_records, self._batch_artifacts, self._batch_uploads = None, [], [], []
         assert future is not None
+        if self.inline and not uploads:
+            # SQLite: commit in this callback, without a task (the 1,000-checkpoint fan-out path).
+            from kitaru._portal import run_inline
+
+            try:
+                kw: dict[str, Any] = {}
+                taken = self._take_pending(records, kw)
+                coro = self.runtime.astate.commit(
+                    self.exec_id, taken, artifacts, owner=self.runtime.owner, **kw
+                )
+                self._saw_status(run_inline(coro), True)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+            return
+        import asyncio
+
+        task = asyncio.ensure_future(self._flush_async(future, records, artifacts, uploads))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush_async(
+        self,
+        future: asyncio.Future[None],
+        records: list[JournalRecord],
+        artifacts: list[ArtifactRecord],
+        uploads: list[tuple[str, bytes]],
+    ) -> None:
         try:
-            self.commit(records, artifacts)
+            if uploads:
+                import anyio
+
+                async with anyio.create_task_group() as tg:
+                    for key, data in uploads:
+                        tg.start_soon(self.runtime.aartifacts.put, key, data)
+            kw: dict[str, Any] = {}
+            taken = self._take_pending(records, kw)
+            if taken or artifacts or kw:
+                status = await self.runtime.astate.commit(
+                    self.exec_id, taken, artifacts, owner=self.runtime.owner, **kw
+                )
+                self._saw_status(status, True)
         except BaseException as exc:
-            future.set_exception(exc)
+            import asyncio
+
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+                raise
+            if not future.done():
+                future.set_exception(exc)
         else:
-            future.set_result(None)
+            if not future.done():
+                future.set_result(None)
+
+    async def flush(self) -> None:
+        """Let every queued write land; raise the first error one of them met."""
+        import asyncio
+
+        while self._batch_future is not None or self._flushes:
+            pending: list[asyncio.Future[None]] = [*self._flushes]
+            if self._batch_future is not None:
+                pending.append(self._batch_future)
+            await asyncio.wait(pending)
+        error, self._flush_error = self._flush_error, None
+        if error is not None:
+            raise error
 
     # -- concurrency helpers ----------------------------------------------------------------
 
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        """Run ``fn`` on the execution's worker threads (``.submit()``/``.map()`` checkpoints); at
+        most ``KITARU_MAX_THREADS`` run at once (see :func:`max_threads`), the rest queue."""
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._executor = ThreadPoolExecutor(thread_name_prefix=f"kitaru-{self.exec_id[-6:]}")
+            self._executor = ThreadPoolExecutor(
+                max_workers=max_threads(), thread_name_prefix=f"kitaru-{self.exec_id[-6:]}"
+            )
         future = self._executor.submit(fn, *args)
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
         return future
 
-    def run_coroutine(self, coro: Any) -> Any:
-        """Run an async checkpoint to completion from a sync flow body."""
-        if self._loop_runner is None:
-            import asyncio
+    def run_async(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run an async checkpoint to completion from sync code of this execution (a sync body
+        or a ``.submit()`` thread), on the Runner's loop, in this execution's context."""
 
-            self._loop_runner = asyncio.Runner()
-        return self._loop_runner.run(coro)
+        async def in_context() -> T:
+            if not self.inline:
+                await self.preload_artifacts()  # sync code on the loop may read them
+            token = _current_exec.set(self)
+            try:
+                return await fn(*args)
+            finally:
+                _current_exec.reset(token)
+
+        if running_loop() is not None:
+            raise KitaruUsageError(
+                f"execution {self.exec_id}: an async checkpoint was called from sync code running "
+                "on the event loop; `await` it from async code instead."
+            )
+        import anyio.from_thread
+
+        return anyio.from_thread.run(in_context, token=self.token)
 
     def drain_threads(self) -> None:
         """Let in-flight ``.submit()`` checkpoints finish (and record) before the body exits."""
@@ -356,8 +601,29 @@ class ExecutionContext:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        if self._loop_runner is not None:
-            self._loop_runner.close()
+
+
+async def _awaited(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    return await fn(*args, **kwargs)
+
+
+def max_threads() -> int | None:
+    """How many ``.submit()``/``.map()`` checkpoints of one execution run at once:
+    ``KITARU_MAX_THREADS``, else None (Python's default, ``min(32, CPUs + 4)``). Checkpoints that
+    wait on rate-limited APIs want more; ones that fill memory, fewer."""
+    raw = os.environ.get("KITARU_MAX_THREADS", "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise KitaruConfigError(
+            f"KITARU_MAX_THREADS={raw!r} is not a positive whole number of threads; set it to e.g. "
+            "8, or unset it for the default (min(32, CPUs + 4))."
+        )
+    return value
 
 
 def _fingerprint(value: Any) -> str:

@@ -1,389 +1,30 @@
-"""``@flow``: the durable agent boundary, its runner, and the handles it returns."""
+"""``@flow``: the durable agent boundary. Running one is the Runner's job
+(:mod:`kitaru._engine.runner`); this module holds the definition and its entry points."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib
-import importlib.util
-import sys
-import time
-import traceback
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from kitaru import serialization
-from kitaru._ids import new_id
-from kitaru.errors import (
-    KitaruConflictError,
-    KitaruError,
-    KitaruExecutionCancelledError,
-    KitaruExecutionError,
-    KitaruLeaseError,
-    KitaruNotFoundError,
-    KitaruStateError,
-    KitaruTimeoutError,
-    KitaruUsageError,
-)
-from kitaru.store import TERMINAL_STATUSES, ArtifactRecord, ExecutionRecord, JournalRecord
+from kitaru.errors import KitaruError, KitaruNotFoundError, KitaruUsageError
 
-from .capture import capturing
-from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend, running_loop
-from .runtime import Runtime, get_runtime
+from .context import running_loop
+from .handles import AsyncFlowHandle, FlowHandle, SkippedAsyncFlowHandle, SkippedFlowHandle, blocking
+from .loading import _import_target, _load_script, _skipped, load_flow, register
+from .runner import Runner
+from .runtime import get_runtime
 
 if TYPE_CHECKING:
-    import asyncio
     import inspect
 
 __all__ = ["AsyncFlowHandle", "Flow", "FlowHandle", "flow", "load_flow"]
 
+# Kept importable from here (adapters load scripts with it).
+__all__ += ["_load_script"]
+
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_REGISTRY: dict[str, Flow[Any, Any]] = {}
-
-
-def _import_target(fn: Callable[..., Any]) -> tuple[str, str | None]:
-    """Where another process finds this function: ``module:qualname`` plus the sys.path root, or
-    the absolute path of the script for functions defined in ``__main__``."""
-    module_name, qualname = fn.__module__, fn.__qualname__
-    module = sys.modules.get(module_name)
-    file = getattr(module, "__file__", None)
-    if module_name == "__main__":
-        if file is None:
-            return f"__main__:{qualname}", None
-        path = Path(file).resolve()
-        return f"{path}:{qualname}", str(path.parent)
-    if file is None:
-        return f"{module_name}:{qualname}", None
-    root = Path(file).resolve().parent
-    depth = module_name.count(".") + (1 if Path(file).name == "__init__.py" else 0)
-    for _ in range(depth):
-        root = root.parent
-    return f"{module_name}:{qualname}", str(root)
-
-
-def load_flow(target: str, sys_path: str | None) -> Flow[Any, Any]:
-    """Find the flow a journal names, importing its module or script if this process lacks it."""
-    if target in _REGISTRY:
-        return _REGISTRY[target]
-    location, _, qualname = target.rpartition(":")
-    if "<locals>" in qualname:
-        raise KitaruUsageError(
-            f"flow {qualname!r} was defined inside a function, so no other process can import "
-            "it to resume. Define flows at module level."
-        )
-    if sys_path and sys_path not in sys.path:
-        sys.path.insert(0, sys_path)
-    try:
-        if location.endswith(".py"):
-            module = _load_script(location)
-        else:
-            module = importlib.import_module(location)
-        obj: Any = module
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, OSError) as exc:
-        raise KitaruUsageError(
-            f"cannot load flow {target!r} to resume it: {exc}. Run from an environment where the "
-            "flow's code is installed or present at that path."
-        ) from exc
-    if not isinstance(obj, Flow):
-        raise KitaruUsageError(f"{target!r} is not a @flow (found {type(obj).__qualname__}).")
-    _REGISTRY[target] = obj
-    return obj
-
-
-def _load_script(path: str) -> ModuleType:
-    """Import a script that ran as ``__main__`` under a private name (its main block stays idle)."""
-    name = "__kitaru_main_" + hashlib.sha256(path.encode()).hexdigest()[:12]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no loadable script at {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    # Values the script stored with types from __main__ resolve against it from now on.
-    serialization.MAIN_ALIASES.append(module)
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        serialization.MAIN_ALIASES.remove(module)
-        raise
-    return module
-
-
-# -- outcomes and finishing ----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Started:
-    """The arguments a flow body is called with, and the input artifact of each value."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    inputs: list[tuple[Any, ArtifactRecord]]
-
-
-@dataclass(slots=True)
-class Outcome:
-    """How one drive of an execution ended, in this process."""
-
-    status: str
-    value: Any = None
-    error: BaseException | None = None
-
-
-def _settle_value(ctx: ExecutionContext, value: Any) -> Outcome:
-    try:
-        artifact = ctx.runtime.make_artifact(
-            ctx.exec_id, name="result", version=1, type="result", value=value, call_id=None
-        )
-    except KitaruError as exc:
-        return _settle_error(ctx, exc)
-    _, lineage = ctx.describe_inputs((value,), {})
-    ctx.commit(
-        [
-            JournalRecord(
-                kind="flow_completed",
-                artifact_id=artifact.id,
-                data={"inputs": lineage} if lineage else None,
-                ts=time.time(),
-            )
-        ],
-        [artifact],
-        status="completed",
-        result_artifact=artifact.id,
-        release_lease=True,
-    )
-    return Outcome("completed", value=value)
-
-
-def _settle_error(ctx: ExecutionContext, exc: Exception) -> Outcome:
-    message = f"{type(exc).__qualname__}: {exc}"
-    ctx.commit(
-        [
-            JournalRecord(
-                kind="flow_failed",
-                data={"error": message, "traceback": "".join(traceback.format_exception(exc))},
-                ts=time.time(),
-            )
-        ],
-        status="failed",
-        error=message,
-        release_lease=True,
-    )
-    return Outcome("failed", error=exc)
-
-
-def _settle(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Outcome | None:
-    """Record how the body ended. None means: an answer arrived while suspending, run again."""
-    if exc is None:
-        return _settle_value(ctx, value)
-    if isinstance(exc, _Suspend):
-        ctx.commit([])  # flush anything pending before the process lets go
-        if ctx.state.suspend(ctx.exec_id, ctx.runtime.owner, ctx.suspended_on):
-            return Outcome("waiting")
-        return None
-    if isinstance(exc, _Cancelled):
-        ctx.commit([JournalRecord(kind="flow_cancelled", ts=time.time())], release_lease=True)
-        return Outcome("cancelled")
-    if isinstance(exc, KitaruLeaseError | KitaruConflictError):
-        # Another runner owns the execution now: stop without writing anything more.
-        return Outcome("lost", error=exc)
-    if isinstance(exc, Exception):
-        return _settle_error(ctx, exc)
-    # KeyboardInterrupt, SystemExit: leave the execution running and resumable, lease released.
-    ctx.state.commit(ctx.exec_id, [], owner=ctx.runtime.owner, release_lease=True)
-    raise exc
-
-
-def _pass_context(
-    runtime: Runtime, execution: ExecutionRecord, started: Started, journal: list[JournalRecord] | None
-) -> ExecutionContext:
-    """A fresh view of the journal for one pass of the body, with the flow's inputs known (so
-    passing one to a checkpoint records lineage)."""
-    if journal is None:
-        journal = runtime.state.read_journal(execution.id)
-    ctx = ExecutionContext(runtime, execution, journal)
-    for value, artifact in started.inputs:
-        ctx.remember_output(value, artifact)
-    return ctx
-
-
-def _drive_sync(
-    flow: Flow[Any, Any],
-    runtime: Runtime,
-    execution: ExecutionRecord,
-    started: Started,
-    journal: list[JournalRecord] | None,
-) -> Outcome:
-    runtime.track(execution.id)
-    try:
-        while True:
-            ctx = _pass_context(runtime, execution, started, journal)
-            journal = None  # a second pass (an answer came while suspending) rereads it
-            token = _current_exec.set(ctx)
-            value, error = None, None
-            try:
-                with capturing():
-                    try:
-                        value = flow.fn(*started.args, **started.kwargs)
-                    finally:
-                        ctx.drain_threads()
-            except BaseException as exc:
-                error = exc
-            finally:
-                _current_exec.reset(token)
-                ctx.close()
-            outcome = _settle(ctx, value, error)
-            if outcome is not None:
-                return outcome
-    finally:
-        runtime.untrack(execution.id)
-
-
-async def _drive_async(
-    flow: Flow[Any, Any],
-    runtime: Runtime,
-    execution: ExecutionRecord,
-    started: Started,
-    journal: list[JournalRecord] | None,
-) -> Outcome:
-    runtime.track(execution.id)
-    try:
-        while True:
-            ctx = _pass_context(runtime, execution, started, journal)
-            journal = None
-            import asyncio
-
-            ctx.main_task = asyncio.current_task()
-            token = _current_exec.set(ctx)
-            value, error = None, None
-            try:
-                with capturing():
-                    try:
-                        value = await flow.fn(*started.args, **started.kwargs)
-                    finally:
-                        await ctx.drain_tasks()
-                        ctx.drain_threads()
-            except BaseException as exc:
-                error = exc
-            finally:
-                _current_exec.reset(token)
-                ctx.close()
-            outcome = _settle(ctx, value, error)
-            if outcome is not None:
-                return outcome
-    finally:
-        runtime.untrack(execution.id)
-
-
-# -- handles ----------------------------------------------------------------------------------
-
-
-def _result_of(runtime: Runtime, exec_id: str, local: Outcome | None) -> Any:
-    """The value of a finished execution, or the error that says why there is none."""
-    record = runtime.state.get_execution(exec_id)
-    if record is None:
-        raise KitaruNotFoundError(f"no execution {exec_id!r}")
-    if record.status == "completed":
-        if local is not None and local.status == "completed":
-            return local.value
-        artifact = runtime.state.get_artifact(record.result_artifact or "")
-        assert artifact is not None, f"result artifact of {exec_id} is missing"
-        return runtime.load_artifact(artifact)
-    if record.status == "cancelled":
-        raise KitaruExecutionCancelledError(f"execution {exec_id} was cancelled.", exec_id=exec_id)
-    cause = local.error if local is not None else None
-    if isinstance(cause, KitaruError):
-        raise cause
-    raise KitaruExecutionError(
-        f"execution {exec_id} failed: {record.error}. See `kitaru executions get {exec_id}`; "
-        f"after fixing the cause, `kitaru executions retry {exec_id}` continues it.",
-        exec_id=exec_id,
-        error=record.error,
-    ) from cause
-
-
-class FlowHandle:
-    """A handle on an execution, returned by ``flow.run()`` and the client."""
-
-    def __init__(self, exec_id: str, runtime: Runtime, outcome: Outcome | None = None) -> None:
-        self.exec_id = exec_id
-        self._runtime = runtime
-        self._outcome = outcome
-
-    def __repr__(self) -> str:
-        return f"<FlowHandle {self.exec_id} {self.status}>"
-
-    @property
-    def status(self) -> str:
-        """The execution's current status, read from the store."""
-        record = self._runtime.state.get_execution(self.exec_id)
-        return record.status if record else "unknown"
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """Block until the execution finishes and return its result.
-
-        A failed execution raises :class:`KitaruExecutionError` (the flow's exception is its
-        ``__cause__``); a cancelled one :class:`KitaruExecutionCancelledError`. A waiting execution
-        is polled until someone answers and it finishes, or ``timeout`` seconds pass
-        (:class:`KitaruTimeoutError`).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.01
-        while self.status not in TERMINAL_STATUSES:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise KitaruTimeoutError(
-                    f"execution {self.exec_id} is still {self.status} after {timeout} s."
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        return _result_of(self._runtime, self.exec_id, self._outcome)
-
-    get = wait
-
-
-class AsyncFlowHandle:
-    """A handle on an execution started with ``await flow.start()``."""
-
-    def __init__(self, exec_id: str, runtime: Runtime, task: asyncio.Task[Outcome] | None) -> None:
-        self.exec_id = exec_id
-        self._runtime = runtime
-        self._task = task
-
-    def __repr__(self) -> str:
-        return f"<AsyncFlowHandle {self.exec_id} {self.status}>"
-
-    @property
-    def status(self) -> str:
-        record = self._runtime.state.get_execution(self.exec_id)
-        return record.status if record else "unknown"
-
-    async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - mirrors wait()
-        """Await the execution's end and return its result (errors as in FlowHandle.wait)."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        outcome = None
-        if self._task is not None:
-            outcome = await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        delay = 0.01
-        while self.status not in TERMINAL_STATUSES:
-            if deadline is not None and loop.time() >= deadline:
-                raise KitaruTimeoutError(
-                    f"execution {self.exec_id} is still {self.status} after {timeout} s."
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        return _result_of(self._runtime, self.exec_id, outcome)
 
 
 # -- the decorator --------------------------------------------------------------------------------
@@ -412,7 +53,7 @@ class Flow(Generic[P, R]):
         self.signature = inspect.signature(fn)
         self.target, self.sys_path = _import_target(fn)
         functools.update_wrapper(self, fn)
-        _REGISTRY[self.target] = self
+        register(self)
 
     def __repr__(self) -> str:
         return f"<flow {self.name!r} ({self.target})>"
@@ -425,7 +66,8 @@ class Flow(Generic[P, R]):
 
     # -- starting ---------------------------------------------------------------------------
 
-    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+        """The flow's arguments bound to its signature (a mismatch is a KitaruUsageError)."""
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -433,88 +75,27 @@ class Flow(Generic[P, R]):
         bound.apply_defaults()
         return bound
 
-    def _create(
-        self,
-        runtime: Runtime,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        execution_id: str | None,
-        *,
-        original: ExecutionRecord | None = None,
-        reused_inputs: Sequence[ArtifactRecord] = (),
-        seed: Sequence[JournalRecord] = (),
-        extra_artifacts: Sequence[ArtifactRecord] = (),
-        metadata: dict[str, Any] | None = None,
-    ) -> tuple[ExecutionRecord, bool, Started]:
-        """Create the execution (leased to this process) with its input artifacts.
-
-        A replay passes the ``original`` execution, the original input artifacts it keeps
-        (``reused_inputs``, referenced rather than copied) and its ``seed`` journal.
-        """
-        bound = self._bind(args, kwargs)
-        exec_id = execution_id or new_id()
-        now = time.time()
-        reused = {a.name: a for a in reused_inputs}
-        inputs = [
-            reused.get(param)
-            or runtime.make_artifact(exec_id, name=param, version=1, type="input", value=value, call_id=None)
-            for param, value in bound.arguments.items()
-        ]
-        record = ExecutionRecord(
-            id=exec_id,
-            flow=self.name,
-            target=self.target,
-            sys_path=self.sys_path,
-            status="running",
-            created_at=now,
-            updated_at=now,
-            lease_owner=runtime.owner,
-            lease_expires_at=now + runtime.lease_ttl,
-            original_exec_id=original.id if original else None,
-            metadata=metadata or {},
-        )
-        new_inputs = [a for a in inputs if a.name not in reused]
-        input_refs = [
-            JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in inputs if a.name in reused
-        ]
-        stored, created = runtime.state.create_execution(
-            record, [*new_inputs, *extra_artifacts], [*input_refs, *seed]
-        )
-        started = Started(bound.args, bound.kwargs, list(zip(bound.arguments.values(), inputs, strict=True)))
-        return stored, created, started
-
-    def inputs_of(self, runtime: Runtime, exec_id: str) -> Started:
-        """The arguments an execution was started with, loaded back from its input artifacts."""
-        stored = {a.name: a for a in runtime.state.list_artifacts(exec_id, type="input")}
-        arguments = {
-            name: runtime.load_artifact(stored[name]) for name in self.signature.parameters if name in stored
-        }
-        import inspect
-
-        bound = inspect.BoundArguments(self.signature, arguments)  # type: ignore[arg-type,unused-ignore]
-        return Started(bound.args, bound.kwargs, [(v, stored[k]) for k, v in arguments.items()])
-
     # `execution_id` and `stack` are keywords of run/start itself, and typing cannot place a keyword
     # between ParamSpec *args and **kwargs: the flow's arguments are checked when bound, at run time.
     def run(
         self, *args: Any, execution_id: str | None = None, stack: str | None = None, **kwargs: Any
     ) -> FlowHandle:
-        """Run the flow in this thread until it finishes or suspends on a wait.
+        """Run the flow until it finishes or suspends on a wait, blocking this thread.
 
         ``execution_id`` makes the start idempotent: an existing execution with that id is
         returned (and driven on if it was interrupted) instead of starting another. ``stack`` runs
         it on that configured stack instead of the active one (``kitaru stack list``).
         """
+        if _skipped(self, "run"):
+            return SkippedFlowHandle()
         if running_loop() is not None:
             raise KitaruUsageError(
                 f"{self.name}.run() blocks, and an event loop is running in this thread. Use "
                 f"`handle = await {self.name}.start(...)` then `await handle.result()`."
             )
         runtime = get_runtime(stack)
-        record, created, started = self._create(runtime, args, kwargs, execution_id)
-        if not created:
-            return resume_existing(runtime, record, block=True)  # type: ignore[return-value]
-        return FlowHandle(record.id, runtime, self.drive(runtime, record, started, []))
+        exec_id, outcome = blocking(Runner(runtime).start, self, args, kwargs, execution_id)
+        return FlowHandle(exec_id, runtime, outcome and outcome.raise_interrupt())
 
     async def start(
         self, *args: Any, execution_id: str | None = None, stack: str | None = None, **kwargs: Any
@@ -524,15 +105,21 @@ class Flow(Generic[P, R]):
         Async flow bodies run as a task on this loop; sync ones on a worker thread. ``execution_id``
         and ``stack`` work as in :meth:`run`.
         """
-        runtime = get_runtime(stack)
-        record, created, started = self._create(runtime, args, kwargs, execution_id)
-        if not created:
-            handle = resume_existing(runtime, record, block=False)
-            assert isinstance(handle, AsyncFlowHandle)
-            return handle
+        if _skipped(self, "start"):
+            return SkippedAsyncFlowHandle()
         import asyncio
 
-        task = asyncio.ensure_future(self.drive_async(runtime, record, started, []))
+        runtime = get_runtime(stack)
+        runner = Runner(runtime)
+        record, created, started = await runner.create(self, args, kwargs, execution_id)
+        if created:
+            task = asyncio.ensure_future(runner.drive(self, record, started, []))
+        else:
+            leased = await runner.take_interrupted(record)
+            if leased is None:
+                return AsyncFlowHandle(record.id, runtime, None)
+            flow_obj, started = await runner.load(leased)
+            task = asyncio.ensure_future(runner.drive(flow_obj, leased, started))
         return AsyncFlowHandle(record.id, runtime, task)
 
     def replay(
@@ -549,18 +136,9 @@ class Flow(Generic[P, R]):
         run again. ``overrides`` replace reused outputs or answers by call id; ``args`` replace
         flow arguments by name. Bad requests raise before anything is written.
         """
-        return self._replay(get_runtime(), exec_id, from_, overrides, args)
-
-    def _replay(
-        self,
-        runtime: Runtime,
-        exec_id: str,
-        from_: str,
-        overrides: dict[str, Any] | None,
-        args: dict[str, Any] | None,
-    ) -> FlowHandle:
-        from .replay import replay
-
+        if _skipped(self, "replay"):
+            return SkippedFlowHandle()
+        runtime = get_runtime()
         original = runtime.state.get_execution(exec_id)
         if original is None:
             raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
@@ -569,72 +147,11 @@ class Flow(Generic[P, R]):
                 f"execution {exec_id} ran flow {original.flow!r}, not {self.name!r}; replay it "
                 f"with `kitaru executions replay {exec_id} --from ...`."
             )
-        record, outcome = replay(runtime, self, original, from_, overrides, args)
+        record, outcome = blocking(Runner(runtime).replay, self, original, from_, overrides, args)
+        outcome.raise_interrupt()
         if isinstance(outcome.error, KitaruError):
             raise outcome.error
         return FlowHandle(record.id, runtime, outcome)
-
-    # -- driving ----------------------------------------------------------------------------
-
-    def drive(
-        self,
-        runtime: Runtime,
-        record: ExecutionRecord,
-        started: Started,
-        journal: list[JournalRecord] | None = None,
-    ) -> Outcome:
-        """Run the body to its end or suspension, blocking this thread (the lease is already held)."""
-        if self.is_async:
-            import asyncio
-
-            coro = _drive_async(self, runtime, record, started, journal)
-            if running_loop() is None:
-                return asyncio.run(coro)
-            # A blocking call (the client's input/resume/replay) made from async code: the body
-            # gets a loop of its own on a helper thread rather than failing inside asyncio.run.
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(1, thread_name_prefix="kitaru-drive") as pool:
-                return pool.submit(asyncio.run, coro).result()
-        return _drive_sync(self, runtime, record, started, journal)
-
-    def drive_async(
-        self,
-        runtime: Runtime,
-        record: ExecutionRecord,
-        started: Started,
-        journal: list[JournalRecord] | None = None,
-    ) -> Awaitable[Outcome]:
-        if self.is_async:
-            return _drive_async(self, runtime, record, started, journal)
-        import asyncio
-
-        return asyncio.to_thread(_drive_sync, self, runtime, record, started, journal)
-
-
-def resume_existing(
-    runtime: Runtime, record: ExecutionRecord, *, block: bool
-) -> FlowHandle | AsyncFlowHandle:
-    """Handle for an execution that already exists; drives it on if it was left interrupted."""
-    if record.status == "running":
-        try:
-            leased = runtime.state.acquire_lease(
-                record.id, runtime.owner, runtime.lease_ttl, allowed_statuses={"running"}
-            )
-        except (KitaruLeaseError, KitaruStateError):
-            leased = None  # driven elsewhere, or it finished meanwhile: just observe it
-        if leased is not None:
-            flow_obj = load_flow(leased.target, leased.sys_path)
-            started = flow_obj.inputs_of(runtime, record.id)
-            if block:
-                return FlowHandle(record.id, runtime, flow_obj.drive(runtime, leased, started))
-            import asyncio
-
-            task = asyncio.ensure_future(flow_obj.drive_async(runtime, leased, started))
-            return AsyncFlowHandle(record.id, runtime, task)
-    if block:
-        return FlowHandle(record.id, runtime)
-    return AsyncFlowHandle(record.id, runtime, None)
 
 
 @overload

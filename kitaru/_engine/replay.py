@@ -21,9 +21,9 @@ from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 from .runtime import Runtime
 
 if TYPE_CHECKING:
-    from .flow import Flow, Outcome
+    from .flow import Flow
 
-__all__ = ["ReplayPlan", "plan_replay", "replay"]
+__all__ = ["ReplayPlan", "plan_replay"]
 
 _CALL_KINDS = ("checkpoint_completed", "checkpoint_failed", "wait_opened", "save")
 
@@ -83,7 +83,7 @@ def plan_replay(
     args: Mapping[str, Any] | None = None,
 ) -> ReplayPlan:
     """Check a replay request against the original's journal; every error comes before any write."""
-    from .waits import resolve_schema, validate_answer
+    from .waits import _LIVE_SCHEMAS, check_answer
 
     if original.status == "running":
         raise KitaruStateError(
@@ -133,11 +133,15 @@ def plan_replay(
         else:
             import sys
 
-            schema = resolve_schema(
-                (opened[name].data or {}).get("schema"), sys.modules.get(flow.fn.__module__)
-            )
-            value = validate_answer(
-                schema, value, where=f"the override of wait {name!r}", fix="give a valid answer."
+            # The same check as an answer given with `kitaru executions input`; the override is
+            # stored as its JSON value and the replayed flow validates it again in wait().
+            value = check_answer(
+                opened[name].data or {},
+                value,
+                where=f"the override of wait {name!r}",
+                fix="give a valid answer.",
+                live_schema=_LIVE_SCHEMAS.get((original.id, name)),
+                flow_module=sys.modules.get(flow.fn.__module__),
             )
         previous = stored.get(source.artifact_id or "") or runtime.state.get_artifact(
             source.artifact_id or ""
@@ -211,32 +215,3 @@ def _validated(expected: Any, value: Any, name: str, qualname: str) -> Any:
             f"--override {name}: {value!r} does not fit the return type of checkpoint {qualname} "
             f"({expected!r}): {problems}."
         ) from None
-
-
-def replay(
-    runtime: Runtime,
-    flow: Flow[Any, Any],
-    original: ExecutionRecord,
-    from_: str,
-    overrides: Mapping[str, Any] | None = None,
-    args: Mapping[str, Any] | None = None,
-) -> tuple[ExecutionRecord, Outcome]:
-    """Create the replay execution and drive it here; returns it and how its run ended."""
-    from kitaru._ids import new_id
-
-    plan = plan_replay(runtime, flow, original, from_, overrides, args)
-    exec_id = new_id()
-    for artifact in plan.new_artifacts:
-        artifact.exec_id = exec_id
-    record, _, started = flow._create(
-        runtime,
-        (),
-        dict(plan.arguments),
-        exec_id,
-        original=original,
-        reused_inputs=plan.reused_inputs,
-        seed=plan.seed,
-        extra_artifacts=plan.new_artifacts,
-        metadata={"replay": {"of": original.id, "from": plan.boundary}},
-    )
-    return record, flow.drive(runtime, record, started)

@@ -7,16 +7,64 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from kitaru import serialization
 from kitaru._ids import new_id
 from kitaru.config import env_float
-from kitaru.store import ArtifactRecord, ArtifactStore, StateStore
+from kitaru.errors import KitaruNotFoundError, KitaruStoreError
+from kitaru.store import (
+    ArtifactRecord,
+    ArtifactStore,
+    JournalRecord,
+    StateStore,
+    SyncArtifactStore,
+    SyncStateStore,
+    SyncView,
+    sync_view,
+)
 
-__all__ = ["Runtime", "close_stack_runtimes", "get_runtime", "set_runtime", "use_runtime"]
+__all__ = [
+    "INFLIGHT",
+    "Runtime",
+    "close_stack_runtimes",
+    "get_runtime",
+    "read_only_runtime",
+    "set_runtime",
+    "use_runtime",
+]
+
+T = TypeVar("T")
+
+#: Execution metadata key under which the heartbeat notes the checkpoint attempts in flight.
+INFLIGHT = "inflight"
+
+#: The shortest lease that holds: a runner renews every TTL/3 seconds (at most every
+#: ``KITARU_HEARTBEAT`` seconds), so a lease survives two late renewals; below this, one stall of the
+#: process or the store lets another process take over a live runner and run its work twice.
+MIN_LEASE_TTL = 3.0
+_DEFAULT_LEASE_TTL = 30.0
+_DEFAULT_HEARTBEAT = 2.0
+
+
+def lease_timing(lease_ttl: float | None = None, heartbeat: float | None = None) -> tuple[float, float]:
+    """The lease TTL (``KITARU_LEASE_TTL``) and the heartbeat derived from it: TTL/3, capped at
+    ``KITARU_HEARTBEAT`` (default 2 s). A TTL too short to hold is a KitaruConfigError."""
+    from kitaru.errors import KitaruConfigError
+
+    ttl = lease_ttl if lease_ttl is not None else env_float("KITARU_LEASE_TTL", _DEFAULT_LEASE_TTL)
+    if not ttl >= MIN_LEASE_TTL:
+        raise KitaruConfigError(
+            f"KITARU_LEASE_TTL={ttl:g} is too short for a lease to hold: a runner renews its lease "
+            f"every TTL/3 seconds, and with less than {MIN_LEASE_TTL:g} s one slow renewal lets "
+            "another process take over a live runner and run its checkpoints a second time. Set "
+            f"KITARU_LEASE_TTL to {MIN_LEASE_TTL:g} or more (default {_DEFAULT_LEASE_TTL:g})."
+        )
+    cap = heartbeat or env_float("KITARU_HEARTBEAT", _DEFAULT_HEARTBEAT)
+    return ttl, min(cap, ttl / 3) if cap > 0 else ttl / 3
+
 
 #: Serialized values up to this size live inline in the state store; larger ones are
 #: content-addressed blobs in the artifact store.
@@ -29,25 +77,36 @@ class Runtime:
 
     def __init__(
         self,
-        state: StateStore,
-        artifacts: ArtifactStore,
+        state: StateStore | SyncView,
+        artifacts: ArtifactStore | SyncView,
         *,
         stack_name: str = "local",
         lease_ttl: float | None = None,
         heartbeat_interval: float | None = None,
     ) -> None:
-        self.state = state
-        self.artifacts = artifacts
+        #: The async stores: what the engine (the Runner) awaits.
+        self.astate: StateStore = state.store if isinstance(state, SyncView) else state
+        self.aartifacts: ArtifactStore = artifacts.store if isinstance(artifacts, SyncView) else artifacts
+        #: Blocking views of the same stores, for sync edges (the client, the CLI, the heartbeat):
+        #: inline for SQLite and memory, kitaru's portal loop otherwise.
+        self.state: SyncStateStore = cast(SyncStateStore, sync_view(self.astate))
+        self.artifacts: SyncArtifactStore = cast(SyncArtifactStore, sync_view(self.aartifacts))
+        #: The state store's calls never suspend: sync code may run them inline, without a hop.
+        self.inline = bool(getattr(self.astate, "inline", False))
         self.stack_name = stack_name
-        self.lease_ttl = lease_ttl or env_float("KITARU_LEASE_TTL", 30.0)
-        self.heartbeat_interval = heartbeat_interval or env_float("KITARU_HEARTBEAT", 2.0)
+        self.lease_ttl, self.heartbeat_interval = lease_timing(lease_ttl, heartbeat_interval)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._active: dict[str, int] = {}
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
-        self._foreign: dict[str, ArtifactStore] = {}
+        self._foreign: dict[str, Any] = {}
+        # Called when a cancel of the execution is seen (the Runner cancels the body's scope).
+        self._cancel_hooks: dict[str, list[Callable[[], None]]] = {}
+        # Checkpoint attempts running now, per execution, and what the heartbeat last wrote of them.
+        self._inflight: dict[str, dict[str, dict[str, Any]]] = {}
+        self._noted: dict[str, dict[str, dict[str, Any]]] = {}
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -66,12 +125,38 @@ class Runtime:
             left = self._active.get(exec_id, 0) - 1
             if left <= 0:
                 self._active.pop(exec_id, None)
+                self._inflight.pop(exec_id, None)
+                self._noted.pop(exec_id, None)
             else:
                 self._active[exec_id] = left
 
     def cancelled(self, exec_id: str) -> bool:
-        """Whether a cancel of ``exec_id`` was seen by the heartbeat (checked at call boundaries)."""
+        """Whether a cancel of ``exec_id`` was seen, by a commit or the heartbeat (checked at call
+        boundaries, so concurrent calls of the same execution stop too)."""
         return exec_id in self._cancelled
+
+    def saw_cancel(self, exec_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(exec_id)
+            hooks = list(self._cancel_hooks.get(exec_id, ()))
+        for hook in hooks:
+            hook()
+
+    def on_cancel(self, exec_id: str, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` (from any thread) when a cancel of ``exec_id`` is seen; returns the
+        function that unregisters it."""
+        with self._lock:
+            self._cancel_hooks.setdefault(exec_id, []).append(hook)
+
+        def remove() -> None:
+            with self._lock:
+                hooks = self._cancel_hooks.get(exec_id, [])
+                if hook in hooks:
+                    hooks.remove(hook)
+                if not hooks:
+                    self._cancel_hooks.pop(exec_id, None)
+
+        return remove
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
@@ -85,16 +170,61 @@ class Runtime:
                 # A store hiccup must not kill the heartbeat; the next beat tries again, and a
                 # lost lease is caught by the owner check on the next commit.
                 continue
+            for exec_id, status in statuses.items():
+                if status == "cancelled" and exec_id in ids:
+                    self.saw_cancel(exec_id)
+            self._note_inflight(ids)
+
+    # -- attempts in flight (so a crash that cuts one short is visible after resume) ---------
+
+    def call_started(self, exec_id: str, started: JournalRecord) -> None:
+        """Note a checkpoint attempt as running (``started``: its never-committed start record)."""
+        note = {
+            "attempt": started.attempt or 1,
+            "name": started.name,
+            "started_at": (started.data or {}).get("started_at", started.ts),
+        }
+        with self._lock:
+            self._inflight.setdefault(exec_id, {})[started.call_id or ""] = note
+
+    def call_ended(self, exec_id: str, call_id: str) -> None:
+        with self._lock:
+            calls = self._inflight.get(exec_id)
+            if calls is not None:
+                calls.pop(call_id, None)
+
+    def _note_inflight(self, exec_ids: list[str]) -> None:
+        """Write each execution's attempts in flight to its metadata when they changed since the
+        last beat. This rides on the heartbeat, not on checkpoints: a checkpoint stays one commit,
+        and an attempt shorter than a beat may go unnoted (its crash then leaves no trace)."""
+        for exec_id in exec_ids:
             with self._lock:
-                self._cancelled.update(i for i, s in statuses.items() if s == "cancelled")
+                now = {call_id: dict(note) for call_id, note in self._inflight.get(exec_id, {}).items()}
+            if now == self._noted.get(exec_id, {}):
+                continue
+            try:
+                self.state.commit(exec_id, [], owner=self.owner, metadata={INFLIGHT: now})
+            except Exception:
+                continue  # lease lost or store down: the owner check and the next beat handle it
+            with self._lock:
+                if exec_id in self._active:
+                    self._noted[exec_id] = now
 
     def close(self) -> None:
         self._stop.set()
         self.state.close()
+        # Artifact stores hold clients too (per event loop, for the cloud ones).
+        for store in (self.artifacts, *self._foreign.values()):
+            store.close()
+        self._foreign.clear()
 
     # -- artifacts --------------------------------------------------------------------------
+    #
+    # One implementation, async; the few sync callers (the client, the CLI) go through the
+    # ``blocking`` edge. Engine code reaches them through its ExecutionContext instead, which hops
+    # onto the Runner's loop.
 
-    def make_artifact(
+    def serialize_artifact(
         self,
         exec_id: str,
         *,
@@ -103,18 +233,20 @@ class Runtime:
         type: str,
         value: Any,
         call_id: str | None,
-    ) -> ArtifactRecord:
-        """Serialize ``value`` and write its bytes: inline when small, else as a shared blob."""
+    ) -> tuple[ArtifactRecord, tuple[str, bytes] | None]:
+        """Serialize ``value`` into its record: inline when small, else the blob ``(key, bytes)``
+        that must be in the artifact store before the record is committed."""
         s = serialization.dumps(value)
         data = s.data
         digest = hashlib.sha256(data).hexdigest()
         inline: bytes | None = data
         uri = None
+        blob = None
         if len(data) > INLINE_LIMIT:
             key = f"{_BLOB_PREFIX}{digest[:2]}/{digest}"
-            self.artifacts.put(key, data)
-            inline, uri = None, self.artifacts.uri_for(key)
-        return ArtifactRecord(
+            blob = (key, data)
+            inline, uri = None, self.aartifacts.uri_for(key)
+        record = ArtifactRecord(
             id=new_id(),
             exec_id=exec_id,
             name=name,
@@ -129,42 +261,211 @@ class Runtime:
             inline=inline,
             uri=uri,
         )
+        return record, blob
+
+    async def amake_artifact(
+        self, exec_id: str, *, name: str, version: int, type: str, value: Any, call_id: str | None
+    ) -> ArtifactRecord:
+        """Serialize ``value`` and write its bytes: inline when small, else as a shared blob."""
+        record, blob = self.serialize_artifact(
+            exec_id, name=name, version=version, type=type, value=value, call_id=call_id
+        )
+        if blob is not None:
+            await self.aartifacts.put(*blob)
+        return record
+
+    def make_artifact(
+        self, exec_id: str, *, name: str, version: int, type: str, value: Any, call_id: str | None
+    ) -> ArtifactRecord:
+        """:meth:`amake_artifact` for sync callers."""
+        record, blob = self.serialize_artifact(
+            exec_id, name=name, version=version, type=type, value=value, call_id=call_id
+        )
+        if blob is not None:
+            self.blocking(self.aartifacts.put, *blob)
+        return record
+
+    async def aartifact_chunks(
+        self, record: ArtifactRecord, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """Stream the artifact's bytes in bounded chunks, hashing as they pass.
+
+        The chunks are only trustworthy once the iterator is exhausted: the size and hash are
+        checked at the end (and the size on the way, so a longer blob stops early), raising
+        :class:`~kitaru.errors.KitaruStoreError` on a mismatch. Consumers write to a temporary
+        place and keep the result only when the iteration finished."""
+        if record.inline is not None:
+            yield _inline_bytes(record)
+            return
+        store, key = self._blob_store(record)
+        where = record.uri or key
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async for chunk in store.open(key, chunk_size):
+                size += len(chunk)
+                if size > record.size:
+                    _verify(record, size, None, where)
+                digest.update(chunk)
+                yield chunk
+        except KitaruNotFoundError as exc:
+            raise KitaruStoreError(
+                f"{_describe(record)} is missing from the artifact store: no blob at {where}. "
+                f"{_restore_hint(record)}"
+            ) from exc
+        _verify(record, size, digest.hexdigest(), where)
+
+    async def aartifact_bytes(self, record: ArtifactRecord) -> bytes:
+        """The artifact's bytes, verified against the size and sha256 the state store recorded.
+
+        The state store is trusted and the artifact store is not: bytes that do not match raise
+        :class:`~kitaru.errors.KitaruStoreError` and are never handed to a deserializer."""
+        if record.inline is not None:
+            return _inline_bytes(record)
+        # Joining costs a second copy while it runs, but lets a blob longer than the record stop
+        # the read at once instead of filling memory with whatever replaced it.
+        return b"".join([chunk async for chunk in self.aartifact_chunks(record)])
+
+    async def aload_artifact(self, record: ArtifactRecord) -> Any:
+        """The artifact's value: verified bytes (see :meth:`aartifact_bytes`), then deserialized."""
+        return serialization.loads(record.serializer, record.data_type, await self.aartifact_bytes(record))
 
     def artifact_bytes(self, record: ArtifactRecord) -> bytes:
+        """:meth:`aartifact_bytes` for sync callers."""
         if record.inline is not None:
-            return record.inline
-        assert record.uri is not None, f"artifact {record.id} has neither bytes nor a URI"
+            return _inline_bytes(record)
+        return self.blocking(self.aartifact_bytes, record)
+
+    def artifact_chunks(self, record: ArtifactRecord, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """:meth:`aartifact_chunks` for sync callers (same verification duties)."""
+        if record.inline is not None:
+            yield _inline_bytes(record)
+            return
+        chunks = self.aartifact_chunks(record, chunk_size)
+        while True:
+            try:
+                yield self.blocking(chunks.__anext__)
+            except StopAsyncIteration:
+                return
+
+    def load_artifact(self, record: ArtifactRecord) -> Any:
+        """:meth:`aload_artifact` for sync callers."""
+        return serialization.loads(record.serializer, record.data_type, self.artifact_bytes(record))
+
+    def blocking(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` from sync code (the client, the CLI) on kitaru's portal loop."""
+        from kitaru._portal import in_portal_thread, portal
+
+        if in_portal_thread():
+            raise RuntimeError("a blocking store call was made on kitaru's portal loop; await it")
+        return portal().call(fn, *args)
+
+    def _blob_store(self, record: ArtifactRecord) -> tuple[Any, str]:
+        """The (async) store holding the record's blob (ours, or another bucket or prefix) and
+        its key."""
+        if record.uri is None:
+            raise KitaruStoreError(
+                f"{_describe(record)} has neither inline bytes nor a URI in the state store. The "
+                "state database is damaged; restore it from a backup."
+            )
         base, _sep, key = record.uri.rpartition("/" + _BLOB_PREFIX)
         key = _BLOB_PREFIX + key
-        if base == self.artifacts.uri:
-            return self.artifacts.get(key)
+        if base == self.aartifacts.uri:
+            return self.aartifacts, key
         store = self._foreign.get(base)
         if store is None:
             from kitaru.stack import artifact_store_for_uri
 
             # Another bucket or prefix of our own kind of store (a replay across stacks) needs our
             # endpoint and credentials: cloud stores offer ``reopen(uri)`` with their options.
-            reopen = getattr(self.artifacts, "reopen", None)
-            same_kind = base.partition("://")[0] == self.artifacts.uri.partition("://")[0]
-            store = reopen(base) if reopen is not None and same_kind else artifact_store_for_uri(base)
-            self._foreign[base] = store
-        return store.get(key)
+            reopen = getattr(self.aartifacts, "reopen", None)
+            same_kind = base.partition("://")[0] == self.aartifacts.uri.partition("://")[0]
+            opened = reopen(base) if reopen is not None and same_kind else artifact_store_for_uri(base)
+            store = self._foreign[base] = opened
+        return store, key
 
-    def load_artifact(self, record: ArtifactRecord) -> Any:
-        return serialization.loads(record.serializer, record.data_type, self.artifact_bytes(record))
+
+def _inline_bytes(record: ArtifactRecord) -> bytes:
+    data = record.inline
+    assert data is not None
+    _verify(record, len(data), hashlib.sha256(data).hexdigest(), "inline in the state store")
+    return data
+
+
+def _describe(record: ArtifactRecord) -> str:
+    return f"artifact {record.id} ({record.name!r} v{record.version} of execution {record.exec_id})"
+
+
+def _restore_hint(record: ArtifactRecord) -> str:
+    return (
+        f"Restore the original bytes (they hash to {record.content_hash}) from a backup, then "
+        f"continue with `kitaru executions retry {record.exec_id}` if the execution failed on it."
+    )
+
+
+def _verify(record: ArtifactRecord, size: int, hexdigest: str | None, where: str) -> None:
+    """Raise unless ``size`` and ``hexdigest`` (None: not known yet) match the record."""
+    algorithm, _, expected = record.content_hash.partition(":")
+    if algorithm != "sha256":
+        raise KitaruStoreError(
+            f"{_describe(record)} records a {algorithm or 'missing'} hash, which this kitaru cannot "
+            "verify, so its bytes are not loaded. Upgrade kitaru."
+        )
+    if size == record.size and hexdigest == expected:
+        return
+    found = f"more than {record.size} bytes" if hexdigest is None else f"{size} bytes with sha256:{hexdigest}"
+    raise KitaruStoreError(
+        f"{_describe(record)} does not match the state store's record: expected {record.size} "
+        f"bytes with {record.content_hash}, found {found} ({where}). The bytes were changed or "
+        f"damaged after they were written; nothing was loaded from them. {_restore_hint(record)}"
+    )
 
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 #: Runtimes of stacks named explicitly (``flow.run(..., stack=NAME)``), one per name per process.
 _stack_runtimes: dict[str, Runtime] = {}
+#: Runtimes opened for inspection only (read-only state stores), one per stack name.
+_read_only_runtimes: dict[str, Runtime] = {}
 
 
-def _open_runtime(stack_name: str | None) -> Runtime:
+def _open_runtime(stack_name: str | None, *, read_only: bool = False) -> Runtime:
     from kitaru.stack import load_stack
 
+    lease_timing()  # a lease setting that cannot hold fails before any store is opened
     stack = load_stack(stack_name)
-    return Runtime(stack.state_store(), stack.artifact_store(), stack_name=stack.name)
+    state = (
+        stack.state_store(read_only=True) if read_only and _takes_read_only(stack) else stack.state_store()
+    )
+    return Runtime(state, stack.artifact_store(), stack_name=stack.name)
+
+
+def _takes_read_only(stack: Any) -> bool:
+    """Whether the stack's ``state_store`` takes ``read_only`` (a third-party stack written
+    before it existed opens its store as it always did)."""
+    import inspect
+
+    return "read_only" in inspect.signature(stack.state_store).parameters
+
+
+def read_only_runtime(stack_name: str | None = None) -> Runtime:
+    """A runtime to inspect with, which never writes: the process's runtime of that stack when one
+    is open already (it reads as well), else one whose state store is opened read-only, so that
+    listing and showing work on a read-only home or a full disk (cached per stack name)."""
+    current = _runtime
+    if current is not None and stack_name in (None, current.stack_name):
+        return current
+    if stack_name is None:
+        from kitaru.stack_config import load_settings
+
+        stack_name = load_settings().active_stack
+    opened = _stack_runtimes.get(stack_name) or _read_only_runtimes.get(stack_name)
+    if opened is None:
+        with _runtime_lock:
+            opened = _read_only_runtimes.get(stack_name)
+            if opened is None:
+                opened = _read_only_runtimes[stack_name] = _open_runtime(stack_name, read_only=True)
+    return opened
 
 
 def get_runtime(stack_name: str | None = None) -> Runtime:
@@ -194,10 +495,12 @@ def get_runtime(stack_name: str | None = None) -> Runtime:
 
 
 def close_stack_runtimes() -> None:
-    """Close and forget the runtimes opened by stack name (the default runtime stays)."""
+    """Close and forget the runtimes opened by stack name and the read-only ones (the default
+    runtime stays)."""
     with _runtime_lock:
-        runtimes = list(_stack_runtimes.values())
+        runtimes = [*_stack_runtimes.values(), *_read_only_runtimes.values()]
         _stack_runtimes.clear()
+        _read_only_runtimes.clear()
     for runtime in runtimes:
         runtime.close()
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from kitaru._install import install_hint
 from kitaru.errors import KitaruMissingDependencyError, KitaruStateError, KitaruUsageError
 
 __all__ = [
@@ -34,8 +35,7 @@ def import_extra(module: str, extra: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise KitaruMissingDependencyError(
-            f"{what} needs the `{module.split('.')[0]}` package: install it with "
-            f"`pip install 'kitaru[{extra}]'` (or `uv add 'kitaru[{extra}]'`)."
+            f"{what} needs the `{module.split('.')[0]}` package: install it with `{install_hint(extra)}`."
         ) from exc
 
 

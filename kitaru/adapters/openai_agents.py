@@ -35,6 +35,7 @@ open one (named after the agent) and ``run_flow`` returns its handle. Streaming 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Collection
@@ -146,7 +147,7 @@ class KitaruAgent:
                 raise KitaruUsageError(
                     f"{self.name}.run_sync() was called in an async flow: use `await {self.name}.run(...)`."
                 )
-            return ctx.run_coroutine(self.run(input, **kwargs))
+            return ctx.run_async(functools.partial(self.run, input, **kwargs))
         if in_checkpoint():
             return Runner.run_sync(self.agent, input, **kwargs)
         handle = self.run_flow(input, **kwargs)

@@ -157,7 +157,7 @@ class KitaruAgent(Generic[DepsT, OutputT]):
                 raise KitaruUsageError(
                     f"{self.name}.run_sync() was called in an async flow: use `await {self.name}.run(...)`."
                 )
-            return ctx.run_coroutine(self._durable_run(user_prompt, kwargs))
+            return ctx.run_async(self._durable_run, user_prompt, kwargs)
         if in_checkpoint():
             return self.agent.run_sync(user_prompt, **kwargs)
         handle = self.run_flow(user_prompt, **kwargs)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -12,6 +13,7 @@ import click
 
 from kitaru.cli._common import OUTPUT as _OUTPUT
 from kitaru.cli._common import client as _client
+from kitaru.cli._common import complete_execution_ids as _complete_ids
 from kitaru.cli._common import echo_json as _echo_json
 from kitaru.cli._common import first_line as _first_line
 from kitaru.cli._common import reports_errors as _reports_errors
@@ -50,12 +52,17 @@ def executions() -> None:
 @_reports_errors
 def list_executions(flow_name: str | None, status: str | None, limit: int, output: str) -> None:
     """List executions, newest first."""
-    found = _client().executions.list(flow=flow_name, status=status, limit=limit)
+    found = _client(read_only=True).executions.list(flow=flow_name, status=status, limit=limit)
     if output == "json":
         _echo_json([e.to_dict() for e in found])
         return
     if not found:
-        click.echo("no executions yet: run a flow, e.g. `python examples/quickstart.py`.")
+        if flow_name or status:
+            filters = [f"flow {flow_name!r}" if flow_name else "", f"status {status}" if status else ""]
+            shown = " and ".join(f for f in filters if f)
+            click.echo(f"no executions match {shown}; `kitaru executions list` shows them all.")
+        else:
+            click.echo("no executions yet: run a flow, e.g. `python examples/quickstart.py`.")
         return
     click.echo(
         _table(
@@ -65,7 +72,19 @@ def list_executions(flow_name: str | None, status: str | None, limit: int, outpu
     )
 
 
-def _describe(execution: Any) -> str:
+def _checkpoint_row(c: Any) -> tuple[Any, ...]:
+    if c.reused_from:
+        # A replay reused this call's recorded output: it did not run here, so it took no time.
+        status, took = "reused", None
+        notes = f"from {c.reused_from}" + (", output overridden" if c.overridden else "")
+    else:
+        status = c.status
+        took = f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None
+        notes = None
+    return (c.call_id, c.function, status, c.attempts, took, c.output_artifact, _notes(c, notes))
+
+
+def _describe(execution: Any, client: Any) -> str:
     lines = [
         f"execution  {execution.id}",
         f"flow       {execution.flow}  ({execution.target})",
@@ -73,55 +92,61 @@ def _describe(execution: Any) -> str:
         f"started    {_when(execution.created_at)}",
         f"updated    {_when(execution.updated_at)}",
     ]
+    if execution.status == "completed" and execution.result_artifact:
+        lines.append(f"result     {client.artifacts.preview(execution.result_artifact)}")
     if execution.error:
         lines.append(f"error      {execution.error}")
     if execution.metadata:
         lines.append(f"metadata   {json.dumps(execution.metadata, default=str)}")
     if execution.checkpoints:
         lines += ["", "checkpoints"]
-        rows = [
-            (
-                c.call_id,
-                c.function,
-                c.status,
-                c.attempts,
-                f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None,
-                c.output_artifact,
-                json.dumps(c.metadata) if c.metadata else (c.error or None),
-            )
-            for c in execution.checkpoints
-        ]
+        rows = [_checkpoint_row(c) for c in execution.checkpoints]
         lines.append(_table(["CALL", "FUNCTION", "STATUS", "ATTEMPTS", "TOOK", "OUTPUT", "NOTES"], rows))
     if execution.waits:
         lines += ["", "waits"]
         lines.append(
-            _table(
-                ["WAIT", "STATUS", "EXPECTS", "QUESTION"],
-                [(w.name, w.status, w.schema, _first_line(w.question)) for w in execution.waits],
-            )
+            _table(["WAIT", "STATUS", "EXPECTS"], [(w.name, w.status, w.schema) for w in execution.waits])
         )
+        # Questions in full: the question is often the very text a person must read to answer.
+        for w in execution.waits:
+            if w.question:
+                question = [("  " + line).rstrip() for line in w.question.splitlines()]
+                lines += ["", f"{w.name} asks:", *question]
     for w in execution.open_waits:
         lines.append(f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON")
     return "\n".join(lines)
 
 
+def _notes(call: Any, reused: str | None = None) -> str | None:
+    notes = [f"interrupted x{call.interrupted} (its runner died)"] if call.interrupted else []
+    notes.append(json.dumps(call.metadata) if call.metadata else (call.error or ""))
+    notes.append(reused or "")
+    return "; ".join(n for n in notes if n) or None
+
+
 @executions.command("get")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option(
     "--watch", "-w", is_flag=True, help="Stay and print checkpoints as they complete, until it stops."
 )
-@click.option("--interval", default=0.5, show_default=True, help="Seconds between looks with --watch.")
+@click.option(
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between looks with --watch (a positive number).",
+)
 @_OUTPUT
 @_reports_errors
 def get_execution(exec_id: str, watch: bool, interval: float, output: str) -> None:
     """Show one execution: status, checkpoints, waits and metadata."""
-    client = _client()
+    client = _client(read_only=True)
     execution = client.executions.get(exec_id)
     if output == "json" and not watch:
         _echo_json(execution.to_dict())
         return
     if not watch:
-        click.echo(_describe(execution))
+        click.echo(_describe(execution, client))
         return
     _watch(client, execution, interval, output)
 
@@ -156,12 +181,20 @@ def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
             for w in execution.open_waits:
                 click.echo(f"waiting on {w.name!r}: kitaru executions input {execution.id} --value JSON")
             return
+        if client.executions.runner_gone(execution.id):
+            from kitaru.errors import KitaruStateError
+
+            raise KitaruStateError(
+                f"execution {execution.id} is running, but its runner is gone (its process exited or "
+                "its lease expired), so it will not move on by itself. Continue it with `kitaru "
+                f"executions recover` (or `kitaru executions resume {execution.id}`)."
+            )
         time.sleep(interval)
         execution = client.executions.get(execution.id)
 
 
 @executions.command("input")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--value", required=True, help="The answer, as JSON: true, 42, '\"text\"', '{...}'.")
 @click.option("--wait", "wait_name", help="Which wait to answer, when several are open.")
 @click.option(
@@ -199,7 +232,7 @@ def _report_handle(client: Any, exec_id: str, output: str) -> None:
 
 
 @executions.command("resume")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @_OUTPUT
 @_reports_errors
 def resume_execution(exec_id: str, output: str) -> None:
@@ -210,7 +243,7 @@ def resume_execution(exec_id: str, output: str) -> None:
 
 
 @executions.command("retry")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @_OUTPUT
 @_reports_errors
 def retry_execution(exec_id: str, output: str) -> None:
@@ -221,18 +254,31 @@ def retry_execution(exec_id: str, output: str) -> None:
 
 
 def _parse_json(text: str, option: str) -> Any:
+    from kitaru._engine.waits import MAX_ANSWER_DEPTH, json_depth
+
+    too_deep = click.BadParameter(
+        f"the JSON nests more than {MAX_ANSWER_DEPTH} levels deep; give a flatter value.",
+        param_hint=option,
+    )
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
+        shown = text if len(text) <= 80 else text[:80] + "..."
         raise click.BadParameter(
-            f"{text!r} is not JSON ({exc.msg}). Quote text as JSON: '\"yes\"'; booleans and "
+            f"{shown!r} is not JSON ({exc.msg}). Quote text as JSON: '\"yes\"'; booleans and "
             "numbers go bare: true, 42.",
             param_hint=option,
         ) from None
+    except RecursionError:
+        # json.loads recurses once per level: thousands of '[' exhaust the interpreter's stack.
+        raise too_deep from None
+    if json_depth(value) > MAX_ANSWER_DEPTH:
+        raise too_deep
+    return value
 
 
 @executions.command("replay")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--from", "from_", required=True, help="Checkpoint or wait to re-run from (name, or name:N).")
 @click.option(
     "--override",
@@ -267,14 +313,14 @@ def replay_execution(
 
 
 @executions.command("diff")
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=_complete_ids)
+@click.argument("b", shell_complete=_complete_ids)
 @click.option("--all", "show_all", is_flag=True, help="List unchanged items too.")
 @_OUTPUT
 @_reports_errors
 def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
     """Compare two executions checkpoint by checkpoint (inputs, outputs, wait answers, result)."""
-    diff = _client().executions.diff(a, b)
+    diff = _client(read_only=True).executions.diff(a, b)
     if output == "json":
         _echo_json(diff.to_dict())
         return
@@ -292,7 +338,7 @@ def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
 
 
 @executions.command("graph")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option(
     "-o",
     "--output",
@@ -304,7 +350,7 @@ def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
 @_reports_errors
 def execution_graph(exec_id: str, output: str) -> None:
     """Show the lineage graph: which artifacts flowed into each checkpoint."""
-    graph = _client().executions.graph(exec_id)
+    graph = _client(read_only=True).executions.graph(exec_id)
     if output == "json":
         _echo_json(graph.to_dict())
         return
@@ -325,14 +371,14 @@ def execution_graph(exec_id: str, output: str) -> None:
 
 
 @executions.command("logs")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the execution stops.")
 @_OUTPUT
 @_reports_errors
 def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, output: str) -> None:
     """Print what an execution's flow and checkpoints printed and logged, in order."""
-    client = _client()
+    client = _client(read_only=True)
     full = client.executions.resolve(exec_id)
     after = 0
     while True:
@@ -354,8 +400,34 @@ def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, output: s
         time.sleep(0.5)
 
 
+@executions.command("recover")
+@click.option("--limit", default=100, show_default=True, help="At most this many executions, oldest first.")
+@_OUTPUT
+@_reports_errors
+def recover_executions(limit: int, output: str) -> None:
+    """Resume executions whose runner died, and time out waits past their deadline.
+
+    Safe to run from cron, or from several hosts at once: whoever takes an execution's lease
+    drives it, the others skip it. Exits 1 when an execution could not be driven here.
+    """
+    report = _client().executions.recover(limit=limit)
+    if output == "json":
+        _echo_json([r.to_dict() for r in report])
+    elif not report:
+        click.echo("nothing to recover: no execution is stuck without its runner or past a wait deadline.")
+    else:
+        click.echo(
+            _table(
+                ["ID", "FLOW", "REASON", "OUTCOME", "DETAIL"],
+                [(r.exec_id, r.flow, r.reason, r.outcome, _first_line(r.detail, 80)) for r in report],
+            )
+        )
+    if any(r.outcome == "error" for r in report):
+        sys.exit(1)
+
+
 @executions.command("cancel")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @_OUTPUT
 @_reports_errors
 def cancel_execution(exec_id: str, output: str) -> None:
@@ -384,14 +456,14 @@ def artifacts() -> None:
 
 
 @artifacts.command("list")
-@click.argument("exec_id")
+@click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--name", help="Only artifacts with this name.")
 @click.option("--type", "type_", help="Only artifacts of this type (output, input, result...).")
 @_OUTPUT
 @_reports_errors
 def list_artifacts(exec_id: str, name: str | None, type_: str | None, output: str) -> None:
     """List an execution's artifacts."""
-    found = _client().artifacts.list(exec_id, name=name, type=type_)
+    found = _client(read_only=True).artifacts.list(exec_id, name=name, type=type_)
     if output == "json":
         _echo_json([a.to_dict() for a in found])
         return
@@ -417,27 +489,73 @@ def list_artifacts(exec_id: str, name: str | None, type_: str | None, output: st
 
 @artifacts.command("get")
 @click.argument("artifact_id")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the raw bytes here.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write the stored bytes here, verified against their recorded hash.",
+)
+@click.option(
+    "--load",
+    is_flag=True,
+    help="Load the value with its serializer and show it. Pickled values are unpickled.",
+)
 @_OUTPUT
 @_reports_errors
-def get_artifact(artifact_id: str, out: str | None, output: str) -> None:
-    """Show an artifact's value, or write its bytes to a file with --out."""
-    client = _client()
-    artifact = client.artifacts.get(artifact_id)
+def get_artifact(artifact_id: str, out: str | None, load: bool, output: str) -> None:
+    """Show an artifact, or write its bytes to a file with --out.
+
+    Nothing is unpickled unless you ask with --load: JSON, pydantic and dataclass artifacts show
+    as JSON, others are described (serializer, type, size, hash). Bytes are always checked
+    against the hash the state store recorded.
+    """
+    from kitaru.errors import KitaruUsageError
+
+    if out and load:
+        raise KitaruUsageError("--out writes the stored bytes and --load shows the value: use one of them.")
+    artifact = _client(read_only=True).artifacts.get(artifact_id)
     if out:
-        with open(out, "wb") as fh:
-            fh.write(client._runtime.artifact_bytes(artifact._record))
-        click.echo(f"wrote {artifact.size} bytes to {out}")
+        size = artifact.write_to(out)
+        target = os.path.abspath(out)
+        if output == "json":
+            _echo_json({**artifact.to_dict(), "written_to": target})
+        else:
+            click.echo(f"wrote {size} bytes to {target}")
         return
-    value = artifact.load()
+    header = (
+        f"{artifact.name} v{artifact.version} ({artifact.type}, {artifact.data_type}, "
+        f"{artifact.size} bytes, {artifact.content_hash})"
+    )
+    if load:
+        value = artifact.load()
+        if output == "json":
+            _echo_json({**artifact.to_dict(), "view": "loaded", "value": value})
+        else:
+            click.echo(header)
+            click.echo(value if isinstance(value, str) else repr(value))
+        return
+    if artifact.is_json:
+        value = artifact.as_json()
+        if output == "json":
+            _echo_json({**artifact.to_dict(), "view": "json", "value": value})
+        else:
+            click.echo(header)
+            click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+        return
+    # Not JSON: describe it from the state store's record alone. Loading could unpickle, which
+    # runs whatever code the bytes name, so it waits until the user asks.
+    how = "bytes" if artifact.serializer == "bytes" else f"a {artifact.data_type} value"
+    hint = (
+        f"write the bytes with `kitaru artifacts get {artifact.id} --out FILE`"
+        if artifact.serializer == "bytes"
+        else f"show the value with `kitaru artifacts get {artifact.id} --load`"
+        + (" (this unpickles it)" if artifact.serializer == "cloudpickle" else "")
+        + ", or write the stored bytes with `--out FILE`"
+    )
     if output == "json":
-        _echo_json({**artifact.to_dict(), "value": value})
-    else:
-        click.echo(
-            f"{artifact.name} v{artifact.version} ({artifact.type}, {artifact.data_type}, "
-            f"{artifact.size} bytes, {artifact.content_hash})"
-        )
-        click.echo(value if isinstance(value, str) else repr(value))
+        _echo_json({**artifact.to_dict(), "view": "none", "value": None, "hint": hint})
+        return
+    click.echo(header)
+    click.echo(f"{how}, stored by the {artifact.serializer!r} serializer; not shown: {hint}.")
 
 
 main.add_command(_model_group)

@@ -11,7 +11,17 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["OUTPUT", "client", "echo_json", "first_line", "reports_errors", "table", "when"]
+__all__ = [
+    "OUTPUT",
+    "client",
+    "complete_execution_ids",
+    "complete_stack_names",
+    "echo_json",
+    "first_line",
+    "reports_errors",
+    "table",
+    "when",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,10 +35,49 @@ OUTPUT = click.option(
 )
 
 
-def client() -> Any:
+def client(*, read_only: bool = False) -> Any:
+    """The client commands use; ``read_only`` for commands that only look (they then work on a
+    read-only home or a full disk: nothing is written, not even a migration)."""
     from kitaru.client import KitaruClient
 
-    return KitaruClient()
+    return KitaruClient(read_only=read_only)
+
+
+# Shell completion: the store and the config are read only when the shell asks for candidates, and
+# a failure (no store yet, a broken config) completes nothing rather than printing a traceback
+# into the user's command line.
+_COMPLETION_LIMIT = 50
+
+
+def complete_execution_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Execution ids starting with what was typed, newest first, each with its flow and status."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        state = client()._runtime.state
+        if incomplete:
+            ids = state.match_execution_ids(incomplete, limit=_COMPLETION_LIMIT)
+            records = [r for r in (state.get_execution(i) for i in ids) if r is not None]
+        else:
+            records = state.list_executions(limit=_COMPLETION_LIMIT)
+    except Exception:
+        return []
+    return [
+        CompletionItem(r.id, help=f"{r.flow} ({r.status})") for r in records if r.id.startswith(incomplete)
+    ]
+
+
+def complete_stack_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Known stack names (the built-in ``local`` and every declared one) starting with what was typed."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        from kitaru.stack_config import load_settings
+
+        names = load_settings().known()
+    except Exception:
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
 def reports_errors(fn: F) -> F:

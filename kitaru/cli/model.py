@@ -6,6 +6,8 @@ import json
 
 import click
 
+from kitaru.cli._common import OUTPUT as _OUTPUT
+from kitaru.cli._common import echo_json as _echo_json
 from kitaru.cli._common import reports_errors as _reports_errors
 
 __all__ = ["model"]
@@ -29,6 +31,7 @@ def model() -> None:
 @click.option("--input-cost", type=float, help="USD per million input tokens (for cost logs).")
 @click.option("--output-cost", type=float, help="USD per million output tokens (for cost logs).")
 @click.option("--default", "make_default", is_flag=True, help="Also make this the default model.")
+@_OUTPUT
 @_reports_errors
 def register_model(
     name: str,
@@ -38,11 +41,12 @@ def register_model(
     input_cost: float | None,
     output_cost: float | None,
     make_default: bool,
+    output: str,
 ) -> None:
     """Add or replace alias NAME."""
     from kitaru import _models
 
-    _models.register(
+    alias = _models.register(
         name,
         model_name,
         base_url=base_url,
@@ -51,6 +55,9 @@ def register_model(
         output_cost=output_cost,
         default=make_default,
     )
+    if output == "json":
+        _echo_json({**alias.to_dict(), "default": make_default, "file": str(_models.models_file())})
+        return
     click.echo(
         f"registered {name} -> {model_name}"
         + (" (default)" if make_default else "")
@@ -95,21 +102,29 @@ def list_models(output: str) -> None:
 
 @model.command("remove")
 @click.argument("name")
+@_OUTPUT
 @_reports_errors
-def remove_model(name: str) -> None:
+def remove_model(name: str, output: str) -> None:
     """Remove alias NAME."""
     from kitaru import _models
 
     _models.remove(name)
+    if output == "json":
+        _echo_json({"removed": name, "file": str(_models.models_file())})
+        return
     click.echo(f"removed {name}")
 
 
 @model.command("default")
 @click.argument("name")
+@_OUTPUT
 @_reports_errors
-def default_model(name: str) -> None:
+def default_model(name: str, output: str) -> None:
     """Make NAME (an alias or provider/model) the model kitaru.llm() uses when given none."""
     from kitaru import _models
 
     _models.set_default(name)
+    if output == "json":
+        _echo_json({"default": name, "file": str(_models.models_file())})
+        return
     click.echo(f"default model: {name}")

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from kitaru.cli._common import OUTPUT as _OUTPUT
+from kitaru.cli._common import complete_stack_names as _complete_stacks
 from kitaru.cli._common import echo_json as _echo_json
 from kitaru.cli._common import reports_errors as _reports_errors
 from kitaru.cli._common import table as _table
@@ -96,7 +97,7 @@ def list_stacks(output: str) -> None:
 
 
 @stack.command("show")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=_complete_stacks)
 @_OUTPUT
 @_reports_errors
 def show_stack(name: str | None, output: str) -> None:
@@ -133,7 +134,7 @@ def show_stack(name: str | None, output: str) -> None:
 
 
 @stack.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_stacks)
 @_OUTPUT
 @_reports_errors
 def set_stack(name: str, output: str) -> None:
@@ -206,8 +207,9 @@ def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], o
     kitaru stack create prod --type aws --artifacts s3://bucket/kitaru --region eu-west-1
     """
     from kitaru.stack_config import create_stack as create
+    from kitaru.stack_config import user_config_path
 
-    config = create(name, type_, _parse_keys(keys), activate=activate)
+    config, rewritten = create(name, type_, _parse_keys(keys), activate=activate)
     if output == "json":
         _echo_json(
             {
@@ -216,6 +218,7 @@ def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], o
                 "keys": {k: _mask(k, v) for k, v in config.options.items()},
                 "declared_in": config.declared_in,
                 "active": config.active,
+                "comments_kept": not rewritten,
             }
         )
         return
@@ -224,10 +227,11 @@ def create_stack(name: str, type_: str, activate: bool, keys: tuple[str, ...], o
         click.echo(f"active stack is now {config.name}")
     else:
         click.echo(f"make it active with: kitaru stack set {config.name}")
+    _note_rewrite(rewritten, user_config_path())
 
 
 @stack.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_stacks)
 @_OUTPUT
 @_reports_errors
 def delete_stack(name: str, output: str) -> None:

@@ -5,16 +5,20 @@ bytes by key. Implementations: ``sqlite`` (embedded default) and ``memory`` stat
 and ``memory`` artifact stores. Each runs the shared conformance suite in
 :mod:`kitaru.store.conformance`.
 
-Both protocols are synchronous on purpose: the embedded SQLite commit (~27 µs) is cheaper than any
-hop to another thread or event loop, and it is the hot path of every checkpoint. A store backed by an
-async driver runs its own loop privately and exposes these same calls.
+Both protocols are async (every method an ``async def``): one implementation per store, which the
+Runner awaits on its event loop. Each store uses its library's natural path: a store whose class sets
+``inline = True`` (SQLite, memory) does its work without ever suspending, so sync code may run its
+coroutines to their end in place (:func:`kitaru._portal.run_inline`, no thread hop: a SQLite commit
+is ~27 µs, cheaper than any hop); asyncpg, aiobotocore and the Azure aio client run on the caller's
+event loop, one pool or client per running loop; blocking SDKs and file I/O go through
+``anyio.to_thread``. Sync code reaches any store through :func:`sync_view`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -25,7 +29,15 @@ __all__ = [
     "ExecutionStatus",
     "JournalRecord",
     "StateStore",
+    "SyncArtifactStore",
+    "SyncStateStore",
+    "SyncView",
+    "run_inline",
+    "sync_view",
 ]
+
+from kitaru._portal import run_inline
+from kitaru.store._sync import SyncArtifactStore, SyncStateStore, SyncView, sync_view
 
 ExecutionStatus = Literal["running", "waiting", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -110,10 +122,18 @@ class StateStore(Protocol):
     - When ``owner`` is given, a commit succeeds only while ``owner`` holds the execution's lease;
       otherwise it raises :class:`~kitaru.errors.KitaruLeaseError` and writes nothing.
     - Journal records come back in the order they were committed.
-    - Safe to call from several threads, and from several processes on the same database.
+    - ``completed`` and ``cancelled`` are final: no commit, suspension, lease or answer moves an
+      execution out of them (:mod:`kitaru.store._rules` holds these rules and their messages).
+    - Safe to call concurrently: from many tasks on one event loop, from several threads and event
+      loops (a store that holds connections keeps one pool per running loop), and from several
+      processes on the same database.
+    - ``inline = True`` promises that every coroutine method completes without ever suspending and
+      without needing a running event loop (SQLite, memory); sync callers then run it in place.
     """
 
-    def create_execution(
+    inline: ClassVar[bool]
+
+    async def create_execution(
         self,
         execution: ExecutionRecord,
         artifacts: Sequence[ArtifactRecord],
@@ -127,21 +147,21 @@ class StateStore(Protocol):
         """
         ...
 
-    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
         """The execution with exactly this id, or None."""
         ...
 
-    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         """Ids starting with ``prefix`` (to resolve the short ids people type)."""
         ...
 
-    def list_executions(
+    async def list_executions(
         self, *, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[ExecutionRecord]:
         """Newest first."""
         ...
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         exec_id: str,
         owner: str,
@@ -154,16 +174,23 @@ class StateStore(Protocol):
 
         Succeeds when nobody holds the lease, the lease expired, its holder is ``owner``, or its holder
         is a process on this host that no longer exists. Raises KitaruLeaseError otherwise,
-        KitaruStateError when the status is not in ``allowed_statuses``, KitaruNotFoundError when the
-        execution does not exist.
+        KitaruStateError when the status is final or not in ``allowed_statuses``,
+        KitaruNotFoundError when the execution does not exist.
         """
         ...
 
-    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        """Executions that no runner moves on, oldest first: ``running`` ones whose lease is free
+        (released, expired, or held by a process on this host that no longer exists), and
+        ``waiting`` ones with an open wait whose deadline (``data["deadline"]`` of its
+        ``wait_opened`` record) has passed. What ``kitaru executions recover`` resumes."""
+        ...
+
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         """Extend ``owner``'s leases; returns each execution's current status (to see cancels)."""
         ...
 
-    def commit(
+    async def commit(
         self,
         exec_id: str,
         records: Sequence[JournalRecord],
@@ -175,16 +202,23 @@ class StateStore(Protocol):
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
-        """Append records and artifacts, and optionally change the execution's status, atomically."""
+    ) -> str | None:
+        """Append records and artifacts, and optionally change the execution's status, atomically.
+
+        Returns the execution's status after the commit (None if there is no such execution): a
+        runner whose commit returns ``cancelled`` stops there. Records may still land in a
+        cancelled execution (a checkpoint that finished as the cancel came is paid for), but a
+        ``status`` change out of a final status raises KitaruStateError and writes nothing.
+        """
         ...
 
-    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         """Mark the execution ``waiting`` and release the lease, unless a wait in ``waiting_on``
-        was answered meanwhile (then nothing changes and False is returned: keep running)."""
+        was answered meanwhile (then nothing changes and False is returned: keep running).
+        KitaruStateError when the execution was cancelled (it does not wait, it stops)."""
         ...
 
-    def answer_wait(
+    async def answer_wait(
         self,
         exec_id: str,
         record: JournalRecord,
@@ -203,27 +237,28 @@ class StateStore(Protocol):
         """
         ...
 
-    def cancel(self, exec_id: str) -> ExecutionRecord:
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
         """Cancel a running or waiting execution (KitaruStateError when it already finished)."""
         ...
 
-    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         """All of an execution's records, in commit order."""
         ...
 
-    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         """The artifact with this id, or None."""
         ...
 
-    def list_artifacts(
+    async def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         """The artifacts an execution's journal references (all but ``load`` records), in journal
         order, each once, optionally filtered by name and type."""
         ...
 
-    def close(self) -> None:
-        """Release connections; the store is unusable afterwards."""
+    async def aclose(self) -> None:
+        """Release connections (those of every event loop the store was used on); the store is
+        unusable afterwards. Closing twice is fine."""
         ...
 
 
@@ -233,8 +268,11 @@ class ArtifactStore(Protocol):
 
     Duties: ``put`` never overwrites a *different* blob under an existing key (writing the same bytes
     again is fine, that is how content-addressed blobs are shared); a reader never sees a partial blob;
-    ``open`` streams in bounded chunks. Keys are ``/``-separated relative paths.
+    ``open`` streams in bounded chunks. Keys are ``/``-separated relative paths. No artifact store is
+    ``inline``: its calls happen only for values over 64 KiB, where a thread hop is noise.
     """
+
+    inline: ClassVar[bool]
 
     uri: str
     """Base URI of the store (``file:///...``, ``s3://bucket/prefix``); ``uri_for`` builds on it."""
@@ -243,30 +281,36 @@ class ArtifactStore(Protocol):
         """The full URI of ``key`` in this store."""
         ...
 
-    def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes) -> None:
         """Create ``key`` with ``data`` (KitaruConflictError if it holds different bytes)."""
         ...
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> None:
         """Create ``key`` from chunks without holding them all in memory."""
         ...
 
-    def get(self, key: str) -> bytes:
+    async def get(self, key: str) -> bytes:
         """The bytes under ``key`` (KitaruNotFoundError if absent)."""
         ...
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Stream the bytes under ``key``."""
+    def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Stream the bytes under ``key`` (an async generator: KitaruNotFoundError comes from its
+        first step when the key is absent)."""
         ...
 
-    def exists(self, key: str) -> bool:
+    async def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
         ...
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        """Keys starting with ``prefix``."""
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        """Keys starting with ``prefix`` (an async generator)."""
         ...
 
-    def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> None:
         """Remove ``key``; absent keys are not an error."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients (those of every event loop the store was used on); closing twice is
+        fine, and a store with nothing to release does nothing."""
         ...

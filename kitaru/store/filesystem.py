@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import unquote, urlparse
 
+from kitaru.config import private_dir
 from kitaru.errors import KitaruConflictError, KitaruNotFoundError, KitaruStoreError
 
 __all__ = ["FilesystemArtifactStore"]
@@ -19,7 +21,12 @@ class FilesystemArtifactStore:
     A blob is written to a temporary file in its final directory and renamed into place, so a reader
     never sees half a blob and a crash leaves at most a stray temporary file. ``KITARU_FSYNC=1`` adds
     an fsync before the rename for power-loss durability.
+
+    Artifacts hold inputs, prompts and answers: the directories it creates are 0700 and its blobs
+    0600 (``mkstemp``'s mode, kept by the link into place), whatever the umask.
     """
+
+    inline: ClassVar[bool] = False
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
@@ -39,45 +46,74 @@ class FilesystemArtifactStore:
             raise KitaruStoreError(f"artifact key {key!r} points outside the store at {self.root}")
         return path
 
-    def put(self, key: str, data: bytes) -> None:
-        self.put_stream(key, (data,))
+    # Every method does its file I/O in a worker thread (``anyio.to_thread``): a blob is written or
+    # read only for values over 64 KiB, where a thread hop is noise next to the I/O, and the event
+    # loop never waits on a disk. ``open`` and ``put_stream`` hop once per chunk.
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+    async def put(self, key: str, data: bytes) -> None:
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(self._put_chunks, key, (data,))
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        import anyio.to_thread
+
         path = self._path(key)
-        if path.exists():
+        if await anyio.to_thread.run_sync(path.exists):
             # Content-addressed keys make equal bytes the common case; compare only when asked to
             # write under a key that exists, which is rare.
+            await self._check_same_async(path, chunks)
+            return
+        fd, tmp = await anyio.to_thread.run_sync(self._temporary, path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in chunks:
+                    await anyio.to_thread.run_sync(fh.write, chunk)
+                if self._fsync:
+                    await anyio.to_thread.run_sync(_flush_and_sync, fh)
+            await anyio.to_thread.run_sync(self._link, key, path, tmp)
+        except OSError as exc:
+            raise KitaruStoreError(f"cannot write artifact {key!r} under {self.root}: {exc}") from exc
+        finally:
+            await anyio.to_thread.run_sync(_unlink_quietly, tmp)
+
+    def _put_chunks(self, key: str, chunks: Iterable[bytes]) -> None:
+        """A whole write in one worker thread (``put``: the bytes are all here already)."""
+        path = self._path(key)
+        if path.exists():
             self._check_same(path, chunks)
             return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        except OSError as exc:
-            raise KitaruStoreError(
-                f"cannot write artifacts under {self.root}: {exc}. Check the directory is "
-                "writable and has space, or set KITARU_HOME."
-            ) from exc
+        fd, tmp = self._temporary(path)
         try:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in chunks:
                     fh.write(chunk)
                 if self._fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            # link() fails if the key appeared meanwhile, unlike rename(): create-only even
-            # against a concurrent writer.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                with open(tmp, "rb") as fh:
-                    self._check_same(path, iter(lambda: fh.read(1 << 20), b""))
+                    _flush_and_sync(fh)
+            self._link(key, path, tmp)
         except OSError as exc:
             raise KitaruStoreError(f"cannot write artifact {key!r} under {self.root}: {exc}") from exc
         finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp)
+
+    def _temporary(self, path: Path) -> tuple[int, str]:
+        try:
+            private_dir(path.parent)
+            return tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except OSError as exc:
+            raise KitaruStoreError(
+                f"cannot write artifacts under {self.root}: {exc}. Check the directory is "
+                "writable and has space, or set KITARU_HOME."
+            ) from exc
+
+    def _link(self, key: str, path: Path, tmp: str) -> None:
+        # link() fails if the key appeared meanwhile, unlike rename(): create-only even against a
+        # concurrent writer.
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            with open(tmp, "rb") as fh:
+                self._check_same(path, iter(lambda: fh.read(1 << 20), b""))
 
     def _check_same(self, path: Path, chunks: Iterable[bytes]) -> None:
         with open(path, "rb") as fh:
@@ -87,41 +123,97 @@ class FilesystemArtifactStore:
             else:
                 if not fh.read(1):
                     return
-        raise KitaruConflictError(
+        raise self._conflict(path)
+
+    async def _check_same_async(self, path: Path, chunks: AsyncIterable[bytes]) -> None:
+        import anyio.to_thread
+
+        fh = await anyio.to_thread.run_sync(open, path, "rb")
+        try:
+            async for chunk in chunks:
+                if await anyio.to_thread.run_sync(fh.read, len(chunk)) != chunk:
+                    break
+            else:
+                if not await anyio.to_thread.run_sync(fh.read, 1):
+                    return
+        finally:
+            await anyio.to_thread.run_sync(fh.close)
+        raise self._conflict(path)
+
+    @staticmethod
+    def _conflict(path: Path) -> KitaruConflictError:
+        return KitaruConflictError(
             f"artifact {path} already holds different bytes; artifacts are written once."
         )
 
-    def get(self, key: str) -> bytes:
+    async def get(self, key: str) -> bytes:
+        import anyio.to_thread
+
         try:
-            return self._path(key).read_bytes()
+            return await anyio.to_thread.run_sync(self._path(key).read_bytes)
         except FileNotFoundError as exc:
             raise KitaruNotFoundError(f"no artifact blob {key!r} under {self.root}") from exc
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    async def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        import anyio.to_thread
+
         try:
-            fh = open(self._path(key), "rb")
+            fh = await anyio.to_thread.run_sync(open, self._path(key), "rb")
         except FileNotFoundError as exc:
             raise KitaruNotFoundError(f"no artifact blob {key!r} under {self.root}") from exc
-        with fh:
-            while chunk := fh.read(chunk_size):
+        try:
+            while chunk := await anyio.to_thread.run_sync(fh.read, chunk_size):
                 yield chunk
+        finally:
+            fh.close()
 
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+    async def exists(self, key: str) -> bool:
+        import anyio.to_thread
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        if not self.root.exists():
-            return
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in sorted(files):
-                if name.startswith(".tmp-"):
-                    continue
-                key = Path(dirpath, name).relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    yield key
+        return await anyio.to_thread.run_sync(self._path(key).is_file)
 
-    def delete(self, key: str) -> None:
-        try:
-            self._path(key).unlink()
-        except FileNotFoundError:
-            pass
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        import anyio.to_thread
+
+        for key in await anyio.to_thread.run_sync(_walk_keys, self.root, prefix):
+            yield key
+
+    async def delete(self, key: str) -> None:
+        import anyio.to_thread
+
+        def unlink() -> None:
+            try:
+                self._path(key).unlink()
+            except FileNotFoundError:
+                pass
+
+        await anyio.to_thread.run_sync(unlink)
+
+    async def aclose(self) -> None:
+        pass  # nothing held between calls
+
+
+def _walk_keys(root: Path, prefix: str) -> list[str]:
+    if not root.exists():
+        return []
+    keys = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in sorted(files):
+            if name.startswith(".tmp-"):
+                continue
+            key = Path(dirpath, name).relative_to(root).as_posix()
+            if key.startswith(prefix):
+                keys.append(key)
+    return keys
+
+
+def _flush_and_sync(fh: Any) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

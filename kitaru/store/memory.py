@@ -5,29 +5,30 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import Any, ClassVar
 
 from kitaru.errors import (
     KitaruConflictError,
     KitaruLeaseError,
     KitaruNotFoundError,
-    KitaruStateError,
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
-    TERMINAL_STATUSES,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
+    _rules,
 )
-from kitaru.store.sqlite import lease_holder_alive
 
 __all__ = ["MemoryArtifactStore", "MemoryStateStore"]
 
 
 class MemoryStateStore:
-    """A :class:`~kitaru.store.StateStore` in dictionaries, guarded by one lock."""
+    """A :class:`~kitaru.store.StateStore` in dictionaries, guarded by one lock (``inline``: its
+    coroutines never suspend)."""
+
+    inline: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -59,7 +60,7 @@ class MemoryStateStore:
             self._next_id += 1
             journal.append(stored)
 
-    def create_execution(
+    async def create_execution(
         self,
         execution: ExecutionRecord,
         artifacts: Sequence[ArtifactRecord],
@@ -84,16 +85,16 @@ class MemoryStateStore:
             )
         return execution, True
 
-    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
         with self._lock:
             e = self._executions.get(exec_id)
             return copy.deepcopy(e) if e else None
 
-    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         with self._lock:
             return sorted(i for i in self._executions if i.startswith(prefix))[:limit]
 
-    def list_executions(
+    async def list_executions(
         self, *, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[ExecutionRecord]:
         with self._lock:
@@ -104,7 +105,7 @@ class MemoryStateStore:
             ]
         return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         exec_id: str,
         owner: str,
@@ -117,22 +118,36 @@ class MemoryStateStore:
         now = time.time()
         with self._lock:
             e = self._get(exec_id)
-            if e.status not in allowed:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {e.status}; this needs it to be {' or '.join(sorted(allowed))}."
-                )
-            if (
-                e.lease_owner not in (None, owner)
-                and (e.lease_expires_at or 0) > now
-                and lease_holder_alive(e.lease_owner or "")
-            ):
-                raise KitaruLeaseError(f"execution {exec_id} is being driven by {e.lease_owner}")
+            _rules.check_acquirable(exec_id, e.status, allowed)
+            _rules.check_takeover(exec_id, e.lease_owner, e.lease_expires_at, owner, now)
             e.lease_owner, e.lease_expires_at = owner, now + ttl
             e.status = set_status or e.status
             e.updated_at = now
             return copy.deepcopy(e)
 
-    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        now = time.time()
+        with self._lock:
+            found = []
+            for e in self._executions.values():
+                if e.status == "running":
+                    due = _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+                elif e.status == "waiting":
+                    due = any(
+                        r.kind == "wait_opened"
+                        and (r.data or {}).get("deadline") is not None
+                        and (r.data or {})["deadline"] <= now
+                        and (e.id, "wait_answered", r.call_id) not in self._once
+                        and (e.id, "wait_timed_out", r.call_id) not in self._once
+                        for r in self._journal.get(e.id, [])
+                    )
+                else:
+                    due = False
+                if due:
+                    found.append(copy.deepcopy(e))
+        return sorted(found, key=lambda e: e.id)[:limit]
+
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         with self._lock:
             out = {}
             for i in exec_ids:
@@ -144,7 +159,7 @@ class MemoryStateStore:
                 out[i] = e.status
             return out
 
-    def commit(
+    async def commit(
         self,
         exec_id: str,
         records: Sequence[JournalRecord],
@@ -156,11 +171,13 @@ class MemoryStateStore:
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         with self._lock:
             e = self._get(exec_id)
             if owner is not None and e.lease_owner != owner:
                 raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner or 'nobody'}")
+            if status is not None:
+                _rules.check_status_change(exec_id, e.status, status)
             self._append(exec_id, records)
             for a in artifacts:
                 self._artifacts[a.id] = a
@@ -173,19 +190,21 @@ class MemoryStateStore:
             if release_lease:
                 e.lease_owner = e.lease_expires_at = None
             e.updated_at = time.time()
+            return e.status
 
-    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         with self._lock:
             e = self._get(exec_id)
             if e.lease_owner != owner:
                 raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner}")
+            _rules.check_status_change(exec_id, e.status, "waiting")
             if any((exec_id, "wait_answered", c) in self._once for c in waiting_on):
                 return False
             e.status, e.lease_owner, e.lease_expires_at = "waiting", None, None
             e.updated_at = time.time()
             return True
 
-    def answer_wait(
+    async def answer_wait(
         self,
         exec_id: str,
         record: JournalRecord,
@@ -198,53 +217,40 @@ class MemoryStateStore:
         now = time.time()
         with self._lock:
             e = self._get(exec_id)
-            if e.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {e.status}: its waits are closed and take no answers."
-                )
-            if (exec_id, "wait_opened", record.call_id) not in self._once:
-                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
-            for kind, word in (("wait_answered", "answered"), ("wait_timed_out", "timed out")):
-                if (exec_id, kind, record.call_id) in self._once:
-                    raise KitaruStateError(
-                        f"wait {record.call_id!r} of execution {exec_id} is already {word}; "
-                        "it takes no other answer."
-                    )
+            _rules.check_answerable(exec_id, e.status)
+            kinds = [
+                kind
+                for kind in ("wait_opened", "wait_answered", "wait_timed_out")
+                if (exec_id, kind, record.call_id) in self._once
+            ]
+            _rules.check_wait_open(exec_id, record.call_id, kinds)
             self._append(exec_id, [record])
             self._artifacts[artifact.id] = artifact
-            lease_free = (
-                e.lease_owner is None
-                or (e.lease_expires_at or 0) <= now
-                or not lease_holder_alive(e.lease_owner)
-            )
-            if take_lease and e.status == "waiting" and lease_free:
+            free = _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+            if take_lease and e.status == "waiting" and free:
                 e.status, e.lease_owner, e.lease_expires_at = "running", owner, now + ttl
                 return True
             return False
 
-    def cancel(self, exec_id: str) -> ExecutionRecord:
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:
             e = self._get(exec_id)
-            if e.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is already {e.status}; only running or waiting "
-                    "executions can be cancelled."
-                )
+            _rules.check_cancellable(exec_id, e.status)
             if e.status == "waiting":
                 e.lease_owner = None
             e.status = "cancelled"
             self._append(exec_id, [JournalRecord(kind="cancel_requested")])
             return copy.deepcopy(e)
 
-    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         with self._lock:
             return [copy.copy(r) for r in self._journal.get(exec_id, [])]
 
-    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         with self._lock:
             return self._artifacts.get(artifact_id)
 
-    def list_artifacts(
+    async def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         with self._lock:
@@ -261,12 +267,17 @@ class MemoryStateStore:
                     seen[a.id] = a
             return list(seen.values())
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
 
 
 class MemoryArtifactStore:
-    """An :class:`~kitaru.store.ArtifactStore` in a dictionary."""
+    """An :class:`~kitaru.store.ArtifactStore` in a dictionary.
+
+    Not ``inline``, like every artifact store (the contract lets callers rely on no artifact store
+    being inline), although its coroutines never suspend."""
+
+    inline: ClassVar[bool] = False
 
     def __init__(self, name: str = "default") -> None:
         self.uri = f"memory://{name}"
@@ -276,7 +287,10 @@ class MemoryArtifactStore:
     def uri_for(self, key: str) -> str:
         return f"{self.uri}/{key}"
 
-    def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes) -> None:
+        self._put(key, data)
+
+    def _put(self, key: str, data: bytes) -> None:
         with self._lock:
             existing = self._blobs.get(key)
             if existing is not None and existing != data:
@@ -285,28 +299,35 @@ class MemoryArtifactStore:
                 )
             self._blobs[key] = bytes(data)
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
-        self.put(key, b"".join(chunks))
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        self._put(key, b"".join([chunk async for chunk in chunks]))
 
-    def get(self, key: str) -> bytes:
+    async def get(self, key: str) -> bytes:
+        return self._get(key)
+
+    def _get(self, key: str) -> bytes:
         try:
             return self._blobs[key]
         except KeyError:
             raise KitaruNotFoundError(f"no artifact blob {key!r} in {self.uri}") from None
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        data = self.get(key)
+    async def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        data = self._get(key)
         for i in range(0, len(data), chunk_size):
             yield data[i : i + chunk_size]
 
-    def exists(self, key: str) -> bool:
+    async def exists(self, key: str) -> bool:
         return key in self._blobs
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
         with self._lock:
             keys = sorted(k for k in self._blobs if k.startswith(prefix))
-        yield from keys
+        for key in keys:
+            yield key
 
-    def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(key, None)
+
+    async def aclose(self) -> None:
+        pass

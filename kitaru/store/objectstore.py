@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
+from kitaru._install import install_hint
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError
 
 __all__ = [
     "DEFAULT_PART_SIZE",
     "PrefixedStore",
     "RetryPolicy",
+    "ThreadedStore",
+    "arechunk",
     "missing_dependency",
     "option_bool",
     "option_float",
@@ -57,6 +60,95 @@ class PrefixedStore:
         return f"{self.prefix}/{key}" if self.prefix else key
 
 
+class ThreadedStore:
+    """The async :class:`~kitaru.store.ArtifactStore` contract over a store whose SDK blocks
+    (google-cloud-storage): each call runs the store's blocking ``_put``, ``_put_stream``,
+    ``_get``, ``_open``, ``_exists``, ``_list``, ``_delete`` and ``_close`` in a worker thread
+    (``anyio.to_thread``), so the event loop never waits on the network. Streams stay streams:
+    ``open`` and ``list`` hop once per item, and ``put_stream``'s thread pulls each chunk from the
+    caller's async iterable on the caller's loop (``anyio.from_thread``), one at a time."""
+
+    inline: ClassVar[bool] = False
+
+    def _put(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _put_stream(self, key: str, chunks: Iterator[bytes]) -> None:
+        raise NotImplementedError
+
+    def _get(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def _open(self, key: str, chunk_size: int) -> Generator[bytes, None, None]:
+        raise NotImplementedError
+
+    def _exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def _list(self, prefix: str) -> Generator[str, None, None]:
+        raise NotImplementedError
+
+    def _delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    async def put(self, key: str, data: bytes) -> None:
+        await _in_thread(self._put, key, data)
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        import anyio.from_thread
+
+        source = aiter(chunks)
+
+        async def pull() -> bytes | None:
+            try:
+                return await anext(source)
+            except StopAsyncIteration:
+                return None
+
+        def pulled() -> Iterator[bytes]:
+            while (chunk := anyio.from_thread.run(pull)) is not None:
+                yield chunk
+
+        await _in_thread(self._put_stream, key, pulled())
+
+    async def get(self, key: str) -> bytes:
+        return await _in_thread(self._get, key)
+
+    async def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        chunks = self._open(key, chunk_size)  # a generator: nothing happens until its first step
+        try:
+            while (chunk := await _in_thread(next, chunks, None)) is not None:
+                yield chunk
+        finally:
+            await _in_thread(chunks.close)
+
+    async def exists(self, key: str) -> bool:
+        return await _in_thread(self._exists, key)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        keys = self._list(prefix)
+        try:
+            while (key := await _in_thread(next, keys, None)) is not None:
+                yield key
+        finally:
+            await _in_thread(keys.close)
+
+    async def delete(self, key: str) -> None:
+        await _in_thread(self._delete, key)
+
+    async def aclose(self) -> None:
+        await _in_thread(self._close)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
 def split_uri(uri: str, scheme: str) -> tuple[str, str]:
     """``scheme://bucket/some/prefix`` → ``("bucket", "some/prefix")`` (no trailing slash)."""
     head, sep, rest = uri.partition("://")
@@ -72,7 +164,7 @@ def missing_dependency(extra: str, module: str, exc: ImportError) -> KitaruMissi
     """The error for an SDK that is not installed, naming the extra that installs it."""
     return KitaruMissingDependencyError(
         f"the {extra} artifact store needs {module}, which is not installed ({exc}). "
-        f"Install it with: pip install 'kitaru[{extra}]'"
+        f"Install it with: {install_hint(extra)}"
     )
 
 
@@ -139,6 +231,69 @@ class RetryPolicy:
                     raise
             time.sleep(self.delay(attempt))
             attempt += 1
+
+    async def acall(self, fn: Callable[[], Awaitable[T]], transient: Callable[[BaseException], bool]) -> T:
+        """:meth:`call` for a coroutine function; the backoff sleeps on the loop (``anyio.sleep``)."""
+        import anyio
+
+        attempt = 1
+        while True:
+            try:
+                return await fn()
+            except Exception as exc:
+                if attempt >= self.attempts or not transient(exc):
+                    raise
+            await anyio.sleep(self.delay(attempt))
+            attempt += 1
+
+
+async def arechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """:func:`rechunk` for an async iterable of chunks (the same pieces, the same memory bound)."""
+    blocks = _Reblocker(size)
+    async for chunk in chunks:
+        for piece in blocks.feed(chunk):
+            yield piece
+    for piece in blocks.end():
+        yield piece
+
+
+class _Reblocker:
+    """The state of :func:`rechunk` / :func:`arechunk`, fed one chunk at a time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pending: list[bytes | memoryview] = []
+        self.have = 0
+        self.sent = False
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        if not chunk:
+            return
+        if not isinstance(chunk, bytes):  # a mutable buffer the producer may reuse: copy it now
+            chunk = bytes(chunk)
+        size = self.size
+        if not self.pending and len(chunk) == size:
+            self.sent = True
+            yield chunk
+            return
+        view = memoryview(chunk)
+        while self.have + len(view) >= size:
+            take = size - self.have
+            self.pending.append(view[:take])
+            piece = b"".join(self.pending)
+            self.pending.clear()
+            self.have = 0
+            view = view[take:]
+            self.sent = True
+            yield piece
+            del piece
+        if len(view):
+            self.pending.append(view)
+            self.have += len(view)
+
+    def end(self) -> Iterator[bytes]:
+        if self.pending or not self.sent:
+            yield b"".join(self.pending)
 
 
 def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:

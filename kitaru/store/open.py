@@ -8,17 +8,23 @@ from urllib.parse import unquote, urlparse
 from kitaru.errors import KitaruConfigError
 from kitaru.store import StateStore
 
-__all__ = ["open_state_store"]
+__all__ = ["STATE_STORE_SCHEMES", "open_state_store"]
+
+#: URI schemes of the state stores kitaru can open (stack config checks ``state`` against them).
+STATE_STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
-def open_state_store(uri: str) -> StateStore:
+def open_state_store(uri: str, *, read_only: bool = False) -> StateStore:
     """``sqlite:///abs/path.db`` opens the embedded SQLite store; ``postgresql://`` (or
-    ``postgres://``) ``user:password@host:port/database`` the PostgreSQL store."""
+    ``postgres://``) ``user:password@host:port/database`` the PostgreSQL store.
+
+    ``read_only``: for inspection; the SQLite store then opens without writing anything (no
+    migration, no file created), so it works on a read-only home or a full disk."""
     scheme = uri.partition("://")[0].lower()
     if scheme == "sqlite":
         from kitaru.store.sqlite import SQLiteStateStore
 
-        return SQLiteStateStore(Path(unquote(urlparse(uri).path)))
+        return SQLiteStateStore(Path(unquote(urlparse(uri).path)), read_only=read_only)
     if scheme in {"postgresql", "postgres"}:
         from kitaru.store.postgres import PostgresStateStore
 

@@ -1,9 +1,11 @@
 """The server state store: PostgreSQL through asyncpg, for teams and remote runners.
 
-The :class:`~kitaru.store.StateStore` protocol is synchronous; asyncpg is not. The store runs one
-private event loop on a daemon thread and hands each call to it as a coroutine
-(``asyncio.run_coroutine_threadsafe``), so callers on any thread, or inside their own event loop,
-see plain blocking calls and share one connection pool.
+Every call runs on the caller's event loop: no private loop, no thread hop. An asyncpg pool belongs
+to the loop it was made on, and a process may use one store from several loops (kitaru's portal loop
+for sync callers, an application's own loop), so the store keeps one pool per running loop, opened
+on that loop's first call (the schema is checked once per store, on the first pool); ``aclose()``
+closes every pool, each on its own loop, and a loop that shuts down first closes its pool itself
+(:mod:`kitaru.store._perloop`).
 
 Concurrency is PostgreSQL's: every write that reads before it writes (commit with a lease check,
 lease takeover, suspend, answering a wait, cancel) locks the execution's row with
@@ -22,7 +24,6 @@ server may hand an id whose WAL was lost to another transaction.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
@@ -31,28 +32,28 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from kitaru._install import install_hint
 from kitaru.errors import (
     KitaruConflictError,
     KitaruError,
     KitaruLeaseError,
     KitaruMissingDependencyError,
     KitaruNotFoundError,
-    KitaruStateError,
     KitaruStoreError,
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
-    TERMINAL_STATUSES,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
+    _rules,
 )
-from kitaru.store.sqlite import lease_holder_alive
+from kitaru.store._perloop import PerLoop
 
 __all__ = ["PostgresStateStore"]
 
@@ -183,11 +184,13 @@ def _commit_statement(
     artifacts: Sequence[tuple[Any, ...]],
     sets: Sequence[tuple[str, Any]],
     token: uuid.UUID,
+    refused_from: Sequence[str] = (),
 ) -> tuple[str, list[Any]]:
     """One statement for a whole commit (atomic on its own, no BEGIN/COMMIT needed): lock the
     execution's row, check the lease, insert the artifacts, journal records (as arrays) and the
-    commit's token, update the row; nothing is written unless the lease check passed. Returns the
-    statement and its parameters.
+    commit's token, update the row; nothing is written unless the lease check passed and, when the
+    commit changes the status, the current status is not in ``refused_from`` (see
+    :mod:`kitaru.store._rules`). Returns the statement and its parameters.
 
     Its one row: (lease ok, execution found, lease owner, status).
     """
@@ -199,9 +202,13 @@ def _commit_statement(
 
     # `ok` reads `ex` first whatever the owner (COALESCE evaluates left to right), so the row is
     # always locked before anything is inserted: concurrent commits to one execution queue on it.
+    status_ok = ""
+    if refused_from:
+        status_ok = f" AND NOT (status = ANY({param(list(refused_from), 'text[]')}))"
     ctes = [
         "ex AS (SELECT lease_owner, status FROM kitaru.executions WHERE id = $1 FOR UPDATE)",
-        "ok AS (SELECT COALESCE((SELECT lease_owner = $2 OR $2 IS NULL FROM ex), $2::text IS NULL) AS ok)",
+        "ok AS (SELECT COALESCE((SELECT (lease_owner = $2 OR $2 IS NULL)"
+        f"{status_ok} FROM ex), $2::text IS NULL) AS ok)",
         "token AS (INSERT INTO kitaru.commits (token, at) SELECT $3, $4 WHERE (SELECT ok FROM ok))",
     ]
     if artifacts:
@@ -326,7 +333,7 @@ def _import_asyncpg() -> Any:
     except ImportError as exc:
         raise KitaruMissingDependencyError(
             "the PostgreSQL state store needs asyncpg, which is not installed. Install it with: "
-            "pip install 'kitaru[postgres]'"
+            + install_hint("postgres")
         ) from exc
     return asyncpg
 
@@ -386,10 +393,15 @@ class _Attempt:
 class PostgresStateStore:
     """A :class:`~kitaru.store.StateStore` in a PostgreSQL database (``postgresql://`` URI).
 
+    Not ``inline``: its calls await the network. Opening it connects to nothing; each event loop's
+    first call opens that loop's pool, so a wrong address or password surfaces there.
+
     ``min_size``/``max_size`` bound the connection pool. Transient connection errors are retried
     ``retries`` times with exponential backoff starting at ``backoff`` seconds (capped at 5 s);
     ``command_timeout`` bounds each statement.
     """
+
+    inline: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -407,58 +419,53 @@ class PostgresStateStore:
         self._target = _Target.parse(dsn)
         self._retries = max(0, retries)
         self._backoff = backoff
+        self._pool_options = {
+            "min_size": min(min_size, max_size),
+            "max_size": max_size,
+            "timeout": connect_timeout,
+            "command_timeout": command_timeout,
+        }
         self._pid = os.getpid()
         self._closed = False
-        self._close_lock = threading.Lock()
-        self._pool: Any = None
+        self._lock_pools = threading.Lock()
+        self._pools: PerLoop[Any] = PerLoop(self._open, _close_pool)
+        self._migrated = False
         self._writes = 0
         self._backend_starts: dict[int, Any] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kitaru-postgres", daemon=True)
-        self._thread.start()
-        try:
-            self._call(self._open(min_size, max_size, connect_timeout, command_timeout))
-        except BaseException:
-            self.close()
-            raise
 
     def __repr__(self) -> str:
         return f"PostgresStateStore({str(self._target)!r})"
 
-    # -- plumbing: the private loop -----------------------------------------------------------
+    # -- plumbing: one pool per running loop ---------------------------------------------------
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _closed_error(self) -> KitaruStoreError:
+        return KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.")
+
+    async def _ready(self) -> Any:
+        """This loop's pool, opened (and the schema checked) on its first call."""
         if self._closed:
-            coro.close()
-            raise KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.")
+            raise self._closed_error()
         if os.getpid() != self._pid:
-            coro.close()
             raise KitaruStoreError(
                 f"the PostgreSQL state store {self._target} was opened in process {self._pid} and "
                 "cannot be used after a fork; open a new store in this process."
             )
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except RuntimeError:  # the loop was closed meanwhile
-            coro.close()
-            raise KitaruStoreError(f"the PostgreSQL state store {self._target} is closed.") from None
-        while True:
-            try:
-                return future.result(timeout=1.0)
-            except concurrent.futures.CancelledError:
-                break
-            except TimeoutError:
-                if future.done():
-                    raise  # the call itself raised it
-                # A call that slipped in as the store closed would otherwise wait forever.
-                if not self._thread.is_alive():
-                    future.cancel()
-                    break
-        raise KitaruStoreError(f"the PostgreSQL state store {self._target} was closed during the call.")
+            return await self._pools.get()
+        except RuntimeError:
+            if self._closed:  # closed while this loop's pool was opening
+                raise self._closed_error() from None
+            raise
 
-    async def _open(
-        self, min_size: int, max_size: int, connect_timeout: float, command_timeout: float
-    ) -> None:
+    @property
+    def _pool(self) -> Any:
+        """The running loop's pool (opened by :meth:`_ready`, which every call awaits first)."""
+        pool = self._pools.current()
+        if pool is None:
+            raise self._closed_error()
+        return pool
+
+    async def _open(self) -> Any:
         async def no_reset(conn: Any) -> None:
             # The pool's default reset (RESET ALL, UNLISTEN, advisory unlock...) costs a round trip on
             # every release; this store keeps no session state, and an open transaction is rolled
@@ -474,20 +481,21 @@ class PostgresStateStore:
 
         async def create() -> Any:
             return await self._asyncpg.create_pool(
-                self.dsn,
-                min_size=min(min_size, max_size),
-                max_size=max_size,
-                timeout=connect_timeout,
-                command_timeout=command_timeout,
-                reset=no_reset,
-                init=remember_backend,
+                self.dsn, reset=no_reset, init=remember_backend, **self._pool_options
             )
 
-        self._pool = await self._retrying(create, "connecting")
-        await self._retrying(self._migrate, "checking the schema")
+        pool = await self._retrying(create, "connecting")
+        try:
+            if not self._migrated:
+                await self._retrying(lambda: self._migrate(pool), "checking the schema")
+                self._migrated = True
+        except BaseException:
+            await _close_pool(pool)
+            raise
+        return pool
 
-    async def _migrate(self) -> None:
-        async with self._pool.acquire() as conn:
+    async def _migrate(self, pool: Any) -> None:
+        async with pool.acquire() as conn:
             # Checked without the lock first: an up-to-date database needs no privilege to create.
             version = self._check_version(await self._schema_version(conn))
             if version == len(_MIGRATIONS):
@@ -611,6 +619,8 @@ class PostgresStateStore:
             except KitaruError:
                 raise
             except Exception as exc:
+                if self._closed:
+                    raise self._closed_error() from None
                 if not self._transient(exc) or attempt == self._retries:
                     raise self._translate(exc, what) from None
                 self._log_retry(what, exc, attempt)
@@ -618,6 +628,8 @@ class PostgresStateStore:
         raise AssertionError("unreachable")
 
     async def _read(self, sql: str, *params: Any) -> list[Any]:
+        await self._ready()
+
         async def op() -> list[Any]:
             async with self._pool.acquire() as conn:
                 return list(await conn.fetch(sql, *params))
@@ -635,6 +647,7 @@ class PostgresStateStore:
         settles that attempt: if its token is there it committed and its result is returned;
         otherwise ``body`` runs again.
         """
+        await self._ready()
         pending: _Attempt | None = None
         last: BaseException | None = None
         self._writes += 1
@@ -653,6 +666,8 @@ class PostgresStateStore:
             except KitaruError:
                 raise
             except Exception as exc:
+                if self._closed:
+                    raise self._closed_error() from None
                 if not self._transient(exc):
                     raise self._translate(exc, what) from None
                 if attempt.sent:
@@ -742,7 +757,7 @@ class PostgresStateStore:
 
     # -- executions -------------------------------------------------------------------------
 
-    def create_execution(
+    async def create_execution(
         self,
         execution: ExecutionRecord,
         artifacts: Sequence[ArtifactRecord],
@@ -769,25 +784,23 @@ class PostgresStateStore:
                 await conn.executemany(_INSERT_JOURNAL, journal)
             return e, True
 
-        return self._call(self._write(body, f"creating execution {e.id}"))
+        return await self._write(body, f"creating execution {e.id}")
 
-    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
-        rows = self._call(self._read(f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", exec_id))
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+        rows = await self._read(f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", exec_id)
         return _exec_from_row(rows[0]) if rows else None
 
-    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         # A range on the primary key (ids sort bytewise) the index can serve, and an exact test.
-        rows = self._call(
-            self._read(
-                "SELECT id FROM kitaru.executions WHERE id >= $1 AND id < $1 || chr(1114111) "
-                "AND starts_with(id, $1) ORDER BY id LIMIT $2",
-                prefix,
-                limit,
-            )
+        rows = await self._read(
+            "SELECT id FROM kitaru.executions WHERE id >= $1 AND id < $1 || chr(1114111) "
+            "AND starts_with(id, $1) ORDER BY id LIMIT $2",
+            prefix,
+            limit,
         )
         return [r[0] for r in rows]
 
-    def list_executions(
+    async def list_executions(
         self, *, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[ExecutionRecord]:
         clauses: list[str] = []
@@ -801,10 +814,10 @@ class PostgresStateStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit)
         sql = f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions {where} ORDER BY id DESC LIMIT ${len(params)}"
-        rows = self._call(self._read(sql, *params))
+        rows = await self._read(sql, *params)
         return [_exec_from_row(r) for r in rows]
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         exec_id: str,
         owner: str,
@@ -822,23 +835,8 @@ class PostgresStateStore:
                 raise KitaruNotFoundError(
                     f"no execution {exec_id!r}. List executions with `kitaru executions list`."
                 )
-            if record.status not in allowed:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {record.status}; this needs it to be "
-                    f"{' or '.join(sorted(allowed))}."
-                )
-            holder = record.lease_owner
-            if (
-                holder is not None
-                and holder != owner
-                and (record.lease_expires_at or 0) > now
-                and lease_holder_alive(holder)
-            ):
-                raise KitaruLeaseError(
-                    f"execution {exec_id} is being driven by {holder} (lease until "
-                    f"{time.strftime('%H:%M:%S', time.localtime(record.lease_expires_at))}). "
-                    "It will finish there; if that runner is gone, retry after the lease expires."
-                )
+            _rules.check_acquirable(exec_id, record.status, allowed)
+            _rules.check_takeover(exec_id, record.lease_owner, record.lease_expires_at, owner, now)
             status = set_status or record.status
             await conn.execute(
                 "UPDATE kitaru.executions SET lease_owner = $1, lease_expires_at = $2, status = $3, "
@@ -853,12 +851,43 @@ class PostgresStateStore:
             record.updated_at = now
             return record
 
-        return self._call(self._write(body, f"taking the lease of execution {exec_id}"))
+        return await self._write(body, f"taking the lease of execution {exec_id}")
 
-    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        now = time.time()
+        # Local holders are checked in Python (is their process alive?); the query narrows to them.
+        running = await self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE status = 'running' AND "
+            "(lease_owner IS NULL OR lease_expires_at <= $1 OR starts_with(lease_owner, $2)) "
+            "ORDER BY id",
+            now,
+            _rules.HOST + ":",
+        )
+        found = [
+            e
+            for e in map(_exec_from_row, running)
+            if _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+        ]
+        # A wait's deadline lives in its `wait_opened` record; the once-index finds each waiting
+        # execution's waits and whether they were closed.
+        waiting = await self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions e WHERE status = 'waiting' AND "
+            "EXISTS (SELECT 1 FROM kitaru.journal j WHERE j.exec_id = e.id AND "
+            "j.kind = 'wait_opened' AND j.once IS NOT NULL AND "
+            "(j.data::jsonb ->> 'deadline')::float8 <= $1 AND NOT EXISTS (SELECT 1 FROM "
+            "kitaru.journal k WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', "
+            "'wait_timed_out') AND k.once = j.once)) ORDER BY id LIMIT $2",
+            now,
+            limit,
+        )
+        found += map(_exec_from_row, waiting)
+        return sorted(found, key=lambda e: e.id)[:limit]
+
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:
             return {}
         ids = list(exec_ids)
+        await self._ready()
 
         async def op() -> dict[str, str]:
             # Setting an expiry is idempotent: safe to retry whatever happened to a previous try.
@@ -873,9 +902,9 @@ class PostgresStateStore:
                 )
             return {r[0]: r[1] for r in rows}
 
-        return self._call(self._retrying(op, "renewing leases"))
+        return await self._retrying(op, "renewing leases")
 
-    def commit(
+    async def commit(
         self,
         exec_id: str,
         records: Sequence[JournalRecord],
@@ -887,7 +916,7 @@ class PostgresStateStore:
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         now = time.time()
         journal = [_journal_row(exec_id, r, now) for r in records]
         artifact_rows = [_artifact_row(a) for a in artifacts]
@@ -908,16 +937,23 @@ class PostgresStateStore:
                 "runner lost its lease and stops without writing."
             )
 
-        async def fast(conn: Any, attempt: _Attempt) -> None:
+        refused = _rules.refused_from(status) if status is not None else []
+
+        async def fast(conn: Any, attempt: _Attempt) -> str | None:
             # The hot path: one statement, so a checkpoint costs BEGIN, this, COMMIT.
-            sql, params = _commit_statement(exec_id, owner, journal, artifact_rows, sets, attempt.token)
+            sql, params = _commit_statement(
+                exec_id, owner, journal, artifact_rows, sets, attempt.token, refused
+            )
             ok, found, holder, current = await conn.fetchrow(sql, *params)
             if not ok:
-                raise (
-                    lost_lease(holder, current) if found else KitaruNotFoundError(f"no execution {exec_id!r}")
-                )
+                if not found:
+                    raise KitaruNotFoundError(f"no execution {exec_id!r}")
+                if owner is not None and holder != owner:
+                    raise lost_lease(holder, current)
+                _rules.check_status_change(exec_id, current, status or current)
+            return status if status is not None and found else current
 
-        async def merging(conn: Any, attempt: _Attempt) -> None:
+        async def merging(conn: Any, attempt: _Attempt) -> str | None:
             # Metadata is merged with what is stored, read under the row lock.
             record = await self._lock(conn, attempt, exec_id)
             if owner is not None:
@@ -925,12 +961,14 @@ class PostgresStateStore:
                     raise KitaruNotFoundError(f"no execution {exec_id!r}")
                 if record.lease_owner != owner:
                     raise lost_lease(record.lease_owner, record.status)
+            if record is not None and status is not None:
+                _rules.check_status_change(exec_id, record.status, status)
             if artifact_rows:
                 await conn.executemany(_INSERT_ARTIFACT, artifact_rows)
             if journal:
                 await conn.executemany(_INSERT_JOURNAL, journal)
             if record is None:
-                return
+                return None
             changes = [*sets, ("metadata", json.dumps({**record.metadata, **(metadata or {})}))]
             assignments = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(changes, start=2))
             await conn.execute(
@@ -938,13 +976,13 @@ class PostgresStateStore:
                 exec_id,
                 *(value for _, value in changes),
             )
+            return status or record.status
 
         if metadata:
-            self._call(self._write(merging, what))
-        else:
-            self._call(self._write(fast, what, single=True))
+            return await self._write(merging, what)
+        return await self._write(fast, what, single=True)
 
-    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         waits = list(waiting_on)
 
         async def body(conn: Any, attempt: _Attempt) -> bool:
@@ -956,6 +994,7 @@ class PostgresStateStore:
                     f"execution {exec_id} is now driven by {record.lease_owner or 'nobody'} (status "
                     f"{record.status}); this runner lost its lease and stops without writing."
                 )
+            _rules.check_status_change(exec_id, record.status, "waiting")
             if waits and await conn.fetchval(
                 "SELECT 1 FROM kitaru.journal WHERE exec_id = $1 AND kind = 'wait_answered' "
                 "AND once = ANY($2::text[]) LIMIT 1",
@@ -971,9 +1010,9 @@ class PostgresStateStore:
             )
             return True
 
-        return self._call(self._write(body, f"suspending execution {exec_id}"))
+        return await self._write(body, f"suspending execution {exec_id}")
 
-    def answer_wait(
+    async def answer_wait(
         self,
         exec_id: str,
         record: JournalRecord,
@@ -988,10 +1027,7 @@ class PostgresStateStore:
             execution = await self._lock(conn, attempt, exec_id)
             if execution is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
-            if execution.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {execution.status}: its waits are closed and take no answers."
-                )
+            _rules.check_answerable(exec_id, execution.status)
             kinds = {
                 r[0]
                 for r in await conn.fetch(
@@ -1001,19 +1037,11 @@ class PostgresStateStore:
                     record.call_id,
                 )
             }
-            if "wait_opened" not in kinds:
-                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
-            if "wait_answered" in kinds or "wait_timed_out" in kinds:
-                raise KitaruStateError(
-                    f"wait {record.call_id!r} of execution {exec_id} is already "
-                    f"{'answered' if 'wait_answered' in kinds else 'timed out'}; it takes no "
-                    "other answer. See it with `kitaru executions get " + exec_id + "`."
-                )
+            _rules.check_wait_open(exec_id, record.call_id, kinds)
             await conn.execute(_INSERT_ARTIFACT, *_artifact_row(artifact))
             await conn.execute(_INSERT_JOURNAL, *_journal_row(exec_id, record, now))
             holder, expires = execution.lease_owner, execution.lease_expires_at
-            lease_free = holder is None or (expires or 0) <= now or not lease_holder_alive(holder)
-            if take_lease and execution.status == "waiting" and lease_free:
+            if take_lease and execution.status == "waiting" and _rules.lease_free(holder, expires, now):
                 await conn.execute(
                     "UPDATE kitaru.executions SET status = 'running', lease_owner = $1, "
                     "lease_expires_at = $2, updated_at = $3 WHERE id = $4",
@@ -1025,19 +1053,15 @@ class PostgresStateStore:
                 return True
             return False
 
-        return self._call(self._write(body, f"answering wait {record.call_id!r} of execution {exec_id}"))
+        return await self._write(body, f"answering wait {record.call_id!r} of execution {exec_id}")
 
-    def cancel(self, exec_id: str) -> ExecutionRecord:
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
         async def body(conn: Any, attempt: _Attempt) -> ExecutionRecord:
             now = time.time()
             record = await self._lock(conn, attempt, exec_id)
             if record is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
-            if record.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is already {record.status}; only running or waiting "
-                    "executions can be cancelled."
-                )
+            _rules.check_cancellable(exec_id, record.status)
             # A waiting execution has no runner: it is cancelled now. A running one is marked, and
             # its runner stops at the next checkpoint boundary (it sees the status on lease renewal).
             await conn.execute(
@@ -1054,17 +1078,15 @@ class PostgresStateStore:
             record.status = "cancelled"
             return record
 
-        return self._call(self._write(body, f"cancelling execution {exec_id}"))
+        return await self._write(body, f"cancelling execution {exec_id}")
 
     # -- journal and artifacts ----------------------------------------------------------------
 
-    def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        rows = self._call(
-            self._read(
-                "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
-                "WHERE exec_id = $1 ORDER BY id",
-                exec_id,
-            )
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
+        rows = await self._read(
+            "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
+            "WHERE exec_id = $1 ORDER BY id",
+            exec_id,
         )
         return [
             JournalRecord(
@@ -1081,13 +1103,13 @@ class PostgresStateStore:
             for r in rows
         ]
 
-    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
-        rows = self._call(
-            self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM kitaru.artifacts WHERE id = $1", artifact_id)
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        rows = await self._read(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM kitaru.artifacts WHERE id = $1", artifact_id
         )
         return _artifact_from_row(rows[0]) if rows else None
 
-    def list_artifacts(
+    async def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         columns = ", ".join(f"a.{c.strip()}" for c in _ARTIFACT_COLUMNS.split(","))
@@ -1102,34 +1124,23 @@ class PostgresStateStore:
         if type is not None:
             params.append(type)
             sql += f" AND a.type = ${len(params)}"
-        rows = self._call(self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", *params))
+        rows = await self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", *params)
         return [_artifact_from_row(r) for r in rows]
 
     # -- closing ------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        with self._close_lock:
+    async def aclose(self) -> None:
+        """Close every loop's pool, each on its own loop (a loop that already ended closed its
+        pool as it shut down); calls after this raise KitaruStoreError. Closing twice is fine."""
+        with self._lock_pools:
             if self._closed:
                 return
             self._closed = True
-        if os.getpid() == self._pid and self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(self._aclose(), self._loop).result(30)
-            except Exception:
-                pass
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-        if not self._loop.is_running():
-            self._loop.close()
+        await self._pools.aclose()
 
-    async def _aclose(self) -> None:
-        current = asyncio.current_task()
-        others = [t for t in asyncio.all_tasks() if t is not current]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        if self._pool is not None:
-            try:
-                await asyncio.wait_for(self._pool.close(), 10)
-            except Exception:
-                self._pool.terminate()
+
+async def _close_pool(pool: Any) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except Exception:
+        pool.terminate()

@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import quote
 
 from kitaru.errors import (
     KitaruConflictError,
     KitaruLeaseError,
     KitaruNotFoundError,
-    KitaruStateError,
     KitaruStoreError,
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
-    TERMINAL_STATUSES,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
+    _rules,
 )
+from kitaru.store._rules import lease_holder_alive
 
 __all__ = ["SQLiteStateStore", "lease_holder_alive"]
 
@@ -103,33 +103,9 @@ _ARTIFACT_COLUMNS = (
     "created_at, inline, uri"
 )
 
-_HOST = socket.gethostname()
-
-
-def lease_holder_alive(owner: str) -> bool:
-    """Whether the process named in a lease owner (``host:pid:token``) may still be running.
-
-    Only a holder on this host can be proven dead; a remote holder is trusted until its lease expires.
-    """
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != _HOST or not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie has exited but still answers kill(0); treat it as dead.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().split(b") ", 1)[1][:1] != b"Z"
-    except OSError:
-        return True
+# Primary result codes (the low byte of an extended code) that a read-only open falls back on.
+_SQLITE_READONLY = 8
+_SQLITE_CANTOPEN = 14
 
 
 _INSERT_JOURNAL = (
@@ -214,26 +190,43 @@ def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
 class SQLiteStateStore:
     """A :class:`~kitaru.store.StateStore` in one SQLite database file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    inline: ClassVar[bool] = True
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout: float = 30.0, read_only: bool = False
+    ) -> None:
+        # ``sqlite:////abs/x.db`` parses to ``//abs/x.db``, which POSIX (and pathlib) keep as is:
+        # one leading slash, so messages show the path people know.
+        text = os.fspath(path)
+        self.path = Path("/" + text.lstrip("/") if text.startswith("//") else text)
+        self.read_only = read_only
+        self._building_stand_in = False  # the one write a read-only store makes: see below
+        self._lock = threading.RLock()
+        if read_only:
+            self._conn = self._connect_read_only(timeout)
+            return
         try:
+            self._create_private()
             self._conn = sqlite3.connect(
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise KitaruStoreError(
-                f"cannot open the state database {self.path}: {exc}. Check that the directory is "
+                f"cannot open the state database {self.path}: {reason}. Check that the directory is "
                 "writable, or point KITARU_HOME somewhere that is."
             ) from exc
-        self._lock = threading.RLock()
         sync = os.environ.get("KITARU_SQLITE_SYNC", "NORMAL").upper()
         if sync not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             sync = "NORMAL"
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            # Only what must change is written: a database already in WAL mode and at the current
+            # schema opens without a write, so reading works where writing cannot (a full disk).
+            if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={sync}")
-            self._migrate()
+            if self._schema_version() != len(_MIGRATIONS):
+                self._migrate()
         except sqlite3.Error as exc:
             self._conn.close()
             raise KitaruStoreError(
@@ -245,6 +238,83 @@ class SQLiteStateStore:
             raise
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _create_private(self) -> None:
+        """Create the database file, and its directory, private to their owner (0600 / 0700).
+
+        SQLite gives the ``-wal`` and ``-shm`` files it creates the mode of the database file, so
+        making the file first (instead of letting ``connect`` make it through the umask) keeps
+        all three private."""
+        from kitaru.config import private_dir
+
+        private_dir(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        try:
+            os.fchmod(fd, 0o600)  # the umask may have dropped the owner's bits
+        finally:
+            os.close(fd)
+
+    def _connect_read_only(self, timeout: float) -> sqlite3.Connection:
+        """Open without writing anything: for inspection on a read-only home or a full disk.
+
+        ``mode=ro`` still needs the WAL index (``-shm``), which it cannot create in a read-only
+        directory; then the database is opened ``immutable``, which reads the main file alone
+        (what a cleanly closed WAL database holds). A database that does not exist yet reads as
+        an empty one, in memory, rather than being created."""
+        if not self.path.exists():
+            self._conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._building_stand_in = True
+            try:
+                self._migrate()
+            finally:
+                self._building_stand_in = False
+            return self._conn
+        base = "file:" + quote(str(self.path)) + "?mode=ro"
+        conn: sqlite3.Connection | None = None
+        for uri in (base, base + "&immutable=1"):
+            try:
+                conn = sqlite3.connect(
+                    uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+                )
+                self._conn = conn
+                version = self._schema_version()
+                break
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if uri.endswith("immutable=1") or code not in {_SQLITE_READONLY, _SQLITE_CANTOPEN}:
+                    raise KitaruStoreError(
+                        f"cannot read the state database {self.path}: {exc}. Check that it is "
+                        "readable, or point KITARU_HOME at the right home."
+                    ) from exc
+        assert conn is not None
+        if version != len(_MIGRATIONS):
+            conn.close()
+            if version > len(_MIGRATIONS):
+                raise KitaruStoreError(
+                    f"the state database {self.path} has schema version {version}, newer than this "
+                    f"kitaru understands ({len(_MIGRATIONS)}). Upgrade kitaru."
+                )
+            raise KitaruStoreError(
+                f"the state database {self.path} has schema version {version}, older than this "
+                f"kitaru's {len(_MIGRATIONS)}; a read-only command does not migrate it. Run a "
+                "command that writes once, with write access to it (e.g. `kitaru executions "
+                "resume`, or running a flow), or use the kitaru that wrote it."
+            )
+        return conn
+
+    def _schema_version(self) -> int:
+        """The schema version recorded in the database (0: a new or foreign database)."""
+        meta = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        if not self._conn.execute(meta).fetchone():
+            return 0
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
 
     def _migrate(self) -> None:
         with self._write() as cur:
@@ -267,6 +337,11 @@ class SQLiteStateStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
+        if self.read_only and not self._building_stand_in:
+            raise KitaruStoreError(
+                f"the state database {self.path} was opened read-only, for inspection; this "
+                "operation writes. Run it with a client that is not read-only."
+            )
         with self._lock:
             cur = self._conn.cursor()
             try:
@@ -292,19 +367,23 @@ class SQLiteStateStore:
                 raise KitaruStoreError(f"cannot read {self.path}: {exc}") from exc
 
     @staticmethod
-    def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str) -> None:
+    def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str | None) -> str | None:
+        """The execution's status, after checking that ``owner`` (if given) holds its lease."""
         row = cur.execute("SELECT lease_owner, status FROM executions WHERE id = ?", (exec_id,)).fetchone()
         if row is None:
+            if owner is None:
+                return None
             raise KitaruNotFoundError(f"no execution {exec_id!r}")
-        if row[0] != owner:
+        if owner is not None and row[0] != owner:
             raise KitaruLeaseError(
                 f"execution {exec_id} is now driven by {row[0] or 'nobody'} (status {row[1]}); "
                 "this runner lost its lease and stops without writing."
             )
+        return str(row[1])
 
     # -- executions -------------------------------------------------------------------------
 
-    def create_execution(
+    async def create_execution(
         self,
         execution: ExecutionRecord,
         artifacts: Sequence[ArtifactRecord],
@@ -344,11 +423,11 @@ class SQLiteStateStore:
             cur.executemany(_INSERT_JOURNAL, [_journal_row(e.id, r, e.created_at) for r in records])
         return e, True
 
-    def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
         rows = self._read(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,))
         return _exec_from_row(rows[0]) if rows else None
 
-    def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         # LIKE ignores ASCII case; the substr comparison makes the match exact, like startswith.
         rows = self._read(
@@ -358,7 +437,7 @@ class SQLiteStateStore:
         )
         return [r[0] for r in rows]
 
-    def list_executions(
+    async def list_executions(
         self, *, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[ExecutionRecord]:
         clauses, params = [], []
@@ -375,7 +454,7 @@ class SQLiteStateStore:
         )
         return [_exec_from_row(r) for r in rows]
 
-    def acquire_lease(
+    async def acquire_lease(
         self,
         exec_id: str,
         owner: str,
@@ -393,23 +472,8 @@ class SQLiteStateStore:
                     f"no execution {exec_id!r}. List executions with `kitaru executions list`."
                 )
             record = _exec_from_row(row)
-            if record.status not in allowed:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {record.status}; this needs it to be "
-                    f"{' or '.join(sorted(allowed))}."
-                )
-            holder = record.lease_owner
-            if (
-                holder is not None
-                and holder != owner
-                and (record.lease_expires_at or 0) > now
-                and lease_holder_alive(holder)
-            ):
-                raise KitaruLeaseError(
-                    f"execution {exec_id} is being driven by {holder} (lease until "
-                    f"{time.strftime('%H:%M:%S', time.localtime(record.lease_expires_at))}). "
-                    "It will finish there; if that runner is gone, retry after the lease expires."
-                )
+            _rules.check_acquirable(exec_id, record.status, allowed)
+            _rules.check_takeover(exec_id, record.lease_owner, record.lease_expires_at, owner, now)
             status = set_status or record.status
             cur.execute(
                 "UPDATE executions SET lease_owner = ?, lease_expires_at = ?, status = ?, "
@@ -420,7 +484,33 @@ class SQLiteStateStore:
         record.updated_at = now
         return record
 
-    def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        now = time.time()
+        # Local holders are checked in Python (is their process alive?); the query narrows to them.
+        running = self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM executions WHERE status = 'running' AND (lease_owner IS "
+            "NULL OR lease_expires_at <= ? OR substr(lease_owner, 1, ?) = ?) ORDER BY id",
+            (now, len(_rules.HOST) + 1, _rules.HOST + ":"),
+        )
+        found = [
+            e
+            for e in map(_exec_from_row, running)
+            if _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+        ]
+        # A wait's deadline lives in its `wait_opened` record; the journal index finds each
+        # waiting execution's waits and whether they were closed.
+        waiting = self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM executions e WHERE status = 'waiting' AND EXISTS ("
+            "SELECT 1 FROM journal j WHERE j.exec_id = e.id AND j.kind = 'wait_opened' "
+            "AND json_extract(j.data, '$.deadline') <= ? AND NOT EXISTS (SELECT 1 FROM journal k "
+            "WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', 'wait_timed_out') "
+            "AND k.once = j.once)) ORDER BY id LIMIT ?",
+            (now, limit),
+        )
+        found += map(_exec_from_row, waiting)
+        return sorted(found, key=lambda e: e.id)[:limit]
+
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:
             return {}
         marks = ",".join("?" * len(exec_ids))
@@ -434,7 +524,7 @@ class SQLiteStateStore:
             ).fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def commit(
+    async def commit(
         self,
         exec_id: str,
         records: Sequence[JournalRecord],
@@ -446,12 +536,13 @@ class SQLiteStateStore:
         result_artifact: str | None = None,
         release_lease: bool = False,
         metadata: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> str | None:
         now = time.time()
         try:
             with self._write() as cur:
-                if owner is not None:
-                    self._check_lease(cur, exec_id, owner)
+                current = self._check_lease(cur, exec_id, owner)
+                if status is not None and current is not None:
+                    _rules.check_status_change(exec_id, current, status)
                 if artifacts:
                     cur.executemany(
                         f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -480,6 +571,7 @@ class SQLiteStateStore:
                     if release_lease:
                         sets.append("lease_owner = NULL, lease_expires_at = NULL")
                     cur.execute(f"UPDATE executions SET {', '.join(sets)} WHERE id = ?", (*params, exec_id))
+            return status if status is not None and current is not None else current
         except sqlite3.IntegrityError as exc:
             raise KitaruConflictError(
                 f"execution {exec_id}: a record already exists for this call ({exc}); another "
@@ -488,9 +580,10 @@ class SQLiteStateStore:
         except sqlite3.Error as exc:
             raise KitaruStoreError(f"commit to {self.path} failed: {exc}") from exc
 
-    def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
         with self._write() as cur:
-            self._check_lease(cur, exec_id, owner)
+            current = self._check_lease(cur, exec_id, owner)
+            _rules.check_status_change(exec_id, current or "", "waiting")
             if waiting_on:
                 marks = ",".join("?" * len(waiting_on))
                 answered = cur.execute(
@@ -507,7 +600,7 @@ class SQLiteStateStore:
             )
         return True
 
-    def answer_wait(
+    async def answer_wait(
         self,
         exec_id: str,
         record: JournalRecord,
@@ -526,10 +619,7 @@ class SQLiteStateStore:
             if row is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
             status, holder, expires = row
-            if status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is {status}: its waits are closed and take no answers."
-                )
+            _rules.check_answerable(exec_id, status)
             kinds = {
                 r[0]
                 for r in cur.execute(
@@ -537,21 +627,13 @@ class SQLiteStateStore:
                     (exec_id, record.call_id),
                 ).fetchall()
             }
-            if "wait_opened" not in kinds:
-                raise KitaruNotFoundError(f"execution {exec_id} has no wait {record.call_id!r}")
-            if "wait_answered" in kinds or "wait_timed_out" in kinds:
-                raise KitaruStateError(
-                    f"wait {record.call_id!r} of execution {exec_id} is already "
-                    f"{'answered' if 'wait_answered' in kinds else 'timed out'}; it takes no "
-                    "other answer. See it with `kitaru executions get " + exec_id + "`."
-                )
+            _rules.check_wait_open(exec_id, record.call_id, kinds)
             cur.execute(
                 f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _artifact_row(artifact),
             )
             cur.execute(_INSERT_JOURNAL, _journal_row(exec_id, record, now))
-            lease_free = holder is None or (expires or 0) <= now or not lease_holder_alive(holder)
-            if take_lease and status == "waiting" and lease_free:
+            if take_lease and status == "waiting" and _rules.lease_free(holder, expires, now):
                 cur.execute(
                     "UPDATE executions SET status = 'running', lease_owner = ?, "
                     "lease_expires_at = ?, updated_at = ? WHERE id = ?",
@@ -560,18 +642,14 @@ class SQLiteStateStore:
                 return True
         return False
 
-    def cancel(self, exec_id: str) -> ExecutionRecord:
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
         now = time.time()
         with self._write() as cur:
             row = cur.execute(f"SELECT {_EXEC_COLUMNS} FROM executions WHERE id = ?", (exec_id,)).fetchone()
             if row is None:
                 raise KitaruNotFoundError(f"no execution {exec_id!r}")
             record = _exec_from_row(row)
-            if record.status in TERMINAL_STATUSES:
-                raise KitaruStateError(
-                    f"execution {exec_id} is already {record.status}; only running or waiting "
-                    "executions can be cancelled."
-                )
+            _rules.check_cancellable(exec_id, record.status)
             # A waiting execution has no runner: it is cancelled now. A running one is marked, and
             # its runner stops at the next checkpoint boundary (it sees the status on lease renewal).
             cur.execute(
@@ -588,7 +666,7 @@ class SQLiteStateStore:
 
     # -- journal and artifacts ----------------------------------------------------------------
 
-    def read_journal(self, exec_id: str) -> list[JournalRecord]:
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         rows = self._read(
             "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM journal "
             "WHERE exec_id = ? ORDER BY id",
@@ -609,11 +687,11 @@ class SQLiteStateStore:
             for r in rows
         ]
 
-    def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,))
         return _artifact_from_row(rows[0]) if rows else None
 
-    def list_artifacts(
+    async def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]:
         columns = ", ".join(f"a.{c.strip()}" for c in _ARTIFACT_COLUMNS.split(","))
@@ -631,6 +709,6 @@ class SQLiteStateStore:
         rows = self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", params)
         return [_artifact_from_row(r) for r in rows]
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         with self._lock:
             self._conn.close()

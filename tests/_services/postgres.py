@@ -168,7 +168,11 @@ class PostgresCluster:
             from kitaru.store.postgres import PostgresStateStore
 
             self.execute(f"CREATE DATABASE {_TEMPLATE}")
-            PostgresStateStore(self.dsn(_TEMPLATE), min_size=1, max_size=1).close()
+            from kitaru.store import sync_view
+
+            template = sync_view(PostgresStateStore(self.dsn(_TEMPLATE), min_size=1, max_size=1))
+            template.list_executions()  # the first call creates the schema
+            template.close()
             self._template_ready = True
         name = f"{prefix}_{next(self._names)}"
         self.execute(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")

@@ -26,6 +26,7 @@ import kitaru
 from kitaru import KitaruClient, checkpoint, flow
 from kitaru._engine.runtime import Runtime
 from kitaru.adapters.openai_agents import KitaruAgent, RunOutcome
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
 
@@ -91,7 +92,7 @@ class TestPerCall:
             return str(durable.run_sync(q).final_output)
 
         handle = f.run("hi")
-        assert handle.wait() == "final after 3 calls"
+        assert handle.wait(timeout=60) == "final after 3 calls"
         assert completed(runtime, handle.exec_id) == [
             "helper.model",
             "helper.tool.tool_a",
@@ -126,7 +127,7 @@ class TestPerCall:
 
         handle = f.run()
         assert handle.status == "waiting" and model.calls == 3
-        assert KitaruClient().executions.input(handle.exec_id, None).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60) == "final after 3 calls"
         assert model.calls == 3 and ran == {"tool_a": 1, "tool_b": 1}
         assert "input_changed" not in [r.kind for r in runtime.state.read_journal(handle.exec_id)]
 
@@ -145,7 +146,7 @@ class TestPerCall:
 
         handle = f.run()
         assert completed(runtime, handle.exec_id) == ["triage.model", "triage.model:2"]
-        assert KitaruClient().executions.input(handle.exec_id, None).wait().startswith("specialist")
+        assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60).startswith("specialist")
         assert (triage_model.calls, specialist_model.calls) == (1, 1)
         logs = [r.data for r in runtime.state.read_journal(handle.exec_id) if r.kind == "log"]
         assert [d["agent"] for d in logs if d] == ["triage", "specialist"]
@@ -165,7 +166,7 @@ class TestPerCall:
             return [str((await durable.run("hi")).final_output), await inside()]
 
         async def app() -> list[str]:
-            return await (await f.start()).result()
+            return await (await f.start()).result(timeout=60)
 
         assert asyncio.run(app()) == ["final after 3 calls", "final after 3 calls"]
 
@@ -177,7 +178,7 @@ class TestPerCall:
             return str(durable.run_sync("hi", previous_response_id="resp_1").final_output)
 
         with pytest.raises(kitaru.KitaruUsageError, match="previous_response_id"):
-            f.run().wait()
+            f.run().wait(timeout=60)
 
 
 class TestApprovals:
@@ -193,7 +194,7 @@ class TestApprovals:
         assert handle.status == "waiting" and ran == {"tool_a": 1} and model.calls == 2
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
         assert w.name == "helper.approve.tool_b" and "tool_b(x=2)" in (w.question or "")
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 calls"
         assert ran == {"tool_a": 1, "tool_b": 1} and model.calls == 3
 
     def test_denied_tools_never_run(self, runtime: Runtime) -> None:
@@ -205,7 +206,7 @@ class TestApprovals:
             return durable.run_sync("hi").to_input_list()
 
         handle = f.run()
-        items = KitaruClient().executions.input(handle.exec_id, False).wait()
+        items = KitaruClient().executions.input(handle.exec_id, False).wait(timeout=60)
         assert ran == {"tool_a": 1}
         outputs = [i for i in items if i.get("type") == "function_call_output" and i.get("call_id") == "c2"]
         assert outputs and "tool_b" not in ran
@@ -221,7 +222,7 @@ class TestApprovals:
         handle = f.run()
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
         assert w.name == "helper.approve.tool_a"
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 calls"
 
 
 class TestRunnerCall:
@@ -237,7 +238,7 @@ class TestRunnerCall:
 
         handle = f.run()
         assert completed(runtime, handle.exec_id) == ["helper.run"]
-        outcome = KitaruClient().executions.input(handle.exec_id, None).wait()
+        outcome = KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60)
         assert isinstance(outcome, RunOutcome)
         assert outcome.final_output == "final after 3 calls" and outcome.last_agent == "helper"
         assert model.calls == 3 and ran == {"tool_a": 1, "tool_b": 1}
@@ -252,7 +253,7 @@ class TestRunnerCall:
 
         handle = f.run()
         assert handle.status == "waiting" and model.calls == 2
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 calls"
+        assert KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 calls"
         assert completed(runtime, handle.exec_id) == ["helper.run", "helper.run:2"]
         assert model.calls == 3 and ran == {"tool_a": 1, "tool_b": 1}
 
@@ -289,7 +290,7 @@ def test_missing_extra_names_it() -> None:
         "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "KitaruMissingDependencyError" in out.stdout and "kitaru[openai-agents]" in out.stdout
+    assert "KitaruMissingDependencyError" in out.stdout and "[openai-agents]'" in out.stdout
 
 
 @pytest.mark.e2e
@@ -306,7 +307,7 @@ def test_sigkill_after_the_second_model_call_then_resume_from_the_cli(
     finally:
         proc.wait(30)
     assert count.read_text().split("\n")[:4] == ["model 1", "tool lookup", "model 2", "tool publish"]
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     [execution] = store.list_executions()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

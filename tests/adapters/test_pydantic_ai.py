@@ -25,6 +25,7 @@ import kitaru
 from kitaru import KitaruClient, checkpoint, flow
 from kitaru._engine.runtime import Runtime
 from kitaru.adapters.pydantic_ai import DENIED, AgentResult, KitaruAgent
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
 
@@ -78,7 +79,7 @@ class TestInAFlow:
             return str(durable.run_sync(q).output)
 
         handle = run_agent.run("hi")
-        assert handle.wait() == "final after 3 requests"
+        assert handle.wait(timeout=60) == "final after 3 requests"
         assert completed(runtime, handle.exec_id) == [
             "helper.model",
             "helper.tool.tool_a",
@@ -111,7 +112,7 @@ class TestInAFlow:
 
         handle = run_then_wait.run("hi")
         assert handle.status == "waiting" and script.requests == 3
-        KitaruClient().executions.input(handle.exec_id, True).wait()
+        KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60)
         assert script.requests == 3 and ran == {"tool_a": 1, "tool_b": 1}
         kinds = [r.kind for r in runtime.state.read_journal(handle.exec_id)]
         assert "input_changed" not in kinds  # the replayed requests are recognised as the same
@@ -132,7 +133,7 @@ class TestInAFlow:
             return durable.run_sync("add").output
 
         handle = f.run()
-        assert handle.wait() == '{"add":0}'
+        assert handle.wait(timeout=60) == '{"add":0}'
         assert completed(runtime, handle.exec_id) == ["calc.model", "calc.tool.add", "calc.model:2"]
 
     def test_async_flow(self, runtime: Runtime) -> None:
@@ -146,7 +147,7 @@ class TestInAFlow:
             return str((await durable.run("hi")).output)
 
         async def app() -> str:
-            return await (await f.start()).result()
+            return await (await f.start()).result(timeout=60)
 
         assert asyncio.run(app()) == "final after 3 requests"
 
@@ -163,7 +164,7 @@ class TestInAFlow:
             return research("hi")
 
         handle = f.run()
-        assert handle.wait() == "final after 3 requests"
+        assert handle.wait(timeout=60) == "final after 3 requests"
         assert completed(runtime, handle.exec_id) == ["research"]
 
     def test_a_tool_asking_for_a_retry_is_not_called_again_on_resume(self, runtime: Runtime) -> None:
@@ -193,7 +194,7 @@ class TestInAFlow:
             return out
 
         handle = f.run()
-        KitaruClient().executions.input(handle.exec_id, None).wait()
+        KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60)
         assert calls == {1: 1, 2: 1}
         assert completed(runtime, handle.exec_id)[:2] == ["r.model", "r.tool.flaky"]
 
@@ -221,7 +222,10 @@ class TestMCP:
 
         handle = f.run()
         assert completed(runtime, handle.exec_id) == ["w.model", "w.tool.forecast", "w.model:2"]
-        assert KitaruClient().executions.input(handle.exec_id, None).wait() == '{"forecast":"sunny in a"}'
+        assert (
+            KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60)
+            == '{"forecast":"sunny in a"}'
+        )
         assert calls == {"a": 1}  # the resumed run replayed the MCP call instead of repeating it
 
 
@@ -240,7 +244,9 @@ class TestApprovals:
         [w] = execution.open_waits
         assert w.name == "helper.approve.tool_b" and "tool_b(x=2)" in (w.question or "")
         assert ran == {"tool_a": 1} and script.requests == 2
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 requests"
+        assert (
+            KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 requests"
+        )
         assert ran == {"tool_a": 1, "tool_b": 1} and script.requests == 3
 
     def test_a_denied_tool_never_runs_and_the_model_is_told(self, runtime: Runtime) -> None:
@@ -252,7 +258,7 @@ class TestApprovals:
             return durable.run_sync("hi").all_messages()
 
         handle = f.run()
-        messages = KitaruClient().executions.input(handle.exec_id, False).wait()
+        messages = KitaruClient().executions.input(handle.exec_id, False).wait(timeout=60)
         assert ran == {"tool_a": 1}
         returns = [p for m in messages for p in m.parts if getattr(p, "tool_name", None) == "tool_b"]
         assert any(getattr(p, "content", None) == DENIED for p in returns)
@@ -268,7 +274,9 @@ class TestApprovals:
         handle = f.run()
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
         assert w.name == "helper.approve.tool_a"
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 requests"
+        assert (
+            KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 requests"
+        )
 
     def test_a_tool_raising_approval_required(self, runtime: Runtime) -> None:
         script = Scripted(first="guarded", second="guarded")
@@ -291,7 +299,9 @@ class TestApprovals:
         handle = f.run()
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
         assert w.name == "g.approve.guarded"
-        assert KitaruClient().executions.input(handle.exec_id, True).wait() == "final after 3 requests"
+        assert (
+            KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 requests"
+        )
         assert ran == {1: 1, 2: 1}
 
 
@@ -352,7 +362,7 @@ def test_missing_extra_names_it() -> None:
         "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "KitaruMissingDependencyError" in out.stdout and "kitaru[pydantic-ai]" in out.stdout
+    assert "KitaruMissingDependencyError" in out.stdout and "[pydantic-ai]'" in out.stdout
 
 
 # -- real processes ------------------------------------------------------------------------------
@@ -373,7 +383,7 @@ def test_sigkill_after_the_second_model_request_then_resume_from_the_cli(
         proc.wait(30)
     assert count.read_text().split("\n")[:4] == ["model 1", "tool lookup", "model 2", "tool publish"]
 
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     [execution] = store.list_executions()
     assert execution.status == "running"
     elsewhere = tmp_path / "elsewhere"

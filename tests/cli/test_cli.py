@@ -128,7 +128,7 @@ class TestBadInput:
         assert journal_of(handle.exec_id) == before
         code, out, _ = run("executions", "input", handle.exec_id, "--value", "true")
         assert code == 0 and "completed" in out
-        assert handle.wait() == "HI"
+        assert handle.wait(timeout=60) == "HI"
 
     def test_wrong_state_names_the_command_that_fits(self) -> None:
         handle = done_flow.run()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
 
@@ -32,7 +33,7 @@ def test_sigkill_during_checkpoint_12_then_resume_from_another_process(
         proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
 
-    store = SQLiteStateStore(kitaru_home / "kitaru.db")
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
     [execution] = store.list_executions()
     assert execution.status == "running"  # the killed runner never got to say anything else
 
@@ -82,7 +83,7 @@ def test_resume_is_refused_while_the_runner_is_alive(
     proc = subprocess.Popen([sys.executable, str(FLOWS / "sixteen.py"), "0"], env=env, cwd=tmp_path)
     try:
         wait_for(mark_file, proc)
-        store = SQLiteStateStore(kitaru_home / "kitaru.db")
+        store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
         [execution] = store.list_executions()
         before = store.read_journal(execution.id)
         second = subprocess.run(

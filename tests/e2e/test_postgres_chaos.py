@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.postgres import PostgresStateStore
 from tests._process import wait_for
 from tests._services.postgres import PostgresCluster
@@ -89,18 +90,18 @@ def test_flow_retries_through_server_restarts(
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(60)
     assert proc.returncode == 0, err
     exec_id, status = out.split()
     if status != "completed":
-        store = PostgresStateStore(postgres_dsn)
+        store = sync_view(PostgresStateStore(postgres_dsn))
         execution = store.get_execution(exec_id)
         store.close()
         pytest.fail(f"the flow ended {status}: {execution and execution.error}\n{err}")
 
     runs = Counter(int(line) for line in (tmp_path / "count.txt").read_text().split())
     assert runs == Counter(range(1, STEPS + 1)), runs  # every checkpoint ran exactly once
-    store = PostgresStateStore(postgres_dsn)
+    store = sync_view(PostgresStateStore(postgres_dsn))
     try:
         _check_journal(store, exec_id)
         final = store.get_execution(exec_id)
@@ -124,12 +125,12 @@ def test_server_down_too_long_is_a_clear_error_then_resume_completes(
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(60)
     assert proc.returncode != 0, out
     assert "KitaruStoreError" in err and "cannot reach the PostgreSQL state store" in err, err
     assert f"127.0.0.1:{postgres_cluster.port}" in err
 
-    store = PostgresStateStore(postgres_dsn)
+    store = sync_view(PostgresStateStore(postgres_dsn))
     try:
         [execution] = store.list_executions()
         assert execution.status in {"running", "failed"}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kitaru.store import sync_view
 from kitaru.store.postgres import PostgresStateStore
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +52,7 @@ def test_quickstart_on_postgres_state(
     )
     assert answered.returncode == 0, answered.stderr
 
-    store = PostgresStateStore(postgres_dsn)
+    store = sync_view(PostgresStateStore(postgres_dsn))
     try:
         execution = store.get_execution(exec_id)
         assert execution is not None and execution.status == "completed", execution

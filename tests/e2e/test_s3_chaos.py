@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kitaru.stack import artifact_store_for_uri
-from kitaru.store import StateStore
+from kitaru.store import StateStore, sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from tests._process import wait_for
 from tests._services import missing
@@ -52,7 +52,7 @@ def _check_whole(store: StateStore, exec_id: str, artifacts: str, options: dict[
     assert Counter(r.call_id for r in completed) == Counter(
         ["step", *(f"step:{i}" for i in range(2, STEPS + 1))]
     )
-    blobs = artifact_store_for_uri(artifacts, **options)
+    blobs = sync_view(artifact_store_for_uri(artifacts, **options))
     try:
         for i, record in enumerate(completed, start=1):
             artifact = store.get_artifact(record.artifact_id or "")
@@ -128,7 +128,7 @@ def test_s3_server_down_mid_flow(
     assert proc.returncode == 0, err
     exec_id, _status = out.split()
 
-    store = SQLiteStateStore(state)
+    store = sync_view(SQLiteStateStore(state))
     try:
         execution = store.get_execution(exec_id)
         assert execution is not None

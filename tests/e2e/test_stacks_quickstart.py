@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from kitaru.stack import artifact_store_for_uri
+from kitaru.store import sync_view
 from kitaru.store.open import open_state_store
 from tests._services.azure import azurite
 from tests._services.gcs import gcs_server
@@ -96,8 +97,8 @@ def test_quickstart_unchanged_on_each_stack(
     assert status == "waiting"
     _run([*kitaru_cli, "executions", "input", large_id, "--value", "true"], env, elsewhere)
 
-    store = open_state_store(state)
-    blobs = artifact_store_for_uri(artifacts, **options)
+    store = sync_view(open_state_store(state))
+    blobs = sync_view(artifact_store_for_uri(artifacts, **options))
     try:
         execution = store.get_execution(exec_id)
         assert execution is not None and execution.status == "completed", execution

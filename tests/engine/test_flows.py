@@ -53,7 +53,7 @@ class TestRunning:
 
         handle = pipeline.run(5)
         assert handle.status == "completed"
-        assert handle.wait() == 21
+        assert handle.wait(timeout=60) == 21
         assert ran["double"] == 2
         assert completed_calls(runtime, handle.exec_id) == {"double": 1, "double:2": 1}
 
@@ -69,7 +69,7 @@ class TestRunning:
 
         async def app() -> list[int]:
             handle = await gather_flow.start(4)
-            return await handle.result()
+            return await handle.result(timeout=60)
 
         assert asyncio.run(app()) == [0, 10, 20, 30]
 
@@ -90,7 +90,7 @@ class TestRunning:
 
             tick_task = asyncio.ensure_future(ticker())
             handle = await blocking.start()
-            value = await handle.result()
+            value = await handle.result(timeout=60)
             tick_task.cancel()
             return value, ticks
 
@@ -108,7 +108,7 @@ class TestRunning:
         def writer(text: str) -> str:
             return draft(text) + "!"
 
-        assert writer.run("hi").wait() == "HI!"
+        assert writer.run("hi").wait(timeout=60) == "HI!"
 
     def test_run_inside_event_loop_points_to_start(self, runtime: Runtime) -> None:
         @flow
@@ -160,7 +160,7 @@ class TestRunning:
 
         handle = f.run()
         with pytest.raises(kitaru.KitaruUsageError, match="do not nest"):
-            handle.wait()
+            handle.wait(timeout=60)
 
     def test_decorators_reject_bad_targets_when_applied(self) -> None:
         with pytest.raises(kitaru.KitaruUsageError, match="generator"):
@@ -177,7 +177,7 @@ class TestRunning:
 
         @checkpoint
         def slow(i: int) -> int:
-            barrier.wait()  # only passes if three calls run at the same time
+            barrier.wait(timeout=60)  # only passes if three calls run at the same time
             return i * i
 
         @flow
@@ -185,7 +185,7 @@ class TestRunning:
             return slow.map([1, 2, 3])
 
         handle = fan.run()
-        assert handle.wait() == [1, 4, 9]
+        assert handle.wait(timeout=60) == [1, 4, 9]
         assert set(completed_calls(runtime, handle.exec_id)) == {"slow", "slow:2", "slow:3"}
 
     def test_idempotent_execution_id(self, runtime: Runtime) -> None:
@@ -203,7 +203,7 @@ class TestRunning:
         first = f.run(execution_id="order-42")
         second = f.run(execution_id="order-42")
         assert first.exec_id == second.exec_id == "order-42"
-        assert second.wait() == "ok"
+        assert second.wait(timeout=60) == "ok"
         assert ran["work"] == 1
         assert len(runtime.state.list_executions()) == 1
 
@@ -224,7 +224,7 @@ class TestRunning:
         assert handle.status == "waiting", KitaruClient().executions.get(handle.exec_id).error
         # The resumed run gets every value back from the store, with its type.
         done = KitaruClient().executions.input(handle.exec_id, None)
-        result = done.wait()
+        result = done.wait(timeout=60)
         assert result == values
         assert [type(v) for v in result] == [type(v) for v in values]
 
@@ -251,7 +251,7 @@ class TestResume:
         assert execution.status == "running"
         crash["on"] = False
         handle = KitaruClient(runtime).executions.resume(execution.id)
-        assert handle.wait() == 10
+        assert handle.wait(timeout=60) == 10
         assert ran == {"step0": 1, "step1": 1, "step2": 1, "step3": 2, "step4": 1}
 
     def test_divergent_resume_names_both_functions(self, runtime: Runtime) -> None:
@@ -297,7 +297,7 @@ class TestResume:
         handle = f.run()
         config["topic"] = "dogs"
         with caplog.at_level(logging.WARNING, logger="kitaru"):
-            result = KitaruClient().executions.input(handle.exec_id, None).wait()
+            result = KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60)
         assert result == "notes on cats"  # the journal wins, as documented...
         assert "inputs changed" in caplog.text  # ...and the user is told
         kinds = [r.kind for r in runtime.state.read_journal(handle.exec_id)]
@@ -323,7 +323,7 @@ class TestResume:
         journal = runtime.state.read_journal(handle.exec_id)
         ids_before = {r.call_id: r.artifact_id for r in journal if r.kind == "checkpoint_completed"}
         assert len(ids_before) == 1000
-        result = KitaruClient().executions.input(handle.exec_id, None).wait()
+        result = KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60)
         assert result == sum(i * i for i in range(1000))
         assert set(ran.values()) == {1}  # nothing ran twice
         ids_after = {
@@ -375,7 +375,7 @@ class TestWaits:
         [w] = execution.open_waits
         assert (w.name, w.question, w.schema) == ("approve", "Publish?", "bool")
         done = KitaruClient().executions.input(handle.exec_id, True)
-        assert done.wait() == "text"
+        assert done.wait(timeout=60) == "text"
         assert ran["draft"] == 1
 
     def test_bad_answer_is_rejected_and_changes_nothing(self, runtime: Runtime) -> None:
@@ -389,7 +389,7 @@ class TestWaits:
             KitaruClient().executions.input(handle.exec_id, "banana")
         assert runtime.state.read_journal(handle.exec_id) == before
         assert handle.status == "waiting"
-        assert KitaruClient().executions.input(handle.exec_id, False).wait() is False
+        assert KitaruClient().executions.input(handle.exec_id, False).wait(timeout=60) is False
 
     def test_answer_validated_against_a_pydantic_model(self, runtime: Runtime) -> None:
         @flow
@@ -402,7 +402,7 @@ class TestWaits:
         with pytest.raises(kitaru.KitaruWaitValidationError, match="approved"):
             KitaruClient().executions.input(handle.exec_id, {"note": "no flag"})
         done = KitaruClient().executions.input(handle.exec_id, {"approved": True, "note": "ok"})
-        assert done.wait() == "ok"
+        assert done.wait(timeout=60) == "ok"
 
     def test_except_exception_does_not_swallow_the_suspension(self, runtime: Runtime) -> None:
         swallowed = []
@@ -447,7 +447,7 @@ class TestWaits:
             handle = KitaruClient().executions.resume(handle.exec_id)
         # else: a slow machine spent the whole timeout before the flow could suspend, and the wait
         # timed out in the first run: the same outcome, reached earlier.
-        assert handle.wait() == "defaulted"
+        assert handle.wait(timeout=60) == "defaulted"
         kinds = [r.kind for r in runtime.state.read_journal(handle.exec_id)]
         assert kinds.count("wait_timed_out") == 1 and "wait_answered" not in kinds
 
@@ -475,7 +475,7 @@ class TestWaits:
         handle = f.run()
         answerer.join()
         assert handle.status == "completed"
-        assert handle.wait() == "yes"
+        assert handle.wait(timeout=60) == "yes"
 
     def test_wait_inside_a_checkpoint_is_an_error(self, runtime: Runtime) -> None:
         @checkpoint
@@ -487,7 +487,7 @@ class TestWaits:
             return step()
 
         with pytest.raises(kitaru.KitaruUsageError, match="cannot pause halfway"):
-            f.run().wait()
+            f.run().wait(timeout=60)
 
 
 class TestRetriesAndFailures:
@@ -506,7 +506,7 @@ class TestRetriesAndFailures:
             return flaky()
 
         handle = f.run()
-        assert handle.wait() == "ok"
+        assert handle.wait(timeout=60) == "ok"
         records = [r for r in runtime.state.read_journal(handle.exec_id) if r.call_id == "flaky"]
         assert [(r.kind, r.attempt) for r in records] == [
             ("checkpoint_failed", 1),
@@ -533,7 +533,7 @@ class TestRetriesAndFailures:
         handle = f.run()
         assert handle.status == "failed"
         with pytest.raises(kitaru.KitaruExecutionError, match="ValueError: not transient") as err:
-            handle.wait()
+            handle.wait(timeout=60)
         assert isinstance(err.value.__cause__, ValueError)
         assert len(calls) == 1
 
@@ -560,7 +560,7 @@ class TestRetriesAndFailures:
         handle = f.run()
         assert handle.status == "failed"
         broken["yes"] = False
-        assert KitaruClient().executions.retry(handle.exec_id).wait() == 21
+        assert KitaruClient().executions.retry(handle.exec_id).wait(timeout=60) == 21
         assert ran == {"fetch": 1, "compute": 2}
 
 
@@ -576,7 +576,7 @@ class TestCancel:
         with pytest.raises(kitaru.KitaruStateError, match="cancelled"):
             client.executions.input(handle.exec_id, 1)
         with pytest.raises(kitaru.KitaruExecutionCancelledError):
-            handle.wait()
+            handle.wait(timeout=60)
 
     def test_cancel_running_execution_stops_at_next_checkpoint(self, runtime: Runtime) -> None:
         started = threading.Event()
@@ -622,7 +622,7 @@ class TestArtifactsAndMetadata:
             return research(topic)
 
         a = first.run("agents")
-        assert a.wait() == "brief"
+        assert a.wait(timeout=60) == "brief"
 
         @checkpoint
         def reuse(exec_id: str) -> str:
@@ -632,7 +632,7 @@ class TestArtifactsAndMetadata:
         def second(exec_id: str) -> str:
             return reuse(exec_id)
 
-        assert second.run(a.exec_id).wait() == "Research agents!"
+        assert second.run(a.exec_id).wait(timeout=60) == "Research agents!"
 
         client = KitaruClient()
         execution = client.executions.get(a.exec_id)
@@ -661,7 +661,7 @@ class TestArtifactsAndMetadata:
             return kitaru.load(exec_id, "nope")
 
         with pytest.raises(kitaru.KitaruNotFoundError, match="result"):
-            consumer.run(done.exec_id).wait()
+            consumer.run(done.exec_id).wait(timeout=60)
 
     def test_large_outputs_are_shared_blobs(self, runtime: Runtime) -> None:
         blob = bytes(range(256)) * 4096  # 1 MiB
@@ -675,7 +675,7 @@ class TestArtifactsAndMetadata:
             return len(big()) + len(big())
 
         handle = f.run()
-        assert handle.wait() == 2 * len(blob)
+        assert handle.wait(timeout=60) == 2 * len(blob)
         outputs = KitaruClient().artifacts.list(handle.exec_id, type="output")
         assert len(outputs) == 2 and outputs[0].content_hash == outputs[1].content_hash
         assert outputs[0].uri is not None and outputs[0].uri == outputs[1].uri
@@ -715,6 +715,6 @@ class TestClientFromAsyncCode:
             await asyncio.wait_for(asyncio.shield(handle._task), 30)  # type: ignore[arg-type]
             assert handle.status == "waiting"
             # The client is blocking; called from async code it must still work.
-            return KitaruClient().executions.input(handle.exec_id, True).wait()  # type: ignore[no-any-return]
+            return KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60)  # type: ignore[no-any-return]
 
         assert asyncio.run(app()) == 42

@@ -47,7 +47,7 @@ def edges(graph: kitaru.lineage.LineageGraph) -> set[tuple[str, str]]:
 class TestLineage:
     def test_fan_out_fan_in(self, runtime: Runtime) -> None:
         handle = fan.run("ab cd ef")
-        assert handle.wait() == "AB! CD! EF!"
+        assert handle.wait(timeout=60) == "AB! CD! EF!"
         graph = KitaruClient().executions.graph(handle.exec_id)
         assert edges(graph) == {
             ("input:text", "split"),
@@ -64,9 +64,9 @@ class TestLineage:
 
     def test_lineage_across_executions_through_load(self, runtime: Runtime) -> None:
         first = fan.run("ab cd")
-        first.wait()
+        first.wait(timeout=60)
         second = follow_up.run(first.exec_id)
-        assert second.wait() == "AB! C"
+        assert second.wait(timeout=60) == "AB! C"
         graph = KitaruClient().executions.graph(second.exec_id)
         assert (f"{first.exec_id}/join", "summarize") in edges(graph)
         external = [n for n in graph.nodes if n.kind == "external"]
@@ -76,9 +76,9 @@ class TestLineage:
 
     def test_replayed_calls_keep_their_edges(self, runtime: Runtime) -> None:
         original = fan.run("ab cd")
-        original.wait()
+        original.wait(timeout=60)
         replayed = KitaruClient().executions.replay(original.exec_id, "join")
-        replayed.wait()
+        replayed.wait(timeout=60)
         assert edges(KitaruClient().executions.graph(replayed.exec_id)) == edges(
             KitaruClient().executions.graph(original.exec_id)
         )

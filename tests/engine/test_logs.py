@@ -84,26 +84,29 @@ class TestLogs:
         assert "working on 1" in capsys.readouterr().out
         only = KitaruClient().executions.logs(handle.exec_id, checkpoint="chatty:2")
         assert {e.call_id for e in only} == {"chatty:2"}
+        # A bare name is every call of that checkpoint; `name:1` the first call alone.
         both = KitaruClient().executions.logs(handle.exec_id, checkpoint="chatty")
-        assert [e.call_id for e in both] == ["chatty"] * 3
+        assert [e.call_id for e in both] == ["chatty"] * 3 + ["chatty:2"] * 3
+        first = KitaruClient().executions.logs(handle.exec_id, checkpoint="chatty:1")
+        assert [e.call_id for e in first] == ["chatty"] * 3
 
     def test_concurrent_checkpoints_keep_their_own_lines_in_order(self, runtime: Runtime) -> None:
         async def main() -> str:
             handle = await concurrent.start()
-            await handle.result()
+            await handle.result(timeout=60)
             return handle.exec_id
 
         exec_id = asyncio.run(main())
         client = KitaruClient()
         for i in range(5):
-            call_id = "interleaved" if i == 0 else f"interleaved:{i + 1}"
+            call_id = f"interleaved:{i + 1}"
             text = "".join(e.text for e in client.executions.logs(exec_id, checkpoint=call_id))
             assert text == "".join(f"task {i} line {n}\n" for n in range(3))
 
     def test_failed_attempts_keep_their_output(self, runtime: Runtime) -> None:
         ATTEMPTS["n"] = 0
         handle = retrying.run()
-        assert handle.wait() == "ok"
+        assert handle.wait(timeout=60) == "ok"
         texts = [e.text for e in KitaruClient().executions.logs(handle.exec_id)]
         assert texts == ["attempt 1\n", "attempt 2\n"]
 

@@ -77,13 +77,13 @@ def approve_then_count(text: str) -> int:
 class TestReplay:
     def test_replay_from_the_third_of_five_reuses_the_first_two(self, runtime: Runtime) -> None:
         original = five.run("x")
-        assert original.wait() == "c1:131076!9"
+        assert original.wait(timeout=60) == "c1:131076!9"
         blobs_before = sorted(runtime.artifacts.list("blobs/"))
         VERSION["c"] = 2
 
         replayed = KitaruClient().executions.replay(original.exec_id, "step_c")
 
-        assert replayed.wait() == "c2:131076!9"
+        assert replayed.wait(timeout=60) == "c2:131076!9"
         assert RAN == {"a": 1, "b": 1, "c": 2, "d": 2, "e": 2}  # a, b ran once: reused
         client = KitaruClient()
         new = client.executions.get(replayed.exec_id)
@@ -105,13 +105,13 @@ class TestReplay:
 
     def test_override_replaces_a_reused_output_and_flows_downstream(self, runtime: Runtime) -> None:
         original = five.run("x")
-        original.wait()
+        original.wait(timeout=60)
 
         replayed = KitaruClient().executions.replay(
             original.exec_id, "step_c", overrides={"step_b": b"short"}
         )
 
-        assert replayed.wait() == "c1:5!4"
+        assert replayed.wait(timeout=60) == "c1:5!4"
         assert RAN["b"] == 1  # the override stood in for b; b did not run
         diff = KitaruClient().executions.diff(original.exec_id, replayed.exec_id)
         changed = {e.name for e in diff.changed}
@@ -121,9 +121,9 @@ class TestReplay:
 
     def test_flow_replay_method_and_new_arguments(self, runtime: Runtime) -> None:
         original = five.run("x")
-        original.wait()
+        original.wait(timeout=60)
         replayed = five.replay(original.exec_id, "step_a", args={"topic": "yy"})
-        assert replayed.wait() == "c1:131077!9"
+        assert replayed.wait(timeout=60) == "c1:131077!9"
         diff = KitaruClient().executions.diff(original.exec_id, replayed.exec_id)
         assert ("input", "topic") in {(e.kind, e.name) for e in diff.changed}
 
@@ -132,7 +132,7 @@ class TestReplay:
         KitaruClient().executions.input(original.exec_id, True)
         replayed = KitaruClient().executions.replay(original.exec_id, "count_words")
         assert replayed.status == "completed"  # no new wait: the answer was reused
-        assert replayed.wait() == 3
+        assert replayed.wait(timeout=60) == 3
         assert RAN == {"a": 1, "count": 2}
 
     def test_replay_from_a_wait_asks_again(self, runtime: Runtime) -> None:
@@ -140,14 +140,14 @@ class TestReplay:
         KitaruClient().executions.input(original.exec_id, True)
         replayed = KitaruClient().executions.replay(original.exec_id, "approve")
         assert replayed.status == "waiting"
-        assert KitaruClient().executions.input(replayed.exec_id, False).wait() == -1
+        assert KitaruClient().executions.input(replayed.exec_id, False).wait(timeout=60) == -1
         assert RAN["a"] == 1
 
     def test_code_changed_above_the_boundary_is_a_divergence(
         self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         original = five.run("x")
-        original.wait()
+        original.wait(timeout=60)
 
         @checkpoint
         def step_a_v2(topic: str) -> str:
@@ -178,7 +178,7 @@ class TestBadReplayRequests:
         message: str,
     ) -> None:
         original = five.run("x")
-        original.wait()
+        original.wait(timeout=60)
         before = RAN.copy()
         with pytest.raises(kitaru.KitaruUsageError, match=message):
             KitaruClient().executions.replay(original.exec_id, from_, overrides=overrides, args=args)
@@ -187,6 +187,6 @@ class TestBadReplayRequests:
 
     def test_boundary_list_names_call_ids(self, runtime: Runtime) -> None:
         original = five.run("x")
-        original.wait()
+        original.wait(timeout=60)
         with pytest.raises(kitaru.KitaruUsageError, match="step_a, step_b, step_c, step_d, step_e"):
             KitaruClient().executions.replay(original.exec_id, "nope")

@@ -85,7 +85,7 @@ class TestInAFlow:
             return kitaru.llm(f"draft from {brief}", model="openai/gpt-4o-mini", system="editor")
 
         handle = two_calls.run("agents")
-        assert handle.wait() == "answer 2 to: draft from answer 1 to: research agents"
+        assert handle.wait(timeout=60) == "answer 2 to: draft from answer 1 to: research agents"
         assert completed(runtime, handle.exec_id) == {"llm": 1, "llm:2": 1}
         arts = KitaruClient().artifacts.list(handle.exec_id)
         prompts = [a for a in arts if a.type == "prompt"]
@@ -123,7 +123,7 @@ class TestInAFlow:
         usage = call_logs(runtime, handle.exec_id, "llm")
         assert (usage["tokens_in"], usage["tokens_out"], usage["finish_reason"]) == (11, 7, "end_turn")
         assert usage["cost_usd"] == pytest.approx((11 * 0.80 + 7 * 4.00) / 1e6)
-        assert KitaruClient().executions.input(handle.exec_id, None).wait() == "answer 1 to: q"
+        assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60) == "answer 1 to: q"
         assert anthropic_env.count == 1
         [prompt] = KitaruClient().artifacts.list(handle.exec_id, type="prompt")
         assert prompt.load()["messages"][0] == {"role": "system", "content": "s"}
@@ -135,7 +135,7 @@ class TestInAFlow:
             return kitaru.llm("b", model="openai/gpt-4o-mini", name="outline")
 
         handle = named.run()
-        handle.wait()
+        handle.wait(timeout=60)
         assert completed(runtime, handle.exec_id) == {"outline": 1, "outline:2": 1}
         names = {a.name for a in KitaruClient().artifacts.list(handle.exec_id, type="prompt")}
         assert names == {"outline.prompt"}
@@ -152,7 +152,7 @@ class TestInAFlow:
         assert handle.status == "waiting"
         assert openai_env.count == 1
         done = KitaruClient().executions.input(handle.exec_id, True)
-        assert done.wait() == "answer 2 to: polish answer 1 to: draft x"
+        assert done.wait(timeout=60) == "answer 2 to: polish answer 1 to: draft x"
         assert openai_env.count == 2  # the first call was replayed from the journal, not re-billed
         assert completed(runtime, handle.exec_id) == {"llm": 1, "llm:2": 1}
 
@@ -168,7 +168,7 @@ class TestInAFlow:
         handle = once.run()
         monkeypatch.delenv("OPENAI_API_KEY")
         monkeypatch.delenv("OPENAI_BASE_URL")
-        assert KitaruClient().executions.input(handle.exec_id, None).wait() == "answer 1 to: q"
+        assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60) == "answer 1 to: q"
         assert openai_env.count == 1
 
     def test_inside_a_checkpoint_the_call_is_recorded_under_it(
@@ -197,7 +197,7 @@ class TestInAFlow:
         }
         logs = call_logs(runtime, handle.exec_id, "research")
         assert logs["facts.tokens_in"] == 12 and logs["tokens_in"] == 12
-        assert KitaruClient().executions.input(handle.exec_id, None).wait().startswith("answer 2")
+        assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60).startswith("answer 2")
         assert openai_env.count == 2
 
     def test_async_flow(self, runtime: Runtime, openai_env: Any) -> None:
@@ -208,7 +208,7 @@ class TestInAFlow:
             return kitaru.llm("async", model="openai/gpt-4o-mini")
 
         async def app() -> str:
-            return await (await aflow.start()).result()
+            return await (await aflow.start()).result(timeout=60)
 
         assert asyncio.run(app()) == "answer 1 to: async"
 
@@ -235,7 +235,7 @@ class TestSecrets:
         handle = leaky.run()
         assert handle.status == "failed"
         with pytest.raises(kitaru.KitaruLLMAuthError) as info:
-            handle.wait()
+            handle.wait(timeout=60)
         assert secret not in str(info.value) and "OPENAI_API_KEY" in str(info.value)
 
         seen: list[str] = [repr(r) for r in runtime.state.read_journal(handle.exec_id)]
@@ -282,7 +282,7 @@ class TestErrors:
             return kitaru.llm("x", model="openai/gpt-4o-mini")
 
         handle = f.run()
-        handle.wait()
+        handle.wait(timeout=60)
         assert call_logs(runtime, handle.exec_id, "llm")["attempts"] == 2
 
     def test_rate_limits_give_up_after_the_retries(self, openai_env: Any) -> None:
@@ -330,7 +330,7 @@ class TestErrors:
         assert handle.status == "failed"
         failed = [r for r in runtime.state.read_journal(handle.exec_id) if r.kind == "checkpoint_failed"]
         assert "KitaruLLMBadRequestError" in (failed[0].data or {})["error"]
-        assert KitaruClient().executions.retry(handle.exec_id).wait() == "answer 2 to: x"
+        assert KitaruClient().executions.retry(handle.exec_id).wait(timeout=60) == "answer 2 to: x"
 
     def test_prompt_must_be_text(self) -> None:
         with pytest.raises(kitaru.KitaruUsageError):

@@ -189,7 +189,7 @@ class TestPrecedence:
     def test_the_pydantic_settings_model_orders_its_sources(
         self, project_dir: Path, user_file: Writer, project_file: Writer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from kitaru._settings import KitaruSettings
+        from kitaru.stack_config._model import KitaruSettings
 
         user_file(USER)
         assert KitaruSettings().active_stack == "u"
@@ -215,6 +215,33 @@ class TestPrecedence:
             [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, check=True
         )
         assert out.stdout.split() == ["local", "False"]
+
+    def test_each_module_imports_alone_and_stays_light(self, tmp_path: Path) -> None:
+        """No import cycles among the configuration modules (each imports alone in a fresh
+        interpreter), and reading the configuration imports neither tomlkit (only the editor uses
+        it) nor stevedore's plugins before a stack type is asked for."""
+        modules = [
+            "kitaru.stack_config._files",
+            "kitaru.stack_config._settings",
+            "kitaru.stack_config._model",
+            "kitaru.stack_config._plugins",
+            "kitaru.stack_config._resolve",
+            "kitaru.stack_config._editor",
+            "kitaru.stack_config",
+            "kitaru.stack",
+        ]
+        code = (
+            "import importlib, sys\n"
+            "importlib.import_module(sys.argv[1])\n"
+            "print(*(m in sys.modules for m in ('tomlkit', 'stevedore')))"
+        )
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+        for module in modules:
+            out = subprocess.run(
+                [sys.executable, "-c", code, module], capture_output=True, text=True, env=env, timeout=120
+            )
+            assert out.returncode == 0, f"{module}: {out.stderr[-2000:]}"
+            assert out.stdout.split() == ["False", "False"], module
 
 
 class TestMistakes:
@@ -284,7 +311,7 @@ class TestMistakes:
         message = str(info.value)
         assert message.startswith(f"{path}, line 2: stack 'prod': unknown stack type 'aws-typo'")
         assert re.search(r"installed stack types: [a-z, ]*kubernetes, local", message)
-        assert "kitaru[aws]" in message
+        assert "extras of kitaru ([aws]" in message
 
     def test_a_known_extra_that_is_not_installed(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import stevedore.driver
@@ -294,7 +321,10 @@ class TestMistakes:
             raise NoMatches("none")
 
         monkeypatch.setattr(stevedore.driver, "DriverManager", no_plugin)
-        with pytest.raises(KitaruConfigError, match=re.escape("pip install 'kitaru[azure]'")):
+        # From a checkout the hint names that checkout, never a bare name that a package index
+        # would resolve to an unrelated project.
+        root = Path(__file__).resolve().parents[2]
+        with pytest.raises(KitaruConfigError, match=re.escape(f"pip install '{root}[azure]'")):
             stack_type("azure")
 
     def test_unknown_stack_name_lists_the_known(
@@ -378,7 +408,7 @@ class TestExampleFile:
     def test_every_declared_key_is_documented(self) -> None:
         """The other direction: each key a stack type declares appears in a table of that type, and
         each key an artifact store declares in a table whose artifacts use that store."""
-        from kitaru.stack_config import _artifact_store_keys
+        from kitaru.stack_config._plugins import artifact_store_keys
 
         by_type: dict[str, set[str]] = {}
         by_scheme: dict[str, set[str]] = {}
@@ -395,7 +425,7 @@ class TestExampleFile:
                 continue
             assert set(getattr(cls, "keys", {}) or {}) <= keys, f"stack type {type_name}: undocumented keys"
         for scheme, keys in by_scheme.items():
-            store = _artifact_store_keys(f"{scheme}://x")
+            store = artifact_store_keys(f"{scheme}://x")
             assert set(store or {}) <= keys, f"{scheme}:// artifact store: undocumented keys"
 
 

@@ -69,7 +69,7 @@ def test_get_runtime_opens_the_active_stack_from_the_config(
     runtime = get_runtime()
     assert runtime.stack_name == "a"
     handle = blob_flow.run(100_000)
-    assert handle.wait() == 100_000
+    assert handle.wait(timeout=60) == 100_000
     db_a, art_a = two_stacks["a"]
     assert executions_in(db_a) == [handle.exec_id]
     assert blobs_in(art_a)
@@ -80,7 +80,7 @@ def test_flow_run_on_a_named_stack(two_stacks: dict[str, tuple[Path, Path]]) -> 
     (db_a, art_a), (db_b, art_b) = two_stacks["a"], two_stacks["b"]
     on_a = blob_flow.run(100_000)
     on_b = blob_flow.run(200_000, stack="b")
-    assert (on_a.wait(), on_b.wait()) == (100_000, 200_000)
+    assert (on_a.wait(timeout=60), on_b.wait(timeout=60)) == (100_000, 200_000)
     assert executions_in(db_a) == [on_a.exec_id]
     assert executions_in(db_b) == [on_b.exec_id]
     assert [p.stat().st_size for p in blobs_in(art_a)] == [100_000]
@@ -103,7 +103,7 @@ def test_idempotent_start_is_per_stack(two_stacks: dict[str, tuple[Path, Path]])
 def test_await_start_on_a_named_stack(two_stacks: dict[str, tuple[Path, Path]]) -> None:
     async def main() -> tuple[str, int]:
         handle = await async_flow.start(7, stack="b")
-        return handle.exec_id, await handle.result()
+        return handle.exec_id, await handle.result(timeout=60)
 
     exec_id, value = asyncio.run(main())
     assert value == 7

@@ -113,11 +113,27 @@ class TestRoundTrip:
         assert run("stack", "set", "extra")[0] == 0
         assert path.read_text().count("active_stack") == 1
 
-    def test_an_unusual_layout_is_rewritten_with_a_note(self, user_file: Writer) -> None:
+    def test_an_inline_layout_is_edited_in_place(self, user_file: Writer) -> None:
         path = user_file('# inline\nstacks = { dev = { type = "local" }, old = { type = "local" } }\n')
         code, _, err = run("stack", "delete", "old")
-        assert code == 0 and "rewritten without its comments" in err
+        assert (code, err) == (0, "")
+        assert path.read_text().startswith("# inline\n")
         assert tomllib.loads(path.read_text()) == {"stacks": {"dev": {"type": "local"}}}
+        assert run("stack", "create", "new", "--type", "local")[0] == 0
+        assert path.read_text().startswith("# inline\n")
+        assert tomllib.loads(path.read_text()) == {
+            "stacks": {"dev": {"type": "local"}, "new": {"type": "local"}}
+        }
+
+    def test_an_unusual_layout_is_rewritten_with_a_note(self, user_file: Writer) -> None:
+        # tomlkit would put a new [stacks.NAME] table between these dotted keys and change what
+        # the second one means: the editor notices, and writes the file afresh from its data.
+        path = user_file('# dotted\nstacks.dev.type = "local"\nstacks.old.type = "local"\n')
+        code, _, err = run("stack", "create", "new", "--type", "local")
+        assert code == 0 and "rewritten without its comments" in err
+        assert tomllib.loads(path.read_text()) == {
+            "stacks": {"dev": {"type": "local"}, "old": {"type": "local"}, "new": {"type": "local"}}
+        }
 
 
 class TestErrors:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kitaru.errors import KitaruStoreError
+from kitaru.store import sync_view
 from kitaru.store.conformance import ArtifactStoreConformance
 from kitaru.store.filesystem import FilesystemArtifactStore
 
@@ -29,7 +30,7 @@ def _files(root: Path) -> list[str]:
 class TestPaths:
     @pytest.mark.parametrize("key", ["../escape", "a/../../escape", "/etc/passwd", "", ".", "a/.."])
     def test_keys_outside_the_root_are_rejected(self, tmp_path: Path, key: str) -> None:
-        store = FilesystemArtifactStore(tmp_path / "root")
+        store = sync_view(FilesystemArtifactStore(tmp_path / "root"))
         for call in (
             lambda: store.put(key, b"x"),
             lambda: store.put_stream(key, iter([b"x"])),
@@ -48,29 +49,29 @@ class TestPaths:
         root = tmp_path / "root"
         root.mkdir()
         (root / "link").symlink_to(outside, target_is_directory=True)
-        store = FilesystemArtifactStore(root)
+        store = sync_view(FilesystemArtifactStore(root))
         with pytest.raises(KitaruStoreError):
             store.put("link/blob", b"x")
         assert list(outside.iterdir()) == []
 
     def test_blobs_live_at_their_key(self, tmp_path: Path) -> None:
-        store = FilesystemArtifactStore(tmp_path / "root")
+        store = sync_view(FilesystemArtifactStore(tmp_path / "root"))
         store.put("ab/cdef", b"bytes")
         assert (tmp_path / "root" / "ab" / "cdef").read_bytes() == b"bytes"
         assert store.uri_for("ab/cdef") == (tmp_path / "root" / "ab" / "cdef").resolve().as_uri()
 
     def test_uri_round_trip_with_spaces(self, tmp_path: Path) -> None:
-        store = FilesystemArtifactStore(tmp_path / "with space" / "ärtifacts")
+        store = sync_view(FilesystemArtifactStore(tmp_path / "with space" / "ärtifacts"))
         assert FilesystemArtifactStore.from_uri(store.uri).root == store.root
 
     def test_list_on_a_missing_root_is_empty(self, tmp_path: Path) -> None:
-        assert list(FilesystemArtifactStore(tmp_path / "never-created").list()) == []
+        assert list(sync_view(FilesystemArtifactStore(tmp_path / "never-created")).list()) == []
 
 
 class TestNoPartialFiles:
     def test_temp_file_is_not_listed_while_writing(self, tmp_path: Path) -> None:
         root = tmp_path / "root"
-        store = FilesystemArtifactStore(root)
+        store = sync_view(FilesystemArtifactStore(root))
         during: list[tuple[list[str], list[str]]] = []
 
         def produce() -> Iterator[bytes]:
@@ -91,13 +92,13 @@ class TestNoPartialFiles:
         root = tmp_path / "root"
         (root / "dir").mkdir(parents=True)
         (root / "dir" / ".tmp-abc123").write_bytes(b"half")
-        store = FilesystemArtifactStore(root)
+        store = sync_view(FilesystemArtifactStore(root))
         store.put("dir/blob", b"whole")
         assert list(store.list()) == ["dir/blob"]
 
     def test_failed_write_removes_its_temp_file(self, tmp_path: Path) -> None:
         root = tmp_path / "root"
-        store = FilesystemArtifactStore(root)
+        store = sync_view(FilesystemArtifactStore(root))
 
         def produce() -> Iterator[bytes]:
             yield b"half"
@@ -109,7 +110,7 @@ class TestNoPartialFiles:
 
     def test_conflicting_write_removes_its_temp_file(self, tmp_path: Path) -> None:
         root = tmp_path / "root"
-        store = FilesystemArtifactStore(root)
+        store = sync_view(FilesystemArtifactStore(root))
         store.put("blob", b"first")
         with pytest.raises(KitaruStoreError):
             store.put("blob", b"second")

@@ -7,13 +7,14 @@ import functools
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from kitaru._portal import block_on
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError, KitaruStoreError
-from kitaru.store import ExecutionRecord, JournalRecord
+from kitaru.store import ExecutionRecord, JournalRecord, sync_view
 from kitaru.store.conformance import StateStoreConformance
 from kitaru.store.open import open_state_store
 from kitaru.store.postgres import PostgresStateStore
@@ -27,10 +28,10 @@ def class_dsn(postgres_cluster: PostgresCluster) -> str:
 
 
 @pytest.fixture
-def state_store(class_dsn: str) -> Iterator[PostgresStateStore]:
+async def state_store(class_dsn: str) -> AsyncIterator[PostgresStateStore]:
     store = PostgresStateStore(class_dsn)
     yield store
-    store.close()
+    await store.aclose()
 
 
 class TestPostgresStateStore(StateStoreConformance):
@@ -52,7 +53,8 @@ def _execution(exec_id: str) -> ExecutionRecord:
 
 class TestSchema:
     def test_schema_version_is_recorded_in_its_own_schema(self, postgres_dsn: str) -> None:
-        store = PostgresStateStore(postgres_dsn)
+        store = sync_view(PostgresStateStore(postgres_dsn))
+        store.list_executions()
         store.close()
         version = _fetch(postgres_dsn, "SELECT value FROM kitaru.meta WHERE key = 'schema_version'")
         assert int(version) >= 1
@@ -72,9 +74,11 @@ class TestSchema:
         errors: list[BaseException] = []
 
         def open_one() -> None:
-            barrier.wait()
+            barrier.wait(timeout=60)
             try:
-                PostgresStateStore(dsn, min_size=1, max_size=1).close()
+                opened = sync_view(PostgresStateStore(dsn, min_size=1, max_size=1))
+                opened.list_executions()  # the first call opens the pool and checks the schema
+                opened.close()
             except BaseException as exc:
                 errors.append(exc)
 
@@ -84,7 +88,7 @@ class TestSchema:
         for t in threads:
             t.join(60)
         assert errors == []
-        store = PostgresStateStore(dsn)
+        store = sync_view(PostgresStateStore(dsn))
         try:
             store.create_execution(_execution("E1"), [])
             assert store.get_execution("E1") == _execution("E1")
@@ -92,11 +96,11 @@ class TestSchema:
             store.close()
 
     def test_reopening_keeps_data(self, postgres_dsn: str) -> None:
-        store = PostgresStateStore(postgres_dsn)
+        store = sync_view(PostgresStateStore(postgres_dsn))
         store.create_execution(_execution("E1"), [])
         store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
         store.close()
-        again = PostgresStateStore(postgres_dsn)
+        again = sync_view(PostgresStateStore(postgres_dsn))
         try:
             assert again.get_execution("E1") == _execution("E1")
             assert [r.data for r in again.read_journal("E1")] == [{"n": 1}]
@@ -106,7 +110,7 @@ class TestSchema:
     def test_newer_schema_version_is_refused(self, postgres_dsn: str) -> None:
         _fetch(postgres_dsn, "UPDATE kitaru.meta SET value = '999' WHERE key = 'schema_version'")
         with pytest.raises(KitaruStoreError, match="Upgrade kitaru"):
-            PostgresStateStore(postgres_dsn)
+            sync_view(PostgresStateStore(postgres_dsn)).list_executions()
         assert _fetch(postgres_dsn, "SELECT value FROM kitaru.meta") == "999"
 
     def test_ids_sort_bytewise_whatever_the_locale(self, postgres_cluster: PostgresCluster) -> None:
@@ -119,7 +123,7 @@ class TestSchema:
         except Exception as exc:
             pytest.skip(f"this server cannot make an ICU database: {exc}")
         assert postgres_cluster.execute("SELECT 'a' < 'B'", name) is True
-        store = PostgresStateStore(postgres_cluster.dsn(name))
+        store = sync_view(PostgresStateStore(postgres_cluster.dsn(name)))
         try:
             for exec_id in ("b", "B", "a", "A", "_", "0", "Ab", "ab"):
                 store.create_execution(_execution(exec_id), [])
@@ -137,7 +141,7 @@ class TestCommitTokens:
             "INSERT INTO kitaru.commits (token, at) SELECT gen_random_uuid(), 1000.0 "
             "FROM generate_series(1, 50)",
         )
-        store = PostgresStateStore(postgres_dsn)
+        store = sync_view(PostgresStateStore(postgres_dsn))
         try:
             store.create_execution(_execution("E1"), [])  # the store's first write tidies up
             store.commit("E1", [JournalRecord(kind="log")])
@@ -151,9 +155,9 @@ class TestCommitTokens:
 class TestOpening:
     @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
     def test_open_state_store_by_uri(self, postgres_dsn: str, scheme: str) -> None:
-        store = open_state_store(scheme + postgres_dsn.removeprefix("postgresql"))
+        store = sync_view(open_state_store(scheme + postgres_dsn.removeprefix("postgresql")))
         try:
-            assert isinstance(store, PostgresStateStore)
+            assert isinstance(store.store, PostgresStateStore)
             assert store.list_executions() == []
         finally:
             store.close()
@@ -166,12 +170,15 @@ class TestOpening:
     def test_unresolvable_host_is_not_retried(self) -> None:
         started = time.monotonic()
         with pytest.raises(KitaruStoreError, match="cannot resolve"):
-            PostgresStateStore("postgresql://u:pw@no-such-host.invalid:5432/db", retries=5, backoff=1.0)
+            store = sync_view(
+                PostgresStateStore("postgresql://u:pw@no-such-host.invalid:5432/db", retries=5, backoff=1.0)
+            )
+            sync_view(store).list_executions()
         assert time.monotonic() - started < 5
 
     def test_missing_asyncpg_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "asyncpg", None)
-        with pytest.raises(KitaruMissingDependencyError, match=r"pip install 'kitaru\[postgres\]'"):
+        with pytest.raises(KitaruMissingDependencyError, match=r"pip install '\S+\[postgres\]'"):
             PostgresStateStore("postgresql://u@127.0.0.1:1/db")
 
     def test_refused_connection_names_the_host_and_hides_the_password(self) -> None:
@@ -179,7 +186,7 @@ class TestOpening:
         dsn = f"postgresql://alice:s3cr3t-pw@127.0.0.1:{port}/kitaru"
         started = time.monotonic()
         with pytest.raises(KitaruStoreError) as caught:
-            PostgresStateStore(dsn, retries=2, backoff=0.01)
+            sync_view(PostgresStateStore(dsn, retries=2, backoff=0.01)).list_executions()
         message = str(caught.value)
         assert f"127.0.0.1:{port}" in message
         assert "pg_isready" in message
@@ -191,16 +198,19 @@ class TestOpening:
         postgres_cluster.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right-one'")
         dsn = postgres_cluster.dsn("postgres", user=role, password="wrong-one")
         with pytest.raises(KitaruStoreError, match="password") as caught:
-            PostgresStateStore(dsn, retries=1, backoff=0.01)
+            sync_view(PostgresStateStore(dsn, retries=1, backoff=0.01)).list_executions()
         assert "wrong-one" not in str(caught.value)
         assert role in str(caught.value)
 
     def test_missing_database_says_how_to_create_it(self, postgres_cluster: PostgresCluster) -> None:
         with pytest.raises(KitaruStoreError, match="createdb"):
-            PostgresStateStore(postgres_cluster.dsn("no_such_database"), retries=1, backoff=0.01)
+            store = sync_view(
+                PostgresStateStore(postgres_cluster.dsn("no_such_database"), retries=1, backoff=0.01)
+            )
+            sync_view(store).list_executions()
 
     def test_closing_under_load_ends_every_call(self, postgres_dsn: str) -> None:
-        store = PostgresStateStore(postgres_dsn)
+        store = sync_view(PostgresStateStore(postgres_dsn))
         store.create_execution(_execution("E1"), [])
         outcomes: list[str] = []
 
@@ -223,7 +233,7 @@ class TestOpening:
         assert outcomes == ["closed"] * 6
 
     def test_a_closed_store_raises_store_error(self, postgres_dsn: str) -> None:
-        store = PostgresStateStore(postgres_dsn)
+        store = sync_view(PostgresStateStore(postgres_dsn))
         store.close()
         store.close()  # twice is fine
         with pytest.raises(KitaruStoreError, match="closed"):
@@ -236,7 +246,7 @@ class TestServerRestart:
     def test_calls_retry_through_a_restart(
         self, postgres_cluster: PostgresCluster, postgres_dsn: str
     ) -> None:
-        store = PostgresStateStore(postgres_dsn, retries=10, backoff=0.05)
+        store = sync_view(PostgresStateStore(postgres_dsn, retries=10, backoff=0.05))
         try:
             store.create_execution(_execution("E1"), [])
             postgres_cluster.stop("immediate")
@@ -255,7 +265,7 @@ class TestServerRestart:
     def test_a_server_that_stays_down_is_a_clear_error(
         self, postgres_cluster: PostgresCluster, postgres_dsn: str
     ) -> None:
-        store = PostgresStateStore(postgres_dsn, retries=2, backoff=0.05)
+        store = sync_view(PostgresStateStore(postgres_dsn, retries=2, backoff=0.05))
         try:
             store.create_execution(_execution("E1"), [])
             postgres_cluster.stop("immediate")
@@ -283,7 +293,7 @@ class TestCommitLostInFlight:
     def test_a_commit_that_landed_is_not_applied_again(
         self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch, metadata: dict[str, int] | None
     ) -> None:
-        store = PostgresStateStore(postgres_dsn, backoff=0.01)
+        store = sync_view(PostgresStateStore(postgres_dsn, backoff=0.01))
         real = PostgresStateStore._attempt
         losses = [ConnectionResetError("lost while reading the answer")]
 
@@ -306,7 +316,7 @@ class TestCommitLostInFlight:
     def test_a_commit_that_never_landed_is_run_again(
         self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        store = PostgresStateStore(postgres_dsn, backoff=0.01)
+        store = sync_view(PostgresStateStore(postgres_dsn, backoff=0.01))
         real = PostgresStateStore._attempt
         runs: list[str] = []
 
@@ -338,7 +348,7 @@ class TestCommitLostInFlight:
         execution's row lock): it is terminated, then the write is settled and run again."""
         import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
-        store = PostgresStateStore(postgres_dsn, backoff=0.01)
+        store = sync_view(PostgresStateStore(postgres_dsn, backoff=0.01))
         real = PostgresStateStore._attempt
         stranded: list[Any] = []
         pids: list[int] = []
@@ -373,7 +383,7 @@ class TestCommitLostInFlight:
                 async def drop() -> None:
                     stranded[0].terminate()
 
-                store._call(drop())
+                block_on(drop())
             store.close()
 
     def test_a_statement_timeout_is_settled_and_retried(
@@ -385,7 +395,7 @@ class TestCommitLostInFlight:
 
         import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
-        store = PostgresStateStore(postgres_dsn, command_timeout=0.3, backoff=0.05, retries=10)
+        store = sync_view(PostgresStateStore(postgres_dsn, command_timeout=0.3, backoff=0.05, retries=10))
         store.create_execution(_execution("E1"), [])
         locked = threading.Event()
 
@@ -413,7 +423,7 @@ class TestCommitLostInFlight:
     def test_an_outcome_that_cannot_be_learned_is_reported_not_guessed(
         self, postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        store = PostgresStateStore(postgres_dsn, retries=3, backoff=0.01)
+        store = sync_view(PostgresStateStore(postgres_dsn, retries=3, backoff=0.01))
         real = PostgresStateStore._attempt
         runs: list[str] = []
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from kitaru.errors import KitaruStoreError
-from kitaru.store import ExecutionRecord, JournalRecord
+from kitaru.store import ExecutionRecord, JournalRecord, sync_view
 from kitaru.store.conformance import StateStoreConformance
 from kitaru.store.sqlite import SQLiteStateStore
 
 
 @pytest.fixture
-def state_store(tmp_path: Path) -> Iterator[SQLiteStateStore]:
+async def state_store(tmp_path: Path) -> AsyncIterator[SQLiteStateStore]:
     store = SQLiteStateStore(tmp_path / "state.db")
     yield store
-    store.close()
+    await store.aclose()
 
 
 class TestSQLiteStateStore(StateStoreConformance):
@@ -48,25 +48,25 @@ def _query(path: Path, sql: str) -> list[tuple[object, ...]]:
 class TestSchema:
     def test_schema_version_is_recorded(self, tmp_path: Path) -> None:
         path = tmp_path / "state.db"
-        SQLiteStateStore(path).close()
+        sync_view(SQLiteStateStore(path)).close()
         rows = _query(path, "SELECT value FROM meta WHERE key = 'schema_version'")
         assert len(rows) == 1
         assert int(str(rows[0][0])) >= 1
 
     def test_database_is_in_wal_mode(self, tmp_path: Path) -> None:
         path = tmp_path / "state.db"
-        SQLiteStateStore(path).close()
+        sync_view(SQLiteStateStore(path)).close()
         assert _query(path, "PRAGMA journal_mode") == [("wal",)]
 
     def test_reopening_keeps_data_and_version(self, tmp_path: Path) -> None:
         path = tmp_path / "nested" / "dir" / "state.db"
-        store = SQLiteStateStore(path)
+        store = sync_view(SQLiteStateStore(path))
         store.create_execution(_execution("E1"), [])
         store.commit("E1", [JournalRecord(kind="log", data={"n": 1})])
         store.close()
         version = _query(path, "SELECT value FROM meta WHERE key = 'schema_version'")
 
-        again = SQLiteStateStore(path)
+        again = sync_view(SQLiteStateStore(path))
         try:
             assert again.get_execution("E1") == _execution("E1")
             assert [r.data for r in again.read_journal("E1")] == [{"n": 1}]
@@ -77,7 +77,7 @@ class TestSchema:
 
     def test_newer_schema_version_is_refused(self, tmp_path: Path) -> None:
         path = tmp_path / "state.db"
-        SQLiteStateStore(path).close()
+        sync_view(SQLiteStateStore(path)).close()
         with closing(sqlite3.connect(path)) as conn, conn:
             conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
 

@@ -46,7 +46,7 @@ context = "staging"
         None,
     )
     handle = hello.run("k8s", stack="k8s")
-    assert handle.wait() == "hello k8s"
+    assert handle.wait(timeout=60) == "hello k8s"
     assert (tmp_path / "k8s.db").exists()
 
 

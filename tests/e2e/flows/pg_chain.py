@@ -39,6 +39,7 @@ def chain(n: int) -> int:
 def main(argv: list[str]) -> int:
     from kitaru._engine.runtime import Runtime, set_runtime
     from kitaru.config import home
+    from kitaru.store import sync_view
     from kitaru.store.filesystem import FilesystemArtifactStore
     from kitaru.store.postgres import PostgresStateStore
 
@@ -51,10 +52,10 @@ def main(argv: list[str]) -> int:
         print(handle.exec_id, handle.status, flush=True)
         return 0
     executions = KitaruClient().executions
-    record = state.get_execution(argv[1])
+    record = sync_view(state).get_execution(argv[1])
     assert record is not None, argv[1]
     handle = executions.retry(record.id) if record.status == "failed" else executions.resume(record.id)
-    print(handle.exec_id, handle.wait(), handle.status, flush=True)
+    print(handle.exec_id, handle.wait(timeout=60), handle.status, flush=True)
     return 0
 
 

@@ -42,7 +42,7 @@ def s3_chaos(n: int) -> str:
 if __name__ == "__main__":
     handle = s3_chaos.run(int(sys.argv[1]))
     try:
-        handle.wait()
+        handle.wait(timeout=60)
     except Exception as exc:
         print(f"flow error: {exc}", file=sys.stderr, flush=True)
     print(handle.exec_id, handle.status, flush=True)

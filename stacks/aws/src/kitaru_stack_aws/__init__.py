@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kitaru.errors import KitaruConfigError
-from kitaru.stack import BaseStack
+from kitaru.stack import ObjectStoreStack
 
 if TYPE_CHECKING:
     from kitaru_stack_aws._store import S3ArtifactStore
@@ -19,18 +18,12 @@ if TYPE_CHECKING:
 __all__ = ["AwsStack", "s3_artifact_store"]
 
 
-class AwsStack(BaseStack):
+class AwsStack(ObjectStoreStack):
     """The ``aws`` stack type: flows run in-process, artifacts live in the S3 bucket named by
     ``artifacts`` (an ``s3://`` URI, required); the other keys configure the S3 client."""
 
     type = "aws"
-
-    def __init__(self, name: str, state: str | None = None, artifacts: str | None = None, **options: Any):
-        if not artifacts or not artifacts.startswith("s3://"):
-            raise KitaruConfigError(
-                f'stack {name!r} (type aws) needs `artifacts = "s3://BUCKET/PREFIX"`, got {artifacts!r}.'
-            )
-        super().__init__(name, state=state, artifacts=artifacts, **options)
+    scheme = "s3"
 
 
 def s3_artifact_store(uri: str, **options: Any) -> S3ArtifactStore:

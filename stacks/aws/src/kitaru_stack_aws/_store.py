@@ -1,8 +1,8 @@
 """The S3 artifact store, on aiobotocore.
 
-aiobotocore is async and :class:`~kitaru.store.ArtifactStore` is synchronous: the store runs a
-private event loop on a daemon thread and submits each S3 call to it, so callers on any thread (or
-inside someone else's event loop) block only on their own request.
+Every request runs on the caller's event loop: the store keeps one aiobotocore client per running
+loop (:class:`~kitaru.store._perloop.PerLoop`), opened by that loop's first request and closed by
+``aclose()`` or by the loop's own shutdown. No private loop, no thread hop.
 """
 
 from __future__ import annotations
@@ -10,20 +10,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import threading
-import weakref
-from collections.abc import Coroutine, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, ClassVar, TypeVar
 
 from kitaru.errors import KitaruConflictError, KitaruError, KitaruNotFoundError, KitaruStoreError
+from kitaru.store._perloop import PerLoop
 from kitaru.store.objectstore import (
     DEFAULT_PART_SIZE,
     PrefixedStore,
     RetryPolicy,
+    arechunk,
     missing_dependency,
     option_float,
     option_int,
-    rechunk,
     split_uri,
 )
 
@@ -58,25 +57,6 @@ _DENIED_CODES = frozenset(
 )
 
 
-class _Loop:
-    """An event loop running forever on a daemon thread; ``run`` blocks on one coroutine."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="kitaru-s3-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-        if not self.loop.is_running():
-            self.loop.close()
-
-
 class S3ArtifactStore(PrefixedStore):
     """An :class:`~kitaru.store.ArtifactStore` in an S3 bucket (``s3://bucket/prefix``).
 
@@ -96,6 +76,8 @@ class S3ArtifactStore(PrefixedStore):
     Unset credentials come from the usual AWS chain (environment, profile, instance role).
     """
 
+    inline: ClassVar[bool] = False
+
     def __init__(self, uri: str, **options: Any) -> None:
         self.bucket, self.prefix = split_uri(uri, "s3")
         self.uri = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
@@ -114,10 +96,7 @@ class S3ArtifactStore(PrefixedStore):
         self._connect_timeout = option_float(options.pop("connect_timeout", 5), "connect_timeout")
         self._read_timeout = option_float(options.pop("read_timeout", 60), "read_timeout")
         # Other keys of the stack's configuration (state URI, orchestrator settings) are not ours.
-        self._lock = threading.Lock()
-        self._loop: _Loop | None = None
-        self._client: Any = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._clients: PerLoop[tuple[Any, Any]] = PerLoop(self._open_client, _close_client)
         self._exceptions: Any = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -128,74 +107,58 @@ class S3ArtifactStore(PrefixedStore):
             f" (region {self.region})" if self.region else ""
         )
 
-    def _ensure(self) -> Any:
-        if self._client is not None:
-            return self._client
-        with self._lock:
-            if self._client is None:
-                try:
-                    from aiobotocore.config import AioConfig
-                    from aiobotocore.session import get_session
-                    from botocore import exceptions
-                except ImportError as exc:
-                    raise missing_dependency("aws", "aiobotocore", exc) from exc
-                loop = _Loop()
-                session = get_session()
-                if self._profile:
-                    session.set_config_variable("profile", self._profile)
-                config = AioConfig(
-                    # Retries are ours (RetryPolicy), the same for every cloud store.
-                    retries={"max_attempts": 1, "mode": "standard"},
-                    connect_timeout=self._connect_timeout,
-                    read_timeout=self._read_timeout,
-                    max_pool_connections=16,
-                    # Checksums of streamed uploads only when S3 requires one (moto and older
-                    # S3-compatible servers reject the newer trailing checksums).
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                )
-                ctx = session.create_client(
-                    "s3",
-                    region_name=self.region or "us-east-1",
-                    endpoint_url=self.endpoint_url,
-                    config=config,
-                    **self._credentials,
-                )
-                self._client = loop.run(ctx.__aenter__())
-                self._loop, self._exceptions = loop, exceptions
-                # Closed by close(), or when the store is dropped, or at exit: never left for
-                # aiohttp to find unclosed.
-                self._finalizer = weakref.finalize(self, _shutdown, ctx, loop)
-        return self._client
+    async def _open_client(self) -> tuple[Any, Any]:
+        """This loop's client (and the context that closes it)."""
+        try:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+            from botocore import exceptions
+        except ImportError as exc:
+            raise missing_dependency("aws", "aiobotocore", exc) from exc
+        self._exceptions = exceptions
+        session = get_session()
+        if self._profile:
+            session.set_config_variable("profile", self._profile)
+        config = AioConfig(
+            # Retries are ours (RetryPolicy), the same for every cloud store.
+            retries={"max_attempts": 1, "mode": "standard"},
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            max_pool_connections=16,
+            # Checksums of streamed uploads only when S3 requires one (moto and older S3-compatible
+            # servers reject the newer trailing checksums).
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        ctx = session.create_client(
+            "s3",
+            region_name=self.region or "us-east-1",
+            endpoint_url=self.endpoint_url,
+            config=config,
+            **self._credentials,
+        )
+        return await ctx.__aenter__(), ctx
 
-    def close(self) -> None:
-        """Close the HTTP connections and stop the private loop (the store reopens on next use)."""
-        with self._lock:
-            finalizer, self._finalizer = self._finalizer, None
-            self._client = self._loop = None
-        if finalizer is not None:
-            finalizer()
+    async def aclose(self) -> None:
+        """Close every loop's HTTP connections (the store reopens on next use)."""
+        await self._clients.aclose()
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        assert self._loop is not None
-        return self._loop.run(coro)
-
-    def _call(self, op: str, key: str | None = None, /, **params: Any) -> Any:
+    async def _call(self, op: str, key: str | None = None, /, **params: Any) -> Any:
         """One S3 request, retried while it fails transiently, its errors translated."""
-        client = self._ensure()
+        client, _ctx = await self._clients.get()
         method = getattr(client, op)
 
-        def once() -> Any:
+        async def once() -> Any:
             body = params.get("Body")
             if isinstance(body, bytes) and len(body) > _STREAMED_BODY:
                 # A file-like body is sent in small pieces; bytes would be copied whole into the
                 # transport's buffer when the socket cannot take them at once. A fresh one per
                 # attempt: a retry starts from the first byte. (BytesIO shares the bytes.)
-                return self._run(method(Bucket=self.bucket, **{**params, "Body": io.BytesIO(body)}))
-            return self._run(method(Bucket=self.bucket, **params))
+                return await method(Bucket=self.bucket, **{**params, "Body": io.BytesIO(body)})
+            return await method(Bucket=self.bucket, **params)
 
         try:
-            return self.retry.call(once, self._transient)
+            return await self.retry.acall(once, self._transient)
         except KitaruError:
             raise
         except Exception as exc:
@@ -264,13 +227,13 @@ class S3ArtifactStore(PrefixedStore):
 
     # -- create-only writes ------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes) -> None:
         digest = hashlib.sha256(data).hexdigest()
-        self._put_once(key, data, digest)
+        await self._put_once(key, data, digest)
 
-    def _put_once(self, key: str, data: bytes, digest: str) -> None:
+    async def _put_once(self, key: str, data: bytes, digest: str) -> None:
         try:
-            self._call(
+            await self._call(
                 "put_object",
                 key,
                 Key=self._key(key),
@@ -281,7 +244,7 @@ class S3ArtifactStore(PrefixedStore):
         except KitaruStoreError as exc:
             if not self._precondition_failed(exc):
                 raise
-            self._check_same(key, digest)
+            await self._check_same(key, digest)
 
     def _precondition_failed(self, exc: KitaruStoreError) -> bool:
         """Whether S3 refused a create-only write because the key exists. ``NoSuchUpload`` on
@@ -289,13 +252,13 @@ class S3ArtifactStore(PrefixedStore):
         code, status = self._code(exc.__cause__) if exc.__cause__ else ("", 0)
         return code in {"PreconditionFailed", "NoSuchUpload"} or status == 412
 
-    def _check_same(self, key: str, digest: str) -> None:
+    async def _check_same(self, key: str, digest: str) -> None:
         """The key exists: fine when it holds the bytes whose SHA-256 is ``digest``."""
-        head = self._call("head_object", key, Key=self._key(key))
+        head = await self._call("head_object", key, Key=self._key(key))
         existing = head.get("Metadata", {}).get("sha256")
         if existing is None:  # written by a multipart upload or another tool: hash it
             h = hashlib.sha256()
-            for chunk in self.open(key, self.part_size):
+            async for chunk in self.open(key, self.part_size):
                 h.update(chunk)
             existing = h.hexdigest()
         if existing != digest:
@@ -304,33 +267,38 @@ class S3ArtifactStore(PrefixedStore):
                 "artifacts are written once."
             )
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
-        parts = rechunk(chunks, self.part_size)
-        first = next(parts)
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        parts = arechunk(chunks, self.part_size)
+        first = await anext(parts)
         if len(first) < self.part_size:  # the whole stream fits in one request
-            self._put_once(key, first, hashlib.sha256(first).hexdigest())
+            await self._put_once(key, first, hashlib.sha256(first).hexdigest())
             return
         digest = hashlib.sha256()
         full = self._key(key)
-        upload_id = self._call("create_multipart_upload", key, Key=full)["UploadId"]
+        upload_id = (await self._call("create_multipart_upload", key, Key=full))["UploadId"]
         done: list[dict[str, Any]] = []
         pending = [first]
         del first  # only `pending` holds the part read ahead, and lets go of it
 
-        def every_part() -> Iterator[bytes]:
+        async def every_part() -> AsyncIterator[bytes]:
             while pending:
                 yield pending.pop(0)
-            yield from parts
+            async for part in parts:
+                yield part
 
         try:
-            for number, part in enumerate(every_part(), start=1):
+            number = 0
+            async for part in every_part():
+                number += 1
                 digest.update(part)
-                etag = self._call(
-                    "upload_part", key, Key=full, UploadId=upload_id, PartNumber=number, Body=part
+                etag = (
+                    await self._call(
+                        "upload_part", key, Key=full, UploadId=upload_id, PartNumber=number, Body=part
+                    )
                 )["ETag"]
                 done.append({"ETag": etag, "PartNumber": number})
                 del part
-            self._call(
+            await self._call(
                 "complete_multipart_upload",
                 key,
                 Key=full,
@@ -339,26 +307,30 @@ class S3ArtifactStore(PrefixedStore):
                 IfNoneMatch="*",
             )
         except KitaruStoreError as exc:
-            self._abort(full, upload_id)
+            await self._abort(full, upload_id)
             if not self._precondition_failed(exc):
                 raise
-            self._check_same(key, digest.hexdigest())
+            await self._check_same(key, digest.hexdigest())
         except BaseException:
-            self._abort(full, upload_id)
+            await self._abort(full, upload_id)
             raise
 
-    def _abort(self, full: str, upload_id: str) -> None:
+    async def _abort(self, full: str, upload_id: str) -> None:
+        import anyio
+
         try:
-            self._call("abort_multipart_upload", None, Key=full, UploadId=upload_id)
+            # Shielded: a cancelled upload still aborts, or its parts linger until a lifecycle rule.
+            with anyio.CancelScope(shield=True):
+                await self._call("abort_multipart_upload", None, Key=full, UploadId=upload_id)
         except KitaruError:
             pass  # S3 lifecycle rules clean up abandoned uploads; the key never appeared
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes:
-        return b"".join(self.open(key, self.part_size))
+    async def get(self, key: str) -> bytes:
+        return b"".join([chunk async for chunk in self.open(key, self.part_size)])
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    async def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         offset, etag, body = 0, None, None
         attempt = 1
         try:
@@ -367,10 +339,10 @@ class S3ArtifactStore(PrefixedStore):
                     params: dict[str, Any] = {"Key": self._key(key)}
                     if etag is not None:  # resuming a broken download: the same object, from here
                         params.update(Range=f"bytes={offset}-", IfMatch=etag)
-                    response = self._call("get_object", key, **params)
+                    response = await self._call("get_object", key, **params)
                     etag, body = response.get("ETag"), response["Body"]
                 try:
-                    chunk = self._run(_read_block(body, chunk_size))
+                    chunk = await _read_block(body, chunk_size)
                 except Exception as exc:
                     body.close()
                     body = None
@@ -386,29 +358,29 @@ class S3ArtifactStore(PrefixedStore):
             if body is not None:
                 body.close()
 
-    def exists(self, key: str) -> bool:
+    async def exists(self, key: str) -> bool:
         try:
-            self._call("head_object", key, Key=self._key(key))
+            await self._call("head_object", key, Key=self._key(key))
         except KitaruNotFoundError:
             return False
         return True
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
         base = f"{self.prefix}/" if self.prefix else ""
         token: str | None = None
         while True:
             params: dict[str, Any] = {"Prefix": base + prefix}
             if token:
                 params["ContinuationToken"] = token
-            page = self._call("list_objects_v2", None, **params)
+            page = await self._call("list_objects_v2", None, **params)
             for item in page.get("Contents", ()):
                 yield item["Key"][len(base) :]
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
 
-    def delete(self, key: str) -> None:
-        self._call("delete_object", key, Key=self._key(key))
+    async def delete(self, key: str) -> None:
+        await self._call("delete_object", key, Key=self._key(key))
 
 
 async def _read_block(body: Any, size: int) -> bytes:
@@ -425,9 +397,8 @@ async def _read_block(body: Any, size: int) -> bytes:
     return bytes(buffer)
 
 
-def _shutdown(ctx: Any, loop: _Loop) -> None:
+async def _close_client(client: tuple[Any, Any]) -> None:
     try:
-        loop.run(ctx.__aexit__(None, None, None))
+        await client[1].__aexit__(None, None, None)
     except Exception:
-        pass
-    loop.stop()
+        pass  # the connections are dropped either way

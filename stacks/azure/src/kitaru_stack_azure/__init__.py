@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kitaru.errors import KitaruConfigError
-from kitaru.stack import BaseStack
+from kitaru.stack import ObjectStoreStack
 
 if TYPE_CHECKING:
     from kitaru_stack_azure._store import AzureBlobArtifactStore
@@ -21,18 +20,12 @@ if TYPE_CHECKING:
 __all__ = ["AzureStack", "azure_artifact_store"]
 
 
-class AzureStack(BaseStack):
+class AzureStack(ObjectStoreStack):
     """The ``azure`` stack type: flows run in-process, artifacts live in the Blob container named
     by ``artifacts`` (an ``az://`` URI, required); the other keys choose the account and credential."""
 
     type = "azure"
-
-    def __init__(self, name: str, state: str | None = None, artifacts: str | None = None, **options: Any):
-        if not artifacts or not artifacts.startswith("az://"):
-            raise KitaruConfigError(
-                f'stack {name!r} (type azure) needs `artifacts = "az://CONTAINER/PREFIX"`, got {artifacts!r}.'
-            )
-        super().__init__(name, state=state, artifacts=artifacts, **options)
+    scheme = "az"
 
 
 def azure_artifact_store(uri: str, **options: Any) -> AzureBlobArtifactStore:

@@ -1,4 +1,11 @@
-"""The Azure Blob Storage artifact store, on azure-storage-blob (sync API) and azure-identity."""
+"""The Azure Blob Storage artifact store, on azure-storage-blob (sync API) and azure-identity.
+
+The async contract runs each blocking SDK call in a worker thread
+(:class:`~kitaru.store.objectstore.ThreadedStore`): the event loop never waits on it.
+"""
+
+# transition (issue 9): moving to azure.storage.blob.aio + azure.identity.aio (one client per loop,
+# as the S3 store does) is still to do; until then the sync SDK runs in worker threads.
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -17,6 +24,7 @@ from kitaru.store.objectstore import (
     DEFAULT_PART_SIZE,
     PrefixedStore,
     RetryPolicy,
+    ThreadedStore,
     missing_dependency,
     option_float,
     option_int,
@@ -30,7 +38,7 @@ T = TypeVar("T")
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class AzureBlobArtifactStore(PrefixedStore):
+class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
     """An :class:`~kitaru.store.ArtifactStore` in an Azure Blob container (``az://container/prefix``).
 
     Writes are create-only: a blob is uploaded with ``If-None-Match: *`` (``overwrite=False``), or, when
@@ -206,9 +214,9 @@ class AzureBlobArtifactStore(PrefixedStore):
 
     # -- create-only writes ------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, data: bytes) -> None:
         if len(data) > self.part_size:
-            self.put_stream(key, (data,))
+            self._put_stream(key, (data,))
             return
         client = self._ensure()
         digest = hashlib.sha256(data).hexdigest()
@@ -221,7 +229,7 @@ class AzureBlobArtifactStore(PrefixedStore):
         except KitaruStoreError as exc:
             if not self._exists_conflict(exc):
                 raise
-            if not self.exists(key):
+            if not self._exists(key):
                 # Only uncommitted blocks of an abandoned upload are there, and some services
                 # (Azurite) refuse a conditional Put Blob over them: a conditional block-list
                 # commit is still create-only, and replaces them.
@@ -236,7 +244,7 @@ class AzureBlobArtifactStore(PrefixedStore):
         existing = (props.metadata or {}).get("sha256")
         if existing is None:  # written by another tool: hash it
             h = hashlib.sha256()
-            for chunk in self.open(key, self.part_size):
+            for chunk in self._open(key, self.part_size):
                 h.update(chunk)
             existing = h.hexdigest()
         if existing != digest:
@@ -245,12 +253,12 @@ class AzureBlobArtifactStore(PrefixedStore):
                 "artifacts are written once."
             )
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+    def _put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
         parts = rechunk(chunks, self.part_size)
         first = next(parts)
         second = next(parts, None)
         if second is None:
-            self.put(key, first)
+            self._put(key, first)
             return
         pending = [first, second]
         del first, second
@@ -288,10 +296,10 @@ class AzureBlobArtifactStore(PrefixedStore):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes:
-        return b"".join(self.open(key, self.part_size))
+    def _get(self, key: str) -> bytes:
+        return b"".join(self._open(key, self.part_size))
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def _open(self, key: str, chunk_size: int = 1 << 20) -> Generator[bytes, None, None]:
         blob = self._ensure().get_blob_client(self._key(key))
         downloader = self._call("get", key, lambda: blob.download_blob(max_concurrency=1))
         pieces = downloader.chunks()
@@ -309,11 +317,11 @@ class AzureBlobArtifactStore(PrefixedStore):
                 for start in range(0, len(piece), chunk_size):
                     yield bytes(view[start : start + chunk_size])
 
-    def exists(self, key: str) -> bool:
+    def _exists(self, key: str) -> bool:
         blob = self._ensure().get_blob_client(self._key(key))
         return bool(self._call("head", key, blob.exists))
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def _list(self, prefix: str = "") -> Generator[str, None, None]:
         client = self._ensure()
         base = f"{self.prefix}/" if self.prefix else ""
         token: str | None = None
@@ -330,7 +338,7 @@ class AzureBlobArtifactStore(PrefixedStore):
             if not token:
                 return
 
-    def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
         client = self._ensure()
 
         def once() -> None:
@@ -342,7 +350,7 @@ class AzureBlobArtifactStore(PrefixedStore):
 
         self._call("delete", key, once)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close the HTTP session (the store reopens on next use)."""
         with self._lock:
             client, self._client = self._client, None

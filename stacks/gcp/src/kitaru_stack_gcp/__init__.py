@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kitaru.errors import KitaruConfigError
-from kitaru.stack import BaseStack
+from kitaru.stack import ObjectStoreStack
 
 if TYPE_CHECKING:
     from kitaru_stack_gcp._store import GcsArtifactStore
@@ -20,18 +19,12 @@ if TYPE_CHECKING:
 __all__ = ["GcpStack", "gcs_artifact_store"]
 
 
-class GcpStack(BaseStack):
+class GcpStack(ObjectStoreStack):
     """The ``gcp`` stack type: flows run in-process, artifacts live in the GCS bucket named by
     ``artifacts`` (a ``gs://`` URI, required); the other keys configure the GCS client."""
 
     type = "gcp"
-
-    def __init__(self, name: str, state: str | None = None, artifacts: str | None = None, **options: Any):
-        if not artifacts or not artifacts.startswith("gs://"):
-            raise KitaruConfigError(
-                f'stack {name!r} (type gcp) needs `artifacts = "gs://BUCKET/PREFIX"`, got {artifacts!r}.'
-            )
-        super().__init__(name, state=state, artifacts=artifacts, **options)
+    scheme = "gs"
 
 
 def gcs_artifact_store(uri: str, **options: Any) -> GcsArtifactStore:

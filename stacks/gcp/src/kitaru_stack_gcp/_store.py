@@ -1,9 +1,10 @@
 """The Google Cloud Storage artifact store, on google-cloud-storage.
 
-Why this SDK rather than gcloud-aio-storage: :class:`~kitaru.store.ArtifactStore` is synchronous,
-and google-cloud-storage is too (no private event loop to run); its resumable uploads
-(``BlobWriter``) and ranged reads (``BlobReader``) stream in fixed-size chunks, so memory stays
-bounded both ways, whereas gcloud-aio-storage sends an upload's whole body in one request.
+Why this SDK rather than gcloud-aio-storage: its resumable uploads (``BlobWriter``) and ranged
+reads (``BlobReader``) stream in fixed-size chunks, so memory stays bounded both ways, whereas
+gcloud-aio-storage sends an upload's whole body in one request. The SDK blocks, so the async
+contract runs each call in a worker thread (:class:`~kitaru.store.objectstore.ThreadedStore`,
+``anyio.to_thread``): the event loop never waits on it, and streams still stream.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from kitaru.errors import KitaruConflictError, KitaruError, KitaruNotFoundError, KitaruStoreError
@@ -19,6 +20,7 @@ from kitaru.store.objectstore import (
     DEFAULT_PART_SIZE,
     PrefixedStore,
     RetryPolicy,
+    ThreadedStore,
     missing_dependency,
     option_bool,
     option_float,
@@ -35,7 +37,7 @@ _QUANTUM = 256 << 10  # resumable upload chunks are multiples of 256 KiB
 _SINGLE_REQUEST = 8 << 20
 
 
-class GcsArtifactStore(PrefixedStore):
+class GcsArtifactStore(ThreadedStore, PrefixedStore):
     """An :class:`~kitaru.store.ArtifactStore` in a GCS bucket (``gs://bucket/prefix``).
 
     Writes are create-only through ``ifGenerationMatch=0``: GCS refuses to replace an existing
@@ -199,11 +201,11 @@ class GcsArtifactStore(PrefixedStore):
 
     # -- create-only writes ------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes) -> None:
+    def _put(self, key: str, data: bytes) -> None:
         if len(data) <= _SINGLE_REQUEST:
             self._put_single(key, data)
         else:
-            self.put_stream(key, (data,))
+            self._put_stream(key, (data,))
 
     def _put_single(self, key: str, data: bytes) -> None:
         bucket = self._ensure()
@@ -243,7 +245,7 @@ class GcsArtifactStore(PrefixedStore):
             same = base64.b64decode(blob.md5_hash) == md5
         else:
             h = hashlib.sha256()
-            for chunk in self.open(key, self.part_size):
+            for chunk in self._open(key, self.part_size):
                 h.update(chunk)
             same = h.hexdigest() == sha256
         if not same:
@@ -252,7 +254,7 @@ class GcsArtifactStore(PrefixedStore):
                 "artifacts are written once."
             )
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+    def _put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
         parts = rechunk(chunks, self.part_size)
         first = next(parts)
         second = next(parts, None)
@@ -268,7 +270,7 @@ class GcsArtifactStore(PrefixedStore):
                 yield pending.pop(0)
             yield from parts
 
-        if self.exists(key):  # compare instead of uploading (see the class docstring)
+        if self._exists(key):  # compare instead of uploading (see the class docstring)
             for part in every_part():
                 sha.update(part)
                 md5.update(part)
@@ -308,7 +310,7 @@ class GcsArtifactStore(PrefixedStore):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes:
+    def _get(self, key: str) -> bytes:
         bucket = self._ensure()
         return bytes(
             self._call(
@@ -318,7 +320,7 @@ class GcsArtifactStore(PrefixedStore):
             )
         )
 
-    def open(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    def _open(self, key: str, chunk_size: int = 1 << 20) -> Generator[bytes, None, None]:
         bucket = self._ensure()
         blob = bucket.blob(self._key(key))
         reader = self._call(
@@ -341,7 +343,7 @@ class GcsArtifactStore(PrefixedStore):
                     return
                 yield chunk
 
-    def exists(self, key: str) -> bool:
+    def _exists(self, key: str) -> bool:
         bucket = self._ensure()
         return bool(
             self._call(
@@ -351,7 +353,7 @@ class GcsArtifactStore(PrefixedStore):
             )
         )
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def _list(self, prefix: str = "") -> Generator[str, None, None]:
         self._ensure()
         base = f"{self.prefix}/" if self.prefix else ""
         token: str | None = None
@@ -375,7 +377,7 @@ class GcsArtifactStore(PrefixedStore):
             if not token:
                 return
 
-    def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
         bucket = self._ensure()
 
         def once() -> None:
@@ -386,7 +388,7 @@ class GcsArtifactStore(PrefixedStore):
 
         self._call("delete", key, once)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close the HTTP session (the store reopens on next use)."""
         with self._lock:
             client, self._client, self._bucket = self._client, None, None

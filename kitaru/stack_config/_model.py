@@ -1,5 +1,5 @@
-"""The pydantic-settings model behind :mod:`kitaru.stack_config` (imported only when there is a file
-or an override to read: pydantic-settings costs about 100 ms to import).
+"""The pydantic-settings model behind :func:`kitaru.stack_config.load_settings` (imported only when
+there is a file or an override to read: pydantic-settings costs about 100 ms to import).
 
 Sources, highest precedence first: init arguments, the environment (``KITARU_STACK`` and
 ``KITARU_STACK__<KEY>``), the project file (``kitaru.toml``), the user file. Tables are deep-merged,
@@ -22,17 +22,16 @@ from pydantic_settings import (
 )
 
 from kitaru.errors import KitaruConfigError
+from kitaru.stack_config._files import env_overrides, project_config_path, read_config_file, user_config_path
 
 __all__ = ["KitaruSettings"]
 
 
 class _ConfigFileSource(TomlConfigSettingsSource):
-    """pydantic-settings' TOML source, reading through :func:`kitaru.stack_config.read_config_file`
-    so that a mistake names the file, the line and the key."""
+    """pydantic-settings' TOML source, reading through :func:`read_config_file` so that a mistake
+    names the file, the line and the key."""
 
     def _read_file(self, file_path: Any) -> dict[str, Any]:
-        from kitaru.stack_config import read_config_file
-
         config = read_config_file(Path(file_path))
         return config.data if config else {}
 
@@ -44,13 +43,11 @@ class _EnvSource(PydanticBaseSettingsSource):
         return self().get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        from kitaru.stack_config import _env_overrides
-
         out: dict[str, Any] = {}
         name = os.environ.get("KITARU_STACK", "").strip()
         if name:
             out["active_stack"] = name
-        overrides = _env_overrides()
+        overrides = env_overrides()
         if overrides:
             out["overrides"] = overrides
         return out
@@ -75,8 +72,6 @@ class KitaruSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        from kitaru.stack_config import project_config_path, user_config_path
-
         sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
         project = project_config_path()
         if project is not None:

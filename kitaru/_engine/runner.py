@@ -1,0 +1,503 @@
+"""The Runner: the one code path that drives an execution.
+
+Starting, resuming, answering a wait, retrying, replaying, cancelling and recovering all end in
+:meth:`Runner.drive`, one async implementation. ``Flow.run()``, the handles, the client and the CLI
+ask the Runner; sync callers enter through kitaru's one portal (:mod:`kitaru._portal`).
+
+How a body runs under it (anyio throughout):
+
+- An async body is a coroutine in the Runner's task, inside a cancel scope: a cancel seen by a
+  commit or by the heartbeat cancels the scope at once, so an ``await`` deep in a checkpoint stops
+  there instead of at the next checkpoint. Async checkpoints it starts concurrently are tracked and
+  drained before the outcome is recorded; their completions are group-committed per loop turn.
+- A sync body runs on a worker thread (``anyio.to_thread``). Its checkpoints commit inline from
+  that thread when the state store is inline (SQLite: no hop per checkpoint), otherwise on the
+  Runner's loop (``anyio.from_thread``); async checkpoints it calls run on the Runner's loop too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kitaru._ids import MAX_ID_LENGTH, new_id
+from kitaru.errors import (
+    KitaruConflictError,
+    KitaruError,
+    KitaruLeaseError,
+    KitaruNotFoundError,
+    KitaruStateError,
+    KitaruUsageError,
+)
+from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
+
+from .capture import capturing
+from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend
+from .interrupted import note_interrupted
+from .loading import load_flow
+from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .flow import Flow
+
+__all__ = ["Outcome", "Runner", "Started"]
+
+#: Statuses an execution can be driven on from (what ``Orchestrator.submit`` accepts).
+DRIVABLE = frozenset({"running", "waiting", "failed"})
+
+
+@dataclass(slots=True)
+class Started:
+    """The arguments a flow body is called with, and the input artifact of each value."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    inputs: list[tuple[Any, ArtifactRecord]]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one drive of an execution ended, in this process: a status the store holds now, or
+    ``lost`` (another runner took it over) or ``interrupted`` (KeyboardInterrupt, SystemExit: the
+    execution stays ``running`` and resumable; the edge re-raises ``error``)."""
+
+    status: str
+    value: Any = None
+    error: BaseException | None = None
+
+    def raise_interrupt(self) -> Outcome:
+        """Re-raise a KeyboardInterrupt or SystemExit the body raised; else return itself."""
+        if self.status == "interrupted" and self.error is not None:
+            raise self.error
+        return self
+
+
+class Runner:
+    """Drives executions of one runtime (its stores, its lease identity, its heartbeat)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- starting ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        flow: Flow[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        execution_id: str | None,
+        *,
+        original: ExecutionRecord | None = None,
+        reused_inputs: Sequence[ArtifactRecord] = (),
+        seed: Sequence[JournalRecord] = (),
+        extra_artifacts: Sequence[ArtifactRecord] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[ExecutionRecord, bool, Started]:
+        """Create the execution (leased to this process) with its input artifacts; returns it,
+        whether this call created it (an idempotent start finds it instead), and its arguments.
+
+        A replay passes the ``original`` execution, the original input artifacts it keeps
+        (``reused_inputs``, referenced rather than copied) and its ``seed`` journal."""
+        if execution_id is not None and not execution_id.strip():
+            raise KitaruUsageError(
+                f"flow {flow.name!r}: execution_id={execution_id!r} is empty, and an execution id "
+                "cannot be. "
+                "Pass a non-empty id to make the start idempotent, or leave it out for a new one."
+            )
+        if execution_id is not None and len(execution_id) > MAX_ID_LENGTH:
+            raise KitaruUsageError(
+                f"flow {flow.name!r}: execution_id is {len(execution_id)} characters long; ids are "
+                f"at most {MAX_ID_LENGTH}. Derive a shorter one (e.g. a hash of the long key)."
+            )
+        runtime = self.runtime
+        bound = flow.bind(args, kwargs)
+        exec_id = execution_id or new_id()
+        now = time.time()
+        reused = {a.name: a for a in reused_inputs}
+        inputs = [
+            reused.get(param)
+            or await runtime.amake_artifact(
+                exec_id, name=param, version=1, type="input", value=value, call_id=None
+            )
+            for param, value in bound.arguments.items()
+        ]
+        record = ExecutionRecord(
+            id=exec_id,
+            flow=flow.name,
+            target=flow.target,
+            sys_path=flow.sys_path,
+            status="running",
+            created_at=now,
+            updated_at=now,
+            lease_owner=runtime.owner,
+            lease_expires_at=now + runtime.lease_ttl,
+            original_exec_id=original.id if original else None,
+            metadata=metadata or {},
+        )
+        new_inputs = [a for a in inputs if a.name not in reused]
+        input_refs = [
+            JournalRecord(kind="input", call_id=a.name, artifact_id=a.id) for a in inputs if a.name in reused
+        ]
+        stored, created = await runtime.astate.create_execution(
+            record, [*new_inputs, *extra_artifacts], [*input_refs, *seed]
+        )
+        started = Started(bound.args, bound.kwargs, list(zip(bound.arguments.values(), inputs, strict=True)))
+        return stored, created, started
+
+    async def start(
+        self, flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], execution_id: str | None
+    ) -> tuple[str, Outcome | None]:
+        """Create the execution and drive it here to its end or suspension. An existing one with
+        ``execution_id`` is driven on if it was left interrupted, else only observed (None)."""
+        record, created, started = await self.create(flow, args, kwargs, execution_id)
+        if created:
+            return record.id, await self.drive(flow, record, started, [])
+        return record.id, await self.resume_interrupted(record)
+
+    async def resume_interrupted(self, record: ExecutionRecord) -> Outcome | None:
+        """Drive on an existing execution left ``running`` by a runner that is gone; None when
+        another runner drives it or it is not running (it is then only observed)."""
+        leased = await self.take_interrupted(record)
+        if leased is None:
+            return None
+        flow, started = await self.load(leased)
+        return await self.drive(flow, leased, started)
+
+    async def take_interrupted(self, record: ExecutionRecord) -> ExecutionRecord | None:
+        """The lease on an existing ``running`` execution whose runner is gone, or None."""
+        if record.status != "running":
+            return None
+        try:
+            leased: ExecutionRecord = await self.runtime.astate.acquire_lease(
+                record.id, self.runtime.owner, self.runtime.lease_ttl, allowed_statuses={"running"}
+            )
+        except (KitaruLeaseError, KitaruStateError):
+            return None  # driven elsewhere, or it finished meanwhile: just observe it
+        return leased
+
+    async def load(self, record: ExecutionRecord) -> tuple[Flow[Any, Any], Started]:
+        """The flow an execution runs, and the arguments it was started with."""
+        flow = load_flow(record.target, record.sys_path)
+        return flow, await self.inputs(flow, record.id)
+
+    async def inputs(self, flow: Flow[Any, Any], exec_id: str) -> Started:
+        """The arguments an execution was started with, loaded back from its input artifacts."""
+        import inspect
+
+        runtime = self.runtime
+        stored = {a.name: a for a in await runtime.astate.list_artifacts(exec_id, type="input")}
+        arguments = {
+            name: await runtime.aload_artifact(stored[name])
+            for name in flow.signature.parameters
+            if name in stored
+        }
+        bound = inspect.BoundArguments(flow.signature, arguments)  # type: ignore[arg-type,unused-ignore]
+        return Started(bound.args, bound.kwargs, [(v, stored[k]) for k, v in arguments.items()])
+
+    # -- steering existing executions ------------------------------------------------------------
+
+    async def submit(self, exec_id: str, allowed: Collection[str] = DRIVABLE) -> Outcome:
+        """Take the lease on an existing execution in one of ``allowed`` and drive it here.
+
+        The code is loaded first: an execution this process cannot drive keeps its state and
+        lease. KitaruLeaseError when another runner holds it, KitaruStateError when its status
+        is not ``allowed``."""
+        runtime = self.runtime
+        record = await runtime.astate.get_execution(exec_id)
+        if record is None:
+            raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
+        flow = load_flow(record.target, record.sys_path)
+        leased = await runtime.astate.acquire_lease(
+            exec_id, runtime.owner, runtime.lease_ttl, allowed_statuses=set(allowed)
+        )
+        return await self.drive(flow, leased, await self.inputs(flow, exec_id))
+
+    async def answer(
+        self, exec_id: str, wait: str, value: Any, *, take_lease: bool
+    ) -> ExecutionRecord | None:
+        """Record ``value`` (already checked against the wait's schema) as the answer of wait
+        ``wait``; with ``take_lease``, a waiting execution whose lease is free becomes this
+        process's to drive in the same transaction (returned; None otherwise)."""
+        runtime = self.runtime
+        artifact = await runtime.amake_artifact(
+            exec_id, name=wait, version=1, type="answer", value=value, call_id=wait
+        )
+        record = JournalRecord(kind="wait_answered", call_id=wait, artifact_id=artifact.id, ts=time.time())
+        took = await runtime.astate.answer_wait(
+            exec_id, record, artifact, owner=runtime.owner, ttl=runtime.lease_ttl, take_lease=take_lease
+        )
+        if not took:
+            return None
+        leased: ExecutionRecord | None = await runtime.astate.get_execution(exec_id)
+        return leased
+
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
+        """Cancel a running or waiting execution: final. Its runner (here or anywhere) sees it on
+        its next commit or heartbeat and stops; an async body stops at once."""
+        record: ExecutionRecord = await self.runtime.astate.cancel(exec_id)
+        return record
+
+    async def replay(
+        self,
+        flow: Flow[Any, Any],
+        original: ExecutionRecord,
+        from_: str,
+        overrides: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | None = None,
+    ) -> tuple[ExecutionRecord, Outcome]:
+        """Create the replay of ``original`` from call ``from_`` and drive it here."""
+        import anyio.to_thread
+
+        from .replay import plan_replay
+
+        # The plan validates everything before the first write; it reads through the sync store
+        # views, so it runs on a worker thread rather than on this loop.
+        plan = await anyio.to_thread.run_sync(
+            lambda: plan_replay(self.runtime, flow, original, from_, overrides, args)
+        )
+        exec_id = new_id()
+        for artifact in plan.new_artifacts:
+            artifact.exec_id = exec_id
+        record, _, started = await self.create(
+            flow,
+            (),
+            dict(plan.arguments),
+            exec_id,
+            original=original,
+            reused_inputs=plan.reused_inputs,
+            seed=plan.seed,
+            extra_artifacts=plan.new_artifacts,
+            metadata={"replay": {"of": original.id, "from": plan.boundary}},
+        )
+        return record, await self.drive(flow, record, started)
+
+    async def recover_one(self, record: ExecutionRecord) -> tuple[str, str | None]:
+        """Drive on one execution nobody moves on; returns what became of it (a Recovery's
+        ``outcome`` and ``detail``)."""
+        try:
+            outcome = await self.submit(record.id, {record.status})
+        except KitaruLeaseError:
+            return "skipped", "another runner drives it"
+        except KitaruStateError:
+            return "skipped", "it moved on meanwhile"
+        except KitaruError as exc:
+            return "error", str(exc)
+        if outcome.status == "lost":
+            return "skipped", "another runner took it over"
+        return outcome.status, str(outcome.error) if outcome.error is not None else None
+
+    # -- driving ---------------------------------------------------------------------------------
+
+    async def drive(
+        self,
+        flow: Flow[Any, Any],
+        execution: ExecutionRecord,
+        started: Started,
+        journal: list[JournalRecord] | None = None,
+    ) -> Outcome:
+        """Run the body to its end or suspension (the lease is already held) and record how it
+        ended. An answer that lands while the body suspends runs it again at once."""
+        import anyio.lowlevel
+
+        runtime = self.runtime
+        runtime.track(execution.id)
+        try:
+            journal = await note_interrupted(runtime, execution, journal)
+            while True:
+                if journal is None:
+                    journal = await runtime.astate.read_journal(execution.id)
+                ctx = ExecutionContext(runtime, execution, journal)
+                if flow.is_async and not runtime.inline:
+                    await ctx.preload_artifacts()
+                journal = None  # a second pass (an answer came while suspending) rereads it
+                ctx.token = anyio.lowlevel.current_token()
+                for value, artifact in started.inputs:
+                    ctx.remember_output(value, artifact)
+                if flow.is_async:
+                    value, error = await _run_async_body(flow, ctx, started)
+                else:
+                    value, error = await _run_sync_body(flow, ctx, started)
+                outcome = await _settle(ctx, value, error)
+                if outcome is not None:
+                    return outcome
+        finally:
+            runtime.untrack(execution.id)
+
+
+# -- running a body --------------------------------------------------------------------------
+
+
+async def _run_sync_body(
+    flow: Flow[Any, Any], ctx: ExecutionContext, started: Started
+) -> tuple[Any, BaseException | None]:
+    import anyio
+    import anyio.to_thread
+
+    def body() -> tuple[Any, BaseException | None]:
+        token = _current_exec.set(ctx)
+        try:
+            with capturing():
+                try:
+                    return flow.fn(*started.args, **started.kwargs), None
+                finally:
+                    ctx.drain_threads()
+        except BaseException as exc:
+            return None, exc
+        finally:
+            _current_exec.reset(token)
+            ctx.close()
+
+    # Bodies get threads of their own, never a slot another flow's commit needs (a bounded
+    # limiter shared with the stores' threads could deadlock under many concurrent flows).
+    return await anyio.to_thread.run_sync(body, limiter=anyio.CapacityLimiter(math.inf))
+
+
+async def _run_async_body(
+    flow: Flow[Any, Any], ctx: ExecutionContext, started: Started
+) -> tuple[Any, BaseException | None]:
+    import asyncio
+
+    import anyio
+
+    loop = asyncio.get_running_loop()
+    ctx.main_task = asyncio.current_task()
+    token = _current_exec.set(ctx)
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        with capturing():
+            scope = anyio.CancelScope()
+
+            def cancel() -> None:
+                # Called from the heartbeat's thread or from a commit on the loop.
+                loop.call_soon_threadsafe(_cancel_body, scope, ctx)
+
+            remove = ctx.runtime.on_cancel(ctx.exec_id, cancel)
+            try:
+                with scope:
+                    value = await flow.fn(*started.args, **started.kwargs)
+            except BaseException as exc:
+                error = exc
+            finally:
+                remove()
+                await ctx.drain_tasks()
+                ctx.drain_threads()
+            if scope.cancelled_caught and error is None:
+                error = _Cancelled()
+    finally:
+        _current_exec.reset(token)
+        ctx.close()
+    return value, error
+
+
+def _cancel_body(scope: Any, ctx: ExecutionContext) -> None:
+    scope.cancel()
+    for task in list(ctx.tasks):  # async checkpoints the body started on their own
+        if task is not ctx.main_task:
+            task.cancel()
+
+
+# -- recording how the body ended ------------------------------------------------------------
+
+
+async def _settle(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Outcome | None:
+    """Record how the body ended. None means: an answer arrived while suspending, run again.
+
+    A cancel that lands while the body ends wins: the store refuses to turn a cancelled execution
+    into ``completed``, ``failed`` or ``waiting``, and the runner records that it stopped instead.
+    """
+    try:
+        try:
+            await ctx.flush()  # writes queued by sync code on the loop land first
+        except BaseException as flush_error:
+            if exc is None or isinstance(flush_error, _Cancelled | KitaruLeaseError | KitaruConflictError):
+                exc = flush_error
+        return await _settle_as(ctx, value, exc)
+    except _Cancelled:
+        return await _settle_cancelled(ctx)
+    except KitaruStateError:
+        record = await ctx.runtime.astate.get_execution(ctx.exec_id)
+        if record is not None and record.status == "cancelled":
+            ctx.runtime.saw_cancel(ctx.exec_id)
+            return await _settle_cancelled(ctx)
+        raise
+
+
+async def _settle_as(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Outcome | None:
+    if exc is None:
+        return await _settle_value(ctx, value)
+    if isinstance(exc, _Suspend):
+        await ctx.acommit([])  # flush anything pending before the process lets go (and see a cancel)
+        if await ctx.runtime.astate.suspend(ctx.exec_id, ctx.runtime.owner, ctx.suspended_on):
+            return Outcome("waiting")
+        return None
+    if isinstance(exc, _Cancelled):
+        return await _settle_cancelled(ctx)
+    if isinstance(exc, KitaruLeaseError | KitaruConflictError):
+        # Another runner owns the execution now: stop without writing anything more.
+        return Outcome("lost", error=exc)
+    if isinstance(exc, Exception):
+        return await _settle_error(ctx, exc)
+    # KeyboardInterrupt, SystemExit: leave the execution running and resumable, lease released.
+    # The error travels in the outcome and is raised at the edge that started the drive (raised
+    # here, it would take down the event loop the Runner shares with other executions).
+    await ctx.runtime.astate.commit(ctx.exec_id, [], owner=ctx.runtime.owner, release_lease=True)
+    return Outcome("interrupted", error=exc)
+
+
+async def _settle_value(ctx: ExecutionContext, value: Any) -> Outcome:
+    try:
+        artifact = await ctx.runtime.amake_artifact(
+            ctx.exec_id, name="result", version=1, type="result", value=value, call_id=None
+        )
+    except KitaruError as exc:
+        return await _settle_error(ctx, exc)
+    _, lineage = ctx.describe_inputs((value,), {})
+    await ctx.acommit(
+        [
+            JournalRecord(
+                kind="flow_completed",
+                artifact_id=artifact.id,
+                data={"inputs": lineage} if lineage else None,
+                ts=time.time(),
+            )
+        ],
+        [artifact],
+        status="completed",
+        result_artifact=artifact.id,
+        release_lease=True,
+    )
+    return Outcome("completed", value=value)
+
+
+async def _settle_error(ctx: ExecutionContext, exc: Exception) -> Outcome:
+    message = f"{type(exc).__qualname__}: {exc}"
+    await ctx.acommit(
+        [
+            JournalRecord(
+                kind="flow_failed",
+                data={"error": message, "traceback": "".join(traceback.format_exception(exc))},
+                ts=time.time(),
+            )
+        ],
+        status="failed",
+        error=message,
+        release_lease=True,
+    )
+    return Outcome("failed", error=exc)
+
+
+async def _settle_cancelled(ctx: ExecutionContext) -> Outcome:
+    try:
+        await ctx.acommit(
+            [JournalRecord(kind="flow_cancelled", ts=time.time())], release_lease=True, unwind=False
+        )
+    except KitaruLeaseError:
+        pass  # nobody holds it any more (cancelled while it was waiting): nothing left to release
+    return Outcome("cancelled")

@@ -1,0 +1,112 @@
+"""Tampering with the artifact store, seen from real processes: a changed blob fails the resumed
+execution clearly (never a wrong value), retry completes once the blob is restored, and a planted
+pickle never runs, neither on resume nor on `kitaru artifacts get`."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kitaru.store import sync_view
+from kitaru.store.sqlite import SQLiteStateStore
+
+pytestmark = pytest.mark.e2e
+
+FLOWS = Path(__file__).parent / "flows"
+N = 100_000
+
+
+class Touch:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (Path(self.path),))
+
+
+def start(kind: str, env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, str(FLOWS / "blob_wait.py"), str(N), kind],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    exec_id, status = done.stdout.split()[-2:]
+    assert status == "waiting"
+    return exec_id
+
+
+def blob_path(home: Path, exec_id: str) -> tuple[str, str, Path]:
+    store = sync_view(SQLiteStateStore(home / "kitaru.db"))
+    try:
+        [artifact] = store.list_artifacts(exec_id, name="produce", type="output")
+    finally:
+        store.close()
+    assert artifact.uri is not None and artifact.uri.startswith("file://")
+    blob = home / "artifacts" / "blobs" / artifact.uri.rpartition("/blobs/")[2]
+    return artifact.id, artifact.content_hash, blob
+
+
+def cli(
+    kitaru_cli: list[str], *args: str, env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*kitaru_cli, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_truncated_blob_fails_the_resume_then_retry_completes_after_restoring_it(
+    tmp_path: Path, subprocess_env: dict[str, str], kitaru_cli: list[str], kitaru_home: Path
+) -> None:
+    exec_id = start("text", subprocess_env, tmp_path)
+    artifact_id, content_hash, blob = blob_path(kitaru_home, exec_id)
+    original = blob.read_bytes()
+    blob.write_bytes(original[:-11] + b'"')  # valid JSON, ten characters short
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    answer = ["executions", "input", exec_id, "--value", "true"]
+    answered = cli(kitaru_cli, *answer, env=subprocess_env, cwd=elsewhere)
+    assert answered.returncode == 4, answered.stdout + answered.stderr
+    assert artifact_id in answered.stderr and content_hash in answered.stderr
+    assert f"expected {N + 2} bytes" in answered.stderr and f"found {N - 8} bytes" in answered.stderr
+    assert f"kitaru executions retry {exec_id}" in answered.stderr and "Traceback" not in answered.stderr
+    shown = cli(kitaru_cli, "executions", "get", exec_id, env=subprocess_env, cwd=elsewhere)
+    assert "status     failed" in shown.stdout and artifact_id in shown.stdout
+
+    blob.write_bytes(original)
+    retried = cli(kitaru_cli, "executions", "retry", exec_id, env=subprocess_env, cwd=elsewhere)
+    assert retried.returncode == 0, retried.stderr
+    assert f"execution {exec_id} is completed" in retried.stdout
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
+    try:
+        record = store.get_execution(exec_id)
+        assert record is not None and record.result_artifact is not None
+        result = store.get_artifact(record.result_artifact)
+        assert result is not None and result.inline == str(N).encode()
+    finally:
+        store.close()
+
+
+def test_a_planted_pickle_never_runs(
+    tmp_path: Path, subprocess_env: dict[str, str], kitaru_cli: list[str], kitaru_home: Path
+) -> None:
+    exec_id = start("pickle", subprocess_env, tmp_path)
+    artifact_id, _, blob = blob_path(kitaru_home, exec_id)
+    pwned = tmp_path / "pwned"
+    blob.write_bytes(pickle.dumps(Touch(pwned)))
+
+    shown = cli(kitaru_cli, "artifacts", "get", artifact_id, env=subprocess_env, cwd=tmp_path)
+    assert shown.returncode == 0 and "cloudpickle" in shown.stdout and "--load" in shown.stdout
+    loaded = cli(kitaru_cli, "artifacts", "get", artifact_id, "--load", env=subprocess_env, cwd=tmp_path)
+    assert loaded.returncode == 4 and artifact_id in loaded.stderr
+    answer = ["executions", "input", exec_id, "--value", "true"]
+    answered = cli(kitaru_cli, *answer, env=subprocess_env, cwd=tmp_path)
+    assert answered.returncode == 4 and artifact_id in answered.stderr
+    assert not pwned.exists()
