@@ -189,3 +189,34 @@ class TestOrchestratorSeam:
         RAN.clear()
         handle = asks.run()
         assert KitaruClient().executions.input(handle.exec_id, False).wait(timeout=60) == "no"
+
+
+# -- a sync checkpoint of an async flow, replayed on the Runner's loop ------------------------
+
+BIG = 70 * 1024  # above the 64 KiB inline limit: the output is a blob in the artifact store
+
+
+@checkpoint
+def big_sync_output(x: int) -> bytes:
+    RAN["big"] += 1
+    return bytes([x]) * BIG
+
+
+@flow
+async def async_flow_with_a_big_sync_output() -> int:
+    data = big_sync_output(7)  # a sync checkpoint called from the async body: it runs on the loop
+    answer = kitaru.wait(name="go", question="go?", schema=int)
+    return len(data) + answer
+
+
+class TestSyncCheckpointOfAnAsyncFlow:
+    def test_its_blob_output_replays_when_the_flow_resumes_from_a_sync_edge(self, runtime: Runtime) -> None:
+        # Driven through the sync edges (run(), the client), the async body runs on kitaru's portal
+        # loop; after the wait, replaying the sync checkpoint needs its blob, which sync code on
+        # that loop cannot read without blocking it. The Runner reads it before the body runs.
+        RAN.clear()
+        handle = async_flow_with_a_big_sync_output.run()
+        assert handle.status == "waiting"
+        KitaruClient(runtime).executions.input(handle.exec_id, 1)
+        assert handle.wait(timeout=60) == BIG + 1
+        assert RAN["big"] == 1  # replayed from its blob, not run again
