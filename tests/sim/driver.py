@@ -64,7 +64,7 @@ def run_to_end(
                     else:
                         raise AssertionError(f"execution {exec_id} ended {status}: {trace}")
             except SimulatedCrash:
-                trace.append(f"  crashed {getattr(runtime.state, 'cause', '')}")
+                trace.append(f"  crashed {getattr(runtime.astate, 'cause', '')}")
                 env.bury(runtime)
                 continue
             except KitaruError as exc:

