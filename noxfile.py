@@ -53,7 +53,8 @@ def simulate(session: nox.Session) -> None:
     """The simulation suite's long profile: many more generated flows, crashes and store faults.
 
     ``KITARU_SIM_EXAMPLES`` sets the number of flows per test (default 300 here); a failure prints
-    its seed, and ``KITARU_SIM_SEED=<seed> nox -s simulate`` replays it.
+    its seed, and ``KITARU_SIM_SEED=<seed> nox -s simulate`` replays it. Add
+    ``-- --hypothesis-show-statistics`` for how many processes crashed and store errors surfaced.
     """
     _sync(session)
     env = {"KITARU_SIM_PROFILE": "long"}
