@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overlo
 from kitaru.errors import KitaruUsageError
 from kitaru.store import ArtifactRecord, JournalRecord
 
-from .context import Call, CallFrame, ExecutionContext, _current_call, _current_exec, running_loop
+from .context import (
+    SYNC_CHECKPOINTS,
+    Call,
+    CallFrame,
+    ExecutionContext,
+    _current_call,
+    _current_exec,
+    running_loop,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -83,6 +91,8 @@ class Checkpoint(Generic[P, R]):
         self.backoff = backoff
         self.retry_on = retry_on
         self.is_async = inspect.iscoroutinefunction(fn)
+        if not self.is_async:
+            SYNC_CHECKPOINTS.add(self.qualname)  # its blob outputs are read ahead for async flows
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:

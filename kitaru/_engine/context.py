@@ -50,6 +50,10 @@ class _Cancelled(BaseException):
     """Unwinds a flow body whose execution was cancelled."""
 
 
+#: Qualified names of the sync checkpoints defined in this process (see
+#: :meth:`ExecutionContext.preload_sync_outputs`); a name shared with an async one only costs a read.
+SYNC_CHECKPOINTS: set[str] = set()
+
 _current_exec: ContextVar[ExecutionContext | None] = ContextVar("kitaru_execution", default=None)
 _current_call: ContextVar[CallFrame | None] = ContextVar("kitaru_call", default=None)
 
@@ -120,12 +124,18 @@ class ExecutionContext:
         self.at_seq: dict[int, JournalRecord] = {}
         self.done_saves: set[str] = set()
         self._referenced = [r.artifact_id for r in journal if r.artifact_id]
+        self._sync_outputs: list[str] = []
+        # Blob outputs of sync checkpoints read ahead for sync code on the loop (or the error
+        # their read met, raised where the output is wanted).
+        self._read_ahead: dict[str, bytes | Exception] = {}
         for r in journal:
             kind = r.kind
             if r.seq is not None and r.seq not in self.at_seq:
                 self.at_seq[r.seq] = r
             if kind == "checkpoint_completed" and r.call_id:
                 self.completed[r.call_id] = r
+                if r.name in SYNC_CHECKPOINTS and r.artifact_id:
+                    self._sync_outputs.append(r.artifact_id)
             elif kind == "wait_opened" and r.call_id:
                 self.opened[r.call_id] = r
             elif kind == "wait_answered" and r.call_id:
@@ -227,6 +237,31 @@ class ExecutionContext:
             if found is not None:
                 self._known_artifacts[artifact_id] = found
 
+    async def preload_sync_outputs(self) -> None:
+        """Read ahead the bytes of the blob outputs (over 64 KiB) that sync checkpoints of an
+        async body will replay. Such a checkpoint runs on the loop's thread and must return its
+        value there and then; on kitaru's portal loop (a flow driven from ``run()``, the client,
+        the CLI) nothing could read the blob without waiting on the loop it blocks, so an
+        execution that ran fine would fail on every resume. Bounded by the same budget as the
+        outputs index; an output beyond it is read where it is wanted, as before."""
+        wanted, self._sync_outputs = self._sync_outputs, []  # once per pass
+        if not wanted:
+            return
+        known = self._known_artifacts
+        if any(artifact_id not in known for artifact_id in wanted):
+            for listed in await self.runtime.astate.list_artifacts(self.exec_id, type="output"):
+                known.setdefault(listed.id, listed)
+        budget = _INDEX_BUDGET
+        for artifact_id in wanted:
+            found = known.get(artifact_id)
+            if found is None or found.inline is not None or found.size > budget:
+                continue  # a missing record is reported where the output is wanted
+            budget -= found.size
+            try:
+                self._read_ahead[artifact_id] = await self.runtime.aartifact_bytes(found)
+            except Exception as exc:  # raised in the body, where it fails the execution
+                self._read_ahead[artifact_id] = exc
+
     # -- reaching the stores from sync code ---------------------------------------------------
     #
     # The stores are async; the Runner awaits them. Sync code of the execution (a sync body or
@@ -284,6 +319,13 @@ class ExecutionContext:
         """An artifact's value, from sync code of this execution."""
         if artifact.inline is not None:
             return self.runtime.load_artifact(artifact)
+        ahead = self._read_ahead.pop(artifact.id, None)
+        if isinstance(ahead, Exception):
+            raise ahead
+        if ahead is not None:
+            from kitaru import serialization
+
+            return serialization.loads(artifact.serializer, artifact.data_type, ahead)
         return self.blocking(self.runtime.aload_artifact, artifact)
 
     # -- inputs: lineage and fingerprints ---------------------------------------------------

@@ -190,7 +190,8 @@ def plan_replay(
             name=r.name,
             attempt=r.attempt,
             artifact_id=r.artifact_id,
-            data={**(r.data or {}), "replayed_from": original.id},
+            # A log record's data is the user's metadata, shown as is by `executions get`.
+            data=dict(r.data or {}) if r.kind == "log" else {**(r.data or {}), "replayed_from": original.id},
             ts=time.time(),
         )
         if r.call_id in replaced and r.kind in ("checkpoint_completed", "wait_answered"):

@@ -313,8 +313,10 @@ class Runner:
                 if journal is None:
                     journal = await runtime.astate.read_journal(execution.id)
                 ctx = ExecutionContext(runtime, execution, journal)
-                if flow.is_async and not runtime.inline:
-                    await ctx.preload_artifacts()
+                if flow.is_async:
+                    if not runtime.inline:
+                        await ctx.preload_artifacts()
+                    await ctx.preload_sync_outputs()
                 journal = None  # a second pass (an answer came while suspending) rereads it
                 ctx.token = anyio.lowlevel.current_token()
                 for value, artifact in started.inputs:

@@ -1,0 +1,145 @@
+"""Replay promises the older replay tests left unpinned (mutants of kitaru/_engine/replay.py that
+survived them, from ``nox -s mutate -- kitaru/_engine/replay.py``): saves are not boundaries, wait
+answers can be overridden (validated first), a reused checkpoint keeps what it logged, saved and
+loaded, a running execution is not replayed, and a replay says what it replays."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import kitaru
+from kitaru import KitaruClient, checkpoint, flow
+from kitaru._engine.runtime import Runtime
+
+RAN: Counter[str] = Counter()
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    RAN.clear()
+
+
+@flow
+def source() -> None:
+    kitaru.save("facts", "cats purr")
+
+
+@checkpoint
+def gather(source_id: str) -> str:
+    RAN["gather"] += 1
+    kitaru.log(tokens=12)
+    kitaru.save("draft", "a draft")
+    return kitaru.load(source_id, "facts")
+
+
+@checkpoint
+def untyped(text):  # type: ignore[no-untyped-def]  # no return annotation: overrides take anything
+    RAN["untyped"] += 1
+    return text.upper()
+
+
+@checkpoint
+def finish(facts: str, approved: int, shout: Any) -> str:
+    RAN["finish"] += 1
+    return f"{facts}/{approved}/{shout}"
+
+
+@flow
+def reviewed(source_id: str) -> str:
+    facts = gather(source_id)
+    kitaru.save("notes", "flow-scope note")
+    shout = untyped(facts)
+    approved = kitaru.wait(name="score", schema=int)
+    return finish(facts, approved, shout)
+
+
+def _original() -> tuple[str, str]:
+    source_id = source.run().exec_id
+    handle = reviewed.run(source_id)
+    KitaruClient().executions.input(handle.exec_id, 3)
+    assert handle.wait() == "cats purr/3/CATS PURR"
+    return source_id, handle.exec_id
+
+
+class TestReplayPlan:
+    def test_a_flow_scope_save_is_not_a_boundary(self, runtime: Runtime) -> None:
+        _, original = _original()
+        with pytest.raises(
+            kitaru.KitaruUsageError, match="Boundaries it has, in call order: gather, untyped, score"
+        ):
+            KitaruClient().executions.replay(original, "save.notes")
+        with pytest.raises(kitaru.KitaruUsageError, match=r"no checkpoint or wait called 'save\.notes'"):
+            KitaruClient().executions.replay(original, "finish", overrides={"save.notes": "x"})
+
+    def test_a_wait_answer_is_overridden_after_validation(self, runtime: Runtime) -> None:
+        _, original = _original()
+        client = KitaruClient()
+        with pytest.raises(kitaru.KitaruWaitValidationError, match="override of wait 'score'"):
+            client.executions.replay(original, "finish", overrides={"score": "not a number"})
+        assert len(client.executions.list()) == 2  # the source and the original: nothing written
+        replayed = client.executions.replay(original, "finish", overrides={"score": "7"})
+        assert replayed.wait() == "cats purr/7/CATS PURR"  # "7" was validated into the int 7
+        assert RAN == {"gather": 1, "untyped": 1, "finish": 2}
+        changed = {(e.kind, e.name) for e in client.executions.diff(original, replayed.exec_id).changed}
+        assert changed == {("wait", "score"), ("checkpoint", "finish"), ("result", "result")}
+
+    def test_an_unannotated_checkpoint_output_is_overridden_by_any_value(self, runtime: Runtime) -> None:
+        _, original = _original()
+        replayed = KitaruClient().executions.replay(original, "finish", overrides={"untyped": [1, 2]})
+        assert replayed.wait() == "cats purr/3/[1, 2]"
+
+    def test_a_reused_checkpoint_keeps_its_logs_saves_and_loads(self, runtime: Runtime) -> None:
+        source_id, original = _original()
+        client = KitaruClient()
+        replayed = client.executions.replay(original, "finish")
+        assert replayed.wait() == "cats purr/3/CATS PURR" and RAN["gather"] == 1
+        [call] = [c for c in client.executions.get(replayed.exec_id).checkpoints if c.call_id == "gather"]
+        assert call.metadata == {"tokens": 12}
+        names = {(a.name, a.type) for a in client.artifacts.list(replayed.exec_id)}
+        assert {("draft", "save"), ("notes", "save"), ("gather", "output")} <= names
+        graph = client.executions.graph(replayed.exec_id)
+        loaded = [e for e in graph.edges if e.name == "facts"]
+        assert loaded and all(e.source.startswith(source_id) or source_id in e.source for e in loaded), loaded
+
+    def test_a_replay_records_what_it_replays(self, runtime: Runtime) -> None:
+        _, original = _original()
+        replayed = KitaruClient().executions.replay(original, "untyped")
+        execution = KitaruClient().executions.get(replayed.exec_id)
+        assert execution.original_exec_id == original
+        assert execution.metadata["replay"] == {"of": original, "from": "untyped"}
+
+    def test_a_running_execution_is_not_replayed(self, runtime: Runtime) -> None:
+        started, release = threading.Event(), threading.Event()
+        BLOCK["started"], BLOCK["release"] = started, release
+        handles: list[Any] = []
+        runner = threading.Thread(target=lambda: handles.append(blocked.run()))
+        runner.start()
+        try:
+            assert started.wait(timeout=60)
+            [running] = KitaruClient().executions.list(status="running")
+            with pytest.raises(kitaru.KitaruStateError, match=f"execution {running.id} is running"):
+                KitaruClient().executions.replay(running.id, "hold")
+            assert len(KitaruClient().executions.list()) == 1
+        finally:
+            release.set()
+            runner.join(timeout=60)
+        assert handles[0].wait(timeout=60) == "held"
+
+
+BLOCK: dict[str, threading.Event] = {}
+
+
+@checkpoint
+def hold() -> str:
+    BLOCK["started"].set()
+    assert BLOCK["release"].wait(timeout=60)
+    return "held"
+
+
+@flow
+def blocked() -> str:
+    return hold()
