@@ -78,11 +78,12 @@ class TestReplayPlan:
     def test_a_wait_answer_is_overridden_after_validation(self, runtime: Runtime) -> None:
         _, original = _original()
         client = KitaruClient()
-        with pytest.raises(kitaru.KitaruWaitValidationError, match="override of wait 'score'"):
-            client.executions.replay(original, "finish", overrides={"score": "not a number"})
+        for bad in ("not a number", "7"):  # answers are strict: a string is not an int
+            with pytest.raises(kitaru.KitaruWaitValidationError, match="override of wait 'score'"):
+                client.executions.replay(original, "finish", overrides={"score": bad})
         assert len(client.executions.list()) == 2  # the source and the original: nothing written
-        replayed = client.executions.replay(original, "finish", overrides={"score": "7"})
-        assert replayed.wait() == "cats purr/7/CATS PURR"  # "7" was validated into the int 7
+        replayed = client.executions.replay(original, "finish", overrides={"score": 7})
+        assert replayed.wait(timeout=60) == "cats purr/7/CATS PURR"
         assert RAN == {"gather": 1, "untyped": 1, "finish": 2}
         changed = {(e.kind, e.name) for e in client.executions.diff(original, replayed.exec_id).changed}
         assert changed == {("wait", "score"), ("checkpoint", "finish"), ("result", "result")}
