@@ -283,3 +283,35 @@ async def test_a_token_credential_over_http_says_to_use_https(monkeypatch: pytes
         assert "unreachable" not in str(info.value)
     finally:
         await store.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_download_cut_mid_way_resumes_from_where_it_was(
+    artifact_store: AzureBlobArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.core.exceptions import ServiceResponseError
+    from azure.storage.blob.aio import StorageStreamDownloader
+
+    key = f"resume/{new_id()}"
+    data = b"".join(bytes([i]) * MiB for i in range(4))  # four of the fixture's 1 MiB parts
+    await artifact_store.put(key, data)
+    real, downloads, served = StorageStreamDownloader.chunks, [], [0]
+
+    def cut_once(self: Any) -> Any:
+        pieces = real(self)
+        downloads.append(self.size)
+
+        async def cut() -> AsyncIterator[bytes]:
+            async for piece in pieces:
+                served[0] += 1
+                if served[0] == 3:  # the connection drops during the third part
+                    raise ServiceResponseError("connection reset mid-body")
+                yield piece
+
+        return cut()
+
+    monkeypatch.setattr(StorageStreamDownloader, "chunks", cut_once)
+    chunks = [chunk async for chunk in artifact_store.open(key, chunk_size=256 * 1024)]
+    assert b"".join(chunks) == data
+    assert downloads == [4 * MiB, 2 * MiB]  # the second request asked for what was missing only

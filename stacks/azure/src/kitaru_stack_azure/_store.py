@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
 
+import anyio
+
 from kitaru.errors import KitaruConflictError, KitaruError, KitaruNotFoundError, KitaruStoreError
 from kitaru.store._perloop import PerLoop
 from kitaru.store.objectstore import (
@@ -343,26 +345,44 @@ class AzureBlobArtifactStore(PrefixedStore):
 
     async def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         blob = (await self._container()).get_blob_client(self._key(key))
-
-        async def start() -> Any:
-            return await blob.download_blob(max_concurrency=1)
-
-        downloader = await self._call("get", key, start)
-        pieces = downloader.chunks()  # one part per request, fetched as the caller reads
+        offset, end, etag = 0, 0, None
+        attempt = 1
         while True:
-            try:
-                piece = await anext(pieces, None)
-            except Exception as exc:
-                raise self._translate(exc, "get", key) from exc
-            if piece is None:
+
+            async def start(offset: int = offset, etag: str | None = etag) -> Any:
+                if etag is None:
+                    return await blob.download_blob(max_concurrency=1)
+                # Resuming a broken download: the same blob (If-Match), from the byte it reached.
+                from azure.core import MatchConditions
+
+                return await blob.download_blob(
+                    offset, max_concurrency=1, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+
+            downloader = await self._call("get", key, start)
+            end, etag = offset + downloader.size, downloader.properties.etag
+            pieces = downloader.chunks()  # one part per request, fetched as the caller reads
+            while True:
+                try:
+                    piece = await anext(pieces, None)
+                except Exception as exc:
+                    if attempt >= self.retry.attempts or not self._transient(exc):
+                        raise self._translate(exc, "get", key) from exc
+                    await anyio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    break
+                if piece is None:
+                    return
+                offset += len(piece)
+                if len(piece) <= chunk_size:
+                    yield piece
+                    continue
+                with memoryview(piece) as view:
+                    for at in range(0, len(piece), chunk_size):
+                        yield bytes(view[at : at + chunk_size])
+                del piece
+            if offset >= end:
                 return
-            if len(piece) <= chunk_size:
-                yield piece
-                continue
-            with memoryview(piece) as view:
-                for start_at in range(0, len(piece), chunk_size):
-                    yield bytes(view[start_at : start_at + chunk_size])
-            del piece
 
     async def exists(self, key: str) -> bool:
         blob = (await self._container()).get_blob_client(self._key(key))
