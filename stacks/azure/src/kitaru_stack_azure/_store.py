@@ -117,7 +117,8 @@ class AzureBlobArtifactStore(PrefixedStore):
             from azure.core import exceptions
             from azure.storage.blob.aio import ContainerClient
         except ImportError as exc:
-            raise missing_dependency("azure", exc.name or "azure-storage-blob", exc) from exc
+            module = "aiohttp" if (exc.name or "").startswith("aiohttp") else "azure-storage-blob"
+            raise missing_dependency("azure", module, exc) from exc
         self._exc = exceptions
         settings: dict[str, Any] = {
             # Retries are ours (RetryPolicy), the same for every cloud store.
@@ -157,10 +158,10 @@ class AzureBlobArtifactStore(PrefixedStore):
                 container = ContainerClient(
                     self.account_url, self.container, credential=credential, **settings
                 )
-        except BaseException as exc:
+        except Exception as exc:  # nothing above awaits: no cancellation to let through
             if credential is not None:
                 await credential.close()
-            if isinstance(exc, KitaruError) or not isinstance(exc, Exception):
+            if isinstance(exc, KitaruError):
                 raise
             if credential is not None and "HTTPS" in str(exc):  # the SDK refuses tokens over http
                 raise KitaruStoreError(
