@@ -1,34 +1,36 @@
-"""The Azure Blob Storage artifact store, on azure-storage-blob (sync API) and azure-identity.
+"""The Azure Blob Storage artifact store, on azure-storage-blob's async client
+(``azure.storage.blob.aio``) and azure-identity's async ``DefaultAzureCredential``.
 
-The async contract runs each blocking SDK call in a worker thread
-(:class:`~kitaru.store.objectstore.ThreadedStore`): the event loop never waits on it.
+Every request runs on the caller's event loop: the store keeps one container client per running
+loop (:class:`~kitaru.store._perloop.PerLoop`), opened by that loop's first request and closed, with
+its HTTP session and its credential, by ``aclose()`` or by the loop's own shutdown. No worker
+thread, no private loop.
 """
-
-# transition (issue 9): moving to azure.storage.blob.aio + azure.identity.aio (one client per loop,
-# as the S3 store does) is still to do; until then the sync SDK runs in worker threads.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import functools
 import hashlib
 import os
-import threading
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlparse
 
+import anyio
+
 from kitaru.errors import KitaruConflictError, KitaruError, KitaruNotFoundError, KitaruStoreError
+from kitaru.store._perloop import PerLoop
 from kitaru.store.objectstore import (
     DEFAULT_PART_SIZE,
     PrefixedStore,
     RetryPolicy,
-    ThreadedStore,
+    arechunk,
     missing_dependency,
     option_float,
     option_int,
-    rechunk,
     split_uri,
 )
 
@@ -36,9 +38,22 @@ __all__ = ["AzureBlobArtifactStore"]
 
 T = TypeVar("T")
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: Azure sends identity tokens over TLS only: what to do about an http:// account URL.
+_USE_HTTPS = (
+    "Azure sends identity tokens (DefaultAzureCredential) only over https. Use an https "
+    "account_url, or set the stack's connection_string, account_key or sas_token."
+)
 
 
-class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
+@dataclass(frozen=True, slots=True)
+class _Client:
+    """One loop's container client, and the credential it owns (closed with it), if any."""
+
+    container: Any
+    credential: Any = None
+
+
+class AzureBlobArtifactStore(PrefixedStore):
     """An :class:`~kitaru.store.ArtifactStore` in an Azure Blob container (``az://container/prefix``).
 
     Writes are create-only: a blob is uploaded with ``If-None-Match: *`` (``overwrite=False``), or, when
@@ -47,8 +62,8 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
     nothing. When Azure refuses the write because the blob exists, the existing blob's SHA-256 (kept
     in its metadata) decides between "same bytes, fine" and
     :class:`~kitaru.errors.KitaruConflictError`. Transient failures (429, 5xx, dropped connections)
-    are retried with exponential backoff and jitter; the SDK's own retries are switched off so that
-    one policy applies.
+    are retried with exponential backoff and jitter, sleeping on the loop; the SDK's own retries are
+    switched off so that one policy applies.
 
     Authentication, first that applies: ``connection_string`` (or ``AZURE_STORAGE_CONNECTION_STRING``);
     ``account_key`` with ``account_url`` or ``account_name``; ``sas_token``; otherwise
@@ -57,6 +72,8 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
     Other options: ``part_size`` (block size, bytes, default 8 MiB), ``retries``,
     ``retry_base_delay``, ``retry_max_delay``, ``connect_timeout``, ``read_timeout``.
     """
+
+    inline: ClassVar[bool] = False
 
     def __init__(self, uri: str, **options: Any) -> None:
         self.container, self.prefix = split_uri(uri, "az")
@@ -83,8 +100,8 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
         self._sas_token: str | None = options.pop("sas_token", None) or None
         self._connect_timeout = option_float(options.pop("connect_timeout", 5), "connect_timeout")
         self._read_timeout = option_float(options.pop("read_timeout", 60), "read_timeout")
-        self._lock = threading.Lock()
-        self._client: Any = None
+        # Other keys of the stack's configuration (state URI, orchestrator settings) are not ours.
+        self._clients: PerLoop[_Client] = PerLoop(self._open_client, _close_client)
         self._exc: Any = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -93,69 +110,80 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
     def _where(self) -> str:
         return f"container {self.container!r} at {self.account_url or 'Azure Blob Storage'}"
 
-    def _ensure(self) -> Any:
-        if self._client is not None:
-            return self._client
-        with self._lock:
-            if self._client is None:
-                try:
-                    from azure.core import exceptions
-                    from azure.storage.blob import BlobServiceClient
-                except ImportError as exc:
-                    raise missing_dependency("azure", "azure-storage-blob", exc) from exc
-                settings: dict[str, Any] = {
-                    # Retries are ours (RetryPolicy), the same for every cloud store.
-                    "retry_total": 0,
-                    "connection_timeout": self._connect_timeout,
-                    "read_timeout": self._read_timeout,
-                    # Bounded memory: reads fetch one part at a time, writes send one block.
-                    "max_single_get_size": self.part_size,
-                    "max_chunk_get_size": self.part_size,
-                    "max_single_put_size": self.part_size,
-                    "max_block_size": self.part_size,
-                }
-                try:
-                    if self._connection_string:
-                        service = BlobServiceClient.from_connection_string(
-                            self._connection_string, **settings
-                        )
-                    elif not self.account_url:
-                        raise KitaruStoreError(
-                            f"no Azure storage account for {self.uri}: set the stack's connection_string, "
-                            "account_url or account_name (or AZURE_STORAGE_CONNECTION_STRING)."
-                        )
-                    elif self._account_key:
-                        credential: Any = {
-                            "account_name": self._account_name,
-                            "account_key": self._account_key,
-                        }
-                        service = BlobServiceClient(self.account_url, credential=credential, **settings)
-                    elif self._sas_token:
-                        service = BlobServiceClient(self.account_url, credential=self._sas_token, **settings)
-                    else:
-                        try:
-                            from azure.identity import DefaultAzureCredential
-                        except ImportError as exc:
-                            raise missing_dependency("azure", "azure-identity", exc) from exc
-                        service = BlobServiceClient(
-                            self.account_url, credential=DefaultAzureCredential(), **settings
-                        )
-                except KitaruError:
-                    raise
-                except Exception as exc:
-                    raise KitaruStoreError(
-                        f"cannot open an Azure Blob client for {self._where}: {exc}. Check the stack's "
-                        "connection_string / account_url / account_key."
-                    ) from exc
-                self._exc = exceptions
-                self._client = service.get_container_client(self.container)
-        return self._client
-
-    def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
-        """One Azure request, retried while it fails transiently, its errors translated."""
-        self._ensure()
+    async def _open_client(self) -> _Client:
+        """This loop's container client (its HTTP session opens with its first request)."""
         try:
-            return self.retry.call(fn, self._transient)
+            import aiohttp  # noqa: F401  (the async transport azure-core uses)
+            from azure.core import exceptions
+            from azure.storage.blob.aio import ContainerClient
+        except ImportError as exc:
+            module = "aiohttp" if (exc.name or "").startswith("aiohttp") else "azure-storage-blob"
+            raise missing_dependency("azure", module, exc) from exc
+        self._exc = exceptions
+        settings: dict[str, Any] = {
+            # Retries are ours (RetryPolicy), the same for every cloud store.
+            "retry_total": 0,
+            "connection_timeout": self._connect_timeout,
+            "read_timeout": self._read_timeout,
+            # Bounded memory: reads fetch one part at a time, writes send one block.
+            "max_single_get_size": self.part_size,
+            "max_chunk_get_size": self.part_size,
+            "max_single_put_size": self.part_size,
+            "max_block_size": self.part_size,
+        }
+        credential: Any = None
+        try:
+            if self._connection_string:
+                container = ContainerClient.from_connection_string(
+                    self._connection_string, self.container, **settings
+                )
+            elif not self.account_url:
+                raise KitaruStoreError(
+                    f"no Azure storage account for {self.uri}: set the stack's connection_string, "
+                    "account_url or account_name (or AZURE_STORAGE_CONNECTION_STRING)."
+                )
+            elif self._account_key:
+                key: Any = {"account_name": self._account_name, "account_key": self._account_key}
+                container = ContainerClient(self.account_url, self.container, credential=key, **settings)
+            elif self._sas_token:
+                container = ContainerClient(
+                    self.account_url, self.container, credential=self._sas_token, **settings
+                )
+            else:
+                try:
+                    from azure.identity.aio import DefaultAzureCredential
+                except ImportError as exc:
+                    raise missing_dependency("azure", "azure-identity", exc) from exc
+                credential = DefaultAzureCredential()
+                container = ContainerClient(
+                    self.account_url, self.container, credential=credential, **settings
+                )
+        except Exception as exc:  # nothing above awaits: no cancellation to let through
+            if credential is not None:
+                await credential.close()
+            if isinstance(exc, KitaruError):
+                raise
+            if credential is not None and "HTTPS" in str(exc):  # the SDK refuses tokens over http
+                raise KitaruStoreError(
+                    f"cannot use {self._where}: it is an http:// address. {_USE_HTTPS}"
+                ) from exc
+            raise KitaruStoreError(
+                f"cannot open an Azure Blob client for {self._where}: {exc}. Check the stack's "
+                "connection_string / account_url / account_key."
+            ) from exc
+        return _Client(container, credential)
+
+    async def aclose(self) -> None:
+        """Close every loop's HTTP session and credential (the store reopens on next use)."""
+        await self._clients.aclose()
+
+    async def _container(self) -> Any:
+        return (await self._clients.get()).container
+
+    async def _call(self, op: str, key: str | None, fn: Callable[[], Awaitable[T]]) -> T:
+        """One Azure request, retried while it fails transiently, its errors translated."""
+        try:
+            return await self.retry.acall(fn, self._transient)
         except KitaruError:
             raise
         except Exception as exc:
@@ -163,12 +191,19 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
 
     def _transient(self, exc: BaseException) -> bool:
         ex = self._exc
-        if isinstance(exc, ConnectionError | TimeoutError):
+        if isinstance(exc, ConnectionError | asyncio.TimeoutError):
             return True
         if ex is None:
             return False
         if isinstance(exc, ex.ServiceRequestError | ex.ServiceResponseError):
             return True
+        try:
+            import aiohttp
+        except ImportError:  # pragma: no cover - the store does not open without it
+            pass
+        else:
+            if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+                return True
         return (
             isinstance(exc, ex.HttpResponseError) and getattr(exc, "status_code", None) in _TRANSIENT_STATUS
         )
@@ -187,16 +222,18 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
             )
         if ex is not None and isinstance(exc, ex.ResourceNotFoundError):
             return KitaruNotFoundError(f"no artifact blob {key!r} in {self._where}")
+        # Before the generic authentication error: azure-identity's CredentialUnavailableError
+        # is a ClientAuthenticationError, but "no credential at all" has its own fix.
+        if "CredentialUnavailable" in type(exc).__name__:
+            return KitaruStoreError(
+                f"{what} failed: no Azure credential found for {self._where} ({exc}). Set the "
+                "stack's connection_string or account_key, or sign in (`az login`, managed identity)."
+            )
         if (ex is not None and isinstance(exc, ex.ClientAuthenticationError)) or status in {401, 403}:
             return KitaruStoreError(
                 f"{what} failed: access denied to {self._where} ({code or status}). Check the "
                 "credentials (connection_string, account_key, sas_token, or the identity "
                 "DefaultAzureCredential finds) and that they may read, write and list this container."
-            )
-        if "CredentialUnavailable" in type(exc).__name__:
-            return KitaruStoreError(
-                f"{what} failed: no Azure credential found for {self._where} ({exc}). Set the "
-                "stack's connection_string or account_key, or sign in (`az login`, managed identity)."
             )
         if self._transient(exc):
             return KitaruStoreError(
@@ -214,37 +251,37 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
 
     # -- create-only writes ------------------------------------------------------------------
 
-    def _put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes) -> None:
         if len(data) > self.part_size:
-            self._put_stream(key, (data,))
+            await self._put_blocks(key, _slices(data, self.part_size))
             return
-        client = self._ensure()
+        container = await self._container()
         digest = hashlib.sha256(data).hexdigest()
 
-        def once() -> None:
-            client.upload_blob(self._key(key), data, overwrite=False, metadata={"sha256": digest})
+        async def once() -> None:
+            await container.upload_blob(self._key(key), data, overwrite=False, metadata={"sha256": digest})
 
         try:
-            self._call("put", key, once)
+            await self._call("put", key, once)
         except KitaruStoreError as exc:
             if not self._exists_conflict(exc):
                 raise
-            if not self._exists(key):
+            if not await self.exists(key):
                 # Only uncommitted blocks of an abandoned upload are there, and some services
                 # (Azurite) refuse a conditional Put Blob over them: a conditional block-list
                 # commit is still create-only, and replaces them.
-                self._put_blocks(key, iter((data,)))
+                await self._put_blocks(key, _slices(data, self.part_size))
                 return
-            self._check_same(key, digest)
+            await self._check_same(key, digest)
 
-    def _check_same(self, key: str, digest: str) -> None:
+    async def _check_same(self, key: str, digest: str) -> None:
         """The blob exists: fine when it holds the bytes whose SHA-256 is ``digest``."""
-        blob = self._ensure().get_blob_client(self._key(key))
-        props = self._call("head", key, blob.get_blob_properties)
+        blob = (await self._container()).get_blob_client(self._key(key))
+        props = await self._call("head", key, blob.get_blob_properties)
         existing = (props.metadata or {}).get("sha256")
         if existing is None:  # written by another tool: hash it
             h = hashlib.sha256()
-            for chunk in self._open(key, self.part_size):
+            async for chunk in self.open(key, self.part_size):
                 h.update(chunk)
             existing = h.hexdigest()
         if existing != digest:
@@ -253,109 +290,153 @@ class AzureBlobArtifactStore(ThreadedStore, PrefixedStore):
                 "artifacts are written once."
             )
 
-    def _put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
-        parts = rechunk(chunks, self.part_size)
-        first = next(parts)
-        second = next(parts, None)
-        if second is None:
-            self._put(key, first)
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        parts = arechunk(chunks, self.part_size)
+        first = await anext(parts)
+        if len(first) < self.part_size:  # the whole stream fits in one request
+            await self.put(key, first)
             return
-        pending = [first, second]
-        del first, second
+        pending = [first]
+        del first  # only `pending` holds the part read ahead, and lets go of it
 
-        def every_part() -> Iterator[bytes]:
+        async def every_part() -> AsyncIterator[bytes]:
             while pending:
                 yield pending.pop(0)
-            yield from parts
+            async for part in parts:
+                yield part
 
-        self._put_blocks(key, every_part())
+        await self._put_blocks(key, every_part())
 
-    def _put_blocks(self, key: str, parts: Iterator[bytes]) -> None:
-        """Stage ``parts`` as blocks, then commit them at once with ``If-None-Match: *``."""
-        blob = self._ensure().get_blob_client(self._key(key))
+    async def _put_blocks(self, key: str, parts: AsyncIterator[bytes]) -> None:
+        """Stage ``parts`` as blocks, one in memory at a time, then commit them at once with
+        ``If-None-Match: *``. A producer that fails leaves only uncommitted blocks, which no
+        reader sees and which Azure discards (a week later, or at the next commit of this name)."""
+        blob = (await self._container()).get_blob_client(self._key(key))
         upload = uuid.uuid4().hex  # block ids of this upload only: concurrent writers never mix
         ids: list[str] = []
         sha = hashlib.sha256()
-        for number, part in enumerate(parts):
+        number = 0
+        async for part in parts:
             block_id = base64.b64encode(f"{upload}-{number:08d}".encode()).decode()
             sha.update(part)
-            self._call("put", key, functools.partial(blob.stage_block, block_id, part))
+
+            async def stage(block_id: str = block_id, part: bytes = part) -> None:
+                await blob.stage_block(block_id, part)
+
+            await self._call("put", key, stage)
             ids.append(block_id)
-            del part
+            number += 1
+            del part, stage
         digest = sha.hexdigest()
+
+        async def commit() -> None:
+            await blob.commit_block_list(ids, metadata={"sha256": digest}, if_none_match="*")
+
         try:
-            self._call(
-                "put",
-                key,
-                lambda: blob.commit_block_list(ids, metadata={"sha256": digest}, if_none_match="*"),
-            )
+            await self._call("put", key, commit)
         except KitaruStoreError as exc:
             if not self._exists_conflict(exc):
                 raise
-            self._check_same(key, digest)
+            await self._check_same(key, digest)
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _get(self, key: str) -> bytes:
-        return b"".join(self._open(key, self.part_size))
+    async def get(self, key: str) -> bytes:
+        return b"".join([chunk async for chunk in self.open(key, self.part_size)])
 
-    def _open(self, key: str, chunk_size: int = 1 << 20) -> Generator[bytes, None, None]:
-        blob = self._ensure().get_blob_client(self._key(key))
-        downloader = self._call("get", key, lambda: blob.download_blob(max_concurrency=1))
-        pieces = downloader.chunks()
+    async def open(self, key: str, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        blob = (await self._container()).get_blob_client(self._key(key))
+        offset, end, etag = 0, 0, None
+        attempt = 1
         while True:
-            try:
-                piece = next(pieces, None)
-            except Exception as exc:
-                raise self._translate(exc, "get", key) from exc
-            if piece is None:
+
+            async def start(offset: int = offset, etag: str | None = etag) -> Any:
+                if etag is None:
+                    return await blob.download_blob(max_concurrency=1)
+                # Resuming a broken download: the same blob (If-Match), from the byte it reached.
+                from azure.core import MatchConditions
+
+                return await blob.download_blob(
+                    offset, max_concurrency=1, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+
+            downloader = await self._call("get", key, start)
+            end, etag = offset + downloader.size, downloader.properties.etag
+            pieces = downloader.chunks()  # one part per request, fetched as the caller reads
+            while True:
+                try:
+                    piece = await anext(pieces, None)
+                except Exception as exc:
+                    if attempt >= self.retry.attempts or not self._transient(exc):
+                        raise self._translate(exc, "get", key) from exc
+                    await anyio.sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    break
+                if piece is None:
+                    return
+                offset += len(piece)
+                if len(piece) <= chunk_size:
+                    yield piece
+                    continue
+                with memoryview(piece) as view:
+                    for at in range(0, len(piece), chunk_size):
+                        yield bytes(view[at : at + chunk_size])
+                del piece
+            if offset >= end:
                 return
-            if len(piece) <= chunk_size:
-                yield piece
-                continue
-            with memoryview(piece) as view:
-                for start in range(0, len(piece), chunk_size):
-                    yield bytes(view[start : start + chunk_size])
 
-    def _exists(self, key: str) -> bool:
-        blob = self._ensure().get_blob_client(self._key(key))
-        return bool(self._call("head", key, blob.exists))
+    async def exists(self, key: str) -> bool:
+        blob = (await self._container()).get_blob_client(self._key(key))
+        return bool(await self._call("head", key, blob.exists))
 
-    def _list(self, prefix: str = "") -> Generator[str, None, None]:
-        client = self._ensure()
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        container = await self._container()
         base = f"{self.prefix}/" if self.prefix else ""
         token: str | None = None
         while True:
 
-            def page(token: str | None = token) -> tuple[list[str], str | None]:
-                pages = client.list_blobs(name_starts_with=base + prefix).by_page(continuation_token=token)
-                names = [b.name for b in next(pages)]
+            async def page(token: str | None = token) -> tuple[list[str], str | None]:
+                pages = container.list_blobs(name_starts_with=base + prefix).by_page(continuation_token=token)
+                names = [b.name async for b in await anext(pages)]
                 return names, pages.continuation_token
 
-            names, token = self._call("list", None, page)
+            names, token = await self._call("list", None, page)
             for name in names:
                 yield name[len(base) :]
             if not token:
                 return
 
-    def _delete(self, key: str) -> None:
-        client = self._ensure()
+    async def delete(self, key: str) -> None:
+        container = await self._container()
 
-        def once() -> None:
+        async def once() -> None:
             try:
-                client.delete_blob(self._key(key))
+                await container.delete_blob(self._key(key))
             except self._exc.ResourceNotFoundError as exc:
                 if getattr(exc, "error_code", None) == "ContainerNotFound":
                     raise
 
-        self._call("delete", key, once)
+        await self._call("delete", key, once)
 
-    def _close(self) -> None:
-        """Close the HTTP session (the store reopens on next use)."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+
+async def _slices(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """``data`` in blocks of ``size`` bytes (one copied block at a time)."""
+    with memoryview(data) as view:
+        for start in range(0, max(len(data), 1), size):
+            yield bytes(view[start : start + size])
+
+
+async def _close_client(client: _Client) -> None:
+    """Close a loop's client (its aiohttp session) and then the credential it used."""
+    try:
+        await client.container.close()
+    except Exception:
+        pass  # the connections are dropped either way
+    if client.credential is not None:
+        try:
+            await client.credential.close()
+        except Exception:
+            pass
 
 
 def _endpoint_of(connection_string: str) -> str | None:
