@@ -30,7 +30,7 @@ import typing
 from collections.abc import Callable, Mapping
 from functools import cache, lru_cache
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 from kitaru.config import env_float
 from kitaru.errors import (
@@ -54,6 +54,7 @@ __all__ = [
     "type_ref",
     "typed_answer",
     "wait",
+    "wait_async",
 ]
 
 #: The name every wait records in the journal (checkpoints record their function's qualname).
@@ -474,69 +475,15 @@ def wait(
     resumes from the top, replaying its journal: here the answer is validated against ``schema``
     (any type pydantic can validate, strictly) and returned typed. After
     ``timeout`` seconds without an answer the wait raises :class:`KitaruWaitTimeoutError`.
+
+    In an async flow, ``await kitaru.wait_async(...)`` is the same wait with the hold awaited.
+    This sync form works there too, but never holds (sleeping would block the event loop): with
+    it an async flow suspends at once.
     """
-    ctx = require_flow("kitaru.wait()")
-    frame = _current_call.get()
-    if frame is not None:
-        raise KitaruUsageError(
-            f"kitaru.wait() was called inside checkpoint {frame.call.call_id!r}; a checkpoint "
-            "cannot pause halfway. Call wait() from the flow body, between checkpoints."
-        )
-    if name is not None and (not name or ":" in name or "/" in name):
-        raise KitaruUsageError(f"wait name {name!r} must be non-empty, without ':' or '/'.")
-    if timeout is not None and timeout <= 0:
-        raise KitaruUsageError(f"wait timeout must be positive seconds, got {timeout!r}.")
-    call = ctx.begin_call(name or "wait", WAIT_FN_NAME)
-    call_id = call.call_id
-
-    if schema is not None:
-        _LIVE_SCHEMAS[(ctx.exec_id, call_id)] = schema
-
-    def answered(record: JournalRecord) -> Any:
-        artifact = ctx.stored_artifact(record)
-        value = typed_answer(
-            schema,
-            ctx.load_artifact(artifact),
-            artifact.serializer,
-            call_id=call_id,
-            exec_id=ctx.exec_id,
-        )
-        ctx.remember_output(value, artifact)  # an answer passed on to a checkpoint is lineage
-        return value
-
-    if call_id in ctx.answers:
-        return answered(ctx.answers[call_id])
-    if call_id in ctx.timed_out:
-        raise KitaruWaitTimeoutError(f"wait {call_id!r} timed out before it was answered.")
-    opened = ctx.opened.get(call_id)
-    if opened is None:
-        deadline = time.time() + timeout if timeout is not None else None
-        data: dict[str, Any] = {
-            "question": question,
-            "schema_text": describe_schema(schema),
-            "metadata": metadata or {},
-            "deadline": deadline,
-        }
-        if schema is not None:
-            try:
-                data["json_schema"] = _adapter(schema).json_schema()
-                data["type"] = type_ref(schema)
-            except Exception as exc:
-                raise KitaruUsageError(
-                    f"wait {call_id!r}: schema {schema!r} is not a type pydantic can validate "
-                    f"({exc}). Use a type such as bool, str, a pydantic model or a dataclass."
-                ) from exc
-        opened = JournalRecord(
-            kind="wait_opened",
-            call_id=call_id,
-            seq=call.seq,
-            name=WAIT_FN_NAME,
-            data=data,
-            ts=time.time(),
-        )
-        ctx.commit([opened])
-        ctx.opened[call_id] = opened
-    deadline = (opened.data or {}).get("deadline")
+    pending = _Pending.open(name, question, schema, timeout, metadata, "kitaru.wait()")
+    if pending.done:
+        return pending.value
+    pending.ctx.commit(pending.new_records)
     # Only poll while holding for a fast answer: an answer that lands after this point is seen
     # by the store's suspend(), which then refuses to suspend and the runner replays at once.
     # Called from an async body (on the event loop), this sync form never holds: sleeping would
@@ -545,26 +492,172 @@ def wait(
     hold_until = time.time() + hold
     while True:
         now = time.time()
-        if deadline is not None and now >= deadline:
-            ctx.commit([JournalRecord(kind="wait_timed_out", call_id=call_id, ts=now)])
-            ctx.timed_out.add(call_id)
-            raise KitaruWaitTimeoutError(
-                f"wait {call_id!r} of execution {ctx.exec_id} got no answer within its timeout."
-            )
+        if pending.expired(now):
+            pending.ctx.commit(pending.timed_out(now))
+            pending.raise_timed_out()
         if now >= hold_until:
             break
-        time.sleep(min(0.01, hold_until - now))
-        record = _fetch_answer(ctx, call_id)
-        if record is not None:
-            ctx.answers[call_id] = record
-            return answered(record)
-    ctx.suspended_on.append(call_id)
-    raise _Suspend()
+        time.sleep(min(_POLL, hold_until - now))
+        journal = pending.ctx.state_call(pending.ctx.runtime.astate.read_journal, pending.ctx.exec_id)
+        if pending.found_answer(journal):
+            return pending.answered()
+    pending.suspend()
 
 
-def _fetch_answer(ctx: ExecutionContext, call_id: str) -> JournalRecord | None:
-    journal: list[JournalRecord] = ctx.state_call(ctx.runtime.astate.read_journal, ctx.exec_id)
-    for record in journal:
-        if record.kind == "wait_answered" and record.call_id == call_id:
-            return record
-    return None
+async def wait_async(
+    name: str | None = None,
+    question: str | None = None,
+    schema: Any = None,
+    timeout: float | None = None,  # noqa: ASYNC109 (the wait's deadline, recorded; not a call timeout)
+    metadata: dict[str, Any] | None = None,
+) -> Any:
+    """:func:`wait` for async flows: ``await kitaru.wait_async(...)``.
+
+    The same wait (same journal records, ids, schema checks and answers; an execution may switch
+    between the two forms), but the ``KITARU_WAIT_HOLD`` hold is awaited: the journal is polled
+    with the state store's async calls between ``anyio.sleep``s, so the event loop stays free for
+    the app's other work while the flow holds for a fast answer.
+    """
+    import anyio
+
+    pending = _Pending.open(name, question, schema, timeout, metadata, "kitaru.wait_async()")
+    if pending.done:
+        return pending.value
+    ctx = pending.ctx
+    if pending.new_records:
+        await ctx.acommit(pending.new_records)
+    hold_until = time.time() + env_float("KITARU_WAIT_HOLD", 0.0)
+    while True:
+        now = time.time()
+        if pending.expired(now):
+            await ctx.acommit(pending.timed_out(now))
+            pending.raise_timed_out()
+        if now >= hold_until:
+            break
+        await anyio.sleep(min(_POLL, hold_until - now))
+        if pending.found_answer(await ctx.runtime.astate.read_journal(ctx.exec_id)):
+            if not ctx.inline:
+                await ctx.preload_artifacts()  # the answer's record, read without blocking
+            return pending.answered()
+    pending.suspend()
+
+
+#: How often a holding wait looks for its answer in the journal (seconds).
+_POLL = 0.01
+
+
+class _Pending:
+    """One wait() call between its journal checks and its hold: what both forms share."""
+
+    __slots__ = ("call_id", "ctx", "deadline", "done", "new_records", "schema", "value")
+
+    def __init__(self, ctx: ExecutionContext, call_id: str, schema: Any) -> None:
+        self.ctx = ctx
+        self.call_id = call_id
+        self.schema = schema
+        self.done = False
+        self.value: Any = None
+        self.new_records: list[JournalRecord] = []
+        self.deadline: float | None = None
+
+    @classmethod
+    def open(
+        cls,
+        name: str | None,
+        question: str | None,
+        schema: Any,
+        timeout: float | None,
+        metadata: dict[str, Any] | None,
+        what: str,
+    ) -> _Pending:
+        """Check the call, give it its id, and return the answer the journal holds (``done``) or
+        the ``wait_opened`` record still to commit (``new_records``; empty when it is recorded)."""
+        ctx = require_flow(what)
+        frame = _current_call.get()
+        if frame is not None:
+            raise KitaruUsageError(
+                f"{what} was called inside checkpoint {frame.call.call_id!r}; a checkpoint "
+                "cannot pause halfway. Call it from the flow body, between checkpoints."
+            )
+        if name is not None and (not name or ":" in name or "/" in name):
+            raise KitaruUsageError(f"wait name {name!r} must be non-empty, without ':' or '/'.")
+        if timeout is not None and timeout <= 0:
+            raise KitaruUsageError(f"wait timeout must be positive seconds, got {timeout!r}.")
+        call = ctx.begin_call(name or "wait", WAIT_FN_NAME)
+        pending = cls(ctx, call.call_id, schema)
+        call_id = call.call_id
+        if schema is not None:
+            _LIVE_SCHEMAS[(ctx.exec_id, call_id)] = schema
+        if call_id in ctx.answers:
+            pending.done, pending.value = True, pending.answered()
+            return pending
+        if call_id in ctx.timed_out:
+            raise KitaruWaitTimeoutError(f"wait {call_id!r} timed out before it was answered.")
+        opened = ctx.opened.get(call_id)
+        if opened is None:
+            deadline = time.time() + timeout if timeout is not None else None
+            data: dict[str, Any] = {
+                "question": question,
+                "schema_text": describe_schema(schema),
+                "metadata": metadata or {},
+                "deadline": deadline,
+            }
+            if schema is not None:
+                try:
+                    data["json_schema"] = _adapter(schema).json_schema()
+                    data["type"] = type_ref(schema)
+                except Exception as exc:
+                    raise KitaruUsageError(
+                        f"wait {call_id!r}: schema {schema!r} is not a type pydantic can validate "
+                        f"({exc}). Use a type such as bool, str, a pydantic model or a dataclass."
+                    ) from exc
+            opened = JournalRecord(
+                kind="wait_opened",
+                call_id=call_id,
+                seq=call.seq,
+                name=WAIT_FN_NAME,
+                data=data,
+                ts=time.time(),
+            )
+            pending.new_records = [opened]
+            ctx.opened[call_id] = opened
+        pending.deadline = (opened.data or {}).get("deadline")
+        return pending
+
+    def answered(self) -> Any:
+        """The recorded answer, typed by the live schema (and remembered as lineage)."""
+        ctx = self.ctx
+        artifact = ctx.stored_artifact(ctx.answers[self.call_id])
+        value = typed_answer(
+            self.schema,
+            ctx.load_artifact(artifact),
+            artifact.serializer,
+            call_id=self.call_id,
+            exec_id=ctx.exec_id,
+        )
+        ctx.remember_output(value, artifact)  # an answer passed on to a checkpoint is lineage
+        return value
+
+    def found_answer(self, journal: list[JournalRecord]) -> bool:
+        for record in journal:
+            if record.kind == "wait_answered" and record.call_id == self.call_id:
+                self.ctx.answers[self.call_id] = record
+                self.ctx._referenced.append(record.artifact_id or "")
+                return True
+        return False
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def timed_out(self, now: float) -> list[JournalRecord]:
+        self.ctx.timed_out.add(self.call_id)
+        return [JournalRecord(kind="wait_timed_out", call_id=self.call_id, ts=now)]
+
+    def raise_timed_out(self) -> NoReturn:
+        raise KitaruWaitTimeoutError(
+            f"wait {self.call_id!r} of execution {self.ctx.exec_id} got no answer within its timeout."
+        )
+
+    def suspend(self) -> NoReturn:
+        self.ctx.suspended_on.append(self.call_id)
+        raise _Suspend()
