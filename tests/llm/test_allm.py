@@ -30,6 +30,10 @@ def call_logs(runtime: Runtime, exec_id: str, call_id: str) -> dict[str, object]
     return merged
 
 
+def llm_names(runtime: Runtime, exec_id: str) -> set[str]:
+    return {r.name for r in runtime.state.read_journal(exec_id) if r.call_id == "llm" and r.name}
+
+
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The delays ``anyio.sleep`` was asked for (the backoff between attempts is awaited)."""
@@ -128,8 +132,12 @@ class TestInAnAsyncFlow:
             return await kitaru.allm("x", model="openai/gpt-4o-mini")
 
         by_sync, by_async = sync_version.run(), async_version.run()
-        sync_names = {r.name for r in runtime.state.read_journal(by_sync.exec_id) if r.call_id == "llm" and r.name}
-        async_names = {r.name for r in runtime.state.read_journal(by_async.exec_id) if r.call_id == "llm" and r.name}
+        sync_names = {
+            r.name for r in runtime.state.read_journal(by_sync.exec_id) if r.call_id == "llm" and r.name
+        }
+        async_names = {
+            r.name for r in runtime.state.read_journal(by_async.exec_id) if r.call_id == "llm" and r.name
+        }
         assert sync_names == async_names == {"_recorded"}
 
 
@@ -146,7 +154,9 @@ class TestRetriesAndErrors:
         assert sleeps[0] == 0.05  # the server's Retry-After
         assert len(sleeps) == 2  # then exponential backoff, awaited as well
 
-    def test_attempts_are_logged_in_a_flow(self, runtime: Runtime, openai_env: Any, sleeps: list[float]) -> None:
+    def test_attempts_are_logged_in_a_flow(
+        self, runtime: Runtime, openai_env: Any, sleeps: list[float]
+    ) -> None:
         openai_env.fail(429, retry_after="0")
 
         @flow
