@@ -68,6 +68,20 @@ class TestHold:
         kinds = [r.kind for r in runtime.state.read_journal(quick_exec_ids(runtime)[0])]
         assert kinds.count("wait_opened") == 1 and kinds.count("wait_answered") == 1
 
+    def test_a_result_timeout_while_it_holds_is_a_kitaru_timeout(
+        self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+
+        async def main() -> None:
+            handle = await quick.start()
+            with pytest.raises(kitaru.KitaruTimeoutError, match="still running"):
+                await handle.result(timeout=0.2)
+            await _answer_when_open(handle.exec_id, "late")  # let it finish
+            assert await handle.result(timeout=30) == "late"
+
+        anyio.run(main)
+
     def test_without_a_hold_it_suspends_and_resumes_with_the_typed_answer(self, runtime: Runtime) -> None:
         handle = quick.run()
         assert handle.status == "waiting"
