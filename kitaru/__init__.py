@@ -19,6 +19,7 @@ from kitaru._engine.flow import Flow as Flow
 from kitaru._engine.flow import FlowHandle as FlowHandle
 from kitaru._engine.flow import flow as flow
 from kitaru._engine.waits import wait as wait
+from kitaru._engine.waits import wait_async as wait_async
 from kitaru.client import KitaruClient as KitaruClient
 from kitaru.errors import KitaruConfigError as KitaruConfigError
 from kitaru.errors import KitaruConflictError as KitaruConflictError
@@ -42,6 +43,7 @@ from kitaru.errors import KitaruTimeoutError as KitaruTimeoutError
 from kitaru.errors import KitaruUsageError as KitaruUsageError
 from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
 from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
+from kitaru.llm import allm as allm
 from kitaru.llm import llm as llm
 
 __version__ = "0.1.0.dev0"
@@ -74,6 +76,7 @@ __all__ = [
     "KitaruUsageError",
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
+    "allm",
     "checkpoint",
     "current_execution_id",
     "flow",
@@ -82,4 +85,5 @@ __all__ = [
     "log",
     "save",
     "wait",
+    "wait_async",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from kitaru._engine.checkpoint import Checkpoint
     from kitaru._models import ModelSpec
 
-__all__ = ["LLMResponse", "complete", "llm"]
+__all__ = ["LLMResponse", "acomplete", "allm", "complete", "llm"]
 
 #: Anthropic requires max_tokens; this is used when the caller gives none.
 ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
@@ -76,13 +77,10 @@ def llm(
     ``model`` is an alias (``kitaru model register``) or ``provider/model`` such as
     ``openai/gpt-4o-mini``, ``anthropic/claude-3-5-haiku-latest`` or ``ollama/llama3``; None uses
     ``KITARU_MODEL`` or the configured default. ``name`` names the checkpoint (at flow scope) and
-    the saved prompt/response artifacts; it defaults to ``llm``.
+    the saved prompt/response artifacts; it defaults to ``llm``. In async code use
+    ``await kitaru.allm(...)``, which never blocks the event loop.
     """
-    if not isinstance(prompt, str):
-        raise KitaruUsageError(f"kitaru.llm() takes the prompt as a str, got {type(prompt).__qualname__}.")
-    label = name or "llm"
-    if not label or ":" in label or "/" in label:
-        raise KitaruUsageError(f"kitaru.llm() name {label!r} must be non-empty, without ':' or '/'.")
+    label = _label(prompt, name)
     from kitaru._engine.context import current_call, current_execution
 
     if current_execution() is None:
@@ -97,7 +95,49 @@ def llm(
     return text
 
 
+async def allm(
+    prompt: str,
+    *,
+    model: str | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    name: str | None = None,
+) -> str:
+    """:func:`llm` for async code: ``await kitaru.allm(...)``.
+
+    The same call, recording, retries (the backoff and ``Retry-After`` waits are ``anyio.sleep``)
+    and errors, over httpx's async client on the caller's event loop, so an async flow's loop is
+    never blocked by a model call. At flow scope it is a checkpoint of its own (``llm``,
+    ``llm:2``..., sharing the numbering with :func:`llm`); inside a checkpoint it runs inline and
+    is recorded under that checkpoint; outside a flow it is a plain call.
+    """
+    label = _label(prompt, name)
+    from kitaru._engine.context import current_call, current_execution
+
+    if current_execution() is None:
+        response = await acomplete(
+            prompt, model=model, system=system, temperature=temperature, max_tokens=max_tokens
+        )
+        return response.text
+    if current_call() is not None:
+        return await _arecorded(label, prompt, model, system, temperature, max_tokens, inline=True)
+    step = _acheckpoint(label)
+    text: str = await step(label, prompt, model, system, temperature, max_tokens)
+    return text
+
+
+def _label(prompt: object, name: str | None) -> str:
+    if not isinstance(prompt, str):
+        raise KitaruUsageError(f"kitaru.llm() takes the prompt as a str, got {type(prompt).__qualname__}.")
+    label = name or "llm"
+    if not label or ":" in label or "/" in label:
+        raise KitaruUsageError(f"kitaru.llm() name {label!r} must be non-empty, without ':' or '/'.")
+    return label
+
+
 _CHECKPOINTS: dict[str, Checkpoint[..., str]] = {}
+_ACHECKPOINTS: dict[str, Checkpoint[..., Awaitable[str]]] = {}
 
 
 def _checkpoint(label: str) -> Checkpoint[..., str]:
@@ -106,6 +146,18 @@ def _checkpoint(label: str) -> Checkpoint[..., str]:
         from kitaru._engine.checkpoint import checkpoint
 
         step = _CHECKPOINTS[label] = checkpoint(name=label)(_recorded)
+    return step
+
+
+def _acheckpoint(label: str) -> Checkpoint[..., Awaitable[str]]:
+    # Both forms journal under the same function name, so an execution may switch between
+    # `llm()` and `await allm()` across versions of its code and still replay.
+    step = _ACHECKPOINTS.get(label)
+    if step is None:
+        from kitaru._engine.checkpoint import checkpoint
+
+        step = _ACHECKPOINTS[label] = checkpoint(name=label)(_arecorded)
+        step.qualname = _recorded.__qualname__
     return step
 
 
@@ -121,18 +173,52 @@ def _recorded(
     """Make the call inside the running checkpoint and record it there. Inline calls (inside a
     user's checkpoint) prefix their log keys with their name when they have one, so several
     named calls in one checkpoint keep apart."""
-    from kitaru._engine.api import log, save
+    spec = _record_request(label, prompt, model, system, temperature, max_tokens)
+    response = _call(spec, prompt, system, temperature, max_tokens)
+    return _record_response(label, spec, response, inline)
+
+
+async def _arecorded(
+    label: str,
+    prompt: str,
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    inline: bool = False,
+) -> str:
+    """:func:`_recorded` with the provider call awaited."""
+    spec = _record_request(label, prompt, model, system, temperature, max_tokens)
+    response = await _acall(spec, prompt, system, temperature, max_tokens)
+    return _record_response(label, spec, response, inline)
+
+
+def _record_request(
+    label: str,
+    prompt: str,
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+) -> ModelSpec:
+    """Resolve the model and save the request as the ``prompt`` artifact (never the API key)."""
+    from kitaru._engine.api import save
     from kitaru._models import resolve
 
     spec = resolve(model)
-    messages = _messages(prompt, system)
-    request: dict[str, Any] = {"model": spec.full_name, "messages": messages}
+    request: dict[str, Any] = {"model": spec.full_name, "messages": _messages(prompt, system)}
     if temperature is not None:
         request["temperature"] = temperature
     if max_tokens is not None:
         request["max_tokens"] = max_tokens
     save(f"{label}.prompt", request, type="prompt")
-    response = _call(spec, prompt, system, temperature, max_tokens)
+    return spec
+
+
+def _record_response(label: str, spec: ModelSpec, response: LLMResponse, inline: bool) -> str:
+    """Save the answer as the ``response`` artifact and log the call's usage."""
+    from kitaru._engine.api import log, save
+
     save(f"{label}.response", response.text, type="response")
     usage: dict[str, Any] = {
         "model": spec.full_name,
@@ -166,6 +252,20 @@ def complete(
     return _call(resolve(model), prompt, system, temperature, max_tokens)
 
 
+async def acomplete(
+    prompt: str,
+    *,
+    model: str | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+) -> LLMResponse:
+    """:func:`complete` for async code (httpx's async client, anyio.sleep between attempts)."""
+    from kitaru._models import resolve
+
+    return await _acall(resolve(model), prompt, system, temperature, max_tokens)
+
+
 def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
     return [*messages, {"role": "user", "content": prompt}]
@@ -181,15 +281,10 @@ def _env_number(name: str, default: float) -> float:
         return default
 
 
-def _call(
+def _request(
     spec: ModelSpec, prompt: str, system: str | None, temperature: float | None, max_tokens: int | None
-) -> LLMResponse:
-    try:
-        import httpx
-    except ImportError as exc:  # pragma: no cover - httpx is a core dependency
-        raise KitaruMissingDependencyError(
-            "kitaru.llm() needs httpx: install kitaru with its dependencies (`pip install kitaru`)."
-        ) from exc
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The URL, headers and JSON body of one call in the provider's wire protocol."""
     if spec.provider.protocol == "anthropic":
         # Anthropic's base URL is conventionally given without /v1; accept it either way.
         url = spec.base_url.removesuffix("/v1") + "/v1/messages"
@@ -212,32 +307,59 @@ def _call(
             body["max_completion_tokens" if spec.provider.name == "openai" else "max_tokens"] = max_tokens
     if temperature is not None:
         body["temperature"] = temperature
+    return url, headers, body
 
+
+def _httpx() -> Any:
+    try:
+        import httpx
+    except ImportError as exc:  # pragma: no cover - httpx is a core dependency
+        raise KitaruMissingDependencyError(
+            "kitaru.llm() needs httpx: install kitaru with its dependencies (`pip install kitaru`)."
+        ) from exc
+    return httpx
+
+
+def _policy() -> tuple[int, float, float]:
+    """Retries, first backoff and per-attempt timeout, from the environment."""
     retries = int(_env_number("KITARU_LLM_RETRIES", 3))
-    backoff = _env_number("KITARU_LLM_BACKOFF", 1.0)
-    timeout = _env_number("KITARU_LLM_TIMEOUT", 120.0)
+    return retries, _env_number("KITARU_LLM_BACKOFF", 1.0), _env_number("KITARU_LLM_TIMEOUT", 120.0)
+
+
+def _failed_to_send(exc: Exception, spec: ModelSpec, timeout: float, attempt: int) -> KitaruLLMError:
+    """The error for an attempt that got no HTTP reply (a timeout, a connection failure)."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return KitaruLLMTimeoutError(
+            f"{spec.full_name} at {spec.base_url} did not answer within {timeout:g} s "
+            f"(attempt {attempt}). Raise KITARU_LLM_TIMEOUT if the model is slow.",
+            provider=spec.provider.name,
+        )
+    return KitaruLLMError(
+        f"cannot reach {spec.full_name} at {spec.base_url}: {type(exc).__name__}: "
+        f"{_redact(str(exc), spec)}. Check the base URL and that the server is up.",
+        provider=spec.provider.name,
+    )
+
+
+def _call(
+    spec: ModelSpec, prompt: str, system: str | None, temperature: float | None, max_tokens: int | None
+) -> LLMResponse:
+    hx = _httpx()
+    url, headers, body = _request(spec, prompt, system, temperature, max_tokens)
+    retries, backoff, timeout = _policy()
     attempt = 0
-    with httpx.Client(timeout=timeout) as client:
+    with hx.Client(timeout=timeout) as client:
         while True:
             attempt += 1
             started = time.perf_counter()
+            reply: httpx.Response | None = None
             try:
                 reply = client.post(url, json=body, headers=headers)
                 error = _classify(spec, reply)
-            except httpx.TimeoutException:
-                error = KitaruLLMTimeoutError(
-                    f"{spec.full_name} at {spec.base_url} did not answer within {timeout:g} s "
-                    f"(attempt {attempt}). Raise KITARU_LLM_TIMEOUT if the model is slow.",
-                    provider=spec.provider.name,
-                )
-                reply = None
-            except httpx.HTTPError as exc:
-                error = KitaruLLMError(
-                    f"cannot reach {spec.full_name} at {spec.base_url}: {type(exc).__name__}: "
-                    f"{_redact(str(exc), spec)}. Check the base URL and that the server is up.",
-                    provider=spec.provider.name,
-                )
-                reply = None
+            except hx.HTTPError as exc:
+                error = _failed_to_send(exc, spec, timeout, attempt)
             latency = (time.perf_counter() - started) * 1000
             if error is None:
                 assert reply is not None
@@ -245,6 +367,36 @@ def _call(
             if not _retryable(error, reply) or attempt > retries:
                 raise error
             time.sleep(_delay(reply, backoff, attempt))
+
+
+async def _acall(
+    spec: ModelSpec, prompt: str, system: str | None, temperature: float | None, max_tokens: int | None
+) -> LLMResponse:
+    """:func:`_call` on the caller's event loop: httpx's async client, backoff with anyio.sleep
+    (same retries, same errors)."""
+    import anyio
+
+    hx = _httpx()
+    url, headers, body = _request(spec, prompt, system, temperature, max_tokens)
+    retries, backoff, timeout = _policy()
+    attempt = 0
+    async with hx.AsyncClient(timeout=timeout) as client:
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            reply: httpx.Response | None = None
+            try:
+                reply = await client.post(url, json=body, headers=headers)
+                error = _classify(spec, reply)
+            except hx.HTTPError as exc:
+                error = _failed_to_send(exc, spec, timeout, attempt)
+            latency = (time.perf_counter() - started) * 1000
+            if error is None:
+                assert reply is not None
+                return _parse(spec, reply, latency, attempt)
+            if not _retryable(error, reply) or attempt > retries:
+                raise error
+            await anyio.sleep(_delay(reply, backoff, attempt))
 
 
 def _retryable(error: KitaruLLMError, reply: httpx.Response | None) -> bool:

@@ -41,6 +41,27 @@ def test_all_has_no_duplicates_and_every_name_exists() -> None:
         assert getattr(kitaru, name, None) is not None, name
 
 
+def test_the_awaitable_forms_are_exported() -> None:
+    # Async flows call these with `await`; each has a sync twin of the same name without the
+    # async marker (same recording, same journal).
+    import inspect
+
+    assert inspect.iscoroutinefunction(kitaru.allm) and not inspect.iscoroutinefunction(kitaru.llm)
+    assert inspect.iscoroutinefunction(kitaru.wait_async) and not inspect.iscoroutinefunction(kitaru.wait)
+    assert {"allm", "llm", "wait", "wait_async"} <= set(kitaru.__all__)
+
+
+def test_anyio_is_a_declared_dependency() -> None:
+    # The engine imports anyio itself (task groups, cancel scopes, the portal): it must not rest on
+    # another package happening to pull it in.
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(kitaru.__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    names = {dep.split(">")[0].split("=")[0].split("[")[0].strip() for dep in project["dependencies"]}
+    assert "anyio" in names
+
+
 def test_version() -> None:
     assert isinstance(kitaru.__version__, str) and kitaru.__version__
 
@@ -77,7 +98,7 @@ def test_public_modules_export_what_their_all_names() -> None:
             assert hasattr(module, attr), f"{name}.__all__ names {attr!r}, which {name} lacks"
 
 
-HEAVY = ("pydantic", "stevedore", "click", "cloudpickle")
+HEAVY = ("pydantic", "stevedore", "click", "cloudpickle", "anyio", "httpx")
 
 
 def test_import_kitaru_stays_light() -> None:

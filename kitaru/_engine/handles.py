@@ -78,7 +78,11 @@ async def await_result(
     if task is not None:
         import asyncio
 
-        local = (await asyncio.wait_for(asyncio.shield(task), timeout)).raise_interrupt()
+        try:
+            local = (await asyncio.wait_for(asyncio.shield(task), timeout)).raise_interrupt()
+        except TimeoutError:
+            # Still driven here (holding on a wait, say): the same error as when it runs elsewhere.
+            raise KitaruTimeoutError(f"execution {exec_id} is still running after {timeout} s.") from None
     delay = 0.01
     last = local.status if local is not None else None
     while (last := await _status(runtime, exec_id, last)) not in TERMINAL_STATUSES:

@@ -159,21 +159,70 @@ class Runtime:
         return remove
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self.heartbeat_interval):
+        """The heartbeat thread: renew this process's leases every ``heartbeat_interval``.
+
+        It is a thread of its own, not a task on a Runner's loop, so that a flow whose body blocks
+        its event loop (sync code in an async flow, a CPU-bound step) keeps its lease: the lease
+        is what stops another process from taking over and running the same work twice. An
+        inline store (SQLite, memory) is renewed right here. Any other store is renewed on an
+        event loop this thread runs for itself: never through kitaru's portal (a blocked portal
+        loop would stall the renewal, and a renewal waiting on the portal could deadlock its
+        shutdown), and on its own connection, so a renewal never holds up a flow's loop or pool.
+        """
+        if self.inline:
+            while not self._stop.wait(self.heartbeat_interval):
+                self._beat_inline()
+            return
+        import anyio
+
+        anyio.run(self._abeat)
+
+    def _beat_inline(self) -> None:
+        with self._lock:
+            ids = list(self._active)
+        if not ids:
+            return
+        try:
+            statuses = self.state.renew_leases(self.owner, ids, self.lease_ttl)
+        except Exception:
+            # A store hiccup must not kill the heartbeat; the next beat tries again, and a
+            # lost lease is caught by the owner check on the next commit.
+            return
+        self._saw_statuses(ids, statuses)
+        for exec_id, note in self._inflight_changes(ids):
+            try:
+                self.state.commit(exec_id, [], owner=self.owner, metadata={INFLIGHT: note})
+            except Exception:
+                continue  # lease lost or store down: the owner check and the next beat handle it
+            self._noted_inflight(exec_id, note)
+
+    async def _abeat(self) -> None:
+        """:meth:`_beat_inline` for a store that awaits the network, on the heartbeat's own loop."""
+        import anyio.to_thread
+
+        # Waiting on the stop event (in anyio's worker thread) lets close() end this loop, and
+        # with it the loop's connections, at once.
+        while not await anyio.to_thread.run_sync(self._stop.wait, self.heartbeat_interval):
             with self._lock:
                 ids = list(self._active)
             if not ids:
                 continue
             try:
-                statuses = self.state.renew_leases(self.owner, ids, self.lease_ttl)
+                statuses = await self.astate.renew_leases(self.owner, ids, self.lease_ttl)
             except Exception:
-                # A store hiccup must not kill the heartbeat; the next beat tries again, and a
-                # lost lease is caught by the owner check on the next commit.
-                continue
-            for exec_id, status in statuses.items():
-                if status == "cancelled" and exec_id in ids:
-                    self.saw_cancel(exec_id)
-            self._note_inflight(ids)
+                continue  # as above: the next beat tries again
+            self._saw_statuses(ids, statuses)
+            for exec_id, note in self._inflight_changes(ids):
+                try:
+                    await self.astate.commit(exec_id, [], owner=self.owner, metadata={INFLIGHT: note})
+                except Exception:
+                    continue
+                self._noted_inflight(exec_id, note)
+
+    def _saw_statuses(self, ids: list[str], statuses: dict[str, str]) -> None:
+        for exec_id, status in statuses.items():
+            if status == "cancelled" and exec_id in ids:
+                self.saw_cancel(exec_id)
 
     # -- attempts in flight (so a crash that cuts one short is visible after resume) ---------
 
@@ -193,22 +242,22 @@ class Runtime:
             if calls is not None:
                 calls.pop(call_id, None)
 
-    def _note_inflight(self, exec_ids: list[str]) -> None:
-        """Write each execution's attempts in flight to its metadata when they changed since the
-        last beat. This rides on the heartbeat, not on checkpoints: a checkpoint stays one commit,
-        and an attempt shorter than a beat may go unnoted (its crash then leaves no trace)."""
+    def _inflight_changes(self, exec_ids: list[str]) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+        """Each execution's attempts in flight, where they changed since the last beat wrote them.
+        They ride on the heartbeat, not on checkpoints: a checkpoint stays one commit, and an
+        attempt shorter than a beat may go unnoted (its crash then leaves no trace)."""
+        changed = []
         for exec_id in exec_ids:
             with self._lock:
                 now = {call_id: dict(note) for call_id, note in self._inflight.get(exec_id, {}).items()}
-            if now == self._noted.get(exec_id, {}):
-                continue
-            try:
-                self.state.commit(exec_id, [], owner=self.owner, metadata={INFLIGHT: now})
-            except Exception:
-                continue  # lease lost or store down: the owner check and the next beat handle it
-            with self._lock:
-                if exec_id in self._active:
-                    self._noted[exec_id] = now
+            if now != self._noted.get(exec_id, {}):
+                changed.append((exec_id, now))
+        return changed
+
+    def _noted_inflight(self, exec_id: str, note: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            if exec_id in self._active:
+                self._noted[exec_id] = note
 
     def close(self) -> None:
         self._stop.set()

@@ -132,10 +132,14 @@ class KitaruAgent:
             return await self._per_call(input, kwargs)
         if in_checkpoint():
             return await Runner.run(self.agent, input, **kwargs)
-        import asyncio
+        import anyio.to_thread
 
-        handle = await asyncio.to_thread(self.run_flow, input, **kwargs)
-        return agent_run_result(self.name, handle.exec_id, handle.status)
+        # Driven and read on a worker thread: the sync client's calls must not run on this loop.
+        def run_and_read() -> Any:
+            handle = self.run_flow(input, **kwargs)
+            return agent_run_result(self.name, handle.exec_id, handle.status)
+
+        return await anyio.to_thread.run_sync(run_and_read)
 
     def run_sync(self, input: Any, **kwargs: Any) -> Any:
         """:meth:`run` for synchronous code."""
@@ -189,7 +193,7 @@ class KitaruAgent:
         while result.interruptions:
             state = result.to_state()
             for item in result.interruptions:
-                if self._ask(item.tool_name or "tool", _arguments(item.raw_item)):
+                if await self._ask(item.tool_name or "tool", _arguments(item.raw_item)):
                     state.approve(item)
                 else:
                     state.reject(item)
@@ -311,7 +315,7 @@ class KitaruAgent:
         )
         out = await step(input, {})
         while out.get("interruptions"):
-            decisions = {i["call_id"]: self._ask(i["tool"], i["args"]) for i in out["interruptions"]}
+            decisions = {i["call_id"]: await self._ask(i["tool"], i["args"]) for i in out["interruptions"]}
             out = await step(out["state"], decisions)
         outcome = RunOutcome(out["final_output"], out["items"], out["last_agent"])
         self._save(outcome.final_output, outcome.items)
@@ -319,12 +323,14 @@ class KitaruAgent:
 
     # -- shared -------------------------------------------------------------------------------
 
-    def _ask(self, tool_name: str, args: dict[str, Any]) -> bool:
-        from kitaru._engine.waits import wait
+    async def _ask(self, tool_name: str, args: dict[str, Any]) -> bool:
+        # Awaited: a durable run is on an event loop, where only the awaitable wait can hold
+        # (KITARU_WAIT_HOLD) for a fast answer.
+        from kitaru._engine.waits import wait_async
 
         shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
         return bool(
-            wait(
+            await wait_async(
                 name=safe_name(self.name, "approve", tool_name),
                 question=f"Allow {self.name} to call {tool_name}({shown})?",
                 schema=bool,

@@ -139,11 +139,15 @@ class KitaruAgent(Generic[DepsT, OutputT]):
             return await self._durable_run(user_prompt, kwargs)
         if in_checkpoint():
             return await self.agent.run(user_prompt, **kwargs)
-        import asyncio
+        import anyio.to_thread
 
-        # The flow drives on a worker thread and returns once it completes or suspends.
-        handle = await asyncio.to_thread(self.run_flow, user_prompt, **kwargs)
-        return agent_run_result(self.name, handle.exec_id, handle.status)
+        # The flow drives on a worker thread and returns once it completes or suspends; its
+        # result is read there too (the sync client's calls must not run on this loop).
+        def run_and_read() -> Any:
+            handle = self.run_flow(user_prompt, **kwargs)
+            return agent_run_result(self.name, handle.exec_id, handle.status)
+
+        return await anyio.to_thread.run_sync(run_and_read)
 
     def run_sync(self, user_prompt: str | None = None, **kwargs: Any) -> Any:
         """:meth:`run` for synchronous code."""
@@ -233,16 +237,28 @@ class KitaruAgent(Generic[DepsT, OutputT]):
         """Open (or read back) the approval wait for one tool call, at flow scope."""
         from kitaru._engine.waits import wait
 
+        return bool(wait(**self._approval(tool_name, args, metadata)))
+
+    async def aask(
+        self, tool_name: str, args: dict[str, Any], metadata: dict[str, Any] | None = None
+    ) -> bool:
+        """:meth:`ask` on the event loop the run is on: the wait's ``KITARU_WAIT_HOLD`` hold is
+        awaited (a durable run's tools always run on a loop, where the sync form cannot hold)."""
+        from kitaru._engine.waits import wait_async
+
+        return bool(await wait_async(**self._approval(tool_name, args, metadata)))
+
+    def _approval(
+        self, tool_name: str, args: dict[str, Any], metadata: dict[str, Any] | None
+    ) -> dict[str, Any]:
         shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
-        return bool(
-            wait(
-                name=safe_name(self.name, "approve", tool_name),
-                question=f"Allow {self.name} to call {tool_name}({shown})?",
-                schema=bool,
-                timeout=self.approval_timeout,
-                metadata={"agent": self.name, "tool": tool_name, "args": args, **(metadata or {})},
-            )
-        )
+        return {
+            "name": safe_name(self.name, "approve", tool_name),
+            "question": f"Allow {self.name} to call {tool_name}({shown})?",
+            "schema": bool,
+            "timeout": self.approval_timeout,
+            "metadata": {"agent": self.name, "tool": tool_name, "args": args, **(metadata or {})},
+        }
 
 
 @flow(name="pydantic_ai_agent")
@@ -377,13 +393,13 @@ class _KitaruToolset(WrapperToolset[Any]):
             name, tool_args
         )
         if needs:
-            if not durable.ask(name, tool_args):
+            if not await durable.aask(name, tool_args):
                 return DENIED
             ctx = dataclasses.replace(ctx, tool_call_approved=True)
         result = await self._checkpointed(name, tool_args, ctx, tool)
         if isinstance(result, dict) and _NEEDS_APPROVAL in result:
             # The tool itself raised ApprovalRequired: ask, then call it again, approved.
-            if not durable.ask(name, tool_args, metadata=result[_NEEDS_APPROVAL]):
+            if not await durable.aask(name, tool_args, metadata=result[_NEEDS_APPROVAL]):
                 return DENIED
             ctx = dataclasses.replace(ctx, tool_call_approved=True)
             result = await self._checkpointed(name, tool_args, ctx, tool)

@@ -445,3 +445,38 @@ def test_an_approval_releases_the_process_and_the_cli_answer_resumes_it(
         "tool lookup": 1,
         "tool publish": 1,
     }
+
+
+class TestApprovalHold:
+    def test_an_approval_answered_during_the_hold_continues_in_the_same_run(
+        self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Tool calls of a durable run are on an event loop: the approval's wait holds there with
+        # anyio.sleep (KITARU_WAIT_HOLD), and an answer that lands meanwhile is taken at once.
+        import threading
+        import time
+
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+        script, ran = Scripted(), Counter[str]()
+        durable = KitaruAgent(two_tool_agent(script, ran), name="held", approve={"tool_b"})
+        client = KitaruClient()
+
+        def approve_soon() -> None:
+            for _ in range(3000):
+                executions = runtime.state.list_executions()
+                if executions and client.executions.get(executions[0].id).open_waits:
+                    client.executions.input(executions[0].id, True, resume=False)
+                    return
+                time.sleep(0.01)
+
+        @flow
+        async def f() -> str:
+            return str((await durable.run("hi")).output)
+
+        approver = threading.Thread(target=approve_soon)
+        approver.start()
+        handle = f.run()
+        approver.join(60)
+        assert handle.status == "completed"
+        assert handle.wait(timeout=60) == "final after 3 requests"
+        assert ran == {"tool_a": 1, "tool_b": 1}

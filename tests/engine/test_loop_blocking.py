@@ -1,6 +1,8 @@
-"""Nothing an async flow does blocks its event loop: commits, uploads and downloads, retry backoff
-and waits all leave the loop's thread free. Proven by instrumenting the loop's thread so that a
-blocking socket operation or ``time.sleep`` on it fails the test (not a timing assertion)."""
+"""Nothing an async flow does blocks its event loop: commits, uploads and downloads, retry backoff,
+model calls and the wait hold all leave the loop's thread free. Proven by instrumenting the loop's
+thread so that a blocking socket operation, ``time.sleep`` or a blocking hop onto kitaru's portal
+on it fails the test (not a timing assertion). The flow runs against PostgreSQL, S3 (moto) and a
+local model provider over HTTP."""
 
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ import kitaru
 from kitaru import KitaruClient, checkpoint, flow
 from kitaru._engine.runtime import Runtime, use_runtime
 from kitaru.store.filesystem import FilesystemArtifactStore
+from tests._services.s3 import MotoServer, s3_server
+from tests.llm.conftest import FakeProvider, provider
+
+__all__ = ["provider", "s3_server"]  # fixtures used here
 
 BLOCKED: list[str] = []
 LOOP_THREAD: list[int] = []
@@ -72,6 +78,18 @@ def loop_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 return _m(self, *args, **kw)
 
             monkeypatch.setattr(cls, name, store_call)
+    # Sync code that waits for kitaru's portal loop (a store call made the blocking way) stalls
+    # the loop it runs on just the same, whatever the portal does meanwhile.
+    from anyio.from_thread import BlockingPortal
+
+    real_call = BlockingPortal.call
+
+    def portal_call(self: BlockingPortal, func: Any, *args: Any) -> Any:
+        if _on_loop():
+            BLOCKED.append(f"a blocking portal call of {getattr(func, '__qualname__', func)}")
+        return real_call(self, func, *args)
+
+    monkeypatch.setattr(BlockingPortal, "call", portal_call)
     BLOCKED.clear()
     yield
     LOOP_THREAD.clear()
@@ -90,21 +108,46 @@ async def flaky(data: bytes) -> int:
     return len(data)
 
 
+@checkpoint
+async def summarize(size: int) -> str:
+    # Inside a checkpoint: recorded under it, inline.
+    return await kitaru.allm(f"summarize {size} bytes", model="openai/gpt-4o-mini", name="summary")
+
+
 @flow
 async def busy() -> int:
     size = await flaky(await big())
-    if not kitaru.wait(name="go", schema=bool):
+    # At flow scope (a checkpoint of its own); the provider rate-limits the first attempt.
+    await kitaru.allm("plan", model="openai/gpt-4o-mini")
+    await summarize(size)
+    # Held (KITARU_WAIT_HOLD) before suspending: the hold polls the journal on this loop.
+    if not await kitaru.wait_async(name="go", schema=bool):
         return -1
     return size
 
 
-def test_an_async_flow_never_blocks_its_loop(postgres_dsn: str, tmp_path: Path, loop_guard: None) -> None:
+@pytest.mark.parametrize("artifacts", ["filesystem", "s3"])
+def test_an_async_flow_never_blocks_its_loop(
+    artifacts: str,
+    postgres_dsn: str,
+    tmp_path: Path,
+    provider: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    loop_guard: None,
+) -> None:
     from kitaru.store.postgres import PostgresStateStore
 
+    monkeypatch.setenv("KITARU_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("OPENAI_BASE_URL", provider.url + "/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("KITARU_LLM_BACKOFF", "0.01")
+    monkeypatch.setenv("KITARU_WAIT_HOLD", "0.2")
+    provider.fail(429, retry_after="0.01")
     ATTEMPTS.clear()
     runtime = Runtime(
         PostgresStateStore(postgres_dsn),
-        FilesystemArtifactStore(tmp_path / "artifacts"),
+        _artifact_store(artifacts, tmp_path, request),
         heartbeat_interval=0.05,
     )
     try:
@@ -113,8 +156,7 @@ def test_an_async_flow_never_blocks_its_loop(postgres_dsn: str, tmp_path: Path, 
             async def main() -> tuple[str, int]:
                 LOOP_THREAD.append(threading.get_ident())
                 handle = await busy.start()
-                with pytest.raises(kitaru.KitaruTimeoutError):
-                    await handle.result(timeout=0.5)  # waits for an answer
+                await _until_waiting(runtime, handle.exec_id)  # held, then suspended for an answer
                 # The answer goes through the sync client on a worker thread; then the flow
                 # resumes on this loop (replaying the big blob and the retried step).
                 await anyio.to_thread.run_sync(
@@ -132,7 +174,27 @@ def test_an_async_flow_never_blocks_its_loop(postgres_dsn: str, tmp_path: Path, 
         runtime.close()
     assert result == 256 * 1024
     assert len(ATTEMPTS) == 2  # the retry ran, with its backoff, and was not repeated on resume
+    assert provider.count == 3  # a 429, then the call; then the checkpoint's: none repeated on resume
     assert BLOCKED == [], f"blocking calls on the event loop's thread: {BLOCKED}"
+
+
+async def _until_waiting(runtime: Runtime, exec_id: str) -> None:
+    with anyio.fail_after(60):
+        while True:
+            record = await runtime.astate.get_execution(exec_id)
+            if record is not None and record.status == "waiting":
+                return
+            await anyio.sleep(0.01)
+
+
+def _artifact_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    if kind == "filesystem":
+        return FilesystemArtifactStore(tmp_path / "artifacts")
+    pytest.importorskip("kitaru_stack_aws")
+    from kitaru.stack import artifact_store_for_uri
+
+    server: MotoServer = request.getfixturevalue("s3_server")
+    return artifact_store_for_uri(f"s3://{server.create_bucket()}/kitaru", **server.options())
 
 
 async def kitaru_resume(runtime: Runtime, exec_id: str) -> None:
