@@ -8,6 +8,7 @@ private.
 
 from __future__ import annotations
 
+from kitaru._engine.api import aload as aload
 from kitaru._engine.api import current_execution_id as current_execution_id
 from kitaru._engine.api import load as load
 from kitaru._engine.api import log as log
@@ -77,6 +78,7 @@ __all__ = [
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
     "allm",
+    "aload",
     "checkpoint",
     "current_execution_id",
     "flow",

@@ -48,7 +48,8 @@ def test_the_awaitable_forms_are_exported() -> None:
 
     assert inspect.iscoroutinefunction(kitaru.allm) and not inspect.iscoroutinefunction(kitaru.llm)
     assert inspect.iscoroutinefunction(kitaru.wait_async) and not inspect.iscoroutinefunction(kitaru.wait)
-    assert {"allm", "llm", "wait", "wait_async"} <= set(kitaru.__all__)
+    assert inspect.iscoroutinefunction(kitaru.aload) and not inspect.iscoroutinefunction(kitaru.load)
+    assert {"allm", "llm", "wait", "wait_async", "load", "aload"} <= set(kitaru.__all__)
 
 
 def test_anyio_is_a_declared_dependency() -> None:

@@ -6,11 +6,11 @@ import time
 from typing import Any
 
 from kitaru.errors import KitaruNotFoundError, KitaruUsageError
-from kitaru.store import JournalRecord
+from kitaru.store import ArtifactRecord, JournalRecord
 
-from .context import _current_call, require_flow
+from .context import _current_call, require_flow, running_loop
 
-__all__ = ["current_execution_id", "load", "log", "save"]
+__all__ = ["aload", "current_execution_id", "load", "log", "save"]
 
 
 def current_execution_id() -> str:
@@ -64,25 +64,66 @@ def load(exec_id: str, name: str, version: int | None = None) -> Any:
     """Load artifact ``name`` (latest version, or ``version``) of another execution.
 
     Called inside a checkpoint, the artifact is recorded as one of the checkpoint's inputs, so
-    lineage crosses executions.
+    lineage crosses executions. In async code use ``await kitaru.aload(...)``, which does not
+    block the event loop.
     """
     ctx = require_flow("kitaru.load()")
     astate = ctx.runtime.astate
+    if not ctx.inline and running_loop() is not None:
+        # Sync code on the loop the flow runs on cannot wait for that loop's store reads.
+        raise KitaruUsageError(
+            "kitaru.load() was called from async code on a state store that needs the event loop "
+            "(e.g. PostgreSQL); use `await kitaru.aload(...)` there."
+        )
     found = ctx.state_call(astate.list_artifacts, exec_id, name=name)
+    artifact = _chosen(found, exec_id, name, version)
+    if artifact is None:
+        known = ctx.state_call(astate.get_execution, exec_id) is not None
+        names = ctx.state_call(astate.list_artifacts, exec_id) if known else []
+        raise _not_found(exec_id, name, version, known, names)
+    _record_load(exec_id, name, artifact)
+    return ctx.load_artifact(artifact)
+
+
+async def aload(exec_id: str, name: str, version: int | None = None) -> Any:
+    """:func:`load` for async code: the store reads are awaited on the running loop."""
+    ctx = require_flow("kitaru.aload()")
+    astate = ctx.runtime.astate
+    found = await astate.list_artifacts(exec_id, name=name)
+    artifact = _chosen(found, exec_id, name, version)
+    if artifact is None:
+        known = await astate.get_execution(exec_id) is not None
+        names = await astate.list_artifacts(exec_id) if known else []
+        raise _not_found(exec_id, name, version, known, names)
+    _record_load(exec_id, name, artifact)
+    return await ctx.runtime.aload_artifact(artifact)
+
+
+def _chosen(
+    found: list[ArtifactRecord], exec_id: str, name: str, version: int | None
+) -> ArtifactRecord | None:
     if version is not None:
         found = [a for a in found if a.version == version]
-    if not found:
-        if ctx.state_call(astate.get_execution, exec_id) is None:
-            raise KitaruNotFoundError(
-                f"kitaru.load(): no execution {exec_id!r}. List them with `kitaru executions list`."
-            )
-        names = sorted({a.name for a in ctx.state_call(astate.list_artifacts, exec_id)})
-        raise KitaruNotFoundError(
-            f"kitaru.load(): execution {exec_id} has no artifact {name!r}"
-            + (f" version {version}" if version is not None else "")
-            + f"; it has: {', '.join(names) or 'none'}."
+    return max(found, key=lambda a: (a.version, a.created_at)) if found else None
+
+
+def _not_found(
+    exec_id: str, name: str, version: int | None, known: bool, artifacts: list[ArtifactRecord]
+) -> KitaruNotFoundError:
+    if not known:
+        return KitaruNotFoundError(
+            f"kitaru.load(): no execution {exec_id!r}. List them with `kitaru executions list`."
         )
-    artifact = max(found, key=lambda a: (a.version, a.created_at))
+    names = sorted({a.name for a in artifacts})
+    return KitaruNotFoundError(
+        f"kitaru.load(): execution {exec_id} has no artifact {name!r}"
+        + (f" version {version}" if version is not None else "")
+        + f"; it has: {', '.join(names) or 'none'}."
+    )
+
+
+def _record_load(exec_id: str, name: str, artifact: ArtifactRecord) -> None:
+    """Inside a checkpoint, the loaded artifact is one of its inputs (lineage across executions)."""
     frame = _current_call.get()
     if frame is not None:
         frame.records.append(
@@ -94,7 +135,6 @@ def load(exec_id: str, name: str, version: int | None = None) -> Any:
                 ts=time.time(),
             )
         )
-    return ctx.load_artifact(artifact)
 
 
 def log(**metadata: Any) -> None:

@@ -230,19 +230,29 @@ def saves_data() -> str:
 
 @flow
 async def async_flow_that_loads(source: str) -> str:
+    value: str = await kitaru.aload(source, "data")
+    return value
+
+
+@flow
+async def async_flow_that_loads_with_the_sync_api(source: str) -> str:
     value: str = kitaru.load(source, "data")  # sync API, on the loop the body runs on
     return value
 
 
 class TestLoadFromAnAsyncFlow:
-    def test_kitaru_load_works_in_an_async_flow_run_from_a_sync_edge(
-        self, runtime: Runtime, request: pytest.FixtureRequest
-    ) -> None:
-        # Known bug (found by the simulation): on a state store that is not inline (PostgreSQL),
-        # kitaru.load() reads the store from sync code on the loop the async body runs on; driven
-        # from run(), that loop is kitaru's portal, so the read cannot run (KitaruUsageError).
-        # Fixing it needs an awaitable form of load (or the Runner off the portal loop).
-        if not runtime.inline:
-            request.applymarker(pytest.mark.xfail(strict=True, reason="kitaru.load on the portal loop"))
+    def test_aload_works_in_an_async_flow_run_from_a_sync_edge(self, runtime: Runtime) -> None:
         source = saves_data.run().exec_id
         assert async_flow_that_loads.run(source).wait(timeout=60) == "payload"
+
+    def test_the_sync_load_in_async_code_works_inline_or_names_aload(self, runtime: Runtime) -> None:
+        # On an inline store (SQLite, memory) the sync form costs no hop and works; on one that
+        # needs the event loop (PostgreSQL) it cannot wait for the loop it runs on, and says what
+        # to use instead rather than blocking or failing obscurely.
+        source = saves_data.run().exec_id
+        handle = async_flow_that_loads_with_the_sync_api.run(source)
+        if runtime.inline:
+            assert handle.wait(timeout=60) == "payload"
+        else:
+            with pytest.raises(kitaru.KitaruUsageError, match=r"await kitaru\.aload"):
+                handle.wait(timeout=60)
