@@ -148,6 +148,13 @@ class Flow(Generic[P, R]):
         its own version."""
         from kitaru.deployments import Deployments, adeploy
 
+        if _skipped(self, "deploy"):
+            # Top-level code of a module being imported to run a version: deploying from there
+            # would freeze a new version every time that version's code is loaded.
+            raise KitaruUsageError(
+                f"{self.name}.deploy() ran while kitaru imported the flow's code to run it; put "
+                'it under `if __name__ == "__main__":` so importing the file deploys nothing.'
+            )
         runtime = get_runtime(stack)
         record, _ = blocking(adeploy, runtime, self, tag=tag, weight=weight, image=image, message=message)
         from kitaru.client import KitaruClient
