@@ -81,9 +81,17 @@ class _Executions:
         calls, waits, flow_meta = fold_journal(self._state.read_journal(record.id))
         return _execution_view(record, calls, waits, flow_meta)
 
-    def list(self, *, flow: str | None = None, status: str | None = None, limit: int = 50) -> list[Execution]:
-        """Executions, newest first (summaries: without checkpoints and waits)."""
-        records = self._state.list_executions(flow=flow, status=status, limit=limit)
+    def list(
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        version: int | None = None,
+    ) -> list[Execution]:
+        """Executions, newest first (summaries: without checkpoints and waits); ``version``: only
+        those that ran that deployed version."""
+        records = self._state.list_executions(flow=flow, status=status, limit=limit, version=version)
         return [_execution_view(r, [], [], {}) for r in records]
 
     def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> FlowHandle:
@@ -97,8 +105,9 @@ class _Executions:
         answer is stored as its JSON value and the flow validates it again when it resumes.
         Returns a :class:`~kitaru.FlowHandle` of the execution.
         """
-        from kitaru._engine.flow import FlowHandle, load_flow
+        from kitaru._engine.flow import FlowHandle
         from kitaru._engine.handles import blocking
+        from kitaru._engine.loading import aload_execution_flow
         from kitaru._engine.runner import Runner
         from kitaru._engine.waits import _LIVE_SCHEMAS, check_answer
 
@@ -109,7 +118,7 @@ class _Executions:
         in_process = _drives_here(orchestrator)
         flow_module = None
         try:
-            flow_obj = load_flow(execution.target, self._record(execution.id).sys_path)
+            flow_obj = blocking(aload_execution_flow, runtime, self._record(execution.id))
             flow_module = sys.modules.get(flow_obj.fn.__module__)
         except KitaruError:
             # Without the flow's code an answer can still be recorded (--no-resume, or a stack
@@ -228,16 +237,30 @@ class _Executions:
         *,
         overrides: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
+        version: int | None = None,
     ) -> FlowHandle:
         """Re-run an execution from a checkpoint or wait as a new execution, reusing everything
-        above it; see :meth:`kitaru.Flow.replay`. Returns the new execution's FlowHandle."""
-        from kitaru._engine.flow import load_flow
+        above it; see :meth:`kitaru.Flow.replay`. Returns the new execution's FlowHandle.
+
+        The replay runs the execution's own code (its deployed version, if it has one); with
+        ``version``, version N of its flow instead (fix a step, deploy, replay from it)."""
         from kitaru._engine.handles import blocking
+        from kitaru._engine.loading import aload_execution_flow, aload_version
         from kitaru._engine.runner import Runner
+        from kitaru.deployments import summary
 
         record = self._record(exec_id)
-        flow_obj = load_flow(record.target, record.sys_path)
         runtime = self._client._runtime
+        if version is None:
+            flow_obj = blocking(aload_execution_flow, runtime, record)
+        else:
+            deployed = runtime.state.get_deployment(record.flow, version)
+            if deployed is None:
+                raise KitaruNotFoundError(
+                    f"flow {record.flow!r} has no version {version}; see its versions with "
+                    f"`kitaru deployments list {record.flow}`."
+                )
+            flow_obj = blocking(aload_version, runtime, summary(deployed))
         replayed, outcome = blocking(Runner(runtime).replay, flow_obj, record, from_, overrides, args)
         return _handle(replayed.id, runtime, outcome)
 
@@ -387,6 +410,9 @@ class KitaruClient:
         self._read_only = read_only
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
+        from kitaru.deployments import Deployments
+
+        self.deployments = Deployments(self)
 
     @property
     def _runtime(self) -> Runtime:

@@ -18,6 +18,8 @@ from .runtime import get_runtime
 if TYPE_CHECKING:
     import inspect
 
+    from kitaru.deployments import Deployment
+
 __all__ = ["AsyncFlowHandle", "Flow", "FlowHandle", "flow", "load_flow"]
 
 # Kept importable from here (adapters load scripts with it).
@@ -37,6 +39,8 @@ class Flow(Generic[P, R]):
     name: str
     target: str
     sys_path: str | None
+    deployment: dict[str, Any] | None = None
+    """Set on a flow loaded from a deployed version: the version its executions record."""
 
     def __init__(self, fn: Callable[P, R], *, name: str | None = None) -> None:
         import inspect
@@ -121,6 +125,67 @@ class Flow(Generic[P, R]):
             flow_obj, started = await runner.load(leased)
             task = asyncio.ensure_future(runner.drive(flow_obj, leased, started))
         return AsyncFlowHandle(record.id, runtime, task)
+
+    # -- deployments ------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        *,
+        tag: str | None = None,
+        weight: int | None = None,
+        image: str | None = None,
+        stack: str | None = None,
+        message: str | None = None,
+    ) -> Deployment:
+        """Freeze this flow's code into a new immutable version ``N`` and return it.
+
+        The flow's source root is archived (content-addressed: identical versions share one
+        upload) to the stack's artifact store with the lock/requirements it was built with;
+        ``image``, the target, the stack, who and ``message`` are recorded. The flow's first
+        version gets the tag ``default``; ``tag`` points another tag (or ``default``) at the new
+        version, and ``weight`` (0-100) makes that tag a canary taking that share of new
+        executions invoked on ``default``. Running executions are not touched: each stays on
+        its own version."""
+        from kitaru.deployments import Deployments, adeploy
+
+        if _skipped(self, "deploy"):
+            # Top-level code of a module being imported to run a version: deploying from there
+            # would freeze a new version every time that version's code is loaded.
+            raise KitaruUsageError(
+                f"{self.name}.deploy() ran while kitaru imported the flow's code to run it; put "
+                'it under `if __name__ == "__main__":` so importing the file deploys nothing.'
+            )
+        runtime = get_runtime(stack)
+        record, _ = blocking(adeploy, runtime, self, tag=tag, weight=weight, image=image, message=message)
+        from kitaru.client import KitaruClient
+
+        return Deployments(KitaruClient(runtime)).get(f"{record.flow}:{record.version}")
+
+    def invoke(
+        self,
+        *args: Any,
+        tag: str = "default",
+        execution_id: str | None = None,
+        stack: str | None = None,
+        **kwargs: Any,
+    ) -> FlowHandle:
+        """Run this flow's *deployed* code (the version ``tag`` points at; on ``default``,
+        weighted tags take their share, sticky per ``execution_id``), not the code in this
+        process, blocking until it finishes or waits. ``execution_id`` makes it idempotent."""
+        if _skipped(self, "invoke"):
+            return SkippedFlowHandle()
+        from kitaru.deployments import ainvoke
+        from kitaru.errors import KitaruError
+
+        runtime = get_runtime(stack)
+        exec_id, outcome = blocking(
+            ainvoke, runtime, self.name, args, kwargs, tag=tag, execution_id=execution_id
+        )
+        if outcome is not None:
+            outcome.raise_interrupt()
+            if isinstance(outcome.error, KitaruError):
+                raise outcome.error
+        return FlowHandle(exec_id, runtime, outcome)
 
     def replay(
         self,

@@ -1,13 +1,19 @@
 """Where flows live: each ``@flow`` by its import target, and loading the code a journal names
-(a module, or a script that ran as ``__main__``) to resume it in any process."""
+(a module, or a script that ran as ``__main__``) to resume it in any process.
+
+An execution of a deployed version (``flow.deploy()``) names its version instead: its code is the
+version's archive, fetched from the stack's artifact store into a cache keyed by its SHA-256 and
+imported from there, never from the working tree (:func:`aload_execution_flow`)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -20,9 +26,12 @@ from kitaru.errors import KitaruUsageError
 from .context import logger
 
 if TYPE_CHECKING:
-    from .flow import Flow
+    from kitaru.store import ExecutionRecord
 
-__all__ = ["SCRIPT_MODULE_PREFIX", "load_flow", "register"]
+    from .flow import Flow
+    from .runtime import Runtime
+
+__all__ = ["SCRIPT_MODULE_PREFIX", "aload_execution_flow", "aload_version", "load_flow", "register"]
 
 _REGISTRY: dict[str, Flow[Any, Any]] = {}
 
@@ -157,3 +166,111 @@ def _load_script(path: str) -> ModuleType:
         serialization.MAIN_ALIASES.remove(module)
         raise
     return module
+
+
+# -- deployed versions ------------------------------------------------------------------------------
+
+#: Flows of deployed code this process imported, by (archive SHA-256, target).
+_VERSION_FLOWS: dict[tuple[str, str], Flow[Any, Any]] = {}
+# Importing a version swaps entries of sys.modules, sys.path and the registry for a moment; one
+# import at a time, so two threads loading versions never see each other's half-swapped state.
+_version_lock = threading.RLock()
+
+
+def code_cache() -> Path:
+    """Where this process unpacks deployed code archives (one directory per SHA-256)."""
+    from kitaru.config import home
+
+    return home() / "code"
+
+
+async def aload_execution_flow(runtime: Runtime, record: ExecutionRecord) -> Flow[Any, Any]:
+    """The flow an execution runs: its deployed version's code when it recorded one (pinned:
+    newer deploys do not change it), else the code its target names."""
+    deployment = record.metadata.get("deployment")
+    if deployment:
+        return await aload_version(runtime, deployment)
+    return load_flow(record.target, record.sys_path)
+
+
+async def aload_version(runtime: Runtime, deployment: Mapping[str, Any]) -> Flow[Any, Any]:
+    """The flow of a deployed version (``deployment``: the version's summary an execution records,
+    with ``archive_key``, ``archive_sha256`` and ``target``), imported from its archive.
+
+    The archive comes from the runtime's artifact store and is checked against the SHA-256 the
+    state store recorded before anything in it is read or run. The returned flow carries
+    ``deployment``, so executions created from it record their version."""
+    from kitaru import _shipping
+
+    sha, target, key = deployment["archive_sha256"], deployment["target"], deployment["archive_key"]
+    if key != _shipping.archive_key(sha):
+        raise KitaruUsageError(
+            f"version {deployment.get('version')} of flow {deployment.get('flow')!r} names archive "
+            f"{key!r}, which is not the archive of its recorded hash {sha}; it is not loaded."
+        )
+    base = _VERSION_FLOWS.get((sha, target))
+    if base is None:
+        root = await _shipping.fetch(runtime.aartifacts, key, code_cache())
+        base = _import_version(root, target)
+        _VERSION_FLOWS[(sha, target)] = base
+    # Identical versions share one archive (and one import); each gets its own summary.
+    versioned = copy.copy(base)
+    versioned.deployment = dict(deployment)
+    return versioned
+
+
+def _import_version(root: Path, target: str) -> Flow[Any, Any]:
+    """Import ``target`` from an unpacked archive at ``root``.
+
+    The archive's top-level modules take their own names (``agent``, ``agent.tools``), which the
+    process may already hold from its working tree (a script that invokes its own deployed flow)
+    or another version. Those are moved aside for the import and put back after it: the version's
+    functions keep their own module objects through their globals. When nothing was in the way,
+    the version's modules stay imported and its root stays on ``sys.path`` (at the end), so
+    modules it imports later, and classes named by stored values, resolve to its code."""
+    location, _, qualname = target.rpartition(":")
+    tops = {
+        p.stem if p.suffix == ".py" else p.name
+        for p in root.iterdir()
+        if not p.name.startswith(".") and (p.is_dir() or p.suffix == ".py")
+    } - {"kitaru"}
+
+    def ours(name: str) -> bool:
+        return name.partition(".")[0] in tops
+
+    with _version_lock:
+        displaced = {name: module for name, module in sys.modules.items() if ours(name)}
+        for name in displaced:
+            del sys.modules[name]
+        registry = dict(_REGISTRY)
+        sys.path.insert(0, str(root))
+        importlib.invalidate_caches()
+        loaded = False
+        try:
+            with _loading_code(f"{target} (deployed, {root.name[:12]})"):
+                module = _load_script(str(root / location)) if location.endswith(".py") else None
+                if module is None:
+                    module = importlib.import_module(location)
+            obj: Any = module
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            if not any(obj is known for known in _REGISTRY.values()):
+                raise KitaruUsageError(f"{target!r} in the deployed code is not a @flow.")
+            loaded = True
+        except (ImportError, AttributeError, OSError) as exc:
+            raise KitaruUsageError(
+                f"cannot load flow {target!r} from its deployed code ({root}): {exc}. Its "
+                "dependencies come from this environment; install what it imports."
+            ) from exc
+        finally:
+            sys.path.remove(str(root))
+            if displaced:
+                for name in [name for name in sys.modules if ours(name)]:
+                    del sys.modules[name]
+                sys.modules.update(displaced)
+                _REGISTRY.clear()
+                _REGISTRY.update(registry)
+            elif loaded:
+                sys.path.append(str(root))
+    flow_obj: Flow[Any, Any] = obj
+    return flow_obj

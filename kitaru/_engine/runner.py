@@ -38,7 +38,7 @@ from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 from .capture import capturing
 from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend
 from .interrupted import note_interrupted
-from .loading import load_flow
+from .loading import aload_execution_flow
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -103,7 +103,11 @@ class Runner:
         whether this call created it (an idempotent start finds it instead), and its arguments.
 
         A replay passes the ``original`` execution, the original input artifacts it keeps
-        (``reused_inputs``, referenced rather than copied) and its ``seed`` journal."""
+        (``reused_inputs``, referenced rather than copied) and its ``seed`` journal.
+
+        A flow loaded from a deployed version (``flow.deployment`` set) records that version: its
+        code identity is the version (archive key and hash, image), not a path on this machine,
+        so any process, and a remote orchestrator, loads the same code to resume it."""
         if execution_id is not None and not execution_id.strip():
             raise KitaruUsageError(
                 f"flow {flow.name!r}: execution_id={execution_id!r} is empty, and an execution id "
@@ -127,11 +131,14 @@ class Runner:
             )
             for param, value in bound.arguments.items()
         ]
+        deployment = getattr(flow, "deployment", None)
+        if deployment:
+            metadata = {**(metadata or {}), "deployment": dict(deployment)}
         record = ExecutionRecord(
             id=exec_id,
             flow=flow.name,
-            target=flow.target,
-            sys_path=flow.sys_path,
+            target=deployment["target"] if deployment else flow.target,
+            sys_path=None if deployment else flow.sys_path,
             status="running",
             created_at=now,
             updated_at=now,
@@ -183,7 +190,7 @@ class Runner:
 
     async def load(self, record: ExecutionRecord) -> tuple[Flow[Any, Any], Started]:
         """The flow an execution runs, and the arguments it was started with."""
-        flow = load_flow(record.target, record.sys_path)
+        flow = await aload_execution_flow(self.runtime, record)
         return flow, await self.inputs(flow, record.id)
 
     async def inputs(self, flow: Flow[Any, Any], exec_id: str) -> Started:
@@ -212,7 +219,7 @@ class Runner:
         record = await runtime.astate.get_execution(exec_id)
         if record is None:
             raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
-        flow = load_flow(record.target, record.sys_path)
+        flow = await aload_execution_flow(runtime, record)
         leased = await runtime.astate.acquire_lease(
             exec_id, runtime.owner, runtime.lease_ttl, allowed_statuses=set(allowed)
         )

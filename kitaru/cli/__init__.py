@@ -19,6 +19,7 @@ from kitaru.cli._common import first_line as _first_line
 from kitaru.cli._common import reports_errors as _reports_errors
 from kitaru.cli._common import table as _table
 from kitaru.cli._common import when as _when
+from kitaru.cli.deployments import deployments as _deployments_group
 from kitaru.cli.model import model as _model_group
 from kitaru.cli.stack import stack as _stack_group
 
@@ -48,17 +49,23 @@ def executions() -> None:
     help="Only executions in this state.",
 )
 @click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+@click.option("--version", "version", type=int, help="Only executions of this deployed version.")
 @_OUTPUT
 @_reports_errors
-def list_executions(flow_name: str | None, status: str | None, limit: int, output: str) -> None:
+def list_executions(
+    flow_name: str | None, status: str | None, limit: int, version: int | None, output: str
+) -> None:
     """List executions, newest first."""
-    found = _client(read_only=True).executions.list(flow=flow_name, status=status, limit=limit)
+    found = _client(read_only=True).executions.list(
+        flow=flow_name, status=status, limit=limit, version=version
+    )
     if output == "json":
         _echo_json([e.to_dict() for e in found])
         return
     if not found:
-        if flow_name or status:
+        if flow_name or status or version is not None:
             filters = [f"flow {flow_name!r}" if flow_name else "", f"status {status}" if status else ""]
+            filters.append(f"version {version}" if version is not None else "")
             shown = " and ".join(f for f in filters if f)
             click.echo(f"no executions match {shown}; `kitaru executions list` shows them all.")
         else:
@@ -288,10 +295,16 @@ def _parse_json(text: str, option: str) -> Any:
     help="Replace a reused checkpoint output or wait answer (repeatable).",
 )
 @click.option("--args", "args_json", help="Replace flow arguments: a JSON object by parameter name.")
+@click.option("--version", "version", type=int, help="Run on this deployed version of the flow.")
 @_OUTPUT
 @_reports_errors
 def replay_execution(
-    exec_id: str, from_: str, overrides: tuple[str, ...], args_json: str | None, output: str
+    exec_id: str,
+    from_: str,
+    overrides: tuple[str, ...],
+    args_json: str | None,
+    version: int | None,
+    output: str,
 ) -> None:
     """Re-run an execution from a checkpoint as a new execution, reusing everything above it."""
     parsed: dict[str, Any] = {}
@@ -306,7 +319,7 @@ def replay_execution(
             'must be a JSON object of parameter names, e.g. \'{"topic": "x"}\'.', param_hint="--args"
         )
     client = _client()
-    handle = client.executions.replay(exec_id, from_, overrides=parsed, args=args)
+    handle = client.executions.replay(exec_id, from_, overrides=parsed, args=args, version=version)
     if output == "text":
         click.echo(f"replay of {client.executions.resolve(exec_id)} from {from_!r}:")
     _report_handle(client, handle.exec_id, output)
@@ -558,5 +571,6 @@ def get_artifact(artifact_id: str, out: str | None, load: bool, output: str) -> 
     click.echo(f"{how}, stored by the {artifact.serializer!r} serializer; not shown: {hint}.")
 
 
+main.add_command(_deployments_group)
 main.add_command(_model_group)
 main.add_command(_stack_group)

@@ -25,6 +25,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "ArtifactRecord",
     "ArtifactStore",
+    "DeploymentRecord",
     "ExecutionRecord",
     "ExecutionStatus",
     "JournalRecord",
@@ -32,6 +33,9 @@ __all__ = [
     "SyncArtifactStore",
     "SyncStateStore",
     "SyncView",
+    "TagMove",
+    "TagRecord",
+    "TagRequest",
     "run_inline",
     "sync_view",
 ]
@@ -110,6 +114,70 @@ class ArtifactRecord:
     uri: str | None = None
 
 
+@dataclass(slots=True)
+class DeploymentRecord:
+    """An immutable, numbered version of a flow (``flow.deploy()``): the code and how to run it."""
+
+    flow: str
+    version: int
+    """Assigned by the store (1, 2, ... per flow, never reused); ignored when creating."""
+    target: str
+    """The flow's import target inside the archive (``module:qualname``)."""
+    archive_key: str
+    """Key of the code archive in the stack's artifact store (``code/<sha256>.tar.gz``)."""
+    archive_sha256: str
+    created_by: str
+    created_at: float
+    image: str | None = None
+    stack: str | None = None
+    message: str | None = None
+    requirements: dict[str, Any] = field(default_factory=dict)
+    """What the archive was built with: its lock or requirements file (path, sha256), Python."""
+
+
+@dataclass(slots=True)
+class TagRecord:
+    """A tag of a flow pointing at one of its versions; ``weight`` (0-100) makes it a canary:
+    that share of new executions invoked on ``default`` goes to this tag's version."""
+
+    flow: str
+    tag: str
+    version: int
+    weight: int | None
+    updated_at: float
+
+
+@dataclass(slots=True)
+class TagMove:
+    """One recorded move of a tag (``version`` None: the tag was removed)."""
+
+    flow: str
+    tag: str
+    version: int | None
+    previous: int | None
+    weight: int | None
+    action: str
+    """``deploy``, ``tag``, ``untag``, ``promote`` or ``rollback``."""
+    who: str
+    ts: float
+    id: int | None = None
+    """Assigned by the store; orders a flow's moves."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagRequest:
+    """A tag move to make: ``set`` (to ``version``, with ``weight``), ``remove``, ``promote``
+    (this tag takes the version of tag ``source``) or ``rollback`` (to ``version``, or by default
+    the previous version in this tag's history). Resolved inside the store's transaction, so
+    what it reads (another tag, the history) cannot change before it writes."""
+
+    tag: str
+    action: Literal["set", "remove", "promote", "rollback"] = "set"
+    version: int | None = None
+    source: str | None = None
+    weight: int | None = None
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Executions, journals, leases and the artifact index.
@@ -129,6 +197,10 @@ class StateStore(Protocol):
       processes on the same database.
     - ``inline = True`` promises that every coroutine method completes without ever suspending and
       without needing a running event loop (SQLite, memory); sync callers then run it in place.
+    - Deployments: versions are numbered per flow atomically (1, 2, ...; never reused) and never
+      change; a call's tag moves are one transaction with their history (every move recorded
+      once, in commit order), checked by :func:`kitaru.store._rules.plan_tag_moves` (a bad
+      request raises and changes nothing).
     """
 
     inline: ClassVar[bool]
@@ -156,9 +228,15 @@ class StateStore(Protocol):
         ...
 
     async def list_executions(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        version: int | None = None,
     ) -> list[ExecutionRecord]:
-        """Newest first."""
+        """Newest first; ``version``: only executions of that deployment version (the
+        ``deployment.version`` of their metadata)."""
         ...
 
     async def acquire_lease(
@@ -254,6 +332,34 @@ class StateStore(Protocol):
     ) -> list[ArtifactRecord]:
         """The artifacts an execution's journal references (all but ``load`` records), in journal
         order, each once, optionally filtered by name and type."""
+        ...
+
+    async def create_deployment(
+        self, record: DeploymentRecord, *, tag: str | None = None, weight: int | None = None
+    ) -> tuple[DeploymentRecord, list[TagMove]]:
+        """Store ``record`` as the flow's next version (its number assigned here) and, in the same
+        transaction, tag it: ``default`` when it is the flow's first version, and ``tag`` (with
+        ``weight``) when given. Returns the stored record and the moves made."""
+        ...
+
+    async def get_deployment(self, flow: str, version: int) -> DeploymentRecord | None:
+        """Version ``version`` of ``flow``, or None."""
+        ...
+
+    async def list_deployments(self, flow: str | None = None) -> list[DeploymentRecord]:
+        """Versions by flow, then number."""
+        ...
+
+    async def list_tags(self, flow: str | None = None) -> list[TagRecord]:
+        """Tags by flow, then name."""
+        ...
+
+    async def move_tags(self, flow: str, requests: Sequence[TagRequest], *, who: str) -> list[TagMove]:
+        """Apply ``requests`` in order, atomically, each recorded in the history; all or nothing."""
+        ...
+
+    async def tag_history(self, flow: str, tag: str | None = None) -> list[TagMove]:
+        """A flow's tag moves (of ``tag`` only, when given), oldest first."""
         ...
 
     async def aclose(self) -> None:

@@ -11,6 +11,11 @@ the backend. The rules:
   on this host that no longer exists (a holder elsewhere is trusted until its lease expires).
 - **Answers.** A wait takes one answer, only while it is open, in an execution that has not
   finished.
+- **Tags.** A tag points at an existing version of its flow; a weight is a whole number 0-100, is
+  not given to ``default`` (which takes what weighted tags leave), and a flow's weights add up to
+  at most 100. ``promote`` needs its source tag, ``rollback`` a version to go back to. A store
+  locks the flow, reads its versions, tags and (for a rollback) history, and asks
+  :func:`plan_tag_moves` for the moves: a bad request raises before anything is written.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from kitaru.errors import KitaruLeaseError, KitaruNotFoundError, KitaruStateError
+from kitaru.errors import KitaruLeaseError, KitaruNotFoundError, KitaruStateError, KitaruUsageError
+
+if TYPE_CHECKING:
+    from kitaru.store import TagMove, TagRequest
 
 __all__ = [
+    "DEFAULT_TAG",
     "FINAL_STATUSES",
     "HOST",
     "check_acquirable",
@@ -31,9 +41,12 @@ __all__ = [
     "check_status_change",
     "check_takeover",
     "check_wait_open",
+    "check_weight",
+    "deploy_requests",
     "final_error",
     "lease_free",
     "lease_holder_alive",
+    "plan_tag_moves",
     "refused_from",
 ]
 
@@ -153,3 +166,147 @@ def check_takeover(exec_id: str, holder: str | None, expires: float | None, owne
             f"{time.strftime('%H:%M:%S', time.localtime(expires))}). It will finish there; if that "
             "runner is gone, retry after the lease expires."
         )
+
+
+# -- deployments and tags ---------------------------------------------------------------------------
+
+#: The tag invocations use when none is named; the first version of a flow gets it.
+DEFAULT_TAG = "default"
+
+
+def check_weight(flow: str, tag: str, weight: object) -> None:
+    """Refuse a weight that is not a whole number 0-100, or a weight on ``default``."""
+    if weight is None:
+        return
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise KitaruUsageError(
+            f"weight {weight!r} for tag {tag!r} of flow {flow!r} is not a whole percentage: give "
+            f"0 to 100, e.g. `kitaru deployments tag {flow} {tag} N --weight 10`."
+        )
+    if tag == DEFAULT_TAG:
+        raise KitaruUsageError(
+            f"the {DEFAULT_TAG!r} tag of flow {flow!r} takes the executions weighted tags leave, "
+            f"so it carries no weight. Weight a canary tag instead: `kitaru deployments tag {flow} "
+            "canary N --weight 10`."
+        )
+
+
+def _missing_version(flow: str, version: int, versions: Iterable[int]) -> KitaruNotFoundError:
+    known = sorted(versions)
+    have = f"its versions are {', '.join(map(str, known))}" if known else "it has no versions yet"
+    return KitaruNotFoundError(
+        f"flow {flow!r} has no version {version} ({have}); nothing was changed. See them with "
+        f"`kitaru deployments list {flow}`."
+    )
+
+
+def deploy_requests(tag: str | None, weight: int | None, version: int, first: bool) -> list[TagRequest]:
+    """The tag moves a deploy of ``version`` makes: ``default`` for a flow's first version, and
+    ``tag`` (with ``weight``) when given."""
+    from kitaru.store import TagRequest
+
+    requests = []
+    if first and tag != DEFAULT_TAG:
+        requests.append(TagRequest(DEFAULT_TAG, "set", version))
+    if tag is not None:
+        requests.append(TagRequest(tag, "set", version, weight=weight))
+    return requests
+
+
+def plan_tag_moves(
+    flow: str,
+    requests: Sequence[TagRequest],
+    versions: Iterable[int],
+    tags: dict[str, tuple[int, int | None]],
+    history: Callable[[str], list[int | None]],
+    *,
+    who: str,
+    now: float,
+    action: str | None = None,
+) -> list[TagMove]:
+    """The moves ``requests`` make, applied in order to ``tags`` (tag -> (version, weight), which
+    is updated in place); raises before anything is written when one is refused.
+
+    ``history(tag)`` gives the versions a tag pointed at, oldest first (None: removed), for a
+    rollback. ``action`` names the moves in the history (default: each request's own action,
+    ``set`` recorded as ``tag``)."""
+    from kitaru.store import TagMove
+
+    known = set(versions)
+    moves = []
+    for req in requests:
+        tag = req.tag.strip()
+        if not tag or any(c in tag for c in "@: \t\n/"):
+            raise KitaruUsageError(
+                f"{req.tag!r} is not a tag name: use letters, digits, '-', '_' or '.' "
+                "(no '@', ':', '/' or spaces)."
+            )
+        current = tags.get(tag)
+        if req.action == "remove":
+            if current is None:
+                raise KitaruNotFoundError(
+                    f"flow {flow!r} has no tag {tag!r}; nothing was changed. See its tags with "
+                    f"`kitaru deployments list {flow}`."
+                )
+            if tag == DEFAULT_TAG:
+                raise KitaruUsageError(
+                    f"the {DEFAULT_TAG!r} tag of flow {flow!r} is what invocations use, so it is "
+                    f"not removed; move it instead (`kitaru deployments rollback {flow}` or "
+                    f"`kitaru deployments tag {flow} {DEFAULT_TAG} N`)."
+                )
+            version, weight = None, None
+        elif req.action == "promote":
+            source = tags.get(req.source or "")
+            if source is None:
+                raise KitaruNotFoundError(
+                    f"flow {flow!r} has no tag {req.source!r} to promote; nothing was changed. See "
+                    f"its tags with `kitaru deployments list {flow}`."
+                )
+            version, weight = source[0], None
+        elif req.action == "rollback":
+            if current is None:
+                raise KitaruNotFoundError(
+                    f"flow {flow!r} has no tag {tag!r} to roll back; deploy it first with `flow.deploy()`."
+                )
+            if req.version is not None:
+                version = req.version
+            else:
+                earlier = [v for v in history(tag) if v is not None and v != current[0]]
+                if not earlier:
+                    raise KitaruStateError(
+                        f"tag {tag!r} of flow {flow!r} never pointed at a version other than "
+                        f"{current[0]}, so there is nothing to roll back to; nothing was changed. "
+                        f"Name one with `kitaru deployments rollback {flow} --to N`."
+                    )
+                version = earlier[-1]
+            weight = current[1]
+        else:
+            if req.version is None:
+                raise KitaruUsageError(f"moving tag {tag!r} of flow {flow!r} needs a version.")
+            version, weight = req.version, req.weight
+        if version is not None and version not in known:
+            raise _missing_version(flow, version, known)
+        check_weight(flow, tag, weight)
+        if version is None:
+            tags.pop(tag, None)
+        else:
+            tags[tag] = (version, weight)
+        total = sum(w or 0 for w in (v[1] for v in tags.values()))
+        if total > 100:
+            raise KitaruUsageError(
+                f"the weights of flow {flow!r}'s tags would add up to {total}%, over 100%; nothing "
+                "was changed. Lower or remove another tag's weight first."
+            )
+        moves.append(
+            TagMove(
+                flow=flow,
+                tag=tag,
+                version=version,
+                previous=current[0] if current else None,
+                weight=weight,
+                action=action or {"set": "tag", "remove": "untag"}.get(req.action, req.action),
+                who=who,
+                ts=now,
+            )
+        )
+    return moves

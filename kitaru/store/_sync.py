@@ -18,7 +18,15 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
+    from kitaru.store import (
+        ArtifactRecord,
+        DeploymentRecord,
+        ExecutionRecord,
+        JournalRecord,
+        TagMove,
+        TagRecord,
+        TagRequest,
+    )
 
 __all__ = ["SyncArtifactStore", "SyncStateStore", "SyncView", "sync_view"]
 
@@ -39,7 +47,12 @@ class SyncStateStore(Protocol):
     def get_execution(self, exec_id: str) -> ExecutionRecord | None: ...
     def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]: ...
     def list_executions(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        version: int | None = None,
     ) -> list[ExecutionRecord]: ...
     def acquire_lease(
         self,
@@ -82,6 +95,14 @@ class SyncStateStore(Protocol):
     def list_artifacts(
         self, exec_id: str, *, name: str | None = None, type: str | None = None
     ) -> list[ArtifactRecord]: ...
+    def create_deployment(
+        self, record: DeploymentRecord, *, tag: str | None = None, weight: int | None = None
+    ) -> tuple[DeploymentRecord, list[TagMove]]: ...
+    def get_deployment(self, flow: str, version: int) -> DeploymentRecord | None: ...
+    def list_deployments(self, flow: str | None = None) -> list[DeploymentRecord]: ...
+    def list_tags(self, flow: str | None = None) -> list[TagRecord]: ...
+    def move_tags(self, flow: str, requests: Sequence[TagRequest], *, who: str) -> list[TagMove]: ...
+    def tag_history(self, flow: str, tag: str | None = None) -> list[TagMove]: ...
     def close(self) -> None: ...
 
 

@@ -59,6 +59,7 @@ from kitaru.store import (
     StateStore,
     sync_view,
 )
+from kitaru.store.deploy_conformance import DeploymentConformance
 
 __all__ = ["ArtifactStoreConformance", "StateStoreConformance"]
 
@@ -309,8 +310,9 @@ def _run_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
 
 
 @pytest.mark.anyio
-class StateStoreConformance:
-    """Duties of :class:`~kitaru.store.StateStore`; needs a ``state_store`` fixture."""
+class StateStoreConformance(DeploymentConformance):
+    """Duties of :class:`~kitaru.store.StateStore`; needs a ``state_store`` fixture (the
+    deployment duties come from :class:`~kitaru.store.deploy_conformance.DeploymentConformance`)."""
 
     @pytest.fixture
     def anyio_backend(self) -> str:

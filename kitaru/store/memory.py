@@ -16,8 +16,12 @@ from kitaru.errors import (
 from kitaru.store import (
     ONCE_ONLY_KINDS,
     ArtifactRecord,
+    DeploymentRecord,
     ExecutionRecord,
     JournalRecord,
+    TagMove,
+    TagRecord,
+    TagRequest,
     _rules,
 )
 
@@ -37,6 +41,9 @@ class MemoryStateStore:
         self._once: set[tuple[str, str, str | None]] = set()
         self._artifacts: dict[str, ArtifactRecord] = {}
         self._next_id = 1
+        self._deployments: dict[str, list[DeploymentRecord]] = {}
+        self._tags: dict[str, dict[str, TagRecord]] = {}
+        self._moves: list[TagMove] = []
 
     def _get(self, exec_id: str) -> ExecutionRecord:
         try:
@@ -95,13 +102,20 @@ class MemoryStateStore:
             return sorted(i for i in self._executions if i.startswith(prefix))[:limit]
 
     async def list_executions(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        version: int | None = None,
     ) -> list[ExecutionRecord]:
         with self._lock:
             found = [
                 copy.deepcopy(e)
                 for e in self._executions.values()
-                if (flow is None or e.flow == flow) and (status is None or e.status == status)
+                if (flow is None or e.flow == flow)
+                and (status is None or e.status == status)
+                and (version is None or (e.metadata.get("deployment") or {}).get("version") == version)
             ]
         return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
 
@@ -266,6 +280,79 @@ class MemoryStateStore:
                 ):
                     seen[a.id] = a
             return list(seen.values())
+
+    # -- deployments ------------------------------------------------------------------------
+
+    def _apply(self, flow: str, requests: list[TagRequest], who: str, action: str | None) -> list[TagMove]:
+        tags = {t.tag: (t.version, t.weight) for t in self._tags.get(flow, {}).values()}
+        moves = _rules.plan_tag_moves(
+            flow,
+            requests,
+            (d.version for d in self._deployments.get(flow, [])),
+            tags,
+            lambda tag: [m.version for m in self._moves if m.flow == flow and m.tag == tag],
+            who=who,
+            now=time.time(),
+            action=action,
+        )
+        current = self._tags.setdefault(flow, {})
+        for m in moves:
+            m.id = self._next_id
+            self._next_id += 1
+            self._moves.append(copy.copy(m))
+            if m.version is None:
+                current.pop(m.tag, None)
+            else:
+                current[m.tag] = TagRecord(flow, m.tag, m.version, m.weight, m.ts)
+        return moves
+
+    async def create_deployment(
+        self, record: DeploymentRecord, *, tag: str | None = None, weight: int | None = None
+    ) -> tuple[DeploymentRecord, list[TagMove]]:
+        with self._lock:
+            versions = self._deployments.setdefault(record.flow, [])
+            stored = copy.deepcopy(record)
+            stored.version = len(versions) + 1
+            requests = _rules.deploy_requests(tag, weight, stored.version, not versions)
+            versions.append(stored)
+            try:
+                moves = self._apply(record.flow, requests, record.created_by, "deploy")
+            except BaseException:
+                versions.pop()
+                raise
+            return copy.deepcopy(stored), moves
+
+    async def get_deployment(self, flow: str, version: int) -> DeploymentRecord | None:
+        with self._lock:
+            found = [d for d in self._deployments.get(flow, []) if d.version == version]
+            return copy.deepcopy(found[0]) if found else None
+
+    async def list_deployments(self, flow: str | None = None) -> list[DeploymentRecord]:
+        with self._lock:
+            return [
+                copy.deepcopy(d)
+                for name in sorted(self._deployments)
+                if flow is None or name == flow
+                for d in self._deployments[name]
+            ]
+
+    async def list_tags(self, flow: str | None = None) -> list[TagRecord]:
+        with self._lock:
+            return [
+                copy.copy(self._tags[name][tag])
+                for name in sorted(self._tags)
+                if flow is None or name == flow
+                for tag in sorted(self._tags[name])
+            ]
+
+    async def move_tags(self, flow: str, requests: Sequence[TagRequest], *, who: str) -> list[TagMove]:
+        with self._lock:
+            # plan_tag_moves raises before _apply changes anything: all or nothing.
+            return self._apply(flow, list(requests), who, None)
+
+    async def tag_history(self, flow: str, tag: str | None = None) -> list[TagMove]:
+        with self._lock:
+            return [copy.copy(m) for m in self._moves if m.flow == flow and (tag is None or m.tag == tag)]
 
     async def aclose(self) -> None:
         pass

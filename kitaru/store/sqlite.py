@@ -7,6 +7,7 @@ fsync per commit; ``KITARU_SQLITE_SYNC=FULL`` adds the fsync for power-loss dura
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -27,8 +28,12 @@ from kitaru.errors import (
 from kitaru.store import (
     ONCE_ONLY_KINDS,
     ArtifactRecord,
+    DeploymentRecord,
     ExecutionRecord,
     JournalRecord,
+    TagMove,
+    TagRecord,
+    TagRequest,
     _rules,
 )
 from kitaru.store._rules import lease_holder_alive
@@ -92,7 +97,72 @@ _MIGRATIONS: list[str] = [
         uri TEXT
     ) WITHOUT ROWID;
     """,
+    # Deployments (issue 11): versions are immutable rows; a tag is one row per (flow, tag); every
+    # move of a tag is a row of `tag_moves`, written in the same transaction as the move.
+    """
+    CREATE TABLE deployments (
+        flow TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        archive_key TEXT NOT NULL,
+        archive_sha256 TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        image TEXT,
+        stack TEXT,
+        message TEXT,
+        requirements TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (flow, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE tags (
+        flow TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        weight INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (flow, tag)
+    ) WITHOUT ROWID;
+    CREATE TABLE tag_moves (
+        id INTEGER PRIMARY KEY,
+        flow TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        version INTEGER,
+        previous INTEGER,
+        weight INTEGER,
+        action TEXT NOT NULL,
+        who TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX tag_moves_flow ON tag_moves (flow, tag, id);
+    """,
 ]
+
+_DEPLOYMENT_COLUMNS = (
+    "flow, version, target, archive_key, archive_sha256, created_by, created_at, image, stack, "
+    "message, requirements"
+)
+_MOVE_COLUMNS = "flow, tag, version, previous, weight, action, who, ts, id"
+
+
+def _deployment_from_row(row: Sequence[Any]) -> DeploymentRecord:
+    return DeploymentRecord(
+        flow=row[0],
+        version=row[1],
+        target=row[2],
+        archive_key=row[3],
+        archive_sha256=row[4],
+        created_by=row[5],
+        created_at=row[6],
+        image=row[7],
+        stack=row[8],
+        message=row[9],
+        requirements=json.loads(row[10]),
+    )
+
+
+def _move_from_row(row: Sequence[Any]) -> TagMove:
+    return TagMove(*row)
+
 
 _EXEC_COLUMNS = (
     "id, flow, target, sys_path, status, created_at, updated_at, error, result_artifact, "
@@ -438,15 +508,24 @@ class SQLiteStateStore:
         return [r[0] for r in rows]
 
     async def list_executions(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        version: int | None = None,
     ) -> list[ExecutionRecord]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if flow is not None:
             clauses.append("flow = ?")
             params.append(flow)
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
+        if version is not None:
+            clauses.append("json_extract(metadata, '$.deployment.version') = ?")
+            params.append(version)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._read(
             f"SELECT {_EXEC_COLUMNS} FROM executions {where} ORDER BY id DESC LIMIT ?",
@@ -708,6 +787,103 @@ class SQLiteStateStore:
             params.append(type)
         rows = self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", params)
         return [_artifact_from_row(r) for r in rows]
+
+    # -- deployments ------------------------------------------------------------------------
+
+    @staticmethod
+    def _move(
+        cur: sqlite3.Cursor, flow: str, requests: Sequence[TagRequest], who: str, action: str | None
+    ) -> list[TagMove]:
+        """Plan and write tag moves inside the caller's write transaction (which holds SQLite's
+        one write lock, so nothing read here changes before the writes)."""
+        versions = [r[0] for r in cur.execute("SELECT version FROM deployments WHERE flow = ?", (flow,))]
+        tags = {
+            r[0]: (r[1], r[2])
+            for r in cur.execute("SELECT tag, version, weight FROM tags WHERE flow = ?", (flow,))
+        }
+
+        def history(tag: str) -> list[int | None]:
+            rows = cur.execute(
+                "SELECT version FROM tag_moves WHERE flow = ? AND tag = ? ORDER BY id", (flow, tag)
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        moves = _rules.plan_tag_moves(
+            flow, requests, versions, tags, history, who=who, now=time.time(), action=action
+        )
+        for m in moves:
+            if m.version is None:
+                cur.execute("DELETE FROM tags WHERE flow = ? AND tag = ?", (flow, m.tag))
+            else:
+                cur.execute(
+                    "INSERT OR REPLACE INTO tags (flow, tag, version, weight, updated_at) VALUES (?,?,?,?,?)",
+                    (flow, m.tag, m.version, m.weight, m.ts),
+                )
+            cur.execute(
+                "INSERT INTO tag_moves (flow, tag, version, previous, weight, action, who, ts) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (flow, m.tag, m.version, m.previous, m.weight, m.action, m.who, m.ts),
+            )
+            m.id = cur.lastrowid
+        return moves
+
+    async def create_deployment(
+        self, record: DeploymentRecord, *, tag: str | None = None, weight: int | None = None
+    ) -> tuple[DeploymentRecord, list[TagMove]]:
+        d = record
+        with self._write() as cur:
+            row = cur.execute("SELECT MAX(version) FROM deployments WHERE flow = ?", (d.flow,)).fetchone()
+            version = (row[0] or 0) + 1
+            cur.execute(
+                f"INSERT INTO deployments ({_DEPLOYMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    d.flow,
+                    version,
+                    d.target,
+                    d.archive_key,
+                    d.archive_sha256,
+                    d.created_by,
+                    d.created_at,
+                    d.image,
+                    d.stack,
+                    d.message,
+                    json.dumps(d.requirements),
+                ),
+            )
+            requests = _rules.deploy_requests(tag, weight, version, version == 1)
+            moves = self._move(cur, d.flow, requests, d.created_by, "deploy")
+        return dataclasses.replace(d, version=version), moves
+
+    async def get_deployment(self, flow: str, version: int) -> DeploymentRecord | None:
+        rows = self._read(
+            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE flow = ? AND version = ?", (flow, version)
+        )
+        return _deployment_from_row(rows[0]) if rows else None
+
+    async def list_deployments(self, flow: str | None = None) -> list[DeploymentRecord]:
+        where, params = ("WHERE flow = ?", (flow,)) if flow is not None else ("", ())
+        rows = self._read(
+            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments {where} ORDER BY flow, version", params
+        )
+        return [_deployment_from_row(r) for r in rows]
+
+    async def list_tags(self, flow: str | None = None) -> list[TagRecord]:
+        where, params = ("WHERE flow = ?", (flow,)) if flow is not None else ("", ())
+        rows = self._read(
+            f"SELECT flow, tag, version, weight, updated_at FROM tags {where} ORDER BY flow, tag", params
+        )
+        return [TagRecord(*r) for r in rows]
+
+    async def move_tags(self, flow: str, requests: Sequence[TagRequest], *, who: str) -> list[TagMove]:
+        with self._write() as cur:
+            return self._move(cur, flow, requests, who, None)
+
+    async def tag_history(self, flow: str, tag: str | None = None) -> list[TagMove]:
+        sql = f"SELECT {_MOVE_COLUMNS} FROM tag_moves WHERE flow = ?"
+        params: tuple[Any, ...] = (flow,)
+        if tag is not None:
+            sql, params = sql + " AND tag = ?", (flow, tag)
+        return [_move_from_row(r) for r in self._read(sql + " ORDER BY id", params)]
 
     async def aclose(self) -> None:
         with self._lock:

@@ -62,7 +62,7 @@ class TestSchema:
             postgres_dsn,
             "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'kitaru'",
         )
-        assert tables == "artifacts,commits,executions,journal,meta"
+        assert tables == "artifacts,commits,deployments,executions,journal,meta,tag_moves,tags"
 
     def test_a_fresh_database_is_migrated_by_concurrent_openers(
         self, postgres_cluster: PostgresCluster
