@@ -107,6 +107,10 @@ class PerLoop(Generic[T]):
                 future = asyncio.run_coroutine_threadsafe(keeper.aclose(), loop)
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(future), 30)
+                except asyncio.CancelledError:
+                    if not future.cancelled():
+                        raise  # this task was cancelled, not the close on the other loop
+                    # That loop stopped before the close ran: its shutdown finalizes the keeper.
                 except Exception:
                     pass  # that loop is stuck or stopping: its shutdown finalizes the keeper
             # A loop that ended finalized its keeper as it shut down.
