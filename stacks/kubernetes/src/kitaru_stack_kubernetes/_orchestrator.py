@@ -64,6 +64,8 @@ CONTAINER = "worker"
 
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _MAX_SUFFIXES = 8
+#: Ids kitaru makes (kitaru._ids.new_id: 26 characters of Crockford's base32, upper case).
+_KITARU_ID = re.compile(r"[0-9A-Z]{26}")
 
 
 def label_value(text: str) -> str:
@@ -79,9 +81,14 @@ def label_value(text: str) -> str:
 def job_name(exec_id: str, run: int, suffix: int = 1) -> str:
     """The Job of run ``run`` of execution ``exec_id``: a DNS-1123 label short enough that its
     pods' names (``<job>-xxxxx``) and its ``job-name`` label stay within 63 characters."""
-    slug = re.sub(r"[^a-z0-9]+", "-", exec_id.lower()).strip("-")
-    if slug != exec_id.lower() or len(slug) > 30:
-        slug = f"{slug[:20].strip('-')}-{hashlib.sha256(exec_id.encode()).hexdigest()[:8]}".strip("-")
+    if _KITARU_ID.fullmatch(exec_id):
+        slug = exec_id.lower()  # kitaru's own ids are one case: lowercasing keeps them apart
+    else:
+        # A caller's id (an idempotency key): a readable part plus a hash of the exact id, so
+        # ids differing only in case or punctuation get different Jobs.
+        readable = re.sub(r"[^a-z0-9]+", "-", exec_id.lower()).strip("-")[:20].strip("-")
+        digest = hashlib.sha256(exec_id.encode()).hexdigest()[:8]
+        slug = f"{readable}-{digest}" if readable else digest
     name = f"kitaru-{slug}-{run}"
     return name if suffix == 1 else f"{name}-{suffix}"
 
