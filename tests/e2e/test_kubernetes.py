@@ -203,7 +203,9 @@ def test_the_quickstart_runs_as_jobs_and_its_wait_holds_no_pod(k8s: K8s, kubectl
         ]
 
         # The answer, from another directory, starts a new Job that completes the flow.
+        before_input = time.time()
         k8s.run_cli("executions", "input", exec_id, "--value", "true", cwd=elsewhere)
+        input_returned = time.time()
         jobs = k8s.api.wait_for(lambda: len(k8s.jobs(exec_id)) == 2 and k8s.jobs(exec_id), 30, "a second Job")
         k8s.status_becomes(exec_id, "completed")
         assert k8s.finished(jobs[1]["metadata"]["name"]) == "Complete"
@@ -232,7 +234,13 @@ def test_the_quickstart_runs_as_jobs_and_its_wait_holds_no_pod(k8s: K8s, kubectl
     # Answer -> running again in the new pod (a figure for the report, not an assertion).
     answered = next(r.ts for r in journal if r.kind == "wait_answered")
     resumed = min(r.ts for r in journal if r.ts > answered and r.kind != "wait_answered")
-    print(f"\nanswer -> the flow running again in the new pod: {resumed - answered:.2f} s")
+    print(
+        f"\nanswer -> the flow running again in the new pod: {resumed - answered:.2f} s "
+        f"(the input command: {input_returned - before_input:.2f} s, of which the answer was "
+        f"recorded after {answered - before_input:.2f} s and the Job submitted by "
+        f"{input_returned - answered:.2f} s after it; then {resumed - input_returned:.2f} s to the "
+        "new pod's first journal write, including its process start)"
+    )
 
 
 def test_a_pod_killed_mid_checkpoint_is_restarted_by_the_job_and_resumes(k8s: K8s, k8s_flows: Any) -> None:
@@ -272,6 +280,13 @@ def test_a_failing_flow_is_marked_failed_and_not_retried_by_the_platform(k8s: K8
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 10
     assert k8s.counted() == {"before": 1}
     assert k8s.execution(handle.exec_id).status == "failed"
+    # The orchestrator says, for people, where it ran.
+    from kitaru._engine.handles import blocking
+    from kitaru.stack import load_stack
+
+    described = blocking(load_stack("k8s").orchestrator().describe, handle.exec_id)
+    assert f"Job {job['metadata']['name']}: failed" in described
+    assert f"pod {pod['metadata']['name']}: Failed" in described
 
 
 def test_cancel_deletes_the_job_and_the_execution_stays_cancelled(k8s: K8s, k8s_flows: Any) -> None:
@@ -349,3 +364,19 @@ def test_a_kubernetes_stack_refuses_stores_pods_cannot_share(
         load_stack("k8s").orchestrator()
     with pytest.raises(KitaruConfigError, match=r"local directory.*s3://"):
         load_stack("k8s2").orchestrator()
+
+
+def test_await_start_submits_a_job_and_the_handle_waits_on_the_store(k8s: K8s, k8s_flows: Any) -> None:
+    import asyncio
+
+    (k8s.marks / "go").write_text("1")  # checkpoint 5 does not hold this time
+
+    async def main() -> tuple[str, int]:
+        handle = await k8s_flows.eight.start(str(k8s.counts), str(k8s.marks))
+        return handle.exec_id, await handle.result(timeout=120)
+
+    exec_id, value = asyncio.run(main())
+    assert value == sum(range(1, 9))
+    [job] = k8s.jobs(exec_id)
+    assert k8s.finished(job["metadata"]["name"]) == "Complete"
+    assert k8s.counted() == {f"step {i}": 1 for i in range(1, 9)}
