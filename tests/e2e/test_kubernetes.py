@@ -380,3 +380,26 @@ def test_await_start_submits_a_job_and_the_handle_waits_on_the_store(k8s: K8s, k
     [job] = k8s.jobs(exec_id)
     assert k8s.finished(job["metadata"]["name"]) == "Complete"
     assert k8s.counted() == {f"step {i}": 1 for i in range(1, 9)}
+
+
+def test_an_evicted_pod_is_replaced_without_counting_against_the_backoff_limit(
+    k8s: K8s, k8s_flows: Any
+) -> None:
+    from tests._process import wait_for
+
+    handle = k8s_flows.eight.run(str(k8s.counts), str(k8s.marks))
+    wait_for(k8s.marks / "slow", timeout=90)
+    [job] = k8s.jobs(handle.exec_id)
+    [pod] = k8s.api.pods(job["metadata"]["name"])
+    k8s.api.evict_pod(pod["metadata"]["name"])  # DisruptionTarget, then a graceful delete
+    k8s.api.wait_for(
+        lambda: any(p["metadata"]["name"] != pod["metadata"]["name"] for p in k8s.api.pods()),
+        60,
+        "a replacement pod",
+    )
+    (k8s.marks / "go").write_text("1")
+    assert handle.wait(timeout=120) == sum(range(1, 9))
+    assert k8s.finished(job["metadata"]["name"]) == "Complete"
+    assert k8s.api.job(job["metadata"]["name"])["status"].get("failed", 0) == 0  # Ignored
+    counted = k8s.counted()
+    assert {i: counted[f"step {i}"] for i in range(1, 5)} == {1: 1, 2: 1, 3: 1, 4: 1}
