@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     import inspect
 
     from kitaru.deployments import Deployment
+    from kitaru.stack import Orchestrator
+
+    from .runtime import Runtime
 
 __all__ = ["AsyncFlowHandle", "Flow", "FlowHandle", "flow", "load_flow"]
 
@@ -98,6 +101,11 @@ class Flow(Generic[P, R]):
                 f"`handle = await {self.name}.start(...)` then `await handle.result()`."
             )
         runtime = get_runtime(stack)
+        elsewhere = _elsewhere(runtime)
+        if elsewhere is not None:
+            # The stack runs executions elsewhere (a Kubernetes Job): create, submit, return.
+            exec_id = blocking(Runner(runtime).start_elsewhere, elsewhere, self, args, kwargs, execution_id)
+            return FlowHandle(exec_id, runtime)
         exec_id, outcome = blocking(Runner(runtime).start, self, args, kwargs, execution_id)
         return FlowHandle(exec_id, runtime, outcome and outcome.raise_interrupt())
 
@@ -115,6 +123,10 @@ class Flow(Generic[P, R]):
 
         runtime = get_runtime(stack)
         runner = Runner(runtime)
+        elsewhere = _elsewhere(runtime)
+        if elsewhere is not None:
+            exec_id = await runner.start_elsewhere(elsewhere, self, args, kwargs, execution_id)
+            return AsyncFlowHandle(exec_id, runtime, None)
         record, created, started = await runner.create(self, args, kwargs, execution_id)
         if created:
             task = asyncio.ensure_future(runner.drive(self, record, started, []))
@@ -217,6 +229,18 @@ class Flow(Generic[P, R]):
         if isinstance(outcome.error, KitaruError):
             raise outcome.error
         return FlowHandle(record.id, runtime, outcome)
+
+
+def _elsewhere(runtime: Runtime) -> Orchestrator | None:
+    """The orchestrator of the runtime's stack when it runs executions outside this process (a
+    Kubernetes Job); None when they are driven here (the local stack, a runtime built directly)."""
+    if runtime.stack is None:
+        return None
+    from kitaru.local_stack import LocalOrchestrator
+    from kitaru.stack import orchestrator_of
+
+    orchestrator = orchestrator_of(runtime.stack)
+    return None if isinstance(orchestrator, LocalOrchestrator) else orchestrator
 
 
 @overload

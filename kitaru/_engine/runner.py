@@ -44,6 +44,8 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from kitaru.stack import Orchestrator
+
     from .flow import Flow
 
 __all__ = ["Outcome", "Runner", "Started"]
@@ -98,9 +100,11 @@ class Runner:
         seed: Sequence[JournalRecord] = (),
         extra_artifacts: Sequence[ArtifactRecord] = (),
         metadata: dict[str, Any] | None = None,
+        leased: bool = True,
     ) -> tuple[ExecutionRecord, bool, Started]:
         """Create the execution (leased to this process) with its input artifacts; returns it,
         whether this call created it (an idempotent start finds it instead), and its arguments.
+        ``leased=False`` leaves the lease free: another process (a remote job) will take it.
 
         A replay passes the ``original`` execution, the original input artifacts it keeps
         (``reused_inputs``, referenced rather than copied) and its ``seed`` journal.
@@ -142,8 +146,8 @@ class Runner:
             status="running",
             created_at=now,
             updated_at=now,
-            lease_owner=runtime.owner,
-            lease_expires_at=now + runtime.lease_ttl,
+            lease_owner=runtime.owner if leased else None,
+            lease_expires_at=now + runtime.lease_ttl if leased else None,
             original_exec_id=original.id if original else None,
             metadata=metadata or {},
         )
@@ -166,6 +170,34 @@ class Runner:
         if created:
             return record.id, await self.drive(flow, record, started, [])
         return record.id, await self.resume_interrupted(record)
+
+    async def start_elsewhere(
+        self,
+        orchestrator: Orchestrator,
+        flow: Flow[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        execution_id: str | None,
+    ) -> str:
+        """Create the execution with its lease free and hand it to ``orchestrator``, which runs
+        it elsewhere (a Kubernetes Job). An orchestrator may ship what the job needs first: its
+        ``prepare(flow)`` returns metadata recorded with the execution (the code archive's key).
+
+        An existing execution with ``execution_id`` is submitted again only if nobody drives it
+        (an interrupted one); otherwise it is only observed, as :meth:`start` does. If the
+        submit fails, the execution stays ``running`` with a free lease: `kitaru executions
+        recover` submits it again."""
+        prepare = getattr(orchestrator, "prepare", None)
+        metadata = await prepare(flow) if prepare is not None else None
+        record, created, _ = await self.create(
+            flow, args, kwargs, execution_id, metadata=metadata, leased=False
+        )
+        try:
+            await orchestrator.submit(record.id)
+        except (KitaruLeaseError, KitaruStateError):
+            if created:
+                raise
+        return record.id
 
     async def resume_interrupted(self, record: ExecutionRecord) -> Outcome | None:
         """Drive on an existing execution left ``running`` by a runner that is gone; None when

@@ -94,6 +94,8 @@ class Runtime:
         #: The state store's calls never suspend: sync code may run them inline, without a hop.
         self.inline = bool(getattr(self.astate, "inline", False))
         self.stack_name = stack_name
+        #: The stack this runtime was opened from (None: built from stores directly, drives here).
+        self.stack: Any = None
         self.lease_ttl, self.heartbeat_interval = lease_timing(lease_ttl, heartbeat_interval)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._active: dict[str, int] = {}
@@ -486,7 +488,9 @@ def _open_runtime(stack_name: str | None, *, read_only: bool = False) -> Runtime
     state = (
         stack.state_store(read_only=True) if read_only and _takes_read_only(stack) else stack.state_store()
     )
-    return Runtime(state, stack.artifact_store(), stack_name=stack.name)
+    runtime = Runtime(state, stack.artifact_store(), stack_name=stack.name)
+    runtime.stack = stack  # its orchestrator decides where Flow.run/start drive (see _engine.flow)
+    return runtime
 
 
 def _takes_read_only(stack: Any) -> bool:

@@ -22,6 +22,7 @@ from kitaru.cli._common import when as _when
 from kitaru.cli.deployments import deployments as _deployments_group
 from kitaru.cli.model import model as _model_group
 from kitaru.cli.stack import stack as _stack_group
+from kitaru.cli.worker import worker as _worker_group
 
 __all__ = ["main"]
 
@@ -387,12 +388,18 @@ def execution_graph(exec_id: str, output: str) -> None:
 @click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the execution stops.")
+@click.option("--pod", is_flag=True, help="Print the log of its latest Job's pod (kubernetes stacks).")
 @_OUTPUT
 @_reports_errors
-def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, output: str) -> None:
+def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool, output: str) -> None:
     """Print what an execution's flow and checkpoints printed and logged, in order."""
     client = _client(read_only=True)
     full = client.executions.resolve(exec_id)
+    if pod:
+        from kitaru.cli.worker import print_pod_logs
+
+        print_pod_logs(full, follow)
+        return
     after = 0
     while True:
         entries = client.executions.logs(full, checkpoint=checkpoint, after=after)
@@ -574,3 +581,4 @@ def get_artifact(artifact_id: str, out: str | None, load: bool, output: str) -> 
 main.add_command(_deployments_group)
 main.add_command(_model_group)
 main.add_command(_stack_group)
+main.add_command(_worker_group)

@@ -47,9 +47,14 @@ def resolve_stack(name: str | None = None, /, **options: Any) -> StackConfig:
     via = "call argument" if name else f"active stack, from {settings.active_source}"
     table = settings.stacks.get(chosen)
     if table is None:
-        if chosen != DEFAULT_STACK:
+        if chosen == settings.active_stack and "type" in settings.overrides:
+            # Declared by the environment alone (KITARU_STACK + KITARU_STACK__TYPE and its keys):
+            # how a remote job (a Kubernetes Job) gets its stack without any config file.
+            table = {}
+        elif chosen != DEFAULT_STACK:
             raise unknown_stack(chosen, settings, via)
-        table = {"type": DEFAULT_STACK}
+        else:
+            table = {"type": DEFAULT_STACK}
     merged = dict(table)
     active = chosen == settings.active_stack
     if active:

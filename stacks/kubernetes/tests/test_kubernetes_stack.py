@@ -1,8 +1,10 @@
-"""The kubernetes stack type: registered, takes its keys, and (until its orchestrator lands) runs
-flows in-process against the stores its URIs name."""
+"""The kubernetes stack type: registered, takes its keys, builds each execution's Job from them,
+and refuses stores its pods cannot share. (Running flows as Jobs is proven end to end in
+tests/e2e/test_kubernetes.py, on the apiserver double.)"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,14 +25,16 @@ def test_the_entry_point_names_the_class() -> None:
     assert stack_type("kubernetes") is KubernetesStack
 
 
-def test_keys_are_taken_and_flows_run_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keys_are_taken_and_a_sqlite_state_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text(
         f"""
 [stacks.k8s]
 type = "kubernetes"
 state = "sqlite:///{tmp_path / "k8s.db"}"
-artifacts = "{(tmp_path / "artifacts").as_uri()}"
+artifacts = "s3://bucket/prefix"
 namespace = "agents"
 image = "ghcr.io/acme/agents:1"
 context = "staging"
@@ -45,9 +49,122 @@ context = "staging"
         "staging",
         None,
     )
-    handle = hello.run("k8s", stack="k8s")
-    assert handle.wait(timeout=60) == "hello k8s"
-    assert (tmp_path / "k8s.db").exists()
+    # Pods cannot reach a SQLite file on this machine: the flow is refused, nothing runs here.
+    with pytest.raises(KitaruConfigError, match=r"SQLite.*pods cannot reach.*postgresql://"):
+        hello.run("k8s", stack="k8s")
+
+
+def test_the_job_is_built_from_the_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        """
+[stacks.k8s]
+type = "kubernetes"
+state = "postgresql://kitaru@db/kitaru"
+artifacts = "s3://bucket/prefix"
+region = "eu-west-1"
+namespace = "agents"
+image = "ghcr.io/acme/agents:1"
+image_pull_policy = "IfNotPresent"
+image_pull_secrets = ["regcred"]
+service_account = "kitaru-runner"
+resources = { requests = { cpu = "500m" }, limits = { memory = "2Gi" } }
+node_selector = { pool = "agents" }
+tolerations = [{ key = "dedicated", operator = "Exists", effect = "NoSchedule" }]
+labels = { team = "ml" }
+annotations = { owner = "ml@acme" }
+env = { LOG_LEVEL = "debug" }
+secret_env = { KITARU_STACK__STATE = "kitaru-db:dsn", OPENAI_API_KEY = "llm:key" }
+env_from_secrets = ["aws-creds"]
+backoff_limit = 5
+ttl_seconds_after_finished = 600
+active_deadline_seconds = 3600
+"""
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    stack = load_stack("k8s")
+    assert isinstance(stack, KubernetesStack)
+    job = stack.orchestrator().job_manifest("01JEXAMPLE0000000000000000", "review_flow", 7)
+    meta, spec = job["metadata"], job["spec"]
+    assert (meta["name"], meta["namespace"]) == ("kitaru-01jexample0000000000000000-7", "agents")
+    assert meta["labels"] == {
+        "team": "ml",
+        "app.kubernetes.io/managed-by": "kitaru",
+        "kitaru.dev/execution": "01JEXAMPLE0000000000000000",
+        "kitaru.dev/flow": "review_flow",
+        "kitaru.dev/run": "7",
+    }
+    assert meta["annotations"]["owner"] == "ml@acme"
+    assert (spec["backoffLimit"], spec["ttlSecondsAfterFinished"], spec["activeDeadlineSeconds"]) == (
+        5,
+        600,
+        3600,
+    )
+    assert spec["podFailurePolicy"]["rules"] == [
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "worker", "operator": "In", "values": [10, 12]},
+        },
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {
+            "action": "Count",
+            "onExitCodes": {"containerName": "worker", "operator": "NotIn", "values": [10, 12]},
+        },
+    ]
+    pod = spec["template"]["spec"]
+    assert spec["template"]["metadata"]["labels"] == meta["labels"]
+    assert pod["restartPolicy"] == "Never"
+    assert (pod["serviceAccountName"], pod["nodeSelector"], pod["imagePullSecrets"]) == (
+        "kitaru-runner",
+        {"pool": "agents"},
+        [{"name": "regcred"}],
+    )
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+    [container] = pod["containers"]
+    assert container["command"] == ["kitaru", "worker", "run", "01JEXAMPLE0000000000000000"]
+    assert (container["image"], container["imagePullPolicy"]) == ("ghcr.io/acme/agents:1", "IfNotPresent")
+    assert container["resources"] == {"requests": {"cpu": "500m"}, "limits": {"memory": "2Gi"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "aws-creds"}}]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    # The stack travels by name and keys (the pod has no config file); the state DSN comes from
+    # its Secret only, never in plain text.
+    assert env["KITARU_STACK"] == "k8s"
+    assert env["KITARU_STACK__TYPE"] == "kubernetes"
+    assert env["KITARU_STACK__ARTIFACTS"] == "s3://bucket/prefix"
+    assert env["KITARU_STACK__REGION"] == "eu-west-1"
+    assert env["LOG_LEVEL"] == "debug"
+    assert env["KITARU_STACK__STATE"] == {"secretKeyRef": {"name": "kitaru-db", "key": "dsn"}}
+    assert env["OPENAI_API_KEY"] == {"secretKeyRef": {"name": "llm", "key": "key"}}
+    assert "postgresql://" not in str(job)
+
+
+def test_the_pod_builds_the_stack_from_its_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Job's pod has: no config file, the stack's name, type and keys in the environment."""
+    monkeypatch.setenv("KITARU_STACK", "prod")
+    monkeypatch.setenv("KITARU_STACK__TYPE", "kubernetes")
+    monkeypatch.setenv("KITARU_STACK__STATE", "postgresql://kitaru@db/kitaru")
+    monkeypatch.setenv("KITARU_STACK__ARTIFACTS", "s3://bucket/prefix")
+    monkeypatch.setenv("KITARU_STACK__CODE", "image")
+    stack = load_stack()
+    assert isinstance(stack, KubernetesStack)
+    assert (stack.name, stack.state_uri, stack.artifacts_uri, stack.code) == (
+        "prod",
+        "postgresql://kitaru@db/kitaru",
+        "s3://bucket/prefix",
+        "image",
+    )
+
+
+def test_job_names_are_dns_labels_and_labels_are_label_values() -> None:
+    from kitaru_stack_kubernetes._orchestrator import job_name, label_value
+
+    assert job_name("01JEXAMPLE0000000000000000", 12) == "kitaru-01jexample0000000000000000-12"
+    odd = job_name("Order #42 / retry", 3, 2)
+    assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", odd) and len(odd) <= 52, odd
+    assert job_name("order-42", 3) != job_name("Order-42", 3)  # ids differing in case stay apart
+    assert label_value("review_flow") == "review_flow"
+    assert label_value("Order #42 / retry") != label_value("Order #42 / retry!")
+    assert re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", label_value("x" * 100 + "/"))
 
 
 def test_a_wrong_value_type_names_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,20 +1,22 @@
-"""kitaru's ``kubernetes`` stack type.
+"""kitaru's ``kubernetes`` stack type: each execution runs as Kubernetes Jobs.
 
-A Kubernetes stack will run one Job per execution: a waiting execution's Job exits, and an answer
-starts a new Job that replays the journal. That orchestrator comes in a later release: **for now,
-flows on a kubernetes stack still run in the calling process**, exactly as on the ``local`` stack.
-What the stack does already is pair a state store with any artifact store by URI (``state``,
-``artifacts``) and accept, and check, the keys its orchestrator will use to build each Job
-(documented in stacks.example.toml and stacks/kubernetes/README.md).
+``flow.run()`` / ``await flow.start()`` on a kubernetes stack create the execution in the stack's
+shared state store, ship the flow's code to its artifact store (unless ``code = "image"``) and
+submit a ``batch/v1`` Job running ``kitaru worker run <exec_id>``. A waiting execution's Job exits;
+an answer submits a new Job that resumes from the journal. See :mod:`._orchestrator` and
+stacks/kubernetes/README.md; every key is documented in stacks.example.toml.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from kitaru.errors import KitaruConfigError
 from kitaru.stack import BaseStack
 
-__all__ = ["KubernetesStack"]
+from ._orchestrator import KubernetesOrchestrator
+
+__all__ = ["KubernetesOrchestrator", "KubernetesStack"]
 
 #: How the worker gets the flow's code: from an archive uploaded to the artifact store (default),
 #: or from the image itself (nothing is uploaded).
@@ -22,7 +24,7 @@ CodeSource = Literal["archive", "image"]
 
 
 class KubernetesStack(BaseStack):
-    """The ``kubernetes`` stack type (flows run in-process until its orchestrator lands).
+    """The ``kubernetes`` stack type: executions run as Kubernetes Jobs.
 
     Keys, beyond ``state`` and ``artifacts`` (the Job each execution gets is built from them):
 
@@ -46,7 +48,12 @@ class KubernetesStack(BaseStack):
     - ``backoff_limit``: how many infrastructure failures (crash, OOM, lost node) a Job retries
       (default 3; a flow's own failure is never retried by the platform);
     - ``ttl_seconds_after_finished``: how long a finished Job and its pods are kept (default 3600);
-    - ``active_deadline_seconds``: a limit on one Job's run time (default: none).
+    - ``active_deadline_seconds``: a limit on one Job's run time (default: none);
+    - ``worker_command``: how the image runs kitaru (default ``["kitaru"]``; the Job's command is
+      this plus ``worker run <exec_id>``), e.g. ``["python", "-m", "kitaru.cli"]``.
+
+    ``state`` and ``artifacts`` must be stores every pod reaches (PostgreSQL; S3, GCS, Azure):
+    a SQLite file or a ``file://`` directory on the submitting machine is refused.
 
     Other keys go to the artifact store chosen by the ``artifacts`` URI (e.g. ``region`` for S3).
     """
@@ -73,6 +80,7 @@ class KubernetesStack(BaseStack):
         "backoff_limit": int,
         "ttl_seconds_after_finished": int,
         "active_deadline_seconds": int,
+        "worker_command": list[str],
     }
 
     def __init__(
@@ -100,6 +108,7 @@ class KubernetesStack(BaseStack):
         backoff_limit: int = 3,
         ttl_seconds_after_finished: int = 3600,
         active_deadline_seconds: int | None = None,
+        worker_command: list[str] | None = None,
         **options: Any,
     ) -> None:
         super().__init__(name, state=state, artifacts=artifacts, **options)
@@ -122,3 +131,22 @@ class KubernetesStack(BaseStack):
         self.backoff_limit = backoff_limit
         self.ttl_seconds_after_finished = ttl_seconds_after_finished
         self.active_deadline_seconds = active_deadline_seconds
+        self.worker_command = list(worker_command or ["kitaru"])
+
+    def orchestrator(self) -> KubernetesOrchestrator:
+        """Runs executions as Jobs; refuses stores a pod cannot share with the submitter."""
+        if self.state_uri.startswith("sqlite:"):
+            raise KitaruConfigError(
+                f"stack {self.name!r} (kubernetes) keeps its state in SQLite ({self.state_uri}), a "
+                "file on this machine that the Jobs' pods cannot reach. Point `state` at a "
+                f'PostgreSQL database every pod reaches: `state = "postgresql://USER@HOST/DB"` in its '
+                f"table (`kitaru stack show {self.name}` shows where it is declared)."
+            )
+        if self.artifacts_uri.startswith("file:"):
+            raise KitaruConfigError(
+                f"stack {self.name!r} (kubernetes) keeps its artifacts in a local directory "
+                f"({self.artifacts_uri}) that the Jobs' pods cannot reach. Point `artifacts` at "
+                f'an object store: `artifacts = "s3://BUCKET/PREFIX"` (or gs://, az://) in its table '
+                f"(`kitaru stack show {self.name}` shows where it is declared)."
+            )
+        return KubernetesOrchestrator(self)

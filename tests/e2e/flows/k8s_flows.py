@@ -1,0 +1,77 @@
+"""Flows the Kubernetes e2e tests submit as Jobs (shipped to the pods as a code archive of this
+directory). Each checkpoint run appends a line to the file named by its ``count_file`` argument,
+outside kitaru, so a test counts real runs across pods; ``marks`` is a directory where the slow
+parts say where they are.
+
+    eight(count_file, marks)   8 checkpoints; the 5th marks ``slow`` and sleeps until ``go`` exists
+    boom(count_file)           a checkpoint, then the flow raises
+    asks(count_file)           a checkpoint, a wait named ``go`` (bool), a checkpoint
+    sleepy(count_file, marks)  a checkpoint that marks ``started`` and sleeps
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import kitaru
+from kitaru import checkpoint, flow
+
+
+def count(count_file: str, line: str) -> None:
+    with open(count_file, "a") as fh:
+        fh.write(line + "\n")
+
+
+@checkpoint
+def step(i: int, count_file: str, marks: str) -> int:
+    count(count_file, f"step {i}")
+    if i == 5:
+        (Path(marks) / "slow").write_text("5")
+        deadline = time.monotonic() + 120
+        while not (Path(marks) / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return i
+
+
+@flow
+def eight(count_file: str, marks: str) -> int:
+    return sum(step(i, count_file, marks) for i in range(1, 9))
+
+
+@checkpoint
+def before(count_file: str) -> str:
+    count(count_file, "before")
+    return "ok"
+
+
+@flow
+def boom(count_file: str) -> str:
+    before(count_file)
+    raise ValueError("the flow itself is broken")
+
+
+@checkpoint
+def after(count_file: str, answer: bool) -> str:
+    count(count_file, "after")
+    return f"answered {answer}"
+
+
+@flow
+def asks(count_file: str) -> str:
+    before(count_file)
+    answer = kitaru.wait(name="go", question="Go on?", schema=bool)
+    return after(count_file, answer)
+
+
+@checkpoint
+def slow(count_file: str, marks: str) -> None:
+    count(count_file, "slow")
+    (Path(marks) / "started").write_text("1")
+    time.sleep(120)
+
+
+@flow
+def sleepy(count_file: str, marks: str) -> str:
+    slow(count_file, marks)
+    return "never"

@@ -1,0 +1,405 @@
+"""Flows run as Kubernetes Jobs, end to end with real processes: the apiserver double (its kubelet
+runs each pod's command as a local process), PostgreSQL for state and moto S3 for artifacts and
+code archives, the shared stores real pods would use. The pods run ``kitaru worker run <exec_id>``
+from this checkout's environment (the stack's ``worker_command``; the double ignores images).
+
+Checkpoint runs are counted outside kitaru: the test flows (flows/k8s_flows.py) append a line per
+run to a file, from whichever pod runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kitaru.store import sync_view
+from kitaru.store.open import open_state_store
+from tests._services.kube import KubeApi
+from tests._services.postgres import find_bindir
+from tests._services.s3 import MotoServer, s3_server
+
+__all__ = ["s3_server"]
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOWS = Path(__file__).parent / "flows"
+EXECUTION_LABEL = "kitaru.dev/execution"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
+
+
+@dataclass
+class K8s:
+    """A kubernetes stack on the double, and what a test needs around it."""
+
+    api: KubeApi
+    state: str
+    config: Path
+    env: dict[str, str]
+    counts: Path
+    marks: Path
+    cli: list[str]
+    tmp: Path
+
+    def run_cli(
+        self, *args: str, cwd: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*self.cli, *args], env=self.env, cwd=cwd or self.tmp, capture_output=True, text=True, timeout=120
+        )
+        if check:
+            assert done.returncode == 0, (
+                f"kitaru {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def counted(self) -> Counter[str]:
+        return Counter(self.counts.read_text().splitlines()) if self.counts.exists() else Counter()
+
+    def execution(self, exec_id: str) -> Any:
+        store = sync_view(open_state_store(self.state))
+        try:
+            return store.get_execution(exec_id)
+        finally:
+            store.close()
+
+    def journal(self, exec_id: str) -> list[Any]:
+        store = sync_view(open_state_store(self.state))
+        try:
+            return list(store.read_journal(exec_id))
+        finally:
+            store.close()
+
+    def status_becomes(self, exec_id: str, *statuses: str, timeout: float = 90) -> Any:
+        return self.api.wait_for(
+            lambda: (r := self.execution(exec_id)) is not None and r.status in statuses and r,
+            timeout,
+            f"execution {exec_id} becoming {'/'.join(statuses)}",
+        )
+
+    def jobs(self, exec_id: str) -> list[dict[str, Any]]:
+        reply = self.api.request(
+            "GET", f"/apis/batch/v1/namespaces/default/jobs?labelSelector={EXECUTION_LABEL}%3D{exec_id}"
+        )
+        return sorted(reply["items"], key=lambda j: int(j["metadata"]["labels"]["kitaru.dev/run"]))
+
+    def live_pods(self) -> list[str]:
+        return [
+            p["metadata"]["name"]
+            for p in self.api.pods()
+            if p["status"]["phase"] not in ("Succeeded", "Failed")
+        ]
+
+    def finished(self, job: str) -> str:
+        return self.api.wait_for(lambda: self.api.condition(job), 90, f"Job {job} finishing")
+
+
+@pytest.fixture
+def k8s(
+    kube_api: KubeApi,
+    s3_server: MotoServer,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    subprocess_env: dict[str, str],
+    kitaru_cli: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[K8s]:
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL server binaries are needed (apt-get install postgresql)")
+    state = request.getfixturevalue("postgres_dsn")
+    artifacts = f"s3://{s3_server.create_bucket()}/kitaru"
+    pod_home = tmp_path / "pod-home"
+    keys: dict[str, Any] = {
+        "type": "kubernetes",
+        "state": state,
+        "artifacts": artifacts,
+        **s3_server.options(),
+        "image": "kitaru-worker:test",
+        "kubeconfig": str(kube_api.kubeconfig),
+        # Test-only: the double runs commands on this machine, so the worker is this checkout's.
+        "worker_command": [sys.executable, "-m", "kitaru.cli"],
+        "env": {"KITARU_HOME": str(pod_home), "PYTHONUNBUFFERED": "1"},
+        "backoff_limit": 3,
+        "labels": {"team": "agents"},
+    }
+    config = tmp_path / "config.toml"
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in keys.items())
+    config.write_text(f'active_stack = "k8s"\n\n[stacks.k8s]\n{body}\n')
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    yield K8s(
+        api=kube_api,
+        state=state,
+        config=config,
+        env={**subprocess_env, "KITARU_CONFIG": str(config)},
+        counts=tmp_path / "counts.txt",
+        marks=marks,
+        cli=kitaru_cli,
+        tmp=tmp_path,
+    )
+
+
+@pytest.fixture
+def k8s_flows(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The test flows, imported as a top-level module of flows/ (so their source root, the code
+    archive, is that small directory rather than the whole checkout)."""
+    monkeypatch.syspath_prepend(str(FLOWS))
+    import k8s_flows
+
+    return k8s_flows
+
+
+def test_the_quickstart_runs_as_jobs_and_its_wait_holds_no_pod(k8s: K8s, kubectl: Callable[..., Any]) -> None:
+    elsewhere = k8s.tmp / "elsewhere"
+    elsewhere.mkdir()
+    # The quickstart, as it is in examples/: `run` submits its Job and returns; the script then
+    # blocks in `handle.wait()` until the flow finishes, which needs an answer.
+    quickstart = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "durable agents"],
+        env=k8s.env,
+        cwd=k8s.tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job = k8s.api.wait_for(
+            lambda: k8s.api.request("GET", "/apis/batch/v1/namespaces/default/jobs")["items"], 90, "a Job"
+        )[0]
+        exec_id = job["metadata"]["annotations"]["kitaru.dev/execution-id"]
+        assert job["metadata"]["labels"]["kitaru.dev/flow"] == "review_flow"
+        assert job["metadata"]["labels"]["team"] == "agents"
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][-3:] == ["worker", "run", exec_id]
+
+        # It waits, and no pod is alive: the Job exited 0 when the execution suspended.
+        k8s.status_becomes(exec_id, "waiting")
+        assert k8s.finished(job["metadata"]["name"]) == "Complete"
+        k8s.api.wait_for(lambda: not k8s.live_pods(), 30, "no pod alive")
+        assert quickstart.poll() in (None, 0)  # blocked in wait(), or printed the waiting line
+
+        listed = kubectl("get", "jobs", "-l", f"{EXECUTION_LABEL}={exec_id}", "-o", "json")
+        assert [j["metadata"]["name"] for j in json.loads(listed.stdout)["items"]] == [
+            job["metadata"]["name"]
+        ]
+
+        # The answer, from another directory, starts a new Job that completes the flow.
+        before_input = time.time()
+        k8s.run_cli("executions", "input", exec_id, "--value", "true", cwd=elsewhere)
+        input_returned = time.time()
+        jobs = k8s.api.wait_for(lambda: len(k8s.jobs(exec_id)) == 2 and k8s.jobs(exec_id), 30, "a second Job")
+        k8s.status_becomes(exec_id, "completed")
+        assert k8s.finished(jobs[1]["metadata"]["name"]) == "Complete"
+        listed = kubectl("get", "jobs", "-l", f"{EXECUTION_LABEL}={exec_id}", "-o", "json")
+        assert len(json.loads(listed.stdout)["items"]) == 2
+
+        out, err = quickstart.communicate(timeout=90)
+        assert quickstart.returncode == 0, err
+        assert "published" in out or "is waiting for approval" in out
+    finally:
+        if quickstart.poll() is None:
+            quickstart.kill()
+            quickstart.communicate()
+
+    journal = k8s.journal(exec_id)
+    completed = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
+    assert completed == {"research": 1, "draft": 1, "publish": 1}
+    started = Counter(r.call_id for r in journal if r.kind == "checkpoint_started")
+    assert all(n == 1 for n in started.values()), started
+    assert len(k8s.api.pods()) == 2  # one pod per Job: nothing was retried
+
+    # The pod's log, through the orchestrator.
+    logs = k8s.run_cli("executions", "logs", exec_id, "--pod")
+    assert f"execution {exec_id} is completed" in logs.stdout + logs.stderr
+
+    # Answer -> running again in the new pod (a figure for the report, not an assertion).
+    answered = next(r.ts for r in journal if r.kind == "wait_answered")
+    resumed = min(r.ts for r in journal if r.ts > answered and r.kind != "wait_answered")
+    print(
+        f"\nanswer -> the flow running again in the new pod: {resumed - answered:.2f} s "
+        f"(the input command: {input_returned - before_input:.2f} s, of which the answer was "
+        f"recorded after {answered - before_input:.2f} s and the Job submitted by "
+        f"{input_returned - answered:.2f} s after it; then {resumed - input_returned:.2f} s to the "
+        "new pod's first journal write, including its process start)"
+    )
+
+
+def test_a_pod_killed_mid_checkpoint_is_restarted_by_the_job_and_resumes(k8s: K8s, k8s_flows: Any) -> None:
+    handle = k8s_flows.eight.run(str(k8s.counts), str(k8s.marks))
+    assert handle.status in ("running", "completed")  # `run` returned while the Job runs
+    from tests._process import wait_for
+
+    wait_for(k8s.marks / "slow", timeout=90)
+    [job] = k8s.jobs(handle.exec_id)
+    [pod] = k8s.api.pods(job["metadata"]["name"])
+    k8s.api.kill_pod(pod["metadata"]["name"])  # SIGKILL in the middle of checkpoint 5 of 8
+    k8s.api.wait_for(
+        lambda: k8s.api.pods(job["metadata"]["name"])[0]["status"]["phase"] == "Failed", 30, "the kill"
+    )
+    (k8s.marks / "go").write_text("1")
+    assert handle.wait(timeout=120) == sum(range(1, 9))
+    assert k8s.finished(job["metadata"]["name"]) == "Complete"
+    pods = k8s.api.pods(job["metadata"]["name"])
+    assert [p["status"]["phase"] for p in pods] == ["Failed", "Succeeded"]
+    assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    counted = k8s.counted()
+    assert {i: counted[f"step {i}"] for i in range(1, 9)} == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+    assert len(k8s.jobs(handle.exec_id)) == 1
+
+
+def test_a_failing_flow_is_marked_failed_and_not_retried_by_the_platform(k8s: K8s, k8s_flows: Any) -> None:
+    from kitaru.errors import KitaruExecutionError
+
+    handle = k8s_flows.boom.run(str(k8s.counts))
+    with pytest.raises(KitaruExecutionError, match="the flow itself is broken"):
+        handle.wait(timeout=120)
+    [job] = k8s.jobs(handle.exec_id)
+    assert k8s.finished(job["metadata"]["name"]) == "Failed"
+    conditions = {c["type"]: c for c in k8s.api.job(job["metadata"]["name"])["status"]["conditions"]}
+    assert conditions["Failed"]["reason"] == "PodFailurePolicy"
+    [pod] = k8s.api.pods(job["metadata"]["name"])  # one pod: no platform retry
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 10
+    assert k8s.counted() == {"before": 1}
+    assert k8s.execution(handle.exec_id).status == "failed"
+    # The orchestrator says, for people, where it ran.
+    from kitaru._engine.handles import blocking
+    from kitaru.stack import load_stack
+
+    described = blocking(load_stack("k8s").orchestrator().describe, handle.exec_id)
+    assert f"Job {job['metadata']['name']}: failed" in described
+    assert f"pod {pod['metadata']['name']}: Failed" in described
+
+
+def test_cancel_deletes_the_job_and_the_execution_stays_cancelled(k8s: K8s, k8s_flows: Any) -> None:
+    from tests._process import wait_for
+
+    handle = k8s_flows.sleepy.run(str(k8s.counts), str(k8s.marks))
+    wait_for(k8s.marks / "started", timeout=90)
+    assert len(k8s.jobs(handle.exec_id)) == 1
+    k8s.run_cli("executions", "cancel", handle.exec_id)
+    assert k8s.execution(handle.exec_id).status == "cancelled"
+    k8s.api.wait_for(lambda: not k8s.jobs(handle.exec_id), 30, "the Job deleted")
+    k8s.api.wait_for(lambda: not k8s.api.pods(), 60, "its pod gone")
+    time.sleep(1)  # nothing revives it once its pod is gone
+    assert k8s.execution(handle.exec_id).status == "cancelled"
+    assert k8s.jobs(handle.exec_id) == []
+    assert k8s.counted() == {"slow": 1}
+
+
+def test_two_answers_racing_start_one_job(k8s: K8s, k8s_flows: Any) -> None:
+    handle = k8s_flows.asks.run(str(k8s.counts))
+    k8s.status_becomes(handle.exec_id, "waiting")
+    [first] = k8s.jobs(handle.exec_id)
+    k8s.finished(first["metadata"]["name"])
+    # Two people answer at once, from two processes: one answer is recorded, one Job starts.
+    argv = [*k8s.cli, "executions", "input", handle.exec_id, "--value", "true"]
+    racers = [
+        subprocess.Popen(
+            argv, env=k8s.env, cwd=k8s.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in racers]
+    assert sorted(code for code, _, _ in results)[0] == 0, results
+    assert handle.wait(timeout=120) == "answered True"
+    assert len(k8s.jobs(handle.exec_id)) == 2
+    assert k8s.counted() == {"before": 1, "after": 1}
+
+
+def test_two_submits_racing_start_one_job(k8s: K8s, k8s_flows: Any) -> None:
+    """The answer is recorded without resuming; then two `resume`s race to submit the same run:
+    both derive the same Job name, and the second's 409 means the first did it."""
+    handle = k8s_flows.asks.run(str(k8s.counts))
+    k8s.status_becomes(handle.exec_id, "waiting")
+    k8s.finished(k8s.jobs(handle.exec_id)[0]["metadata"]["name"])
+    k8s.run_cli("executions", "input", handle.exec_id, "--value", "false", "--no-resume")
+    argv = [*k8s.cli, "executions", "resume", handle.exec_id]
+    racers = [
+        subprocess.Popen(
+            argv, env=k8s.env, cwd=k8s.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in racers]
+    assert any(code == 0 for code, _, _ in results), results
+    assert handle.wait(timeout=120) == "answered False"
+    assert len(k8s.jobs(handle.exec_id)) == 2
+    assert k8s.counted() == {"before": 1, "after": 1}
+
+
+def test_a_kubernetes_stack_refuses_stores_pods_cannot_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kitaru_home: Path
+) -> None:
+    from kitaru.errors import KitaruConfigError
+    from kitaru.stack import load_stack
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[stacks.k8s]\ntype = "kubernetes"\nimage = "x"\nstate = "sqlite:///{tmp_path}/k.db"\n'
+        'artifacts = "s3://b/p"\n'
+        f'[stacks.k8s2]\ntype = "kubernetes"\nimage = "x"\nstate = "postgresql://u@h/db"\n'
+        f'artifacts = "{tmp_path.as_uri()}"\n'
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    with pytest.raises(KitaruConfigError, match=r"SQLite.*cannot reach.*postgresql://"):
+        load_stack("k8s").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"local directory.*s3://"):
+        load_stack("k8s2").orchestrator()
+
+
+def test_await_start_submits_a_job_and_the_handle_waits_on_the_store(k8s: K8s, k8s_flows: Any) -> None:
+    import asyncio
+
+    (k8s.marks / "go").write_text("1")  # checkpoint 5 does not hold this time
+
+    async def main() -> tuple[str, int]:
+        handle = await k8s_flows.eight.start(str(k8s.counts), str(k8s.marks))
+        return handle.exec_id, await handle.result(timeout=120)
+
+    exec_id, value = asyncio.run(main())
+    assert value == sum(range(1, 9))
+    [job] = k8s.jobs(exec_id)
+    assert k8s.finished(job["metadata"]["name"]) == "Complete"
+    assert k8s.counted() == {f"step {i}": 1 for i in range(1, 9)}
+
+
+def test_an_evicted_pod_is_replaced_without_counting_against_the_backoff_limit(
+    k8s: K8s, k8s_flows: Any
+) -> None:
+    from tests._process import wait_for
+
+    handle = k8s_flows.eight.run(str(k8s.counts), str(k8s.marks))
+    wait_for(k8s.marks / "slow", timeout=90)
+    [job] = k8s.jobs(handle.exec_id)
+    [pod] = k8s.api.pods(job["metadata"]["name"])
+    k8s.api.evict_pod(pod["metadata"]["name"])  # DisruptionTarget, then a graceful delete
+    k8s.api.wait_for(
+        lambda: any(p["metadata"]["name"] != pod["metadata"]["name"] for p in k8s.api.pods()),
+        60,
+        "a replacement pod",
+    )
+    (k8s.marks / "go").write_text("1")
+    assert handle.wait(timeout=120) == sum(range(1, 9))
+    assert k8s.finished(job["metadata"]["name"]) == "Complete"
+    assert k8s.api.job(job["metadata"]["name"])["status"].get("failed", 0) == 0  # Ignored
+    counted = k8s.counted()
+    assert {i: counted[f"step {i}"] for i in range(1, 5)} == {1: 1, 2: 1, 3: 1, 4: 1}
