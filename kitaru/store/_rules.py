@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Iterable
 
-from kitaru.errors import KitaruLeaseError, KitaruNotFoundError, KitaruStateError
+from kitaru.errors import KitaruConflictError, KitaruLeaseError, KitaruNotFoundError, KitaruStateError
 
 __all__ = [
     "FINAL_STATUSES",
@@ -32,8 +32,10 @@ __all__ = [
     "check_takeover",
     "check_wait_open",
     "final_error",
+    "key_exists",
     "lease_free",
     "lease_holder_alive",
+    "no_such_key",
     "refused_from",
 ]
 
@@ -153,3 +155,16 @@ def check_takeover(exec_id: str, holder: str | None, expires: float | None, owne
             f"{time.strftime('%H:%M:%S', time.localtime(expires))}). It will finish there; if that "
             "runner is gone, retry after the lease expires."
         )
+
+
+def key_exists(name: str) -> KitaruConflictError:
+    """The error for a second API key of the same name."""
+    return KitaruConflictError(
+        f"an API key named {name!r} exists already (names stay taken after a revoke, so logs keep "
+        "meaning one key). Choose another name; `kitaru server keys list` shows the names in use."
+    )
+
+
+def no_such_key(name: str) -> KitaruNotFoundError:
+    """The error for revoking a key that was never created."""
+    return KitaruNotFoundError(f"no API key named {name!r}. `kitaru server keys list` shows them.")

@@ -39,7 +39,12 @@ class SyncStateStore(Protocol):
     def get_execution(self, exec_id: str) -> ExecutionRecord | None: ...
     def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]: ...
     def list_executions(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
     ) -> list[ExecutionRecord]: ...
     def acquire_lease(
         self,

@@ -15,6 +15,7 @@ from kitaru.errors import (
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
+    ApiKeyRecord,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
@@ -37,6 +38,7 @@ class MemoryStateStore:
         self._once: set[tuple[str, str, str | None]] = set()
         self._artifacts: dict[str, ArtifactRecord] = {}
         self._next_id = 1
+        self._keys: dict[str, ApiKeyRecord] = {}
 
     def _get(self, exec_id: str) -> ExecutionRecord:
         try:
@@ -95,13 +97,20 @@ class MemoryStateStore:
             return sorted(i for i in self._executions if i.startswith(prefix))[:limit]
 
     async def list_executions(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
     ) -> list[ExecutionRecord]:
         with self._lock:
             found = [
                 copy.deepcopy(e)
                 for e in self._executions.values()
-                if (flow is None or e.flow == flow) and (status is None or e.status == status)
+                if (flow is None or e.flow == flow)
+                and (status is None or e.status == status)
+                and (before is None or e.id < before)
             ]
         return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
 
@@ -231,6 +240,30 @@ class MemoryStateStore:
                 e.status, e.lease_owner, e.lease_expires_at = "running", owner, now + ttl
                 return True
             return False
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        with self._lock:
+            if key.id in self._keys or any(k.name == key.name for k in self._keys.values()):
+                raise _rules.key_exists(key.name)
+            self._keys[key.id] = copy.deepcopy(key)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        with self._lock:
+            key = self._keys.get(key_id)
+            return copy.deepcopy(key) if key is not None else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        with self._lock:
+            return sorted((copy.deepcopy(k) for k in self._keys.values()), key=lambda k: (k.created_at, k.id))
+
+    async def revoke_api_key(self, name: str) -> ApiKeyRecord:
+        with self._lock:
+            for key in self._keys.values():
+                if key.name == name:
+                    if key.revoked_at is None:
+                        key.revoked_at = time.time()
+                    return copy.deepcopy(key)
+        raise _rules.no_such_key(name)
 
     async def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:

@@ -48,6 +48,7 @@ from kitaru.errors import (
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
+    ApiKeyRecord,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
@@ -136,6 +137,17 @@ _MIGRATIONS: list[str] = [
         at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX commits_at ON kitaru.commits USING brin (at);
+    """,
+    # The team server's API keys (hashes only; `kitaru server keys`).
+    """
+    CREATE TABLE kitaru.api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    );
     """,
 ]
 
@@ -325,6 +337,13 @@ def _artifact_from_row(row: Any) -> ArtifactRecord:
         inline=bytes(row[11]) if row[11] is not None else None,
         uri=row[12],
     )
+
+
+_KEY_COLUMNS = "id, name, key_hash, scopes, created_at, revoked_at"
+
+
+def _key_from_row(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
 
 def _import_asyncpg() -> Any:
@@ -801,10 +820,18 @@ class PostgresStateStore:
         return [r[0] for r in rows]
 
     async def list_executions(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
     ) -> list[ExecutionRecord]:
         clauses: list[str] = []
         params: list[Any] = []
+        if before is not None:
+            params.append(before)
+            clauses.append(f"id < ${len(params)}")
         if flow is not None:
             params.append(flow)
             clauses.append(f"flow = ${len(params)}")
@@ -1128,6 +1155,53 @@ class PostgresStateStore:
         return [_artifact_from_row(r) for r in rows]
 
     # -- closing ------------------------------------------------------------------------------
+
+    # -- API keys of the team server ----------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        async def body(conn: Any, attempt: _Attempt) -> None:
+            await conn.execute(
+                "INSERT INTO kitaru.commits (token, at) VALUES ($1, $2)", attempt.token, time.time()
+            )
+            inserted = await conn.fetchval(
+                "INSERT INTO kitaru.api_keys (id, name, key_hash, scopes, created_at, revoked_at) "
+                "VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING RETURNING 1",
+                key.id,
+                key.name,
+                key.key_hash,
+                json.dumps(key.scopes),
+                key.created_at,
+                key.revoked_at,
+            )
+            if not inserted:
+                raise _rules.key_exists(key.name)
+
+        await self._write(body, f"creating API key {key.name!r}")
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        rows = await self._read(f"SELECT {_KEY_COLUMNS} FROM kitaru.api_keys WHERE id = $1", key_id)
+        return _key_from_row(rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._read(f"SELECT {_KEY_COLUMNS} FROM kitaru.api_keys ORDER BY created_at, id")
+        return [_key_from_row(r) for r in rows]
+
+    async def revoke_api_key(self, name: str) -> ApiKeyRecord:
+        async def body(conn: Any, attempt: _Attempt) -> ApiKeyRecord:
+            await conn.execute(
+                "INSERT INTO kitaru.commits (token, at) VALUES ($1, $2)", attempt.token, time.time()
+            )
+            await conn.execute(
+                "UPDATE kitaru.api_keys SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+                time.time(),
+                name,
+            )
+            row = await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM kitaru.api_keys WHERE name = $1", name)
+            if row is None:
+                raise _rules.no_such_key(name)
+            return _key_from_row(row)
+
+        return await self._write(body, f"revoking API key {name!r}")
 
     async def aclose(self) -> None:
         """Close every loop's pool, each on its own loop (a loop that already ended closed its
