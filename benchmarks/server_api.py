@@ -68,8 +68,8 @@ def main() -> None:
         env["KITARU_STACK__STATE"] = args.state
     cli = [str(Path(sys.executable).with_name("kitaru"))]
     code = (
-        "import sys; sys.path.insert(0, %r)\nimport server_flows as f\n"
-        "for _ in range(%d): print(f.approve.run('bench').exec_id)\n" % (str(FLOWS.parent), args.clients)
+        f"import sys; sys.path.insert(0, {str(FLOWS.parent)!r})\nimport server_flows as f\n"
+        f"for _ in range({args.clients}): print(f.approve.run('bench').exec_id)\n"
     )
     ids = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
