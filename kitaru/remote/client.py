@@ -110,13 +110,19 @@ class _Executions:
         return _execution(self._client._call("GET", f"/api/v1/executions/{exec_id}"))
 
     def list(
-        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        version: int | None = None,
     ) -> builtins.list[Any]:
         found: builtins.list[Any] = []
         cursor = None
         while len(found) < limit:
             params: dict[str, Any] = {"limit": min(500, limit - len(found))}
-            params.update({k: v for k, v in (("flow", flow), ("status", status), ("cursor", cursor)) if v})
+            filters = (("flow", flow), ("status", status), ("version", version), ("cursor", cursor))
+            params.update({k: v for k, v in filters if v is not None})
             page = self._client._call("GET", "/api/v1/executions", params=params)
             found += [_execution(item) for item in page["items"]]
             cursor = page["next_cursor"]

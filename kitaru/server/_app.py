@@ -201,13 +201,15 @@ def build_app(server: ServerState) -> FastAPI:
     async def list_executions(
         flow: str | None = None,
         status: str | None = None,
+        version: int | None = None,
         limit: int = Query(50, ge=1, le=500),
         cursor: str | None = None,
         _: _auth.Principal = read,
     ) -> dict[str, Any]:
-        """Executions, newest first, one page at a time (summaries without checkpoints)."""
+        """Executions, newest first, one page at a time (summaries without checkpoints);
+        ``version``: only those of that deployment version."""
         records = await server.astate.list_executions(
-            flow=flow, status=status, limit=limit + 1, before=cursor
+            flow=flow, status=status, limit=limit + 1, version=version, before=cursor
         )
         more = len(records) > limit
         records = records[:limit]
