@@ -17,6 +17,14 @@ from kitaru.store.sqlite import SQLiteStateStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The conformance suites live in the package; rewrite their asserts so failures show values. This
+# runs before any test module imports them (tests/server and stacks/*/tests do too).
+pytest.register_assert_rewrite(
+    "kitaru.store.conformance",
+    "kitaru.store.deploy_conformance",
+    "kitaru.store.objectstore_conformance",
+)
+
 # Fixtures that start real backing services (only when a test asks for them).
 pytest_plugins = ["tests._services.postgres", "tests._services.kube"]
 
