@@ -162,6 +162,12 @@ def test_deploy_invoke_promote_rollback_run_each_version_on_its_image_and_archiv
     assert (moved["tag"], moved["version"], moved["previous"]) == ("default", 1, 2)
     third = invoke("review", "w")
     assert third["metadata"]["deployment"]["version"] == 1
+    # Invoking is idempotent by id: the same execution, and no second Job while its Job runs or
+    # it waits.
+    k8s.status_becomes(third["id"], "waiting")
+    again = cli("deployments", "invoke", "review", "--args", '{"topic": "w"}', "--id", third["id"])
+    assert again["id"] == third["id"] and again["metadata"]["deployment"]["version"] == 1
+    assert len(k8s.jobs(third["id"])) == 1
     assert answer(third["id"]) == "v1(w) approved by v1"
     assert _images(k8s, third["id"]) == ["kitaru-worker:test", "kitaru-worker:test"]
 
