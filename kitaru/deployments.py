@@ -17,6 +17,7 @@ hash, target, image); resuming, answering, retrying or replaying it loads that v
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import getpass
 import hashlib
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kitaru.errors import KitaruNotFoundError, KitaruUsageError
+from kitaru.errors import KitaruLeaseError, KitaruNotFoundError, KitaruStateError, KitaruUsageError
 from kitaru.store import DeploymentRecord, TagMove, TagRecord, TagRequest
 from kitaru.store._rules import DEFAULT_TAG, check_weight
 
@@ -181,6 +182,10 @@ async def adeploy(
         # Content-addressed: an identical version's archive is already there and is not sent again.
         key = await _shipping.upload(runtime.aartifacts, archive)
     env = archive.manifest.get("environment") or {}
+    # The image the version runs on where executions run in containers (a kubernetes stack):
+    # the one given, else the stack's at deploy time, so a later change of the stack's image
+    # does not change what an old version runs on.
+    image = image or getattr(runtime.stack, "image", None)
     record = DeploymentRecord(
         flow=flow.name,
         version=0,
@@ -237,7 +242,12 @@ async def ainvoke(
 ) -> tuple[str, Outcome | None]:
     """Start an execution of a deployed version of ``flow`` (by ``tag``, routed by weight when
     ``default``) and drive it here to its end or suspension. An existing execution with
-    ``execution_id`` is returned (driven on if its runner is gone): invoking is idempotent."""
+    ``execution_id`` is returned (driven on if its runner is gone): invoking is idempotent.
+
+    On a stack that runs executions elsewhere (kubernetes) the execution is created with its
+    version recorded and handed to the stack's orchestrator, which runs it on the version's
+    image and archive; this returns at once, with no outcome (None)."""
+    from kitaru._engine.flow import _elsewhere
     from kitaru._engine.loading import aload_version
     from kitaru._engine.runner import Runner
     from kitaru._ids import new_id
@@ -245,10 +255,20 @@ async def ainvoke(
     exec_id = execution_id or new_id()
     existing = await runtime.astate.get_execution(exec_id) if execution_id else None
     runner = Runner(runtime)
+    elsewhere = _elsewhere(runtime)
     if existing is not None:
-        return exec_id, await runner.resume_interrupted(existing)
+        if elsewhere is None:
+            return exec_id, await runner.resume_interrupted(existing)
+        if existing.status == "running":
+            # Submitted again only if nobody drives it (its Job died with the lease free).
+            with contextlib.suppress(KitaruLeaseError, KitaruStateError):
+                await elsewhere.submit(exec_id)
+        return exec_id, None
     record, routed = await _choose(runtime, flow, tag, exec_id)
+    # Imported here too: binding the arguments to the version's signature needs its flow.
     flow_obj = await aload_version(runtime, summary(record, routed))
+    if elsewhere is not None:
+        return await runner.start_elsewhere(elsewhere, flow_obj, args, kwargs, exec_id), None
     return await runner.start(flow_obj, args, kwargs, exec_id)
 
 

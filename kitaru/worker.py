@@ -34,9 +34,10 @@ limit. Codes 10 to 12 were chosen apart from the CLI's error exit codes (1 to 8)
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CODE_CACHE_ENV",
     "CODE_METADATA",
+    "DEPLOYMENT_METADATA",
     "EXIT_CANNOT_RUN",
     "EXIT_DONE",
     "EXIT_FLOW_FAILED",
@@ -73,7 +75,11 @@ EXIT_CANNOT_RUN = 12
 #: The execution metadata key under which a submitter records the code archive it shipped:
 #: ``{"key": "code/<sha256>.tar.gz", "root": "<the source root it was built from>"}``.
 CODE_METADATA = "code"
-#: Where the worker keeps unpacked archives (default: ``code/`` under kitaru's home).
+#: The execution metadata key under which an execution of a deployed version records it
+#: (:func:`kitaru.deployments.summary`: flow, version, archive key and hash, target, image).
+DEPLOYMENT_METADATA = "deployment"
+#: Where unpacked archives are kept, by the worker and by any process loading a deployed version
+#: (default: ``code/`` under kitaru's home).
 CODE_CACHE_ENV = "KITARU_CODE_CACHE"
 
 logger = logging.getLogger("kitaru.worker")
@@ -170,33 +176,64 @@ def _exit_code(exec_id: str, outcome: Outcome) -> int:
 # -- code ---------------------------------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    explicit = os.environ.get(CODE_CACHE_ENV, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    from kitaru.config import home
-
-    return home() / "code"
-
-
 async def _prepare_code(runtime: Runtime, record: ExecutionRecord) -> None:
-    """Make the execution's flow importable here: from the code archive its submitter recorded,
-    unless the stack's image holds the code (``code = "image"``) or nothing was shipped."""
-    from kitaru import _shipping
+    """Make the execution's flow importable here, by one rule:
 
+    1. an execution of a deployed version (``metadata["deployment"]``) runs that version's
+       archive, always: it is pinned to it, whatever was deployed since, whatever else its
+       metadata says and whatever the stack's ``code`` key is (the version's image is its
+       environment, its archive its code, checked against the hash the state store recorded);
+    2. else the archive its submitter shipped (``metadata["code"]``), unless the stack's image
+       holds the code (``code = "image"``);
+    3. else nothing: the image must hold the code (``load_flow`` says if it does not)."""
+    from kitaru._engine.loading import aload_version
+
+    deployment = record.metadata.get(DEPLOYMENT_METADATA)
+    if isinstance(deployment, dict) and deployment.get("archive_key"):
+        key = str(deployment["archive_key"])
+        with _fetching(key):
+            # Imported now, so a fetch or import failure gets its exit code before the lease
+            # is taken; the Runner's own load finds this import.
+            await aload_version(runtime, deployment)
+            unpacked = await _fetch(runtime, key)
+        _report_environment(record, unpacked)
+        return
     if getattr(runtime.stack, "code", "archive") == "image":
         return
     shipped = record.metadata.get(CODE_METADATA)
     if not isinstance(shipped, dict) or not shipped.get("key"):
         return  # started without shipping: the image must hold the code (load_flow says if not)
+    key = str(shipped["key"])
+    with _fetching(key):
+        unpacked = await _fetch(runtime, key)
+    _report_environment(record, unpacked)
+    _load_from(record, Path(str(shipped.get("root") or "")), unpacked)
+
+
+async def _fetch(runtime: Runtime, key: str) -> Path:
+    from kitaru import _shipping
+    from kitaru._engine.loading import code_cache
+
+    return await _shipping.fetch(runtime.aartifacts, key, code_cache())
+
+
+@contextmanager
+def _fetching(key: str) -> Iterator[None]:
+    """Classify a failure to fetch code archive ``key``: altered bytes cannot be fixed by a
+    retry (``EXIT_CANNOT_RUN``); an unreachable store or a lost download can (``EXIT_RETRY``)."""
     try:
-        unpacked = await _shipping.fetch(runtime.aartifacts, str(shipped["key"]), _cache_dir())
+        yield
     except KitaruStoreError as exc:
         if "SHA-256" in str(exc) or "not a code archive" in str(exc) or "outside" in str(exc):
-            raise KitaruConfigError(str(exc)) from exc  # altered bytes: retrying cannot help
-        raise _Retry(f"the code archive {shipped['key']} could not be fetched: {exc}") from exc
-    except (OSError, KeyError, FileNotFoundError) as exc:
-        raise _Retry(f"the code archive {shipped['key']} could not be fetched: {exc!r}") from exc
+            raise KitaruConfigError(str(exc)) from exc
+        raise _Retry(f"the code archive {key} could not be fetched: {exc}") from exc
+    except OSError as exc:
+        raise _Retry(f"the code archive {key} could not be fetched: {exc!r}") from exc
+
+
+def _report_environment(record: ExecutionRecord, unpacked: Path) -> None:
+    from kitaru import _shipping
+
     manifest = _shipping.read_manifest(unpacked)
     differences = _shipping.environment_differences(manifest)
     if differences:
@@ -210,7 +247,6 @@ async def _prepare_code(runtime: Runtime, record: ExecutionRecord) -> None:
             listing,
             more,
         )
-    _load_from(record, Path(str(shipped.get("root") or "")), unpacked)
 
 
 def _load_from(record: ExecutionRecord, root: Path, unpacked: Path) -> None:

@@ -178,7 +178,15 @@ _version_lock = threading.RLock()
 
 
 def code_cache() -> Path:
-    """Where this process unpacks deployed code archives (one directory per SHA-256)."""
+    """Where this process unpacks code archives (one directory per SHA-256): ``$KITARU_CODE_CACHE``,
+    else ``code/`` under kitaru's home. The worker uses the same cache."""
+    import os
+
+    from kitaru.worker import CODE_CACHE_ENV
+
+    explicit = os.environ.get(CODE_CACHE_ENV, "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
     from kitaru.config import home
 
     return home() / "code"

@@ -207,3 +207,28 @@ backoff_limit = 5
     config.write_text('[stacks.k8s]\ntype = "kubernetes"\ncode = "git"\n')
     with pytest.raises(KitaruConfigError, match=r"'code'"):
         load_stack("k8s")
+
+
+def test_a_deployed_versions_job_runs_its_image_and_is_labelled_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[stacks.k8s]\ntype = "kubernetes"\nstate = "postgresql://kitaru@db/kitaru"\n'
+        'artifacts = "s3://bucket/prefix"\nimage = "ghcr.io/acme/agents:now"\n'
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    orchestrator = load_stack("k8s").orchestrator()
+    version = {"flow": "review", "version": 3, "image": "ghcr.io/acme/agents:v3"}
+    job = orchestrator.job_manifest("01JEXAMPLE0000000000000000", "review", 2, version=version)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/acme/agents:v3"
+    assert job["metadata"]["labels"]["kitaru.dev/version"] == "3"
+    assert job["spec"]["template"]["metadata"]["labels"]["kitaru.dev/version"] == "3"
+    # A version deployed without an image runs on the stack's.
+    job = orchestrator.job_manifest(
+        "01JEXAMPLE0000000000000000", "review", 2, version={**version, "image": None}
+    )
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/acme/agents:now"
+    plain = orchestrator.job_manifest("01JEXAMPLE0000000000000000", "review", 2)
+    assert "kitaru.dev/version" not in plain["metadata"]["labels"]

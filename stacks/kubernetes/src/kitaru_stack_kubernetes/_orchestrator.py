@@ -47,6 +47,7 @@ __all__ = [
     "EXECUTION_LABEL",
     "FLOW_LABEL",
     "RUN_LABEL",
+    "VERSION_LABEL",
     "KubernetesOrchestrator",
     "job_name",
     "label_value",
@@ -57,6 +58,9 @@ __all__ = [
 EXECUTION_LABEL = "kitaru.dev/execution"
 FLOW_LABEL = "kitaru.dev/flow"
 RUN_LABEL = "kitaru.dev/run"
+#: The deployed version an execution runs (``flow.deploy()``), on its Jobs: ``kubectl get jobs
+#: -l kitaru.dev/flow=review,kitaru.dev/version=3``.
+VERSION_LABEL = "kitaru.dev/version"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "kitaru")
 #: The annotation holding the exact execution id (labels are limited to 63 safe characters).
 EXECUTION_ANNOTATION = "kitaru.dev/execution-id"
@@ -168,8 +172,12 @@ class KubernetesOrchestrator:
 
     async def prepare(self, flow: Flow[Any, Any]) -> dict[str, Any]:
         """Ship ``flow``'s code for a new execution (``code = "archive"``): archive its source
-        root, upload it once per content, and return the metadata recording its key."""
-        if self.stack.code == "image":
+        root, upload it once per content, and return the metadata recording its key.
+
+        A deployed version ships nothing: its archive went to the artifact store when it was
+        deployed, and the execution records the version (``metadata["deployment"]``), which the
+        worker loads whatever the stack's ``code`` says."""
+        if self.stack.code == "image" or getattr(flow, "deployment", None):
             return {}
         root = flow.sys_path
         if not root:
@@ -196,9 +204,9 @@ class KubernetesOrchestrator:
     async def _ensure_code(self, runtime: Runtime, exec_id: str, metadata: dict[str, Any]) -> None:
         """An execution started before it ran on this stack (or by an older kitaru) has no code
         recorded: ship it now, if its flow loads here; else the image must hold it."""
-        from kitaru.worker import CODE_METADATA
+        from kitaru.worker import CODE_METADATA, DEPLOYMENT_METADATA
 
-        if self.stack.code == "image" or CODE_METADATA in metadata:
+        if self.stack.code == "image" or CODE_METADATA in metadata or DEPLOYMENT_METADATA in metadata:
             return
         record = await runtime.astate.get_execution(exec_id)
         if record is None or not record.sys_path:
@@ -242,7 +250,7 @@ class KubernetesOrchestrator:
                 )
             await self._ensure_code(runtime, exec_id, record.metadata)
             run = len(await runtime.astate.read_journal(exec_id))
-            body = self.job_manifest(exec_id, record.flow, run, suffix)
+            body = self.job_manifest(exec_id, record.flow, run, suffix, version=_version(record.metadata))
             if await self._create(body):
                 return
             # 409: the Job of this run exists. Running, or about to: someone else submitted it.
@@ -386,12 +394,23 @@ class KubernetesOrchestrator:
 
     # -- the Job --------------------------------------------------------------------------------
 
-    def job_manifest(self, exec_id: str, flow: str, run: int, suffix: int = 1) -> dict[str, Any]:
-        """The ``batch/v1`` Job of run ``run`` of the execution."""
+    def job_manifest(
+        self,
+        exec_id: str,
+        flow: str,
+        run: int,
+        suffix: int = 1,
+        *,
+        version: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The ``batch/v1`` Job of run ``run`` of the execution. An execution of a deployed
+        ``version`` (its ``metadata["deployment"]``) runs on the version's image, every run of
+        it, whatever the stack's ``image`` is now; its Jobs carry the version as a label."""
         from kitaru.worker import EXIT_CANNOT_RUN, EXIT_FLOW_FAILED
 
         stack = self.stack
-        if not stack.image:
+        image = (version or {}).get("image") or stack.image
+        if not image:
             raise KitaruConfigError(
                 f"stack {stack.name!r} has no `image`: the Jobs need the image that runs the worker "
                 "(Python with kitaru and the flows' dependencies; see stacks/kubernetes/README.md). "
@@ -404,10 +423,12 @@ class KubernetesOrchestrator:
             FLOW_LABEL: label_value(flow),
             RUN_LABEL: str(run),
         }
+        if version and version.get("version") is not None:
+            labels[VERSION_LABEL] = str(version["version"])
         annotations = {**stack.annotations, EXECUTION_ANNOTATION: exec_id, "kitaru.dev/flow-name": flow}
         container: dict[str, Any] = {
             "name": CONTAINER,
-            "image": stack.image,
+            "image": image,
             "command": [*stack.worker_command, "worker", "run", exec_id],
             "env": self._env(),
         }
@@ -496,6 +517,14 @@ class KubernetesOrchestrator:
             secret, _, key = ref.partition(":")
             env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
         return env
+
+
+def _version(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The deployed version an execution records, if it records one."""
+    from kitaru.worker import DEPLOYMENT_METADATA
+
+    found = metadata.get(DEPLOYMENT_METADATA)
+    return found if isinstance(found, dict) else None
 
 
 def _name(obj: dict[str, Any]) -> str:
