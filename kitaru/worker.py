@@ -27,7 +27,10 @@ code  name                   meaning
 
 A Kubernetes Job's pod failure policy keys on these codes: 10 and 12 fail the Job at once, every
 other failure (11, a crash, an OOM kill, a lost node) is retried by Kubernetes up to its backoff
-limit. Codes 10 to 12 were chosen apart from the CLI's error exit codes (1 to 8) and from signals
+limit. Cloud Run jobs retry every non-zero exit alike: their orchestrator sets
+``KITARU_WORKER_FLOW_FAILED_EXIT=0`` (:data:`FLOW_FAILED_EXIT_ENV`), so a flow's failure, already
+recorded in the state store, ends the task without a retry. Codes 10 to 12 were chosen apart
+from the CLI's error exit codes (1 to 8) and from signals
 (128 + N).
 """
 
@@ -64,6 +67,7 @@ __all__ = [
     "EXIT_DONE",
     "EXIT_FLOW_FAILED",
     "EXIT_RETRY",
+    "FLOW_FAILED_EXIT_ENV",
     "run",
 ]
 
@@ -81,6 +85,10 @@ DEPLOYMENT_METADATA = "deployment"
 #: Where unpacked archives are kept, by the worker and by any process loading a deployed version
 #: (default: ``code/`` under kitaru's home).
 CODE_CACHE_ENV = "KITARU_CODE_CACHE"
+#: Set by an orchestrator whose platform retries every non-zero exit alike (Cloud Run jobs have no
+#: per-exit-code policy): the code to exit with when the flow failed (``0`` there). The failure is
+#: in the state store either way; the platform only has to not run the flow again.
+FLOW_FAILED_EXIT_ENV = "KITARU_WORKER_FLOW_FAILED_EXIT"
 
 logger = logging.getLogger("kitaru.worker")
 
@@ -167,7 +175,10 @@ async def _drive(runner: Any, record: ExecutionRecord) -> Outcome | None:
 
 def _exit_code(exec_id: str, outcome: Outcome) -> int:
     if outcome.status == "failed":
-        return _say(EXIT_FLOW_FAILED, f"execution {exec_id} failed: {outcome.error}")
+        code = os.environ.get(FLOW_FAILED_EXIT_ENV, "").strip()
+        return _say(
+            int(code) if code.isdigit() else EXIT_FLOW_FAILED, f"execution {exec_id} failed: {outcome.error}"
+        )
     if outcome.status == "interrupted":
         raise _Retry(f"execution {exec_id} was interrupted ({outcome.error!r}); it stays resumable")
     return _say(EXIT_DONE, f"execution {exec_id} is {outcome.status}")

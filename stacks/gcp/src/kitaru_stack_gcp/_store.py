@@ -90,8 +90,8 @@ class GcsArtifactStore(ThreadedStore, PrefixedStore):
         with self._lock:
             if self._bucket is None:
                 try:
+                    import google.cloud.storage as storage
                     from google.api_core import exceptions
-                    from google.cloud import storage
                 except ImportError as exc:
                     raise missing_dependency("gcp", "google-cloud-storage", exc) from exc
                 credentials: Any = None

@@ -1,0 +1,325 @@
+"""Flows run as Cloud Run jobs, end to end with real processes: google-cloud-run's REST client
+against the Cloud Run double (tests/_services/cloudrun.py; its executor runs each task's command as
+a local process and retries non-zero exits up to the job's maxRetries), PostgreSQL for state and
+fake-gcs-server for artifacts and code archives (a gcp stack keeps its artifacts in GCS). The tasks
+run ``kitaru worker run <exec_id>`` from this checkout's environment (the stack's
+``worker_command``; the double ignores images).
+
+Checkpoint runs are counted outside kitaru: the test flows (flows/k8s_flows.py) append a line per
+run to a file, from whichever task runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kitaru.store import sync_view
+from kitaru.store.open import open_state_store
+from tests._services.cloudrun import CloudRunDouble, cloud_run
+from tests._services.gcs import FakeGcsServer, gcs_server
+from tests._services.postgres import find_bindir
+
+__all__ = ["cloud_run", "gcs_server"]
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOWS = Path(__file__).parent / "flows"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
+
+
+@dataclass
+class Gcp:
+    """A gcp stack running flows on the Cloud Run double, and what a test needs around it."""
+
+    run: CloudRunDouble
+    state: str
+    env: dict[str, str]
+    counts: Path
+    marks: Path
+    cli: list[str]
+    tmp: Path
+
+    def run_cli(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*self.cli, *args], env=self.env, cwd=cwd or self.tmp, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (
+            f"kitaru {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+        return done
+
+    def counted(self) -> Counter[str]:
+        return Counter(self.counts.read_text().splitlines()) if self.counts.exists() else Counter()
+
+    def execution(self, exec_id: str) -> Any:
+        store = sync_view(open_state_store(self.state))
+        try:
+            return store.get_execution(exec_id)
+        finally:
+            store.close()
+
+    def journal(self, exec_id: str) -> list[Any]:
+        store = sync_view(open_state_store(self.state))
+        try:
+            return list(store.read_journal(exec_id))
+        finally:
+            store.close()
+
+    def status_becomes(self, exec_id: str, *statuses: str, timeout: float = 90) -> Any:
+        return self.run.wait_for(
+            lambda: (r := self.execution(exec_id)) is not None and r.status in statuses and r,
+            timeout,
+            f"execution {exec_id} becoming {'/'.join(statuses)}",
+        )
+
+    def finished(self, execution: Any) -> str:
+        self.run.wait_for(lambda: execution.completed, 90, f"{execution.name} finishing")
+        assert execution.outcome is not None
+        return execution.outcome
+
+
+def _keys(state: str, artifacts: str, gcs: FakeGcsServer, run: CloudRunDouble, tmp: Path) -> dict[str, Any]:
+    return {
+        "type": "gcp",
+        "state": state,
+        "artifacts": artifacts,
+        **gcs.options(),  # endpoint_url and project (kitaru-test): the Cloud Run project too
+        "anonymous": True,  # no Google credentials here: anonymous against both emulators
+        "region": "europe-west1",
+        "image": "europe-west1-docker.pkg.dev/kitaru-test/agents/worker:test",
+        "run_endpoint_url": run.endpoint,
+        "max_retries": 3,
+        # Test-only: the double runs commands on this machine, so the worker is this checkout's.
+        "worker_command": [sys.executable, "-m", "kitaru.cli"],
+        "env": {"KITARU_HOME": str(tmp / "task-home"), "PYTHONUNBUFFERED": "1"},
+    }
+
+
+@pytest.fixture
+def gcp(
+    cloud_run: CloudRunDouble,
+    gcs_server: FakeGcsServer,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    subprocess_env: dict[str, str],
+    kitaru_cli: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Gcp]:
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL server binaries are needed (apt-get install postgresql)")
+    state = request.getfixturevalue("postgres_dsn")
+    artifacts = f"gs://{gcs_server.create_bucket()}/kitaru"
+    # A task's environment is its image's plus the job's: nothing of this test process leaks in.
+    cloud_run.base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    keys = _keys(state, artifacts, gcs_server, cloud_run, tmp_path)
+    config = tmp_path / "config.toml"
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in keys.items())
+    config.write_text(f'active_stack = "gcp"\n\n[stacks.gcp]\n{body}\n')
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    yield Gcp(
+        run=cloud_run,
+        state=state,
+        env={**subprocess_env, "KITARU_CONFIG": str(config)},
+        counts=tmp_path / "counts.txt",
+        marks=marks,
+        cli=kitaru_cli,
+        tmp=tmp_path,
+    )
+
+
+@pytest.fixture
+def k8s_flows(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The test flows, imported as a top-level module of flows/ (so their source root, the code
+    archive, is that small directory rather than the whole checkout)."""
+    monkeypatch.syspath_prepend(str(FLOWS))
+    import k8s_flows
+
+    return k8s_flows
+
+
+def test_the_quickstart_runs_as_cloud_run_jobs_and_its_wait_holds_no_task(gcp: Gcp) -> None:
+    elsewhere = gcp.tmp / "elsewhere"
+    elsewhere.mkdir()
+    quickstart = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "durable agents"],
+        env=gcp.env,
+        cwd=gcp.tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = gcp.run.wait_for(lambda: list(gcp.run.executions.values()), 90, "a Cloud Run execution")[0]
+        container = first.template["containers"][0]
+        exec_id = container["args"][-1]
+        assert container["args"] == ["worker", "run", exec_id]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["KITARU_STACK"] == "gcp" and env["KITARU_STACK__REGION"] == "europe-west1"
+        assert env["KITARU_WORKER_FLOW_FAILED_EXIT"] == "0"  # the job's own env, kept under overrides
+        [job] = gcp.run.jobs.values()
+        assert job["name"].startswith("projects/kitaru-test/locations/europe-west1/jobs/kitaru-gcp-")
+        assert job["template"]["template"]["maxRetries"] == 3
+
+        # It waits, and no task is alive: the task exited 0 when the execution suspended.
+        gcp.status_becomes(exec_id, "waiting")
+        assert gcp.finished(first) == "succeeded"
+        gcp.run.wait_for(lambda: not gcp.run.alive(), 30, "no task alive")
+        assert quickstart.poll() in (None, 0)
+
+        # The answer, from another directory, starts a new execution of the job that completes it.
+        before_input = time.time()
+        gcp.run_cli("executions", "input", exec_id, "--value", "true", cwd=elsewhere)
+        input_returned = time.time()
+        runs = gcp.run.wait_for(
+            lambda: len(gcp.run.executions_of(exec_id)) == 2 and gcp.run.executions_of(exec_id),
+            30,
+            "a second execution",
+        )
+        gcp.status_becomes(exec_id, "completed")
+        assert gcp.finished(runs[1]) == "succeeded"
+        out, err = quickstart.communicate(timeout=90)
+        assert quickstart.returncode == 0, err
+        assert "published" in out or "is waiting for approval" in out
+    finally:
+        if quickstart.poll() is None:
+            quickstart.kill()
+            quickstart.communicate()
+
+    journal = gcp.journal(exec_id)
+    completed = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
+    assert completed == {"research": 1, "draft": 1, "publish": 1}
+    assert [len(e.attempts) for e in gcp.run.executions_of(exec_id)] == [1, 1]  # nothing retried
+
+    described = gcp.run_cli("executions", "get", exec_id).stdout
+    assert exec_id in described
+
+    answered = next(r.ts for r in journal if r.kind == "wait_answered")
+    resumed = min(r.ts for r in journal if r.ts > answered and r.kind != "wait_answered")
+    print(
+        f"\nanswer -> the flow running again in the new Cloud Run task: {resumed - answered:.2f} s "
+        f"(the input command: {input_returned - before_input:.2f} s, of which the answer was "
+        f"recorded after {answered - before_input:.2f} s and the job run by "
+        f"{input_returned - answered:.2f} s after it; then {resumed - input_returned:.2f} s to the "
+        "new task's first journal write, including its process start)"
+    )
+
+
+def test_a_task_killed_mid_checkpoint_is_retried_and_resumes(gcp: Gcp, k8s_flows: Any) -> None:
+    from tests._process import wait_for
+
+    handle = k8s_flows.eight.run(str(gcp.counts), str(gcp.marks))
+    wait_for(gcp.marks / "slow", timeout=90)
+    [execution] = gcp.run.executions_of(handle.exec_id)
+    gcp.run.kill_attempt(execution)  # SIGKILL in the middle of checkpoint 5 of 8
+    gcp.run.wait_for(lambda: len(execution.exit_codes) == 1, 30, "the kill")
+    (gcp.marks / "go").write_text("1")
+    assert handle.wait(timeout=120) == sum(range(1, 9))
+    assert gcp.finished(execution) == "succeeded"
+    assert execution.exit_codes == [137, 0]  # Cloud Run retried the task once
+    counted = gcp.counted()
+    assert {i: counted[f"step {i}"] for i in range(1, 9)} == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+    assert len(gcp.run.executions_of(handle.exec_id)) == 1
+
+
+def test_a_failing_flow_is_marked_failed_and_not_retried_by_cloud_run(gcp: Gcp, k8s_flows: Any) -> None:
+    from kitaru._engine.handles import blocking
+    from kitaru.errors import KitaruExecutionError
+    from kitaru.stack import load_stack
+
+    handle = k8s_flows.boom.run(str(gcp.counts))
+    with pytest.raises(KitaruExecutionError, match="the flow itself is broken"):
+        handle.wait(timeout=120)
+    [execution] = gcp.run.executions_of(handle.exec_id)
+    gcp.finished(execution)
+    # Cloud Run would retry any non-zero exit: the worker exits 0 for a recorded flow failure.
+    assert execution.exit_codes == [0]
+    assert gcp.counted() == {"before": 1}
+    assert gcp.execution(handle.exec_id).status == "failed"
+    assert f"execution {handle.exec_id} failed" in gcp.run.log(execution)  # the worker said so
+    described = blocking(load_stack("gcp").orchestrator().describe, handle.exec_id)
+    assert f"Cloud Run execution {execution.name.rsplit('/', 1)[1]}: succeeded (retried 0" in described
+
+
+def test_cancel_stops_the_task_and_the_execution_stays_cancelled(gcp: Gcp, k8s_flows: Any) -> None:
+    from tests._process import wait_for
+
+    handle = k8s_flows.sleepy.run(str(gcp.counts), str(gcp.marks))
+    wait_for(gcp.marks / "started", timeout=90)
+    [execution] = gcp.run.executions_of(handle.exec_id)
+    gcp.run_cli("executions", "cancel", handle.exec_id)
+    assert gcp.execution(handle.exec_id).status == "cancelled"
+    assert gcp.finished(execution) == "cancelled"
+    assert len(execution.attempts) == 1  # a cancelled task is not retried
+    gcp.run.wait_for(lambda: not gcp.run.alive(), 30, "its task gone")
+    time.sleep(1)  # nothing revives it once its task is gone
+    assert gcp.execution(handle.exec_id).status == "cancelled"
+    assert len(gcp.run.executions_of(handle.exec_id)) == 1
+    assert gcp.counted() == {"slow": 1}
+
+
+def test_a_gcp_stack_without_cloud_run_keys_runs_flows_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kitaru.local_stack import LocalOrchestrator
+    from kitaru.stack import load_stack
+
+    config = tmp_path / "config.toml"
+    config.write_text('[stacks.g]\ntype = "gcp"\nartifacts = "gs://b/p"\nproject = "p"\n')
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    assert isinstance(load_stack("g").orchestrator(), LocalOrchestrator)
+
+
+def test_missing_keys_stores_and_permissions_are_clear_errors(
+    cloud_run: CloudRunDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kitaru._engine.handles import blocking
+    from kitaru.errors import KitaruConfigError
+    from kitaru.stack import load_stack
+
+    base = 'type = "gcp"\nartifacts = "gs://b/p"\nproject = "p"\nanonymous = true\n'
+    pg = 'state = "postgresql://u@h/db"\n'
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[stacks.lite]\n{base}region = "r"\nimage = "i"\nstate = "sqlite:///{tmp_path}/k.db"\n'
+        f'[stacks.noimage]\n{base}{pg}region = "r"\n'
+        f'[stacks.noregion]\n{base}{pg}image = "i"\n'
+        f'[stacks.denied]\n{base}{pg}region = "r"\nimage = "i"\n'
+        'service_account = "runner@p.iam.gserviceaccount.com"\n'
+        f'run_endpoint_url = "{cloud_run.endpoint}"\n'
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    with pytest.raises(KitaruConfigError, match=r"SQLite.*cannot reach.*postgresql://"):
+        load_stack("lite").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"no `image`.*image = "):
+        load_stack("noimage").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"no `region`.*region = "):
+        load_stack("noregion").orchestrator()
+    # The job's identity is one the credentials may not act as: IAM's message and the key.
+    cloud_run.denied_accounts.add("runner@p.iam.gserviceaccount.com")
+    orchestrator: Any = load_stack("denied").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"iam\.serviceaccounts\.actAs.*`service_account`"):
+        blocking(orchestrator._ensure_job)
