@@ -401,6 +401,21 @@ class KitaruClient:
     ``read_only`` opens the state store for inspection only (listing, showing, fetching artifacts),
     so it works without write access; steering an execution then fails."""
 
+    def __new__(
+        cls, runtime: Runtime | None = None, *, stack: str | None = None, read_only: bool = False
+    ) -> KitaruClient:
+        # After `kitaru login` (or with KITARU_SERVER and KITARU_API_KEY set), a client that names
+        # no runtime or stack talks to the server instead (same calls, same views).
+        if runtime is None and stack is None:
+            from kitaru.remote._login import current_login
+
+            login = current_login()
+            if login is not None:
+                from kitaru.remote.client import RemoteClient
+
+                return RemoteClient(login.url, login.key)  # type: ignore[return-value]
+        return super().__new__(cls)
+
     def __init__(
         self, runtime: Runtime | None = None, *, stack: str | None = None, read_only: bool = False
     ) -> None:

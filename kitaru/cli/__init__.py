@@ -21,6 +21,10 @@ from kitaru.cli._common import table as _table
 from kitaru.cli._common import when as _when
 from kitaru.cli.deployments import deployments as _deployments_group
 from kitaru.cli.model import model as _model_group
+from kitaru.cli.server import login as _login
+from kitaru.cli.server import logout as _logout
+from kitaru.cli.server import server as _server_group
+from kitaru.cli.server import status as _status
 from kitaru.cli.stack import stack as _stack_group
 
 __all__ = ["main"]
@@ -574,3 +578,7 @@ def get_artifact(artifact_id: str, out: str | None, load: bool, output: str) -> 
 main.add_command(_deployments_group)
 main.add_command(_model_group)
 main.add_command(_stack_group)
+main.add_command(_server_group)
+main.add_command(_login)
+main.add_command(_logout)
+main.add_command(_status)

@@ -23,12 +23,14 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 __all__ = [
     "ACTIVE_STATUSES",
     "TERMINAL_STATUSES",
+    "ApiKeyRecord",
     "ArtifactRecord",
     "ArtifactStore",
     "DeploymentRecord",
     "ExecutionRecord",
     "ExecutionStatus",
     "JournalRecord",
+    "KeyStore",
     "StateStore",
     "SyncArtifactStore",
     "SyncStateStore",
@@ -178,6 +180,20 @@ class TagRequest:
     weight: int | None = None
 
 
+@dataclass(slots=True)
+class ApiKeyRecord:
+    """An API key of the team server, as stored: never the key itself, only its hash."""
+
+    id: str
+    """The key's public part (``kitaru_<id>_<secret>``): how a presented key is found."""
+    name: str
+    key_hash: str
+    """``sha256:<hex>`` of the whole key (the secret has 256 bits of entropy, so no salt is needed)."""
+    scopes: list[str]
+    created_at: float
+    revoked_at: float | None = None
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Executions, journals, leases and the artifact index.
@@ -234,9 +250,11 @@ class StateStore(Protocol):
         status: str | None = None,
         limit: int = 50,
         version: int | None = None,
+        before: str | None = None,
     ) -> list[ExecutionRecord]:
         """Newest first; ``version``: only executions of that deployment version (the
-        ``deployment.version`` of their metadata)."""
+        ``deployment.version`` of their metadata); ``before``: only ids sorting before it (the
+        cursor of the next page)."""
         ...
 
     async def acquire_lease(
@@ -365,6 +383,32 @@ class StateStore(Protocol):
     async def aclose(self) -> None:
         """Release connections (those of every event loop the store was used on); the store is
         unusable afterwards. Closing twice is fine."""
+        ...
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """The team server's API keys, kept by the state stores that can back a server (SQLite,
+    PostgreSQL, memory); a state store reached over HTTP does not expose them.
+
+    Duties (checked by ``KeyStoreConformance``): names are unique among all keys, revoked or not
+    (KitaruConflictError); ``revoke_api_key`` is final and idempotent; records hold hashes only."""
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        """Store a new key (KitaruConflictError when its name or id exists)."""
+        ...
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this public id, revoked or not, or None."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, oldest first."""
+        ...
+
+    async def revoke_api_key(self, name: str) -> ApiKeyRecord:
+        """Revoke the key called ``name`` (KitaruNotFoundError when there is none); revoking a
+        revoked key keeps its first revocation time."""
         ...
 
 

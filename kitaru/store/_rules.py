@@ -26,7 +26,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from kitaru.errors import KitaruLeaseError, KitaruNotFoundError, KitaruStateError, KitaruUsageError
+from kitaru.errors import (
+    KitaruConflictError,
+    KitaruLeaseError,
+    KitaruNotFoundError,
+    KitaruStateError,
+    KitaruUsageError,
+)
 
 if TYPE_CHECKING:
     from kitaru.store import TagMove, TagRequest
@@ -44,8 +50,10 @@ __all__ = [
     "check_weight",
     "deploy_requests",
     "final_error",
+    "key_exists",
     "lease_free",
     "lease_holder_alive",
+    "no_such_key",
     "plan_tag_moves",
     "refused_from",
 ]
@@ -310,3 +318,16 @@ def plan_tag_moves(
             )
         )
     return moves
+
+
+def key_exists(name: str) -> KitaruConflictError:
+    """The error for a second API key of the same name."""
+    return KitaruConflictError(
+        f"an API key named {name!r} exists already (names stay taken after a revoke, so logs keep "
+        "meaning one key). Choose another name; `kitaru server keys list` shows the names in use."
+    )
+
+
+def no_such_key(name: str) -> KitaruNotFoundError:
+    """The error for revoking a key that was never created."""
+    return KitaruNotFoundError(f"no API key named {name!r}. `kitaru server keys list` shows them.")

@@ -53,6 +53,7 @@ class SyncStateStore(Protocol):
         status: str | None = None,
         limit: int = 50,
         version: int | None = None,
+        before: str | None = None,
     ) -> list[ExecutionRecord]: ...
     def acquire_lease(
         self,

@@ -61,7 +61,7 @@ from kitaru.store import (
 )
 from kitaru.store.deploy_conformance import DeploymentConformance
 
-__all__ = ["ArtifactStoreConformance", "StateStoreConformance"]
+__all__ = ["ArtifactStoreConformance", "KeyStoreConformance", "StateStoreConformance"]
 
 _HOST = socket.gethostname()
 _TTL = 60.0
@@ -306,6 +306,67 @@ def _run_threads(count: int, target: Callable[[int], Any]) -> list[Any]:
     return out
 
 
+# -- the API key suite (stores that can back the team server) -------------------------------------
+
+
+@pytest.mark.anyio
+class KeyStoreConformance:
+    """Duties of :class:`~kitaru.store.KeyStore`; needs a ``state_store`` fixture."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @staticmethod
+    def _key(name: str | None = None, scopes: list[str] | None = None) -> Any:
+        from kitaru.store import ApiKeyRecord
+
+        key_id = new_id()
+        return ApiKeyRecord(
+            id=key_id,
+            name=name or f"key_{key_id}",
+            key_hash="sha256:" + hashlib.sha256(key_id.encode()).hexdigest(),
+            scopes=scopes or ["read"],
+            created_at=time.time(),
+        )
+
+    async def test_implements_protocol(self, state_store: Any) -> None:
+        from kitaru.store import KeyStore
+
+        assert isinstance(state_store, KeyStore)
+
+    async def test_create_get_list_round_trip(self, state_store: Any) -> None:
+        key = self._key(scopes=["read", "answer"])
+        await state_store.create_api_key(key)
+
+        assert await state_store.get_api_key(key.id) == key
+        assert key in await state_store.list_api_keys()
+        assert await state_store.get_api_key(new_id()) is None
+
+    async def test_names_are_unique_even_after_a_revoke(self, state_store: Any) -> None:
+        key = self._key()
+        await state_store.create_api_key(key)
+        with pytest.raises(KitaruConflictError, match="exists already"):
+            await state_store.create_api_key(self._key(name=key.name))
+        await state_store.revoke_api_key(key.name)
+        with pytest.raises(KitaruConflictError):
+            await state_store.create_api_key(self._key(name=key.name))
+        assert [k.id for k in await state_store.list_api_keys() if k.name == key.name] == [key.id]
+
+    async def test_revoke_is_final_and_idempotent(self, state_store: Any) -> None:
+        key = self._key()
+        await state_store.create_api_key(key)
+
+        revoked = await state_store.revoke_api_key(key.name)
+        assert revoked.revoked_at is not None
+        again = await state_store.revoke_api_key(key.name)
+        assert again.revoked_at == revoked.revoked_at
+        stored = await state_store.get_api_key(key.id)
+        assert stored is not None and stored.revoked_at == revoked.revoked_at
+        with pytest.raises(KitaruNotFoundError, match="no API key"):
+            await state_store.revoke_api_key(f"absent_{new_id()}")
+
+
 # -- the state store suite ------------------------------------------------------------------------
 
 
@@ -436,6 +497,23 @@ class StateStoreConformance(DeploymentConformance):
         everything = [e.id for e in await state_store.list_executions(limit=10_000)]
         assert [i for i in everything if i in ids] == ids[::-1]
         assert len(await state_store.list_executions(limit=1)) == 1
+
+    async def test_list_executions_pages_with_a_cursor(self, state_store: StateStore) -> None:
+        flow = f"flow_{new_id()}"
+        base = new_id()[:-3]
+        ids = [f"{base}A{i}" for i in range(5)]
+        for exec_id in ids:
+            await state_store.create_execution(_execution(exec_id, flow=flow), [])
+
+        pages, before = [], None
+        while True:
+            page = await state_store.list_executions(flow=flow, limit=2, before=before)
+            if not page:
+                break
+            pages.append([e.id for e in page])
+            before = page[-1].id
+        assert pages == [ids[:2:-1], ids[2:0:-1], ids[:1]]
+        assert [e.id for e in await state_store.list_executions(flow=flow, before=ids[0])] == []
 
     async def test_list_executions_filters(self, state_store: StateStore) -> None:
         flow, other_flow = f"flow_{new_id()}", f"other_{new_id()}"

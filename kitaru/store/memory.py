@@ -15,6 +15,7 @@ from kitaru.errors import (
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
+    ApiKeyRecord,
     ArtifactRecord,
     DeploymentRecord,
     ExecutionRecord,
@@ -44,6 +45,7 @@ class MemoryStateStore:
         self._deployments: dict[str, list[DeploymentRecord]] = {}
         self._tags: dict[str, dict[str, TagRecord]] = {}
         self._moves: list[TagMove] = []
+        self._keys: dict[str, ApiKeyRecord] = {}
 
     def _get(self, exec_id: str) -> ExecutionRecord:
         try:
@@ -108,6 +110,7 @@ class MemoryStateStore:
         status: str | None = None,
         limit: int = 50,
         version: int | None = None,
+        before: str | None = None,
     ) -> list[ExecutionRecord]:
         with self._lock:
             found = [
@@ -116,6 +119,7 @@ class MemoryStateStore:
                 if (flow is None or e.flow == flow)
                 and (status is None or e.status == status)
                 and (version is None or (e.metadata.get("deployment") or {}).get("version") == version)
+                and (before is None or e.id < before)
             ]
         return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
 
@@ -245,6 +249,30 @@ class MemoryStateStore:
                 e.status, e.lease_owner, e.lease_expires_at = "running", owner, now + ttl
                 return True
             return False
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        with self._lock:
+            if key.id in self._keys or any(k.name == key.name for k in self._keys.values()):
+                raise _rules.key_exists(key.name)
+            self._keys[key.id] = copy.deepcopy(key)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        with self._lock:
+            key = self._keys.get(key_id)
+            return copy.deepcopy(key) if key is not None else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        with self._lock:
+            return sorted((copy.deepcopy(k) for k in self._keys.values()), key=lambda k: (k.created_at, k.id))
+
+    async def revoke_api_key(self, name: str) -> ApiKeyRecord:
+        with self._lock:
+            for key in self._keys.values():
+                if key.name == name:
+                    if key.revoked_at is None:
+                        key.revoked_at = time.time()
+                    return copy.deepcopy(key)
+        raise _rules.no_such_key(name)
 
     async def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:

@@ -11,7 +11,7 @@ from kitaru.store import StateStore
 __all__ = ["STATE_STORE_SCHEMES", "open_state_store"]
 
 #: URI schemes of the state stores kitaru can open (stack config checks ``state`` against them).
-STATE_STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+STATE_STORE_SCHEMES = ("sqlite", "postgresql", "postgres", "http", "https")
 
 
 def open_state_store(uri: str, *, read_only: bool = False) -> StateStore:
@@ -29,8 +29,14 @@ def open_state_store(uri: str, *, read_only: bool = False) -> StateStore:
         from kitaru.store.postgres import PostgresStateStore
 
         return PostgresStateStore(uri)
+    if scheme in {"http", "https"}:
+        # A kitaru team server: the key comes from KITARU_API_KEY (or `kitaru login`).
+        from kitaru.remote.store import HttpStateStore
+
+        # Merge of main (deployments) and server: the HTTP store has no deployment operations yet.
+        return HttpStateStore(uri)  # type: ignore[return-value]
     shown = uri.partition("://")[0] + "://..." if "@" in uri else uri  # may hold a password
     raise KitaruConfigError(
         f"unsupported state store URI {shown!r}: use sqlite:///absolute/path.db"
-        " or postgresql://user:password@host:port/database."
+        " or postgresql://user:password@host:port/database, or a kitaru server's https://host:port."
     )

@@ -49,6 +49,7 @@ from kitaru.errors import (
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
+    ApiKeyRecord,
     ArtifactRecord,
     DeploymentRecord,
     ExecutionRecord,
@@ -180,6 +181,17 @@ _MIGRATIONS: list[str] = [
         ts DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX tag_moves_flow ON kitaru.tag_moves (flow, tag, id);
+    """,
+    # The team server's API keys (hashes only; `kitaru server keys`).
+    """
+    CREATE TABLE kitaru.api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    );
     """,
 ]
 
@@ -378,6 +390,13 @@ def _artifact_from_row(row: Any) -> ArtifactRecord:
         inline=bytes(row[11]) if row[11] is not None else None,
         uri=row[12],
     )
+
+
+_KEY_COLUMNS = "id, name, key_hash, scopes, created_at, revoked_at"
+
+
+def _key_from_row(row: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
 
 def _import_asyncpg() -> Any:
@@ -860,9 +879,13 @@ class PostgresStateStore:
         status: str | None = None,
         limit: int = 50,
         version: int | None = None,
+        before: str | None = None,
     ) -> list[ExecutionRecord]:
         clauses: list[str] = []
         params: list[Any] = []
+        if before is not None:
+            params.append(before)
+            clauses.append(f"id < ${len(params)}")
         if flow is not None:
             params.append(flow)
             clauses.append(f"flow = ${len(params)}")
@@ -1329,6 +1352,53 @@ class PostgresStateStore:
         return [TagMove(*r) for r in await self._read(sql + " ORDER BY id", *params)]
 
     # -- closing ------------------------------------------------------------------------------
+
+    # -- API keys of the team server ----------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        async def body(conn: Any, attempt: _Attempt) -> None:
+            await conn.execute(
+                "INSERT INTO kitaru.commits (token, at) VALUES ($1, $2)", attempt.token, time.time()
+            )
+            inserted = await conn.fetchval(
+                "INSERT INTO kitaru.api_keys (id, name, key_hash, scopes, created_at, revoked_at) "
+                "VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING RETURNING 1",
+                key.id,
+                key.name,
+                key.key_hash,
+                json.dumps(key.scopes),
+                key.created_at,
+                key.revoked_at,
+            )
+            if not inserted:
+                raise _rules.key_exists(key.name)
+
+        await self._write(body, f"creating API key {key.name!r}")
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        rows = await self._read(f"SELECT {_KEY_COLUMNS} FROM kitaru.api_keys WHERE id = $1", key_id)
+        return _key_from_row(rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._read(f"SELECT {_KEY_COLUMNS} FROM kitaru.api_keys ORDER BY created_at, id")
+        return [_key_from_row(r) for r in rows]
+
+    async def revoke_api_key(self, name: str) -> ApiKeyRecord:
+        async def body(conn: Any, attempt: _Attempt) -> ApiKeyRecord:
+            await conn.execute(
+                "INSERT INTO kitaru.commits (token, at) VALUES ($1, $2)", attempt.token, time.time()
+            )
+            await conn.execute(
+                "UPDATE kitaru.api_keys SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+                time.time(),
+                name,
+            )
+            row = await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM kitaru.api_keys WHERE name = $1", name)
+            if row is None:
+                raise _rules.no_such_key(name)
+            return _key_from_row(row)
+
+        return await self._write(body, f"revoking API key {name!r}")
 
     async def aclose(self) -> None:
         """Close every loop's pool, each on its own loop (a loop that already ended closed its

@@ -27,6 +27,7 @@ from kitaru.errors import (
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
+    ApiKeyRecord,
     ArtifactRecord,
     DeploymentRecord,
     ExecutionRecord,
@@ -134,6 +135,17 @@ _MIGRATIONS: list[str] = [
         ts REAL NOT NULL
     );
     CREATE INDEX tag_moves_flow ON tag_moves (flow, tag, id);
+    """,
+    # The team server's API keys (hashes only; `kitaru server keys`).
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
     """,
 ]
 
@@ -514,9 +526,13 @@ class SQLiteStateStore:
         status: str | None = None,
         limit: int = 50,
         version: int | None = None,
+        before: str | None = None,
     ) -> list[ExecutionRecord]:
         clauses: list[str] = []
         params: list[Any] = []
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
         if flow is not None:
             clauses.append("flow = ?")
             params.append(flow)
@@ -885,6 +901,45 @@ class SQLiteStateStore:
             sql, params = sql + " AND tag = ?", (flow, tag)
         return [_move_from_row(r) for r in self._read(sql + " ORDER BY id", params)]
 
+    # -- API keys of the team server ----------------------------------------------------------
+
+    async def create_api_key(self, key: ApiKeyRecord) -> None:
+        with self._write() as cur:
+            try:
+                cur.execute(
+                    "INSERT INTO api_keys (id, name, key_hash, scopes, created_at, revoked_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (key.id, key.name, key.key_hash, json.dumps(key.scopes), key.created_at, key.revoked_at),
+                )
+            except sqlite3.IntegrityError:
+                raise _rules.key_exists(key.name) from None
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+        return _key_from_row(rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [_key_from_row(r) for r in rows]
+
+    async def revoke_api_key(self, name: str) -> ApiKeyRecord:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            )
+            row = cur.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise _rules.no_such_key(name)
+        return _key_from_row(row)
+
     async def aclose(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+_KEY_COLUMNS = "id, name, key_hash, scopes, created_at, revoked_at"
+
+
+def _key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])

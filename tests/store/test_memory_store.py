@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kitaru.store.conformance import ArtifactStoreConformance, StateStoreConformance
+from kitaru.store.conformance import ArtifactStoreConformance, KeyStoreConformance, StateStoreConformance
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 
 
@@ -16,6 +16,10 @@ def state_store() -> MemoryStateStore:
 @pytest.fixture
 def artifact_store() -> MemoryArtifactStore:
     return MemoryArtifactStore()
+
+
+class TestMemoryKeyStore(KeyStoreConformance):
+    """API keys of the team server."""
 
 
 class TestMemoryStateStore(StateStoreConformance):

@@ -15,7 +15,7 @@ import pytest
 from kitaru._portal import block_on
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError, KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
-from kitaru.store.conformance import StateStoreConformance
+from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
 from kitaru.store.open import open_state_store
 from kitaru.store.postgres import PostgresStateStore
 from tests._services.postgres import PostgresCluster
@@ -32,6 +32,10 @@ async def state_store(class_dsn: str) -> AsyncIterator[PostgresStateStore]:
     store = PostgresStateStore(class_dsn)
     yield store
     await store.aclose()
+
+
+class TestPostgresKeyStore(KeyStoreConformance):
+    """API keys of the team server."""
 
 
 class TestPostgresStateStore(StateStoreConformance):
@@ -62,7 +66,7 @@ class TestSchema:
             postgres_dsn,
             "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'kitaru'",
         )
-        assert tables == "artifacts,commits,deployments,executions,journal,meta,tag_moves,tags"
+        assert tables == "api_keys,artifacts,commits,deployments,executions,journal,meta,tag_moves,tags"
 
     def test_a_fresh_database_is_migrated_by_concurrent_openers(
         self, postgres_cluster: PostgresCluster

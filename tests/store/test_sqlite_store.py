@@ -12,7 +12,7 @@ import pytest
 
 from kitaru.errors import KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
-from kitaru.store.conformance import StateStoreConformance
+from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
 from kitaru.store.sqlite import SQLiteStateStore
 
 
@@ -21,6 +21,10 @@ async def state_store(tmp_path: Path) -> AsyncIterator[SQLiteStateStore]:
     store = SQLiteStateStore(tmp_path / "state.db")
     yield store
     await store.aclose()
+
+
+class TestSQLiteKeyStore(KeyStoreConformance):
+    """API keys of the team server."""
 
 
 class TestSQLiteStateStore(StateStoreConformance):

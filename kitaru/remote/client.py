@@ -1,0 +1,311 @@
+"""The client backend over HTTP: what ``KitaruClient()`` becomes after ``kitaru login``.
+
+It offers the same calls as the local client (``executions.list/get/input/cancel/retry/resume/
+replay/diff/logs``, ``artifacts.list/get/preview``) and returns the same views (``Execution``,
+``Wait``...), so the CLI's commands work unchanged against a server. Driving happens on the server:
+``input``, ``retry``, ``resume`` and ``replay`` return once it accepted the work, with a handle
+whose ``wait()`` polls the execution until it stops running.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kitaru.errors import KitaruStoreError, KitaruTimeoutError, KitaruUsageError
+from kitaru.remote import _wire
+
+__all__ = ["RemoteClient", "RemoteHandle", "server_session"]
+
+_TIMEOUT = 60.0
+
+
+def _http(url: str, key: str) -> Any:
+    import httpx
+
+    return httpx.Client(
+        base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=_TIMEOUT
+    )
+
+
+def _check(response: Any) -> Any:
+    if response.status_code >= 400:
+        try:
+            data = response.json()
+        except ValueError:
+            data = response.text
+        if response.status_code in (401, 403):
+            message = (data.get("error") or {}).get("message") if isinstance(data, dict) else str(data)
+            raise KitaruUsageError(f"the kitaru server refused the request: {message}")
+        raise _wire.error_from_json(data, response.status_code)
+    return response.json()
+
+
+def _request(client: Any, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise KitaruStoreError(
+            f"cannot reach the kitaru server {client.base_url} ({type(exc).__name__}: {exc}). "
+            "Check it runs (`kitaru status`), or `kitaru logout` to use the local stack."
+        ) from None
+    return _check(response)
+
+
+def server_session(url: str, key: str) -> dict[str, Any]:
+    """Who the key is on the server at ``url`` (raises when it is refused or unreachable)."""
+    with _http(url, key) as client:
+        result: dict[str, Any] = _request(client, "GET", "/api/v1/session")
+        return result
+
+
+def _execution(data: dict[str, Any]) -> Any:
+    from kitaru.client import CheckpointCall, Execution, Wait
+
+    data = dict(data)
+    data["checkpoints"] = tuple(CheckpointCall(**c) for c in data.get("checkpoints", ()))
+    data["waits"] = tuple(Wait(**w) for w in data.get("waits", ()))
+    return Execution(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteHandle:
+    """An execution the server drives."""
+
+    exec_id: str
+    _client: RemoteClient
+
+    def status(self) -> str:
+        return str(self._client.executions.get(self.exec_id).status)
+
+    def wait(self, timeout: float | None = None, interval: float = 0.2) -> Any:
+        """Poll until the execution stops running; returns it (an ``Execution``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            execution = self._client.executions.get(self.exec_id)
+            if execution.status != "running":
+                return execution
+            if deadline is not None and time.monotonic() > deadline:
+                raise KitaruTimeoutError(
+                    f"execution {self.exec_id} is still running after {timeout} s; see it with "
+                    f"`kitaru executions get {self.exec_id}`."
+                )
+            time.sleep(interval)
+
+
+class _Executions:
+    def __init__(self, client: RemoteClient) -> None:
+        self._client = client
+
+    def resolve(self, exec_id: str) -> str:
+        return str(self.get(exec_id).id)
+
+    def get(self, exec_id: str) -> Any:
+        return _execution(self._client._call("GET", f"/api/v1/executions/{exec_id}"))
+
+    def list(
+        self, *, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> builtins.list[Any]:
+        found: builtins.list[Any] = []
+        cursor = None
+        while len(found) < limit:
+            params: dict[str, Any] = {"limit": min(500, limit - len(found))}
+            params.update({k: v for k, v in (("flow", flow), ("status", status), ("cursor", cursor)) if v})
+            page = self._client._call("GET", "/api/v1/executions", params=params)
+            found += [_execution(item) for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return found
+
+    def input(
+        self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True
+    ) -> RemoteHandle:
+        """Answer a wait; the server checks it against the wait's JSON Schema and resumes the flow."""
+        if not resume:
+            raise KitaruUsageError("a kitaru server always resumes an answered execution; drop --no-resume.")
+        if wait is None:
+            execution = self.get(exec_id)
+            open_waits = execution.open_waits
+            if len(open_waits) != 1:
+                names = ", ".join(w.name for w in open_waits) or "none"
+                raise KitaruUsageError(
+                    f"execution {exec_id} has {len(open_waits)} open waits ({names}); choose one "
+                    "with --wait NAME."
+                )
+            wait = open_waits[0].name
+        self._client._call("POST", f"/api/v1/executions/{exec_id}/waits/{wait}", json={"value": value})
+        return RemoteHandle(exec_id, self._client)
+
+    def resume(self, exec_id: str) -> RemoteHandle:
+        self._client._call("POST", f"/api/v1/executions/{exec_id}/resume")
+        return RemoteHandle(exec_id, self._client)
+
+    def retry(self, exec_id: str) -> RemoteHandle:
+        self._client._call("POST", f"/api/v1/executions/{exec_id}/retry")
+        return RemoteHandle(exec_id, self._client)
+
+    def replay(
+        self,
+        exec_id: str,
+        from_: str,
+        *,
+        overrides: dict[str, Any] | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> RemoteHandle:
+        body = {"from": from_, "overrides": overrides, "args": args}
+        created = self._client._call("POST", f"/api/v1/executions/{exec_id}/replay", json=body)
+        return RemoteHandle(str(created["id"]), self._client)
+
+    def diff(self, a: str, b: str) -> Any:
+        from kitaru.diff import DiffEntry, ExecutionDiff
+
+        data = self._client._call("GET", f"/api/v1/executions/{a}/diff/{b}")
+        return ExecutionDiff(data["a"], data["b"], [DiffEntry(**e) for e in data["entries"]])
+
+    def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> builtins.list[Any]:
+        import httpx
+
+        from kitaru.client import LogEntry
+
+        entries = []
+        try:
+            with self._client._http.stream(
+                "GET", f"/api/v1/executions/{exec_id}/logs", params={"after": after}
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _check(response)
+                for line in response.iter_lines():
+                    if line.startswith("data: ") and '"seq"' in line:
+                        e = json.loads(line[len("data: ") :])
+                        entries.append(LogEntry(e["call_id"], e["stream"], e["text"], e["ts"], e["seq"]))
+        except httpx.HTTPError as exc:
+            raise KitaruStoreError(f"cannot read logs from {self._client.url}: {exc}") from None
+        if checkpoint is None:
+            return entries
+        return [
+            e
+            for e in entries
+            if e.call_id and (e.call_id == checkpoint or e.call_id.startswith(checkpoint + ":"))
+        ]
+
+    def cancel(self, exec_id: str) -> Any:
+        return _execution(self._client._call("POST", f"/api/v1/executions/{exec_id}/cancel"))
+
+    def runner_gone(self, exec_id: str) -> bool:
+        return False  # the server recovers executions whose runner died on its own
+
+    def recover(self, *, limit: int = 100) -> builtins.list[Any]:
+        raise KitaruUsageError(
+            "a kitaru server recovers executions whose runner died on its own; nothing to do here "
+            "(`kitaru logout` to recover a local stack's executions)."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteArtifact:
+    """An artifact's metadata on the server; its bytes are fetched (and checked) on demand."""
+
+    id: str
+    exec_id: str
+    name: str
+    version: int
+    type: str
+    serializer: str
+    data_type: str
+    content_hash: str
+    size: int
+    call_id: str | None
+    created_at: float
+    uri: str | None
+    _client: RemoteClient
+
+    def read_bytes(self) -> bytes:
+        import hashlib
+
+        with self._client._http.stream(
+            "GET", f"/api/v1/executions/{self.exec_id}/artifacts/{self.id}/content"
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            data: bytes = response.read()
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != self.content_hash:
+            raise KitaruStoreError(
+                f"artifact {self.id} came from the server cut short or changed (expected "
+                f"{self.content_hash})."
+            )
+        return data
+
+    @property
+    def is_json(self) -> bool:
+        return self.serializer in ("json", "pydantic", "dataclass")
+
+    def as_json(self) -> Any:
+        if not self.is_json:
+            raise KitaruUsageError(
+                f"artifact {self.id} is stored by the {self.serializer!r} serializer, not as JSON."
+            )
+        return json.loads(self.read_bytes())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
+
+
+class _Artifacts:
+    def __init__(self, client: RemoteClient) -> None:
+        self._client = client
+
+    def list(self, exec_id: str, *, name: str | None = None, type: str | None = None) -> builtins.list[Any]:
+        params = {k: v for k, v in (("name", name), ("type", type)) if v}
+        data = self._client._call("GET", f"/api/v1/executions/{exec_id}/artifacts", params=params)
+        return [self._view(a) for a in data["items"]]
+
+    def _view(self, data: dict[str, Any]) -> RemoteArtifact:
+        data = dict(data)
+        data.pop("inline", None)
+        return RemoteArtifact(**data, _client=self._client)
+
+    def get(self, artifact_id: str, *, exec_id: str | None = None) -> RemoteArtifact:
+        if exec_id is None:
+            raise KitaruUsageError(
+                f"a kitaru server finds artifacts through their execution: list them with "
+                f"`kitaru artifacts list EXEC_ID` (artifact {artifact_id})."
+            )
+        return self._view(self._client._call("GET", f"/api/v1/executions/{exec_id}/artifacts/{artifact_id}"))
+
+    def preview(self, artifact_id: str, width: int = 200, *, exec_id: str | None = None) -> str:
+        artifact = self.get(artifact_id, exec_id=exec_id)
+        data = self._client._call(
+            "GET", f"/api/v1/executions/{artifact.exec_id}/artifacts/{artifact_id}/preview"
+        )
+        if data["kind"] != "json":
+            return f"({data['data_type']}, {data['size']} bytes)"
+        value = data["value"]
+        text = value if isinstance(value, str) else json.dumps(value)
+        return text if len(text) <= width else text[: width - 4] + " ..."
+
+
+class RemoteClient:
+    """``KitaruClient`` over a kitaru server's API (``url``, an API ``key``)."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url.rstrip("/")
+        self._http = _http(self.url, key)
+        self.executions = _Executions(self)
+        self.artifacts = _Artifacts(self)
+
+    def __repr__(self) -> str:
+        return f"<RemoteClient {self.url}>"  # never the key
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _request(self._http, method, path, **kwargs)
+
+    def close(self) -> None:
+        self._http.close()

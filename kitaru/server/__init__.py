@@ -1,0 +1,93 @@
+"""The kitaru team server: an ASGI app (FastAPI on uvicorn) over the Runner and a state store.
+
+``kitaru server start`` runs it; :func:`create_app` builds it (for tests, or another ASGI server).
+FastAPI and uvicorn come with the ``server`` extra and are imported only here. The API is
+described in :mod:`kitaru.server._app` and served as OpenAPI at ``/openapi.json`` (``/docs``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from kitaru._install import install_hint
+from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+__all__ = ["app_from_env", "create_app", "serve"]
+
+#: How the uvicorn workers of `kitaru server start --workers N` learn their configuration.
+_ENV_STACK = "KITARU_SERVER_STACK"
+_ENV_STATE = "KITARU_SERVER_STATE"
+_ENV_TICK = "KITARU_SERVER_TICK"
+
+
+def require_server_extra() -> None:
+    """Raise KitaruMissingDependencyError naming the extra when FastAPI or uvicorn is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise KitaruMissingDependencyError(
+            f"the kitaru server needs FastAPI and uvicorn ({exc.name} is not installed). Install the "
+            f"server extra: {install_hint('server')}"
+        ) from None
+
+
+def create_app(stack: str | None = None, state: str | None = None, *, tick: float | None = None) -> FastAPI:
+    """The app over the stack ``stack`` (default: the active one), its state store replaced by
+    ``state`` (a ``sqlite:///`` or ``postgresql://`` URI) when given."""
+    require_server_extra()
+    from kitaru._engine.runtime import Runtime, set_runtime
+    from kitaru.local_stack import LocalOrchestrator
+    from kitaru.server._app import build_app
+    from kitaru.server._state import ServerState
+    from kitaru.stack import load_stack, orchestrator_of
+    from kitaru.store import KeyStore
+
+    loaded = load_stack(stack, **({"state": state} if state else {}))
+    store = loaded.state_store()
+    state_uri = state or str(getattr(loaded, "state_uri", ""))
+    if not isinstance(store, KeyStore):
+        raise KitaruConfigError(
+            f"the state store {type(store).__name__} cannot back a kitaru server (it keeps no API "
+            "keys): start the server with --state postgresql://... (a team) or sqlite:///... (one user)."
+        )
+    runtime = Runtime(store, loaded.artifact_store(), stack_name=loaded.name)
+    set_runtime(runtime)  # flows the server drives, and code they import, see the same stores
+    orchestrator: Any = orchestrator_of(loaded)
+    if isinstance(orchestrator, LocalOrchestrator):
+        orchestrator = LocalOrchestrator(stack_name=loaded.name, runtime=runtime)
+    if tick is None:
+        tick = float(os.environ.get(_ENV_TICK, "1.0"))
+    return build_app(ServerState(runtime, orchestrator, state_uri=state_uri, tick=tick))
+
+
+def app_from_env() -> FastAPI:
+    """The app as ``kitaru server start`` configured it (uvicorn's factory in each worker)."""
+    return create_app(os.environ.get(_ENV_STACK) or None, os.environ.get(_ENV_STATE) or None)
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8270,
+    *,
+    stack: str | None = None,
+    state: str | None = None,
+    workers: int = 1,
+) -> None:
+    """Run the server until interrupted (``workers`` processes share the port)."""
+    require_server_extra()
+    import uvicorn
+
+    if stack:
+        os.environ[_ENV_STACK] = stack
+    if state:
+        os.environ[_ENV_STATE] = state
+    if workers > 1:
+        uvicorn.run("kitaru.server:app_from_env", factory=True, host=host, port=port, workers=workers)
+    else:
+        # Built here, so a stack that cannot be served fails before the port is bound.
+        uvicorn.run(create_app(stack, state), host=host, port=port)

@@ -1,0 +1,407 @@
+"""The team server's ASGI app (FastAPI): ``/healthz``, ``/login``, ``/logout`` and ``/api/v1``.
+
+Requests never drive an execution themselves: an answer, a retry, a resume or a replay records
+what it must and hands the driving to a background task (or to the stack's orchestrator, which
+starts a job elsewhere), so a request returns in store time whatever the flow does next.
+
+The API, for its clients (the CLI, ``KitaruClient()``, workers, the web UI):
+
+- JSON everywhere; errors are ``{"error": {"type": "KitaruStateError", "message": ...}}`` with
+  404 (no such id), 409 (the state does not allow it), 422 (a value does not fit), 401 (no or a
+  bad key), 403 (the key lacks the scope, or a cookie request lacks its CSRF token).
+- Lists are pages, newest first: ``?limit=`` (at most 500) and ``?cursor=`` (the previous page's
+  ``next_cursor``; None on the last page).
+- Logs are server-sent events (``text/event-stream``): ``event: log`` with the entry as JSON and
+  its journal position as ``id`` (``Last-Event-ID`` or ``?after=`` continues), then ``event: end``
+  when the execution is not running any more (with ``?follow=true``) or at once (without).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Body, Depends, FastAPI, Form, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from kitaru.errors import KitaruError, KitaruNotFoundError
+from kitaru.remote import _wire
+from kitaru.server import _auth
+from kitaru.server._state import ServerState
+from kitaru.store import ArtifactRecord, ExecutionRecord
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("kitaru.server")
+
+#: Serializers whose bytes are JSON, so a preview shows them without running any code.
+_JSON_SERIALIZERS = frozenset({"json", "pydantic", "dataclass"})
+_PREVIEW_LIMIT = 1 << 20
+
+
+class _Refused(Exception):
+    """An authentication (401) or authorization (403) refusal."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, type_: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+
+
+def build_app(server: ServerState) -> FastAPI:
+    """The app over ``server`` (its runtime, orchestrator, background tasks and loops)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with server.running():
+            yield
+
+    app = FastAPI(
+        title="kitaru team server",
+        version="1",
+        description="Executions, waits, artifacts, logs and the state-store operations workers need. "
+        "Every endpoint but /healthz takes `Authorization: Bearer <key>` or a login session.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(KitaruError)
+    async def kitaru_error(request: Request, exc: KitaruError) -> JSONResponse:
+        return JSONResponse(_wire.error_to_json(exc), status_code=_wire.status_of(exc))
+
+    @app.exception_handler(_Refused)
+    async def refused(request: Request, exc: _Refused) -> JSONResponse:
+        return _error(exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", str(exc))
+
+    # -- authentication --------------------------------------------------------------------
+
+    async def principal(request: Request) -> _auth.Principal:
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, key = header.partition(" ")
+            key_id = _auth.parse_key(key.strip()) if scheme.lower() == "bearer" else None
+            record = await server.key(key_id) if key_id else None
+            if record is None or not _auth.verify_key(key.strip(), record):
+                raise _Refused(
+                    401,
+                    "the API key is not valid (unknown, revoked or mistyped). "
+                    "Create one with `kitaru server keys create NAME --scope read`.",
+                )
+            return _auth.Principal(record.id, record.name, frozenset(record.scopes), "bearer")
+        cookie = request.cookies.get(_auth.SESSION_COOKIE)
+        if cookie:
+            key_id = _auth.session_key_id(cookie)
+            record = await server.key(key_id) if key_id else None
+            nonce = _auth.verify_session(cookie, record)
+            if record is not None and nonce is not None:
+                return _auth.Principal(record.id, record.name, frozenset(record.scopes), "session", nonce)
+        raise _Refused(
+            401,
+            "this endpoint needs an API key: send `Authorization: Bearer <key>` "
+            "(`kitaru login URL --key KEY` sets it up for the CLI) or log in at /login.",
+        )
+
+    def require(scope: str) -> Callable[[Request], Awaitable[_auth.Principal]]:
+        async def check(request: Request) -> _auth.Principal:
+            who = await principal(request)
+            if not who.allows(scope):
+                raise _Refused(
+                    403,
+                    f"the key {who.name!r} lacks the {scope!r} scope this needs "
+                    f"(it has: {', '.join(sorted(who.scopes))}). Use a key with "
+                    f"`--scope {scope}`.",
+                )
+            if who.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
+                await _check_csrf(request, who)
+            return who
+
+        return check
+
+    async def _check_csrf(request: Request, who: _auth.Principal) -> None:
+        presented = request.headers.get("x-csrf-token")
+        if presented is None and request.headers.get("content-type", "").startswith(
+            ("application/x-www-form-urlencoded", "multipart/form-data")
+        ):
+            form = await request.form()
+            value = form.get("csrf_token")
+            presented = value if isinstance(value, str) else None
+        record = await server.key(who.key_id)
+        if record is None or who.nonce is None or not _auth.check_csrf(record, who.nonce, presented):
+            raise _Refused(
+                403,
+                "this request came with a session cookie but without its CSRF token "
+                "(header X-CSRF-Token or form field csrf_token; GET /api/v1/session "
+                "gives it). Reload the page and submit again.",
+            )
+
+    read = Depends(require("read"))
+    answer = Depends(require("answer"))
+    invoke = Depends(require("invoke"))
+    runner = Depends(require("runner"))
+
+    # -- health, login ---------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["server"])
+    async def healthz() -> dict[str, Any]:
+        """Whether the server answers (no key needed); says nothing about executions."""
+        return {"ok": True, "background_role": server.leader}
+
+    @app.post("/login", tags=["session"])
+    async def login(request: Request, key: str = Form(...)) -> JSONResponse:
+        """Trade an API key (form field ``key``) for a session cookie (HttpOnly, SameSite=Strict);
+        returns the session's CSRF token, which every changing request of the session carries."""
+        key_id = _auth.parse_key(key.strip())
+        record = await server.key(key_id) if key_id else None
+        if record is None or not _auth.verify_key(key.strip(), record):
+            raise _Refused(401, "that API key is not valid (unknown, revoked or mistyped).")
+        cookie = _auth.session_cookie(record)
+        nonce = _auth.verify_session(cookie, record)
+        assert nonce is not None
+        response = JSONResponse(
+            {"name": record.name, "scopes": record.scopes, "csrf_token": _auth.csrf_token(record, nonce)}
+        )
+        response.set_cookie(
+            _auth.SESSION_COOKIE,
+            cookie,
+            max_age=int(_auth.SESSION_TTL),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+        return response
+
+    @app.post("/logout", tags=["session"])
+    async def logout() -> JSONResponse:
+        """End the browser session (drop its cookie)."""
+        response = JSONResponse({"ok": True})
+        response.delete_cookie(_auth.SESSION_COOKIE, path="/")
+        return response
+
+    @app.get("/api/v1/session", tags=["session"])
+    async def session(who: _auth.Principal = read) -> dict[str, Any]:
+        """Who is asking, with which scopes; for a session, its CSRF token."""
+        token = None
+        if who.via == "session" and who.nonce is not None:
+            record = await server.key(who.key_id)
+            token = _auth.csrf_token(record, who.nonce) if record is not None else None
+        return {"name": who.name, "scopes": sorted(who.scopes), "via": who.via, "csrf_token": token}
+
+    # -- executions ------------------------------------------------------------------------
+
+    @app.get("/api/v1/executions", tags=["executions"])
+    async def list_executions(
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = Query(50, ge=1, le=500),
+        cursor: str | None = None,
+        _: _auth.Principal = read,
+    ) -> dict[str, Any]:
+        """Executions, newest first, one page at a time (summaries without checkpoints)."""
+        records = await server.astate.list_executions(
+            flow=flow, status=status, limit=limit + 1, before=cursor
+        )
+        more = len(records) > limit
+        records = records[:limit]
+        return {
+            "items": [server.summary(r) for r in records],
+            "next_cursor": records[-1].id if more and records else None,
+        }
+
+    @app.get("/api/v1/executions/{exec_id}", tags=["executions"])
+    async def get_execution(exec_id: str, _: _auth.Principal = read) -> dict[str, Any]:
+        """An execution with its checkpoints, waits and metadata."""
+        view: dict[str, Any] = (await server.execution(exec_id)).to_dict()
+        return view
+
+    @app.post("/api/v1/executions/{exec_id}/cancel", tags=["executions"])
+    async def cancel(exec_id: str, _: _auth.Principal = invoke) -> dict[str, Any]:
+        """Cancel a running or waiting execution (final), through the stack's orchestrator."""
+        await server.record(exec_id)
+        await server.orchestrator.cancel(exec_id)
+        view: dict[str, Any] = (await server.execution(exec_id)).to_dict()
+        return view
+
+    @app.post("/api/v1/executions/{exec_id}/retry", status_code=202, tags=["executions"])
+    async def retry(exec_id: str, _: _auth.Principal = invoke) -> dict[str, Any]:
+        """Continue a failed execution in place (in the background); 202 once it is handed over."""
+        return await server.take_over(exec_id, {"failed"})
+
+    @app.post("/api/v1/executions/{exec_id}/resume", status_code=202, tags=["executions"])
+    async def resume(exec_id: str, _: _auth.Principal = invoke) -> dict[str, Any]:
+        """Drive an interrupted or waiting execution on from its journal (in the background)."""
+        return await server.take_over(exec_id, {"running", "waiting"})
+
+    @app.post("/api/v1/executions/{exec_id}/replay", status_code=202, tags=["executions"])
+    async def replay(
+        exec_id: str,
+        from_: Annotated[str, Body(alias="from")],
+        overrides: Annotated[dict[str, Any] | None, Body()] = None,
+        args: Annotated[dict[str, Any] | None, Body()] = None,
+        _: _auth.Principal = invoke,
+    ) -> dict[str, Any]:
+        """A new execution re-running ``exec_id`` from call ``from`` with ``overrides`` (call id
+        to value) and ``args`` (changed inputs), all checked before anything is written; it is
+        driven in the background. Returns the new execution's id."""
+        record = await server.replay(exec_id, from_, overrides, args)
+        return {"id": record.id, "replay_of": exec_id, "status": record.status}
+
+    @app.get("/api/v1/executions/{a}/diff/{b}", tags=["executions"])
+    async def diff(a: str, b: str, _: _auth.Principal = read) -> dict[str, Any]:
+        """Compare two executions input by input, checkpoint by checkpoint, wait by wait."""
+        from kitaru.diff import diff_executions
+
+        await server.record(a)
+        await server.record(b)
+        result = await anyio.to_thread.run_sync(diff_executions, server.runtime, a, b)
+        return result.to_dict()
+
+    # -- waits -----------------------------------------------------------------------------
+
+    @app.post("/api/v1/executions/{exec_id}/waits/{name}", status_code=202, tags=["waits"])
+    async def answer_wait(
+        exec_id: str, name: str, value: Annotated[Any, Body(embed=True)], _: _auth.Principal = answer
+    ) -> dict[str, Any]:
+        """Answer wait ``name`` with ``{"value": ...}``. The value is checked against the wait's
+        JSON Schema (422 with the reason; the wait stays open); a good answer is recorded and the
+        execution resumed through the stack's orchestrator, in the background."""
+        await server.answer(exec_id, name, value)
+        return {"id": exec_id, "wait": name, "accepted": True}
+
+    # -- artifacts -------------------------------------------------------------------------
+
+    @app.get("/api/v1/executions/{exec_id}/artifacts", tags=["artifacts"])
+    async def list_artifacts(
+        exec_id: str, name: str | None = None, type: str | None = None, _: _auth.Principal = read
+    ) -> dict[str, Any]:
+        """The execution's artifacts (metadata only), in journal order."""
+        await server.record(exec_id)
+        found = await server.astate.list_artifacts(exec_id, name=name, type=type)
+        return {"items": [_wire.artifact_to_json(a, with_bytes=False) for a in found]}
+
+    async def _artifact(exec_id: str, artifact_id: str) -> ArtifactRecord:
+        record = await server.astate.get_artifact(artifact_id)
+        # An artifact is reached through an execution that references it (its own, or a replay
+        # reusing its original's outputs); any other pairing is refused as if it did not exist.
+        if record is None or (
+            record.exec_id != exec_id
+            and all(a.id != artifact_id for a in await server.astate.list_artifacts(exec_id))
+        ):
+            raise KitaruNotFoundError(f"execution {exec_id} has no artifact {artifact_id!r}.")
+        return record
+
+    @app.get("/api/v1/executions/{exec_id}/artifacts/{artifact_id}", tags=["artifacts"])
+    async def get_artifact(exec_id: str, artifact_id: str, _: _auth.Principal = read) -> dict[str, Any]:
+        """One artifact's metadata."""
+        return _wire.artifact_to_json(await _artifact(exec_id, artifact_id), with_bytes=False)
+
+    @app.get("/api/v1/executions/{exec_id}/artifacts/{artifact_id}/content", tags=["artifacts"])
+    async def artifact_content(exec_id: str, artifact_id: str, _: _auth.Principal = read) -> Response:
+        """The stored bytes, streamed and verified against the recorded sha256 on the way (a
+        mismatch cuts the stream short: check the ``X-Kitaru-Content-Hash`` header too)."""
+        record = await _artifact(exec_id, artifact_id)
+        chunks = server.runtime.aartifact_chunks(record)
+        first = await anext(chunks, b"")  # a missing blob fails here, as a proper error response
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+        return StreamingResponse(
+            body(),
+            media_type="application/json"
+            if record.serializer in _JSON_SERIALIZERS
+            else "application/octet-stream",
+            headers={"X-Kitaru-Content-Hash": record.content_hash, "Content-Length": str(record.size)},
+        )
+
+    @app.get("/api/v1/executions/{exec_id}/artifacts/{artifact_id}/preview", tags=["artifacts"])
+    async def artifact_preview(exec_id: str, artifact_id: str, _: _auth.Principal = read) -> dict[str, Any]:
+        """A preview that never unpickles: JSON-stored values (``kind: json``) come back parsed,
+        anything else is described (``kind: binary``)."""
+        record = await _artifact(exec_id, artifact_id)
+        meta = {"id": record.id, "data_type": record.data_type, "size": record.size}
+        if record.serializer in _JSON_SERIALIZERS and record.size <= _PREVIEW_LIMIT:
+            try:
+                return {
+                    **meta,
+                    "kind": "json",
+                    "value": json.loads(await server.runtime.aartifact_bytes(record)),
+                }
+            except ValueError:
+                pass
+        return {**meta, "kind": "binary", "value": None}
+
+    # -- logs ------------------------------------------------------------------------------
+
+    @app.get("/api/v1/executions/{exec_id}/logs", tags=["logs"])
+    async def logs(
+        request: Request,
+        exec_id: str,
+        after: int = 0,
+        follow: bool = False,
+        _: _auth.Principal = read,
+    ) -> StreamingResponse:
+        """What the execution printed and logged, as server-sent events (see the module doc)."""
+        await server.record(exec_id)
+        last = request.headers.get("last-event-id")
+        start = int(last) if last and last.isdigit() else after
+
+        async def events() -> AsyncIterator[bytes]:
+            seen = start
+            while True:
+                journal = await server.astate.read_journal(exec_id)
+                for r in journal:
+                    if r.kind == "output" and (r.id or 0) > seen:
+                        seen = r.id or seen
+                        entry = {
+                            "call_id": r.call_id,
+                            "stream": (r.data or {}).get("stream", "stdout"),
+                            "text": (r.data or {}).get("text", ""),
+                            "ts": r.ts,
+                            "seq": r.id,
+                        }
+                        yield f"event: log\nid: {r.id}\ndata: {json.dumps(entry)}\n\n".encode()
+                record = await server.astate.get_execution(exec_id)
+                if not follow or record is None or record.status != "running":
+                    status = record.status if record else "gone"
+                    yield f"event: end\ndata: {json.dumps({'status': status})}\n\n".encode()
+                    return
+                if await request.is_disconnected():
+                    return
+                await anyio.sleep(server.log_poll)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    # -- the state-store operations of workers (scope `runner`) -----------------------------
+
+    @app.post("/api/v1/store/{operation}", tags=["store"])
+    async def store_operation(
+        operation: str, arguments: Annotated[dict[str, Any], Body()], _: _auth.Principal = runner
+    ) -> dict[str, Any]:
+        """One StateStore operation (``commit``, ``acquire_lease``... see kitaru.store.StateStore),
+        its keyword arguments as JSON; what a worker with a ``runner`` key does instead of
+        connecting to the database."""
+        from kitaru.remote._store_rpc import call
+
+        return {"result": await call(server.astate, operation, arguments)}
+
+    return app
+
+
+def execution_summary(record: ExecutionRecord) -> dict[str, Any]:
+    data = asdict(record)
+    data.pop("lease_owner")  # where a runner runs is the operator's business, not the viewer's
+    data["metadata"] = {k: v for k, v in record.metadata.items() if k != "inflight"}
+    return data

@@ -1,0 +1,84 @@
+"""Flows the server tests run in their own processes. Each checkpoint run appends its name to
+$COUNT_FILE (outside kitaru), so a test counts real runs.
+
+    python server_flows.py approve       prints, then waits on `approve` (a bool), then finishes
+    python server_flows.py deadline S    waits on `approve` with a timeout of S seconds
+    python server_flows.py slow          a checkpoint, then a slow one that marks $MARK_FILE and sleeps
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import kitaru
+from kitaru import checkpoint, flow
+from kitaru.errors import KitaruWaitTimeoutError
+
+
+def count(name: str) -> None:
+    with open(os.environ["COUNT_FILE"], "a") as fh:
+        fh.write(f"{name}\n")
+
+
+@checkpoint
+def research(topic: str) -> str:
+    count("research")
+    print(f"researching {topic}")
+    return f"brief on {topic}"
+
+
+@checkpoint
+def publish(brief: str, approved: bool) -> str:
+    count("publish")
+    return f"{brief}: {'approved' if approved else 'rejected'}"
+
+
+@flow
+def approve(topic: str) -> str:
+    brief = research(topic)
+    ok = kitaru.wait(name="approve", question="Publish it?", schema=bool)
+    return publish(brief, ok)
+
+
+@checkpoint
+def on_timeout() -> str:
+    count("timed_out")
+    return "timed out"
+
+
+@flow
+def deadline(seconds: float) -> str:
+    try:
+        kitaru.wait(name="approve", question="Approve?", schema=bool, timeout=seconds)
+    except KitaruWaitTimeoutError:
+        return on_timeout()
+    return "answered"
+
+
+@checkpoint
+def slow_step() -> str:
+    count("slow_step")
+    mark = Path(os.environ["MARK_FILE"])
+    if not mark.exists():  # the first run marks itself and hangs until it is killed
+        mark.write_text(kitaru.current_execution_id() or "")
+        time.sleep(300)
+    return "slow done"
+
+
+@flow
+def slow() -> str:
+    first = research("recovery")
+    return first + " / " + slow_step()
+
+
+if __name__ == "__main__":
+    which = sys.argv[1]
+    if which == "approve":
+        print(approve.run("durable agents").exec_id)
+    elif which == "deadline":
+        print(deadline.run(float(sys.argv[2])).exec_id)
+    elif which == "slow":
+        print(slow.run().exec_id)
