@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import kitaru
+from kitaru import checkpoint, flow
 from tests._services import missing
 from tests.server.conftest import ServerProcess, create_key, run_flow, wait_until
 
@@ -63,6 +67,50 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG image (one red pixel per row, made here: no image library needed)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@checkpoint
+def caption(word: str) -> str:
+    return f"a picture of {word}"
+
+
+@checkpoint
+def render(text: str) -> bytes:
+    return png(3, 2)
+
+
+@flow
+def pictures(word: str) -> str:
+    """A flow with an image output (raw bytes) and a JSON one, run by the tests below."""
+    text = caption(word)
+    render(text)
+    kitaru.save("settings", {"word": word, "size": [3, 2]}, type="config")
+    return text
+
+
+def run_pictures(env: dict[str, str], word: str) -> str:
+    code = f"from tests.server.test_ui_browser import pictures; print(pictures.run({word!r}).exec_id)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
 
 
 def new_page(browser: Any, **options: Any) -> Any:
@@ -183,11 +231,9 @@ def test_execution_page_shows_logs_artifacts_and_lineage_on_a_phone(
     page.locator("#logs").get_by_text("researching").wait_for()
 
     # Artifacts: the JSON-stored output previews as text, without any unpickling.
-    artifact = page.locator("#artifacts details[data-artifact]").first
-    artifact.wait_for()
+    artifact = page.locator("#artifacts details[data-artifact='research']")
     artifact.locator("summary").click()
-    page.locator("#artifacts .preview-text").first.wait_for()
-    assert "brief on" in page.locator("#artifacts").inner_text()
+    assert "brief on" in artifact.locator(".preview-text").inner_text()
 
     # The lineage graph is drawn: the checkpoint and the wait as nodes of an SVG.
     page.locator("#graph svg g.node[data-node='research']").wait_for()
@@ -233,3 +279,55 @@ def test_forms_carry_the_csrf_token(
             lambda: c.get(f"/api/v1/executions/{exec_id}").json()["status"] == "completed",
             what="the answered execution completing",
         )
+
+
+def test_image_preview_replay_and_diff(
+    browser: Any,
+    server: ServerProcess,
+    kitaru_cli: list[str],
+    server_env: dict[str, str],
+    sqlite_state: str,
+    shots: Path,
+) -> None:
+    exec_id = run_pictures(server_env, "cat")
+    key = create_key(kitaru_cli, server_env, sqlite_state, "operator", "invoke")
+    page = new_page(browser, viewport={"width": 1280, "height": 900})
+    log_in(page, server, key)
+    page.goto(f"{server.url}/ui/executions/{exec_id}")
+    page.locator("#summary[data-status='completed']").wait_for()
+
+    # An image output (raw bytes) is shown as the image it is; a JSON value as JSON.
+    image = page.locator("#artifacts details[data-artifact='render']")
+    image.locator("summary").click()
+    picture = image.locator("img.preview-image")
+    picture.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=picture.element_handle())
+    assert picture.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [3, 2]
+    settings = page.locator("#artifacts details[data-artifact='settings']")
+    settings.locator("summary").click()
+    assert '"size"' in settings.locator(".preview-text").inner_text()
+
+    # A replay with a bad input is refused inline, and nothing is created.
+    page.select_option("#replay-from", "caption")
+    page.fill("#replay-args", '{"nope": 1}')
+    page.click("#replay button[type=submit]")
+    page.locator("#replay .error").wait_for()
+    with server.client(key) as c:
+        assert len(c.get("/api/v1/executions").json()["items"]) == 1
+
+    # A good one opens the new execution, which runs to the end on the server.
+    page.fill("#replay-args", '{"word": "dog"}')
+    page.click("#replay button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/executions/(?!" + exec_id + ")"))
+    replay_id = page.url.rsplit("/", 1)[-1]
+    page.locator("#summary[data-status='completed']").wait_for()
+    page.screenshot(path=str(shots / "replay.png"), full_page=True)
+
+    # The diff against the original names what changed.
+    page.click("text=Compare with another execution")
+    page.wait_for_url(re.compile(r"/ui/diff\?a="))
+    page.locator("#diff table").wait_for()
+    assert page.locator("#diff tr[data-diff='input:word']").get_attribute("data-status") == "changed"
+    assert page.locator("#diff tr[data-diff='checkpoint:caption']").get_attribute("data-status") == "changed"
+    assert replay_id in page.url and exec_id in page.url
+    page.screenshot(path=str(shots / "diff.png"), full_page=True)

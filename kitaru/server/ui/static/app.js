@@ -431,6 +431,8 @@ function drawTimeline(node, e, artifacts) {
 function followLogs(pre, base, stillActive) {
   let after = 0;
   let source = null;
+  const empty = el("span", { class: "muted empty", text: "No output yet." });
+  pre.replaceChildren(empty);
   let stopped = false;
   const open = () => {
     if (stopped) return;
@@ -438,6 +440,7 @@ function followLogs(pre, base, stillActive) {
     source.addEventListener("log", (event) => {
       const entry = JSON.parse(event.data);
       after = Math.max(after, entry.seq || 0);
+      empty.remove();
       const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
       pre.append(
         el("span", { class: "src", text: entry.call_id ? `[${entry.call_id}] ` : "[flow] " }),
@@ -559,7 +562,7 @@ async function drawGraph(node, id) {
   }
   const columns = [];
   for (const n of g.nodes) (columns[layer[n.id]] = columns[layer[n.id]] || []).push(n);
-  const W = 170, H = 34, DX = 230, DY = 62, PAD = 16;
+  const W = 170, H = 34, DX = 230, DY = 62, PAD = 34;
   const at = {};
   columns.forEach((col, x) => col.forEach((n, y) => (at[n.id] = { x: PAD + x * DX, y: PAD + y * DY })));
   const width = PAD * 2 + (columns.length - 1) * DX + W;
@@ -572,9 +575,16 @@ async function drawGraph(node, id) {
     const a = at[e.source], b = at[e.target];
     if (!a || !b) continue;
     const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
-    const path = svg("path", { class: "edge", d: `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`, "marker-end": "url(#arrow)", "data-source": e.source, "data-target": e.target });
+    // An edge that skips a column would run under the nodes between: it arcs over them instead.
+    const skip = Math.round((b.x - a.x) / DX) > 1;
+    const lift = skip ? Math.min(a.y, b.y) - PAD + 4 : null;
+    const d = skip
+      ? `M ${a.x + W / 2} ${a.y} C ${a.x + W / 2} ${lift}, ${b.x + W / 2} ${lift}, ${b.x + W / 2} ${b.y}`
+      : `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2} ${y2}`;
+    const path = svg("path", { class: "edge", d, "marker-end": "url(#arrow)", "data-source": e.source, "data-target": e.target });
     path.append(svg("title", {}, `${e.name} (${e.data_type}, ${size(e.size)})`));
-    picture.append(path, svg("text", { class: "edge-label", x: mx, y: (y1 + y2) / 2 - 4, "text-anchor": "middle" }, e.name));
+    const ly = skip ? lift + 10 : (y1 + y2) / 2 - 4;
+    picture.append(path, svg("text", { class: "edge-label", x: skip ? (a.x + b.x + W) / 2 : mx, y: ly, "text-anchor": "middle" }, e.name));
   }
   for (const n of g.nodes) {
     const p = at[n.id];
@@ -812,14 +822,23 @@ function drawSteer(node, e, base) {
         }
       },
     });
+  if (!can("invoke")) {
+    node.replaceChildren(
+      el("h2", { text: "Steer" }),
+      el("p", { class: "hint", text: "Your key cannot cancel, retry, resume or replay (it needs the invoke scope)." }),
+      el("p", {}, el("a", { href: `/ui/diff?a=${encodeURIComponent(e.id)}`, "data-link": true, text: "Compare with another execution" })),
+    );
+    return;
+  }
   const buttons = [];
   if (e.status === "running" || e.status === "waiting") buttons.push(act("Cancel", "cancel", "danger", `Cancel ${e.id}? A cancelled execution never runs again.`));
   if (e.status === "failed") buttons.push(act("Retry", "retry"));
   if (e.status === "running" || e.status === "waiting") buttons.push(act("Resume", "resume"));
 
   const from = el("select", { id: "replay-from", name: "from", required: true }, e.checkpoints.map((c) => el("option", { value: c.call_id, text: c.call_id })));
-  const overrides = el("textarea", { id: "replay-overrides", name: "overrides", placeholder: '{"research": ["a note"]}' });
-  const args = el("textarea", { id: "replay-args", name: "args", placeholder: '{"topic": "another topic"}' });
+  const first = e.checkpoints.length ? e.checkpoints[0].call_id : "call";
+  const overrides = el("textarea", { id: "replay-overrides", name: "overrides", placeholder: `{"${first}": "its new output"}` });
+  const args = el("textarea", { id: "replay-args", name: "args", placeholder: '{"argument": "a new value"}' });
   const replayProblem = el("div");
   const replay = el(
     "form",
