@@ -727,8 +727,9 @@ function jsonField(s, id, title, hint, required) {
 function drawWaits(node, e, base, openForms, redraw) {
   const open = e.waits.filter((w) => w.status === "open");
   for (const name of [...openForms]) if (!open.some((w) => w.name === name)) openForms.delete(name);
-  // A form being filled in stays as it is; only new waits get a form.
-  for (const child of [...node.children]) if (!openForms.has(child.dataset.wait)) child.remove();
+  // A form being filled in stays as it is; only new waits get a form. The form of a wait that
+  // closed goes (the notice an answer left stays, saying what happened).
+  for (const child of [...node.children]) if (child.dataset.wait && !openForms.has(child.dataset.wait)) child.remove();
   for (const w of open) {
     if (openForms.has(w.name)) continue;
     openForms.add(w.name);
