@@ -67,7 +67,8 @@ def server_session(url: str, key: str) -> dict[str, Any]:
 def _execution(data: dict[str, Any]) -> Any:
     from kitaru.client import CheckpointCall, Execution, Wait
 
-    data = dict(data)
+    fields = Execution.__dataclass_fields__
+    data = {k: v for k, v in data.items() if k in fields}  # a list's summaries carry a few more
     data["checkpoints"] = tuple(CheckpointCall(**c) for c in data.get("checkpoints", ()))
     data["waits"] = tuple(Wait(**w) for w in data.get("waits", ()))
     return Execution(**data)

@@ -65,8 +65,22 @@ def create_app(stack: str | None = None, state: str | None = None, *, tick: floa
     return build_app(ServerState(runtime, orchestrator, state_uri=state_uri, tick=tick))
 
 
+def _log_to_stderr() -> None:
+    """Show the server's own events (recoveries, deadlines, drives) beside uvicorn's lines.
+    Messages name executions and keys by name only, never a key itself."""
+    import logging
+
+    logger = logging.getLogger("kitaru.server")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def app_from_env() -> FastAPI:
     """The app as ``kitaru server start`` configured it (uvicorn's factory in each worker)."""
+    _log_to_stderr()
     return create_app(os.environ.get(_ENV_STACK) or None, os.environ.get(_ENV_STATE) or None)
 
 
@@ -81,6 +95,8 @@ def serve(
     """Run the server until interrupted (``workers`` processes share the port)."""
     require_server_extra()
     import uvicorn
+
+    _log_to_stderr()
 
     if stack:
         os.environ[_ENV_STACK] = stack
