@@ -399,6 +399,10 @@ def build_app(server: ServerState) -> FastAPI:
 
         return {"result": await call(server.astate, operation, arguments)}
 
+    # -- the web UI (kitaru/server/ui: pages, assets, the lineage graph), mounted last -------
+    from kitaru.server.ui import mount as mount_ui
+
+    mount_ui(app, server, require)
     return app
 
 
