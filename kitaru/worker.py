@@ -37,6 +37,7 @@ from the CLI's error exit codes (1 to 8) and from signals
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator

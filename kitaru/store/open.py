@@ -33,8 +33,7 @@ def open_state_store(uri: str, *, read_only: bool = False) -> StateStore:
         # A kitaru team server: the key comes from KITARU_API_KEY (or `kitaru login`).
         from kitaru.remote.store import HttpStateStore
 
-        # Merge of main (deployments) and server: the HTTP store has no deployment operations yet.
-        return HttpStateStore(uri)  # type: ignore[return-value]
+        return HttpStateStore(uri)
     shown = uri.partition("://")[0] + "://..." if "@" in uri else uri  # may hold a password
     raise KitaruConfigError(
         f"unsupported state store URI {shown!r}: use sqlite:///absolute/path.db"
