@@ -71,7 +71,7 @@ _MUTATE: dict[str, list[str]] = {
     ],
     "kitaru/lineage.py": ["tests/engine/test_lineage.py"],
     "kitaru/serialization.py": ["tests/test_serialization.py"],
-    "kitaru/store/sqlite.py": ["tests/store/test_sqlite_store.py"],
+    "kitaru/store/sqlite/*.py": ["tests/store/test_sqlite_store.py"],
     "kitaru/store/memory.py": ["tests/store/test_memory_store.py"],
     "kitaru/_engine/replay.py": [
         "tests/engine/test_replay.py",

@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from kitaru.errors import KitaruUsageError
 from kitaru.store import ArtifactRecord, JournalRecord
@@ -21,12 +21,17 @@ __all__ = [
     "Artifact",
     "CheckpointCall",
     "Execution",
+    "JSONValue",
     "LogEntry",
     "Recovery",
     "Wait",
     "fold_journal",
 ]
 
+
+#: A JSON value, as :func:`json.loads` gives it: what metadata, wait schemas and
+#: :meth:`Artifact.as_json` hold.
+JSONValue: TypeAlias = "bool | int | float | str | list[JSONValue] | dict[str, JSONValue] | None"
 
 #: Serializers whose bytes are JSON: inspection shows them without importing or running code.
 JSON_SERIALIZERS = frozenset({"json", "pydantic", "dataclass"})
@@ -46,7 +51,7 @@ class CheckpointCall:
     started_at: float | None
     ended_at: float | None
     error: str | None
-    metadata: dict[str, Any]
+    metadata: dict[str, JSONValue]
     reused_from: str | None = None
     """For a replay: the execution whose recorded output this call reused (it did not run here)."""
     overridden: bool = False
@@ -66,13 +71,13 @@ class Wait:
     status: str
     """``open``, ``answered`` or ``timed_out``."""
     answer_artifact: str | None
-    metadata: dict[str, Any]
+    metadata: dict[str, JSONValue]
     deadline: float | None
     schema_ref: str | None = None
     """The text reference journals written before structured references carry (never evaluated)."""
-    json_schema: dict[str, Any] | None = None
+    json_schema: dict[str, JSONValue] | None = None
     """What an answer must match, as a JSON Schema (None: any JSON value)."""
-    type_ref: dict[str, Any] | None = None
+    type_ref: dict[str, JSONValue] | None = None
     """The schema's structured type reference (see ``kitaru._engine.waits.type_ref``)."""
 
 
@@ -101,7 +106,7 @@ class Execution:
     target: str
     error: str | None
     original_exec_id: str | None
-    metadata: dict[str, Any]
+    metadata: dict[str, JSONValue]
     checkpoints: tuple[CheckpointCall, ...] = ()
     waits: tuple[Wait, ...] = ()
     result_artifact: str | None = None
@@ -110,7 +115,7 @@ class Execution:
     def open_waits(self) -> list[Wait]:
         return [w for w in self.waits if w.status == "open"]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -129,7 +134,7 @@ class Recovery:
     driven here, e.g. its code does not import)."""
     detail: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -152,7 +157,7 @@ class Artifact:
     _record: ArtifactRecord = field(repr=False, compare=False)
     _client: KitaruClient = field(repr=False, compare=False)
 
-    def load(self) -> Any:
+    def load(self) -> object:
         """The value with its type, from bytes verified against the recorded hash. Pickled values
         are unpickled (unless ``KITARU_ALLOW_PICKLE=0``): only load what the state store vouches for."""
         return self._client._runtime.load_artifact(self._record)
@@ -167,7 +172,7 @@ class Artifact:
         """The stored bytes, verified against the state store's size and sha256."""
         return self._client._runtime.artifact_bytes(self._record)
 
-    def as_json(self) -> Any:
+    def as_json(self) -> JSONValue:
         """The value as plain JSON data, parsed from the verified bytes without importing or
         running anything: a pydantic model or dataclass comes back as its JSON object."""
         if not self.is_json:
@@ -176,7 +181,8 @@ class Artifact:
                 f"Load it with `kitaru artifacts get {self.id} --load` (which may unpickle it), or "
                 f"write its bytes with `kitaru artifacts get {self.id} --out FILE`."
             )
-        return json.loads(self.read_bytes())
+        value: JSONValue = json.loads(self.read_bytes())
+        return value
 
     def write_to(self, path: str | os.PathLike[str]) -> int:
         """Write the stored bytes to ``path``, streamed in bounded memory and verified on the way.
@@ -215,7 +221,7 @@ class Artifact:
                 os.unlink(tmp)
         return self.size
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if not k.startswith("_")}
 
 

@@ -26,14 +26,25 @@ if TYPE_CHECKING:
     from kitaru.diff import ExecutionDiff
     from kitaru.lineage import LineageGraph
     from kitaru.stack import Orchestrator
+    from kitaru.store._sync import SyncStateStore
 
-__all__ = ["Artifact", "CheckpointCall", "Execution", "KitaruClient", "LogEntry", "Recovery", "Wait"]
+__all__ = [
+    "Artifact",
+    "CheckpointCall",
+    "Execution",
+    "JSONValue",
+    "KitaruClient",
+    "LogEntry",
+    "Recovery",
+    "Wait",
+]
 
 # The views live in their own module; they are importable from here as before.
 from kitaru._client_views import JSON_SERIALIZERS as JSON_SERIALIZERS
 from kitaru._client_views import Artifact as Artifact
 from kitaru._client_views import CheckpointCall as CheckpointCall
 from kitaru._client_views import Execution as Execution
+from kitaru._client_views import JSONValue as JSONValue
 from kitaru._client_views import LogEntry as LogEntry
 from kitaru._client_views import Recovery as Recovery
 from kitaru._client_views import Wait as Wait
@@ -45,7 +56,7 @@ class _Executions:
         self._client = client
 
     @property
-    def _state(self) -> Any:
+    def _state(self) -> SyncStateStore:
         return self._client._runtime.state
 
     def resolve(self, exec_id: str) -> str:
@@ -73,7 +84,7 @@ class _Executions:
     def _record(self, exec_id: str) -> ExecutionRecord:
         record = self._state.get_execution(self.resolve(exec_id))
         assert record is not None
-        return record  # type: ignore[no-any-return]
+        return record
 
     def get(self, exec_id: str) -> Execution:
         """An execution with its checkpoints, waits and metadata."""

@@ -1,4 +1,4 @@
-"""Code shipping: the archive a remote worker runs a flow from (kitaru/_shipping.py)."""
+"""Code shipping: the archive a remote worker runs a flow from (kitaru/_shipping/)."""
 
 from __future__ import annotations
 

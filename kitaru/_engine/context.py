@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,10 +19,14 @@ from kitaru.errors import (
     KitaruStoreError,
     KitaruUsageError,
 )
-from kitaru.serialization import _is_json_native
 from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
-from .runtime import INLINE_LIMIT, Runtime
+from ._commits import _GroupCommit
+from ._lineage import _INDEX_BUDGET, _OutputsIndex
+from ._signals import _Cancelled as _Cancelled
+from ._signals import _Suspend as _Suspend
+from ._signals import running_loop as running_loop
+from .runtime import Runtime
 
 if TYPE_CHECKING:
     # asyncio, anyio and concurrent.futures load on first use: `import kitaru` stays light.
@@ -40,29 +41,12 @@ logger = logging.getLogger("kitaru")
 
 __all__ = ["CallFrame", "ExecutionContext", "current_call", "current_execution", "require_flow"]
 
-
-class _Suspend(BaseException):
-    """Unwinds a flow body that waits for input. A BaseException so ``except Exception`` in user
-    code cannot swallow it."""
-
-
-class _Cancelled(BaseException):
-    """Unwinds a flow body whose execution was cancelled."""
-
-
 #: Qualified names of the sync checkpoints defined in this process (see
 #: :meth:`ExecutionContext.preload_sync_outputs`); a name shared with an async one only costs a read.
 SYNC_CHECKPOINTS: set[str] = set()
 
 _current_exec: ContextVar[ExecutionContext | None] = ContextVar("kitaru_execution", default=None)
 _current_call: ContextVar[CallFrame | None] = ContextVar("kitaru_call", default=None)
-
-
-def running_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop running in this thread, if any (without importing asyncio)."""
-    aio = sys.modules.get("asyncio")
-    loop: asyncio.AbstractEventLoop | None = None if aio is None else aio._get_running_loop()
-    return loop
 
 
 def current_execution() -> ExecutionContext | None:
@@ -103,13 +87,7 @@ class CallFrame:
     save_counts: dict[str, int] = field(default_factory=dict)
 
 
-# Outputs remembered to recognise them when passed on to the next checkpoint (lineage, and input
-# fingerprints that need no rehash). Large values are only held while the budget allows.
-_INDEX_BUDGET = 256 * 1024 * 1024
-_INDEX_ELEMENTS = 1000
-
-
-class ExecutionContext:
+class ExecutionContext(_GroupCommit, _OutputsIndex):
     """The flow body's view of its execution: what the journal already holds, and new commits."""
 
     def __init__(self, runtime: Runtime, execution: ExecutionRecord, journal: list[JournalRecord]):
@@ -328,58 +306,6 @@ class ExecutionContext:
             return serialization.loads(artifact.serializer, artifact.data_type, ahead)
         return self.blocking(self.runtime.aload_artifact, artifact)
 
-    # -- inputs: lineage and fingerprints ---------------------------------------------------
-
-    def remember_output(self, value: Any, artifact: ArtifactRecord) -> None:
-        """Note ``value`` as ``artifact``, so passing it to a checkpoint records the edge. The
-        direct elements of a list, tuple or dict output are noted too: fanning out over them is
-        lineage from the whole artifact."""
-        if not self._remember(value, artifact.id, artifact.content_hash, artifact.size):
-            return
-        items = value.values() if type(value) is dict else value if type(value) in (list, tuple) else ()
-        for i, item in enumerate(items):
-            if i >= _INDEX_ELEMENTS:
-                break
-            if type(item) is not str or len(item) > 1:  # 1-char strings are shared objects
-                self._remember(item, artifact.id, None, 0)
-
-    def _remember(self, value: Any, artifact_id: str, content_hash: str | None, size: int) -> bool:
-        if value is None or type(value) in (bool, int, float):
-            return False  # small numbers and singletons are shared objects: identity means nothing
-        held = size if size > INLINE_LIMIT else 0
-        if self._outputs_bytes + held > _INDEX_BUDGET:
-            return False
-        self._outputs_bytes += held
-        self._outputs[id(value)] = (artifact_id, content_hash, value, held)
-        return True
-
-    def describe_inputs(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, list[str]]:
-        """A fingerprint of the call's arguments, and the artifacts among them (lineage)."""
-        parts: list[str] = []
-        lineage: list[str] = []
-        for value in args:
-            parts.append(self._describe(value, lineage))
-        for key in sorted(kwargs):
-            parts.append(f"{key}={self._describe(kwargs[key], lineage)}")
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32], lineage
-
-    def _describe(self, value: Any, lineage: list[str]) -> str:
-        known = self._outputs.get(id(value))
-        if known is not None and known[2] is value:
-            if known[0] not in lineage:
-                lineage.append(known[0])
-            return known[1] or _fingerprint(value)
-        tp = type(value)
-        if tp is list or tp is tuple or tp is dict:
-            # Fan-in: a container the flow built from earlier outputs.
-            for i, item in enumerate(value.values() if tp is dict else value):
-                if i >= _INDEX_ELEMENTS:
-                    break
-                known = self._outputs.get(id(item))
-                if known is not None and known[2] is item and known[0] not in lineage:
-                    lineage.append(known[0])
-        return _fingerprint(value)
-
     def check_inputs(self, call: Call, fingerprint: str) -> None:
         recorded = self.completed[call.call_id].data or {}
         before = recorded.get("fp")
@@ -400,187 +326,6 @@ class ExecutionContext:
                     data={"recorded": before, "now": fingerprint},
                 )
             )
-
-    # -- commits ----------------------------------------------------------------------------
-
-    def add_pending(self, record: JournalRecord, metadata: dict[str, Any] | None = None) -> None:
-        """Queue a record that rides along with the next commit."""
-        with self._pending_lock:
-            self._pending.append(record)
-            if metadata:
-                self._pending_metadata.update(metadata)
-
-    def _take_pending(self, records: Sequence[JournalRecord], kw: dict[str, Any]) -> Sequence[JournalRecord]:
-        with self._pending_lock:
-            if self._pending or self.pending_output:
-                records = [*self._pending, *self.pending_output, *records]
-                self._pending, self.pending_output = [], []
-            if self._pending_metadata:
-                kw["metadata"] = {**self._pending_metadata, **(kw.get("metadata") or {})}
-                self._pending_metadata = {}
-        return records
-
-    async def acommit(
-        self,
-        records: Sequence[JournalRecord],
-        artifacts: Sequence[ArtifactRecord] = (),
-        *,
-        unwind: bool = True,
-        **kw: Any,
-    ) -> None:
-        """Commit records and artifacts (with anything pending) as this execution's runner.
-
-        The store answers with the execution's status in the same transaction: when it says
-        ``cancelled`` (and ``unwind``), the records landed (that work is paid for) and the body
-        unwinds now with :class:`_Cancelled`, rather than running on until the next heartbeat.
-        Writes queued from sync code on the loop land first (their blobs before their records).
-        """
-        if self._batch_future is not None or self._flushes:
-            await self.flush()
-        records = self._take_pending(records, kw)
-        status = await self.runtime.astate.commit(
-            self.exec_id, records, artifacts, owner=self.runtime.owner, **kw
-        )
-        self._saw_status(status, unwind)
-
-    def _saw_status(self, status: str | None, unwind: bool) -> None:
-        if status == "cancelled":
-            self.runtime.saw_cancel(self.exec_id)
-            if unwind:
-                raise _Cancelled()
-
-    def commit(
-        self,
-        records: Sequence[JournalRecord],
-        artifacts: Sequence[ArtifactRecord] = (),
-        *,
-        unwind: bool = True,
-        **kw: Any,
-    ) -> None:
-        """:meth:`acommit` from sync code of the execution.
-
-        Inline (SQLite) it commits here, on this thread; from a worker thread it commits on the
-        Runner's loop. On the loop's own thread (a sync checkpoint called from an async body) a
-        non-inline store must not block the loop: the commit joins the group commit, which the
-        body's next await flushes (a cancel it reports then cancels the body's scope)."""
-        if running_loop() is not None and (not self.inline or self._batch_uploads or self._batch_future):
-            self._batch_records.extend(records)  # pending records ride with the flush
-            self._batch_artifacts.extend(artifacts)
-            self._schedule_flush()
-            return
-        if self.inline:
-            from kitaru._portal import run_inline
-
-            records = self._take_pending(records, kw)
-            coro = self.runtime.astate.commit(
-                self.exec_id, records, artifacts, owner=self.runtime.owner, **kw
-            )
-            self._saw_status(run_inline(coro), unwind)
-            return
-        self.blocking(self.acommit, records, artifacts, unwind=unwind, **kw)
-
-    async def commit_async(
-        self, records: Sequence[JournalRecord], artifacts: Sequence[ArtifactRecord]
-    ) -> None:
-        """Group commit: everything completing in the same event-loop turn lands in one
-        transaction, which is what makes a thousand concurrent checkpoints cheap."""
-        self._batch_records.extend(records)
-        self._batch_artifacts.extend(artifacts)
-        future = self._schedule_flush()
-        self._awaited.add(future)  # its error reaches this checkpoint, not the next flush()
-        await future
-
-    def _schedule_flush(self) -> asyncio.Future[None]:
-        future = self._batch_future
-        if future is None:
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-            future = self._batch_future = loop.create_future()
-            # A flush nobody awaits (queued by sync code) reports its error at the next flush().
-            future.add_done_callback(self._note_flush_error)
-            loop.call_soon(self._flush_batch)
-        return future
-
-    def _note_flush_error(self, future: asyncio.Future[None]) -> None:
-        if future in self._awaited:
-            self._awaited.discard(future)
-            return
-        if not future.cancelled() and future.exception() is not None and self._flush_error is None:
-            self._flush_error = future.exception()
-
-    def _flush_batch(self) -> None:
-        future = self._batch_future
-        records, artifacts, uploads = self._batch_records, self._batch_artifacts, self._batch_uploads
-        self._batch_future, self._batch_records, self._batch_artifacts, self._batch_uploads = None, [], [], []
-        assert future is not None
-        if self.inline and not uploads:
-            # SQLite: commit in this callback, without a task (the 1,000-checkpoint fan-out path).
-            from kitaru._portal import run_inline
-
-            try:
-                kw: dict[str, Any] = {}
-                taken = self._take_pending(records, kw)
-                coro = self.runtime.astate.commit(
-                    self.exec_id, taken, artifacts, owner=self.runtime.owner, **kw
-                )
-                self._saw_status(run_inline(coro), True)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
-            return
-        import asyncio
-
-        task = asyncio.ensure_future(self._flush_async(future, records, artifacts, uploads))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _flush_async(
-        self,
-        future: asyncio.Future[None],
-        records: list[JournalRecord],
-        artifacts: list[ArtifactRecord],
-        uploads: list[tuple[str, bytes]],
-    ) -> None:
-        try:
-            if uploads:
-                import anyio
-
-                async with anyio.create_task_group() as tg:
-                    for key, data in uploads:
-                        tg.start_soon(self.runtime.aartifacts.put, key, data)
-            kw: dict[str, Any] = {}
-            taken = self._take_pending(records, kw)
-            if taken or artifacts or kw:
-                status = await self.runtime.astate.commit(
-                    self.exec_id, taken, artifacts, owner=self.runtime.owner, **kw
-                )
-                self._saw_status(status, True)
-        except BaseException as exc:
-            import asyncio
-
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-                raise
-            if not future.done():
-                future.set_exception(exc)
-        else:
-            if not future.done():
-                future.set_result(None)
-
-    async def flush(self) -> None:
-        """Let every queued write land; raise the first error one of them met."""
-        import asyncio
-
-        while self._batch_future is not None or self._flushes:
-            pending: list[asyncio.Future[None]] = [*self._flushes]
-            if self._batch_future is not None:
-                pending.append(self._batch_future)
-            await asyncio.wait(pending)
-        error, self._flush_error = self._flush_error, None
-        if error is not None:
-            raise error
 
     # -- concurrency helpers ----------------------------------------------------------------
 
@@ -666,27 +411,6 @@ def max_threads() -> int | None:
             "8, or unset it for the default (min(32, CPUs + 4))."
         )
     return value
-
-
-def _fingerprint(value: Any) -> str:
-    tp = type(value)
-    if tp is str:
-        return "s" + hashlib.sha256(value.encode()).hexdigest()[:24]
-    if tp in (int, float, bool) or value is None:
-        return repr(value)
-    if tp is bytes:
-        return "b" + hashlib.sha256(value).hexdigest()[:24]
-    if (tp is list or tp is dict) and _is_json_native(value):
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-        return "j" + hashlib.sha256(text.encode()).hexdigest()[:24]
-    dump = getattr(value, "model_dump_json", None)
-    if dump is not None:
-        try:
-            return "m" + hashlib.sha256(dump().encode()).hexdigest()[:24]
-        except Exception:
-            pass
-    # Opaque values (clients, handles...) are compared by type only: their bytes are not stable.
-    return f"t:{tp.__module__}.{tp.__qualname__}"
 
 
 def now() -> float:

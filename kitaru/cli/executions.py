@@ -1,0 +1,444 @@
+"""``kitaru executions``: list, inspect and steer executions (the engine is imported only when a
+command runs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from kitaru.cli._common import OUTPUT as _OUTPUT
+from kitaru.cli._common import client as _client
+from kitaru.cli._common import complete_execution_ids as _complete_ids
+from kitaru.cli._common import echo_json as _echo_json
+from kitaru.cli._common import first_line as _first_line
+from kitaru.cli._common import reports_errors as _reports_errors
+from kitaru.cli._common import table as _table
+from kitaru.cli._common import when as _when
+
+__all__ = ["executions"]
+
+
+@click.group()
+def executions() -> None:
+    """List, inspect and steer executions."""
+
+
+@executions.command("list")
+@click.option("--flow", "flow_name", help="Only executions of this flow.")
+@click.option(
+    "--status",
+    type=click.Choice(["running", "waiting", "completed", "failed", "cancelled"]),
+    help="Only executions in this state.",
+)
+@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+@click.option("--version", "version", type=int, help="Only executions of this deployed version.")
+@_OUTPUT
+@_reports_errors
+def list_executions(
+    flow_name: str | None, status: str | None, limit: int, version: int | None, output: str
+) -> None:
+    """List executions, newest first."""
+    found = _client(read_only=True).executions.list(
+        flow=flow_name, status=status, limit=limit, version=version
+    )
+    if output == "json":
+        _echo_json([e.to_dict() for e in found])
+        return
+    if not found:
+        if flow_name or status or version is not None:
+            filters = [f"flow {flow_name!r}" if flow_name else "", f"status {status}" if status else ""]
+            filters.append(f"version {version}" if version is not None else "")
+            shown = " and ".join(f for f in filters if f)
+            click.echo(f"no executions match {shown}; `kitaru executions list` shows them all.")
+        else:
+            click.echo("no executions yet: run a flow, e.g. `python examples/quickstart.py`.")
+        return
+    click.echo(
+        _table(
+            ["ID", "FLOW", "STATUS", "STARTED", "UPDATED"],
+            [(e.id, e.flow, e.status, _when(e.created_at), _when(e.updated_at)) for e in found],
+        )
+    )
+
+
+def _checkpoint_row(c: Any) -> tuple[Any, ...]:
+    if c.reused_from:
+        # A replay reused this call's recorded output: it did not run here, so it took no time.
+        status, took = "reused", None
+        notes = f"from {c.reused_from}" + (", output overridden" if c.overridden else "")
+    else:
+        status = c.status
+        took = f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None
+        notes = None
+    return (c.call_id, c.function, status, c.attempts, took, c.output_artifact, _notes(c, notes))
+
+
+def _describe(execution: Any, client: Any) -> str:
+    lines = [
+        f"execution  {execution.id}",
+        f"flow       {execution.flow}  ({execution.target})",
+        f"status     {execution.status}",
+        f"started    {_when(execution.created_at)}",
+        f"updated    {_when(execution.updated_at)}",
+    ]
+    if execution.status == "completed" and execution.result_artifact:
+        lines.append(f"result     {client.artifacts.preview(execution.result_artifact)}")
+    if execution.error:
+        lines.append(f"error      {execution.error}")
+    if execution.metadata:
+        lines.append(f"metadata   {json.dumps(execution.metadata, default=str)}")
+    if execution.checkpoints:
+        lines += ["", "checkpoints"]
+        rows = [_checkpoint_row(c) for c in execution.checkpoints]
+        lines.append(_table(["CALL", "FUNCTION", "STATUS", "ATTEMPTS", "TOOK", "OUTPUT", "NOTES"], rows))
+    if execution.waits:
+        lines += ["", "waits"]
+        lines.append(
+            _table(["WAIT", "STATUS", "EXPECTS"], [(w.name, w.status, w.schema) for w in execution.waits])
+        )
+        # Questions in full: the question is often the very text a person must read to answer.
+        for w in execution.waits:
+            if w.question:
+                question = [("  " + line).rstrip() for line in w.question.splitlines()]
+                lines += ["", f"{w.name} asks:", *question]
+    for w in execution.open_waits:
+        lines.append(f"\nanswer with: kitaru executions input {execution.id} --wait {w.name} --value JSON")
+    return "\n".join(lines)
+
+
+def _notes(call: Any, reused: str | None = None) -> str | None:
+    notes = [f"interrupted x{call.interrupted} (its runner died)"] if call.interrupted else []
+    notes.append(json.dumps(call.metadata) if call.metadata else (call.error or ""))
+    notes.append(reused or "")
+    return "; ".join(n for n in notes if n) or None
+
+
+@executions.command("get")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@click.option(
+    "--watch", "-w", is_flag=True, help="Stay and print checkpoints as they complete, until it stops."
+)
+@click.option(
+    "--interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between looks with --watch (a positive number).",
+)
+@_OUTPUT
+@_reports_errors
+def get_execution(exec_id: str, watch: bool, interval: float, output: str) -> None:
+    """Show one execution: status, checkpoints, waits and metadata."""
+    client = _client(read_only=True)
+    execution = client.executions.get(exec_id)
+    if output == "json" and not watch:
+        _echo_json(execution.to_dict())
+        return
+    if not watch:
+        click.echo(_describe(execution, client))
+        return
+    _watch(client, execution, interval, output)
+
+
+def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
+    """Print the execution, then one line per change (a checkpoint finishing, a status change)
+    until it is no longer running. Lines, not a redrawn screen: it works in pipes and logs too."""
+    seen: dict[str, str] = {}
+    status = None
+    while True:
+        for call in execution.checkpoints:
+            if seen.get(call.call_id) == call.status:
+                continue
+            seen[call.call_id] = call.status
+            took = (
+                f" in {(call.ended_at - call.started_at) * 1000:.1f} ms"
+                if call.ended_at and call.started_at
+                else ""
+            )
+            event = {"call_id": call.call_id, "status": call.status, "attempts": call.attempts}
+            if output == "json":
+                click.echo(json.dumps({"event": "checkpoint", **event}))
+            else:
+                click.echo(f"{_when(call.ended_at)}  {call.call_id:<24} {call.status}{took}")
+        if execution.status != status:
+            status = execution.status
+            if output == "json":
+                click.echo(json.dumps({"event": "status", "status": status}))
+            else:
+                click.echo(f"{_when(execution.updated_at)}  execution {execution.id} is {status}")
+        if status != "running":
+            for w in execution.open_waits:
+                click.echo(f"waiting on {w.name!r}: kitaru executions input {execution.id} --value JSON")
+            return
+        if client.executions.runner_gone(execution.id):
+            from kitaru.errors import KitaruStateError
+
+            raise KitaruStateError(
+                f"execution {execution.id} is running, but its runner is gone (its process exited or "
+                "its lease expired), so it will not move on by itself. Continue it with `kitaru "
+                f"executions recover` (or `kitaru executions resume {execution.id}`)."
+            )
+        time.sleep(interval)
+        execution = client.executions.get(execution.id)
+
+
+@executions.command("input")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@click.option("--value", required=True, help="The answer, as JSON: true, 42, '\"text\"', '{...}'.")
+@click.option("--wait", "wait_name", help="Which wait to answer, when several are open.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue the flow in this process after recording the answer.",
+)
+@_OUTPUT
+@_reports_errors
+def input_execution(exec_id: str, value: str, wait_name: str | None, resume: bool, output: str) -> None:
+    """Answer a waiting execution's wait, then resume it here."""
+    parsed = _parse_json(value, "--value")
+    client = _client()
+    handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
+    _report_handle(client, handle.exec_id, output)
+
+
+def _report_handle(client: Any, exec_id: str, output: str) -> None:
+    execution = client.executions.get(exec_id)
+    if output == "json":
+        _echo_json(execution.to_dict())
+        return
+    click.echo(f"execution {execution.id} is {execution.status}")
+    if execution.status == "failed":
+        click.echo(f"error: {execution.error}", err=True)
+        sys.exit(1)
+    for w in execution.open_waits:
+        click.echo(
+            f"waiting on {w.name!r}"
+            + (f": {w.question}" if w.question else "")
+            + f" (expects {w.schema}); answer with: kitaru executions input {execution.id} "
+            + f"--wait {w.name} --value JSON"
+        )
+
+
+@executions.command("resume")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@_OUTPUT
+@_reports_errors
+def resume_execution(exec_id: str, output: str) -> None:
+    """Continue an interrupted execution from its journal, in this process."""
+    client = _client()
+    handle = client.executions.resume(exec_id)
+    _report_handle(client, handle.exec_id, output)
+
+
+@executions.command("retry")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@_OUTPUT
+@_reports_errors
+def retry_execution(exec_id: str, output: str) -> None:
+    """Continue a failed execution in place, reusing its completed checkpoints."""
+    client = _client()
+    handle = client.executions.retry(exec_id)
+    _report_handle(client, handle.exec_id, output)
+
+
+def _parse_json(text: str, option: str) -> Any:
+    from kitaru._engine.waits import MAX_ANSWER_DEPTH, json_depth
+
+    too_deep = click.BadParameter(
+        f"the JSON nests more than {MAX_ANSWER_DEPTH} levels deep; give a flatter value.",
+        param_hint=option,
+    )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        shown = text if len(text) <= 80 else text[:80] + "..."
+        raise click.BadParameter(
+            f"{shown!r} is not JSON ({exc.msg}). Quote text as JSON: '\"yes\"'; booleans and "
+            "numbers go bare: true, 42.",
+            param_hint=option,
+        ) from None
+    except RecursionError:
+        # json.loads recurses once per level: thousands of '[' exhaust the interpreter's stack.
+        raise too_deep from None
+    if json_depth(value) > MAX_ANSWER_DEPTH:
+        raise too_deep
+    return value
+
+
+@executions.command("replay")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@click.option("--from", "from_", required=True, help="Checkpoint or wait to re-run from (name, or name:N).")
+@click.option(
+    "--override",
+    "overrides",
+    multiple=True,
+    metavar="NAME=JSON",
+    help="Replace a reused checkpoint output or wait answer (repeatable).",
+)
+@click.option("--args", "args_json", help="Replace flow arguments: a JSON object by parameter name.")
+@click.option("--version", "version", type=int, help="Run on this deployed version of the flow.")
+@_OUTPUT
+@_reports_errors
+def replay_execution(
+    exec_id: str,
+    from_: str,
+    overrides: tuple[str, ...],
+    args_json: str | None,
+    version: int | None,
+    output: str,
+) -> None:
+    """Re-run an execution from a checkpoint as a new execution, reusing everything above it."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not NAME=JSON.", param_hint="--override")
+        parsed[name] = _parse_json(value, "--override")
+    args = _parse_json(args_json, "--args") if args_json is not None else None
+    if args is not None and not isinstance(args, dict):
+        raise click.BadParameter(
+            'must be a JSON object of parameter names, e.g. \'{"topic": "x"}\'.', param_hint="--args"
+        )
+    client = _client()
+    handle = client.executions.replay(exec_id, from_, overrides=parsed, args=args, version=version)
+    if output == "text":
+        click.echo(f"replay of {client.executions.resolve(exec_id)} from {from_!r}:")
+    _report_handle(client, handle.exec_id, output)
+
+
+@executions.command("diff")
+@click.argument("a", shell_complete=_complete_ids)
+@click.argument("b", shell_complete=_complete_ids)
+@click.option("--all", "show_all", is_flag=True, help="List unchanged items too.")
+@_OUTPUT
+@_reports_errors
+def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
+    """Compare two executions checkpoint by checkpoint (inputs, outputs, wait answers, result)."""
+    diff = _client(read_only=True).executions.diff(a, b)
+    if output == "json":
+        _echo_json(diff.to_dict())
+        return
+    click.echo(f"a = {diff.a}\nb = {diff.b}")
+    marks = {"same": "=", "changed": "~", "only_a": "-", "only_b": "+"}
+    for entry in diff.entries:
+        if entry.status == "same" and not show_all:
+            continue
+        label = {"only_a": "only in a", "only_b": "only in b"}.get(entry.status, entry.status)
+        click.echo(f"{marks[entry.status]} {entry.kind} {entry.name}: {label}")
+        if entry.detail:
+            click.echo("    " + entry.detail.replace("\n", "\n    "))
+    same = sum(e.status == "same" for e in diff.entries)
+    click.echo(f"{len(diff.changed)} differ, {same} the same")
+
+
+@executions.command("graph")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json", "dot"]),
+    default="text",
+    show_default=True,
+    help="Output format (dot: Graphviz source).",
+)
+@_reports_errors
+def execution_graph(exec_id: str, output: str) -> None:
+    """Show the lineage graph: which artifacts flowed into each checkpoint."""
+    graph = _client(read_only=True).executions.graph(exec_id)
+    if output == "json":
+        _echo_json(graph.to_dict())
+        return
+    if output == "dot":
+        click.echo(graph.to_dot())
+        return
+    labels = {n.id: n.label for n in graph.nodes}
+    rows = []
+    for node in graph.nodes:
+        if node.kind in ("input", "external"):
+            continue
+        feeds = ", ".join(
+            f"{labels.get(e.source, e.source)} ({e.data_type.split(':')[-1]}, {e.size} B)"
+            for e in graph.inputs_of(node.id)
+        )
+        rows.append((node.label, node.kind, feeds or None))
+    click.echo(_table(["CALL", "KIND", "FED BY"], rows))
+
+
+@executions.command("logs")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the execution stops.")
+@click.option("--pod", is_flag=True, help="Print the log of its latest Job's pod (kubernetes stacks).")
+@_OUTPUT
+@_reports_errors
+def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool, output: str) -> None:
+    """Print what an execution's flow and checkpoints printed and logged, in order."""
+    client = _client(read_only=True)
+    full = client.executions.resolve(exec_id)
+    if pod:
+        from kitaru.cli.worker import print_pod_logs
+
+        print_pod_logs(full, follow)
+        return
+    after = 0
+    while True:
+        entries = client.executions.logs(full, checkpoint=checkpoint, after=after)
+        for entry in entries:
+            if output == "json":
+                click.echo(
+                    json.dumps(
+                        {"call_id": entry.call_id, "stream": entry.stream, "text": entry.text, "ts": entry.ts}
+                    )
+                )
+                continue
+            prefix = f"[{entry.call_id or 'flow'}] "
+            for line in entry.text.splitlines():
+                click.echo(prefix + line, err=entry.stream == "stderr")
+        after = max([after, *(e.seq for e in entries)])
+        if not follow or client.executions.get(full).status not in {"running"}:
+            return
+        time.sleep(0.5)
+
+
+@executions.command("recover")
+@click.option("--limit", default=100, show_default=True, help="At most this many executions, oldest first.")
+@_OUTPUT
+@_reports_errors
+def recover_executions(limit: int, output: str) -> None:
+    """Resume executions whose runner died, and time out waits past their deadline.
+
+    Safe to run from cron, or from several hosts at once: whoever takes an execution's lease
+    drives it, the others skip it. Exits 1 when an execution could not be driven here.
+    """
+    report = _client().executions.recover(limit=limit)
+    if output == "json":
+        _echo_json([r.to_dict() for r in report])
+    elif not report:
+        click.echo("nothing to recover: no execution is stuck without its runner or past a wait deadline.")
+    else:
+        click.echo(
+            _table(
+                ["ID", "FLOW", "REASON", "OUTCOME", "DETAIL"],
+                [(r.exec_id, r.flow, r.reason, r.outcome, _first_line(r.detail, 80)) for r in report],
+            )
+        )
+    if any(r.outcome == "error" for r in report):
+        sys.exit(1)
+
+
+@executions.command("cancel")
+@click.argument("exec_id", shell_complete=_complete_ids)
+@_OUTPUT
+@_reports_errors
+def cancel_execution(exec_id: str, output: str) -> None:
+    """Cancel a running or waiting execution."""
+    execution = _client().executions.cancel(exec_id)
+    if output == "json":
+        _echo_json(execution.to_dict())
+    else:
+        click.echo(f"execution {execution.id} is cancelled")

@@ -1,0 +1,430 @@
+"""The PostgreSQL state store's executions, journal and artifacts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kitaru.errors import (
+    KitaruError,
+    KitaruLeaseError,
+    KitaruNotFoundError,
+)
+from kitaru.store import (
+    ArtifactRecord,
+    ExecutionRecord,
+    JournalRecord,
+    _rules,
+)
+from kitaru.store.postgres._connection import _Attempt, _Connection
+from kitaru.store.postgres._statements import (
+    _ARTIFACT_COLUMNS,
+    _EXEC_COLUMNS,
+    _INSERT_ARTIFACT,
+    _INSERT_EXECUTION,
+    _INSERT_JOURNAL,
+    _LOCK_EXECUTION,
+    _artifact_from_row,
+    _artifact_row,
+    _commit_statement,
+    _exec_from_row,
+    _exec_row,
+    _journal_row,
+)
+
+
+class _Executions(_Connection):
+    """Executions, leases, commits, waits and artifacts (every write locks the execution's row)."""
+
+    @staticmethod
+    async def _lock(conn: Any, attempt: _Attempt, exec_id: str) -> ExecutionRecord | None:
+        """Lock the execution's row for this transaction and record its token (None if there is no
+        such execution)."""
+        row = await conn.fetchrow(_LOCK_EXECUTION, exec_id, attempt.token, time.time())
+        return _exec_from_row(row) if row is not None else None
+
+    # -- executions -------------------------------------------------------------------------
+
+    async def create_execution(
+        self,
+        execution: ExecutionRecord,
+        artifacts: Sequence[ArtifactRecord],
+        records: Sequence[JournalRecord] = (),
+    ) -> tuple[ExecutionRecord, bool]:
+        e = execution
+        journal = [
+            _journal_row(e.id, JournalRecord(kind="input", call_id=a.name, artifact_id=a.id), e.created_at)
+            for a in artifacts
+            if a.type == "input"
+        ]
+        journal += [_journal_row(e.id, r, e.created_at) for r in records]
+
+        async def body(conn: Any, attempt: _Attempt) -> tuple[ExecutionRecord, bool]:
+            if not await conn.fetchval(_INSERT_EXECUTION, *_exec_row(e), attempt.token, time.time()):
+                # The id exists: an idempotent start.
+                row = await conn.fetchrow(
+                    f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", e.id
+                )
+                return _exec_from_row(row), False
+            if artifacts:
+                await conn.executemany(_INSERT_ARTIFACT, [_artifact_row(a) for a in artifacts])
+            if journal:
+                await conn.executemany(_INSERT_JOURNAL, journal)
+            return e, True
+
+        return await self._write(body, f"creating execution {e.id}")
+
+    async def get_execution(self, exec_id: str) -> ExecutionRecord | None:
+        rows = await self._read(f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1", exec_id)
+        return _exec_from_row(rows[0]) if rows else None
+
+    async def match_execution_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        # A range on the primary key (ids sort bytewise) the index can serve, and an exact test.
+        rows = await self._read(
+            "SELECT id FROM kitaru.executions WHERE id >= $1 AND id < $1 || chr(1114111) "
+            "AND starts_with(id, $1) ORDER BY id LIMIT $2",
+            prefix,
+            limit,
+        )
+        return [r[0] for r in rows]
+
+    async def list_executions(
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        version: int | None = None,
+        before: str | None = None,
+    ) -> list[ExecutionRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if before is not None:
+            params.append(before)
+            clauses.append(f"id < ${len(params)}")
+        if flow is not None:
+            params.append(flow)
+            clauses.append(f"flow = ${len(params)}")
+        if status is not None:
+            params.append(status)
+            clauses.append(f"status = ${len(params)}")
+        if version is not None:
+            params.append(str(version))
+            clauses.append(f"metadata::jsonb -> 'deployment' ->> 'version' = ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit)
+        sql = f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions {where} ORDER BY id DESC LIMIT ${len(params)}"
+        rows = await self._read(sql, *params)
+        return [_exec_from_row(r) for r in rows]
+
+    async def acquire_lease(
+        self,
+        exec_id: str,
+        owner: str,
+        ttl: float,
+        *,
+        allowed_statuses: Iterable[str],
+        set_status: str | None = "running",
+    ) -> ExecutionRecord:
+        allowed = set(allowed_statuses)
+
+        async def body(conn: Any, attempt: _Attempt) -> ExecutionRecord:
+            now = time.time()
+            record = await self._lock(conn, attempt, exec_id)
+            if record is None:
+                raise KitaruNotFoundError(
+                    f"no execution {exec_id!r}. List executions with `kitaru executions list`."
+                )
+            _rules.check_acquirable(exec_id, record.status, allowed)
+            _rules.check_takeover(exec_id, record.lease_owner, record.lease_expires_at, owner, now)
+            status = set_status or record.status
+            await conn.execute(
+                "UPDATE kitaru.executions SET lease_owner = $1, lease_expires_at = $2, status = $3, "
+                "updated_at = $4 WHERE id = $5",
+                owner,
+                now + ttl,
+                status,
+                now,
+                exec_id,
+            )
+            record.lease_owner, record.lease_expires_at, record.status = owner, now + ttl, status
+            record.updated_at = now
+            return record
+
+        return await self._write(body, f"taking the lease of execution {exec_id}")
+
+    async def list_recoverable(self, *, limit: int = 100) -> list[ExecutionRecord]:
+        now = time.time()
+        # Local holders are checked in Python (is their process alive?); the query narrows to them.
+        running = await self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE status = 'running' AND "
+            "(lease_owner IS NULL OR lease_expires_at <= $1 OR starts_with(lease_owner, $2)) "
+            "ORDER BY id",
+            now,
+            _rules.HOST + ":",
+        )
+        found = [
+            e
+            for e in map(_exec_from_row, running)
+            if _rules.lease_free(e.lease_owner, e.lease_expires_at, now)
+        ]
+        # A wait's deadline lives in its `wait_opened` record; the once-index finds each waiting
+        # execution's waits and whether they were closed.
+        waiting = await self._read(
+            f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions e WHERE status = 'waiting' AND "
+            "EXISTS (SELECT 1 FROM kitaru.journal j WHERE j.exec_id = e.id AND "
+            "j.kind = 'wait_opened' AND j.once IS NOT NULL AND "
+            "(j.data::jsonb ->> 'deadline')::float8 <= $1 AND NOT EXISTS (SELECT 1 FROM "
+            "kitaru.journal k WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', "
+            "'wait_timed_out') AND k.once = j.once)) ORDER BY id LIMIT $2",
+            now,
+            limit,
+        )
+        found += map(_exec_from_row, waiting)
+        return sorted(found, key=lambda e: e.id)[:limit]
+
+    async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
+        if not exec_ids:
+            return {}
+        ids = list(exec_ids)
+        await self._ready()
+
+        async def op() -> dict[str, str]:
+            # Setting an expiry is idempotent: safe to retry whatever happened to a previous try.
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "WITH renewed AS (UPDATE kitaru.executions SET lease_expires_at = $1 "
+                    "WHERE lease_owner = $2 AND id = ANY($3::text[]) RETURNING id) "
+                    "SELECT id, status FROM kitaru.executions WHERE id = ANY($3::text[])",
+                    time.time() + ttl,
+                    owner,
+                    ids,
+                )
+            return {r[0]: r[1] for r in rows}
+
+        return await self._retrying(op, "renewing leases")
+
+    async def commit(
+        self,
+        exec_id: str,
+        records: Sequence[JournalRecord],
+        artifacts: Sequence[ArtifactRecord] = (),
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        result_artifact: str | None = None,
+        release_lease: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> str | None:
+        now = time.time()
+        journal = [_journal_row(exec_id, r, now) for r in records]
+        artifact_rows = [_artifact_row(a) for a in artifacts]
+        sets: list[tuple[str, Any]] = []
+        if status is not None or release_lease or result_artifact is not None:
+            sets.append(("updated_at", now))
+            if status is not None:
+                sets += [("status", status), ("error", error)]
+            if result_artifact is not None:
+                sets.append(("result_artifact", result_artifact))
+            if release_lease:
+                sets += [("lease_owner", None), ("lease_expires_at", None)]
+        what = f"committing to execution {exec_id}"
+
+        def lost_lease(holder: str | None, status: str) -> KitaruError:
+            return KitaruLeaseError(
+                f"execution {exec_id} is now driven by {holder or 'nobody'} (status {status}); this "
+                "runner lost its lease and stops without writing."
+            )
+
+        refused = _rules.refused_from(status) if status is not None else []
+
+        async def fast(conn: Any, attempt: _Attempt) -> str | None:
+            # The hot path: one statement, so a checkpoint costs BEGIN, this, COMMIT.
+            sql, params = _commit_statement(
+                exec_id, owner, journal, artifact_rows, sets, attempt.token, refused
+            )
+            ok, found, holder, current = await conn.fetchrow(sql, *params)
+            if not ok:
+                if not found:
+                    raise KitaruNotFoundError(f"no execution {exec_id!r}")
+                if owner is not None and holder != owner:
+                    raise lost_lease(holder, current)
+                _rules.check_status_change(exec_id, current, status or current)
+            return status if status is not None and found else current
+
+        async def merging(conn: Any, attempt: _Attempt) -> str | None:
+            # Metadata is merged with what is stored, read under the row lock.
+            record = await self._lock(conn, attempt, exec_id)
+            if owner is not None:
+                if record is None:
+                    raise KitaruNotFoundError(f"no execution {exec_id!r}")
+                if record.lease_owner != owner:
+                    raise lost_lease(record.lease_owner, record.status)
+            if record is not None and status is not None:
+                _rules.check_status_change(exec_id, record.status, status)
+            if artifact_rows:
+                await conn.executemany(_INSERT_ARTIFACT, artifact_rows)
+            if journal:
+                await conn.executemany(_INSERT_JOURNAL, journal)
+            if record is None:
+                return None
+            changes = [*sets, ("metadata", json.dumps({**record.metadata, **(metadata or {})}))]
+            assignments = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(changes, start=2))
+            await conn.execute(
+                f"UPDATE kitaru.executions SET {assignments} WHERE id = $1",
+                exec_id,
+                *(value for _, value in changes),
+            )
+            return status or record.status
+
+        if metadata:
+            return await self._write(merging, what)
+        return await self._write(fast, what, single=True)
+
+    async def suspend(self, exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+        waits = list(waiting_on)
+
+        async def body(conn: Any, attempt: _Attempt) -> bool:
+            record = await self._lock(conn, attempt, exec_id)
+            if record is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            if record.lease_owner != owner:
+                raise KitaruLeaseError(
+                    f"execution {exec_id} is now driven by {record.lease_owner or 'nobody'} (status "
+                    f"{record.status}); this runner lost its lease and stops without writing."
+                )
+            _rules.check_status_change(exec_id, record.status, "waiting")
+            if waits and await conn.fetchval(
+                "SELECT 1 FROM kitaru.journal WHERE exec_id = $1 AND kind = 'wait_answered' "
+                "AND once = ANY($2::text[]) LIMIT 1",
+                exec_id,
+                waits,
+            ):
+                return False
+            await conn.execute(
+                "UPDATE kitaru.executions SET status = 'waiting', lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = $1 WHERE id = $2",
+                time.time(),
+                exec_id,
+            )
+            return True
+
+        return await self._write(body, f"suspending execution {exec_id}")
+
+    async def answer_wait(
+        self,
+        exec_id: str,
+        record: JournalRecord,
+        artifact: ArtifactRecord,
+        *,
+        owner: str,
+        ttl: float,
+        take_lease: bool,
+    ) -> bool:
+        async def body(conn: Any, attempt: _Attempt) -> bool:
+            now = time.time()
+            execution = await self._lock(conn, attempt, exec_id)
+            if execution is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            _rules.check_answerable(exec_id, execution.status)
+            kinds = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT kind FROM kitaru.journal WHERE exec_id = $1 AND once = $2 "
+                    "AND kind IN ('wait_opened', 'wait_answered', 'wait_timed_out')",
+                    exec_id,
+                    record.call_id,
+                )
+            }
+            _rules.check_wait_open(exec_id, record.call_id, kinds)
+            await conn.execute(_INSERT_ARTIFACT, *_artifact_row(artifact))
+            await conn.execute(_INSERT_JOURNAL, *_journal_row(exec_id, record, now))
+            holder, expires = execution.lease_owner, execution.lease_expires_at
+            if take_lease and execution.status == "waiting" and _rules.lease_free(holder, expires, now):
+                await conn.execute(
+                    "UPDATE kitaru.executions SET status = 'running', lease_owner = $1, "
+                    "lease_expires_at = $2, updated_at = $3 WHERE id = $4",
+                    owner,
+                    now + ttl,
+                    now,
+                    exec_id,
+                )
+                return True
+            return False
+
+        return await self._write(body, f"answering wait {record.call_id!r} of execution {exec_id}")
+
+    async def cancel(self, exec_id: str) -> ExecutionRecord:
+        async def body(conn: Any, attempt: _Attempt) -> ExecutionRecord:
+            now = time.time()
+            record = await self._lock(conn, attempt, exec_id)
+            if record is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            _rules.check_cancellable(exec_id, record.status)
+            # A waiting execution has no runner: it is cancelled now. A running one is marked, and
+            # its runner stops at the next checkpoint boundary (it sees the status on lease renewal).
+            await conn.execute(
+                "UPDATE kitaru.executions SET status = 'cancelled', updated_at = $1, lease_owner = "
+                "CASE WHEN status = 'waiting' THEN NULL ELSE lease_owner END WHERE id = $2",
+                now,
+                exec_id,
+            )
+            await conn.execute(
+                "INSERT INTO kitaru.journal (exec_id, kind, ts) VALUES ($1, 'cancel_requested', $2)",
+                exec_id,
+                now,
+            )
+            record.status = "cancelled"
+            return record
+
+        return await self._write(body, f"cancelling execution {exec_id}")
+
+    # -- journal and artifacts ----------------------------------------------------------------
+
+    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
+        rows = await self._read(
+            "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
+            "WHERE exec_id = $1 ORDER BY id",
+            exec_id,
+        )
+        return [
+            JournalRecord(
+                kind=r[0],
+                call_id=r[1],
+                seq=r[2],
+                name=r[3],
+                attempt=r[4],
+                artifact_id=r[5],
+                data=json.loads(r[6]) if r[6] is not None else None,
+                ts=r[7],
+                id=r[8],
+            )
+            for r in rows
+        ]
+
+    async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
+        rows = await self._read(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM kitaru.artifacts WHERE id = $1", artifact_id
+        )
+        return _artifact_from_row(rows[0]) if rows else None
+
+    async def list_artifacts(
+        self, exec_id: str, *, name: str | None = None, type: str | None = None
+    ) -> list[ArtifactRecord]:
+        columns = ", ".join(f"a.{c.strip()}" for c in _ARTIFACT_COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM kitaru.journal j JOIN kitaru.artifacts a ON a.id = j.artifact_id "
+            "WHERE j.exec_id = $1 AND j.kind != 'load'"
+        )
+        params: list[Any] = [exec_id]
+        if name is not None:
+            params.append(name)
+            sql += f" AND a.name = ${len(params)}"
+        if type is not None:
+            params.append(type)
+            sql += f" AND a.type = ${len(params)}"
+        rows = await self._read(sql + " GROUP BY a.id ORDER BY MIN(j.id)", *params)
+        return [_artifact_from_row(r) for r in rows]

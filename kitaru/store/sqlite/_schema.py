@@ -1,0 +1,110 @@
+"""The SQLite state store's schema: one migration per version."""
+
+from __future__ import annotations
+
+# Each entry moves the schema one version forward; the applied version lives in `meta`.
+#
+# Every b-tree a commit touches costs a WAL page write (~15 us here), and a checkpoint commit is
+# the hot path, so the layout keeps them few: the journal's one index serves both lookups by
+# execution and the once-only rule (`once` holds the call id for once-only kinds and NULL for the
+# rest, and NULLs never collide in a UNIQUE index); artifacts are one clustered b-tree, listed
+# per execution through the journal records that reference them.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        target TEXT NOT NULL,
+        sys_path TEXT,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        error TEXT,
+        result_artifact TEXT,
+        original_exec_id TEXT,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX executions_flow ON executions (flow, id);
+    CREATE INDEX executions_status ON executions (status, id);
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        exec_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        call_id TEXT,
+        once TEXT,
+        seq INTEGER,
+        name TEXT,
+        attempt INTEGER,
+        artifact_id TEXT,
+        data TEXT,
+        ts REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX journal_exec ON journal (exec_id, kind, once);
+    CREATE TABLE artifacts (
+        id TEXT PRIMARY KEY,
+        exec_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        serializer TEXT NOT NULL,
+        data_type TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        call_id TEXT,
+        created_at REAL NOT NULL,
+        inline BLOB,
+        uri TEXT
+    ) WITHOUT ROWID;
+    """,
+    # Deployments (issue 11): versions are immutable rows; a tag is one row per (flow, tag); every
+    # move of a tag is a row of `tag_moves`, written in the same transaction as the move.
+    """
+    CREATE TABLE deployments (
+        flow TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        target TEXT NOT NULL,
+        archive_key TEXT NOT NULL,
+        archive_sha256 TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        image TEXT,
+        stack TEXT,
+        message TEXT,
+        requirements TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (flow, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE tags (
+        flow TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        weight INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (flow, tag)
+    ) WITHOUT ROWID;
+    CREATE TABLE tag_moves (
+        id INTEGER PRIMARY KEY,
+        flow TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        version INTEGER,
+        previous INTEGER,
+        weight INTEGER,
+        action TEXT NOT NULL,
+        who TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX tag_moves_flow ON tag_moves (flow, tag, id);
+    """,
+    # The team server's API keys (hashes only; `kitaru server keys`).
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        key_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    """,
+]
