@@ -275,11 +275,14 @@ class EcsOrchestrator:
             )
         except (KitaruLeaseError, KitaruStateError):
             raise KitaruLeaseError(f"execution {exec_id} moved on meanwhile.") from None
-        message = f"{why}. Fix the cause, then `kitaru executions retry {exec_id}`."
+        # The stored error says what happened; readers of it (handle.wait, `executions get`) add
+        # the `retry` hint themselves.
         await runtime.astate.commit(
-            exec_id, [], owner=runtime.owner, status="failed", error=message, release_lease=True
+            exec_id, [], owner=runtime.owner, status="failed", error=why, release_lease=True
         )
-        raise KitaruStateError(f"execution {exec_id} is failed: {message}")
+        raise KitaruStateError(
+            f"execution {exec_id} is failed: {why}. Fix the cause, then `kitaru executions retry {exec_id}`."
+        )
 
     async def _run_task(self, exec_id: str, flow: str, run: int, attempt: int) -> dict[str, Any]:
         stack = self.stack
