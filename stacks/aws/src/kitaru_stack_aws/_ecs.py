@@ -231,7 +231,7 @@ class EcsOrchestrator:
         if leased and not stopped:
             raise KitaruLeaseError(
                 f"execution {exec_id} is being driven by {record.lease_owner}; its ECS task goes on "
-                f"(`kitaru executions describe {exec_id}` shows it)."
+                f"(`aws ecs list-tasks --started-by {started_by(exec_id)}` lists it)."
             )
         attempt = 0
         if record.status == "running" and last is not None:
