@@ -326,6 +326,11 @@ def _json_validator_class() -> Any:
     return validators.extend(Draft202012Validator, type_checker=type_checker)  # type: ignore[no-untyped-call]
 
 
+@lru_cache(maxsize=256)
+def _json_validator(schema_text: str) -> Any:
+    return _json_validator_class()(json.loads(schema_text), format_checker=_format_checker())
+
+
 @cache
 def _format_checker() -> Any:
     import datetime
@@ -360,7 +365,9 @@ def _json_schema_problems(json_schema: dict[str, Any], value: Any) -> str:
     from jsonschema.exceptions import best_match
 
     try:
-        validator = _json_validator_class()(json_schema, format_checker=_format_checker())
+        # Building a validator costs up to ~10x checking a value with it (a server answers many
+        # waits of one schema): built once per schema, keyed by its canonical text.
+        validator = _json_validator(json.dumps(json_schema, sort_keys=True))
         errors = list(validator.iter_errors(value))
     except RecursionError:
         return f"nested too deeply to check (at most {MAX_ANSWER_DEPTH} levels)"

@@ -22,6 +22,7 @@ __all__ = ["app_from_env", "create_app", "serve"]
 _ENV_STACK = "KITARU_SERVER_STACK"
 _ENV_STATE = "KITARU_SERVER_STATE"
 _ENV_TICK = "KITARU_SERVER_TICK"
+_ENV_DRIVERS = "KITARU_SERVER_DRIVERS"
 
 
 def require_server_extra() -> None:
@@ -43,10 +44,17 @@ def create_app(stack: str | None = None, state: str | None = None, *, tick: floa
     from kitaru._engine.runtime import Runtime, set_runtime
     from kitaru.local_stack import LocalOrchestrator
     from kitaru.server._app import build_app
-    from kitaru.server._state import ServerState
+    from kitaru.server._state import DRIVERS, ServerState
     from kitaru.stack import load_stack, orchestrator_of
     from kitaru.store import KeyStore
 
+    drivers_text = os.environ.get(_ENV_DRIVERS, "").strip()
+    if drivers_text and not (drivers_text.isdigit() and int(drivers_text) > 0):
+        raise KitaruConfigError(
+            f"{_ENV_DRIVERS}={drivers_text!r} is not a positive whole number (how many executions "
+            f"one server process drives at once). Set it to e.g. {DRIVERS}, or unset it."
+        )
+    drivers = int(drivers_text or DRIVERS)
     loaded = load_stack(stack, **({"state": state} if state else {}))
     store = loaded.state_store()
     state_uri = state or str(getattr(loaded, "state_uri", ""))
@@ -62,7 +70,7 @@ def create_app(stack: str | None = None, state: str | None = None, *, tick: floa
         orchestrator = LocalOrchestrator(stack_name=loaded.name, runtime=runtime)
     if tick is None:
         tick = float(os.environ.get(_ENV_TICK, "1.0"))
-    return build_app(ServerState(runtime, orchestrator, state_uri=state_uri, tick=tick))
+    return build_app(ServerState(runtime, orchestrator, state_uri=state_uri, tick=tick, drivers=drivers))
 
 
 def _log_to_stderr() -> None:

@@ -13,6 +13,7 @@ decides who drives, so even two holders (a lock lost and retaken mid-pass) never
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kitaru.errors import KitaruError, KitaruLeaseError, KitaruNotFoundError, KitaruStateError
 from kitaru.store import ApiKeyRecord, ExecutionRecord, StateStore
@@ -29,6 +30,14 @@ from kitaru.store import ApiKeyRecord, ExecutionRecord, StateStore
 __all__ = ["ServerState"]
 
 log = logging.getLogger("kitaru.server")
+
+#: How many executions one server process drives at once (``KITARU_SERVER_DRIVERS``); the
+#: rest wait in its queue. A local flow's sync body holds a worker thread while it runs (anyio
+#: allows 40), so this also keeps a burst of resumed flows from taking every thread.
+DRIVERS = 16
+
+#: A queued drive: the execution, and what drives it.
+_Job = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
 #: How long a key record is trusted from memory (a revoke takes effect within this).
 _KEY_CACHE_TTL = 2.0
@@ -39,8 +48,12 @@ _ADVISORY_KEY = int.from_bytes(b"kitaru", "big")
 class ServerState:
     """The server's runtime and the work it does besides answering requests."""
 
-    def __init__(self, runtime: Any, orchestrator: Any, *, state_uri: str, tick: float = 1.0) -> None:
+    def __init__(
+        self, runtime: Any, orchestrator: Any, *, state_uri: str, tick: float = 1.0, drivers: int = DRIVERS
+    ) -> None:
         from kitaru.client import Execution  # noqa: F401  (imported now: requests must not pay for it)
+
+        _warm_up()
 
         self.runtime = runtime
         self.astate: StateStore = runtime.astate
@@ -50,8 +63,9 @@ class ServerState:
         self.log_poll = 0.5
         self.leader = False
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
+        self.drivers = drivers
         self._driving: set[str] = set()
-        self._tasks: TaskGroup | None = None
+        self._queue: MemoryObjectSendStream[_Job] | None = None
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -109,25 +123,43 @@ class ServerState:
 
     async def answer(self, exec_id: str, name: str, value: Any) -> None:
         """Check ``value`` against the wait's JSON Schema (never importing anything the journal
-        names), record it, and have the execution driven on in the background."""
+        names), record it, and have the execution driven on in the background.
+
+        The request only reads the journal records of this wait (no fold of the execution), checks
+        the value with a validator cached per schema, and records the answer in one store
+        transaction, which re-checks the execution and the wait; the driving is queued."""
         from kitaru._engine.runner import Runner
-        from kitaru._engine.waits import check_answer
+        from kitaru._engine.wait_schema import check_answer
         from kitaru.store import _rules
 
-        execution = await self.execution(exec_id)
-        if execution.status == "cancelled":
-            raise _rules.final_error(exec_id, "cancelled", "take an answer")
-        wait = next((w for w in execution.waits if w.name == name), None)
-        if wait is None:
-            open_names = ", ".join(w.name for w in execution.open_waits) or "none"
-            raise KitaruNotFoundError(f"execution {exec_id} has no wait {name!r}; open waits: {open_names}.")
-        if wait.status != "open":
+        opened: dict[str, Any] | None = None
+        closed: str | None = None
+        open_names: dict[str, None] = {}
+        for r in await self.astate.read_journal(exec_id):
+            if r.kind == "cancel_requested":
+                raise _rules.final_error(exec_id, "cancelled", "take an answer")
+            if r.kind == "wait_opened" and r.call_id:
+                open_names[r.call_id] = None
+                if r.call_id == name:
+                    opened = r.data or {}
+            elif r.kind in ("wait_answered", "wait_timed_out") and r.call_id:
+                open_names.pop(r.call_id, None)
+                if r.call_id == name:
+                    closed = "answered" if r.kind == "wait_answered" else "timed out"
+        if opened is None:
+            await self.record(exec_id)  # no such execution: 404 naming the execution
+            raise KitaruNotFoundError(
+                f"execution {exec_id} has no wait {name!r}; open waits: {', '.join(open_names) or 'none'}."
+            )
+        if closed is not None:
             raise KitaruStateError(
-                f"wait {name!r} of execution {exec_id} is {wait.status.replace('_', ' ')}; it takes no "
-                "other answer."
+                f"wait {name!r} of execution {exec_id} is {closed}; it takes no other answer."
             )
         checked = check_answer(
-            {"schema_text": wait.schema, "json_schema": wait.json_schema},
+            {
+                "schema_text": opened.get("schema_text", "any JSON value"),
+                "json_schema": opened.get("json_schema"),
+            },
             value,
             where=f"wait {name!r} of execution {exec_id}",
             fix="answer again with a value that matches.",
@@ -200,38 +232,49 @@ class ServerState:
     # -- background work -------------------------------------------------------------------
 
     def spawn(self, exec_id: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
-        """Run ``fn(*args)`` in the background unless this process drives ``exec_id`` already."""
-        if self._tasks is None or exec_id in self._driving:
+        """Queue ``fn(*args)`` for a driver unless this process drives ``exec_id`` already.
+
+        Returns at once: requests only enqueue. A fixed number of driver tasks take the queue in
+        order, so a burst of answers resumes its flows a few at a time instead of starting them
+        all at once, each with its own thread for a sync flow body, contending with the request
+        handlers for the event loop and the GIL."""
+        if self._queue is None or exec_id in self._driving:
             return False
         self._driving.add(exec_id)
-
-        async def run() -> None:
-            try:
-                outcome = await fn(*args)
-                status = getattr(outcome, "status", "submitted")
-                log.info("execution %s: %s", exec_id, status)
-            except (KitaruLeaseError, KitaruStateError) as exc:
-                log.info("execution %s not driven here: %s", exec_id, exc)
-            except KitaruError as exc:
-                log.warning("execution %s could not be driven: %s", exec_id, exc)
-            except Exception:
-                log.exception("execution %s: driving it failed", exec_id)
-            finally:
-                self._driving.discard(exec_id)
-
-        self._tasks.start_soon(run, name=f"kitaru drive {exec_id}")
+        self._queue.send_nowait((exec_id, fn, args))
         return True
+
+    async def _driver(self, queue: MemoryObjectReceiveStream[_Job]) -> None:
+        async with queue:
+            async for exec_id, fn, args in queue:
+                try:
+                    outcome = await fn(*args)
+                    status = getattr(outcome, "status", "submitted")
+                    log.info("execution %s: %s", exec_id, status)
+                except (KitaruLeaseError, KitaruStateError) as exc:
+                    log.info("execution %s not driven here: %s", exec_id, exc)
+                except KitaruError as exc:
+                    log.warning("execution %s could not be driven: %s", exec_id, exc)
+                except Exception:
+                    log.exception("execution %s: driving it failed", exec_id)
+                finally:
+                    self._driving.discard(exec_id)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Background tasks and the role loop for the life of the app."""
+        """The drivers and the role loop for the life of the app."""
+        send, receive = anyio.create_memory_object_stream[_Job](math.inf)
         async with anyio.create_task_group() as tg:
-            self._tasks = tg
+            for _ in range(self.drivers):
+                tg.start_soon(self._driver, receive.clone())
+            receive.close()
+            self._queue = send
             tg.start_soon(self._role_loop)
             try:
                 yield
             finally:
-                self._tasks = None
+                self._queue = None
+                send.close()
                 tg.cancel_scope.cancel()
 
     async def _role_loop(self) -> None:
@@ -260,6 +303,16 @@ class ServerState:
                 handed += 1
                 log.info("recovering execution %s (%s)", record.id, reason)
         return handed
+
+
+def _warm_up() -> None:
+    """Import and build now what the first answer would otherwise pay for while every other
+    request queues behind it (jsonschema alone imports in ~0.1 s; the runner, the validator
+    class and its format checker are built once per process)."""
+    from kitaru._engine import runner, wait_schema  # noqa: F401
+
+    wait_schema._json_validator_class()
+    wait_schema._format_checker()
 
 
 class _RoleLock:

@@ -27,14 +27,16 @@ def free_port() -> int:
 class ServerProcess:
     """One ``kitaru server start`` process; its output goes to a file the tests can read."""
 
-    def __init__(self, cli: list[str], env: dict[str, str], state: str, log: Path, tick: float = 0.5) -> None:
+    def __init__(
+        self, cli: list[str], env: dict[str, str], state: str, log: Path, tick: float = 0.5, workers: int = 1
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = state
         self.log = log
         self._out = open(log, "wb")
         self.proc = subprocess.Popen(
-            [*cli, "server", "start", "--port", str(self.port), "--state", state],
+            [*cli, "server", "start", "--port", str(self.port), "--state", state, "--workers", str(workers)],
             env={**env, "KITARU_SERVER_TICK": str(tick)},
             stdout=self._out,
             stderr=subprocess.STDOUT,

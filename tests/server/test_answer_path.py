@@ -1,0 +1,97 @@
+"""The answer path's share of the work, in one process: a JSON Schema validator is built once per
+schema, however many waits use it; the drives a burst of answers hands over run a few at a time,
+each execution at most once; a bad driver count is refused before anything starts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from kitaru._engine import wait_schema
+from kitaru._engine.wait_schema import check_answer
+from kitaru.errors import KitaruConfigError, KitaruWaitValidationError
+
+
+def test_answers_to_waits_of_one_schema_build_its_validator_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A title of its own, so no earlier test has built this schema's validator already.
+    schema = {
+        "title": f"order {uuid.uuid4().hex}",
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "at": {"type": "string", "format": "date-time"}},
+        "required": ["n"],
+    }
+    validator_class = wait_schema._json_validator_class()
+    built = 0
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal built
+        built += 1
+        return validator_class(*args, **kwargs)
+
+    monkeypatch.setattr(wait_schema, "_json_validator_class", lambda: counting)
+    opened = {"schema_text": "Order", "json_schema": schema}
+    for n in range(20):
+        assert check_answer(opened, {"n": n}, where=f"wait {n}", fix="fix it.") == {"n": n}
+    with pytest.raises(KitaruWaitValidationError, match="is not of type 'integer'"):
+        check_answer(opened, {"n": "x"}, where="wait x", fix="fix it.")
+    assert built == 1
+
+
+class _Store:
+    async def list_recoverable(self, *, limit: int = 100) -> list[Any]:
+        return []
+
+
+class _Runtime:
+    astate = _Store()
+
+
+def test_a_burst_of_handed_over_drives_runs_a_few_at_a_time_each_once() -> None:
+    from kitaru.server._state import ServerState
+
+    server = ServerState(_Runtime(), None, state_uri="", tick=3600, drivers=3)
+    running = peak = 0
+    driven: list[str] = []
+    expected = 50
+    all_driven = anyio.Event()
+
+    async def drive(exec_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        for _ in range(5):  # yield to every other task: unbounded, all 50 would be in here at once
+            await anyio.lowlevel.checkpoint()
+        driven.append(exec_id)
+        running -= 1
+        if len(driven) == expected:
+            all_driven.set()
+
+    async def main() -> None:
+        nonlocal expected, all_driven
+        async with server.running():
+            assert all(server.spawn(f"e{i}", drive, f"e{i}") for i in range(50))
+            assert not server.spawn("e7", drive, "e7")  # queued already: not twice
+            with anyio.fail_after(60):
+                await all_driven.wait()
+            expected, all_driven = 51, anyio.Event()
+            assert server.spawn("e7", drive, "e7")  # done: it may be handed over again
+            with anyio.fail_after(60):
+                await all_driven.wait()
+
+    anyio.run(main)
+    assert peak == 3
+    assert sorted(driven) == sorted([f"e{i}" for i in range(50)] + ["e7"])
+
+
+def test_a_driver_count_that_is_not_a_positive_number_is_refused(
+    monkeypatch: pytest.MonkeyPatch, kitaru_home: Any
+) -> None:
+    from kitaru.server import create_app
+
+    monkeypatch.setenv("KITARU_SERVER_DRIVERS", "0")
+    with pytest.raises(KitaruConfigError, match="KITARU_SERVER_DRIVERS='0' is not a positive whole number"):
+        create_app(state=f"sqlite:///{kitaru_home / 'kitaru.db'}")
