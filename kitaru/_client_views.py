@@ -59,6 +59,10 @@ class CheckpointCall:
     interrupted: int = 0
     """Attempts cut short by a crash of their runner (counted in ``attempts``). Only attempts
     that lasted past one of the runner's heartbeats are seen."""
+    cached: bool = False
+    """A checkpoint cache hit: the output came from the cache; the call did not run."""
+    cached_from: str | None = None
+    """For a cache hit: the execution whose call produced the reused output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +158,7 @@ class Artifact:
     call_id: str | None
     created_at: float
     uri: str | None
+    tags: list[str]
     _record: ArtifactRecord = field(repr=False, compare=False)
     _client: KitaruClient = field(repr=False, compare=False)
 
@@ -253,6 +258,7 @@ def fold_journal(
                     "error": None,
                     "reused_from": None,
                     "overridden": False,
+                    "cached_from": None,
                 },
             )
             # Attempt numbers restart when a runner takes over, so each attempt record counts too.
@@ -268,6 +274,7 @@ def fold_journal(
             # (and no duration) here; its original run's timing belongs to the original.
             c["reused_from"] = data.get("replayed_from")
             c["overridden"] = bool(data.get("overridden"))
+            c["cached_from"] = data.get("cached_from")
             if c["reused_from"]:
                 c["started_at"] = None
             if r.kind == "checkpoint_completed":
@@ -315,6 +322,8 @@ def fold_journal(
             reused_from=c["reused_from"],
             overridden=c["overridden"],
             interrupted=c["interrupted"],
+            cached=c["cached_from"] is not None,
+            cached_from=c["cached_from"],
         )
         for cid, c in calls.items()
     ]

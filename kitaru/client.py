@@ -384,14 +384,45 @@ class _Artifacts:
             call_id=r.call_id,
             created_at=r.created_at,
             uri=r.uri,
+            tags=list(r.tags),
             _record=r,
             _client=self._client,
         )
 
-    def list(self, exec_id: str, *, name: str | None = None, type: str | None = None) -> list[Artifact]:
-        """An execution's artifacts, in creation order."""
-        full = self._client.executions.resolve(exec_id)
+    def list(
+        self,
+        exec_id: str | None = None,
+        *,
+        name: str | None = None,
+        type: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+    ) -> list[Artifact]:
+        """An execution's artifacts, in creation order; with ``tag``, the artifacts of any
+        execution (of ``exec_id`` only, when given) saved with that tag, newest first."""
         state = self._client._runtime.state
+        if tag is not None:
+            from kitaru.store import CatalogStore
+
+            if not isinstance(self._client._runtime.astate, CatalogStore):
+                raise KitaruUsageError(
+                    "this stack's state store cannot find artifacts by tag; list an execution's "
+                    "artifacts with `kitaru artifacts list <exec_id>` instead."
+                )
+            full_id = self._client.executions.resolve(exec_id) if exec_id is not None else None
+            found = state.find_artifacts(tag=tag, limit=limit)  # type: ignore[attr-defined]
+            return [
+                self._view(r)
+                for r in found
+                if (full_id is None or r.exec_id == full_id)
+                and (name is None or r.name == name)
+                and (type is None or r.type == type)
+            ]
+        if exec_id is None:
+            raise KitaruUsageError(
+                "artifacts.list() needs an execution id, or a tag to search every execution by."
+            )
+        full = self._client.executions.resolve(exec_id)
         return [self._view(r) for r in state.list_artifacts(full, name=name, type=type)]
 
     def get(self, artifact_id: str) -> Artifact:

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The conformance suites live in the package; rewrite their asserts so failures show values. This
 # runs before any test module imports them (tests/server and stacks/*/tests do too).
 pytest.register_assert_rewrite(
+    "kitaru.store.catalog_conformance",
     "kitaru.store.conformance",
     "kitaru.store.deploy_conformance",
     "kitaru.store.objectstore_conformance",

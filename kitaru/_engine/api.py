@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from kitaru.errors import KitaruNotFoundError, KitaruUsageError
@@ -18,23 +19,31 @@ def current_execution_id() -> str:
     return require_flow("kitaru.current_execution_id()").exec_id
 
 
-def save(name: str, value: Any, type: str = "save") -> None:
+def save(name: str, value: Any, type: str = "save", *, tags: Sequence[str] = ()) -> None:
     """Store ``value`` as an artifact called ``name`` of the running execution.
 
     Inside a checkpoint it is committed together with the checkpoint's output (a failed attempt's
     saves are dropped); at flow scope it is committed at once, and skipped when a resumed
     execution passes the same save again. ``type`` is a free tag (``prompt``, ``context``...)
-    to filter artifacts by. Versions count up per name within the execution.
+    to filter artifacts by. Versions count up per name within the execution. ``tags`` label
+    the artifact across executions: ``kitaru artifacts list --tag T`` and
+    ``KitaruClient().artifacts.list(tag=T)`` find every artifact carrying ``T``.
     """
     ctx = require_flow("kitaru.save()")
     if not name or "/" in name or ":" in name:
         raise KitaruUsageError(f"artifact name {name!r} must be non-empty, without '/' or ':'.")
+    if isinstance(tags, str) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise KitaruUsageError(
+            f"kitaru.save({name!r}, tags=...) takes a list of non-empty strings, got {tags!r}."
+        )
+    labels = list(dict.fromkeys(tags))
     frame = _current_call.get()
     if frame is not None:
         n = frame.save_counts.get(name, 0) + 1
         frame.save_counts[name] = n
         call_id = f"{frame.call.call_id}/{name}" + (f":{n}" if n > 1 else "")
         artifact = ctx.make_artifact(name=name, version=n, type=type, value=value, call_id=frame.call.call_id)
+        artifact.tags = labels
         frame.artifacts.append(artifact)
         frame.records.append(
             JournalRecord(kind="save", call_id=call_id, name=name, artifact_id=artifact.id, ts=time.time())
@@ -45,6 +54,7 @@ def save(name: str, value: Any, type: str = "save") -> None:
         return
     version = int(call.call_id.rpartition(":")[2]) if ":" in call.call_id else 1
     artifact = ctx.make_artifact(name=name, version=version, type=type, value=value, call_id=None)
+    artifact.tags = labels
     ctx.commit(
         [
             JournalRecord(

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
+from kitaru.cache import CacheKey
 from kitaru.errors import KitaruUsageError
-from kitaru.store import ArtifactRecord, JournalRecord
+from kitaru.store import ArtifactRecord, CacheEntry, CatalogStore, JournalRecord
 
 from .context import (
     SYNC_CHECKPOINTS,
@@ -38,6 +39,8 @@ class Checkpoint(Generic[P, R]):
     __slots__ = (
         "__dict__",
         "backoff",
+        "cache",
+        "cache_key",
         "fn",
         "is_async",
         "name",
@@ -60,6 +63,8 @@ class Checkpoint(Generic[P, R]):
         retry_delay: float,
         backoff: float,
         retry_on: tuple[type[BaseException], ...],
+        cache: bool | None = None,
+        cache_key: CacheKey | None = None,
     ) -> None:
         import inspect
 
@@ -90,6 +95,14 @@ class Checkpoint(Generic[P, R]):
         self.retry_delay = retry_delay
         self.backoff = backoff
         self.retry_on = retry_on
+        if cache_key is not None and not (isinstance(cache_key, str) or callable(cache_key)):
+            raise KitaruUsageError(
+                f"@checkpoint on {fn.__qualname__!r}: cache_key must be a string or a function of "
+                f"the checkpoint's arguments returning one, got {cache_key!r}."
+            )
+        # None: the flow's `cache=` decides; a cache_key alone turns caching on.
+        self.cache = cache if cache is not None else (True if cache_key is not None else None)
+        self.cache_key = cache_key
         self.is_async = inspect.iscoroutinefunction(fn)
         if not self.is_async:
             SYNC_CHECKPOINTS.add(self.qualname)  # its blob outputs are read ahead for async flows
@@ -170,6 +183,97 @@ class Checkpoint(Generic[P, R]):
         ctx.remember_output(value, artifact)
         return True, value
 
+    # -- the cross-execution cache (kitaru/cache.py) ---------------------------------------------
+
+    def _cache_key(
+        self, ctx: ExecutionContext, fingerprint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str | None:
+        """The call's cache key when caching applies to it and the state store keeps a cache."""
+        enabled = self.cache if self.cache is not None else ctx.cache_default
+        if not enabled or not isinstance(ctx.runtime.astate, CatalogStore):
+            return None
+        from kitaru.cache import cache_key_for
+
+        opaque = [] if self.cache_key is not None else ctx.opaque_inputs(args, kwargs)
+        return cache_key_for(
+            flow=ctx.execution.flow,
+            qualname=self.qualname,
+            fn=self.fn,
+            fingerprint=fingerprint,
+            opaque=opaque,
+            user_key=self.cache_key,
+            args=args,
+            kwargs=kwargs,
+        )
+
+    def _cache_hit_records(
+        self, call: Call, key: str, entry: CacheEntry, fingerprint: str, lineage: list[str]
+    ) -> list[JournalRecord]:
+        # The hit is journaled like a completed call pointing at the cached artifact (the same
+        # one, no copy), so replay, lineage and `executions get` see it; `cached_from` marks it.
+        now = time.time()
+        data: dict[str, Any] = {
+            "fp": fingerprint,
+            "started_at": now,
+            "cached_from": entry.exec_id,
+            "cache_key": key,
+        }
+        if lineage:
+            data["inputs"] = lineage
+        return [
+            JournalRecord(
+                kind="checkpoint_completed",
+                call_id=call.call_id,
+                seq=call.seq,
+                name=call.name,
+                attempt=1,
+                artifact_id=entry.artifact_id,
+                data=data,
+                ts=now,
+            )
+        ]
+
+    def _cache_lookup(
+        self, ctx: ExecutionContext, call: Call, key: str, fingerprint: str, lineage: list[str]
+    ) -> tuple[bool, Any]:
+        store: Any = ctx.runtime.astate
+        entry = ctx.state_call(store.get_cache_entry, key)
+        if entry is None:
+            return False, None
+        artifact = ctx.state_call(store.get_artifact, entry.artifact_id)
+        if artifact is None:  # its execution's records were removed: run the call again
+            return False, None
+        value = ctx.load_artifact(artifact)
+        ctx.commit(self._cache_hit_records(call, key, entry, fingerprint, lineage))
+        ctx.remember_output(value, artifact)
+        return True, value
+
+    async def _acache_lookup(
+        self, ctx: ExecutionContext, call: Call, key: str, fingerprint: str, lineage: list[str]
+    ) -> tuple[bool, Any]:
+        store: Any = ctx.runtime.astate
+        entry = await store.get_cache_entry(key)
+        if entry is None:
+            return False, None
+        artifact = await store.get_artifact(entry.artifact_id)
+        if artifact is None:
+            return False, None
+        value = await ctx.runtime.aload_artifact(artifact)
+        await ctx.commit_async(self._cache_hit_records(call, key, entry, fingerprint, lineage), ())
+        ctx.remember_output(value, artifact)
+        return True, value
+
+    def _cache_entry(self, ctx: ExecutionContext, call: Call, key: str, artifact_id: str) -> CacheEntry:
+        return CacheEntry(
+            key=key,
+            flow=ctx.execution.flow,
+            checkpoint=self.qualname,
+            artifact_id=artifact_id,
+            exec_id=ctx.exec_id,
+            call_id=call.call_id,
+            created_at=time.time(),
+        )
+
     def _started(self, call: Call, attempt: int, fingerprint: str, lineage: list[str]) -> JournalRecord:
         # Not committed on its own: its fields ride in the attempt's outcome record, which saves a
         # write per checkpoint. A crash mid-attempt leaves no record, and the call simply runs again.
@@ -247,6 +351,15 @@ class Checkpoint(Generic[P, R]):
         hit, value = self._replayed(ctx, call, fingerprint)
         if hit:
             return value
+        key = None
+        # Sync code on the loop's thread reaches a non-inline store only by blocking the loop
+        # (refused on kitaru's portal loop): such a call runs uncached rather than fail.
+        if ctx.inline or running_loop() is None:
+            key = self._cache_key(ctx, fingerprint, args, kwargs)
+        if key is not None:
+            hit, value = self._cache_lookup(ctx, call, key, fingerprint, lineage)
+            if hit:
+                return value
         attempt = 1
         runtime = ctx.runtime
         while True:
@@ -269,6 +382,12 @@ class Checkpoint(Generic[P, R]):
                     _current_call.reset(token)
                 records, artifacts = self._succeeded(frame, started, value)
                 ctx.commit(records, artifacts)
+                if key is not None:
+                    store: Any = ctx.runtime.astate
+                    ctx.state_call(
+                        store.put_cache_entry,
+                        self._cache_entry(ctx, call, key, records[-1].artifact_id or ""),
+                    )
                 return value
             finally:
                 runtime.call_ended(ctx.exec_id, call.call_id)
@@ -280,6 +399,11 @@ class Checkpoint(Generic[P, R]):
         hit, value = await self._areplayed(ctx, call, fingerprint)
         if hit:
             return value
+        key = self._cache_key(ctx, fingerprint, args, kwargs)
+        if key is not None:
+            hit, value = await self._acache_lookup(ctx, call, key, fingerprint, lineage)
+            if hit:
+                return value
         import asyncio
 
         import anyio
@@ -310,6 +434,10 @@ class Checkpoint(Generic[P, R]):
                         _current_call.reset(token)
                     records, artifacts = self._succeeded(frame, started, value)
                     await ctx.commit_async(records, artifacts)
+                    if key is not None:
+                        # After the commit: an entry must never point at an uncommitted output.
+                        entry = self._cache_entry(ctx, call, key, records[-1].artifact_id or "")
+                        await ctx.runtime.astate.put_cache_entry(entry)  # type: ignore[attr-defined]
                     return value
                 finally:
                     runtime.call_ended(ctx.exec_id, call.call_id)
@@ -330,6 +458,8 @@ def checkpoint(
     retry_delay: float = 1.0,
     backoff: float = 2.0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    cache: bool | None = None,
+    cache_key: CacheKey | None = None,
 ) -> Callable[[Callable[P, R]], Checkpoint[P, R]]: ...
 
 
@@ -342,6 +472,8 @@ def checkpoint(
     retry_delay: float = 1.0,
     backoff: float = 2.0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    cache: bool | None = None,
+    cache_key: CacheKey | None = None,
 ) -> Checkpoint[P, R] | Callable[[Callable[P, R]], Checkpoint[P, R]]:
     """Make a function a durable step of a flow.
 
@@ -350,6 +482,11 @@ def checkpoint(
     A failing call is retried ``retries`` times, waiting ``retry_delay * backoff**(n-1)`` seconds
     (with jitter) before retry ``n``, for exceptions matching ``retry_on``. Outside a flow the
     function runs plainly.
+
+    ``cache=True`` reuses the output of an earlier call, in any execution of the flow, with the
+    same code and inputs (or the same ``cache_key``: a string, or a function of the arguments
+    returning one) instead of running it; ``cache=None`` follows the flow's ``cache=``. See
+    :mod:`kitaru.cache`; ``kitaru cache clear`` empties the cache.
     """
     retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
 
@@ -361,6 +498,8 @@ def checkpoint(
             retry_delay=retry_delay,
             backoff=backoff,
             retry_on=retry_types,
+            cache=cache,
+            cache_key=cache_key,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -92,6 +92,8 @@ class ExecutionContext(_GroupCommit, _OutputsIndex):
 
     def __init__(self, runtime: Runtime, execution: ExecutionRecord, journal: list[JournalRecord]):
         self.runtime = runtime
+        self.cache_default = False
+        """The flow's ``cache=``: whether its checkpoints without a ``cache=`` of their own cache."""
         self.execution = execution
         self.exec_id = execution.id
         self.state = runtime.state
@@ -305,6 +307,21 @@ class ExecutionContext(_GroupCommit, _OutputsIndex):
 
             return serialization.loads(artifact.serializer, artifact.data_type, ahead)
         return self.blocking(self.runtime.aload_artifact, artifact)
+
+    def opaque_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+        """Types of the arguments that are neither recorded outputs nor values the engine can
+        fingerprint by content (the cache cannot tell two of them apart)."""
+        from ._lineage import _fingerprint
+
+        found = []
+        for value in (*args, *kwargs.values()):
+            known = self._outputs.get(id(value))
+            if known is not None and known[2] is value:
+                continue
+            text = _fingerprint(value)
+            if text.startswith("t:"):
+                found.append(text[2:])
+        return found
 
     def check_inputs(self, call: Call, fingerprint: str) -> None:
         recorded = self.completed[call.call_id].data or {}

@@ -45,7 +45,16 @@ class Flow(Generic[P, R]):
     deployment: dict[str, Any] | None = None
     """Set on a flow loaded from a deployed version: the version its executions record."""
 
-    def __init__(self, fn: Callable[P, R], *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        stack: str | None = None,
+        retries: int = 0,
+        cache: bool = False,
+        image: str | None = None,
+    ) -> None:
         import inspect
 
         if isinstance(fn, Flow):
@@ -54,6 +63,20 @@ class Flow(Generic[P, R]):
             raise KitaruUsageError(f"@flow needs a function, got {fn!r}.")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise KitaruUsageError(f"@flow cannot wrap generator {fn.__qualname__!r}.")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise KitaruUsageError(
+                f"@flow on {fn.__qualname__!r}: retries must be an int >= 0, got {retries!r}."
+            )
+        if image is not None and not (isinstance(image, str) and image.strip()):
+            raise KitaruUsageError(f"@flow on {fn.__qualname__!r}: image must be a non-empty string.")
+        self.stack = stack
+        """The stack its executions run on when run()/start()/deploy() name none."""
+        self.retries = retries
+        """How many times a failed execution re-runs from its journal before it fails."""
+        self.cache = cache
+        """The default ``cache=`` of its checkpoints (one with its own ``cache=`` keeps it)."""
+        self.image = image
+        """The job image on remote stacks, over the stack's ``image`` (recorded per execution)."""
         self.fn = fn
         self.name = name or fn.__name__
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -100,7 +123,7 @@ class Flow(Generic[P, R]):
                 f"{self.name}.run() blocks, and an event loop is running in this thread. Use "
                 f"`handle = await {self.name}.start(...)` then `await handle.result()`."
             )
-        runtime = get_runtime(stack)
+        runtime = get_runtime(stack or self.stack)
         elsewhere = _elsewhere(runtime)
         if elsewhere is not None:
             # The stack runs executions elsewhere (a Kubernetes Job): create, submit, return.
@@ -121,7 +144,7 @@ class Flow(Generic[P, R]):
             return SkippedAsyncFlowHandle()
         import asyncio
 
-        runtime = get_runtime(stack)
+        runtime = get_runtime(stack or self.stack)
         runner = Runner(runtime)
         elsewhere = _elsewhere(runtime)
         if elsewhere is not None:
@@ -167,8 +190,10 @@ class Flow(Generic[P, R]):
                 f"{self.name}.deploy() ran while kitaru imported the flow's code to run it; put "
                 'it under `if __name__ == "__main__":` so importing the file deploys nothing.'
             )
-        runtime = get_runtime(stack)
-        record, _ = blocking(adeploy, runtime, self, tag=tag, weight=weight, image=image, message=message)
+        runtime = get_runtime(stack or self.stack)
+        record, _ = blocking(
+            adeploy, runtime, self, tag=tag, weight=weight, image=image or self.image, message=message
+        )
         from kitaru.client import KitaruClient
 
         return Deployments(KitaruClient(runtime)).get(f"{record.flow}:{record.version}")
@@ -189,7 +214,7 @@ class Flow(Generic[P, R]):
         from kitaru.deployments import ainvoke
         from kitaru.errors import KitaruError
 
-        runtime = get_runtime(stack)
+        runtime = get_runtime(stack or self.stack)
         exec_id, outcome = blocking(
             ainvoke, runtime, self.name, args, kwargs, tag=tag, execution_id=execution_id
         )
@@ -215,7 +240,7 @@ class Flow(Generic[P, R]):
         """
         if _skipped(self, "replay"):
             return SkippedFlowHandle()
-        runtime = get_runtime()
+        runtime = get_runtime(self.stack)
         original = runtime.state.get_execution(exec_id)
         if original is None:
             raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
@@ -248,17 +273,44 @@ def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 
 @overload
-def flow(*, name: str | None = None) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+def flow(
+    *,
+    name: str | None = None,
+    stack: str | None = None,
+    retries: int = 0,
+    cache: bool = False,
+    image: str | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(
-    fn: Callable[P, R] | None = None, /, *, name: str | None = None
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    stack: str | None = None,
+    retries: int = 0,
+    cache: bool = False,
+    image: str | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a durable flow: run it with ``.run()`` (sync) or ``await .start()``.
 
     The flow's inputs, every checkpoint output, every wait answer and its result are journaled, so
     a crashed or waiting execution resumes by re-running the body and replaying the journal.
+
+    ``stack``: the configured stack its executions run on unless ``run(stack=...)`` names
+    another. ``retries``: a failed execution re-runs from its journal (completed checkpoints
+    are not run again) up to that many times before it is ``failed``. ``cache``: the default of
+    its checkpoints' ``cache=`` (:mod:`kitaru.cache`). ``image``: the job image on remote stacks
+    (Kubernetes, ECS, Cloud Run), over the stack's own, recorded with each execution.
     """
+    options: dict[str, Any] = {
+        "name": name,
+        "stack": stack,
+        "retries": retries,
+        "cache": cache,
+        "image": image,
+    }
     if fn is not None:
-        return Flow(fn, name=name)
-    return lambda f: Flow(f, name=name)
+        return Flow(fn, **options)
+    return lambda f: Flow(f, **options)

@@ -17,6 +17,7 @@ How a body runs under it (anyio throughout):
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import traceback
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kitaru._ids import MAX_ID_LENGTH, new_id
 from kitaru.errors import (
     KitaruConflictError,
+    KitaruDivergenceError,
     KitaruError,
     KitaruLeaseError,
     KitaruNotFoundError,
@@ -40,6 +42,8 @@ from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend
 from .interrupted import note_interrupted
 from .loading import aload_execution_flow
 from .runtime import Runtime
+
+logger = logging.getLogger("kitaru")
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -138,6 +142,10 @@ class Runner:
         deployment = getattr(flow, "deployment", None)
         if deployment:
             metadata = {**(metadata or {}), "deployment": dict(deployment)}
+        image = getattr(flow, "image", None)
+        if image and not (metadata or {}).get("image"):
+            # `@flow(image=...)`: remote orchestrators run this execution's jobs on it.
+            metadata = {**(metadata or {}), "image": image}
         record = ExecutionRecord(
             id=exec_id,
             flow=flow.name,
@@ -351,7 +359,9 @@ class Runner:
             while True:
                 if journal is None:
                     journal = await runtime.astate.read_journal(execution.id)
+                retried = sum(1 for r in journal if r.kind == "flow_retry")
                 ctx = ExecutionContext(runtime, execution, journal)
+                ctx.cache_default = bool(getattr(flow, "cache", False))
                 if flow.is_async:
                     if not runtime.inline:
                         await ctx.preload_artifacts()
@@ -364,6 +374,9 @@ class Runner:
                     value, error = await _run_async_body(flow, ctx, started)
                 else:
                     value, error = await _run_sync_body(flow, ctx, started)
+                if await _retried(flow, ctx, error, retried):
+                    retried += 1
+                    continue
                 outcome = await _settle(ctx, value, error)
                 if outcome is not None:
                     return outcome
@@ -445,6 +458,36 @@ def _cancel_body(scope: Any, ctx: ExecutionContext) -> None:
 
 
 # -- recording how the body ended ------------------------------------------------------------
+
+
+async def _retried(flow: Flow[Any, Any], ctx: ExecutionContext, exc: BaseException | None, done: int) -> bool:
+    """``@flow(retries=N)``: record a failed run as a retry and say whether to run the body
+    again (from the journal: completed checkpoints replay, the failed one runs anew). Errors
+    that another run cannot fix (a lost lease, divergence, misuse) are not retried."""
+    retries = getattr(flow, "retries", 0)
+    if not retries or done >= retries or not isinstance(exc, Exception):
+        return False
+    if isinstance(exc, KitaruLeaseError | KitaruConflictError | KitaruDivergenceError | KitaruUsageError):
+        return False
+    await ctx.flush()
+    await ctx.acommit(
+        [
+            JournalRecord(
+                kind="flow_retry",
+                data={"attempt": done + 2, "error": f"{type(exc).__qualname__}: {exc}"},
+                ts=time.time(),
+            )
+        ]
+    )
+    logger.warning(
+        "execution %s failed (%s: %s); retrying it from its journal (retry %d of %d).",
+        ctx.exec_id,
+        type(exc).__qualname__,
+        exc,
+        done + 1,
+        retries,
+    )
+    return True
 
 
 async def _settle(ctx: ExecutionContext, value: Any, exc: BaseException | None) -> Outcome | None:

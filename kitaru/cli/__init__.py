@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from kitaru.cli.artifacts import artifacts as _artifacts_group
+from kitaru.cli.cache import cache as _cache_group
 from kitaru.cli.deployments import deployments as _deployments_group
 
 # `kitaru deployments invoke` reports the execution it started as `executions` commands do.
@@ -45,6 +46,7 @@ def completion(shell: str) -> None:
 
 main.add_command(_executions_group)
 main.add_command(_artifacts_group)
+main.add_command(_cache_group)
 main.add_command(_deployments_group)
 main.add_command(_model_group)
 main.add_command(_stack_group)

@@ -24,29 +24,35 @@ def artifacts() -> None:
 
 
 @artifacts.command("list")
-@click.argument("exec_id", shell_complete=_complete_ids)
+@click.argument("exec_id", required=False, shell_complete=_complete_ids)
 @click.option("--name", help="Only artifacts with this name.")
 @click.option("--type", "type_", help="Only artifacts of this type (output, input, result...).")
+@click.option("--tag", help="Artifacts saved with this tag (kitaru.save(..., tags=[...])), any execution.")
 @_OUTPUT
 @_reports_errors
-def list_artifacts(exec_id: str, name: str | None, type_: str | None, output: str) -> None:
-    """List an execution's artifacts."""
-    found = _client(read_only=True).artifacts.list(exec_id, name=name, type=type_)
+def list_artifacts(
+    exec_id: str | None, name: str | None, type_: str | None, tag: str | None, output: str
+) -> None:
+    """List an execution's artifacts, or with --tag those of every execution carrying the tag."""
+    if exec_id is None and tag is None:
+        raise click.UsageError("name an execution (kitaru artifacts list EXEC_ID) or a --tag.")
+    found = _client(read_only=True).artifacts.list(exec_id, name=name, type=type_, tag=tag)
     if output == "json":
         _echo_json([a.to_dict() for a in found])
         return
     click.echo(
         _table(
-            ["ID", "NAME", "VERSION", "TYPE", "DATA TYPE", "SIZE", "CALL", "HASH"],
+            ["ID", "EXECUTION", "NAME", "VERSION", "TYPE", "DATA TYPE", "SIZE", "TAGS", "HASH"],
             [
                 (
                     a.id,
+                    a.exec_id,
                     a.name,
                     a.version,
                     a.type,
                     a.data_type,
                     a.size,
-                    a.call_id,
+                    ",".join(a.tags),
                     a.content_hash[:19],
                 )
                 for a in found

@@ -70,6 +70,9 @@ def _checkpoint_row(c: Any) -> tuple[Any, ...]:
         # A replay reused this call's recorded output: it did not run here, so it took no time.
         status, took = "reused", None
         notes = f"from {c.reused_from}" + (", output overridden" if c.overridden else "")
+    elif c.cached_from:
+        # A checkpoint cache hit: the output of an earlier execution's call, not run here.
+        status, took, notes = "cached", None, f"from {c.cached_from}"
     else:
         status = c.status
         took = f"{(c.ended_at - c.started_at) * 1000:.1f} ms" if c.ended_at and c.started_at else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kitaru.errors import KitaruStoreError, KitaruTimeoutError, KitaruUsageError
@@ -232,6 +232,7 @@ class RemoteArtifact:
     created_at: float
     uri: str | None
     _client: RemoteClient
+    tags: list[str] = field(default_factory=list)
 
     def read_bytes(self) -> bytes:
         import hashlib

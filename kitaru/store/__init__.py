@@ -26,6 +26,8 @@ __all__ = [
     "ApiKeyRecord",
     "ArtifactRecord",
     "ArtifactStore",
+    "CacheEntry",
+    "CatalogStore",
     "DeploymentRecord",
     "ExecutionRecord",
     "ExecutionStatus",
@@ -114,6 +116,24 @@ class ArtifactRecord:
     inline: bytes | None = None
     """The bytes themselves when small; otherwise ``uri`` points into an artifact store."""
     uri: str | None = None
+    tags: list[str] = field(default_factory=list)
+    """Labels given by ``save(..., tags=[...])``; ``kitaru artifacts list --tag T`` finds them."""
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    """A checkpoint output reusable by any execution whose call has the same ``key`` (the
+    function's code hash and its inputs' fingerprints, or the user's ``cache_key``)."""
+
+    key: str
+    flow: str
+    checkpoint: str
+    """The checkpoint function's qualified name."""
+    artifact_id: str
+    exec_id: str
+    """The execution whose call produced the output."""
+    call_id: str
+    created_at: float
 
 
 @dataclass(slots=True)
@@ -409,6 +429,38 @@ class KeyStore(Protocol):
     async def revoke_api_key(self, name: str) -> ApiKeyRecord:
         """Revoke the key called ``name`` (KitaruNotFoundError when there is none); revoking a
         revoked key keeps its first revocation time."""
+        ...
+
+
+@runtime_checkable
+class CatalogStore(Protocol):
+    """What is found across executions: the checkpoint cache and artifacts by tag. Kept by the
+    state stores with tables of their own (SQLite, PostgreSQL, memory); a store without it (one
+    reached over HTTP) runs checkpoints uncached.
+
+    Duties (checked by :class:`kitaru.store.catalog_conformance.CatalogStoreConformance`): one
+    entry per key, the first one written wins (a concurrent writer of the same key keeps the
+    stored entry and gets it back); ``clear_cache`` removes every entry, or a flow's, and says
+    how many; artifacts are found by any of their tags, newest first."""
+
+    async def get_cache_entry(self, key: str) -> CacheEntry | None:
+        """The entry under ``key``, or None."""
+        ...
+
+    async def put_cache_entry(self, entry: CacheEntry) -> CacheEntry:
+        """Store ``entry`` unless its key exists; returns the stored entry."""
+        ...
+
+    async def clear_cache(self, flow: str | None = None) -> int:
+        """Remove the entries (of ``flow`` only, when given); returns how many went."""
+        ...
+
+    async def list_cache_entries(self, flow: str | None = None) -> list[CacheEntry]:
+        """Entries (of ``flow`` only, when given), oldest first."""
+        ...
+
+    async def find_artifacts(self, *, tag: str, limit: int = 100) -> list[ArtifactRecord]:
+        """Artifacts carrying ``tag``, newest first."""
         ...
 
 

@@ -17,6 +17,7 @@ from kitaru.store import (
     ONCE_ONLY_KINDS,
     ApiKeyRecord,
     ArtifactRecord,
+    CacheEntry,
     DeploymentRecord,
     ExecutionRecord,
     JournalRecord,
@@ -46,6 +47,7 @@ class MemoryStateStore:
         self._tags: dict[str, dict[str, TagRecord]] = {}
         self._moves: list[TagMove] = []
         self._keys: dict[str, ApiKeyRecord] = {}
+        self._cache: dict[str, CacheEntry] = {}
 
     def _get(self, exec_id: str) -> ExecutionRecord:
         try:
@@ -273,6 +275,32 @@ class MemoryStateStore:
                         key.revoked_at = time.time()
                     return copy.deepcopy(key)
         raise _rules.no_such_key(name)
+
+    async def get_cache_entry(self, key: str) -> CacheEntry | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            return copy.copy(entry) if entry is not None else None
+
+    async def put_cache_entry(self, entry: CacheEntry) -> CacheEntry:
+        with self._lock:
+            return copy.copy(self._cache.setdefault(entry.key, copy.copy(entry)))
+
+    async def clear_cache(self, flow: str | None = None) -> int:
+        with self._lock:
+            gone = [k for k, e in self._cache.items() if flow is None or e.flow == flow]
+            for key in gone:
+                del self._cache[key]
+            return len(gone)
+
+    async def list_cache_entries(self, flow: str | None = None) -> list[CacheEntry]:
+        with self._lock:
+            entries = [copy.copy(e) for e in self._cache.values() if flow is None or e.flow == flow]
+        return sorted(entries, key=lambda e: (e.created_at, e.key))
+
+    async def find_artifacts(self, *, tag: str, limit: int = 100) -> list[ArtifactRecord]:
+        with self._lock:
+            found = [a for a in self._artifacts.values() if tag in a.tags]
+        return sorted(found, key=lambda a: (a.created_at, a.id), reverse=True)[:limit]
 
     async def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kitaru.store.catalog_conformance import CatalogStoreConformance
 from kitaru.store.conformance import ArtifactStoreConformance, KeyStoreConformance, StateStoreConformance
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 
@@ -20,6 +21,10 @@ def artifact_store() -> MemoryArtifactStore:
 
 class TestMemoryKeyStore(KeyStoreConformance):
     """API keys of the team server."""
+
+
+class TestMemoryCatalogStore(CatalogStoreConformance):
+    """The checkpoint cache and artifact tags."""
 
 
 class TestMemoryStateStore(StateStoreConformance):

@@ -15,6 +15,7 @@ import pytest
 from kitaru._portal import block_on
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError, KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
+from kitaru.store.catalog_conformance import CatalogStoreConformance
 from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
 from kitaru.store.open import open_state_store
 from kitaru.store.postgres import PostgresStateStore
@@ -36,6 +37,10 @@ async def state_store(class_dsn: str) -> AsyncIterator[PostgresStateStore]:
 
 class TestPostgresKeyStore(KeyStoreConformance):
     """API keys of the team server."""
+
+
+class TestPostgresCatalogStore(CatalogStoreConformance):
+    """The checkpoint cache and artifact tags."""
 
 
 class TestPostgresStateStore(StateStoreConformance):

@@ -12,6 +12,7 @@ import pytest
 
 from kitaru.errors import KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
+from kitaru.store.catalog_conformance import CatalogStoreConformance
 from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
 from kitaru.store.sqlite import SQLiteStateStore
 
@@ -25,6 +26,10 @@ async def state_store(tmp_path: Path) -> AsyncIterator[SQLiteStateStore]:
 
 class TestSQLiteKeyStore(KeyStoreConformance):
     """API keys of the team server."""
+
+
+class TestSQLiteCatalogStore(CatalogStoreConformance):
+    """The checkpoint cache and artifact tags."""
 
 
 class TestSQLiteStateStore(StateStoreConformance):

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from kitaru.store.postgres._catalog import _Catalog
 from kitaru.store.postgres._deployments import _Deployments
 from kitaru.store.postgres._executions import _Executions
 
 __all__ = ["PostgresStateStore"]
 
 
-class PostgresStateStore(_Executions, _Deployments):
+class PostgresStateStore(_Executions, _Deployments, _Catalog):
     """A :class:`~kitaru.store.StateStore` in a PostgreSQL database (``postgresql://`` URI).
 
     Not ``inline``: its calls await the network. Opening it connects to nothing; each event loop's

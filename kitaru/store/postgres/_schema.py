@@ -131,6 +131,22 @@ _MIGRATIONS: list[str] = [
         revoked_at DOUBLE PRECISION
     );
     """,
+    # The checkpoint cache and artifact tags (issue 14): a cache entry points at the output
+    # artifact of the call that filled it (hits reuse it, no copy); tags are a JSON list on the
+    # artifact's own row (NULL when it has none).
+    """
+    CREATE TABLE kitaru.cache_entries (
+        key TEXT COLLATE "C" PRIMARY KEY,
+        flow TEXT COLLATE "C" NOT NULL,
+        checkpoint TEXT NOT NULL,
+        artifact_id TEXT NOT NULL,
+        exec_id TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX cache_entries_flow ON kitaru.cache_entries (flow);
+    ALTER TABLE kitaru.artifacts ADD COLUMN tags TEXT;
+    """,
 ]
 
 

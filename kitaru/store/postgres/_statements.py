@@ -22,7 +22,7 @@ _EXEC_COLUMNS = (
 )
 _ARTIFACT_COLUMNS = (
     "id, exec_id, name, version, type, serializer, data_type, content_hash, size, call_id, "
-    "created_at, inline, uri"
+    "created_at, inline, uri, tags"
 )
 _INSERT_EXECUTION = (
     "WITH token AS (INSERT INTO kitaru.commits (token, at) VALUES ($14, $15)) "
@@ -30,7 +30,8 @@ _INSERT_EXECUTION = (
     "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (id) DO NOTHING RETURNING 1"
 )
 _INSERT_ARTIFACT = (
-    f"INSERT INTO kitaru.artifacts ({_ARTIFACT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+    f"INSERT INTO kitaru.artifacts ({_ARTIFACT_COLUMNS}) "
+    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)"
 )
 _INSERT_JOURNAL = (
     "INSERT INTO kitaru.journal (exec_id, kind, call_id, once, seq, name, attempt, artifact_id, data, ts) "
@@ -46,7 +47,7 @@ _LOCK_EXECUTION = (
 
 _ARTIFACT_ARRAYS = (
     "text[]", "text[]", "text[]", "int4[]", "text[]", "text[]", "text[]", "text[]", "int8[]", "text[]",
-    "float8[]", "bytea[]", "text[]",
+    "float8[]", "bytea[]", "text[]", "text[]",
 )  # fmt: skip
 _JOURNAL_FIELDS = "kind, call_id, once, seq, name, attempt, artifact_id, data, ts"
 _JOURNAL_ARRAYS = ("text[]", "text[]", "text[]", "int4[]", "text[]", "int4[]", "text[]", "text[]", "float8[]")
@@ -145,6 +146,7 @@ def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
         a.created_at,
         a.inline,
         a.uri,
+        json.dumps(a.tags) if a.tags else None,
     )
 
 
@@ -199,4 +201,5 @@ def _artifact_from_row(row: Any) -> ArtifactRecord:
         created_at=row[10],
         inline=bytes(row[11]) if row[11] is not None else None,
         uri=row[12],
+        tags=json.loads(row[13]) if row[13] else [],
     )

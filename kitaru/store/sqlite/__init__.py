@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from kitaru.store._rules import lease_holder_alive
+from kitaru.store.sqlite._catalog import _Catalog
 from kitaru.store.sqlite._deployments import _Deployments
 from kitaru.store.sqlite._executions import _Executions
 
 __all__ = ["SQLiteStateStore", "lease_holder_alive"]
 
 
-class SQLiteStateStore(_Executions, _Deployments):
+class SQLiteStateStore(_Executions, _Deployments, _Catalog):
     """A :class:`~kitaru.store.StateStore` in one SQLite database file."""
 
     inline: ClassVar[bool] = True

@@ -29,7 +29,7 @@ _EXEC_COLUMNS = (
 )
 _ARTIFACT_COLUMNS = (
     "id, exec_id, name, version, type, serializer, data_type, content_hash, size, call_id, "
-    "created_at, inline, uri"
+    "created_at, inline, uri, tags"
 )
 
 
@@ -91,6 +91,7 @@ def _artifact_from_row(row: Sequence[Any]) -> ArtifactRecord:
         created_at=row[10],
         inline=row[11],
         uri=row[12],
+        tags=json.loads(row[13]) if row[13] else [],
     )
 
 
@@ -109,6 +110,7 @@ def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
         a.created_at,
         a.inline,
         a.uri,
+        json.dumps(a.tags) if a.tags else None,
     )
 
 
@@ -162,7 +164,7 @@ class _Executions(_Connection):
                 ),
             )
             cur.executemany(
-                f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [_artifact_row(a) for a in artifacts],
             )
             cur.executemany(
@@ -307,7 +309,7 @@ class _Executions(_Connection):
                     _rules.check_status_change(exec_id, current, status)
                 if artifacts:
                     cur.executemany(
-                        f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         [_artifact_row(a) for a in artifacts],
                     )
                 if records:
@@ -391,7 +393,7 @@ class _Executions(_Connection):
             }
             _rules.check_wait_open(exec_id, record.call_id, kinds)
             cur.execute(
-                f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 _artifact_row(artifact),
             )
             cur.execute(_INSERT_JOURNAL, _journal_row(exec_id, record, now))

@@ -107,4 +107,20 @@ _MIGRATIONS: list[str] = [
         revoked_at REAL
     );
     """,
+    # The checkpoint cache and artifact tags (issue 14): a cache entry points at the output
+    # artifact of the call that filled it (hits reuse it, no copy); tags are a JSON list on the
+    # artifact's own row (NULL when it has none, so untagged commits write nothing more).
+    """
+    CREATE TABLE cache_entries (
+        key TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        checkpoint TEXT NOT NULL,
+        artifact_id TEXT NOT NULL,
+        exec_id TEXT NOT NULL,
+        call_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX cache_entries_flow ON cache_entries (flow);
+    ALTER TABLE artifacts ADD COLUMN tags TEXT;
+    """,
 ]

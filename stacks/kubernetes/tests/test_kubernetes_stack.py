@@ -232,3 +232,8 @@ def test_a_deployed_versions_job_runs_its_image_and_is_labelled_with_it(
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/acme/agents:now"
     plain = orchestrator.job_manifest("01JEXAMPLE0000000000000000", "review", 2)
     assert "kitaru.dev/version" not in plain["metadata"]["labels"]
+    # `@flow(image=...)` (recorded as the execution's metadata["image"]) beats the stack's.
+    flows_own = orchestrator.job_manifest(
+        "01JEXAMPLE0000000000000000", "review", 2, image="ghcr.io/acme/flow:1"
+    )
+    assert flows_own["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/acme/flow:1"

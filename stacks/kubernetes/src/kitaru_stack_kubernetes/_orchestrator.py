@@ -250,7 +250,14 @@ class KubernetesOrchestrator:
                 )
             await self._ensure_code(runtime, exec_id, record.metadata)
             run = len(await runtime.astate.read_journal(exec_id))
-            body = self.job_manifest(exec_id, record.flow, run, suffix, version=_version(record.metadata))
+            body = self.job_manifest(
+                exec_id,
+                record.flow,
+                run,
+                suffix,
+                version=_version(record.metadata),
+                image=record.metadata.get("image"),
+            )
             if await self._create(body):
                 return
             # 409: the Job of this run exists. Running, or about to: someone else submitted it.
@@ -402,14 +409,17 @@ class KubernetesOrchestrator:
         suffix: int = 1,
         *,
         version: dict[str, Any] | None = None,
+        image: str | None = None,
     ) -> dict[str, Any]:
         """The ``batch/v1`` Job of run ``run`` of the execution. An execution of a deployed
         ``version`` (its ``metadata["deployment"]``) runs on the version's image, every run of
-        it, whatever the stack's ``image`` is now; its Jobs carry the version as a label."""
+        it, whatever the stack's ``image`` is now; its Jobs carry the version as a label.
+        ``image``: the flow's own (``@flow(image=...)``, its ``metadata["image"]``), over the
+        stack's."""
         from kitaru.worker import EXIT_CANNOT_RUN, EXIT_FLOW_FAILED
 
         stack = self.stack
-        image = (version or {}).get("image") or stack.image
+        image = (version or {}).get("image") or image or stack.image
         if not image:
             raise KitaruConfigError(
                 f"stack {stack.name!r} has no `image`: the Jobs need the image that runs the worker "
