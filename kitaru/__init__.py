@@ -46,6 +46,7 @@ from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
 from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
 from kitaru.llm import allm as allm
 from kitaru.llm import llm as llm
+from kitaru.secrets import secret as secret
 
 __version__ = "0.1.0.dev0"
 
@@ -86,6 +87,7 @@ __all__ = [
     "load",
     "log",
     "save",
+    "secret",
     "wait",
     "wait_async",
 ]

@@ -12,6 +12,7 @@ from kitaru.cli.deployments import deployments as _deployments_group
 from kitaru.cli.executions import _report_handle as _report_handle
 from kitaru.cli.executions import executions as _executions_group
 from kitaru.cli.model import model as _model_group
+from kitaru.cli.secrets import secrets as _secrets_group
 from kitaru.cli.server import login as _login
 from kitaru.cli.server import logout as _logout
 from kitaru.cli.server import server as _server_group
@@ -48,6 +49,7 @@ main.add_command(_artifacts_group)
 main.add_command(_deployments_group)
 main.add_command(_model_group)
 main.add_command(_stack_group)
+main.add_command(_secrets_group)
 main.add_command(_worker_group)
 main.add_command(_server_group)
 main.add_command(_login)

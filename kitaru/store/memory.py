@@ -20,6 +20,7 @@ from kitaru.store import (
     DeploymentRecord,
     ExecutionRecord,
     JournalRecord,
+    SecretRecord,
     TagMove,
     TagRecord,
     TagRequest,
@@ -46,6 +47,7 @@ class MemoryStateStore:
         self._tags: dict[str, dict[str, TagRecord]] = {}
         self._moves: list[TagMove] = []
         self._keys: dict[str, ApiKeyRecord] = {}
+        self._secrets: dict[str, SecretRecord] = {}
 
     def _get(self, exec_id: str) -> ExecutionRecord:
         try:
@@ -273,6 +275,27 @@ class MemoryStateStore:
                         key.revoked_at = time.time()
                     return copy.deepcopy(key)
         raise _rules.no_such_key(name)
+
+    async def put_secret(self, name: str, ciphertext: bytes) -> SecretRecord:
+        with self._lock:
+            now = time.time()
+            old = self._secrets.get(name)
+            record = SecretRecord(name, bytes(ciphertext), old.created_at if old else now, now)
+            self._secrets[name] = record
+            return copy.deepcopy(record)
+
+    async def get_secret(self, name: str) -> SecretRecord | None:
+        with self._lock:
+            record = self._secrets.get(name)
+            return copy.deepcopy(record) if record is not None else None
+
+    async def list_secrets(self) -> list[SecretRecord]:
+        with self._lock:
+            return [copy.deepcopy(self._secrets[n]) for n in sorted(self._secrets)]
+
+    async def delete_secret(self, name: str) -> bool:
+        with self._lock:
+            return self._secrets.pop(name, None) is not None
 
     async def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:

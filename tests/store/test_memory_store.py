@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from kitaru.store.conformance import ArtifactStoreConformance, KeyStoreConformance, StateStoreConformance
+from kitaru.store.conformance import (
+    ArtifactStoreConformance,
+    KeyStoreConformance,
+    SecretStoreConformance,
+    StateStoreConformance,
+)
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 
 
@@ -20,6 +25,10 @@ def artifact_store() -> MemoryArtifactStore:
 
 class TestMemoryKeyStore(KeyStoreConformance):
     """API keys of the team server."""
+
+
+class TestMemorySecretStore(SecretStoreConformance):
+    """Secrets (ciphertext only) for kitaru.secret()."""
 
 
 class TestMemoryStateStore(StateStoreConformance):

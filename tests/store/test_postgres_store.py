@@ -15,7 +15,7 @@ import pytest
 from kitaru._portal import block_on
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError, KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
-from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
+from kitaru.store.conformance import KeyStoreConformance, SecretStoreConformance, StateStoreConformance
 from kitaru.store.open import open_state_store
 from kitaru.store.postgres import PostgresStateStore
 from tests._services.postgres import PostgresCluster
@@ -36,6 +36,10 @@ async def state_store(class_dsn: str) -> AsyncIterator[PostgresStateStore]:
 
 class TestPostgresKeyStore(KeyStoreConformance):
     """API keys of the team server."""
+
+
+class TestPostgresSecretStore(SecretStoreConformance):
+    """Secrets (ciphertext only) for kitaru.secret()."""
 
 
 class TestPostgresStateStore(StateStoreConformance):

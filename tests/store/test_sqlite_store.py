@@ -12,7 +12,7 @@ import pytest
 
 from kitaru.errors import KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
-from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
+from kitaru.store.conformance import KeyStoreConformance, SecretStoreConformance, StateStoreConformance
 from kitaru.store.sqlite import SQLiteStateStore
 
 
@@ -25,6 +25,10 @@ async def state_store(tmp_path: Path) -> AsyncIterator[SQLiteStateStore]:
 
 class TestSQLiteKeyStore(KeyStoreConformance):
     """API keys of the team server."""
+
+
+class TestSQLiteSecretStore(SecretStoreConformance):
+    """Secrets (ciphertext only) for kitaru.secret()."""
 
 
 class TestSQLiteStateStore(StateStoreConformance):

@@ -131,6 +131,15 @@ _MIGRATIONS: list[str] = [
         revoked_at DOUBLE PRECISION
     );
     """,
+    # Secrets (`kitaru secrets`, issue 14): Fernet ciphertext only; the key never reaches a store.
+    """
+    CREATE TABLE kitaru.secrets (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        ciphertext BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 

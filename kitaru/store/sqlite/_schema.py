@@ -107,4 +107,13 @@ _MIGRATIONS: list[str] = [
         revoked_at REAL
     );
     """,
+    # Secrets (`kitaru secrets`, issue 14): Fernet ciphertext only; the key never reaches a store.
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
