@@ -42,6 +42,7 @@ from kitaru.errors import KitaruStateError as KitaruStateError
 from kitaru.errors import KitaruStoreError as KitaruStoreError
 from kitaru.errors import KitaruTimeoutError as KitaruTimeoutError
 from kitaru.errors import KitaruUsageError as KitaruUsageError
+from kitaru.errors import KitaruWaitAborted as KitaruWaitAborted
 from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
 from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
 from kitaru.llm import allm as allm
@@ -76,6 +77,7 @@ __all__ = [
     "KitaruStoreError",
     "KitaruTimeoutError",
     "KitaruUsageError",
+    "KitaruWaitAborted",
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
     "allm",

@@ -371,6 +371,21 @@ def resolve(model: str | None, config: ModelsConfig | None = None) -> ModelSpec:
     )
 
 
+def price_of(model: str) -> tuple[float, float] | None:
+    """USD per million tokens (input, output) for a recorded ``provider/model``: a registered
+    alias of that model with both costs set wins (the per-alias override), else the table."""
+    aliases: list[ModelAlias]
+    try:
+        aliases = list(load_config().aliases.values())
+    except KitaruConfigError:
+        aliases = []  # a broken models file must not hide the table's prices
+    for alias in aliases:
+        if alias.model == model and alias.input_cost is not None and alias.output_cost is not None:
+            return alias.input_cost, alias.output_cost
+    model_name = model.partition("/")[2] or model
+    return _PRICES.get(model_name.rpartition("/")[2]) or _dated_price(model_name)
+
+
 def _dated_price(model_name: str) -> tuple[float, float] | None:
     """Prices of dated snapshots (``claude-3-5-haiku-20241022``, ``gpt-4o-2024-08-06``)."""
     base = model_name.rpartition("/")[2]
