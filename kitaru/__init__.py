@@ -22,6 +22,13 @@ from kitaru._engine.flow import flow as flow
 from kitaru._engine.waits import wait as wait
 from kitaru._engine.waits import wait_async as wait_async
 from kitaru.client import KitaruClient as KitaruClient
+from kitaru.config import StackInfo as StackInfo
+from kitaru.config import configure as configure
+from kitaru.config import create_stack as create_stack
+from kitaru.config import current_stack as current_stack
+from kitaru.config import delete_stack as delete_stack
+from kitaru.config import list_stacks as list_stacks
+from kitaru.config import use_stack as use_stack
 from kitaru.errors import KitaruConfigError as KitaruConfigError
 from kitaru.errors import KitaruConflictError as KitaruConflictError
 from kitaru.errors import KitaruDivergenceError as KitaruDivergenceError
@@ -80,16 +87,23 @@ __all__ = [
     "KitaruWaitAborted",
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
+    "StackInfo",
     "allm",
     "aload",
     "checkpoint",
+    "configure",
+    "create_stack",
     "current_execution_id",
+    "current_stack",
+    "delete_stack",
     "flow",
+    "list_stacks",
     "llm",
     "load",
     "log",
     "save",
     "secret",
+    "use_stack",
     "wait",
     "wait_async",
 ]

@@ -311,7 +311,9 @@ def resolve(model: str | None, config: ModelsConfig | None = None) -> ModelSpec:
     """Turn what the caller asked for (an alias, ``provider/model``, or None for the default) into a
     model spec with its endpoint and key."""
     config = config if config is not None else load_config()
-    asked = model or os.environ.get("KITARU_MODEL") or config.default
+    from kitaru.config import configured
+
+    asked = model or configured("model") or os.environ.get("KITARU_MODEL") or config.default
     if not asked:
         raise KitaruConfigError(
             "kitaru.llm() has no model: pass model='provider/model' (e.g. 'openai/gpt-4o-mini'), "

@@ -17,6 +17,8 @@ from kitaru.cli.server import login as _login
 from kitaru.cli.server import logout as _logout
 from kitaru.cli.server import server as _server_group
 from kitaru.cli.server import status as _status
+from kitaru.cli.setup import info as _info
+from kitaru.cli.setup import init as _init
 from kitaru.cli.stack import stack as _stack_group
 from kitaru.cli.worker import worker as _worker_group
 
@@ -55,3 +57,5 @@ main.add_command(_server_group)
 main.add_command(_login)
 main.add_command(_logout)
 main.add_command(_status)
+main.add_command(_info)
+main.add_command(_init)
