@@ -180,3 +180,11 @@ def test_abort_from_another_process(tmp_path: Path, kitaru_home: Path) -> None:
     assert aborted.returncode == 9, aborted.stderr
     assert "ABORTED not today" in aborted.stdout
     assert kitaru.KitaruClient().executions.get(exec_id).status == "failed"
+
+
+def test_ids_made_in_one_millisecond_keep_their_order() -> None:
+    # What makes latest() and "newest first" right for executions started back to back.
+    from kitaru._ids import new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
