@@ -22,6 +22,13 @@ from kitaru._engine.flow import flow as flow
 from kitaru._engine.waits import wait as wait
 from kitaru._engine.waits import wait_async as wait_async
 from kitaru.client import KitaruClient as KitaruClient
+from kitaru.config import StackInfo as StackInfo
+from kitaru.config import configure as configure
+from kitaru.config import create_stack as create_stack
+from kitaru.config import current_stack as current_stack
+from kitaru.config import delete_stack as delete_stack
+from kitaru.config import list_stacks as list_stacks
+from kitaru.config import use_stack as use_stack
 from kitaru.errors import KitaruConfigError as KitaruConfigError
 from kitaru.errors import KitaruConflictError as KitaruConflictError
 from kitaru.errors import KitaruDivergenceError as KitaruDivergenceError
@@ -42,10 +49,12 @@ from kitaru.errors import KitaruStateError as KitaruStateError
 from kitaru.errors import KitaruStoreError as KitaruStoreError
 from kitaru.errors import KitaruTimeoutError as KitaruTimeoutError
 from kitaru.errors import KitaruUsageError as KitaruUsageError
+from kitaru.errors import KitaruWaitAborted as KitaruWaitAborted
 from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
 from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
 from kitaru.llm import allm as allm
 from kitaru.llm import llm as llm
+from kitaru.secrets import secret as secret
 
 __version__ = "0.1.0.dev0"
 
@@ -75,17 +84,26 @@ __all__ = [
     "KitaruStoreError",
     "KitaruTimeoutError",
     "KitaruUsageError",
+    "KitaruWaitAborted",
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
+    "StackInfo",
     "allm",
     "aload",
     "checkpoint",
+    "configure",
+    "create_stack",
     "current_execution_id",
+    "current_stack",
+    "delete_stack",
     "flow",
+    "list_stacks",
     "llm",
     "load",
     "log",
     "save",
+    "secret",
+    "use_stack",
     "wait",
     "wait_async",
 ]

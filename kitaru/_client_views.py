@@ -21,8 +21,11 @@ __all__ = [
     "Artifact",
     "CheckpointCall",
     "Execution",
+    "ExecutionStats",
+    "FlowStats",
     "JSONValue",
     "LogEntry",
+    "PendingWait",
     "Recovery",
     "Wait",
     "fold_journal",
@@ -73,7 +76,7 @@ class Wait:
     question: str | None
     schema: str
     status: str
-    """``open``, ``answered`` or ``timed_out``."""
+    """``open``, ``answered``, ``aborted`` or ``timed_out``."""
     answer_artifact: str | None
     metadata: dict[str, JSONValue]
     deadline: float | None
@@ -83,6 +86,8 @@ class Wait:
     """What an answer must match, as a JSON Schema (None: any JSON value)."""
     type_ref: dict[str, JSONValue] | None = None
     """The schema's structured type reference (see ``kitaru._engine.waits.type_ref``)."""
+    opened_at: float | None = None
+    """When the wait was opened (its ``wait_opened`` record)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +308,11 @@ def fold_journal(
                 "schema_ref": d.get("schema"),
                 "json_schema": d.get("json_schema"),
                 "type_ref": d.get("type"),
+                "opened_at": r.ts,
             }
         elif r.kind == "wait_answered" and r.call_id in waits:
-            waits[r.call_id].update(status="answered", answer=r.artifact_id)
+            aborted = bool((r.data or {}).get("aborted"))
+            waits[r.call_id].update(status="aborted" if aborted else "answered", answer=r.artifact_id)
         elif r.kind == "wait_timed_out" and r.call_id in waits:
             waits[r.call_id]["status"] = "timed_out"
     checkpoint_calls = [
@@ -339,7 +346,59 @@ def fold_journal(
             schema_ref=w["schema_ref"],
             json_schema=w["json_schema"],
             type_ref=w["type_ref"],
+            opened_at=w["opened_at"],
         )
         for wid, w in waits.items()
     ]
     return checkpoint_calls, wait_list, flow_meta
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWait:
+    """An open wait of a waiting execution: what a person is asked, and what an answer must be."""
+
+    exec_id: str
+    flow: str
+    name: str
+    question: str | None
+    schema: str
+    json_schema: dict[str, JSONValue] | None
+    metadata: dict[str, JSONValue]
+    opened_at: float | None
+    deadline: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStats:
+    """One flow's executions in a window: counts by status, durations, model usage."""
+
+    flow: str
+    executions: int
+    by_status: dict[str, int]
+    duration_p50: float | None
+    """Seconds from start to the final status, over finished executions (None: none finished)."""
+    duration_p95: float | None
+    llm_calls: int
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    """Over the calls whose price is known (recorded at call time, else from the price table)."""
+    unpriced_calls: int
+    """Model calls with no known price (register one: ``kitaru model register ... --input-cost``)."""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStats:
+    """What ``executions.stats()`` returns: per-flow figures, and the window they cover."""
+
+    since: float | None
+    flows: tuple[FlowStats, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -12,9 +13,21 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MAX_ID_LENGTH = 256
 
 
+_last = 0
+_lock = threading.Lock()
+
+
 def new_id() -> str:
-    """Return a 26-character id that sorts by creation time across processes."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    """Return a 26-character id that sorts by creation time across processes, and strictly in
+    creation order within one: an id made in the same millisecond as the previous one is that
+    one plus one (ULID's monotonic rule), so "newest first" (``latest()``) holds for executions
+    started within a millisecond of each other."""
+    global _last
+    with _lock:
+        value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+        if value >> 80 <= _last >> 80:
+            value = _last + 1
+        _last = value
     chars = []
     for _ in range(26):
         chars.append(_ALPHABET[value & 31])

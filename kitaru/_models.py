@@ -311,7 +311,9 @@ def resolve(model: str | None, config: ModelsConfig | None = None) -> ModelSpec:
     """Turn what the caller asked for (an alias, ``provider/model``, or None for the default) into a
     model spec with its endpoint and key."""
     config = config if config is not None else load_config()
-    asked = model or os.environ.get("KITARU_MODEL") or config.default
+    from kitaru.config import configured
+
+    asked = model or configured("model") or os.environ.get("KITARU_MODEL") or config.default
     if not asked:
         raise KitaruConfigError(
             "kitaru.llm() has no model: pass model='provider/model' (e.g. 'openai/gpt-4o-mini'), "
@@ -369,6 +371,21 @@ def resolve(model: str | None, config: ModelsConfig | None = None) -> ModelSpec:
         input_cost=input_cost,
         output_cost=output_cost,
     )
+
+
+def price_of(model: str) -> tuple[float, float] | None:
+    """USD per million tokens (input, output) for a recorded ``provider/model``: a registered
+    alias of that model with both costs set wins (the per-alias override), else the table."""
+    aliases: list[ModelAlias]
+    try:
+        aliases = list(load_config().aliases.values())
+    except KitaruConfigError:
+        aliases = []  # a broken models file must not hide the table's prices
+    for alias in aliases:
+        if alias.model == model and alias.input_cost is not None and alias.output_cost is not None:
+            return alias.input_cost, alias.output_cost
+    model_name = model.partition("/")[2] or model
+    return _PRICES.get(model_name.rpartition("/")[2]) or _dated_price(model_name)
 
 
 def _dated_price(model_name: str) -> tuple[float, float] | None:

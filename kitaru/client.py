@@ -32,9 +32,12 @@ __all__ = [
     "Artifact",
     "CheckpointCall",
     "Execution",
+    "ExecutionStats",
+    "FlowStats",
     "JSONValue",
     "KitaruClient",
     "LogEntry",
+    "PendingWait",
     "Recovery",
     "Wait",
 ]
@@ -44,8 +47,11 @@ from kitaru._client_views import JSON_SERIALIZERS as JSON_SERIALIZERS
 from kitaru._client_views import Artifact as Artifact
 from kitaru._client_views import CheckpointCall as CheckpointCall
 from kitaru._client_views import Execution as Execution
+from kitaru._client_views import ExecutionStats as ExecutionStats
+from kitaru._client_views import FlowStats as FlowStats
 from kitaru._client_views import JSONValue as JSONValue
 from kitaru._client_views import LogEntry as LogEntry
+from kitaru._client_views import PendingWait as PendingWait
 from kitaru._client_views import Recovery as Recovery
 from kitaru._client_views import Wait as Wait
 from kitaru._client_views import fold_journal as fold_journal
@@ -158,6 +164,69 @@ class _Executions:
         if in_process:
             if leased is None:
                 return FlowHandle(execution.id, runtime)  # its runner (still holding) goes on
+            flow_obj, started = blocking(runner.load, leased)
+            return _handle(execution.id, runtime, blocking(runner.drive, flow_obj, leased, started))
+        return self._submit(execution.id)
+
+    def latest(self, *, flow: str | None = None, status: str | None = None) -> Execution:
+        """The newest execution (of ``flow``, in ``status``), with its checkpoints and waits;
+        :class:`~kitaru.errors.KitaruNotFoundError` when there is none."""
+        records = self._state.list_executions(flow=flow, status=status, limit=1)
+        if not records:
+            which = "".join(
+                [f" of flow {flow!r}" if flow else "", f" with status {status}" if status else ""]
+            )
+            raise KitaruNotFoundError(f"no execution{which} yet. List them with `kitaru executions list`.")
+        return self.get(records[0].id)
+
+    def pending_waits(self, *, flow: str | None = None) -> builtins.list[PendingWait]:
+        """Every wait a person owes an answer: the open waits of waiting executions (of ``flow``),
+        oldest first, each with its question and the JSON Schema an answer must match."""
+        from kitaru._exec_stats import pending_waits
+
+        return pending_waits(self._state, flow=flow)
+
+    def stats(self, *, flow: str | None = None, since: float | None = None) -> ExecutionStats:
+        """Per flow, over the executions created since ``since`` (a Unix time; all when None):
+        counts by status, the p50/p95 time from start to final status of finished ones, and the
+        model tokens and cost of their ``kitaru.llm`` calls (the cost recorded at call time, else
+        the price table in ``kitaru._models``, which an alias's ``--input-cost/--output-cost``
+        overrides). Calls a replay reused are counted once, in the original."""
+        from kitaru._exec_stats import execution_stats
+
+        return execution_stats(self._state, flow=flow, since=since)
+
+    def abort_wait(
+        self, exec_id: str, *, wait: str | None = None, reason: str | None = None, resume: bool = True
+    ) -> FlowHandle:
+        """Abort an open wait instead of answering it: the flow's ``wait()`` raises
+        :class:`~kitaru.errors.KitaruWaitAborted` (with ``reason``), which the flow may catch;
+        uncaught, the execution fails. Recorded like an answer (once: an answered wait cannot be
+        aborted, nor an aborted one answered). With ``resume`` the stack's orchestrator moves the
+        flow on, as :meth:`input` does; when it drives here and the flow does not catch the
+        abort, this raises that ``KitaruWaitAborted``."""
+        from kitaru._engine.flow import FlowHandle
+        from kitaru._engine.handles import blocking
+        from kitaru._engine.runner import Runner
+
+        runtime = self._client._runtime
+        execution = self.get(exec_id)
+        chosen = _choose_wait(execution, wait)
+        in_process = _drives_here(self._client._orchestrator())
+        runner = Runner(runtime)
+        leased = blocking(
+            runner.answer,
+            execution.id,
+            chosen.name,
+            None,
+            take_lease=resume and in_process,
+            abort={"aborted": True, "reason": reason},
+        )
+        if not resume:
+            return FlowHandle(execution.id, runtime)
+        if in_process:
+            if leased is None:
+                return FlowHandle(execution.id, runtime)
             flow_obj, started = blocking(runner.load, leased)
             return _handle(execution.id, runtime, blocking(runner.drive, flow_obj, leased, started))
         return self._submit(execution.id)

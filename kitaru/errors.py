@@ -16,6 +16,7 @@ Every message says what happened, why, and the next thing to run::
     ├── KitaruDivergenceError       the flow's code no longer matches its journal
     ├── KitaruWaitValidationError   a wait answer does not match the wait's schema
     ├── KitaruWaitTimeoutError      a wait's timeout passed without an answer
+    ├── KitaruWaitAborted           someone aborted a wait instead of answering it (exit code 9)
     ├── KitaruTimeoutError          waiting on a handle took longer than asked
     ├── KitaruLLMError              a model provider call failed (kitaru.llm, adapters)
     │   ├── KitaruLLMAuthError      the provider refused the credentials
@@ -52,6 +53,7 @@ __all__ = [
     "KitaruStoreError",
     "KitaruTimeoutError",
     "KitaruUsageError",
+    "KitaruWaitAborted",
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
 ]
@@ -130,6 +132,19 @@ class KitaruWaitValidationError(KitaruError):
 
 class KitaruWaitTimeoutError(KitaruError):
     """Raised inside a flow when a wait's timeout passed with no answer."""
+
+
+class KitaruWaitAborted(KitaruError):
+    """Raised inside a flow when its wait was aborted (``kitaru executions input --abort``);
+    ``reason`` is what the person who aborted it gave. Uncaught, it fails the execution, and a
+    CLI command that drove it exits with code 9."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, wait: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait
+        self.reason = reason
 
 
 class KitaruTimeoutError(KitaruError):

@@ -49,7 +49,13 @@ class Serialized:
 
 
 def pickle_allowed() -> bool:
-    """Whether values may be pickled and unpickled (``KITARU_ALLOW_PICKLE``, default on)."""
+    """Whether values may be pickled and unpickled: ``kitaru.configure(allow_pickle=)``, else
+    ``KITARU_ALLOW_PICKLE`` (default on)."""
+    from kitaru.config import configured
+
+    chosen = configured("allow_pickle")
+    if chosen is not None:
+        return bool(chosen)
     return os.environ.get("KITARU_ALLOW_PICKLE", "1").strip().lower() not in {"0", "false", "no"}
 
 
@@ -189,7 +195,8 @@ def dumps(value: Any) -> Serialized:
     raise KitaruSerializationError(
         f"cannot serialize a value of type {type(value).__qualname__}: it is not JSON-native, "
         "bytes, a pydantic model or a dataclass, and pickle is switched off. Return one of those "
-        "types, or allow pickle with KITARU_ALLOW_PICKLE=1."
+        "types, or allow pickle (kitaru.configure(allow_pickle=True), or KITARU_ALLOW_PICKLE=1 when "
+        "configure() does not say)."
     )
 
 

@@ -36,6 +36,7 @@ def kitaru_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KITARU_HOME", str(home))
     monkeypatch.delenv("KITARU_STACK", raising=False)
     monkeypatch.delenv("KITARU_WAIT_HOLD", raising=False)
+    monkeypatch.delenv("KITARU_SECRETS_KEY", raising=False)
     # Stack config: no user file but the test's own, no overrides from the calling shell.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.delenv("KITARU_CONFIG", raising=False)
@@ -46,9 +47,14 @@ def kitaru_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(autouse=True)
 def fresh_default_runtime() -> Iterator[None]:
-    """The process-wide runtime opens from KITARU_HOME on first use: give each test its own."""
+    """The process-wide runtime opens from KITARU_HOME on first use: give each test its own (and
+    no process defaults from kitaru.configure() of an earlier test)."""
+    from kitaru.config import configure
+
+    configure(stack=None, model=None, allow_pickle=None)
     set_runtime(None)
     yield
+    configure(stack=None, model=None, allow_pickle=None)
     previous = set_runtime(None)
     if previous is not None:
         previous.close()

@@ -159,6 +159,9 @@ def log(**metadata: Any) -> None:
         json.dumps(metadata)
     except (TypeError, ValueError) as exc:
         raise KitaruUsageError(f"kitaru.log() values must be JSON-serializable: {exc}") from None
+    from kitaru.secrets import redact_json
+
+    metadata = redact_json(metadata)  # a secret's value never reaches the journal
     frame = _current_call.get()
     if frame is not None:
         frame.records.append(

@@ -37,6 +37,9 @@ _echoing: ContextVar[bool] = ContextVar("kitaru_echoing_log", default=False)
 def _record(stream: str, text: str) -> None:
     if not text:
         return
+    from kitaru.secrets import redact
+
+    text = redact(text)  # a secret's value printed by the flow never reaches the journal
     frame = _current_call.get()
     if frame is not None:
         records = frame.records

@@ -266,16 +266,29 @@ class Runner:
         return await self.drive(flow, leased, await self.inputs(flow, exec_id))
 
     async def answer(
-        self, exec_id: str, wait: str, value: Any, *, take_lease: bool
+        self,
+        exec_id: str,
+        wait: str,
+        value: Any,
+        *,
+        take_lease: bool,
+        abort: dict[str, Any] | None = None,
     ) -> ExecutionRecord | None:
         """Record ``value`` (already checked against the wait's schema) as the answer of wait
         ``wait``; with ``take_lease``, a waiting execution whose lease is free becomes this
-        process's to drive in the same transaction (returned; None otherwise)."""
+        process's to drive in the same transaction (returned; None otherwise).
+
+        ``abort`` (``{"aborted": True, "reason": ...}``) records an abort instead: the same
+        once-only ``wait_answered`` record (so every store's answer rules apply unchanged: an
+        answered wait cannot be aborted, nor an aborted one answered) with a null answer; the
+        flow's ``wait()`` raises :class:`~kitaru.errors.KitaruWaitAborted` on it."""
         runtime = self.runtime
         artifact = await runtime.amake_artifact(
             exec_id, name=wait, version=1, type="answer", value=value, call_id=wait
         )
-        record = JournalRecord(kind="wait_answered", call_id=wait, artifact_id=artifact.id, ts=time.time())
+        record = JournalRecord(
+            kind="wait_answered", call_id=wait, artifact_id=artifact.id, data=abort, ts=time.time()
+        )
         took = await runtime.astate.answer_wait(
             exec_id, record, artifact, owner=runtime.owner, ttl=runtime.lease_ttl, take_lease=take_lease
         )

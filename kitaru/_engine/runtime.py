@@ -32,6 +32,7 @@ __all__ = [
     "close_stack_runtimes",
     "get_runtime",
     "read_only_runtime",
+    "release_default_runtime",
     "set_runtime",
     "use_runtime",
 ]
@@ -545,6 +546,16 @@ def get_runtime(stack_name: str | None = None) -> Runtime:
                 name = load_settings().active_stack
                 _runtime = _stack_runtimes.pop(name, None) or _open_runtime(None)
     return _runtime
+
+
+def release_default_runtime() -> None:
+    """Let the next ``get_runtime()`` open the active stack afresh (its choice changed): the
+    runtime opened so far moves to its stack's named slot, open for the handles that use it."""
+    global _runtime
+    with _runtime_lock:
+        current, _runtime = _runtime, None
+        if current is not None and current.stack_name is not None:
+            _stack_runtimes.setdefault(current.stack_name, current)
 
 
 def close_stack_runtimes() -> None:

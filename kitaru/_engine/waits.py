@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 from kitaru.config import env_float
 from kitaru.errors import (
     KitaruUsageError,
+    KitaruWaitAborted,
     KitaruWaitTimeoutError,
 )
 from kitaru.store import JournalRecord
@@ -239,8 +240,20 @@ class _Pending:
         return pending
 
     def answered(self) -> Any:
-        """The recorded answer, typed by the live schema (and remembered as lineage)."""
+        """The recorded answer, typed by the live schema (and remembered as lineage); an aborted
+        wait (its ``wait_answered`` record says ``aborted``) raises :class:`KitaruWaitAborted`."""
         ctx = self.ctx
+        data = ctx.answers[self.call_id].data or {}
+        if data.get("aborted"):
+            reason = data.get("reason")
+            raise KitaruWaitAborted(
+                f"wait {self.call_id!r} of execution {ctx.exec_id} was aborted"
+                + (f": {reason}" if reason else "")
+                + f". Replay from it to ask again: `kitaru executions replay {ctx.exec_id} "
+                f"--from {self.call_id}`.",
+                wait=self.call_id,
+                reason=reason,
+            )
         artifact = ctx.stored_artifact(ctx.answers[self.call_id])
         value = typed_answer(
             self.schema,

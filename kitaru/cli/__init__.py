@@ -13,10 +13,13 @@ from kitaru.cli.deployments import deployments as _deployments_group
 from kitaru.cli.executions import _report_handle as _report_handle
 from kitaru.cli.executions import executions as _executions_group
 from kitaru.cli.model import model as _model_group
+from kitaru.cli.secrets import secrets as _secrets_group
 from kitaru.cli.server import login as _login
 from kitaru.cli.server import logout as _logout
 from kitaru.cli.server import server as _server_group
 from kitaru.cli.server import status as _status
+from kitaru.cli.setup import info as _info
+from kitaru.cli.setup import init as _init
 from kitaru.cli.stack import stack as _stack_group
 from kitaru.cli.worker import worker as _worker_group
 
@@ -50,8 +53,11 @@ main.add_command(_cache_group)
 main.add_command(_deployments_group)
 main.add_command(_model_group)
 main.add_command(_stack_group)
+main.add_command(_secrets_group)
 main.add_command(_worker_group)
 main.add_command(_server_group)
 main.add_command(_login)
 main.add_command(_logout)
 main.add_command(_status)
+main.add_command(_info)
+main.add_command(_init)

@@ -191,7 +191,14 @@ def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
 
 @executions.command("input")
 @click.argument("exec_id", shell_complete=_complete_ids)
-@click.option("--value", required=True, help="The answer, as JSON: true, 42, '\"text\"', '{...}'.")
+@click.option("--value", help="The answer, as JSON: true, 42, '\"text\"', '{...}'.")
+@click.option(
+    "--abort",
+    is_flag=True,
+    help="Abort the wait instead of answering: the flow's wait() raises KitaruWaitAborted "
+    "(uncaught, the execution fails and this exits with code 9).",
+)
+@click.option("--reason", help="With --abort: why, passed to the flow on the KitaruWaitAborted.")
 @click.option("--wait", "wait_name", help="Which wait to answer, when several are open.")
 @click.option(
     "--resume/--no-resume",
@@ -201,12 +208,110 @@ def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
 )
 @_OUTPUT
 @_reports_errors
-def input_execution(exec_id: str, value: str, wait_name: str | None, resume: bool, output: str) -> None:
-    """Answer a waiting execution's wait, then resume it here."""
-    parsed = _parse_json(value, "--value")
+def input_execution(
+    exec_id: str,
+    value: str | None,
+    abort: bool,
+    reason: str | None,
+    wait_name: str | None,
+    resume: bool,
+    output: str,
+) -> None:
+    """Answer (or --abort) a waiting execution's wait, then resume it here."""
+    if abort == (value is not None):
+        raise click.UsageError("give the answer with --value JSON, or --abort (one of them).")
+    if reason is not None and not abort:
+        raise click.UsageError("--reason goes with --abort.")
     client = _client()
-    handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
+    if abort:
+        handle = client.executions.abort_wait(exec_id, wait=wait_name, reason=reason, resume=resume)
+    else:
+        parsed = _parse_json(value or "", "--value")
+        handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
     _report_handle(client, handle.exec_id, output)
+
+
+@executions.command("waits")
+@click.option("--flow", "flow_name", help="Only waits of this flow's executions.")
+@_OUTPUT
+@_reports_errors
+def list_waits(flow_name: str | None, output: str) -> None:
+    """Everything waiting on a person: open waits, oldest first, with their question and schema."""
+    found = _client(read_only=True).executions.pending_waits(flow=flow_name)
+    if output == "json":
+        _echo_json([w.to_dict() for w in found])
+        return
+    if not found:
+        click.echo("nothing is waiting on an answer.")
+        return
+    click.echo(
+        _table(
+            ["EXECUTION", "FLOW", "WAIT", "OPENED", "EXPECTS", "QUESTION"],
+            [(w.exec_id, w.flow, w.name, _when(w.opened_at), w.schema, w.question) for w in found],
+        )
+    )
+    click.echo("answer with: kitaru executions input EXECUTION --wait WAIT --value JSON (or --abort)")
+
+
+@executions.command("stats")
+@click.option("--flow", "flow_name", help="Only this flow.")
+@click.option(
+    "--since",
+    help="Only executions created since: a duration back from now (30m, 24h, 7d, 2w) or a date "
+    "(2026-01-31, 2026-01-31T12:00).",
+)
+@_OUTPUT
+@_reports_errors
+def execution_stats(flow_name: str | None, since: str | None, output: str) -> None:
+    """Per flow: executions by status, duration p50/p95, model tokens and cost."""
+    since_ts = _parse_since(since) if since else None
+    stats = _client(read_only=True).executions.stats(flow=flow_name, since=since_ts)
+    if output == "json":
+        _echo_json(stats.to_dict())
+        return
+    if not stats.flows:
+        click.echo("no executions" + (f" since {_when(since_ts)}" if since_ts else "") + ".")
+        return
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
+    click.echo(
+        _table(
+            ["FLOW", "RUNS", "BY STATUS", "P50", "P95", "LLM CALLS", "TOKENS IN/OUT", "COST USD"],
+            [
+                (
+                    f.flow,
+                    f.executions,
+                    " ".join(f"{k}={v}" for k, v in f.by_status.items()),
+                    seconds(f.duration_p50),
+                    seconds(f.duration_p95),
+                    f.llm_calls,
+                    f"{f.tokens_in}/{f.tokens_out}",
+                    f"{f.cost_usd:.4f}" + (f" (+{f.unpriced_calls} unpriced)" if f.unpriced_calls else ""),
+                )
+                for f in stats.flows
+            ],
+        )
+    )
+
+
+def _parse_since(text: str) -> float:
+    import re
+    import time
+    from datetime import datetime
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+        return time.time() - float(match.group(1)) * unit
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a duration (30m, 24h, 7d, 2w) nor a date (2026-01-31).",
+            param_hint="--since",
+        ) from None
 
 
 def _report_handle(client: Any, exec_id: str, output: str) -> None:

@@ -67,12 +67,18 @@ def load_settings() -> Settings:
     files = tuple(
         c for c in (read_config_file(project) if project else None, read_config_file(user)) if c is not None
     )
+    from kitaru.config import configured
+
+    # `kitaru.configure(stack=...)` in code beats the environment and the files.
+    chosen = configured("stack")
     env_name = os.environ.get("KITARU_STACK", "").strip()
+    env_source = "kitaru.configure()" if chosen else "KITARU_STACK"
+    env_name = chosen or env_name
     overrides = env_overrides()
     if not files and not overrides:
         return Settings(
             active_stack=env_name or DEFAULT_STACK,
-            active_source="KITARU_STACK" if env_name else "default",
+            active_source=env_source if env_name else "default",
             stacks={},
             overrides={},
         )
@@ -80,7 +86,7 @@ def load_settings() -> Settings:
 
     merged = KitaruSettings()
     if env_name:
-        source = "KITARU_STACK"
+        source = env_source
     else:
         source = next((str(c.path) for c in files if "active_stack" in c.data), "default")
     declared: dict[str, tuple[ConfigFile, ...]] = {}
@@ -88,7 +94,7 @@ def load_settings() -> Settings:
         for name in config.data.get("stacks", {}):
             declared[name] = (*declared.get(name, ()), config)
     return Settings(
-        active_stack=merged.active_stack or DEFAULT_STACK,
+        active_stack=chosen or merged.active_stack or DEFAULT_STACK,
         active_source=source,
         stacks={name: dict(table) for name, table in merged.stacks.items()},
         overrides=dict(merged.overrides),

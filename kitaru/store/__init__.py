@@ -33,6 +33,8 @@ __all__ = [
     "ExecutionStatus",
     "JournalRecord",
     "KeyStore",
+    "SecretRecord",
+    "SecretStore",
     "StateStore",
     "SyncArtifactStore",
     "SyncStateStore",
@@ -212,6 +214,17 @@ class ApiKeyRecord:
     scopes: list[str]
     created_at: float
     revoked_at: float | None = None
+
+
+@dataclass(slots=True)
+class SecretRecord:
+    """A secret as stored: its value only as ciphertext (:mod:`kitaru.secrets` encrypts it with
+    ``KITARU_SECRETS_KEY`` before any store sees it)."""
+
+    name: str
+    ciphertext: bytes
+    created_at: float
+    updated_at: float
 
 
 @runtime_checkable
@@ -461,6 +474,30 @@ class CatalogStore(Protocol):
 
     async def find_artifacts(self, *, tag: str, limit: int = 100) -> list[ArtifactRecord]:
         """Artifacts carrying ``tag``, newest first."""
+
+
+@runtime_checkable
+class SecretStore(Protocol):
+    """Secrets for ``kitaru.secret()``, kept by the state stores flows run on (SQLite,
+    PostgreSQL, memory) as opaque ciphertext: a store never sees a plain value.
+
+    Duties (checked by ``SecretStoreConformance``): names are unique; ``put_secret`` replaces a
+    secret's ciphertext and keeps its ``created_at``; ``delete_secret`` says whether there was one."""
+
+    async def put_secret(self, name: str, ciphertext: bytes) -> SecretRecord:
+        """Create or replace the secret ``name``; returns what is stored."""
+        ...
+
+    async def get_secret(self, name: str) -> SecretRecord | None:
+        """The secret ``name``, or None."""
+        ...
+
+    async def list_secrets(self) -> list[SecretRecord]:
+        """Every secret, by name."""
+        ...
+
+    async def delete_secret(self, name: str) -> bool:
+        """Remove the secret ``name``; False when there was none."""
         ...
 
 

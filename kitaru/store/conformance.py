@@ -61,7 +61,12 @@ from kitaru.store import (
 )
 from kitaru.store.deploy_conformance import DeploymentConformance
 
-__all__ = ["ArtifactStoreConformance", "KeyStoreConformance", "StateStoreConformance"]
+__all__ = [
+    "ArtifactStoreConformance",
+    "KeyStoreConformance",
+    "SecretStoreConformance",
+    "StateStoreConformance",
+]
 
 _HOST = socket.gethostname()
 _TTL = 60.0
@@ -365,6 +370,49 @@ class KeyStoreConformance:
         assert stored is not None and stored.revoked_at == revoked.revoked_at
         with pytest.raises(KitaruNotFoundError, match="no API key"):
             await state_store.revoke_api_key(f"absent_{new_id()}")
+
+
+# -- the secret suite (state stores flows read secrets from) ---------------------------------------
+
+
+@pytest.mark.anyio
+class SecretStoreConformance:
+    """Duties of :class:`~kitaru.store.SecretStore`; needs a ``state_store`` fixture."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    async def test_implements_protocol(self, state_store: Any) -> None:
+        from kitaru.store import SecretStore
+
+        assert isinstance(state_store, SecretStore)
+
+    async def test_put_get_list_delete_round_trip(self, state_store: Any) -> None:
+        name = f"s_{new_id()}"
+        stored = await state_store.put_secret(name, b"\x00cipher\xff")
+        assert (stored.name, stored.ciphertext) == (name, b"\x00cipher\xff")
+        assert await state_store.get_secret(name) == stored
+        assert name in [s.name for s in await state_store.list_secrets()]
+        assert await state_store.delete_secret(name) is True
+        assert await state_store.get_secret(name) is None
+        assert await state_store.delete_secret(name) is False
+        assert name not in [s.name for s in await state_store.list_secrets()]
+
+    async def test_put_replaces_the_value_and_keeps_its_creation_time(self, state_store: Any) -> None:
+        name = f"s_{new_id()}"
+        first = await state_store.put_secret(name, b"one")
+        second = await state_store.put_secret(name, b"two")
+        assert second.ciphertext == b"two" and second.created_at == first.created_at
+        assert second.updated_at >= first.updated_at
+        assert [s.ciphertext for s in await state_store.list_secrets() if s.name == name] == [b"two"]
+
+    async def test_list_is_sorted_by_name(self, state_store: Any) -> None:
+        prefix = f"s_{new_id()}"
+        for suffix in ("b", "a", "c"):
+            await state_store.put_secret(prefix + suffix, b"x")
+        names = [s.name for s in await state_store.list_secrets() if s.name.startswith(prefix)]
+        assert names == [prefix + "a", prefix + "b", prefix + "c"]
 
 
 # -- the state store suite ------------------------------------------------------------------------

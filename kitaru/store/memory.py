@@ -21,6 +21,7 @@ from kitaru.store import (
     DeploymentRecord,
     ExecutionRecord,
     JournalRecord,
+    SecretRecord,
     TagMove,
     TagRecord,
     TagRequest,
@@ -48,6 +49,7 @@ class MemoryStateStore:
         self._moves: list[TagMove] = []
         self._keys: dict[str, ApiKeyRecord] = {}
         self._cache: dict[str, CacheEntry] = {}
+        self._secrets: dict[str, SecretRecord] = {}
 
     def _get(self, exec_id: str) -> ExecutionRecord:
         try:
@@ -301,6 +303,27 @@ class MemoryStateStore:
         with self._lock:
             found = [a for a in self._artifacts.values() if tag in a.tags]
         return sorted(found, key=lambda a: (a.created_at, a.id), reverse=True)[:limit]
+
+    async def put_secret(self, name: str, ciphertext: bytes) -> SecretRecord:
+        with self._lock:
+            now = time.time()
+            old = self._secrets.get(name)
+            record = SecretRecord(name, bytes(ciphertext), old.created_at if old else now, now)
+            self._secrets[name] = record
+            return copy.deepcopy(record)
+
+    async def get_secret(self, name: str) -> SecretRecord | None:
+        with self._lock:
+            record = self._secrets.get(name)
+            return copy.deepcopy(record) if record is not None else None
+
+    async def list_secrets(self) -> list[SecretRecord]:
+        with self._lock:
+            return [copy.deepcopy(self._secrets[n]) for n in sorted(self._secrets)]
+
+    async def delete_secret(self, name: str) -> bool:
+        with self._lock:
+            return self._secrets.pop(name, None) is not None
 
     async def cancel(self, exec_id: str) -> ExecutionRecord:
         with self._lock:

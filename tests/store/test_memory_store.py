@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kitaru.store.catalog_conformance import CatalogStoreConformance
-from kitaru.store.conformance import ArtifactStoreConformance, KeyStoreConformance, StateStoreConformance
+from kitaru.store.conformance import (
+    ArtifactStoreConformance,
+    KeyStoreConformance,
+    SecretStoreConformance,
+    StateStoreConformance,
+)
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 
 
@@ -25,6 +30,10 @@ class TestMemoryKeyStore(KeyStoreConformance):
 
 class TestMemoryCatalogStore(CatalogStoreConformance):
     """The checkpoint cache and artifact tags."""
+
+
+class TestMemorySecretStore(SecretStoreConformance):
+    """Secrets (ciphertext only) for kitaru.secret()."""
 
 
 class TestMemoryStateStore(StateStoreConformance):

@@ -16,7 +16,11 @@ from kitaru._portal import block_on
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError, KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
 from kitaru.store.catalog_conformance import CatalogStoreConformance
-from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
+from kitaru.store.conformance import (
+    KeyStoreConformance,
+    SecretStoreConformance,
+    StateStoreConformance,
+)
 from kitaru.store.open import open_state_store
 from kitaru.store.postgres import PostgresStateStore
 from tests._services.postgres import PostgresCluster
@@ -41,6 +45,10 @@ class TestPostgresKeyStore(KeyStoreConformance):
 
 class TestPostgresCatalogStore(CatalogStoreConformance):
     """The checkpoint cache and artifact tags."""
+
+
+class TestPostgresSecretStore(SecretStoreConformance):
+    """Secrets (ciphertext only) for kitaru.secret()."""
 
 
 class TestPostgresStateStore(StateStoreConformance):

@@ -13,7 +13,11 @@ import pytest
 from kitaru.errors import KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
 from kitaru.store.catalog_conformance import CatalogStoreConformance
-from kitaru.store.conformance import KeyStoreConformance, StateStoreConformance
+from kitaru.store.conformance import (
+    KeyStoreConformance,
+    SecretStoreConformance,
+    StateStoreConformance,
+)
 from kitaru.store.sqlite import SQLiteStateStore
 
 
@@ -30,6 +34,10 @@ class TestSQLiteKeyStore(KeyStoreConformance):
 
 class TestSQLiteCatalogStore(CatalogStoreConformance):
     """The checkpoint cache and artifact tags."""
+
+
+class TestSQLiteSecretStore(SecretStoreConformance):
+    """Secrets (ciphertext only) for kitaru.secret()."""
 
 
 class TestSQLiteStateStore(StateStoreConformance):

@@ -28,11 +28,12 @@ from typing import ClassVar
 from kitaru.store.postgres._catalog import _Catalog
 from kitaru.store.postgres._deployments import _Deployments
 from kitaru.store.postgres._executions import _Executions
+from kitaru.store.postgres._secrets import _Secrets
 
 __all__ = ["PostgresStateStore"]
 
 
-class PostgresStateStore(_Executions, _Deployments, _Catalog):
+class PostgresStateStore(_Executions, _Deployments, _Catalog, _Secrets):
     """A :class:`~kitaru.store.StateStore` in a PostgreSQL database (``postgresql://`` URI).
 
     Not ``inline``: its calls await the network. Opening it connects to nothing; each event loop's

@@ -147,6 +147,15 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX cache_entries_flow ON kitaru.cache_entries (flow);
     ALTER TABLE kitaru.artifacts ADD COLUMN tags TEXT;
     """,
+    # Secrets (`kitaru secrets`, issue 14): AES-256-GCM ciphertext only; the key never reaches a store.
+    """
+    CREATE TABLE kitaru.secrets (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        ciphertext BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 

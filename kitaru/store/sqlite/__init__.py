@@ -13,11 +13,12 @@ from kitaru.store._rules import lease_holder_alive
 from kitaru.store.sqlite._catalog import _Catalog
 from kitaru.store.sqlite._deployments import _Deployments
 from kitaru.store.sqlite._executions import _Executions
+from kitaru.store.sqlite._secrets import _Secrets
 
 __all__ = ["SQLiteStateStore", "lease_holder_alive"]
 
 
-class SQLiteStateStore(_Executions, _Deployments, _Catalog):
+class SQLiteStateStore(_Executions, _Deployments, _Catalog, _Secrets):
     """A :class:`~kitaru.store.StateStore` in one SQLite database file."""
 
     inline: ClassVar[bool] = True

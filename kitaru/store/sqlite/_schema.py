@@ -123,4 +123,13 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX cache_entries_flow ON cache_entries (flow);
     ALTER TABLE artifacts ADD COLUMN tags TEXT;
     """,
+    # Secrets (`kitaru secrets`, issue 14): AES-256-GCM ciphertext only; the key never reaches a store.
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

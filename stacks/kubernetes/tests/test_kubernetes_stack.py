@@ -237,3 +237,33 @@ def test_a_deployed_versions_job_runs_its_image_and_is_labelled_with_it(
         "01JEXAMPLE0000000000000000", "review", 2, image="ghcr.io/acme/flow:1"
     )
     assert flows_own["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/acme/flow:1"
+
+
+def test_the_secrets_key_reaches_a_job_only_as_a_secret_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kitaru.secret() in a Job: the worker decrypts from the state store with the key the Job
+    has, which the stack maps from a Kubernetes Secret; the submitting process's own key is never
+    copied into the manifest."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        """
+[stacks.k8s]
+type = "kubernetes"
+state = "postgresql://kitaru@db/kitaru"
+artifacts = "s3://bucket/prefix"
+image = "ghcr.io/acme/agents:1"
+secret_env = { KITARU_SECRETS_KEY = "kitaru-secrets:key" }
+"""
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    local_key = "c2VjcmV0LWtleS1vZi10aGUtc3VibWl0dGVyLTMyYnl0ZXM="
+    monkeypatch.setenv("KITARU_SECRETS_KEY", local_key)
+    job = load_stack("k8s").orchestrator().job_manifest("01JEXAMPLE0000000000000000", "f", 1)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KITARU_SECRETS_KEY"] == {
+        "name": "KITARU_SECRETS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "kitaru-secrets", "key": "key"}},
+    }
+    assert local_key not in str(job)

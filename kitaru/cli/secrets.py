@@ -1,0 +1,103 @@
+"""``kitaru secrets``: values for ``kitaru.secret()``, encrypted in the active stack's state store."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from kitaru.cli._common import OUTPUT as _OUTPUT
+from kitaru.cli._common import echo_json as _echo_json
+from kitaru.cli._common import reports_errors as _reports_errors
+from kitaru.cli._common import table as _table
+from kitaru.cli._common import when as _when
+
+__all__ = ["secrets"]
+
+
+@click.group()
+def secrets() -> None:
+    """Secrets flows read with kitaru.secret(NAME).
+
+    Values are encrypted (AES-256-GCM) with the key in KITARU_SECRETS_KEY before they reach the
+    active stack's state store; make a key once with `kitaru secrets new-key`.
+    """
+
+
+@secrets.command("set")
+@click.argument("name")
+@click.option(
+    "--value",
+    help="The value (visible in your shell's history and process list: prefer stdin).",
+)
+@_reports_errors
+def set_secret(name: str, value: str | None) -> None:
+    """Store secret NAME; the value is read from stdin (a prompt on a terminal) unless --value."""
+    from kitaru.secrets import set_secret as _set
+
+    if value is None:
+        if sys.stdin.isatty():
+            value = click.prompt(f"value of {name}", hide_input=True)
+        else:
+            value = sys.stdin.read()
+            value = value[:-1] if value.endswith("\n") else value  # `echo x |` adds one newline
+    _set(name, value)
+    click.echo(f"stored secret {name}")
+
+
+@secrets.command("get")
+@click.argument("name")
+@click.option("--reveal", is_flag=True, help="Print the value itself (otherwise it is masked).")
+@_OUTPUT
+@_reports_errors
+def get_secret(name: str, reveal: bool, output: str) -> None:
+    """Show secret NAME: masked unless --reveal (the value is decrypted either way, which checks the key)."""
+    from kitaru.secrets import get_secret as _get
+
+    value = _get(name)
+    shown = value if reveal else "********"
+    if output == "json":
+        _echo_json({"name": name, "value": shown, "revealed": reveal})
+        return
+    click.echo(shown)
+
+
+@secrets.command("list")
+@_OUTPUT
+@_reports_errors
+def list_secrets(output: str) -> None:
+    """List secret names (values stay encrypted; no key is needed)."""
+    from kitaru.secrets import list_secrets as _list
+
+    found = _list()
+    if output == "json":
+        _echo_json([{"name": s.name, "created_at": s.created_at, "updated_at": s.updated_at} for s in found])
+        return
+    if not found:
+        click.echo("no secrets yet: `kitaru secrets set NAME` stores one.")
+        return
+    click.echo(
+        _table(
+            ["NAME", "CREATED", "UPDATED"],
+            [[s.name, _when(s.created_at), _when(s.updated_at)] for s in found],
+        )
+    )
+
+
+@secrets.command("delete")
+@click.argument("name")
+@_reports_errors
+def delete_secret(name: str) -> None:
+    """Remove secret NAME."""
+    from kitaru.secrets import delete_secret as _delete
+
+    _delete(name)
+    click.echo(f"deleted secret {name}")
+
+
+@secrets.command("new-key")
+def new_key() -> None:
+    """Print a fresh random key: export KITARU_SECRETS_KEY=$(kitaru secrets new-key)."""
+    from kitaru.secrets import new_key as _new_key
+
+    click.echo(_new_key())
