@@ -79,10 +79,19 @@ class TestSchema:
             postgres_dsn,
             "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'kitaru'",
         )
-        assert (
-            tables
-            == "api_keys,artifacts,cache_entries,commits,deployments,executions,journal,meta,secrets,tag_moves,tags"
-        )
+        assert tables.split(",") == [
+            "api_keys",
+            "artifacts",
+            "cache_entries",
+            "commits",
+            "deployments",
+            "executions",
+            "journal",
+            "meta",
+            "secrets",
+            "tag_moves",
+            "tags",
+        ]
 
     def test_a_fresh_database_is_migrated_by_concurrent_openers(
         self, postgres_cluster: PostgresCluster
