@@ -61,21 +61,22 @@ def exit_verdict(code: int | None) -> Verdict:
     return "infrastructure"
 
 
-def refuse_local_stores(stack: BaseStack, what: str, *, artifacts: bool = True) -> None:
-    """Refuse stores only this machine reaches: a SQLite state file, or (``artifacts``) a
-    ``file://`` artifact directory. ``what`` names the stack's remote jobs ("Container Apps
-    jobs"). Called from ``orchestrator()``, so inspecting a misconfigured stack still works."""
+def refuse_local_stores(stack: BaseStack, what: str, runners: str = "its jobs") -> None:
+    """Refuse stores only this machine reaches: a SQLite state file, or a ``file://`` artifact
+    directory. ``what`` names the stack's remote jobs ("Container Apps jobs"), ``runners`` what
+    runs the worker ("the Jobs' pods"). Called from ``orchestrator()``, so inspecting a
+    misconfigured stack still works."""
     where = f"(`kitaru stack show {stack.name}` shows where it is declared)"
     if stack.state_uri.startswith("sqlite:"):
         raise KitaruConfigError(
             f"stack {stack.name!r} ({stack.type}, {what}) keeps its state in SQLite "
-            f"({stack.state_uri}), a file on this machine that its jobs cannot reach. Point `state` "
+            f"({stack.state_uri}), a file on this machine that {runners} cannot reach. Point `state` "
             f'at a PostgreSQL database every job reaches: `state = "postgresql://USER@HOST/DB"` {where}.'
         )
-    if artifacts and stack.artifacts_uri.startswith("file:"):
+    if stack.artifacts_uri.startswith("file:"):
         raise KitaruConfigError(
             f"stack {stack.name!r} ({stack.type}, {what}) keeps its artifacts in a local directory "
-            f"({stack.artifacts_uri}) that its jobs cannot reach. Point `artifacts` at an object "
+            f"({stack.artifacts_uri}) that {runners} cannot reach. Point `artifacts` at an object "
             f'store: `artifacts = "s3://BUCKET/PREFIX"` (or gs://, az://) {where}.'
         )
 

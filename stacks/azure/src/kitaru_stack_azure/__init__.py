@@ -144,7 +144,7 @@ class AzureStack(ObjectStoreStack):
             return super().orchestrator()
         from kitaru._remote_jobs import refuse_local_stores
 
-        refuse_local_stores(self, "Container Apps jobs")
+        refuse_local_stores(self, "Container Apps jobs", "its replicas")
         where = f"in its table (`kitaru stack show {self.name}` shows where it is declared)"
         for key, example in (
             ("subscription_id", "00000000-0000-0000-0000-000000000000"),
