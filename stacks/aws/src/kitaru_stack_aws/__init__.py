@@ -130,13 +130,9 @@ class AwsStack(ObjectStoreStack):
         """In this process without a ``cluster``; else ECS tasks, which must share the state store."""
         if not self.cluster:
             return super().orchestrator()
-        if self.state_uri.startswith("sqlite:"):
-            raise KitaruConfigError(
-                f"stack {self.name!r} (aws, cluster {self.cluster!r}) keeps its state in SQLite "
-                f"({self.state_uri}), a file on this machine its ECS tasks cannot reach. Point "
-                '`state` at a PostgreSQL database every task reaches: `state = "postgresql://USER@HOST/DB"` '
-                f"in its table (`kitaru stack show {self.name}` shows where it is declared)."
-            )
+        from kitaru._remote_jobs import refuse_local_stores
+
+        refuse_local_stores(self, f"cluster {self.cluster!r}", "its ECS tasks")
         if self.launch_type == "FARGATE" and not self.capacity_provider and not self.subnets:
             raise KitaruConfigError(
                 f"stack {self.name!r} (aws, cluster {self.cluster!r}) runs Fargate tasks, which need a "

@@ -31,12 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kitaru.errors import (
@@ -161,49 +158,11 @@ class EcsOrchestrator:
     # -- code ---------------------------------------------------------------------------------
 
     async def prepare(self, flow: Flow[Any, Any]) -> dict[str, Any]:
-        """Ship ``flow``'s code for a new execution (``code = "archive"``): archive its source root,
-        upload it once per content, and return the metadata recording its key."""
-        if self.stack.code == "image":
-            return {}
-        if not flow.sys_path:
-            raise KitaruConfigError(
-                f"flow {flow.name!r} has no source root on disk to ship to its ECS task (it was "
-                "defined interactively). Define it in a file, or build an image with the code and "
-                'set `code = "image"`.'
-            )
-        return {"code": await self._ship(Path(flow.sys_path))}
+        """Ship ``flow``'s code for a new execution (``code = "archive"``); a deployed version
+        ships nothing (see :func:`kitaru._remote_jobs.prepare`)."""
+        from kitaru import _remote_jobs
 
-    async def _ship(self, root: Path) -> dict[str, str]:
-        import anyio.to_thread
-
-        from kitaru import _shipping
-
-        scratch = Path(tempfile.mkdtemp(prefix="kitaru-archive-"))
-        try:
-            archive = await anyio.to_thread.run_sync(_shipping.build_archive, root, scratch)
-            key = await _shipping.upload(self._runtime().aartifacts, archive)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return {"key": key, "root": str(root)}
-
-    async def _ensure_code(self, runtime: Runtime, exec_id: str, metadata: dict[str, Any]) -> None:
-        """An execution started before it ran on this stack has no code recorded: ship it now, if
-        its flow loads here; else the image must hold it."""
-        from kitaru.worker import CODE_METADATA
-
-        if self.stack.code == "image" or CODE_METADATA in metadata:
-            return
-        record = await runtime.astate.get_execution(exec_id)
-        if record is None or not record.sys_path:
-            return
-        from kitaru._engine.loading import load_flow
-
-        try:
-            load_flow(record.target, record.sys_path)
-        except KitaruError:
-            return
-        code = await self._ship(Path(record.sys_path))
-        await runtime.astate.commit(exec_id, [], metadata={CODE_METADATA: code})
+        return await _remote_jobs.prepare(self._runtime(), self.stack.code, flow, "its ECS task")
 
     # -- the seam -------------------------------------------------------------------------------
 
@@ -211,6 +170,7 @@ class EcsOrchestrator:
         """Start a task that drives the execution on from its journal, or decide that none is
         needed (see the module docstring). KitaruStateError when the execution cannot be driven
         (or ran out of retries), KitaruLeaseError when a live runner drives it already."""
+        from kitaru import _remote_jobs
         from kitaru._engine.runner import DRIVABLE
         from kitaru.store import _rules
 
@@ -249,7 +209,7 @@ class EcsOrchestrator:
                         f"{attempt} ECS tasks in a row ended by infrastructure failures (max_retries = "
                         f"{self.stack.max_retries}); the last, {_task_id(last)}: {why}",
                     )
-        await self._ensure_code(runtime, exec_id, record.metadata)
+        await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
         run = len(await runtime.astate.read_journal(exec_id))
         task = await self._run_task(exec_id, record.flow, run, attempt)
         tasks = [*list(state.get("tasks") or []), task["taskArn"]][-_KEPT_TASKS:]
@@ -415,20 +375,12 @@ class EcsOrchestrator:
         """The worker's environment override: the stack by name and its keys (so the task needs no
         config file), then the stack's ``env``. Credentials are left out (the task's role supplies
         them), and so is a key ``secret_env`` provides (``KITARU_STACK__STATE`` from a secret)."""
+        from kitaru import _remote_jobs
+
         stack = self.stack
-        env: dict[str, str] = {"KITARU_STACK": stack.name, "KITARU_STACK__TYPE": "aws"}
-        keys: dict[str, Any] = {
-            "state": stack.state_uri,
-            "artifacts": stack.artifacts_uri,
-            "code": stack.code,
-            **stack.options,
-        }
-        for key, value in keys.items():
-            if value is None or key in _SECRET_KEYS or isinstance(value, dict | list):
-                continue
-            env[f"KITARU_STACK__{key.upper()}"] = str(value)
-        env.update(stack.env)
-        return {k: v for k, v in env.items() if k not in stack.secret_env}
+        return _remote_jobs.worker_env(
+            stack, {"code": stack.code}, env=stack.env, leave_out=_SECRET_KEYS | set(stack.secret_env)
+        )
 
     async def _task(self, cluster: str, arn: str) -> dict[str, Any] | None:
         found = await self._tasks(cluster, [arn])
@@ -503,7 +455,7 @@ def classify(task: dict[str, Any]) -> tuple[str, str]:
     """What a stopped task's end means: ``done`` (exit 0), ``flow_failed`` (10), ``cannot_run`` (12)
     or ``infrastructure`` (anything else: a stop code of the platform, a kill, an OOM, exit 11),
     and why, in the task's own words."""
-    from kitaru.worker import EXIT_CANNOT_RUN, EXIT_DONE, EXIT_FLOW_FAILED
+    from kitaru._remote_jobs import exit_verdict
 
     container = next(
         (c for c in task.get("containers") or [] if c.get("name") == CONTAINER),
@@ -524,13 +476,8 @@ def classify(task: dict[str, Any]) -> tuple[str, str]:
     )
     if stop_code in INFRASTRUCTURE_STOP_CODES:
         return "infrastructure", why
-    if code == EXIT_DONE:
-        return "done", why
-    if code == EXIT_FLOW_FAILED:
-        return "flow_failed", why
-    if code == EXIT_CANNOT_RUN:
-        return "cannot_run", why
-    return "infrastructure", why or "stopped without an exit code"
+    verdict = exit_verdict(code)
+    return verdict, why or ("stopped without an exit code" if code is None else "")
 
 
 def _task_id(task: dict[str, Any]) -> str:

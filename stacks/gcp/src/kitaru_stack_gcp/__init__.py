@@ -118,13 +118,10 @@ class GcpStack(ObjectStoreStack):
         task reaches and both a region and an image."""
         if self.region is None and self.image is None:
             return super().orchestrator()
+        from kitaru._remote_jobs import refuse_local_stores
+
+        refuse_local_stores(self, "Cloud Run jobs", "Cloud Run tasks")
         where = f"(`kitaru stack show {self.name}` shows where it is declared)"
-        if self.state_uri.startswith("sqlite:"):
-            raise KitaruConfigError(
-                f"stack {self.name!r} (gcp, Cloud Run) keeps its state in SQLite ({self.state_uri}), a "
-                "file on this machine that Cloud Run tasks cannot reach. Point `state` at a "
-                f'PostgreSQL database every task reaches: `state = "postgresql://USER@HOST/DB"` {where}.'
-            )
         if not self.region:
             raise KitaruConfigError(
                 f"stack {self.name!r} (gcp) names an `image` but no `region`: Cloud Run jobs need "

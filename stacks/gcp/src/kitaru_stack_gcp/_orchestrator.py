@@ -26,19 +26,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
-import shutil
-import tempfile
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kitaru.errors import (
     KitaruConfigError,
     KitaruError,
-    KitaruLeaseError,
     KitaruMissingDependencyError,
-    KitaruNotFoundError,
-    KitaruStateError,
     KitaruStoreError,
 )
 
@@ -248,50 +241,11 @@ class CloudRunOrchestrator:
     # -- code ---------------------------------------------------------------------------------------
 
     async def prepare(self, flow: Flow[Any, Any]) -> dict[str, Any]:
-        """Ship ``flow``'s code for a new execution (``code = "archive"``): archive its source
-        root, upload it once per content, and return the metadata recording its key."""
-        if self.stack.code == "image":
-            return {}
-        root = flow.sys_path
-        if not root:
-            raise KitaruConfigError(
-                f"flow {flow.name!r} has no source root on disk to ship to its Cloud Run job (it was "
-                "defined interactively). Define it in a file, or build an image with the code and "
-                'set `code = "image"`.'
-            )
-        return {"code": await self._ship(Path(root))}
+        """Ship ``flow``'s code for a new execution (``code = "archive"``); a deployed version
+        ships nothing (see :func:`kitaru._remote_jobs.prepare`)."""
+        from kitaru import _remote_jobs
 
-    async def _ship(self, root: Path) -> dict[str, str]:
-        import anyio.to_thread
-
-        from kitaru import _shipping
-
-        scratch = Path(tempfile.mkdtemp(prefix="kitaru-archive-"))
-        try:
-            archive = await anyio.to_thread.run_sync(_shipping.build_archive, root, scratch)
-            key = await _shipping.upload(self._runtime().aartifacts, archive)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return {"key": key, "root": str(root)}
-
-    async def _ensure_code(self, runtime: Runtime, exec_id: str, metadata: dict[str, Any]) -> None:
-        """An execution started before it ran on this stack has no code recorded: ship it now, if
-        its flow loads here; else the image must hold it."""
-        from kitaru.worker import CODE_METADATA
-
-        if self.stack.code == "image" or CODE_METADATA in metadata:
-            return
-        record = await runtime.astate.get_execution(exec_id)
-        if record is None or not record.sys_path:
-            return
-        from kitaru._engine.loading import load_flow
-
-        try:
-            load_flow(record.target, record.sys_path)
-        except KitaruError:
-            return
-        code = await self._ship(Path(record.sys_path))
-        await runtime.astate.commit(exec_id, [], metadata={CODE_METADATA: code})
+        return await _remote_jobs.prepare(self._runtime(), self.stack.code, flow, "its Cloud Run job")
 
     # -- the seam -----------------------------------------------------------------------------------
 
@@ -300,25 +254,13 @@ class CloudRunOrchestrator:
 
         KitaruStateError when the execution cannot be driven (completed, cancelled), and
         KitaruLeaseError when a live runner drives it already (its task is running)."""
-        from kitaru._engine.runner import DRIVABLE
-        from kitaru.store import _rules
+        from kitaru import _remote_jobs
 
         runtime = self._runtime()
-        record = await runtime.astate.get_execution(exec_id)
-        if record is None:
-            raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
-        if record.status in _rules.FINAL_STATUSES:
-            raise _rules.final_error(record.id, record.status, "run again")
-        if record.status not in DRIVABLE:
-            raise KitaruStateError(f"execution {exec_id} is {record.status}: it cannot be submitted.")
-        if record.status == "running" and not _rules.lease_free(
-            record.lease_owner, record.lease_expires_at, time.time()
-        ):
-            raise KitaruLeaseError(
-                f"execution {exec_id} is being driven by {record.lease_owner}; its Cloud Run task goes "
-                f"on (`kitaru executions describe {exec_id}` names it)."
-            )
-        await self._ensure_code(runtime, exec_id, record.metadata)
+        record = await _remote_jobs.check_submittable(
+            runtime, exec_id, f"its Cloud Run task goes on (`kitaru executions describe {exec_id}` names it)"
+        )
+        await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
         await self._ensure_job()
         run = len(await runtime.astate.read_journal(exec_id))
         run_v2, kw = self._clients()
@@ -341,21 +283,9 @@ class CloudRunOrchestrator:
 
     def _env(self, run: int) -> dict[str, str]:
         """The worker's environment: the stack by name and its keys, then the stack's ``env``."""
-        stack = self.stack
-        env: dict[str, str] = {"KITARU_STACK": stack.name, "KITARU_STACK__TYPE": "gcp"}
-        keys: dict[str, Any] = {
-            "state": stack.state_uri,
-            "artifacts": stack.artifacts_uri,
-            **stack.cloud_run_keys(),
-            **stack.options,
-        }
-        for key, value in keys.items():
-            if value is None or isinstance(value, dict | list | tuple):
-                continue
-            env[f"KITARU_STACK__{key.upper()}"] = (
-                str(value).lower() if isinstance(value, bool) else str(value)
-            )
-        env.update(stack.env)
+        from kitaru import _remote_jobs
+
+        env = _remote_jobs.worker_env(self.stack, self.stack.cloud_run_keys(), env=self.stack.env)
         env["KITARU_RUN"] = str(run)  # which run of the execution this task is, for people reading it
         return env
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from kitaru.errors import KitaruConfigError
 from kitaru.stack import BaseStack
 
 from ._orchestrator import KubernetesOrchestrator
@@ -135,18 +134,7 @@ class KubernetesStack(BaseStack):
 
     def orchestrator(self) -> KubernetesOrchestrator:
         """Runs executions as Jobs; refuses stores a pod cannot share with the submitter."""
-        if self.state_uri.startswith("sqlite:"):
-            raise KitaruConfigError(
-                f"stack {self.name!r} (kubernetes) keeps its state in SQLite ({self.state_uri}), a "
-                "file on this machine that the Jobs' pods cannot reach. Point `state` at a "
-                f'PostgreSQL database every pod reaches: `state = "postgresql://USER@HOST/DB"` in its '
-                f"table (`kitaru stack show {self.name}` shows where it is declared)."
-            )
-        if self.artifacts_uri.startswith("file:"):
-            raise KitaruConfigError(
-                f"stack {self.name!r} (kubernetes) keeps its artifacts in a local directory "
-                f"({self.artifacts_uri}) that the Jobs' pods cannot reach. Point `artifacts` at "
-                f'an object store: `artifacts = "s3://BUCKET/PREFIX"` (or gs://, az://) in its table '
-                f"(`kitaru stack show {self.name}` shows where it is declared)."
-            )
+        from kitaru._remote_jobs import refuse_local_stores
+
+        refuse_local_stores(self, "Kubernetes Jobs", "the Jobs' pods")
         return KubernetesOrchestrator(self)

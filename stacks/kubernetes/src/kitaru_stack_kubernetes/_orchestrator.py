@@ -19,9 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from kitaru.errors import (
     KitaruConfigError,
     KitaruError,
-    KitaruLeaseError,
     KitaruMissingDependencyError,
     KitaruNotFoundError,
     KitaruStateError,
@@ -171,54 +167,11 @@ class KubernetesOrchestrator:
     # -- code ---------------------------------------------------------------------------------
 
     async def prepare(self, flow: Flow[Any, Any]) -> dict[str, Any]:
-        """Ship ``flow``'s code for a new execution (``code = "archive"``): archive its source
-        root, upload it once per content, and return the metadata recording its key.
+        """Ship ``flow``'s code for a new execution (``code = "archive"``); a deployed version
+        ships nothing (see :func:`kitaru._remote_jobs.prepare`)."""
+        from kitaru import _remote_jobs
 
-        A deployed version ships nothing: its archive went to the artifact store when it was
-        deployed, and the execution records the version (``metadata["deployment"]``), which the
-        worker loads whatever the stack's ``code`` says."""
-        if self.stack.code == "image" or getattr(flow, "deployment", None):
-            return {}
-        root = flow.sys_path
-        if not root:
-            raise KitaruConfigError(
-                f"flow {flow.name!r} has no source root on disk to ship to its Job (it was "
-                "defined interactively). Define it in a file, or build an image with the code and "
-                'set `code = "image"`.'
-            )
-        return {"code": await self._ship(Path(root))}
-
-    async def _ship(self, root: Path) -> dict[str, str]:
-        import anyio.to_thread
-
-        from kitaru import _shipping
-
-        scratch = Path(tempfile.mkdtemp(prefix="kitaru-archive-"))
-        try:
-            archive = await anyio.to_thread.run_sync(_shipping.build_archive, root, scratch)
-            key = await _shipping.upload(self._runtime().aartifacts, archive)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return {"key": key, "root": str(root)}
-
-    async def _ensure_code(self, runtime: Runtime, exec_id: str, metadata: dict[str, Any]) -> None:
-        """An execution started before it ran on this stack (or by an older kitaru) has no code
-        recorded: ship it now, if its flow loads here; else the image must hold it."""
-        from kitaru.worker import CODE_METADATA, DEPLOYMENT_METADATA
-
-        if self.stack.code == "image" or CODE_METADATA in metadata or DEPLOYMENT_METADATA in metadata:
-            return
-        record = await runtime.astate.get_execution(exec_id)
-        if record is None or not record.sys_path:
-            return
-        from kitaru._engine.loading import load_flow
-
-        try:
-            load_flow(record.target, record.sys_path)
-        except KitaruError:
-            return
-        code = await self._ship(Path(record.sys_path))
-        await runtime.astate.commit(exec_id, [], metadata={CODE_METADATA: code})
+        return await _remote_jobs.prepare(self._runtime(), self.stack.code, flow, "its Job")
 
     # -- the seam -------------------------------------------------------------------------------
 
@@ -227,28 +180,14 @@ class KubernetesOrchestrator:
 
         KitaruStateError when the execution cannot be driven (completed, cancelled), and
         KitaruLeaseError when a live runner drives it already (its Job is running)."""
-        from kitaru._engine.runner import DRIVABLE
-        from kitaru.store import _rules
+        from kitaru import _remote_jobs
 
         runtime = self._runtime()
         for suffix in range(1, _MAX_SUFFIXES + 1):
-            record = await runtime.astate.get_execution(exec_id)
-            if record is None:
-                raise KitaruNotFoundError(
-                    f"no execution {exec_id!r}. List them with `kitaru executions list`."
-                )
-            if record.status in _rules.FINAL_STATUSES:
-                raise _rules.final_error(record.id, record.status, "run again")
-            if record.status not in DRIVABLE:
-                raise KitaruStateError(f"execution {exec_id} is {record.status}: it cannot be submitted.")
-            if record.status == "running" and not _rules.lease_free(
-                record.lease_owner, record.lease_expires_at, time.time()
-            ):
-                raise KitaruLeaseError(
-                    f"execution {exec_id} is being driven by {record.lease_owner}; its Job goes on "
-                    f"(`kitaru executions logs {exec_id} --pod` shows it)."
-                )
-            await self._ensure_code(runtime, exec_id, record.metadata)
+            record = await _remote_jobs.check_submittable(
+                runtime, exec_id, f"its Job goes on (`kitaru executions logs {exec_id} --pod` shows it)"
+            )
+            await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
             run = len(await runtime.astate.read_journal(exec_id))
             body = self.job_manifest(
                 exec_id,
@@ -505,21 +444,13 @@ class KubernetesOrchestrator:
         """The worker's environment: the stack by name and its keys (so the pod needs no config
         file), then the stack's ``env``, then ``secret_env`` from Secrets. A key a Secret provides
         (``secret_env = {KITARU_STACK__STATE = "db:dsn"}``) is not copied in plain text."""
+        from kitaru import _remote_jobs
+
         stack = self.stack
         from_secrets = set(stack.secret_env)
-        plain: dict[str, str] = {"KITARU_STACK": stack.name, "KITARU_STACK__TYPE": str(stack.type)}
-        keys: dict[str, Any] = {
-            "state": stack.state_uri,
-            "artifacts": stack.artifacts_uri,
-            "code": stack.code,
-            "namespace": stack.namespace,
-            **stack.options,
-        }
-        for key, value in keys.items():
-            if value is None or isinstance(value, dict | list):
-                continue
-            plain[f"KITARU_STACK__{key.upper()}"] = str(value)
-        plain.update(stack.env)
+        plain = _remote_jobs.worker_env(
+            stack, {"code": stack.code, "namespace": stack.namespace}, env=stack.env, leave_out=from_secrets
+        )
         env: list[dict[str, Any]] = [
             {"name": k, "value": v} for k, v in plain.items() if k not in from_secrets
         ]

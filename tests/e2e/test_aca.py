@@ -1,0 +1,412 @@
+"""Flows run as Azure Container Apps jobs, end to end with real processes: azure-mgmt-appcontainers'
+async client and azure-identity's DefaultAzureCredential (through the managed-identity token
+endpoint) against the Container Apps double (tests/_services/aca.py; its executor runs each
+replica's command as a local process and retries non-zero exits up to the job's
+replicaRetryLimit), PostgreSQL for state and Azurite for artifacts and code archives (an azure
+stack keeps its artifacts in Blob Storage). The replicas run ``kitaru worker run <exec_id>`` from
+this checkout's environment (the stack's ``worker_command``; the double ignores images).
+
+The stack starts an existing job, as an administrator created it, which hands the worker the
+Blob connection string as a secret: kitaru never copies it into an execution's template.
+
+Checkpoint runs are counted outside kitaru: the test flows (flows/k8s_flows.py) append a line per
+run to a file, from whichever replica runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kitaru.store import sync_view
+from kitaru.store.open import open_state_store
+from tests._services.aca import AcaDouble, aca
+from tests._services.azure import Azurite, azurite
+from tests._services.postgres import find_bindir
+
+__all__ = ["aca", "azurite"]
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOWS = Path(__file__).parent / "flows"
+SUB = "00000000-0000-0000-0000-0000000000aa"
+GROUP = "agents"
+JOB = "kitaru-worker"
+ENVIRONMENT = f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.App/managedEnvironments/env"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a TOML basic string
+
+
+@dataclass
+class Azure:
+    """An azure stack running flows on the Container Apps double, and what a test needs around it."""
+
+    aca: AcaDouble
+    state: str
+    env: dict[str, str]
+    counts: Path
+    marks: Path
+    cli: list[str]
+    tmp: Path
+
+    def run_cli(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*self.cli, *args], env=self.env, cwd=cwd or self.tmp, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, (
+            f"kitaru {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+        return done
+
+    def counted(self) -> Counter[str]:
+        return Counter(self.counts.read_text().splitlines()) if self.counts.exists() else Counter()
+
+    def execution(self, exec_id: str) -> Any:
+        store = sync_view(open_state_store(self.state))
+        try:
+            return store.get_execution(exec_id)
+        finally:
+            store.close()
+
+    def journal(self, exec_id: str) -> list[Any]:
+        store = sync_view(open_state_store(self.state))
+        try:
+            return list(store.read_journal(exec_id))
+        finally:
+            store.close()
+
+    def status_becomes(self, exec_id: str, *statuses: str, timeout: float = 90) -> Any:
+        return self.aca.wait_for(
+            lambda: (r := self.execution(exec_id)) is not None and r.status in statuses and r,
+            timeout,
+            f"execution {exec_id} becoming {'/'.join(statuses)}",
+        )
+
+    def finished(self, execution: Any) -> str:
+        self.aca.wait_for(lambda: execution.completed, 90, f"{execution.name} finishing")
+        return str(execution.status)
+
+
+@pytest.fixture
+def azure(
+    aca: AcaDouble,
+    azurite: Azurite,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    subprocess_env: dict[str, str],
+    kitaru_cli: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Azure]:
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL server binaries are needed (apt-get install postgresql)")
+    state = request.getfixturevalue("postgres_dsn")
+    artifacts = f"az://{azurite.create_container()}/kitaru"
+    # A replica's environment is its image's plus the template's: nothing of this process leaks in.
+    aca.base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    # The job, as `az containerapp job create --trigger-type Manual` made it: its secret holds the
+    # Blob connection string, read by the worker's KITARU_STACK__CONNECTION_STRING.
+    aca.add_job(
+        SUB,
+        GROUP,
+        JOB,
+        {
+            "location": "westeurope",
+            "properties": {
+                "environmentId": ENVIRONMENT,
+                "configuration": {
+                    "triggerType": "Manual",
+                    "replicaTimeout": 600,
+                    "replicaRetryLimit": 3,
+                    "secrets": [{"name": "blob", "value": azurite.connection_string}],
+                },
+                "template": {
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "kitaru.azurecr.io/agents:test",
+                            "env": [{"name": "KITARU_STACK__CONNECTION_STRING", "secretRef": "blob"}],
+                            "resources": {"cpu": 0.5, "memory": "1Gi"},
+                        }
+                    ]
+                },
+            },
+        },
+    )
+    keys = {
+        "type": "azure",
+        "state": state,
+        "artifacts": artifacts,
+        **azurite.options(),  # connection_string: for this machine's processes
+        "subscription_id": SUB,
+        "resource_group": GROUP,
+        "job": JOB,
+        "arm_endpoint_url": aca.endpoint,
+        # Test-only: the double runs commands on this machine, so the worker is this checkout's.
+        "worker_command": [sys.executable, "-m", "kitaru.cli"],
+        "env": {"KITARU_HOME": str(tmp_path / "replica-home"), "PYTHONUNBUFFERED": "1"},
+    }
+    config = tmp_path / "config.toml"
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in keys.items())
+    config.write_text(f'active_stack = "azure"\n\n[stacks.azure]\n{body}\n')
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    # The submitting processes' managed identity (DefaultAzureCredential finds it as on Azure).
+    for name, value in aca.identity_env().items():
+        monkeypatch.setenv(name, value)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    yield Azure(
+        aca=aca,
+        state=state,
+        env={**subprocess_env, **aca.identity_env(), "KITARU_CONFIG": str(config)},
+        counts=tmp_path / "counts.txt",
+        marks=marks,
+        cli=kitaru_cli,
+        tmp=tmp_path,
+    )
+
+
+@pytest.fixture
+def k8s_flows(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The test flows, imported as a top-level module of flows/ (so their source root, the code
+    archive, is that small directory rather than the whole checkout)."""
+    monkeypatch.syspath_prepend(str(FLOWS))
+    import k8s_flows
+
+    return k8s_flows
+
+
+def test_the_quickstart_runs_as_container_apps_jobs_and_its_wait_holds_no_replica(azure: Azure) -> None:
+    elsewhere = azure.tmp / "elsewhere"
+    elsewhere.mkdir()
+    quickstart = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "durable agents"],
+        env=azure.env,
+        cwd=azure.tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = azure.aca.wait_for(lambda: list(azure.aca.executions.values()), 90, "a job execution")[0]
+        container = first.template["containers"][0]
+        exec_id = container["args"][-1]
+        assert container["args"] == ["worker", "run", exec_id]
+        assert container["name"] == "main" and container["resources"] == {"cpu": 0.5, "memory": "1Gi"}
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KITARU_STACK"]["value"] == "azure" and env["KITARU_STACK__JOB"]["value"] == JOB
+        assert env["KITARU_WORKER_FLOW_FAILED_EXIT"]["value"] == "0"
+        # The connection string reaches the replica from the job's secret, never in plain text.
+        assert env["KITARU_STACK__CONNECTION_STRING"] == {
+            "name": "KITARU_STACK__CONNECTION_STRING",
+            "secretRef": "blob",
+        }
+        assert "AccountKey" not in json.dumps(first.template)
+
+        # It waits, and no replica is alive: the replica exited 0 when the execution suspended.
+        azure.status_becomes(exec_id, "waiting")
+        assert azure.finished(first) == "Succeeded"
+        azure.aca.wait_for(lambda: not azure.aca.alive(), 30, "no replica alive")
+        assert quickstart.poll() in (None, 0)
+
+        # The answer, from another directory, starts a new job execution that completes it.
+        before_input = time.time()
+        azure.run_cli("executions", "input", exec_id, "--value", "true", cwd=elsewhere)
+        input_returned = time.time()
+        runs = azure.aca.wait_for(
+            lambda: len(azure.aca.executions_of(exec_id)) == 2 and azure.aca.executions_of(exec_id),
+            30,
+            "a second job execution",
+        )
+        azure.status_becomes(exec_id, "completed")
+        assert azure.finished(runs[1]) == "Succeeded"
+        out, err = quickstart.communicate(timeout=90)
+        assert quickstart.returncode == 0, err
+        assert "published" in out or "is waiting for approval" in out
+    finally:
+        if quickstart.poll() is None:
+            quickstart.kill()
+            quickstart.communicate()
+
+    journal = azure.journal(exec_id)
+    completed = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
+    assert completed == {"research": 1, "draft": 1, "publish": 1}
+    assert [len(e.attempts) for e in azure.aca.executions_of(exec_id)] == [1, 1]  # nothing retried
+
+    described = azure.run_cli("executions", "get", exec_id).stdout
+    assert exec_id in described
+
+    answered = next(r.ts for r in journal if r.kind == "wait_answered")
+    resumed = min(r.ts for r in journal if r.ts > answered and r.kind != "wait_answered")
+    print(
+        f"\nanswer -> the flow running again in the new Container Apps replica: {resumed - answered:.2f} s "
+        f"(the input command: {input_returned - before_input:.2f} s, of which the answer was "
+        f"recorded after {answered - before_input:.2f} s and the job started by "
+        f"{input_returned - answered:.2f} s after it; then {resumed - input_returned:.2f} s to the "
+        "new replica's first journal write, including its process start)"
+    )
+
+
+def test_a_replica_killed_mid_checkpoint_is_retried_and_resumes(azure: Azure, k8s_flows: Any) -> None:
+    from tests._process import wait_for
+
+    handle = k8s_flows.eight.run(str(azure.counts), str(azure.marks))
+    wait_for(azure.marks / "slow", timeout=90)
+    [execution] = azure.aca.executions_of(handle.exec_id)
+    azure.aca.kill_replica(execution)  # SIGKILL in the middle of checkpoint 5 of 8
+    azure.aca.wait_for(lambda: len(execution.exit_codes) == 1, 30, "the kill")
+    (azure.marks / "go").write_text("1")
+    assert handle.wait(timeout=120) == sum(range(1, 9))
+    assert azure.finished(execution) == "Succeeded"
+    assert execution.exit_codes == [137, 0]  # Container Apps retried the replica once
+    counted = azure.counted()
+    assert {i: counted[f"step {i}"] for i in range(1, 9)} == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+    assert len(azure.aca.executions_of(handle.exec_id)) == 1
+
+
+def test_a_failing_flow_is_marked_failed_and_not_retried_by_container_apps(
+    azure: Azure, k8s_flows: Any
+) -> None:
+    from kitaru._engine.handles import blocking
+    from kitaru.errors import KitaruExecutionError
+    from kitaru.stack import load_stack
+
+    handle = k8s_flows.boom.run(str(azure.counts))
+    with pytest.raises(KitaruExecutionError, match="the flow itself is broken"):
+        handle.wait(timeout=120)
+    [execution] = azure.aca.executions_of(handle.exec_id)
+    azure.finished(execution)
+    # Container Apps would retry any non-zero exit: the worker exits 0 for a recorded flow failure.
+    assert execution.exit_codes == [0]
+    assert azure.counted() == {"before": 1}
+    assert azure.execution(handle.exec_id).status == "failed"
+    assert f"execution {handle.exec_id} failed" in azure.aca.log(execution)  # the worker said so
+    described = blocking(load_stack("azure").orchestrator().describe, handle.exec_id)
+    assert f"Container Apps job execution {execution.name}: Succeeded (exit codes 0)" in described
+
+
+def test_cancel_stops_the_replica_and_the_execution_stays_cancelled(azure: Azure, k8s_flows: Any) -> None:
+    from tests._process import wait_for
+
+    handle = k8s_flows.sleepy.run(str(azure.counts), str(azure.marks))
+    wait_for(azure.marks / "started", timeout=90)
+    [execution] = azure.aca.executions_of(handle.exec_id)
+    azure.run_cli("executions", "cancel", handle.exec_id)
+    assert azure.execution(handle.exec_id).status == "cancelled"
+    assert azure.finished(execution) == "Stopped"
+    assert len(execution.attempts) == 1  # a stopped replica is not retried
+    azure.aca.wait_for(lambda: not azure.aca.alive(), 30, "its replica gone")
+    time.sleep(1)  # nothing revives it once its replica is gone
+    assert azure.execution(handle.exec_id).status == "cancelled"
+    assert len(azure.aca.executions_of(handle.exec_id)) == 1
+    assert azure.counted() == {"slow": 1}
+
+
+def test_an_azure_stack_without_job_keys_runs_flows_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kitaru.local_stack import LocalOrchestrator
+    from kitaru.stack import load_stack
+
+    config = tmp_path / "config.toml"
+    config.write_text('[stacks.a]\ntype = "azure"\nartifacts = "az://c/p"\nsubscription_id = "s"\n')
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    assert isinstance(load_stack("a").orchestrator(), LocalOrchestrator)
+
+
+def test_missing_keys_stores_roles_and_permissions_are_clear_errors(
+    aca: AcaDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kitaru._engine.handles import blocking
+    from kitaru.errors import KitaruConfigError
+    from kitaru.stack import load_stack
+
+    for name, value in aca.identity_env().items():
+        monkeypatch.setenv(name, value)
+    base = 'type = "azure"\nartifacts = "az://c/p"\nstate = "postgresql://u@h/db"\n'
+    where = f'subscription_id = "{SUB}"\nresource_group = "{GROUP}"\narm_endpoint_url = "{aca.endpoint}"\n'
+    identity = (
+        f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.ManagedIdentity/"
+        "userAssignedIdentities/runner"
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[stacks.lite]\ntype = "azure"\nartifacts = "az://c/p"\n{where}job = "j"\n'
+        f'state = "sqlite:///{tmp_path}/k.db"\n'
+        f'[stacks.nosub]\n{base}job = "j"\n'
+        f'[stacks.nojob]\n{base}{where}image = "i"\n'
+        f'[stacks.noimage]\n{base}{where}environment = "{ENVIRONMENT}"\nlocation = "westeurope"\n'
+        f'[stacks.missing]\n{base}{where}job = "nope"\n'
+        f'[stacks.denied]\n{base}{where}environment = "{ENVIRONMENT}"\nlocation = "westeurope"\n'
+        f'image = "i"\nidentity = "{identity}"\n'
+        f'[stacks.nostart]\n{base}{where}job = "{JOB}"\n'
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    with pytest.raises(KitaruConfigError, match=r"SQLite.*cannot reach.*postgresql://"):
+        load_stack("lite").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"no `subscription_id`.*subscription_id = "):
+        load_stack("nosub").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"neither a Container Apps `job`.*`environment`"):
+        load_stack("nojob").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"no\s+`image`.*image = "):
+        load_stack("noimage").orchestrator()
+    orchestrator: Any = load_stack("missing").orchestrator()
+    with pytest.raises(KitaruConfigError, match=r"no Container Apps job 'nope'.*`job`"):
+        blocking(orchestrator.job)
+    # The job's identity is one the credentials may not assign: Azure's message and the key.
+    aca.denied_identities.add(identity)
+    orchestrator = load_stack("denied").orchestrator()
+    with pytest.raises(
+        KitaruConfigError,
+        match=r"LinkedAuthorizationFailed.*userAssignedIdentities/assign/action.*`identity`",
+    ):
+        blocking(orchestrator.job)
+    # A role without the start action: Azure's message, the key and the role to grant.
+    aca.add_job(
+        SUB,
+        GROUP,
+        JOB,
+        {
+            "properties": {
+                "configuration": {"triggerType": "Manual"},
+                "template": {"containers": [{"name": "main", "image": "i"}]},
+            }
+        },
+    )
+    aca.denied_actions.add("Microsoft.App/jobs/start/action")
+    orchestrator = load_stack("nostart").orchestrator()
+    job = blocking(orchestrator.job)
+    template = orchestrator.start_template(job, "E1", 0)
+
+    async def start() -> None:
+        async with orchestrator._client() as client:
+            await orchestrator._call(
+                "start the job",
+                "job",
+                client.jobs.begin_start(GROUP, JOB, template, **orchestrator._call_options()),
+            )
+
+    with pytest.raises(
+        KitaruConfigError,
+        match=r"AuthorizationFailed.*Microsoft\.App/jobs/start/action.*`job`.*Container Apps Jobs Operator",
+    ):
+        blocking(start)

@@ -1,0 +1,54 @@
+"""The rules every remote-job orchestrator shares (kitaru/_remote_jobs.py): what a worker's exit
+code means for its job, the worker's environment built from the stack, and the stores a job
+cannot reach."""
+
+from __future__ import annotations
+
+import pytest
+
+from kitaru import _remote_jobs
+from kitaru.errors import KitaruConfigError
+from kitaru.stack import BaseStack
+
+
+def test_exit_codes_carry_the_retry_decision() -> None:
+    assert _remote_jobs.exit_verdict(0) == "done"
+    assert _remote_jobs.exit_verdict(10) == "flow_failed"
+    assert _remote_jobs.exit_verdict(12) == "cannot_run"
+    for code in (11, 137, 1, None):
+        assert _remote_jobs.exit_verdict(code) == "infrastructure"
+
+
+def test_the_worker_env_names_the_stack_and_leaves_secrets_and_tables_out() -> None:
+    stack = BaseStack(
+        "prod", state="postgresql://u@h/db", artifacts="s3://b/p", region="eu", account_key="k", flag=True
+    )
+    env = _remote_jobs.worker_env(
+        stack,
+        {"image": "i", "retries": 3, "tags": {"a": "b"}, "unset": None},
+        env={"LOG": "info", "SECRET_FROM_VAULT": "x"},
+        leave_out={"account_key", "SECRET_FROM_VAULT"},
+    )
+    assert env == {
+        "KITARU_STACK": "prod",
+        "KITARU_STACK__TYPE": "base",
+        "KITARU_STACK__STATE": "postgresql://u@h/db",
+        "KITARU_STACK__ARTIFACTS": "s3://b/p",
+        "KITARU_STACK__IMAGE": "i",
+        "KITARU_STACK__RETRIES": "3",
+        "KITARU_STACK__REGION": "eu",
+        "KITARU_STACK__FLAG": "true",
+        "LOG": "info",
+    }
+
+
+def test_stores_only_this_machine_reaches_are_refused() -> None:
+    lite = BaseStack("lite", state="sqlite:///tmp/k.db", artifacts="s3://b/p")
+    with pytest.raises(KitaruConfigError, match=r"SQLite.*the replicas cannot reach.*postgresql://"):
+        _remote_jobs.refuse_local_stores(lite, "jobs", "the replicas")
+    files = BaseStack("files", state="postgresql://u@h/db", artifacts="file:///tmp/a")
+    with pytest.raises(KitaruConfigError, match=r"local directory.*s3://"):
+        _remote_jobs.refuse_local_stores(files, "jobs")
+    _remote_jobs.refuse_local_stores(
+        BaseStack("ok", state="postgresql://u@h/db", artifacts="s3://b/p"), "jobs"
+    )
