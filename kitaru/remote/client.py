@@ -108,7 +108,10 @@ class _Executions:
         return str(self.get(exec_id).id)
 
     def get(self, exec_id: str) -> Any:
-        return _execution(self._client._call("GET", f"/api/v1/executions/{exec_id}"))
+        execution = _execution(self._client._call("GET", f"/api/v1/executions/{exec_id}"))
+        if execution.result_artifact:
+            self._client._owners[execution.result_artifact] = execution.id
+        return execution
 
     def list(
         self,
@@ -282,6 +285,9 @@ class _Artifacts:
         return RemoteArtifact(**data, _client=self._client)
 
     def get(self, artifact_id: str, *, exec_id: str | None = None) -> RemoteArtifact:
+        # The server finds an artifact through its execution; a result this client has seen
+        # (`executions.get`) is found through the execution it came with.
+        exec_id = exec_id or self._client._owners.get(artifact_id)
         if exec_id is None:
             raise KitaruUsageError(
                 f"a kitaru server finds artifacts through their execution: list them with "
@@ -403,6 +409,8 @@ class RemoteClient:
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
         self.deployments = _Deployments(self)
+        #: Result artifact id -> its execution, for the calls that name only the artifact.
+        self._owners: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<RemoteClient {self.url}>"  # never the key
