@@ -43,8 +43,14 @@ __all__ = [
     "DEFAULT_TAG",
     "Deployment",
     "Deployments",
+    "achoose",
     "adeploy",
+    "aflow_known",
+    "aget",
+    "ahistory",
     "ainvoke",
+    "alist",
+    "amove",
     "parse_ref",
     "route",
     "summary",
@@ -205,7 +211,9 @@ async def adeploy(
     return stored
 
 
-async def _choose(runtime: Runtime, flow: str, tag: str, key: str) -> tuple[DeploymentRecord, str]:
+async def achoose(runtime: Runtime, flow: str, tag: str, key: str) -> tuple[DeploymentRecord, str]:
+    """The version an invocation of ``flow@tag`` with idempotency key ``key`` runs (routed by
+    weight when ``tag`` is ``default``), and the tag it went by; refuses unknown flows and tags."""
     tags = {t.tag: t for t in await runtime.astate.list_tags(flow)}
     if not tags:
         raise KitaruNotFoundError(
@@ -264,12 +272,67 @@ async def ainvoke(
             with contextlib.suppress(KitaruLeaseError, KitaruStateError):
                 await elsewhere.submit(exec_id)
         return exec_id, None
-    record, routed = await _choose(runtime, flow, tag, exec_id)
+    record, routed = await achoose(runtime, flow, tag, exec_id)
     # Imported here too: binding the arguments to the version's signature needs its flow.
     flow_obj = await aload_version(runtime, summary(record, routed))
     if elsewhere is not None:
         return await runner.start_elsewhere(elsewhere, flow_obj, args, kwargs, exec_id), None
     return await runner.start(flow_obj, args, kwargs, exec_id)
+
+
+# The reads and tag moves behind ``KitaruClient().deployments``, async over a state store, so the
+# team server answers its deployment endpoints with the same checks and the same messages.
+
+
+async def aflow_known(store: Any, flow: str) -> None:
+    """Raise KitaruNotFoundError when ``flow`` has no deployed version."""
+    if not await store.list_deployments(flow):
+        raise KitaruNotFoundError(
+            f"flow {flow!r} has no deployed versions. Deploy it with `{flow}.deploy()`; "
+            "`kitaru deployments list` shows what is deployed."
+        )
+
+
+async def alist(store: Any, flow: str | None = None) -> builtins.list[Deployment]:
+    """Versions (of ``flow``, or of every flow) with their current tags."""
+    records = await store.list_deployments(flow)
+    tags = await store.list_tags(flow)
+    return [_view(r, tags) for r in records]
+
+
+async def aget(store: Any, ref: str) -> Deployment:
+    """The version ``FLOW`` (its ``default``), ``FLOW@TAG`` or ``FLOW:N`` names."""
+    flow, tag, version = parse_ref(ref)
+    await aflow_known(store, flow)
+    tags: builtins.list[TagRecord] = await store.list_tags(flow)
+    if version is None:
+        tag = tag or DEFAULT_TAG
+        found = [t for t in tags if t.tag == tag]
+        if not found:
+            raise KitaruNotFoundError(
+                f"flow {flow!r} has no tag {tag!r}. See its tags with `kitaru deployments list {flow}`."
+            )
+        version = found[0].version
+    record = await store.get_deployment(flow, version)
+    if record is None:
+        raise KitaruNotFoundError(
+            f"flow {flow!r} has no version {version}. See them with `kitaru deployments list {flow}`."
+        )
+    return _view(record, tags)
+
+
+async def ahistory(store: Any, flow: str, tag: str | None = None) -> builtins.list[TagMove]:
+    """Every move of the flow's tags (of ``tag`` only, when given), oldest first."""
+    await aflow_known(store, flow)
+    moves: builtins.list[TagMove] = await store.tag_history(flow, tag)
+    return moves
+
+
+async def amove(store: Any, flow: str, request: TagRequest, *, who: str) -> TagMove:
+    """Make one tag move (checked and recorded by the store, atomically); returns it."""
+    await aflow_known(store, flow)
+    moves: builtins.list[TagMove] = await store.move_tags(flow, [request], who=who)
+    return moves[0]
 
 
 class Deployments:
@@ -287,18 +350,10 @@ class Deployments:
     def _store(self) -> Any:
         return self._client._runtime.astate
 
-    def _flow_known(self, flow: str) -> None:
-        if not self._run(self._store.list_deployments, flow):
-            raise KitaruNotFoundError(
-                f"flow {flow!r} has no deployed versions. Deploy it with `{flow}.deploy()`; "
-                "`kitaru deployments list` shows what is deployed."
-            )
-
     def list(self, flow: str | None = None) -> builtins.list[Deployment]:
         """Versions (of ``flow``, or of every flow) with their current tags."""
-        records = self._run(self._store.list_deployments, flow)
-        tags = self._run(self._store.list_tags, flow)
-        return [_view(r, tags) for r in records]
+        found: builtins.list[Deployment] = self._run(alist, self._store, flow)
+        return found
 
     def tags(self, flow: str | None = None) -> builtins.list[TagRecord]:
         """Tags (of ``flow``, or of every flow) and the versions they point at."""
@@ -307,34 +362,17 @@ class Deployments:
 
     def get(self, ref: str) -> Deployment:
         """``FLOW`` (its ``default``), ``FLOW@TAG`` or ``FLOW:N``."""
-        flow, tag, version = parse_ref(ref)
-        self._flow_known(flow)
-        tags = self.tags(flow)
-        if version is None:
-            tag = tag or DEFAULT_TAG
-            found = [t for t in tags if t.tag == tag]
-            if not found:
-                raise KitaruNotFoundError(
-                    f"flow {flow!r} has no tag {tag!r}. See its tags with `kitaru deployments list {flow}`."
-                )
-            version = found[0].version
-        record = self._run(self._store.get_deployment, flow, version)
-        if record is None:
-            raise KitaruNotFoundError(
-                f"flow {flow!r} has no version {version}. See them with `kitaru deployments list {flow}`."
-            )
-        return _view(record, tags)
+        found: Deployment = self._run(aget, self._store, ref)
+        return found
 
     def history(self, flow: str, tag: str | None = None) -> builtins.list[TagMove]:
         """Every move of the flow's tags (of ``tag`` only, when given), oldest first."""
-        self._flow_known(flow)
-        moves: builtins.list[TagMove] = self._run(self._store.tag_history, flow, tag)
+        moves: builtins.list[TagMove] = self._run(ahistory, self._store, flow, tag)
         return moves
 
     def _move(self, flow: str, request: TagRequest) -> TagMove:
-        self._flow_known(flow)
-        moves: builtins.list[TagMove] = self._run(self._store.move_tags, flow, [request], who=_who())
-        return moves[0]
+        move: TagMove = self._run(amove, self._store, flow, request, who=_who())
+        return move
 
     def tag(self, flow: str, tag: str, version: int, *, weight: int | None = None) -> TagMove:
         """Point ``tag`` at ``version`` (with a canary ``weight`` 0-100), atomically, recorded."""

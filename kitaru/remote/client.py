@@ -1,7 +1,8 @@
 """The client backend over HTTP: what ``KitaruClient()`` becomes after ``kitaru login``.
 
 It offers the same calls as the local client (``executions.list/get/input/cancel/retry/resume/
-replay/diff/logs``, ``artifacts.list/get/preview``) and returns the same views (``Execution``,
+replay/diff/logs``, ``artifacts.list/get/preview``, ``deployments.list/tags/get/history/tag/
+untag/promote/rollback/invoke``) and returns the same views (``Execution``,
 ``Wait``...), so the CLI's commands work unchanged against a server. Driving happens on the server:
 ``input``, ``retry``, ``resume`` and ``replay`` return once it accepted the work, with a handle
 whose ``wait()`` polls the execution until it stops running.
@@ -107,7 +108,10 @@ class _Executions:
         return str(self.get(exec_id).id)
 
     def get(self, exec_id: str) -> Any:
-        return _execution(self._client._call("GET", f"/api/v1/executions/{exec_id}"))
+        execution = _execution(self._client._call("GET", f"/api/v1/executions/{exec_id}"))
+        if execution.result_artifact:
+            self._client._owners[execution.result_artifact] = execution.id
+        return execution
 
     def list(
         self,
@@ -281,6 +285,9 @@ class _Artifacts:
         return RemoteArtifact(**data, _client=self._client)
 
     def get(self, artifact_id: str, *, exec_id: str | None = None) -> RemoteArtifact:
+        # The server finds an artifact through its execution; a result this client has seen
+        # (`executions.get`) is found through the execution it came with.
+        exec_id = exec_id or self._client._owners.get(artifact_id)
         if exec_id is None:
             raise KitaruUsageError(
                 f"a kitaru server finds artifacts through their execution: list them with "
@@ -300,6 +307,99 @@ class _Artifacts:
         return text if len(text) <= width else text[: width - 4] + " ..."
 
 
+class _Deployments:
+    """``deployments`` over the server's ``/api/v1/deployments``: the same calls and views as
+    :class:`kitaru.deployments.Deployments`. Tag moves need an ``admin`` key (the history records
+    the key's name); invoking needs ``invoke`` and returns once the server accepted the work."""
+
+    def __init__(self, client: RemoteClient) -> None:
+        self._client = client
+
+    def _listing(self, flow: str | None) -> dict[str, Any]:
+        params = {"flow": flow} if flow is not None else {}
+        data: dict[str, Any] = self._client._call("GET", "/api/v1/deployments", params=params)
+        return data
+
+    def list(self, flow: str | None = None) -> builtins.list[Any]:
+        from kitaru.deployments import Deployment
+
+        return [_deployment(Deployment, v) for v in self._listing(flow)["versions"]]
+
+    def tags(self, flow: str | None = None) -> builtins.list[Any]:
+        from kitaru.store import TagRecord
+
+        return [TagRecord(**t) for t in self._listing(flow)["tags"]]
+
+    def get(self, ref: str) -> Any:
+        from kitaru.deployments import DEFAULT_TAG, Deployment, parse_ref
+
+        flow, tag, version = parse_ref(ref)
+        if version is not None:
+            path = f"/api/v1/deployments/{_seg(flow)}/versions/{version}"
+        else:
+            path = f"/api/v1/deployments/{_seg(flow)}/tags/{_seg(tag or DEFAULT_TAG)}"
+        return _deployment(Deployment, self._client._call("GET", path))
+
+    def history(self, flow: str, tag: str | None = None) -> builtins.list[Any]:
+        from kitaru.store import TagMove
+
+        params = {"tag": tag} if tag is not None else {}
+        data = self._client._call("GET", f"/api/v1/deployments/{_seg(flow)}/history", params=params)
+        return [TagMove(**m) for m in data["items"]]
+
+    def _move(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        from kitaru.store import TagMove
+
+        return TagMove(**self._client._call(method, path, json=body))
+
+    def tag(self, flow: str, tag: str, version: int, *, weight: int | None = None) -> Any:
+        body = {"version": version, "weight": weight}
+        return self._move("PUT", f"/api/v1/deployments/{_seg(flow)}/tags/{_seg(tag)}", body)
+
+    def untag(self, flow: str, tag: str) -> Any:
+        return self._move("DELETE", f"/api/v1/deployments/{_seg(flow)}/tags/{_seg(tag)}")
+
+    def promote(self, flow: str, tag: str) -> Any:
+        return self._move("POST", f"/api/v1/deployments/{_seg(flow)}/promote", {"tag": tag})
+
+    def rollback(self, flow: str, *, to: int | None = None) -> Any:
+        return self._move("POST", f"/api/v1/deployments/{_seg(flow)}/rollback", {"to": to})
+
+    def invoke(
+        self,
+        flow: str,
+        *args: Any,
+        tag: str = "default",
+        execution_id: str | None = None,
+        **kwargs: Any,
+    ) -> RemoteHandle:
+        """Start an execution of ``flow``'s deployed version on the server; returns once the
+        server created it (the server drives it). Arguments go by name, as JSON."""
+        if args:
+            raise KitaruUsageError(
+                f"invoking {flow!r} through a kitaru server takes the flow's arguments by name "
+                "(JSON), not by position: `invoke(flow, topic=...)`, `--args '{\"topic\": ...}'`."
+            )
+        if "@" in flow:
+            flow, _, tag = flow.partition("@")
+        body = {"tag": tag, "args": kwargs, "execution_id": execution_id}
+        made = self._client._call("POST", f"/api/v1/deployments/{_seg(flow)}/invoke", json=body)
+        return RemoteHandle(str(made["id"]), self._client)
+
+
+def _seg(part: str) -> str:
+    """A path segment: a flow or tag name with ``/`` or ``?`` in it stays one segment."""
+    from urllib.parse import quote
+
+    return quote(part, safe="")
+
+
+def _deployment(cls: Any, data: dict[str, Any]) -> Any:
+    data = dict(data)
+    data["tags"] = tuple(data.get("tags") or ())
+    return cls(**data)
+
+
 class RemoteClient:
     """``KitaruClient`` over a kitaru server's API (``url``, an API ``key``)."""
 
@@ -308,6 +408,9 @@ class RemoteClient:
         self._http = _http(self.url, key)
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
+        self.deployments = _Deployments(self)
+        #: Result artifact id -> its execution, for the calls that name only the artifact.
+        self._owners: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<RemoteClient {self.url}>"  # never the key

@@ -33,7 +33,7 @@ from kitaru.errors import KitaruError, KitaruNotFoundError
 from kitaru.remote import _wire
 from kitaru.server import _auth
 from kitaru.server._state import ServerState
-from kitaru.store import ArtifactRecord, ExecutionRecord
+from kitaru.store import ArtifactRecord, ExecutionRecord, TagMove, TagRequest
 
 __all__ = ["build_app"]
 
@@ -68,7 +68,8 @@ def build_app(server: ServerState) -> FastAPI:
     app = FastAPI(
         title="kitaru team server",
         version="1",
-        description="Executions, waits, artifacts, logs and the state-store operations workers need. "
+        description="Executions, waits, artifacts, logs, deployments and the state-store operations "
+        "workers need. "
         "Every endpoint but /healthz takes `Authorization: Bearer <key>` or a login session.",
         lifespan=lifespan,
     )
@@ -146,6 +147,7 @@ def build_app(server: ServerState) -> FastAPI:
     answer = Depends(require("answer"))
     invoke = Depends(require("invoke"))
     runner = Depends(require("runner"))
+    admin = Depends(require("admin"))
 
     # -- health, login ---------------------------------------------------------------------
 
@@ -385,6 +387,115 @@ def build_app(server: ServerState) -> FastAPI:
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
         )
+
+    # -- deployments (reads: `read`; moving tags: `admin`; invoking: `invoke`) ---------------
+    # The checks and messages are those of `KitaruClient().deployments` (kitaru.deployments), so
+    # `kitaru deployments ...` says the same whether it runs locally or through this server.
+
+    def _moved(move: TagMove) -> dict[str, Any]:
+        return asdict(move)
+
+    def _mover(who: _auth.Principal) -> str:
+        return f"{who.name} (key {who.key_id}, via the server)"
+
+    @app.get("/api/v1/deployments", tags=["deployments"])
+    async def list_deployments(flow: str | None = None, _: _auth.Principal = read) -> dict[str, Any]:
+        """Deployed versions (of ``flow``, or of every flow; by flow, then number), each with the
+        tags pointing at it, and the tags with their weights."""
+        from kitaru.deployments import alist
+
+        versions = await alist(server.astate, flow)
+        tags = await server.astate.list_tags(flow)
+        return {"versions": [v.to_dict() for v in versions], "tags": [asdict(t) for t in tags]}
+
+    @app.get("/api/v1/deployments/{flow}/versions/{version}", tags=["deployments"])
+    async def get_deployment_version(flow: str, version: int, _: _auth.Principal = read) -> dict[str, Any]:
+        """Version ``version`` of ``flow``: its code (archive, target), image, stack, lock, tags."""
+        from kitaru.deployments import aget
+
+        found: dict[str, Any] = (await aget(server.astate, f"{flow}:{version}")).to_dict()
+        return found
+
+    @app.get("/api/v1/deployments/{flow}/tags/{tag}", tags=["deployments"])
+    async def get_deployment_tag(flow: str, tag: str, _: _auth.Principal = read) -> dict[str, Any]:
+        """The version tag ``tag`` of ``flow`` points at."""
+        from kitaru.deployments import aget
+
+        found: dict[str, Any] = (await aget(server.astate, f"{flow}@{tag}")).to_dict()
+        return found
+
+    @app.get("/api/v1/deployments/{flow}/history", tags=["deployments"])
+    async def deployment_history(
+        flow: str, tag: str | None = None, _: _auth.Principal = read
+    ) -> dict[str, Any]:
+        """Every move of the flow's tags (of ``tag`` only, when given), oldest first."""
+        from kitaru.deployments import ahistory
+
+        return {"items": [_moved(m) for m in await ahistory(server.astate, flow, tag)]}
+
+    @app.put("/api/v1/deployments/{flow}/tags/{tag}", tags=["deployments"])
+    async def tag_version(
+        flow: str,
+        tag: str,
+        version: Annotated[int, Body()],
+        weight: Annotated[int | None, Body()] = None,
+        who: _auth.Principal = admin,
+    ) -> dict[str, Any]:
+        """Point ``tag`` at ``version`` (``weight`` 0-100: a canary), atomically, recorded in the
+        history. A missing version or a bad weight changes nothing."""
+        from kitaru.deployments import amove
+
+        request = TagRequest(tag, "set", version, weight=weight)
+        return _moved(await amove(server.astate, flow, request, who=_mover(who)))
+
+    @app.delete("/api/v1/deployments/{flow}/tags/{tag}", tags=["deployments"])
+    async def untag_version(flow: str, tag: str, who: _auth.Principal = admin) -> dict[str, Any]:
+        """Remove ``tag`` (never ``default``), recorded in the history."""
+        from kitaru.deployments import amove
+
+        return _moved(await amove(server.astate, flow, TagRequest(tag, "remove"), who=_mover(who)))
+
+    @app.post("/api/v1/deployments/{flow}/promote", tags=["deployments"])
+    async def promote(
+        flow: str, tag: Annotated[str, Body(embed=True)], who: _auth.Principal = admin
+    ) -> dict[str, Any]:
+        """Move ``default`` to the version ``tag`` points at (``{"tag": "canary"}``)."""
+        from kitaru.deployments import DEFAULT_TAG, amove
+
+        request = TagRequest(DEFAULT_TAG, "promote", source=tag)
+        return _moved(await amove(server.astate, flow, request, who=_mover(who)))
+
+    @app.post("/api/v1/deployments/{flow}/rollback", tags=["deployments"])
+    async def rollback(
+        flow: str, to: Annotated[int | None, Body(embed=True)] = None, who: _auth.Principal = admin
+    ) -> dict[str, Any]:
+        """Move ``default`` back: to version ``to``, or (without it) to the version it pointed at
+        before its last move."""
+        from kitaru.deployments import DEFAULT_TAG, amove
+
+        request = TagRequest(DEFAULT_TAG, "rollback", version=to)
+        return _moved(await amove(server.astate, flow, request, who=_mover(who)))
+
+    @app.post("/api/v1/deployments/{flow}/invoke", status_code=202, tags=["deployments"])
+    async def invoke_deployment(
+        flow: str,
+        tag: Annotated[str, Body()] = "default",
+        args: Annotated[dict[str, Any] | None, Body()] = None,
+        execution_id: Annotated[str | None, Body()] = None,
+        _: _auth.Principal = invoke,
+    ) -> dict[str, Any]:
+        """Start an execution of the version ``flow@tag`` points at (``default`` routes canaries
+        by weight, sticky per ``execution_id``) with ``args`` (the flow's arguments by name). It
+        is created here (an unknown flow or tag, or arguments that do not fit, create nothing)
+        and driven in the background or by the stack's orchestrator; 202 with its id. The same
+        ``execution_id`` again returns that execution (``created``: false)."""
+        record, created = await server.invoke(flow, tag, args or {}, execution_id)
+        return {
+            "id": record.id,
+            "status": record.status,
+            "created": created,
+            "deployment": record.metadata.get("deployment"),
+        }
 
     # -- the state-store operations of workers (scope `runner`) -----------------------------
 

@@ -5,8 +5,8 @@
   or slow hash: nobody can guess one from its hash), and a presented key is compared with
   :func:`hmac.compare_digest`. The key is shown once, when it is created.
 - **Scopes**: ``read`` (look), ``answer`` (answer waits; and look), ``invoke`` (cancel, retry,
-  resume, replay; and look), ``runner`` (only the state-store operations a worker needs),
-  ``admin`` (everything).
+  resume, replay, invoke a deployment; and look), ``runner`` (only the state-store operations a
+  worker needs), ``admin`` (everything, and alone may move deployment tags).
 - **Sessions** (the web UI): logging in with a key sets an HttpOnly, SameSite=Strict cookie
   ``<key id>.<expiry>.<nonce>.<mac>``, the MAC keyed by the key's stored hash. Any replica
   checks it with the state store alone (no session table, no shared secret to distribute), and

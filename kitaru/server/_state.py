@@ -222,6 +222,48 @@ class ServerState:
         self.spawn(record.id, runner.drive, flow, record, started)
         return record
 
+    async def invoke(
+        self, flow: str, tag: str, args: Mapping[str, Any], execution_id: str | None
+    ) -> tuple[ExecutionRecord, bool]:
+        """Start an execution of the version ``flow@tag`` points at (routed by weight on
+        ``default``), as :meth:`KitaruClient.deployments.invoke` does, but hand the driving over:
+        the execution is created here (an unknown flow or tag, or arguments that do not fit the
+        version's signature, are this request's error and create nothing) and driven by a
+        background task or the stack's orchestrator. An existing ``execution_id`` is the same
+        invocation again: it is returned (and driven on only if its runner is gone).
+
+        Returns the execution and whether this request created it."""
+        from kitaru._engine.loading import aload_version
+        from kitaru._engine.runner import Runner
+        from kitaru._ids import new_id
+        from kitaru.deployments import achoose, summary
+
+        runner = Runner(self.runtime)
+        if execution_id is not None:
+            existing = await self.astate.get_execution(execution_id)
+            if existing is not None:
+                if existing.status == "running" and _lease_free(existing):
+                    self.spawn(existing.id, self.orchestrator.submit, existing.id)
+                return existing, False
+        exec_id = execution_id or new_id()
+        version, routed = await achoose(self.runtime, flow, tag, exec_id)
+        flow_obj = await aload_version(self.runtime, summary(version, routed))
+        if self._local():
+            record, created, started = await runner.create(flow_obj, (), dict(args), exec_id)
+            if created:
+                self.spawn(record.id, runner.drive, flow_obj, record, started)
+            return record, created
+        # Elsewhere (a Kubernetes Job...): created with its lease free, its job submitted in the
+        # background, as an answer's is.
+        prepare = getattr(self.orchestrator, "prepare", None)
+        metadata = await prepare(flow_obj) if prepare is not None else None
+        record, created, _ = await runner.create(
+            flow_obj, (), dict(args), exec_id, metadata=metadata, leased=False
+        )
+        if created:
+            self.spawn(record.id, self.orchestrator.submit, record.id)
+        return record, created
+
     async def _drive_leased(self, leased: ExecutionRecord) -> Any:
         from kitaru._engine.runner import Runner
 
@@ -391,3 +433,9 @@ def _role_lock(state_uri: str) -> _RoleLock:
         path = Path(unquote(urlparse(state_uri).path))
         return _FileRoleLock(path.with_name(path.name + ".server-lock"))
     return _RoleLock()
+
+
+def _lease_free(record: ExecutionRecord) -> bool:
+    from kitaru.store import _rules
+
+    return _rules.lease_free(record.lease_owner, record.lease_expires_at, time.time())

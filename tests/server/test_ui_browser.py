@@ -331,3 +331,107 @@ def test_image_preview_replay_and_diff(
     assert page.locator("#diff tr[data-diff='checkpoint:caption']").get_attribute("data-status") == "changed"
     assert replay_id in page.url and exec_id in page.url
     page.screenshot(path=str(shots / "diff.png"), full_page=True)
+
+
+def test_deployments_promote_rollback_and_invoke_in_the_browser(
+    browser: Any,
+    server: ServerProcess,
+    kitaru_cli: list[str],
+    server_env: dict[str, str],
+    sqlite_state: str,
+    tmp_path: Path,
+    shots: Path,
+) -> None:
+    """Two versions deployed with the Python API on the server's stores; an admin sees them,
+    promotes the canary and rolls it back in the page, and the history shows each move; a read
+    key sees the buttons disabled; the invoke form starts an execution of the tag's version."""
+    from tests.server.test_deployments_api import Project
+
+    project = Project(tmp_path / "project")
+    try:
+        assert project.deploy("v1", message="first") == 1
+        assert project.deploy("v2", tag="canary", weight=10) == 2
+    finally:
+        project.close()
+    admin = create_key(kitaru_cli, server_env, sqlite_state, "releaser", "admin")
+    page = new_page(browser, viewport={"width": 1280, "height": 900})
+    log_in(page, server, admin)
+
+    # The list: the flow, its versions and its tags with their weights.
+    page.click("nav a[href='/ui/deployments']")
+    row = page.locator("#deployments tr[data-flow='review']")
+    row.wait_for()
+    assert row.locator("td[data-label='Versions']").inner_text() == "2"
+    assert row.locator(".tag[data-tag='canary']").inner_text() == "canary (10%)"
+    assert row.locator(".tag[data-tag='default']").inner_text() == "default"
+    page.screenshot(path=str(shots / "deployments.png"), full_page=True)
+
+    # The flow's page: versions with their tags, and the history so far.
+    row.locator("a").click()
+    page.locator("#versions tr[data-version='2'] .tag[data-tag='canary']").wait_for()
+    assert page.locator("#versions tr[data-version='1'] .tag[data-tag='default']").count() == 1
+    assert page.locator("#history tr[data-action='deploy']").count() == 2
+
+    # Promote the canary: default moves to version 2, and the history records it.
+    page.select_option("#promote-tag", "canary")
+    page.click("#promote")
+    page.locator("#history tr[data-action='promote'][data-version='2']").wait_for()
+    page.locator("#versions tr[data-version='2'] .tag[data-tag='default']").wait_for()
+    assert "version 2 (was 1)" in page.locator("#manage .notice").inner_text()
+    page.screenshot(path=str(shots / "promoted.png"), full_page=True)
+
+    # Roll back: default goes back to version 1.
+    page.click("#rollback")
+    page.locator("#history tr[data-action='rollback'][data-version='1']").wait_for()
+    page.locator("#versions tr[data-version='1'] .tag[data-tag='default']").wait_for()
+    actions = page.locator("#history tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.tag, r.dataset.version, r.dataset.action])"
+    )
+    assert actions == [  # newest first
+        ["default", "1", "rollback"],
+        ["default", "2", "promote"],
+        ["canary", "2", "deploy"],
+        ["default", "1", "deploy"],
+    ]
+    page.screenshot(path=str(shots / "rolled-back.png"), full_page=True)
+    with server.client(admin) as c:
+        tags = {t["tag"]: t["version"] for t in c.get("/api/v1/deployments").json()["tags"]}
+        assert tags == {"default": 1, "canary": 2}
+
+    # Invoke the canary with JSON arguments: its page opens and the version's code runs.
+    page.select_option("#invoke-tag", "canary")
+    page.fill("#invoke-args", "[1]")
+    page.click("#invoke-form button[type=submit]")
+    assert "JSON object" in page.locator("#invoke-form .error").inner_text()
+    page.fill("#invoke-args", '{"topic": "browsers"}')
+    page.click("#invoke-form button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/executions/"))
+    page.locator("#summary[data-status='completed']").wait_for()
+    exec_id = page.url.rsplit("/", 1)[-1]
+    with server.client(admin) as c:
+        execution = c.get(f"/api/v1/executions/{exec_id}").json()
+        assert execution["metadata"]["deployment"]["version"] == 2
+
+    # A read key sees the same page with the buttons disabled; a move it forces is refused.
+    reader = create_key(kitaru_cli, server_env, sqlite_state, "watcher", "read")
+    viewer = new_page(browser)
+    log_in(viewer, server, reader)
+    viewer.goto(f"{server.url}/ui/deployments/review")
+    viewer.locator("#history tr[data-action='rollback']").wait_for()
+    assert viewer.locator("#promote").is_disabled()
+    assert viewer.locator("#rollback").is_disabled()
+    assert viewer.locator("#invoke-form button[type=submit]").is_disabled()
+    status = viewer.evaluate(
+        """async () => (await fetch('/api/v1/deployments/review/rollback', {method: 'POST',
+        headers: {'Content-Type': 'application/json'}, body: '{}'})).status"""
+    )
+    assert status == 403
+    # The admin's session without its CSRF token is refused too, and nothing moved.
+    status = page.evaluate(
+        """async () => (await fetch('/api/v1/deployments/review/promote', {method: 'POST',
+        headers: {'Content-Type': 'application/json'}, body: '{"tag": "canary"}'})).status"""
+    )
+    assert status == 403
+    with server.client(admin) as c:
+        moves = c.get("/api/v1/deployments/review/history").json()["items"]
+        assert len(moves) == 4

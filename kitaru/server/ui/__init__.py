@@ -1,6 +1,7 @@
 """The team server's web UI: plain HTML, CSS and JavaScript served by the same app, no build step.
 
-Pages (``/ui/``, ``/ui/executions/<id>``, ``/ui/diff``, ``/ui/login``) are one static shell,
+Pages (``/ui/``, ``/ui/executions/<id>``, ``/ui/diff``, ``/ui/deployments``,
+``/ui/deployments/<flow>``, ``/ui/login``) are one static shell,
 ``static/index.html``, whose script (``static/app.js``) reads the path and draws the page from
 ``/api/v1``. The shell and its assets carry no data, so they are served without a key (the login
 page must be reachable); every piece of data comes from an endpoint that needs a key or the

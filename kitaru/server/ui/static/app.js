@@ -161,6 +161,8 @@ async function render() {
     if (path === "" || path === "executions") return await listPage(app, params);
     if (path.startsWith("executions/")) return await executionPage(app, decodeURIComponent(path.slice(11)));
     if (path === "diff") return await diffPage(app, params);
+    if (path === "deployments") return await deploymentsPage(app);
+    if (path.startsWith("deployments/")) return await flowDeploymentsPage(app, decodeURIComponent(path.slice(12)));
     app.replaceChildren(el("h1", { text: "Not found" }), el("p", {}, el("a", { href: "/ui/", "data-link": true, text: "Executions" })));
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return;
@@ -935,4 +937,238 @@ async function diffPage(app, params) {
   } catch (err) {
     out.replaceChildren(errorBox(err.message));
   }
+}
+
+// -- deployments: flows, versions, tags; promote, rollback, invoke -----------------------------
+
+function tagChip(t) {
+  const label = t.weight !== null && t.weight !== undefined ? `${t.tag} (${t.weight}%)` : t.tag;
+  return el("span", { class: `tag${t.tag === "default" ? " default" : ""}`, "data-tag": t.tag, "data-weight": t.weight ?? "", text: label });
+}
+
+async function deploymentsPage(app) {
+  const data = await api("/api/v1/deployments");
+  const flows = new Map();
+  for (const v of data.versions) {
+    if (!flows.has(v.flow)) flows.set(v.flow, { versions: [], tags: [] });
+    flows.get(v.flow).versions.push(v);
+  }
+  for (const t of data.tags) if (flows.has(t.flow)) flows.get(t.flow).tags.push(t);
+  const rows = [...flows.entries()].map(([flow, f]) => {
+    const latest = f.versions[f.versions.length - 1];
+    return el(
+      "tr",
+      { "data-flow": flow },
+      el("td", { "data-label": "Flow" }, el("a", { href: `/ui/deployments/${encodeURIComponent(flow)}`, "data-link": true, text: flow })),
+      el("td", { "data-label": "Versions", text: String(f.versions.length) }),
+      el("td", { "data-label": "Latest", text: `${latest.version} (${when(latest.created_at)})` }),
+      el("td", { "data-label": "Tags" }, f.tags.map((t) => el("span", { class: "tag-at" }, tagChip(t), ` → ${t.version}`))),
+    );
+  });
+  app.replaceChildren(
+    el("h1", { text: "Deployments" }),
+    el(
+      "div",
+      { class: "card" },
+      rows.length
+        ? el(
+            "table",
+            { class: "list", id: "deployments" },
+            el("thead", {}, el("tr", {}, ["Flow", "Versions", "Latest", "Tags"].map((h) => el("th", { text: h })))),
+            el("tbody", {}, rows),
+          )
+        : el("p", { class: "muted", id: "deployments", text: "Nothing is deployed yet: flow.deploy() freezes a flow into version 1." }),
+    ),
+  );
+}
+
+async function flowDeploymentsPage(app, flow) {
+  const base = `/api/v1/deployments/${encodeURIComponent(flow)}`;
+  const versionsBox = el("div", { class: "card", id: "versions" });
+  const manage = el("div", { class: "card", id: "manage" });
+  const invokeBox = el("div", { class: "card", id: "invoke" });
+  const historyBox = el("div", { class: "card", id: "history" });
+  app.replaceChildren(
+    el("h1", {}, "Deployments of ", el("span", { class: "mono", text: flow })),
+    versionsBox,
+    el("div", { class: "grid2" }, manage, invokeBox),
+    historyBox,
+  );
+
+  const draw = async () => {
+    const data = await api(`/api/v1/deployments?flow=${encodeURIComponent(flow)}`);
+    const moves = (await api(`${base}/history`)).items;
+    if (!data.versions.length) throw new Error(`flow ${flow} has no deployed versions.`);
+    const tagsOf = (n) => data.tags.filter((t) => t.version === n);
+    versionsBox.replaceChildren(
+      el("h2", { text: "Versions" }),
+      el(
+        "table",
+        { class: "list" },
+        el("thead", {}, el("tr", {}, ["Version", "Tags", "Deployed", "By", "Image", "Message"].map((h) => el("th", { text: h })))),
+        el(
+          "tbody",
+          {},
+          data.versions
+            .slice()
+            .reverse()
+            .map((v) =>
+              el(
+                "tr",
+                { "data-version": v.version },
+                el("td", { "data-label": "Version", text: String(v.version) }),
+                el("td", { "data-label": "Tags" }, tagsOf(v.version).map(tagChip)),
+                el("td", { "data-label": "Deployed", text: when(v.created_at) }),
+                el("td", { "data-label": "By", text: v.created_by }),
+                el("td", { "data-label": "Image", class: "mono", text: v.image || "—" }),
+                el("td", { "data-label": "Message", text: v.message || "" }),
+              ),
+            ),
+        ),
+      ),
+    );
+    drawManage(manage, flow, base, data, draw);
+    drawInvoke(invokeBox, flow, base, data);
+    historyBox.replaceChildren(
+      el("h2", { text: "History" }),
+      el(
+        "table",
+        { class: "list" },
+        el("thead", {}, el("tr", {}, ["When", "Tag", "From", "To", "Weight", "Action", "Who"].map((h) => el("th", { text: h })))),
+        el(
+          "tbody",
+          {},
+          moves
+            .slice()
+            .reverse()
+            .map((m) =>
+              el(
+                "tr",
+                { "data-move": m.id ?? "", "data-tag": m.tag, "data-action": m.action, "data-version": m.version ?? "" },
+                el("td", { "data-label": "When", text: when(m.ts) }),
+                el("td", { "data-label": "Tag", text: m.tag }),
+                el("td", { "data-label": "From", text: m.previous ?? "—" }),
+                el("td", { "data-label": "To", text: m.version ?? "removed" }),
+                el("td", { "data-label": "Weight", text: m.weight ?? "" }),
+                el("td", { "data-label": "Action", text: m.action }),
+                el("td", { "data-label": "Who", text: m.who }),
+              ),
+            ),
+        ),
+      ),
+    );
+    const current = data.tags.find((t) => t.tag === "default");
+    app.dataset.default = current ? String(current.version) : "";
+  };
+  await draw();
+}
+
+function drawManage(node, flow, base, data, redraw) {
+  const allowed = can("admin");
+  const problem = el("div", { class: "manage-result" });
+  const others = data.tags.filter((t) => t.tag !== "default");
+  const promoteTag = el(
+    "select",
+    { id: "promote-tag", name: "tag", disabled: !allowed || !others.length },
+    others.map((t) => el("option", { value: t.tag, text: `${t.tag} (version ${t.version})` })),
+  );
+  const rollbackTo = el(
+    "select",
+    { id: "rollback-to", name: "to", disabled: !allowed },
+    el("option", { value: "", text: "the version before" }),
+    data.versions.map((v) => el("option", { value: String(v.version), text: `version ${v.version}` })),
+  );
+  const act = async (path, body, what) => {
+    problem.replaceChildren();
+    try {
+      const move = await api(`${base}/${path}`, { method: "POST", body });
+      await redraw();
+      // Redrawn: the new result box is the one on screen now.
+      node.querySelector(".manage-result").replaceChildren(
+        el("div", { class: "notice", role: "status", text: `${what}: ${flow}@default → version ${move.version} (was ${move.previous ?? "—"}).` }),
+      );
+    } catch (err) {
+      problem.replaceChildren(errorBox(err.message));
+    }
+  };
+  const promote = el("form", { id: "promote-form", method: "post", action: `${base}/promote` }, csrfField());
+  promote.append(
+    el("label", { for: "promote-tag", text: "Promote: move default to the version of tag" }),
+    promoteTag,
+    el("div", { class: "actions" }, el("button", { type: "submit", id: "promote", text: "Promote", disabled: !allowed || !others.length })),
+  );
+  promote.addEventListener("submit", (event) => {
+    event.preventDefault();
+    act("promote", { tag: promoteTag.value }, "Promoted");
+  });
+  const rollback = el("form", { id: "rollback-form", method: "post", action: `${base}/rollback` }, csrfField());
+  rollback.append(
+    el("label", { for: "rollback-to", text: "Roll back default to" }),
+    rollbackTo,
+    el("div", { class: "actions" }, el("button", { type: "submit", id: "rollback", class: "danger", text: "Roll back", disabled: !allowed })),
+  );
+  rollback.addEventListener("submit", (event) => {
+    event.preventDefault();
+    act("rollback", rollbackTo.value ? { to: Number(rollbackTo.value) } : {}, "Rolled back");
+  });
+  node.replaceChildren(
+    el("h2", { text: "Promote and roll back" }),
+    allowed ? "" : el("p", { class: "hint", text: "Your key cannot move tags (it needs the admin scope)." }),
+    promote,
+    rollback,
+    problem,
+  );
+}
+
+function drawInvoke(node, flow, base, data) {
+  const allowed = can("invoke");
+  const tag = el(
+    "select",
+    { id: "invoke-tag", name: "tag", disabled: !allowed },
+    data.tags.map((t) => el("option", { value: t.tag, text: `${t.tag} (version ${t.version})` })),
+  );
+  tag.value = "default";
+  const args = el("textarea", { id: "invoke-args", name: "args", placeholder: '{"topic": "a value"}', disabled: !allowed });
+  const id = el("input", { id: "invoke-id", name: "execution_id", class: "mono", placeholder: "optional idempotency key", disabled: !allowed });
+  const problem = el("div");
+  const form = el(
+    "form",
+    { id: "invoke-form", method: "post", action: `${base}/invoke` },
+    csrfField(),
+    el("h2", { text: "Invoke" }),
+    el("p", { class: "hint", text: "Starts an execution of the tag's version (default routes canaries by weight); the server drives it." }),
+    el("label", { for: "invoke-tag", text: "Tag" }),
+    tag,
+    el("label", { for: "invoke-args", text: "Arguments (JSON object: parameter → value)" }),
+    args,
+    el("label", { for: "invoke-id", text: "Execution id" }),
+    id,
+    allowed ? "" : el("p", { class: "hint", text: "Your key cannot invoke (it needs the invoke scope)." }),
+    problem,
+    el("div", { class: "actions" }, el("button", { type: "submit", text: "Invoke", disabled: !allowed })),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    problem.replaceChildren();
+    try {
+      let parsed = {};
+      if (args.value.trim()) {
+        try {
+          parsed = JSON.parse(args.value);
+        } catch (err) {
+          throw new Error(`arguments: not valid JSON (${err.message})`);
+        }
+        if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+          throw new Error('arguments: must be a JSON object of parameter names, e.g. {"topic": "x"}');
+        }
+      }
+      const body = { tag: tag.value, args: parsed };
+      if (id.value.trim()) body.execution_id = id.value.trim();
+      const made = await api(`${base}/invoke`, { method: "POST", body });
+      go(`/ui/executions/${encodeURIComponent(made.id)}`);
+    } catch (err) {
+      problem.replaceChildren(errorBox(err.message));
+    }
+  });
+  node.replaceChildren(form);
 }
