@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -194,11 +195,12 @@ class Artifact:
         value: JSONValue = json.loads(self.read_bytes())
         return value
 
-    def write_to(self, path: str | os.PathLike[str]) -> int:
+    def write_to(self, path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None) -> int:
         """Write the stored bytes to ``path``, streamed in bounded memory and verified on the way.
 
         The bytes go to a temporary file beside ``path`` that is renamed into place only once all
-        of them matched the recorded hash: a mismatch leaves ``path`` untouched. Returns the size."""
+        of them matched the recorded hash: a mismatch leaves ``path`` untouched. Returns the size.
+        ``progress`` is called with the size of each chunk written."""
         target = Path(path).absolute()
         parent = target.parent
         if not parent.is_dir():
@@ -220,6 +222,8 @@ class Artifact:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in self._client._runtime.artifact_chunks(self._record):
                     fh.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
             os.replace(tmp, target)
         except OSError as exc:
             raise KitaruUsageError(

@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kitaru._engine.runtime import INFLIGHT
@@ -264,7 +265,9 @@ class _Executions:
         """Continue a ``failed`` execution in place, reusing its completed checkpoints."""
         return self._take_over(exec_id, {"failed"})
 
-    def recover(self, *, limit: int = 100) -> builtins.list[Recovery]:
+    def recover(
+        self, *, limit: int = 100, progress: Callable[[int, int], None] | None = None
+    ) -> builtins.list[Recovery]:
         """Drive on every execution that nobody moves on: ``running`` ones whose runner is gone
         (its process died, or its lease expired), and ``waiting`` ones whose wait deadline passed
         (their flow sees :class:`~kitaru.errors.KitaruWaitTimeoutError`, as an in-process timeout
@@ -272,8 +275,17 @@ class _Executions:
 
         Safe to run from cron, or from several processes and hosts at once: taking each lease
         decides who drives; the others skip it. Returns what happened to each, oldest first.
+        ``progress`` is called with (done, total) before the first and after each one.
         """
-        return [self._recover_one(record) for record in self._state.list_recoverable(limit=limit)]
+        records = self._state.list_recoverable(limit=limit)
+        report: builtins.list[Recovery] = []
+        for record in records:
+            if progress is not None:
+                progress(len(report), len(records))
+            report.append(self._recover_one(record))
+        if progress is not None:
+            progress(len(report), len(records))
+        return report
 
     def _recover_one(self, record: ExecutionRecord) -> Recovery:
         from kitaru._engine.handles import blocking

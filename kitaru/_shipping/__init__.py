@@ -30,7 +30,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kitaru._shipping._archive import (
     _CHUNK,
@@ -50,6 +50,9 @@ from kitaru._shipping._files import EXCLUDED_DIRS as EXCLUDED_DIRS
 from kitaru._shipping._files import collect_files
 from kitaru._shipping._files import parse_gitignore as parse_gitignore
 from kitaru.errors import KitaruStoreError
+
+if TYPE_CHECKING:
+    from kitaru._progress import Progress
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -81,12 +84,14 @@ class _ArtifactStore(Protocol):
     def open(self, key: str, chunk_size: int = ...) -> AsyncIterator[bytes]: ...
 
 
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
+async def _chunks(path: Path, progress: Progress | None = None) -> AsyncIterator[bytes]:
     import anyio
 
     async with await anyio.open_file(path, "rb") as f:
         while block := await f.read(_CHUNK):
             yield block
+            if progress is not None:
+                progress.advance(len(block))
 
 
 async def upload(store: _ArtifactStore, archive: CodeArchive) -> str:
@@ -94,8 +99,12 @@ async def upload(store: _ArtifactStore, archive: CodeArchive) -> str:
     key. Streams the file (one chunk in memory at a time)."""
     key = archive.key
     if not await store.exists(key):
+        from kitaru._progress import Progress
+
         # Two submitters racing write the same bytes: the store's create-only put accepts that.
-        await store.put_stream(key, _chunks(archive.path))
+        # On a terminal (a deploy, a remote submit from a shell) a bar shows the upload.
+        with Progress("uploading code", total=archive.size, min_total=1 << 20) as bar:
+            await store.put_stream(key, _chunks(archive.path, bar))
     return key
 
 
@@ -113,10 +122,14 @@ async def fetch(store: _ArtifactStore, key: str, cache: Path) -> Path:
         return target
     await anyio.Path(cache).mkdir(parents=True, exist_ok=True)
     download = cache / f".download-{sha256[:12]}-{uuid.uuid4().hex}.tar.gz"
+    from kitaru._progress import Progress
+
     try:
         async with await anyio.open_file(download, "wb") as out:
-            async for block in store.open(key):
-                await out.write(block)
+            with Progress("downloading code") as bar:
+                async for block in store.open(key):
+                    await out.write(block)
+                    bar.advance(len(block))
         return await anyio.to_thread.run_sync(unpack, download, cache, sha256)
     finally:
         await anyio.Path(download).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from kitaru.cli.deployments import deployments as _deployments_group
 # `kitaru deployments invoke` reports the execution it started as `executions` commands do.
 from kitaru.cli.executions import _report_handle as _report_handle
 from kitaru.cli.executions import executions as _executions_group
+from kitaru.cli.mcp import mcp as _mcp
 from kitaru.cli.model import model as _model_group
 from kitaru.cli.secrets import secrets as _secrets_group
 from kitaru.cli.server import login as _login
@@ -61,3 +62,4 @@ main.add_command(_logout)
 main.add_command(_status)
 main.add_command(_info)
 main.add_command(_init)
+main.add_command(_mcp)

@@ -88,7 +88,11 @@ def get_artifact(artifact_id: str, out: str | None, load: bool, output: str) -> 
         raise KitaruUsageError("--out writes the stored bytes and --load shows the value: use one of them.")
     artifact = _client(read_only=True).artifacts.get(artifact_id)
     if out:
-        size = artifact.write_to(out)
+        from kitaru._progress import Progress
+
+        # A bar on a terminal for big downloads; small ones finish before it could be read.
+        with Progress(f"{artifact.name} v{artifact.version}", total=artifact.size, min_total=1 << 20) as bar:
+            size = artifact.write_to(out, progress=bar.advance)
         target = os.path.abspath(out)
         if output == "json":
             _echo_json({**artifact.to_dict(), "written_to": target})

@@ -150,9 +150,24 @@ def get_execution(exec_id: str, watch: bool, interval: float, output: str) -> No
 def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
     """Print the execution, then one line per change (a checkpoint finishing, a status change)
     until it is no longer running. Lines, not a redrawn screen: it works in pipes and logs too."""
+    from kitaru._progress import Progress
+
     seen: dict[str, str] = {}
     status = None
+    # On a terminal, a line on stderr says it is still watching (blanked before each printed line).
+    bar = Progress(f"execution {execution.id} running: checkpoints", unit="items")
+    try:
+        _watch_loop(client, execution, interval, output, seen, status, bar)
+    finally:
+        bar.discard()
+
+
+def _watch_loop(
+    client: Any, execution: Any, interval: float, output: str, seen: dict[str, str], status: Any, bar: Any
+) -> None:
+    started = time.monotonic()
     while True:
+        bar.clear()
         for call in execution.checkpoints:
             if seen.get(call.call_id) == call.status:
                 continue
@@ -185,6 +200,8 @@ def _watch(client: Any, execution: Any, interval: float, output: str) -> None:
                 "its lease expired), so it will not move on by itself. Continue it with `kitaru "
                 f"executions recover` (or `kitaru executions resume {execution.id}`)."
             )
+        done = sum(1 for c in execution.checkpoints if c.status == "completed")
+        bar.update(done, note=f"{time.monotonic() - started:.0f}s")
         time.sleep(interval)
         execution = client.executions.get(execution.id)
 
@@ -523,7 +540,16 @@ def recover_executions(limit: int, output: str) -> None:
     Safe to run from cron, or from several hosts at once: whoever takes an execution's lease
     drives it, the others skip it. Exits 1 when an execution could not be driven here.
     """
-    report = _client().executions.recover(limit=limit)
+    from kitaru._progress import Progress
+    from kitaru.client import KitaruClient
+
+    client = _client()
+    with Progress("recovering", unit="items") as bar:
+        # A server recovers on its own (its client refuses); locally, a counter per execution.
+        hook = {"progress": lambda done, total: bar.update(done, total=total)}
+        report = client.executions.recover(limit=limit, **(hook if isinstance(client, KitaruClient) else {}))
+        if not report:
+            bar.discard()  # nothing was worth a line
     if output == "json":
         _echo_json([r.to_dict() for r in report])
     elif not report:
