@@ -230,9 +230,9 @@ class CloudRunOrchestrator:
             template=run_v2.ExecutionTemplate(task_count=1, parallelism=1, template=task),
         )
 
-    async def _ensure_job(self, metadata: Mapping[str, Any]) -> None:
-        """Create the execution's job (its image's) unless it exists (a 409 means another
-        submitter just did)."""
+    async def _ensure_job(self, metadata: Mapping[str, Any] = {}) -> None:
+        """Create the job of the execution whose ``metadata`` is given (its image's; the stack's
+        by default) unless it exists (a 409 means another submitter just did)."""
         name = self.job_name_of(metadata)
         if name in self._jobs_ready:
             return
