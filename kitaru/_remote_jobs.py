@@ -35,6 +35,7 @@ __all__ = [
     "Verdict",
     "check_submittable",
     "ensure_code",
+    "execution_image",
     "exit_verdict",
     "prepare",
     "refuse_local_stores",
@@ -59,6 +60,20 @@ def exit_verdict(code: int | None) -> Verdict:
     if code == EXIT_CANNOT_RUN:
         return "cannot_run"
     return "infrastructure"
+
+
+def execution_image(metadata: Mapping[str, Any], stack_image: str | None) -> str | None:
+    """The image an execution's jobs run on: its deployed version's (``metadata["deployment"]
+    ["image"]``: every run of a version keeps the image it was deployed with, whatever the stack
+    says now), else its flow's own (``@flow(image=...)``, recorded as ``metadata["image"]``), else
+    the stack's ``stack_image``. None when none of them names one."""
+    from kitaru.worker import DEPLOYMENT_METADATA
+
+    version = metadata.get(DEPLOYMENT_METADATA)
+    for image in (version.get("image") if isinstance(version, Mapping) else None, metadata.get("image")):
+        if image:
+            return str(image)
+    return stack_image or None
 
 
 def refuse_local_stores(stack: BaseStack, what: str, runners: str = "its jobs") -> None:

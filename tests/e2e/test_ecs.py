@@ -284,6 +284,27 @@ def test_the_quickstart_runs_as_ecs_tasks_and_its_wait_holds_no_task(ecs: Ecs) -
     )
 
 
+def test_a_flow_with_its_own_image_runs_on_a_task_definition_with_that_image(
+    ecs: Ecs, k8s_flows: Any
+) -> None:
+    def definition(task: dict[str, Any]) -> dict[str, Any]:
+        found = ecs.double.client("ecs").describe_task_definition(taskDefinition=task["taskDefinitionArn"])
+        registered: dict[str, Any] = found["taskDefinition"]
+        return registered
+
+    handle = k8s_flows.own_image.run(str(ecs.counts))
+    assert handle.wait(timeout=120) == "ok"
+    [own] = ecs.tasks(handle.exec_id)
+    assert definition(own)["containerDefinitions"][0]["image"] == k8s_flows.OWN_IMAGE == "kitaru-worker:own"
+    # The stack's other flows keep the stack's image, on the definition registered for it.
+    (ecs.marks / "go").write_text("1")
+    plain = k8s_flows.eight.run(str(ecs.counts), str(ecs.marks))
+    assert plain.wait(timeout=120) == sum(range(1, 9))
+    [task] = ecs.tasks(plain.exec_id)
+    assert definition(task)["containerDefinitions"][0]["image"] == "kitaru-worker:test"
+    assert task["taskDefinitionArn"] != own["taskDefinitionArn"]
+
+
 def test_a_task_killed_mid_checkpoint_is_retried_by_recovery_and_resumes(ecs: Ecs, k8s_flows: Any) -> None:
     from tests._process import wait_for
 

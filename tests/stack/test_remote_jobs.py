@@ -52,3 +52,15 @@ def test_stores_only_this_machine_reaches_are_refused() -> None:
     _remote_jobs.refuse_local_stores(
         BaseStack("ok", state="postgresql://u@h/db", artifacts="s3://b/p"), "jobs"
     )
+
+
+def test_an_execution_runs_on_its_versions_image_else_its_flows_else_the_stacks() -> None:
+    deployed = {"deployment": {"flow": "f", "version": 3, "image": "acme/agents:v3"}, "image": "acme/f:1"}
+    assert _remote_jobs.execution_image(deployed, "acme/stack:now") == "acme/agents:v3"
+    # A version deployed without an image: the flow's own, then the stack's.
+    unimaged = {"deployment": {"flow": "f", "version": 3, "image": None}}
+    assert _remote_jobs.execution_image({**unimaged, "image": "acme/f:1"}, "acme/stack:now") == "acme/f:1"
+    assert _remote_jobs.execution_image(unimaged, "acme/stack:now") == "acme/stack:now"
+    assert _remote_jobs.execution_image({"image": "acme/f:1"}, None) == "acme/f:1"
+    assert _remote_jobs.execution_image({}, "acme/stack:now") == "acme/stack:now"
+    assert _remote_jobs.execution_image({}, None) is None

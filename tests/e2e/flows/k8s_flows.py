@@ -7,6 +7,7 @@ parts say where they are.
     boom(count_file)           a checkpoint, then the flow raises
     asks(count_file)           a checkpoint, a wait named ``go`` (bool), a checkpoint
     sleepy(count_file, marks)  a checkpoint that marks ``started`` and sleeps
+    own_image(count_file)      a checkpoint, on its own job image (``@flow(image=OWN_IMAGE)``)
 """
 
 from __future__ import annotations
@@ -75,3 +76,12 @@ def slow(count_file: str, marks: str) -> None:
 def sleepy(count_file: str, marks: str) -> str:
     slow(count_file, marks)
     return "never"
+
+
+#: The image ``own_image`` names (the test doubles run the worker whatever the image).
+OWN_IMAGE = "kitaru-worker:own"
+
+
+@flow(image=OWN_IMAGE)
+def own_image(count_file: str) -> str:
+    return before(count_file)

@@ -3,7 +3,11 @@
 
 The task definition is the stack's ``task_definition``, or one kitaru registers from the stack's
 ``image``, ``cpu``, ``memory`` and roles under a family named by a hash of its content (the same
-stack reuses it; a changed key registers another). Each execution gets its command and
+stack reuses it; a changed key registers another). An execution with its own image (a deployed
+version's, or its flow's ``@flow(image=...)``) runs on a definition registered from the same keys
+with that image, a family of its own: ECS cannot override a container's image per task, so the
+image lives in the definition. A stack's own ``task_definition`` fixes the image, so such an
+execution is refused rather than run on another image. Each execution gets its command and
 environment as container overrides.
 
 Retries. ECS has no job-level retry: a task that dies is gone. Whoever next *observes* the
@@ -32,7 +36,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +95,8 @@ class EcsOrchestrator:
 
     def __init__(self, stack: AwsStack) -> None:
         self.stack = stack
-        self._task_definition: str | None = None
+        #: The definitions registered (or found) this process, by image.
+        self._task_definitions: dict[str | None, str] = {}
 
     def __repr__(self) -> str:
         return f"<EcsOrchestrator {self.stack.name} cluster={self.stack.cluster}>"
@@ -161,7 +166,12 @@ class EcsOrchestrator:
         """Ship ``flow``'s code for a new execution (``code = "archive"``); a deployed version
         ships nothing (see :func:`kitaru._remote_jobs.prepare`)."""
         from kitaru import _remote_jobs
+        from kitaru.worker import DEPLOYMENT_METADATA
 
+        # Refused before the execution exists: its tasks could never run on its image.
+        self.execution_image(
+            {DEPLOYMENT_METADATA: getattr(flow, "deployment", None), "image": getattr(flow, "image", None)}
+        )
         return await _remote_jobs.prepare(self._runtime(), self.stack.code, flow, "its ECS task")
 
     # -- the seam -------------------------------------------------------------------------------
@@ -211,7 +221,7 @@ class EcsOrchestrator:
                     )
         await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
         run = len(await runtime.astate.read_journal(exec_id))
-        task = await self._run_task(exec_id, record.flow, run, attempt)
+        task = await self._run_task(exec_id, record.flow, run, attempt, record.metadata)
         tasks = [*list(state.get("tasks") or []), task["taskArn"]][-_KEPT_TASKS:]
         await runtime.astate.commit(
             exec_id,
@@ -244,10 +254,12 @@ class EcsOrchestrator:
             f"execution {exec_id} is failed: {why}. Fix the cause, then `kitaru executions retry {exec_id}`."
         )
 
-    async def _run_task(self, exec_id: str, flow: str, run: int, attempt: int) -> dict[str, Any]:
+    async def _run_task(
+        self, exec_id: str, flow: str, run: int, attempt: int, metadata: Mapping[str, Any]
+    ) -> dict[str, Any]:
         stack = self.stack
         async with self._ecs() as ecs:
-            definition = await self.task_definition(ecs)
+            definition = await self.task_definition(ecs, metadata)
             params: dict[str, Any] = {
                 "cluster": stack.cluster,
                 "taskDefinition": definition,
@@ -305,15 +317,36 @@ class EcsOrchestrator:
         task: dict[str, Any] = tasks[0]
         return task
 
-    async def task_definition(self, ecs: Any) -> str:
-        """The task definition to run: the stack's ``task_definition``, else the one registered
-        from its keys (found by its family, registered on first use)."""
+    def execution_image(self, metadata: Mapping[str, Any]) -> str | None:
+        """The image an execution's tasks run on (see :func:`kitaru._remote_jobs.execution_image`).
+        KitaruConfigError when it is the execution's own but the stack's ``task_definition``
+        fixes another: a RunTask override cannot change a container's image."""
+        from kitaru import _remote_jobs
+
         stack = self.stack
+        image = _remote_jobs.execution_image(metadata, stack.image)
+        if stack.task_definition and image and image != stack.image:
+            raise KitaruConfigError(
+                f"this execution runs on its own image {image!r} (its flow's `@flow(image=...)` or "
+                f"its deployed version's), but stack {stack.name!r} runs the task definition "
+                f"{stack.task_definition!r}, which fixes the image (ECS cannot override it per task). "
+                "Remove `task_definition` and set `image`, `cpu`, `memory` and the roles so kitaru "
+                "registers a definition per image, or drop the flow's own image "
+                f"(`kitaru stack show {stack.name}` shows the stack's keys)."
+            )
+        return image
+
+    async def task_definition(self, ecs: Any, metadata: Mapping[str, Any] = {}) -> str:
+        """The task definition to run an execution on (``metadata``: its own): the stack's
+        ``task_definition``, else the one registered from its keys and the execution's image
+        (found by its family, registered on first use)."""
+        stack = self.stack
+        image = self.execution_image(metadata)
         if stack.task_definition:
             return stack.task_definition
-        if self._task_definition is not None:
-            return self._task_definition
-        body = self.task_definition_body()
+        if image in self._task_definitions:
+            return self._task_definitions[image]
+        body = self.task_definition_body(metadata)
         from botocore.exceptions import ClientError
 
         try:
@@ -322,14 +355,19 @@ class EcsOrchestrator:
         except ClientError:
             registered = await self._call(ecs, "RegisterTaskDefinition", **body)
             arn = str(registered["taskDefinition"]["taskDefinitionArn"])
-        self._task_definition = arn
+        self._task_definitions[image] = arn
         return arn
 
-    def task_definition_body(self) -> dict[str, Any]:
-        """The ``RegisterTaskDefinition`` request built from the stack's keys; its family names a
-        hash of the rest, so a changed key registers a new family instead of mutating one."""
+    def task_definition_body(self, metadata: Mapping[str, Any] = {}) -> dict[str, Any]:
+        """The ``RegisterTaskDefinition`` request built from the stack's keys, on the image of the
+        execution whose ``metadata`` is given (its own, else the stack's); its family names a hash
+        of the rest, so a changed key or another image registers a new family instead of
+        mutating one."""
+        from kitaru import _remote_jobs
+
         stack = self.stack
-        if not stack.image:
+        image = _remote_jobs.execution_image(metadata, stack.image)
+        if not image:
             raise KitaruConfigError(
                 f"stack {stack.name!r} has neither `task_definition` nor `image`: its ECS tasks need "
                 "the image that runs the worker (Python with kitaru[aws] and the flows' "
@@ -338,7 +376,7 @@ class EcsOrchestrator:
             )
         container: dict[str, Any] = {
             "name": CONTAINER,
-            "image": stack.image,
+            "image": image,
             "essential": True,
             "command": [*stack.worker_command, "worker", "run"],
             # A container-level limit too: the task's own (EC2 needs one; Fargate accepts it).

@@ -9,7 +9,8 @@ job's template (image, command, identity, registry, retries, timeout, CPU, memor
 gets a new job instead of an update racing executions that run on the old one. Each run is
 ``jobs.begin_start`` with a template override: the job's container with ``args = ["worker",
 "run", <exec_id>]`` and the stack's keys as env (so the replica needs no config file). Container
-Apps replaces the job's containers with the override's, so the override carries the image,
+Apps replaces the job's containers with the override's, so the override carries the image (the
+execution's own when it has one: a deployed version's, or its flow's ``@flow(image=...)``),
 command and resources too, and the job's own env entries stay (a variable the job reads from a
 secret, ``secretRef``, is never overridden with a plain value: that is how credentials reach the
 worker without appearing in each execution's template). An execution's runs are found again by
@@ -35,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -328,7 +329,7 @@ class ContainerAppsOrchestrator:
         )
         await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
         run = len(await runtime.astate.read_journal(exec_id))
-        template = self.start_template(await self.job(), exec_id, run, _version_image(record.metadata))
+        template = self.start_template(await self.job(), exec_id, run, record.metadata)
         name = self.job_name
         async with self._client() as client:
             poller = await self._call(
@@ -341,10 +342,12 @@ class ContainerAppsOrchestrator:
             await self._call(f"start the job {name}", "job", poller.result())
 
     def start_template(
-        self, job: dict[str, Any], exec_id: str, run: int, image: str | None = None
+        self, job: dict[str, Any], exec_id: str, run: int, metadata: Mapping[str, Any] = {}
     ) -> dict[str, Any]:
         """The ``JobExecutionTemplate`` of one run: the job's container with the worker's args and
-        environment, on ``image`` (a deployed version's) or the stack's or job's image."""
+        environment, on the image of the execution whose ``metadata`` is given (its deployed
+        version's, else its flow's, see :func:`kitaru._remote_jobs.execution_image`), else the
+        stack's, else the job's."""
         from kitaru import _remote_jobs
         from kitaru.worker import FLOW_FAILED_EXIT_ENV
 
@@ -365,7 +368,7 @@ class ContainerAppsOrchestrator:
         env = [*kept, *({"name": k, "value": v} for k, v in {**jobs_plain, **plain}.items())]
         container: dict[str, Any] = {
             "name": base.get("name") or CONTAINER,
-            "image": image or stack.image or base.get("image"),
+            "image": _remote_jobs.execution_image(metadata, stack.image) or base.get("image"),
             "command": list(stack.worker_command),
             "args": ["worker", "run", exec_id],
             "env": env,
@@ -463,15 +466,6 @@ def _exit_codes(execution: dict[str, Any]) -> list[int]:
             if container.get("code") is not None:
                 out.append(int(container["code"]))
     return out
-
-
-def _version_image(metadata: dict[str, Any]) -> str | None:
-    """The image of the deployed version an execution records, if it records one."""
-    from kitaru.worker import DEPLOYMENT_METADATA
-
-    found = metadata.get(DEPLOYMENT_METADATA)
-    image = found.get("image") if isinstance(found, dict) else None
-    return str(image) if image else None
 
 
 def _message(exc: Any) -> str:

@@ -4,7 +4,10 @@ task runs ``kitaru worker run <exec_id>`` (see :mod:`kitaru.worker` for what it 
 The job. kitaru creates one Cloud Run job per stack configuration, named
 ``kitaru-<stack>-<hash>`` where the hash covers everything the job's template holds (image,
 command, service account, retries, timeout, CPU, memory): a changed key gets a new job rather than
-an update racing executions that are running on the old one. Each run is ``run_job`` with
+an update racing executions that are running on the old one. An execution with its own image (a
+deployed version's, or its flow's ``@flow(image=...)``) runs on the job of that configuration with
+its image, created on first use: a run's container overrides cannot change the image. Each run is
+``run_job`` with
 container overrides: ``args = ["worker", "run", <exec_id>]`` and the stack's keys as env (so the
 task needs no config file). An execution's runs are found again by those args.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kitaru.errors import (
@@ -66,7 +70,8 @@ class CloudRunOrchestrator:
 
     def __init__(self, stack: GcpStack) -> None:
         self.stack = stack
-        self._job_ready = False
+        #: The jobs known to exist (created or found) this process, by name.
+        self._jobs_ready: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<CloudRunOrchestrator {self.stack.name} {self.location}>"
@@ -169,11 +174,18 @@ class CloudRunOrchestrator:
 
     # -- the job ------------------------------------------------------------------------------------
 
-    def _template(self) -> dict[str, Any]:
-        """What the job's template holds, from the stack's keys (also what its name hashes)."""
+    def _image(self, metadata: Mapping[str, Any]) -> str | None:
+        """The image an execution runs on (see :func:`kitaru._remote_jobs.execution_image`)."""
+        from kitaru import _remote_jobs
+
+        return _remote_jobs.execution_image(metadata, self.stack.image)
+
+    def _template(self, metadata: Mapping[str, Any] = {}) -> dict[str, Any]:
+        """What the job's template holds, from the stack's keys and the image of the execution
+        whose ``metadata`` is given (also what its name hashes)."""
         stack = self.stack
         return {
-            "image": stack.image,
+            "image": self._image(metadata),
             "command": tuple(stack.worker_command),
             "service_account": stack.service_account,
             "max_retries": stack.max_retries,
@@ -184,10 +196,16 @@ class CloudRunOrchestrator:
 
     @property
     def job_name(self) -> str:
-        return f"{self.location}/jobs/{job_id(self.stack.name, self._template())}"
+        """The job of the stack's own configuration (its ``image``)."""
+        return self.job_name_of({})
 
-    def job_body(self) -> Any:
-        """The Cloud Run job every run of this stack executes (one task, the worker's container)."""
+    def job_name_of(self, metadata: Mapping[str, Any]) -> str:
+        """The job the execution whose ``metadata`` is given runs on (its image's)."""
+        return f"{self.location}/jobs/{job_id(self.stack.name, self._template(metadata))}"
+
+    def job_body(self, metadata: Mapping[str, Any] = {}) -> Any:
+        """The Cloud Run job the runs of the stack's executions on one image execute (one task,
+        the worker's container): the image of the execution whose ``metadata`` is given."""
         from kitaru.worker import FLOW_FAILED_EXIT_ENV
 
         run_v2 = _run_v2()
@@ -195,7 +213,7 @@ class CloudRunOrchestrator:
         limits = {k: v for k, v in (("cpu", stack.cpu), ("memory", stack.memory)) if v}
         container = run_v2.Container(
             name=CONTAINER,
-            image=stack.image,
+            image=self._image(metadata),
             command=list(stack.worker_command),
             # Cloud Run retries every non-zero exit: a flow's failure exits 0 (module docstring).
             env=[run_v2.EnvVar(name=FLOW_FAILED_EXIT_ENV, value="0")],
@@ -212,14 +230,15 @@ class CloudRunOrchestrator:
             template=run_v2.ExecutionTemplate(task_count=1, parallelism=1, template=task),
         )
 
-    async def _ensure_job(self) -> None:
-        """Create the stack's job unless it exists (a 409 means another submitter just did)."""
-        if self._job_ready:
+    async def _ensure_job(self, metadata: Mapping[str, Any] = {}) -> None:
+        """Create the job of the execution whose ``metadata`` is given (its image's; the stack's
+        by default) unless it exists (a 409 means another submitter just did)."""
+        name = self.job_name_of(metadata)
+        if name in self._jobs_ready:
             return
         from google.api_core import exceptions as gexc
 
         run_v2, kw = self._clients()
-        name = self.job_name
 
         def ensure() -> None:
             jobs = run_v2.JobsClient(**kw)
@@ -230,13 +249,13 @@ class CloudRunOrchestrator:
                 pass
             try:
                 jobs.create_job(
-                    parent=self.location, job=self.job_body(), job_id=name.rsplit("/", 1)[1]
+                    parent=self.location, job=self.job_body(metadata), job_id=name.rsplit("/", 1)[1]
                 ).result(timeout=_CREATE_TIMEOUT)
             except gexc.AlreadyExists:
                 pass
 
         await self._call(f"create the job {name}", ensure)
-        self._job_ready = True
+        self._jobs_ready.add(name)
 
     # -- code ---------------------------------------------------------------------------------------
 
@@ -261,7 +280,8 @@ class CloudRunOrchestrator:
             runtime, exec_id, f"its Cloud Run task goes on (`kitaru executions describe {exec_id}` names it)"
         )
         await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
-        await self._ensure_job()
+        await self._ensure_job(record.metadata)
+        name = self.job_name_of(record.metadata)
         run = len(await runtime.astate.read_journal(exec_id))
         run_v2, kw = self._clients()
         overrides = run_v2.RunJobRequest.Overrides(
@@ -274,11 +294,11 @@ class CloudRunOrchestrator:
             ],
             task_count=1,
         )
-        request = run_v2.RunJobRequest(name=self.job_name, overrides=overrides)
+        request = run_v2.RunJobRequest(name=name, overrides=overrides)
         # The operation ends when the execution does: its metadata names the execution, which is
         # all the submitter needs (the state store tells how the run went).
         await self._call(
-            f"run the job {self.job_name}", lambda: run_v2.JobsClient(**kw).run_job(request=request).metadata
+            f"run the job {name}", lambda: run_v2.JobsClient(**kw).run_job(request=request).metadata
         )
 
     def _env(self, run: int) -> dict[str, str]:
@@ -294,7 +314,7 @@ class CloudRunOrchestrator:
         from google.api_core import exceptions as gexc
 
         run_v2, kw = self._clients()
-        parent = self.job_name
+        parent = await self._job_of(exec_id)
 
         def listed() -> list[Any]:
             try:
@@ -305,6 +325,11 @@ class CloudRunOrchestrator:
             return sorted(mine, key=lambda e: (e.create_time, e.name))
 
         return await self._call(f"list the executions of {parent}", listed)
+
+    async def _job_of(self, exec_id: str) -> str:
+        """The job an execution's runs went to (its image's; the stack's if it is unknown)."""
+        record = await self._runtime().astate.get_execution(exec_id)
+        return self.job_name_of(record.metadata if record is not None else {})
 
     async def cancel(self, exec_id: str) -> None:
         """Make the cancel final in the state store, then cancel the execution's running Cloud Run
@@ -330,11 +355,12 @@ class CloudRunOrchestrator:
     async def describe(self, exec_id: str) -> str:
         """The execution's Cloud Run executions, one line each."""
         found = await self.executions(exec_id)
+        job = (await self._job_of(exec_id)).rsplit("/", 1)[1]
         if not found:
-            return f"no Cloud Run execution of execution {exec_id} in job {self.job_name}"
+            return f"no Cloud Run execution of execution {exec_id} in job {job}"
         return "\n".join(
             f"Cloud Run execution {e.name.rsplit('/', 1)[1]}: {_state(e)} (retried {e.retried_count}, "
-            f"job {self.job_name.rsplit('/', 1)[1]}, region {self.stack.region})"
+            f"job {job}, region {self.stack.region})"
             for e in found
         )
 

@@ -355,10 +355,13 @@ class KubernetesOrchestrator:
         it, whatever the stack's ``image`` is now; its Jobs carry the version as a label.
         ``image``: the flow's own (``@flow(image=...)``, its ``metadata["image"]``), over the
         stack's."""
-        from kitaru.worker import EXIT_CANNOT_RUN, EXIT_FLOW_FAILED
+        from kitaru import _remote_jobs
+        from kitaru.worker import DEPLOYMENT_METADATA, EXIT_CANNOT_RUN, EXIT_FLOW_FAILED
 
         stack = self.stack
-        image = (version or {}).get("image") or image or stack.image
+        image = _remote_jobs.execution_image(
+            {DEPLOYMENT_METADATA: version or {}, "image": image}, stack.image
+        )
         if not image:
             raise KitaruConfigError(
                 f"stack {stack.name!r} has no `image`: the Jobs need the image that runs the worker "
