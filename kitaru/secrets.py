@@ -179,6 +179,17 @@ def _no_secrets(stack: str | None) -> KitaruConfigError:
 def _store(stack: str | None) -> Any:
     from kitaru._engine.runtime import get_runtime
 
+    if stack is None:
+        # After `kitaru login` the secrets are the server's; they still are encrypted and
+        # decrypted here, so the server only ever holds ciphertext.
+        from kitaru.remote._login import current_login
+
+        login = current_login()
+        if login is not None:
+            from kitaru.remote.client import RemoteClient
+
+            return RemoteClient(login.url, login.key).secrets
+
     runtime = get_runtime(stack)
     state = runtime.state
     if getattr(runtime.astate, "put_secret", None) is None:

@@ -1,8 +1,10 @@
 """The client backend over HTTP: what ``KitaruClient()`` becomes after ``kitaru login``.
 
-It offers the same calls as the local client (``executions.list/get/input/cancel/retry/resume/
-replay/diff/logs``, ``artifacts.list/get/preview``, ``deployments.list/tags/get/history/tag/
-untag/promote/rollback/invoke``) and returns the same views (``Execution``,
+It offers the same calls as the local client (``executions.list/get/latest/input/abort_wait/
+pending_waits/stats/cancel/retry/resume/replay/diff/logs``, ``artifacts.list (by execution or
+tag)/get/preview``, ``deployments.list/tags/get/history/tag/untag/promote/rollback/invoke``, and
+``secrets``, the SecretStore :mod:`kitaru.secrets` uses after a login: ciphertext only, encrypted
+and decrypted here with ``KITARU_SECRETS_KEY``) and returns the same views (``Execution``,
 ``Wait``...), so the CLI's commands work unchanged against a server. Driving happens on the server:
 ``input``, ``retry``, ``resume`` and ``replay`` return once it accepted the work, with a handle
 whose ``wait()`` polls the execution until it stops running.
@@ -153,6 +155,59 @@ class _Executions:
         self._client._call("POST", f"/api/v1/executions/{exec_id}/waits/{wait}", json={"value": value})
         return RemoteHandle(exec_id, self._client)
 
+    def abort_wait(
+        self, exec_id: str, *, wait: str | None = None, reason: str | None = None, resume: bool = True
+    ) -> RemoteHandle:
+        """Abort a wait instead of answering it (the flow's ``wait()`` raises
+        ``KitaruWaitAborted``); the server resumes the flow."""
+        if not resume:
+            raise KitaruUsageError(
+                "a kitaru server always resumes an aborted wait's execution; drop --no-resume."
+            )
+        wait = wait or self._only_open_wait(exec_id)
+        self._client._call(
+            "POST", f"/api/v1/executions/{exec_id}/waits/{_seg(wait)}/abort", json={"reason": reason}
+        )
+        return RemoteHandle(exec_id, self._client)
+
+    def _only_open_wait(self, exec_id: str) -> str:
+        open_waits = self.get(exec_id).open_waits
+        if len(open_waits) != 1:
+            names = ", ".join(w.name for w in open_waits) or "none"
+            raise KitaruUsageError(
+                f"execution {exec_id} has {len(open_waits)} open waits ({names}); choose one "
+                "with --wait NAME."
+            )
+        return str(open_waits[0].name)
+
+    def latest(self, *, flow: str | None = None, status: str | None = None) -> Any:
+        """The newest execution (of ``flow``, in ``status``); KitaruNotFoundError when there is none."""
+        from kitaru.errors import KitaruNotFoundError
+
+        found = self.list(flow=flow, status=status, limit=1)
+        if not found:
+            which = "".join(
+                [f" of flow {flow!r}" if flow else "", f" with status {status}" if status else ""]
+            )
+            raise KitaruNotFoundError(f"no execution{which} yet. List them with `kitaru executions list`.")
+        return self.get(found[0].id)
+
+    def pending_waits(self, *, flow: str | None = None) -> builtins.list[Any]:
+        """Every open wait of the server's waiting executions (of ``flow``), oldest first."""
+        from kitaru._client_views import PendingWait
+
+        params = {"flow": flow} if flow is not None else {}
+        data = self._client._call("GET", "/api/v1/waits", params=params)
+        return [PendingWait(**w) for w in data["items"]]
+
+    def stats(self, *, flow: str | None = None, since: float | None = None) -> Any:
+        """Per-flow figures computed by the server (see ``KitaruClient().executions.stats``)."""
+        from kitaru._client_views import ExecutionStats, FlowStats
+
+        params = {k: v for k, v in (("flow", flow), ("since", since)) if v is not None}
+        data = self._client._call("GET", "/api/v1/stats", params=params)
+        return ExecutionStats(since=data["since"], flows=tuple(FlowStats(**f) for f in data["flows"]))
+
     def resume(self, exec_id: str) -> RemoteHandle:
         self._client._call("POST", f"/api/v1/executions/{exec_id}/resume")
         return RemoteHandle(exec_id, self._client)
@@ -274,7 +329,34 @@ class _Artifacts:
     def __init__(self, client: RemoteClient) -> None:
         self._client = client
 
-    def list(self, exec_id: str, *, name: str | None = None, type: str | None = None) -> builtins.list[Any]:
+    def list(
+        self,
+        exec_id: str | None = None,
+        *,
+        name: str | None = None,
+        type: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+    ) -> builtins.list[Any]:
+        """An execution's artifacts; with ``tag``, those of any execution (of ``exec_id`` only,
+        when given) saved with that tag, newest first."""
+        if tag is not None:
+            data = self._client._call("GET", "/api/v1/artifacts", params={"tag": tag, "limit": limit})
+            full_id = self._client.executions.resolve(exec_id) if exec_id is not None else None
+            found = [self._view(a) for a in data["items"]]
+            for a in found:
+                self._client._owners[a.id] = a.exec_id
+            return [
+                a
+                for a in found
+                if (full_id is None or a.exec_id == full_id)
+                and (name is None or a.name == name)
+                and (type is None or a.type == type)
+            ]
+        if exec_id is None:
+            raise KitaruUsageError(
+                "artifacts.list() needs an execution id, or a tag to search every execution by."
+            )
         params = {k: v for k, v in (("name", name), ("type", type)) if v}
         data = self._client._call("GET", f"/api/v1/executions/{exec_id}/artifacts", params=params)
         return [self._view(a) for a in data["items"]]
@@ -387,6 +469,50 @@ class _Deployments:
         return RemoteHandle(str(made["id"]), self._client)
 
 
+class _Secrets:
+    """The server's secrets as a (sync) SecretStore for :mod:`kitaru.secrets`: it encrypts a
+    value before ``put_secret`` and decrypts what ``get_secret`` returns, so only ciphertext ever
+    reaches the server. Reading a value or changing one needs an ``admin`` key; names, ``read``."""
+
+    def __init__(self, client: RemoteClient) -> None:
+        self._client = client
+
+    @staticmethod
+    def _record(data: dict[str, Any]) -> Any:
+        import base64
+
+        from kitaru.store import SecretRecord
+
+        blob = base64.b64decode(data["ciphertext"]) if data.get("ciphertext") is not None else b""
+        return SecretRecord(data["name"], blob, data["created_at"], data["updated_at"])
+
+    def put_secret(self, name: str, ciphertext: bytes) -> Any:
+        import base64
+
+        body = {"ciphertext": base64.b64encode(ciphertext).decode("ascii")}
+        return self._record(self._client._call("PUT", f"/api/v1/secrets/{_seg(name)}", json=body))
+
+    def get_secret(self, name: str) -> Any:
+        from kitaru.errors import KitaruNotFoundError
+
+        try:
+            return self._record(self._client._call("GET", f"/api/v1/secrets/{_seg(name)}"))
+        except KitaruNotFoundError:
+            return None
+
+    def list_secrets(self) -> builtins.list[Any]:
+        return [self._record(s) for s in self._client._call("GET", "/api/v1/secrets")["items"]]
+
+    def delete_secret(self, name: str) -> bool:
+        from kitaru.errors import KitaruNotFoundError
+
+        try:
+            self._client._call("DELETE", f"/api/v1/secrets/{_seg(name)}")
+        except KitaruNotFoundError:
+            return False
+        return True
+
+
 def _seg(part: str) -> str:
     """A path segment: a flow or tag name with ``/`` or ``?`` in it stays one segment."""
     from urllib.parse import quote
@@ -409,6 +535,7 @@ class RemoteClient:
         self.executions = _Executions(self)
         self.artifacts = _Artifacts(self)
         self.deployments = _Deployments(self)
+        self.secrets = _Secrets(self)
         #: Result artifact id -> its execution, for the calls that name only the artifact.
         self._owners: dict[str, str] = {}
 

@@ -6,6 +6,11 @@ scope (``KITARU_API_KEY``), so a job holds that key instead of database credenti
 runs the operation on its own store, whose duties (atomic commits, leases, final statuses) hold
 unchanged; errors come back as the same kitaru error classes. One httpx client per running event
 loop, like the database stores.
+
+It also keeps the side contracts flows use: :class:`~kitaru.store.CatalogStore` (so checkpoints
+in remote jobs use the cache and ``artifacts list --tag`` finds their saves) and
+:class:`~kitaru.store.SecretStore` (``kitaru.secret()``): secrets travel as ciphertext only, the
+key (``KITARU_SECRETS_KEY``) stays in the worker; setting or deleting one needs an ``admin`` key.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from kitaru.errors import KitaruStoreError
 from kitaru.remote import _store_rpc, _wire
 from kitaru.store import (
     ArtifactRecord,
+    CacheEntry,
     DeploymentRecord,
     ExecutionRecord,
     JournalRecord,
+    SecretRecord,
     TagMove,
     TagRecord,
     TagRequest,
@@ -233,6 +240,46 @@ class HttpStateStore:
 
     async def tag_history(self, flow: str, tag: str | None = None) -> list[TagMove]:
         result: list[TagMove] = await self._call("tag_history", flow=flow, tag=tag)
+        return result
+
+    # -- CatalogStore --------------------------------------------------------------------------
+
+    async def get_cache_entry(self, key: str) -> CacheEntry | None:
+        result: CacheEntry | None = await self._call("get_cache_entry", key=key)
+        return result
+
+    async def put_cache_entry(self, entry: CacheEntry) -> CacheEntry:
+        result: CacheEntry = await self._call("put_cache_entry", entry=entry)
+        return result
+
+    async def clear_cache(self, flow: str | None = None) -> int:
+        result: int = await self._call("clear_cache", flow=flow)
+        return result
+
+    async def list_cache_entries(self, flow: str | None = None) -> list[CacheEntry]:
+        result: list[CacheEntry] = await self._call("list_cache_entries", flow=flow)
+        return result
+
+    async def find_artifacts(self, *, tag: str, limit: int = 100) -> list[ArtifactRecord]:
+        result: list[ArtifactRecord] = await self._call("find_artifacts", tag=tag, limit=limit)
+        return result
+
+    # -- SecretStore (ciphertext only) --------------------------------------------------------
+
+    async def put_secret(self, name: str, ciphertext: bytes) -> SecretRecord:
+        result: SecretRecord = await self._call("put_secret", name=name, ciphertext=ciphertext)
+        return result
+
+    async def get_secret(self, name: str) -> SecretRecord | None:
+        result: SecretRecord | None = await self._call("get_secret", name=name)
+        return result
+
+    async def list_secrets(self) -> list[SecretRecord]:
+        result: list[SecretRecord] = await self._call("list_secrets")
+        return result
+
+    async def delete_secret(self, name: str) -> bool:
+        result: bool = await self._call("delete_secret", name=name)
         return result
 
     async def aclose(self) -> None:

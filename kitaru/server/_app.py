@@ -18,6 +18,7 @@ The API, for its clients (the CLI, ``KitaruClient()``, workers, the web UI):
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +30,7 @@ import anyio
 from fastapi import Body, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from kitaru.errors import KitaruError, KitaruNotFoundError
+from kitaru.errors import KitaruConfigError, KitaruError, KitaruNotFoundError, KitaruUsageError
 from kitaru.remote import _wire
 from kitaru.server import _auth
 from kitaru.server._state import ServerState
@@ -280,7 +281,58 @@ def build_app(server: ServerState) -> FastAPI:
         await server.answer(exec_id, name, value)
         return {"id": exec_id, "wait": name, "accepted": True}
 
+    @app.post("/api/v1/executions/{exec_id}/waits/{name}/abort", status_code=202, tags=["waits"])
+    async def abort_wait(
+        exec_id: str,
+        name: str,
+        reason: Annotated[str | None, Body(embed=True)] = None,
+        _: _auth.Principal = answer,
+    ) -> dict[str, Any]:
+        """Abort wait ``name`` instead of answering it (``{"reason": ...}`` optional): the flow's
+        ``wait()`` raises ``KitaruWaitAborted``. Recorded once, like an answer (an answered wait
+        cannot be aborted, nor an aborted one answered); the flow moves on in the background."""
+        await server.answer(exec_id, name, None, abort={"aborted": True, "reason": reason})
+        return {"id": exec_id, "wait": name, "aborted": True}
+
+    @app.get("/api/v1/waits", tags=["waits"])
+    async def pending_waits(flow: str | None = None, _: _auth.Principal = read) -> dict[str, Any]:
+        """Every open wait of every waiting execution (of ``flow``), oldest first: what people owe
+        an answer, with the question and the JSON Schema an answer must match."""
+        from kitaru._exec_stats import pending_waits as _pending
+
+        found = await anyio.to_thread.run_sync(lambda: _pending(server.runtime.state, flow=flow))
+        return {"items": [w.to_dict() for w in found]}
+
+    @app.get("/api/v1/stats", tags=["executions"])
+    async def stats(
+        flow: str | None = None, since: float | None = None, _: _auth.Principal = read
+    ) -> dict[str, Any]:
+        """Per flow, over the executions created since ``since`` (Unix time): counts by status,
+        duration p50/p95, model tokens and cost (what ``kitaru executions stats`` shows)."""
+        from kitaru._exec_stats import execution_stats
+
+        result = await anyio.to_thread.run_sync(
+            lambda: execution_stats(server.runtime.state, flow=flow, since=since)
+        )
+        return result.to_dict()
+
     # -- artifacts -------------------------------------------------------------------------
+
+    @app.get("/api/v1/artifacts", tags=["artifacts"])
+    async def find_artifacts(
+        tag: str, limit: int = Query(100, ge=1, le=500), _: _auth.Principal = read
+    ) -> dict[str, Any]:
+        """Artifacts of any execution saved with ``tag`` (``kitaru.save(..., tags=[...])``),
+        newest first (metadata only)."""
+        found = await _catalog().find_artifacts(tag=tag, limit=limit)
+        return {"items": [_wire.artifact_to_json(a, with_bytes=False) for a in found]}
+
+    def _catalog() -> Any:
+        from kitaru.store import CatalogStore
+
+        if not isinstance(server.astate, CatalogStore):
+            raise KitaruUsageError("this server's state store cannot find artifacts by tag.")
+        return server.astate
 
     @app.get("/api/v1/executions/{exec_id}/artifacts", tags=["artifacts"])
     async def list_artifacts(
@@ -497,16 +549,81 @@ def build_app(server: ServerState) -> FastAPI:
             "deployment": record.metadata.get("deployment"),
         }
 
+    # -- secrets: names for `read`; values (ciphertext) and changes for `admin` ---------------
+    # The server only ever holds ciphertext: `kitaru secrets set` encrypts with the caller's
+    # KITARU_SECRETS_KEY before the request, `get` decrypts after it. Nothing here can reveal a value.
+
+    def _secrets() -> Any:
+        from kitaru.store import SecretStore
+
+        if not isinstance(server.astate, SecretStore):
+            raise KitaruConfigError(
+                "this server's state store does not keep secrets (only SQLite, PostgreSQL and memory "
+                "state stores do); start the server on one of them (`kitaru server start --state ...`)."
+            )
+        return server.astate
+
+    def _secret_info(record: Any) -> dict[str, Any]:
+        return {"name": record.name, "created_at": record.created_at, "updated_at": record.updated_at}
+
+    def _no_secret(name: str) -> KitaruNotFoundError:
+        return KitaruNotFoundError(
+            f"no secret {name!r} on this server. Create it with `kitaru secrets set {name}`; list them "
+            "with `kitaru secrets list`."
+        )
+
+    @app.get("/api/v1/secrets", tags=["secrets"])
+    async def list_secrets(_: _auth.Principal = read) -> dict[str, Any]:
+        """Every secret's name and times, by name (never a value)."""
+        return {"items": [_secret_info(r) for r in await _secrets().list_secrets()]}
+
+    @app.get("/api/v1/secrets/{name}", tags=["secrets"])
+    async def get_secret(name: str, _: _auth.Principal = admin) -> dict[str, Any]:
+        """The secret's ciphertext (base64), which only a holder of the key decrypts."""
+        record = await _secrets().get_secret(name)
+        if record is None:
+            raise _no_secret(name)
+        return {**_secret_info(record), "ciphertext": base64.b64encode(record.ciphertext).decode("ascii")}
+
+    @app.put("/api/v1/secrets/{name}", tags=["secrets"])
+    async def put_secret(
+        name: str, ciphertext: Annotated[str, Body(embed=True)], _: _auth.Principal = admin
+    ) -> dict[str, Any]:
+        """Create or replace the secret with ``{"ciphertext": base64}`` (encrypted by the caller)."""
+        from kitaru.secrets import _check_name
+
+        _check_name(name)
+        try:
+            blob = base64.b64decode(ciphertext, validate=True)
+        except ValueError:
+            raise KitaruUsageError(f"secret {name!r}: the ciphertext must be base64.") from None
+        return _secret_info(await _secrets().put_secret(name, blob))
+
+    @app.delete("/api/v1/secrets/{name}", tags=["secrets"])
+    async def delete_secret(name: str, _: _auth.Principal = admin) -> dict[str, Any]:
+        """Remove the secret (404 when there is none)."""
+        if not await _secrets().delete_secret(name):
+            raise _no_secret(name)
+        return {"name": name, "deleted": True}
+
     # -- the state-store operations of workers (scope `runner`) -----------------------------
 
     @app.post("/api/v1/store/{operation}", tags=["store"])
     async def store_operation(
-        operation: str, arguments: Annotated[dict[str, Any], Body()], _: _auth.Principal = runner
+        operation: str, arguments: Annotated[dict[str, Any], Body()], who: _auth.Principal = runner
     ) -> dict[str, Any]:
         """One StateStore operation (``commit``, ``acquire_lease``... see kitaru.store.StateStore),
         its keyword arguments as JSON; what a worker with a ``runner`` key does instead of
-        connecting to the database."""
-        from kitaru.remote._store_rpc import call
+        connecting to the database. The CatalogStore and SecretStore operations come the same way
+        (secrets as ciphertext); setting or deleting a secret needs ``admin`` too."""
+        from kitaru.remote._store_rpc import ADMIN_OPERATIONS, call
+
+        if operation in ADMIN_OPERATIONS and not who.allows("admin"):
+            raise _Refused(
+                403,
+                f"the key {who.name!r} may not {operation.replace('_', ' ')}: changing secrets needs "
+                "the 'admin' scope. Use a key with `--scope admin`.",
+            )
 
         return {"result": await call(server.astate, operation, arguments)}
 

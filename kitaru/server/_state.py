@@ -121,9 +121,13 @@ class ServerState:
 
         return isinstance(self.orchestrator, LocalOrchestrator)
 
-    async def answer(self, exec_id: str, name: str, value: Any) -> None:
+    async def answer(
+        self, exec_id: str, name: str, value: Any, *, abort: dict[str, Any] | None = None
+    ) -> None:
         """Check ``value`` against the wait's JSON Schema (never importing anything the journal
-        names), record it, and have the execution driven on in the background.
+        names), record it, and have the execution driven on in the background. With ``abort``
+        (``{"aborted": True, "reason": ...}``) the wait is aborted instead: no value to check,
+        the same once-only record, and the flow's ``wait()`` raises ``KitaruWaitAborted``.
 
         The request only reads the journal records of this wait (no fold of the execution), checks
         the value with a validator cached per schema, and records the answer in one store
@@ -155,17 +159,21 @@ class ServerState:
             raise KitaruStateError(
                 f"wait {name!r} of execution {exec_id} is {closed}; it takes no other answer."
             )
-        checked = check_answer(
-            {
-                "schema_text": opened.get("schema_text", "any JSON value"),
-                "json_schema": opened.get("json_schema"),
-            },
-            value,
-            where=f"wait {name!r} of execution {exec_id}",
-            fix="answer again with a value that matches.",
+        checked = (
+            None
+            if abort is not None
+            else check_answer(
+                {
+                    "schema_text": opened.get("schema_text", "any JSON value"),
+                    "json_schema": opened.get("json_schema"),
+                },
+                value,
+                where=f"wait {name!r} of execution {exec_id}",
+                fix="answer again with a value that matches.",
+            )
         )
         local = self._local()
-        leased = await Runner(self.runtime).answer(exec_id, name, checked, take_lease=local)
+        leased = await Runner(self.runtime).answer(exec_id, name, checked, take_lease=local, abort=abort)
         if local:
             if leased is not None:
                 self.spawn(exec_id, self._drive_leased, leased)

@@ -4,6 +4,8 @@ $COUNT_FILE (outside kitaru), so a test counts real runs.
     python server_flows.py approve       prints, then waits on `approve` (a bool), then finishes
     python server_flows.py deadline S    waits on `approve` with a timeout of S seconds
     python server_flows.py slow          a checkpoint, then a slow one that marks $MARK_FILE and sleeps
+    python server_flows.py tagged        saves an artifact tagged `weekly`, then waits on `approve`
+    python server_flows.py uses_secret   a cached checkpoint that reads the secret API_TOKEN
 """
 
 from __future__ import annotations
@@ -74,6 +76,26 @@ def slow() -> str:
     return first + " / " + slow_step()
 
 
+@flow
+def tagged() -> str:
+    kitaru.save("report", {"week": 1}, tags=["weekly"])
+    ok = kitaru.wait(name="approve", question="Ship the report?", schema=bool)
+    return "shipped" if ok else "held"
+
+
+@checkpoint(cache=True)
+def call_api(endpoint: str) -> str:
+    count("call_api")
+    token = kitaru.secret("API_TOKEN")
+    # What a real call would compute with the token; never the token itself.
+    return f"{endpoint}: token of {len(token)} chars, ends {token[-2:]}"
+
+
+@flow
+def uses_secret(endpoint: str) -> str:
+    return call_api(endpoint) + f" / live {len(kitaru.secret('API_TOKEN'))}"
+
+
 if __name__ == "__main__":
     which = sys.argv[1]
     if which == "approve":
@@ -82,3 +104,9 @@ if __name__ == "__main__":
         print(deadline.run(float(sys.argv[2])).exec_id)
     elif which == "slow":
         print(slow.run().exec_id)
+    elif which == "tagged":
+        print(tagged.run().exec_id)
+    elif which == "uses_secret":
+        handle = uses_secret.run(sys.argv[2])
+        print(handle.wait())
+        print(handle.exec_id)

@@ -1,6 +1,7 @@
 """The HTTP state store (``state = "https://host:port"``, a ``runner`` key) passes the state-store
 conformance suite against a live server process, which is the proof that a worker can do with a
-key everything it did with database credentials."""
+key everything it did with database credentials; so do the catalog (cache, tags) and secret suites
+(an ``admin`` key: changing secrets needs it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 from kitaru.errors import KitaruUsageError
 from kitaru.remote.store import HttpStateStore
 from kitaru.store import sync_view
-from kitaru.store.conformance import StateStoreConformance
+from kitaru.store.catalog_conformance import CatalogStoreConformance
+from kitaru.store.conformance import SecretStoreConformance, StateStoreConformance
 from tests.conftest import ROOT
 from tests.server.conftest import ServerProcess, create_key
 
@@ -51,6 +53,55 @@ async def state_store(live: tuple[ServerProcess, str]) -> AsyncIterator[HttpStat
 class TestHttpStateStore(StateStoreConformance):
     def other_process_opener(self, state_store: HttpStateStore) -> Callable[[], HttpStateStore]:
         return functools.partial(HttpStateStore, state_store.url, state_store._key)
+
+
+class TestHttpCatalogStore(CatalogStoreConformance):
+    pass
+
+
+@pytest.fixture(scope="module")
+def admin_key(live: tuple[ServerProcess, str]) -> str:
+    server, _ = live
+    env = {**os.environ, "XDG_CONFIG_HOME": str(Path(server.state.removeprefix("sqlite:///")).parent.parent)}
+    return create_key([str(Path(sys.executable).with_name("kitaru"))], env, server.state, "admin", "admin")
+
+
+class TestHttpSecretStore(SecretStoreConformance):
+    @pytest.fixture
+    async def state_store(
+        self, live: tuple[ServerProcess, str], admin_key: str
+    ) -> AsyncIterator[HttpStateStore]:
+        store = HttpStateStore(live[0].url, admin_key)
+        yield store
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_runner_key_reads_secret_ciphertext_but_cannot_change_secrets(
+    live: tuple[ServerProcess, str], admin_key: str
+) -> None:
+    from kitaru.errors import KitaruError
+
+    server, runner_key = live
+    admin = HttpStateStore(server.url, admin_key)
+    runner = HttpStateStore(server.url, runner_key)
+    try:
+        await admin.put_secret("runner_reads", b"\x01opaque")
+        got = await runner.get_secret("runner_reads")
+        assert got is not None and got.ciphertext == b"\x01opaque"
+        with pytest.raises(KitaruError, match="needs the 'admin' scope"):
+            await runner.put_secret("runner_reads", b"other")
+        with pytest.raises(KitaruError, match="needs the 'admin' scope"):
+            await runner.delete_secret("runner_reads")
+        assert (await admin.get_secret("runner_reads")).ciphertext == b"\x01opaque"  # type: ignore[union-attr]
+    finally:
+        await admin.aclose()
+        await runner.aclose()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 def test_a_bad_key_or_a_key_without_the_runner_scope_is_refused(
