@@ -312,6 +312,19 @@ class Runner:
         args: Mapping[str, Any] | None = None,
     ) -> tuple[ExecutionRecord, Outcome]:
         """Create the replay of ``original`` from call ``from_`` and drive it here."""
+        record, started = await self.create_replay(flow, original, from_, overrides, args)
+        return record, await self.drive(flow, record, started)
+
+    async def create_replay(
+        self,
+        flow: Flow[Any, Any],
+        original: ExecutionRecord,
+        from_: str,
+        overrides: Mapping[str, Any] | None = None,
+        args: Mapping[str, Any] | None = None,
+    ) -> tuple[ExecutionRecord, Started]:
+        """Plan and create the replay of ``original`` from call ``from_`` (leased to this runner),
+        without driving it: a bad request raises before anything is written."""
         import anyio.to_thread
 
         from .replay import plan_replay
@@ -335,7 +348,7 @@ class Runner:
             extra_artifacts=plan.new_artifacts,
             metadata={"replay": {"of": original.id, "from": plan.boundary}},
         )
-        return record, await self.drive(flow, record, started)
+        return record, started
 
     async def recover_one(self, record: ExecutionRecord) -> tuple[str, str | None]:
         """Drive on one execution nobody moves on; returns what became of it (a Recovery's

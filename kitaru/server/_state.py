@@ -203,30 +203,12 @@ class ServerState:
         """Plan and create the replay here (a bad override is this request's error); drive it in
         the background."""
         from kitaru._engine.loading import load_flow
-        from kitaru._engine.replay import plan_replay
         from kitaru._engine.runner import Runner
-        from kitaru._ids import new_id
 
         original = await self.record(exec_id)
         flow = load_flow(original.target, original.sys_path)
-        plan = await anyio.to_thread.run_sync(
-            lambda: plan_replay(self.runtime, flow, original, from_, overrides, args)
-        )
-        new = new_id()
-        for artifact in plan.new_artifacts:
-            artifact.exec_id = new
         runner = Runner(self.runtime)
-        record, _, started = await runner.create(
-            flow,
-            (),
-            dict(plan.arguments),
-            new,
-            original=original,
-            reused_inputs=plan.reused_inputs,
-            seed=plan.seed,
-            extra_artifacts=plan.new_artifacts,
-            metadata={"replay": {"of": original.id, "from": plan.boundary}},
-        )
+        record, started = await runner.create_replay(flow, original, from_, overrides, args)
         self.spawn(record.id, runner.drive, flow, record, started)
         return record
 
