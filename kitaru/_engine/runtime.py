@@ -264,6 +264,11 @@ class Runtime:
 
     def close(self) -> None:
         self._stop.set()
+        # Let the heartbeat's own loop end first: it closes that loop's connections as it shuts
+        # down, and closing them from here at the same time could leave a pool half closed.
+        beat = self._beat
+        if beat is not None and beat is not threading.current_thread():
+            beat.join(timeout=10)
         self.state.close()
         # Artifact stores hold clients too (per event loop, for the cloud ones).
         for store in (self.artifacts, *self._foreign.values()):

@@ -197,14 +197,16 @@ def test_a_loop_that_ends_closes_its_connections(azurite: Azurite, container: st
         if not await store.exists(key):
             await store.put(key, data)
         assert await store.get(key) == data
-        assert _connections_to(azurite.port) >= 1
+        assert _connections_to(azurite.port) >= before + 1
 
+    # Other tests' stores (on kitaru's long-lived portal loop) may hold connections of their own.
+    before = _connections_to(azurite.port)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         anyio.run(use, b"first loop", backend="asyncio")
-        assert _connections_to(azurite.port) == 0  # closed as the loop ended, without aclose()
+        assert _connections_to(azurite.port) == before  # closed as the loop ended, without aclose()
         anyio.run(use, b"first loop", backend="asyncio")  # a new loop opens its own client
-        assert _connections_to(azurite.port) == 0
+        assert _connections_to(azurite.port) == before
         gc.collect()
     assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
 
