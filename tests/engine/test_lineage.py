@@ -98,7 +98,8 @@ def reviewed(exec_id: str) -> str:
 
 class TestWholeGraph:
     """The graph a user reads (`executions graph`, `-o dot`, `-o json`) node by node: inputs,
-    checkpoints, waits and their answers (a text answer is tracked; a bool is a shared object), artifacts of other executions, the result."""
+    checkpoints, waits and their answers (a text answer is tracked; a bool is a shared object),
+    artifacts of other executions, the result."""
 
     def test_every_node_and_edge_of_a_flow_with_a_wait_and_a_load(self, runtime: Runtime) -> None:
         first = fan.run("ab cd")
