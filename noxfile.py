@@ -73,6 +73,9 @@ _MUTATE: dict[str, list[str]] = {
     "kitaru/serialization.py": ["tests/test_serialization.py"],
     "kitaru/store/_rules.py": [
         "tests/store/test_memory_store.py",
+        "tests/store/test_final_messages.py",
+        "tests/store/test_lease_holder.py",
+        "tests/deploy/test_tag_rules.py",
         "tests/deploy/test_deploy.py",
         "tests/deploy/test_routing.py",
         "tests/deploy/test_concurrent_tags.py",
