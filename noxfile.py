@@ -71,13 +71,25 @@ _MUTATE: dict[str, list[str]] = {
     ],
     "kitaru/lineage.py": ["tests/engine/test_lineage.py"],
     "kitaru/serialization.py": ["tests/test_serialization.py"],
-    "kitaru/store/sqlite/*.py": ["tests/store/test_sqlite_store.py"],
-    "kitaru/store/memory.py": ["tests/store/test_memory_store.py"],
+    "kitaru/store/_rules.py": [
+        "tests/store/test_memory_store.py",
+        "tests/store/test_final_messages.py",
+        "tests/store/test_lease_holder.py",
+        "tests/deploy/test_tag_rules.py",
+        "tests/deploy/test_deploy.py",
+        "tests/deploy/test_routing.py",
+        "tests/deploy/test_concurrent_tags.py",
+    ],
+    "kitaru/_engine/wait_schema.py": ["tests/engine/test_waits.py"],
+    "kitaru/_engine/waits.py": ["tests/engine/test_waits.py", "tests/engine/test_wait_async.py"],
     "kitaru/_engine/replay.py": [
         "tests/engine/test_replay.py",
         "tests/engine/test_replay_plan.py",
         "tests/cli/test_cli_replay.py",
     ],
+    "kitaru/store/memory.py": ["tests/store/test_memory_store.py"],
+    "kitaru/store/sqlite/*.py": ["tests/store/test_sqlite_store.py"],
+    "kitaru/_engine/checkpoint.py": ["tests/engine/test_flows.py", "tests/engine/test_flow_edges.py"],
     "kitaru/_engine/*.py": ["tests/engine", "tests/sim"],
 }
 

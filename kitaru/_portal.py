@@ -11,6 +11,7 @@ portal first, so that the coroutines it hosts get to close their connections.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -140,3 +141,16 @@ def _stop() -> None:
 
 
 atexit.register(_stop)
+
+
+def _forget_in_child() -> None:
+    # A forked child has only the thread that forked: the portal's loop thread is not in it, so
+    # calls to the inherited portal would wait forever (and the lock may be held by a thread that
+    # no longer exists). The child starts its own portal on first use.
+    global _lock, _portal, _thread
+    _lock = threading.Lock()
+    _portal = None
+    _thread = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -360,3 +360,81 @@ class TestLoadErrors:
     def test_corrupt_bytes(self, serializer: str, type_ref: str, data: bytes) -> None:
         with pytest.raises(KitaruSerializationError):
             loads(serializer, type_ref, data)
+
+
+# -- what mutation testing showed untested -----------------------------------------------------------
+
+
+class Outer:
+    @dataclasses.dataclass
+    class Inner:
+        n: int
+
+
+class TestStoredForm:
+    """The bytes and type paths kitaru stores: content hashes (diff, replay's reuse) are taken over
+    them, so they must not change between runs or versions."""
+
+    def test_json_is_compact_utf8(self) -> None:
+        assert dumps({"k": ["é", 1, None]}).data == '{"k":["é",1,null]}'.encode()
+
+    def test_text_that_is_not_utf8_is_escaped_and_still_compact(self) -> None:
+        assert dumps(["file-\udcff", 1]).data == b'["file-\\udcff",1]'
+
+    def test_a_nested_class_round_trips_by_its_dotted_name(self) -> None:
+        stored, loaded = _round_trip(Outer.Inner(4))
+        assert stored.serializer == "dataclass"
+        assert stored.type_path == "test_serialization:Outer.Inner"
+        assert type(loaded) is Outer.Inner and loaded == Outer.Inner(4)
+
+    def test_a_locally_defined_pydantic_model_round_trips(self) -> None:
+        class LocalModel(pydantic.BaseModel):
+            n: int
+
+        stored, loaded = _round_trip(LocalModel(n=2))
+        assert stored.serializer == "cloudpickle"  # loading could not find the class by name
+        assert loaded.n == 2
+
+    def test_numpy_arrays_are_typed_as_ndarray(self) -> None:
+        np = pytest.importorskip("numpy")
+        assert dumps(np.arange(3)).type_path == "numpy:ndarray"
+
+    def test_a_numpy_payload_that_carries_a_pickle_is_refused(self) -> None:
+        # Trust model: bytes tagged `numpy` are never unpickled, even with pickle allowed (a
+        # tampered artifact must not run code when it is loaded).
+        np = pytest.importorskip("numpy")
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, np.array([Plain(1)], dtype=object), allow_pickle=True)
+        with pytest.raises(KitaruSerializationError, match="numpy"):
+            loads("numpy", "numpy:ndarray", buf.getvalue())
+
+    def test_a_serialization_error_names_the_type(self) -> None:
+        class Unpicklable:
+            def __reduce__(self) -> Any:
+                raise TypeError("no")
+
+        with pytest.raises(KitaruSerializationError, match="Unpicklable: no"):
+            dumps(Unpicklable())
+
+
+class TestScriptTypes:
+    """Types defined in a script run as ``__main__`` are stored as ``__main__:Name``; resuming the
+    script from elsewhere imports it under another name, and loading looks the type up there."""
+
+    def test_a_main_type_is_found_in_the_reimported_script(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import types
+
+        from kitaru import serialization
+
+        script = types.ModuleType("kitaru_script_x")
+        script.Point = Point  # type: ignore[attr-defined]
+        older = types.ModuleType("kitaru_script_y")  # an earlier alias without the type
+        monkeypatch.setattr(serialization, "MAIN_ALIASES", [script, older])
+        data = dumps(Point(1.0, 2.0)).data
+        assert loads("dataclass", "__main__:Point", data) == Point(1.0, 2.0)
+
+    def test_a_module_that_cannot_be_imported_says_how_to_fix_it(self) -> None:
+        with pytest.raises(KitaruSerializationError, match=r"cannot import type .*Make the module"):
+            loads("pydantic", "kitaru_no_such_module_xyz:Model", b"{}")

@@ -156,7 +156,8 @@ def lease_holder_alive(owner: str) -> bool:
     # A zombie has exited but still answers kill(0); treat it as dead.
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().split(b") ", 1)[1][:1] != b"Z"
+            # The name in parentheses may itself hold ") ": the state follows the last one.
+            return fh.read().rsplit(b") ", 1)[1][:1] != b"Z"
     except OSError:
         return True
 

@@ -82,3 +82,76 @@ class TestLineage:
         assert edges(KitaruClient().executions.graph(replayed.exec_id)) == edges(
             KitaruClient().executions.graph(original.exec_id)
         )
+
+
+@checkpoint
+def publish(text: str, signature: str) -> str:
+    return f"{text} ({signature})"
+
+
+@flow
+def reviewed(exec_id: str) -> str:
+    quoted = summarize(exec_id)
+    signature = kitaru.wait(name="approve", question="Signed by?", schema=str)
+    return publish(quoted, signature)
+
+
+class TestWholeGraph:
+    """The graph a user reads (`executions graph`, `-o dot`, `-o json`) node by node: inputs,
+    checkpoints, waits and their answers (a text answer is tracked; a bool is a shared object),
+    artifacts of other executions, the result."""
+
+    def test_every_node_and_edge_of_a_flow_with_a_wait_and_a_load(self, runtime: Runtime) -> None:
+        first = fan.run("ab cd")
+        first.wait(timeout=60)
+        handle = reviewed.run(first.exec_id)
+        KitaruClient().executions.input(handle.exec_id, "ana").wait(timeout=60)
+        graph = KitaruClient().executions.graph(handle.exec_id)
+        short = first.exec_id[:10]
+        assert graph.exec_id == handle.exec_id
+        assert [(n.id, n.kind, n.label) for n in graph.nodes] == [
+            ("input:exec_id", "input", "exec_id"),
+            ("summarize", "checkpoint", "summarize"),
+            (f"{first.exec_id}/join", "external", f"join @ {short}"),
+            ("wait:approve", "wait", "approve"),
+            ("publish", "checkpoint", "publish"),
+            ("result", "result", "result"),
+        ]
+        assert [(e.source, e.target, e.name, e.data_type) for e in graph.edges] == [
+            (f"{first.exec_id}/join", "summarize", "join", "builtins:str"),
+            ("input:exec_id", "summarize", "exec_id", "builtins:str"),
+            ("summarize", "publish", "summarize", "builtins:str"),
+            ("wait:approve", "publish", "approve", "builtins:str"),
+            ("publish", "result", "publish", "builtins:str"),
+        ]
+        assert all(e.size > 0 for e in graph.edges)
+        assert [e.source for e in graph.inputs_of("publish")] == ["summarize", "wait:approve"]
+        assert graph.inputs_of("input:exec_id") == []
+        as_dict = graph.to_dict()
+        assert as_dict["exec_id"] == handle.exec_id
+        assert as_dict["nodes"][3] == {"id": "wait:approve", "kind": "wait", "label": "approve"}
+        assert as_dict["edges"][4]["source"] == "publish" and as_dict["edges"][4]["target"] == "result"
+        assert graph.to_dot().splitlines() == [
+            f'digraph "{handle.exec_id}" {{',
+            "  rankdir=LR;",
+            '  "input:exec_id" [label="exec_id", shape=ellipse];',
+            '  "summarize" [label="summarize", shape=box];',
+            f'  "{first.exec_id}/join" [label="join @ {short}", shape=note];',
+            '  "wait:approve" [label="approve", shape=diamond];',
+            '  "publish" [label="publish", shape=box];',
+            '  "result" [label="result", shape=doublecircle];',
+            f'  "{first.exec_id}/join" -> "summarize" [label="join (str)"];',
+            '  "input:exec_id" -> "summarize" [label="exec_id (str)"];',
+            '  "summarize" -> "publish" [label="summarize (str)"];',
+            '  "wait:approve" -> "publish" [label="approve (str)"];',
+            '  "publish" -> "result" [label="publish (str)"];',
+            "}",
+        ]
+
+    def test_an_open_wait_is_a_node_before_it_is_answered(self, runtime: Runtime) -> None:
+        first = fan.run("ab")
+        first.wait(timeout=60)
+        handle = reviewed.run(first.exec_id)
+        graph = KitaruClient().executions.graph(handle.exec_id)
+        assert ("wait:approve", "wait", "approve") in [(n.id, n.kind, n.label) for n in graph.nodes]
+        assert "result" not in [n.id for n in graph.nodes]

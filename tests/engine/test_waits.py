@@ -277,3 +277,24 @@ class TestTypeReference:
         for path in ("os:system", "builtins:print", "nowhere_at_all:Thing", "__main__:Order"):
             with pytest.raises(_Unbuildable):
                 build_type({"class": path}, _class_resolver(None))
+
+
+class TestAnswerLimits:
+    """The edges of what an answer may be: as deep as the limit (not one level more), finite."""
+
+    def test_an_answer_exactly_as_deep_as_the_limit_is_taken(self) -> None:
+        from kitaru._engine.wait_schema import MAX_ANSWER_DEPTH
+
+        value: Any = "leaf"
+        for _ in range(MAX_ANSWER_DEPTH):
+            value = [value]
+        assert KitaruClient().executions.input(open_flow.run().exec_id, value).wait(timeout=60) == value
+        with pytest.raises(kitaru.KitaruWaitValidationError, match="levels deep"):
+            KitaruClient().executions.input(open_flow.run().exec_id, [value])
+
+    @pytest.mark.parametrize("number", [float("nan"), float("inf")])
+    def test_nan_and_infinity_are_not_json_and_are_refused(self, number: float) -> None:
+        handle = open_flow.run()
+        with pytest.raises(kitaru.KitaruWaitValidationError, match="cannot be turned into JSON"):
+            KitaruClient().executions.input(handle.exec_id, {"score": number})
+        assert KitaruClient().executions.get(handle.exec_id).open_waits  # still open
