@@ -10,89 +10,41 @@ run to a file, from whichever task runs them."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kitaru.store import sync_view
-from kitaru.store.open import open_state_store
 from tests._services.cloudrun import CloudRunDouble, cloud_run
 from tests._services.gcs import FakeGcsServer, gcs_server
 from tests._services.postgres import find_bindir
+from tests.e2e._remote_jobs import (
+    Quickstart,
+    RemoteStack,
+    assert_each_checkpoint_completed_once,
+    assert_only_the_killed_step_ran_twice,
+    import_test_flows,
+    write_config,
+)
 
 __all__ = ["cloud_run", "gcs_server"]
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-FLOWS = Path(__file__).parent / "flows"
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(str(value))  # a JSON string is a TOML basic string
-
 
 @dataclass
-class Gcp:
+class Gcp(RemoteStack):
     """A gcp stack running flows on the Cloud Run double, and what a test needs around it."""
 
     run: CloudRunDouble
-    state: str
-    env: dict[str, str]
-    counts: Path
-    marks: Path
-    cli: list[str]
-    tmp: Path
 
-    def run_cli(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*self.cli, *args], env=self.env, cwd=cwd or self.tmp, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, (
-            f"kitaru {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-        )
-        return done
-
-    def counted(self) -> Counter[str]:
-        return Counter(self.counts.read_text().splitlines()) if self.counts.exists() else Counter()
-
-    def execution(self, exec_id: str) -> Any:
-        store = sync_view(open_state_store(self.state))
-        try:
-            return store.get_execution(exec_id)
-        finally:
-            store.close()
-
-    def journal(self, exec_id: str) -> list[Any]:
-        store = sync_view(open_state_store(self.state))
-        try:
-            return list(store.read_journal(exec_id))
-        finally:
-            store.close()
-
-    def status_becomes(self, exec_id: str, *statuses: str, timeout: float = 90) -> Any:
-        return self.run.wait_for(
-            lambda: (r := self.execution(exec_id)) is not None and r.status in statuses and r,
-            timeout,
-            f"execution {exec_id} becoming {'/'.join(statuses)}",
-        )
+    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+        return self.run.wait_for(probe, timeout, what)
 
     def finished(self, execution: Any) -> str:
         self.run.wait_for(lambda: execution.completed, 90, f"{execution.name} finishing")
@@ -134,10 +86,7 @@ def gcp(
     # A task's environment is its image's plus the job's: nothing of this test process leaks in.
     cloud_run.base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
     keys = _keys(state, artifacts, gcs_server, cloud_run, tmp_path)
-    config = tmp_path / "config.toml"
-    body = "\n".join(f"{k} = {_toml(v)}" for k, v in keys.items())
-    config.write_text(f'active_stack = "gcp"\n\n[stacks.gcp]\n{body}\n')
-    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    config = write_config(tmp_path, "gcp", keys, monkeypatch)
     marks = tmp_path / "marks"
     marks.mkdir()
     yield Gcp(
@@ -155,24 +104,11 @@ def gcp(
 def k8s_flows(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The test flows, imported as a top-level module of flows/ (so their source root, the code
     archive, is that small directory rather than the whole checkout)."""
-    monkeypatch.syspath_prepend(str(FLOWS))
-    import k8s_flows
-
-    return k8s_flows
+    return import_test_flows(monkeypatch)
 
 
 def test_the_quickstart_runs_as_cloud_run_jobs_and_its_wait_holds_no_task(gcp: Gcp) -> None:
-    elsewhere = gcp.tmp / "elsewhere"
-    elsewhere.mkdir()
-    quickstart = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "durable agents"],
-        env=gcp.env,
-        cwd=gcp.tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with Quickstart(gcp) as quickstart:
         first = gcp.run.wait_for(lambda: list(gcp.run.executions.values()), 90, "a Cloud Run execution")[0]
         container = first.template["containers"][0]
         exec_id = container["args"][-1]
@@ -188,12 +124,10 @@ def test_the_quickstart_runs_as_cloud_run_jobs_and_its_wait_holds_no_task(gcp: G
         gcp.status_becomes(exec_id, "waiting")
         assert gcp.finished(first) == "succeeded"
         gcp.run.wait_for(lambda: not gcp.run.alive(), 30, "no task alive")
-        assert quickstart.poll() in (None, 0)
+        quickstart.still_waiting()
 
         # The answer, from another directory, starts a new execution of the job that completes it.
-        before_input = time.time()
-        gcp.run_cli("executions", "input", exec_id, "--value", "true", cwd=elsewhere)
-        input_returned = time.time()
+        quickstart.answer(exec_id)
         runs = gcp.run.wait_for(
             lambda: len(gcp.run.executions_of(exec_id)) == 2 and gcp.run.executions_of(exec_id),
             30,
@@ -201,31 +135,16 @@ def test_the_quickstart_runs_as_cloud_run_jobs_and_its_wait_holds_no_task(gcp: G
         )
         gcp.status_becomes(exec_id, "completed")
         assert gcp.finished(runs[1]) == "succeeded"
-        out, err = quickstart.communicate(timeout=90)
-        assert quickstart.returncode == 0, err
-        assert "published" in out or "is waiting for approval" in out
-    finally:
-        if quickstart.poll() is None:
-            quickstart.kill()
-            quickstart.communicate()
+        quickstart.ends()
 
     journal = gcp.journal(exec_id)
-    completed = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
-    assert completed == {"research": 1, "draft": 1, "publish": 1}
+    assert_each_checkpoint_completed_once(journal)
     assert [len(e.attempts) for e in gcp.run.executions_of(exec_id)] == [1, 1]  # nothing retried
 
     described = gcp.run_cli("executions", "get", exec_id).stdout
     assert exec_id in described
 
-    answered = next(r.ts for r in journal if r.kind == "wait_answered")
-    resumed = min(r.ts for r in journal if r.ts > answered and r.kind != "wait_answered")
-    print(
-        f"\nanswer -> the flow running again in the new Cloud Run task: {resumed - answered:.2f} s "
-        f"(the input command: {input_returned - before_input:.2f} s, of which the answer was "
-        f"recorded after {answered - before_input:.2f} s and the job run by "
-        f"{input_returned - answered:.2f} s after it; then {resumed - input_returned:.2f} s to the "
-        "new task's first journal write, including its process start)"
-    )
+    quickstart.report(journal, "the new Cloud Run task", "the job run", "new task")
 
 
 def test_a_task_killed_mid_checkpoint_is_retried_and_resumes(gcp: Gcp, k8s_flows: Any) -> None:
@@ -241,7 +160,7 @@ def test_a_task_killed_mid_checkpoint_is_retried_and_resumes(gcp: Gcp, k8s_flows
     assert gcp.finished(execution) == "succeeded"
     assert execution.exit_codes == [137, 0]  # Cloud Run retried the task once
     counted = gcp.counted()
-    assert {i: counted[f"step {i}"] for i in range(1, 9)} == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+    assert_only_the_killed_step_ran_twice(counted)
     assert len(gcp.run.executions_of(handle.exec_id)) == 1
 
 

@@ -11,94 +11,44 @@ runs are counted outside kitaru by the flows of flows/k8s_flows.py."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kitaru.store import sync_view
-from kitaru.store.open import open_state_store
 from tests._services.ecs import EcsDouble, ecs_double
 from tests._services.postgres import find_bindir
 from tests._services.s3 import MotoServer, s3_server
+from tests.e2e._remote_jobs import (
+    Quickstart,
+    RemoteStack,
+    assert_each_checkpoint_completed_once,
+    assert_only_the_killed_step_ran_twice,
+    import_test_flows,
+    write_config,
+)
 
 __all__ = ["ecs_double", "s3_server"]
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-FLOWS = Path(__file__).parent / "flows"
 _clusters = itertools.count(1)
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(str(value))
-
-
 @dataclass
-class Ecs:
+class Ecs(RemoteStack):
     """An aws stack running its flows on the ECS double, and what a test needs around it."""
 
     double: EcsDouble
     cluster: str
-    state: str
-    env: dict[str, str]
-    counts: Path
-    marks: Path
-    cli: list[str]
-    tmp: Path
 
-    def run_cli(
-        self, *args: str, cwd: Path | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*self.cli, *args], env=self.env, cwd=cwd or self.tmp, capture_output=True, text=True, timeout=120
-        )
-        if check:
-            assert done.returncode == 0, (
-                f"kitaru {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-            )
-        return done
-
-    def counted(self) -> Counter[str]:
-        return Counter(self.counts.read_text().splitlines()) if self.counts.exists() else Counter()
-
-    def execution(self, exec_id: str) -> Any:
-        store = sync_view(open_state_store(self.state))
-        try:
-            return store.get_execution(exec_id)
-        finally:
-            store.close()
-
-    def journal(self, exec_id: str) -> list[Any]:
-        store = sync_view(open_state_store(self.state))
-        try:
-            return list(store.read_journal(exec_id))
-        finally:
-            store.close()
-
-    def status_becomes(self, exec_id: str, *statuses: str, timeout: float = 90) -> Any:
-        return self.double.wait_for(
-            lambda: (r := self.execution(exec_id)) is not None and r.status in statuses and r,
-            timeout,
-            f"execution {exec_id} becoming {'/'.join(statuses)}",
-        )
+    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+        return self.double.wait_for(probe, timeout, what)
 
     def tasks(self, exec_id: str | None = None) -> list[dict[str, Any]]:
         """The tasks started (of one execution), in RunTask order, as DescribeTasks reports them."""
@@ -169,10 +119,7 @@ def ecs(
         "tags": {"team": "agents"},
         "max_retries": 2,
     }
-    config = tmp_path / "config.toml"
-    body = "\n".join(f"{k} = {_toml(v)}" for k, v in keys.items())
-    config.write_text(f'active_stack = "ecs"\n\n[stacks.ecs]\n{body}\n')
-    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    config = write_config(tmp_path, "ecs", keys, monkeypatch)
     marks = tmp_path / "marks"
     marks.mkdir()
     yield Ecs(
@@ -191,24 +138,11 @@ def ecs(
 def k8s_flows(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The test flows (shared with the Kubernetes e2e), imported as a top-level module of flows/
     so their source root, the code archive, is that small directory."""
-    monkeypatch.syspath_prepend(str(FLOWS))
-    import k8s_flows
-
-    return k8s_flows
+    return import_test_flows(monkeypatch)
 
 
 def test_the_quickstart_runs_as_ecs_tasks_and_its_wait_holds_no_task(ecs: Ecs) -> None:
-    elsewhere = ecs.tmp / "elsewhere"
-    elsewhere.mkdir()
-    quickstart = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "durable agents"],
-        env=ecs.env,
-        cwd=ecs.tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with Quickstart(ecs) as quickstart:
         [first] = ecs.double.wait_for(lambda: ecs.tasks(), 90, "a task")
         exec_id = tag(first, "kitaru:execution")
         assert exec_id
@@ -238,12 +172,10 @@ def test_the_quickstart_runs_as_ecs_tasks_and_its_wait_holds_no_task(ecs: Ecs) -
         assert stopped["containers"][0]["exitCode"] == 0
         assert stopped["stopCode"] == "EssentialContainerExited"
         ecs.double.wait_for(lambda: not ecs.double.alive(), 30, "no task alive")
-        assert quickstart.poll() in (None, 0)
+        quickstart.still_waiting()
 
         # The answer, from another directory, starts a new task that completes the flow.
-        before_input = time.time()
-        ecs.run_cli("executions", "input", exec_id, "--value", "true", cwd=elsewhere)
-        input_returned = time.time()
+        quickstart.answer(exec_id)
         tasks = ecs.double.wait_for(
             lambda: len(ecs.tasks(exec_id)) == 2 and ecs.tasks(exec_id), 30, "a 2nd task"
         )
@@ -252,17 +184,10 @@ def test_the_quickstart_runs_as_ecs_tasks_and_its_wait_holds_no_task(ecs: Ecs) -
         # Both runs used the one task definition registered from the stack's keys.
         assert tasks[0]["taskDefinitionArn"] == tasks[1]["taskDefinitionArn"]
 
-        out, err = quickstart.communicate(timeout=90)
-        assert quickstart.returncode == 0, err
-        assert "published" in out or "is waiting for approval" in out
-    finally:
-        if quickstart.poll() is None:
-            quickstart.kill()
-            quickstart.communicate()
+        quickstart.ends()
 
     journal = ecs.journal(exec_id)
-    completed = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
-    assert completed == {"research": 1, "draft": 1, "publish": 1}
+    assert_each_checkpoint_completed_once(journal)
     started = Counter(r.call_id for r in journal if r.kind == "checkpoint_started")
     assert all(n == 1 for n in started.values()), started
     assert len(ecs.tasks(exec_id)) == 2  # one task per run: nothing was retried
@@ -273,15 +198,7 @@ def test_the_quickstart_runs_as_ecs_tasks_and_its_wait_holds_no_task(ecs: Ecs) -
     described = blocking(load_stack("ecs").orchestrator().describe, exec_id)
     assert described.count("STOPPED (done: stop code EssentialContainerExited, exit code 0") == 2, described
 
-    answered = next(r.ts for r in journal if r.kind == "wait_answered")
-    resumed = min(r.ts for r in journal if r.ts > answered and r.kind != "wait_answered")
-    print(
-        f"\nanswer -> the flow running again in the new ECS task: {resumed - answered:.2f} s "
-        f"(the input command: {input_returned - before_input:.2f} s, of which the answer was "
-        f"recorded after {answered - before_input:.2f} s and the task started by "
-        f"{input_returned - answered:.2f} s after it; then {resumed - input_returned:.2f} s to the "
-        "new task's first journal write, including its process start)"
-    )
+    quickstart.report(journal, "the new ECS task", "the task started", "new task")
 
 
 def test_a_flow_with_its_own_image_runs_on_a_task_definition_with_that_image(
@@ -320,7 +237,7 @@ def test_a_task_killed_mid_checkpoint_is_retried_by_recovery_and_resumes(ecs: Ec
     assert handle.wait(timeout=120) == sum(range(1, 9))
     assert ecs.stopped(second["taskArn"])["containers"][0]["exitCode"] == 0
     counted = ecs.counted()
-    assert {i: counted[f"step {i}"] for i in range(1, 9)} == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+    assert_only_the_killed_step_ran_twice(counted)
     # A completed execution is not submitted again.
     ecs.run_cli("executions", "recover")
     assert len(ecs.tasks(handle.exec_id)) == 2

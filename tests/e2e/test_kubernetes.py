@@ -20,79 +20,34 @@ from typing import Any
 
 import pytest
 
-from kitaru.store import sync_view
-from kitaru.store.open import open_state_store
 from tests._services.kube import KubeApi
 from tests._services.postgres import find_bindir
 from tests._services.s3 import MotoServer, s3_server
+from tests.e2e._remote_jobs import (
+    Quickstart,
+    RemoteStack,
+    assert_each_checkpoint_completed_once,
+    assert_only_the_killed_step_ran_twice,
+    import_test_flows,
+    write_config,
+)
 
 __all__ = ["s3_server"]
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-FLOWS = Path(__file__).parent / "flows"
 EXECUTION_LABEL = "kitaru.dev/execution"
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(str(value))  # a JSON string is a TOML basic string
-
-
 @dataclass
-class K8s:
+class K8s(RemoteStack):
     """A kubernetes stack on the double, and what a test needs around it."""
 
     api: KubeApi
-    state: str
     config: Path
-    env: dict[str, str]
-    counts: Path
-    marks: Path
-    cli: list[str]
-    tmp: Path
 
-    def run_cli(
-        self, *args: str, cwd: Path | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*self.cli, *args], env=self.env, cwd=cwd or self.tmp, capture_output=True, text=True, timeout=120
-        )
-        if check:
-            assert done.returncode == 0, (
-                f"kitaru {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-            )
-        return done
-
-    def counted(self) -> Counter[str]:
-        return Counter(self.counts.read_text().splitlines()) if self.counts.exists() else Counter()
-
-    def execution(self, exec_id: str) -> Any:
-        store = sync_view(open_state_store(self.state))
-        try:
-            return store.get_execution(exec_id)
-        finally:
-            store.close()
-
-    def journal(self, exec_id: str) -> list[Any]:
-        store = sync_view(open_state_store(self.state))
-        try:
-            return list(store.read_journal(exec_id))
-        finally:
-            store.close()
-
-    def status_becomes(self, exec_id: str, *statuses: str, timeout: float = 90) -> Any:
-        return self.api.wait_for(
-            lambda: (r := self.execution(exec_id)) is not None and r.status in statuses and r,
-            timeout,
-            f"execution {exec_id} becoming {'/'.join(statuses)}",
-        )
+    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+        return self.api.wait_for(probe, timeout, what)
 
     def jobs(self, exec_id: str) -> list[dict[str, Any]]:
         reply = self.api.request(
@@ -139,10 +94,7 @@ def k8s(
         "backoff_limit": 3,
         "labels": {"team": "agents"},
     }
-    config = tmp_path / "config.toml"
-    body = "\n".join(f"{k} = {_toml(v)}" for k, v in keys.items())
-    config.write_text(f'active_stack = "k8s"\n\n[stacks.k8s]\n{body}\n')
-    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    config = write_config(tmp_path, "k8s", keys, monkeypatch)
     marks = tmp_path / "marks"
     marks.mkdir()
     yield K8s(
@@ -161,26 +113,11 @@ def k8s(
 def k8s_flows(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The test flows, imported as a top-level module of flows/ (so their source root, the code
     archive, is that small directory rather than the whole checkout)."""
-    monkeypatch.syspath_prepend(str(FLOWS))
-    import k8s_flows
-
-    return k8s_flows
+    return import_test_flows(monkeypatch)
 
 
 def test_the_quickstart_runs_as_jobs_and_its_wait_holds_no_pod(k8s: K8s, kubectl: Callable[..., Any]) -> None:
-    elsewhere = k8s.tmp / "elsewhere"
-    elsewhere.mkdir()
-    # The quickstart, as it is in examples/: `run` submits its Job and returns; the script then
-    # blocks in `handle.wait()` until the flow finishes, which needs an answer.
-    quickstart = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "durable agents"],
-        env=k8s.env,
-        cwd=k8s.tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with Quickstart(k8s) as quickstart:
         job = k8s.api.wait_for(
             lambda: k8s.api.request("GET", "/apis/batch/v1/namespaces/default/jobs")["items"], 90, "a Job"
         )[0]
@@ -195,7 +132,7 @@ def test_the_quickstart_runs_as_jobs_and_its_wait_holds_no_pod(k8s: K8s, kubectl
         k8s.status_becomes(exec_id, "waiting")
         assert k8s.finished(job["metadata"]["name"]) == "Complete"
         k8s.api.wait_for(lambda: not k8s.live_pods(), 30, "no pod alive")
-        assert quickstart.poll() in (None, 0)  # blocked in wait(), or printed the waiting line
+        quickstart.still_waiting()
 
         listed = kubectl("get", "jobs", "-l", f"{EXECUTION_LABEL}={exec_id}", "-o", "json")
         assert [j["metadata"]["name"] for j in json.loads(listed.stdout)["items"]] == [
@@ -203,26 +140,17 @@ def test_the_quickstart_runs_as_jobs_and_its_wait_holds_no_pod(k8s: K8s, kubectl
         ]
 
         # The answer, from another directory, starts a new Job that completes the flow.
-        before_input = time.time()
-        k8s.run_cli("executions", "input", exec_id, "--value", "true", cwd=elsewhere)
-        input_returned = time.time()
+        quickstart.answer(exec_id)
         jobs = k8s.api.wait_for(lambda: len(k8s.jobs(exec_id)) == 2 and k8s.jobs(exec_id), 30, "a second Job")
         k8s.status_becomes(exec_id, "completed")
         assert k8s.finished(jobs[1]["metadata"]["name"]) == "Complete"
         listed = kubectl("get", "jobs", "-l", f"{EXECUTION_LABEL}={exec_id}", "-o", "json")
         assert len(json.loads(listed.stdout)["items"]) == 2
 
-        out, err = quickstart.communicate(timeout=90)
-        assert quickstart.returncode == 0, err
-        assert "published" in out or "is waiting for approval" in out
-    finally:
-        if quickstart.poll() is None:
-            quickstart.kill()
-            quickstart.communicate()
+        quickstart.ends()
 
     journal = k8s.journal(exec_id)
-    completed = Counter(r.call_id for r in journal if r.kind == "checkpoint_completed")
-    assert completed == {"research": 1, "draft": 1, "publish": 1}
+    assert_each_checkpoint_completed_once(journal)
     started = Counter(r.call_id for r in journal if r.kind == "checkpoint_started")
     assert all(n == 1 for n in started.values()), started
     assert len(k8s.api.pods()) == 2  # one pod per Job: nothing was retried
@@ -232,15 +160,7 @@ def test_the_quickstart_runs_as_jobs_and_its_wait_holds_no_pod(k8s: K8s, kubectl
     assert f"execution {exec_id} is completed" in logs.stdout + logs.stderr
 
     # Answer -> running again in the new pod (a figure for the report, not an assertion).
-    answered = next(r.ts for r in journal if r.kind == "wait_answered")
-    resumed = min(r.ts for r in journal if r.ts > answered and r.kind != "wait_answered")
-    print(
-        f"\nanswer -> the flow running again in the new pod: {resumed - answered:.2f} s "
-        f"(the input command: {input_returned - before_input:.2f} s, of which the answer was "
-        f"recorded after {answered - before_input:.2f} s and the Job submitted by "
-        f"{input_returned - answered:.2f} s after it; then {resumed - input_returned:.2f} s to the "
-        "new pod's first journal write, including its process start)"
-    )
+    quickstart.report(journal, "the new pod", "the Job submitted", "new pod")
 
 
 def test_a_pod_killed_mid_checkpoint_is_restarted_by_the_job_and_resumes(k8s: K8s, k8s_flows: Any) -> None:
@@ -262,7 +182,7 @@ def test_a_pod_killed_mid_checkpoint_is_restarted_by_the_job_and_resumes(k8s: K8
     assert [p["status"]["phase"] for p in pods] == ["Failed", "Succeeded"]
     assert pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
     counted = k8s.counted()
-    assert {i: counted[f"step {i}"] for i in range(1, 9)} == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+    assert_only_the_killed_step_ran_twice(counted)
     assert len(k8s.jobs(handle.exec_id)) == 1
 
 
