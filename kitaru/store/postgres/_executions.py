@@ -18,6 +18,8 @@ from kitaru.store import (
     JournalRecord,
     _rules,
 )
+from kitaru.store._rows import artifact_row as _artifact_row
+from kitaru.store._rows import journal_row as _journal_row
 from kitaru.store.postgres._connection import _Attempt, _Connection
 from kitaru.store.postgres._statements import (
     _ARTIFACT_COLUMNS,
@@ -27,11 +29,9 @@ from kitaru.store.postgres._statements import (
     _INSERT_JOURNAL,
     _LOCK_EXECUTION,
     _artifact_from_row,
-    _artifact_row,
     _commit_statement,
     _exec_from_row,
     _exec_row,
-    _journal_row,
 )
 
 

@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from kitaru.store import (
-    ONCE_ONLY_KINDS,
     ArtifactRecord,
     ExecutionRecord,
-    JournalRecord,
 )
 
 _EXEC_COLUMNS = (
@@ -114,40 +112,6 @@ def _commit_statement(
         "(SELECT lease_owner FROM ex), (SELECT status FROM ex)"
     )
     return sql, params
-
-
-def _journal_row(exec_id: str, r: JournalRecord, now: float) -> tuple[Any, ...]:
-    return (
-        exec_id,
-        r.kind,
-        r.call_id,
-        r.call_id if r.kind in ONCE_ONLY_KINDS else None,
-        r.seq,
-        r.name,
-        r.attempt,
-        r.artifact_id,
-        json.dumps(r.data) if r.data is not None else None,
-        r.ts or now,
-    )
-
-
-def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
-    return (
-        a.id,
-        a.exec_id,
-        a.name,
-        a.version,
-        a.type,
-        a.serializer,
-        a.data_type,
-        a.content_hash,
-        a.size,
-        a.call_id,
-        a.created_at,
-        a.inline,
-        a.uri,
-        json.dumps(a.tags) if a.tags else None,
-    )
 
 
 def _exec_row(e: ExecutionRecord) -> tuple[Any, ...]:

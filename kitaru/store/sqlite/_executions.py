@@ -15,12 +15,13 @@ from kitaru.errors import (
     KitaruStoreError,
 )
 from kitaru.store import (
-    ONCE_ONLY_KINDS,
     ArtifactRecord,
     ExecutionRecord,
     JournalRecord,
     _rules,
 )
+from kitaru.store._rows import artifact_row as _artifact_row
+from kitaru.store._rows import journal_row as _journal_row
 from kitaru.store.sqlite._connection import _Connection
 
 _EXEC_COLUMNS = (
@@ -37,21 +38,6 @@ _INSERT_JOURNAL = (
     "INSERT INTO journal (exec_id, kind, call_id, once, seq, name, attempt, artifact_id, data, ts) "
     "VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
-
-
-def _journal_row(exec_id: str, r: JournalRecord, now: float) -> tuple[Any, ...]:
-    return (
-        exec_id,
-        r.kind,
-        r.call_id,
-        r.call_id if r.kind in ONCE_ONLY_KINDS else None,
-        r.seq,
-        r.name,
-        r.attempt,
-        r.artifact_id,
-        json.dumps(r.data) if r.data is not None else None,
-        r.ts or now,
-    )
 
 
 def _input_record(artifact: ArtifactRecord) -> JournalRecord:
@@ -92,25 +78,6 @@ def _artifact_from_row(row: Sequence[Any]) -> ArtifactRecord:
         inline=row[11],
         uri=row[12],
         tags=json.loads(row[13]) if row[13] else [],
-    )
-
-
-def _artifact_row(a: ArtifactRecord) -> tuple[Any, ...]:
-    return (
-        a.id,
-        a.exec_id,
-        a.name,
-        a.version,
-        a.type,
-        a.serializer,
-        a.data_type,
-        a.content_hash,
-        a.size,
-        a.call_id,
-        a.created_at,
-        a.inline,
-        a.uri,
-        json.dumps(a.tags) if a.tags else None,
     )
 
 
