@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests._services._local_jobs import JobsDouble
 from tests._services.aca import AcaDouble, aca
 from tests._services.azure import Azurite, azurite
 from tests._services.postgres import find_bindir
@@ -57,24 +58,13 @@ class Azure(RetryingPlatform):
     succeeded = "Succeeded"
     stopped = "Stopped"
 
-    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
-        return self.aca.wait_for(probe, timeout, what)
+    @property
+    def platform(self) -> JobsDouble[Any]:
+        return self.aca
 
     def finished(self, run: Any) -> str:
         self.aca.wait_for(lambda: run.completed, 90, f"{run.name} finishing")
         return str(run.status)
-
-    def runs_of(self, exec_id: str) -> list[Any]:
-        return list(self.aca.executions_of(exec_id))
-
-    def kill_attempt(self, run: Any) -> None:
-        self.aca.kill_replica(run)
-
-    def run_log(self, run: Any) -> str:
-        return str(self.aca.log(run))
-
-    def any_alive(self) -> bool:
-        return bool(self.aca.alive())
 
     def described(self, run: Any) -> str:
         return f"Container Apps job execution {run.name}: Succeeded (exit codes 0)"

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests._services._local_jobs import JobsDouble
 from tests._services.cloudrun import CloudRunDouble, cloud_run
 from tests._services.gcs import FakeGcsServer, gcs_server
 from tests._services.postgres import find_bindir
@@ -47,25 +48,14 @@ class Gcp(RetryingPlatform):
     succeeded = "succeeded"
     stopped = "cancelled"
 
-    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
-        return self.run.wait_for(probe, timeout, what)
+    @property
+    def platform(self) -> JobsDouble[Any]:
+        return self.run
 
     def finished(self, run: Any) -> str:
         self.run.wait_for(lambda: run.completed, 90, f"{run.name} finishing")
         assert run.outcome is not None
         return str(run.outcome)
-
-    def runs_of(self, exec_id: str) -> list[Any]:
-        return list(self.run.executions_of(exec_id))
-
-    def kill_attempt(self, run: Any) -> None:
-        self.run.kill_attempt(run)
-
-    def run_log(self, run: Any) -> str:
-        return str(self.run.log(run))
-
-    def any_alive(self) -> bool:
-        return bool(self.run.alive())
 
     def described(self, run: Any) -> str:
         return f"Cloud Run execution {run.name.rsplit('/', 1)[1]}: succeeded (retried 0"
