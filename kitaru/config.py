@@ -130,11 +130,21 @@ class ImageSettings:
     platform: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("base_image", "dockerfile", "build_context_root", "image_tag", "target_repository", "user", "platform"):
+        for name in (
+            "base_image",
+            "dockerfile",
+            "build_context_root",
+            "image_tag",
+            "target_repository",
+            "user",
+            "platform",
+        ):
             value = getattr(self, name)
             if value is not None:
                 if not isinstance(value, str) or not value.strip():
-                    raise KitaruUsageError(f"ImageSettings({name}=...) takes a non-empty string, got {value!r}.")
+                    raise KitaruUsageError(
+                        f"ImageSettings({name}=...) takes a non-empty string, got {value!r}."
+                    )
                 object.__setattr__(self, name, value.strip())
         for name in ("requirements", "secret_environment_from", "apt_packages"):
             value = getattr(self, name)

@@ -73,7 +73,9 @@ class Flow(Generic[P, R]):
                 f"@flow on {fn.__qualname__!r}: retries must be an int >= 0, got {retries!r}."
             )
         if cache is not None and not isinstance(cache, bool):
-            raise KitaruUsageError(f"@flow on {fn.__qualname__!r}: cache must be True or False, got {cache!r}.")
+            raise KitaruUsageError(
+                f"@flow on {fn.__qualname__!r}: cache must be True or False, got {cache!r}."
+            )
         self.stack = stack
         """The stack its executions run on when run()/start()/deploy() name none."""
         self.retries = retries
