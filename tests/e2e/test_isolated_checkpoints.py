@@ -16,7 +16,7 @@ from tests._process import wait_for
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = '''
+SCRIPT = """
 import os
 import sys
 import time
@@ -55,7 +55,7 @@ def iso(x: int) -> list:
 if __name__ == "__main__":
     handle = iso.run(20, execution_id=sys.argv[1])
     print("result:", handle.wait())
-'''
+"""
 
 
 def _start(script: Path, env: dict[str, str], exec_id: str) -> subprocess.Popen[str]:
@@ -87,7 +87,7 @@ def test_an_isolated_call_runs_in_a_process_of_its_own(setup: tuple[Path, Path, 
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, out + err
     line = next(x for x in out.splitlines() if x.startswith("result:"))
-    value, child_pid, parent_pid = eval(line.removeprefix("result:"))  # noqa: S307 - our own list
+    value, child_pid, parent_pid = eval(line.removeprefix("result:"))
     assert value == 41
     assert child_pid != parent_pid
     assert (work / "runs.txt").read_text().split() == [str(child_pid)]
