@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from kitaru._engine.runtime import INFLIGHT
+from kitaru._engine.runtime import INFLIGHT, OPTIONS_METADATA
 from kitaru._ids import MAX_ID_LENGTH
 from kitaru.errors import (
     KitaruError,
@@ -587,8 +587,12 @@ def _execution_view(
         target=r.target,
         error=r.error,
         original_exec_id=r.original_exec_id,
-        # The heartbeat's note of attempts in flight is bookkeeping, not the user's metadata.
-        metadata={**{k: v for k, v in r.metadata.items() if k != INFLIGHT}, **flow_meta},
+        # The heartbeat's note of attempts in flight and the resolved options are bookkeeping,
+        # not the user's metadata.
+        metadata={
+            **{k: v for k, v in r.metadata.items() if k not in (INFLIGHT, OPTIONS_METADATA)},
+            **flow_meta,
+        },
         checkpoints=tuple(calls),
         waits=tuple(waits),
         result_artifact=r.result_artifact,

@@ -189,7 +189,7 @@ class Flow(Generic[P, R]):
             return SkippedAsyncFlowHandle()
         import asyncio
 
-        from .runner import OPTIONS_METADATA
+        from .runtime import OPTIONS_METADATA
 
         options = self._run_options(retries, cache, image)
         runtime = get_runtime(stack or self.stack)

@@ -41,7 +41,7 @@ from .capture import capturing
 from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend
 from .interrupted import note_interrupted
 from .loading import aload_execution_flow
-from .runtime import Runtime
+from .runtime import OPTIONS_METADATA, Runtime
 
 logger = logging.getLogger("kitaru")
 
@@ -57,9 +57,6 @@ __all__ = ["Outcome", "Runner", "Started"]
 
 #: Statuses an execution can be driven on from (what ``Orchestrator.submit`` accepts).
 DRIVABLE = frozenset({"running", "waiting", "failed"})
-#: The execution metadata key of its resolved options (``cache``, ``retries``, ``image``; see
-#: :class:`kitaru.config.ExecutionOptions`), read by whoever drives it, wherever.
-OPTIONS_METADATA = "options"
 
 
 @dataclass(slots=True)
