@@ -83,10 +83,9 @@ def _override_target(key: str, calls: dict[str, _Call], exec_id: str) -> str:
         return key  # not found: plan_replay says which calls there are
     selector = selector.strip()
     wanted = "checkpoint" if kind == "checkpoint" else "wait"
-    found = calls.get(selector)
-    if found is not None and found.kind == wanted:
-        return selector
     if wanted == "checkpoint":
+        # As in the original: a checkpoint's name selects its call only when it was called once
+        # (here the first call's id is the bare name too, but a name called twice is ambiguous).
         named = sorted(
             (c for c in calls.values() if c.kind == "checkpoint" and _base(c.call_id) == selector),
             key=lambda c: c.seq,
@@ -97,8 +96,11 @@ def _override_target(key: str, calls: dict[str, _Call], exec_id: str) -> str:
             raise KitaruUsageError(
                 f"--override {key}: checkpoint {selector!r} was called {len(named)} times in "
                 f"execution {exec_id} ({', '.join(c.call_id for c in named)}); name one call: "
-                f"checkpoint.{named[0].call_id}."
+                f"checkpoint.{named[1].call_id}."
             )
+    found = calls.get(selector)
+    if found is not None and found.kind == wanted:
+        return selector
     known = [c.call_id for c in sorted(calls.values(), key=lambda c: c.seq) if c.kind == wanted]
     raise KitaruUsageError(
         f"--override {key}: execution {exec_id} has no {wanted} {selector!r}; its {wanted}s: "
