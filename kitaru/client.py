@@ -674,7 +674,8 @@ class ExecutionHandle(FlowHandle):
         self._client = client
 
     @property
-    def status(self) -> str:
+    def status(self) -> ExecutionStatus:
+        """The execution's current status, read from the store."""
         from kitaru._client_views import as_status
 
         return as_status(super().status)
