@@ -669,8 +669,9 @@ async def _agent_flow(
     kwargs: dict[str, Any] = {}
     if deps is not None:
         kwargs["deps"] = deps
-    if message_history:
-        kwargs["message_history"] = ModelMessagesTypeAdapter.validate_python(message_history)
+    # Always explicit: the history this flow was started with (run_flow already threaded the
+    # instance's conversation into it), so the run inside does not add it again.
+    kwargs["message_history"] = ModelMessagesTypeAdapter.validate_python(message_history or [])
     result = await durable.run(user_prompt, **kwargs)
     return AgentResult(
         output=result.output,
