@@ -151,8 +151,13 @@ class KitaruAgent:
             else checkpoint_config(cfg, f"tool_checkpoint_config_by_name[{tool!r}]")
             for tool, cfg in (tool_checkpoint_config_by_name or {}).items()
         }
-        self._ref: AgentRef = register_agent("openai_agents", self.name, self)
+        self._ref: AgentRef = (
+            register_agent("openai_agents", self.name, self) if self._findable else {"name": self.name}
+        )
         self._flow: Flow[Any, Any] | None = None
+
+    #: Whether another process can find this agent by name (to resume a flow its run opened).
+    _findable = True
 
     def __repr__(self) -> str:
         return f"<KitaruAgent {self.name!r} ({self.strategy}) wrapping agent {self.agent.name!r}>"
@@ -651,6 +656,12 @@ class OpenAIRunResult(BaseModel):
 CheckpointStrategy = Literal["calls", "runner_call"]
 
 
+class _RunnerAgent(KitaruAgent):
+    # A runner never opens a flow of its own, so it takes no name in the registry (where it
+    # would shadow a KitaruAgent of the same name that does).
+    _findable = False
+
+
 class KitaruRunner:
     """Kitaru 0.18's way to run an OpenAI Agents SDK agent durably: ``run(OpenAIRunRequest)``
     returns an :class:`OpenAIRunResult`.
@@ -690,7 +701,7 @@ class KitaruRunner:
         self.run_config_factory = run_config_factory
         self.strict_sdk_version = strict_sdk_version
         # The per-call machinery is KitaruAgent's; the runner only changes what goes in and out.
-        self._durable = KitaruAgent(
+        self._durable = _RunnerAgent(
             agent,
             name=name,
             strategy="per_call" if checkpoint_strategy == "calls" else "runner_call",
