@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("agents")
 
-from agents import Agent, RunConfig
+from agents import RunConfig
 
 import kitaru
 from kitaru import KitaruClient, checkpoint, flow
@@ -95,7 +95,9 @@ class TestRunnerCall:
     def test_the_whole_run_is_one_checkpoint(self, runtime: Runtime) -> None:
         model, ran = ScriptedModel(), Counter[str]()
         runner = KitaruRunner(
-            two_tool_agent(model, ran), checkpoint_strategy="runner_call", run_checkpoint_config={"type": "agent"}
+            two_tool_agent(model, ran),
+            checkpoint_strategy="runner_call",
+            run_checkpoint_config={"type": "agent"},
         )
 
         @flow
@@ -136,7 +138,9 @@ class TestRunConfigFactory:
         assert "helper.model:6" in completed(runtime, handle.exec_id)  # the factory's model, checkpointed
 
     def test_a_factory_returning_something_else_is_refused(self) -> None:
-        runner = KitaruRunner(two_tool_agent(ScriptedModel(), Counter()), run_config_factory=lambda: {"model": "x"})
+        runner = KitaruRunner(
+            two_tool_agent(ScriptedModel(), Counter()), run_config_factory=lambda: {"model": "x"}
+        )
         with pytest.raises(kitaru.KitaruUsageError, match="RunConfig"):
             runner.run_sync(OpenAIRunRequest.start("hi"))
 
@@ -170,7 +174,7 @@ class TestApprovals:
         assert interrupted.pending_state is not None
         old = interrupted.pending_state.model_copy(update={"agents_sdk_version": "0.0.1"})
         stale = OpenAIRunRequest.resume(old, OpenAIApprovalDecision(approve=True))
-        with pytest.raises(kitaru.KitaruUsageError, match="0.0.1"):
+        with pytest.raises(kitaru.KitaruUsageError, match=r"0\.0\.1"):
             runner.run_sync(stale)
         lenient = KitaruRunner(runner.agent, strict_sdk_version=False)
         assert lenient.run_sync(stale).status == "completed"
@@ -187,7 +191,7 @@ class TestRequests:
             OpenAIRunRequest(kind="resume", input="x", pending_state=envelope)
         with pytest.raises(ValueError, match="rejection_message"):
             OpenAIApprovalDecision(approve=True, rejection_message="no")
-        with pytest.raises(kitaru.KitaruUsageError, match="OpenAIRunRequest.start"):
+        with pytest.raises(kitaru.KitaruUsageError, match=r"OpenAIRunRequest\.start"):
             KitaruRunner(two_tool_agent(ScriptedModel(), Counter())).run_sync("hi")  # type: ignore[arg-type]
         with pytest.raises(kitaru.KitaruUsageError, match="checkpoint_strategy"):
             KitaruRunner(two_tool_agent(ScriptedModel(), Counter()), checkpoint_strategy="turns")  # type: ignore[arg-type]

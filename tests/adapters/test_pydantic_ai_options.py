@@ -30,7 +30,6 @@ from kitaru.adapters.pydantic_ai import (
     wrap,
 )
 from kitaru.store import CatalogStore
-
 from tests.adapters.test_pydantic_ai import Scripted, completed, two_tool_agent
 
 
@@ -59,7 +58,9 @@ class TestTurnMode:
         handle = f.run()
         assert completed(runtime, handle.exec_id) == ["helper.run"]
         assert checkpoints(handle.exec_id)["helper.run"].metadata["type"] == "turn"
-        assert KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 requests"
+        assert (
+            KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 requests"
+        )
         assert script.requests == 3 and ran == {"tool_a": 1, "tool_b": 1}
         assert {"helper.output", "helper.messages"} <= artifact_names(handle.exec_id)
 
@@ -207,7 +208,7 @@ class TestCapturePolicy:
         assert {"helper.messages", "helper.output"} <= artifact_names(exec_id)
 
     def test_metadata_and_none_capture_per_tool(self, runtime: Runtime) -> None:
-        exec_id, cps = self.run(
+        _, cps = self.run(
             CapturePolicy(tool_capture="metadata", tool_capture_overrides={"tool_b": None}),
         )
         meta_a = cps["helper.tool.tool_a"].metadata
@@ -215,29 +216,35 @@ class TestCapturePolicy:
         assert "duration_ms" not in cps["helper.tool.tool_b"].metadata
 
     def test_no_child_events_and_no_saved_prompts_or_responses(self, runtime: Runtime) -> None:
-        exec_id, cps = self.run(CapturePolicy(emit_child_events=False, save_prompts=False, save_responses=False))
+        exec_id, cps = self.run(
+            CapturePolicy(emit_child_events=False, save_prompts=False, save_responses=False)
+        )
         assert "tokens_in" not in cps["helper.model"].metadata
         assert "duration_ms" not in cps["helper.tool.tool_a"].metadata
         names = artifact_names(exec_id)
         assert "helper.messages" not in names and "helper.output" not in names
 
-    def test_wait_metadata_shows_arguments_only_under_full_capture(self, runtime: Runtime) -> None:
-        for capture, shown in ((CapturePolicy(), True), (CapturePolicy(tool_capture="metadata_only"), False)):
-            durable = KitaruAgent(two_tool_agent(Scripted(), Counter()), approve={"tool_b"}, capture=capture)
+    @pytest.mark.parametrize("tool_capture, shown", [("full", True), ("metadata_only", False)])
+    def test_wait_metadata_shows_arguments_only_under_full_capture(
+        self, runtime: Runtime, tool_capture: Any, shown: bool
+    ) -> None:
+        capture = CapturePolicy(tool_capture=tool_capture)
+        durable = KitaruAgent(two_tool_agent(Scripted(), Counter()), approve={"tool_b"}, capture=capture)
 
-            @flow
-            def f() -> str:
-                return str(durable.run_sync("hi").output)
+        @flow
+        def f() -> str:
+            return str(durable.run_sync("hi").output)
 
-            handle = f.run()
-            [w] = KitaruClient().executions.get(handle.exec_id).open_waits
-            assert ("args" in w.metadata) is shown and w.metadata["tool"] == "tool_b"
+        handle = f.run()
+        [w] = KitaruClient().executions.get(handle.exec_id).open_waits
+        assert ("args" in w.metadata) is shown and w.metadata["tool"] == "tool_b"
 
     def test_bad_modes_are_refused(self) -> None:
         with pytest.raises(kitaru.KitaruUsageError, match="tool_capture"):
             CapturePolicy(tool_capture="everything")  # type: ignore[arg-type]
 
-    def test_ids_are_put_on_the_current_otel_span(self, runtime: Runtime) -> None:
+    @pytest.mark.parametrize("correlate", [True, False])
+    def test_ids_are_put_on_the_current_otel_span(self, runtime: Runtime, correlate: bool) -> None:
         from opentelemetry import trace
 
         class Recording(trace.NonRecordingSpan):
@@ -251,24 +258,23 @@ class TestCapturePolicy:
             def set_attribute(self, key: str, value: Any) -> None:
                 self.attrs[key] = value
 
-        for correlate in (True, False):
-            span = Recording()
-            durable = KitaruAgent(
-                two_tool_agent(Scripted(), Counter()), capture=CapturePolicy(correlate_otel_spans=correlate)
-            )
+        span = Recording()
+        durable = KitaruAgent(
+            two_tool_agent(Scripted(), Counter()), capture=CapturePolicy(correlate_otel_spans=correlate)
+        )
 
-            @flow
-            async def f() -> str:
-                with trace.use_span(span):
-                    return str((await durable.run("hi")).output)
+        @flow
+        async def f() -> str:
+            with trace.use_span(span):
+                return str((await durable.run("hi")).output)
 
-            handle = f.run()
-            handle.wait(timeout=60)
-            if correlate:
-                assert span.attrs["kitaru.execution_id"] == handle.exec_id
-                assert span.attrs["kitaru.call_id"].startswith("helper.")
-            else:
-                assert span.attrs == {}
+        handle = f.run()
+        handle.wait(timeout=60)
+        if correlate:
+            assert span.attrs["kitaru.execution_id"] == handle.exec_id
+            assert span.attrs["kitaru.call_id"].startswith("helper.")
+        else:
+            assert span.attrs == {}
 
 
 class TestMessageHistory:
@@ -350,7 +356,9 @@ class TestEventStreamHandler:
             async for _ in events:
                 pass
 
-        durable = KitaruAgent(streaming_agent(Counter()), capture=CapturePolicy(save_stream_transcripts=False))
+        durable = KitaruAgent(
+            streaming_agent(Counter()), capture=CapturePolicy(save_stream_transcripts=False)
+        )
 
         @flow
         def f() -> str:
@@ -365,7 +373,9 @@ def hitl_agent(ran: Counter[str], **hitl: Any) -> Agent[None, str]:
     def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         n = sum(isinstance(m, ModelResponse) for m in messages) + 1
         if n == 1:
-            return ModelResponse(parts=[ToolCallPart("publish", {"headline": "Durable", "question": "Ship it?"})])
+            return ModelResponse(
+                parts=[ToolCallPart("publish", {"headline": "Durable", "question": "Ship it?"})]
+            )
         result = messages[-1].parts[0].content  # type: ignore[union-attr]
         return ModelResponse(parts=[TextPart(f"tool said {result}")])
 
@@ -412,7 +422,9 @@ class TestHitlTool:
         handle = f.run()
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
         assert w.name == "review" and w.question == "Ship it?"  # the model's question argument
-        assert KitaruClient().executions.input(handle.exec_id, "not yet").wait(timeout=60) == "tool said not yet"
+        assert (
+            KitaruClient().executions.input(handle.exec_id, "not yet").wait(timeout=60) == "tool said not yet"
+        )
         assert ran["publish"] == 0
 
     def test_inside_a_checkpoint_a_hitl_tool_is_refused(self, runtime: Runtime) -> None:
