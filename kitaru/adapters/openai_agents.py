@@ -30,6 +30,13 @@ continues the run with the decision (under ``runner_call``, from the run state t
 saved). The final output and the conversation items are saved as artifacts (``triage.output``,
 ``triage.items``). Inside a ``@checkpoint`` a run is plain; outside any flow ``run``/``run_sync``
 open one (named after the agent) and ``run_flow`` returns its handle. Streaming is not durable.
+
+Kitaru 0.18's surface is here too: :class:`KitaruRunner` takes an :class:`OpenAIRunRequest` and
+returns an :class:`OpenAIRunResult` (``checkpoint_strategy="calls"`` is ``per_call`` above,
+``"runner_call"`` the same one checkpoint per run); its RunConfig comes from
+``run_config_factory``; an ``interrupted`` result is resumed with :func:`wait_for_approval` (a
+``kitaru.wait``) or :func:`build_resume_request`. Checkpoint configs (retries, cache, type) apply
+to both classes.
 """
 
 from __future__ import annotations
@@ -925,7 +932,7 @@ def wait_for_approval(
     tool = item.tool_name or "tool"
     approved = bool(
         wait(
-            name=name or safe_name("openai", "approve", tool),
+            name=name or "OpenAI tool approval",  # 0.18's name: repeated ones count up (`:2`...)
             question=f"Approve OpenAI tool call `{tool}`" + (f" ({item.call_id})?" if item.call_id else "?"),
             schema=bool,
             timeout=timeout,

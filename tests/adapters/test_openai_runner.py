@@ -156,7 +156,7 @@ class TestApprovals:
         handle = approving_flow(runner).run("hi")
         assert handle.status == "waiting" and ran == {"tool_a": 1}
         [w] = KitaruClient().executions.get(handle.exec_id).open_waits
-        assert w.name == "openai.approve.tool_b" and "tool_b" in (w.question or "")
+        assert w.name == "OpenAI tool approval" and "tool_b" in (w.question or "")
         assert w.metadata["call_id"] == "c2"
         result = KitaruClient().executions.input(handle.exec_id, answer).wait(timeout=60)
         assert result.status == "completed" and result.final_output == "final after 3 calls"

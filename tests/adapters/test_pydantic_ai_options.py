@@ -179,6 +179,28 @@ class TestCheckpointConfigs:
         assert KitaruClient().executions.input(handle.exec_id, "blue").wait(timeout=60) == "you said blue"
         assert "asker.tool.ask_user" not in completed(runtime, handle.exec_id)
 
+    @pytest.mark.parametrize("config, kind", [(None, "mcp_call"), ({"type": "remote"}, "remote")])
+    def test_mcp_tool_calls_take_the_mcp_config(self, runtime: Runtime, config: Any, kind: str) -> None:
+        fastmcp = pytest.importorskip("fastmcp")
+        from pydantic_ai.mcp import MCPToolset
+
+        server = fastmcp.FastMCP("weather")
+
+        @server.tool
+        def forecast(city: str) -> str:
+            return f"sunny in {city}"
+
+        agent = Agent(TestModel(), name="w", toolsets=[MCPToolset(server)])
+        durable = KitaruAgent(agent, mcp_checkpoint_config=config, tool_checkpoint_config={"type": "local"})
+
+        @flow
+        def f() -> str:
+            return str(durable.run_sync("weather?").output)
+
+        handle = f.run()
+        handle.wait(timeout=60)
+        assert checkpoints(handle.exec_id)["w.tool.forecast"].metadata["type"] == kind
+
     @pytest.mark.parametrize(
         "config, match",
         [({"retry": 3}, "unknown keys"), ({"runtime": "isolated"}, "isolated"), ({"retries": -1}, "retries")],
