@@ -226,26 +226,8 @@ def checkpoint_config(value: Mapping[str, Any] | None, what: str) -> CheckpointC
 
 def adapter_step(fn: Callable[..., Any], *, name: str, config: CheckpointConfig, default_type: str) -> Any:
     """A checkpoint around one adapter call (a model request, a tool call, a whole run)."""
-    import inspect
-
     from kitaru._engine.checkpoint import Checkpoint
 
-    kind = config.get("type", default_type)
-    options: dict[str, Any] = {}
-    if "type" in inspect.signature(Checkpoint).parameters:
-        options["type"] = kind
-    else:
-        # Until checkpoints carry a type of their own, the call's metadata records it.
-        inner = fn
-
-        async def typed(*args: Any, **kwargs: Any) -> Any:
-            from kitaru._engine.api import log
-
-            log(type=kind)
-            return await inner(*args, **kwargs)
-
-        typed.__qualname__ = fn.__qualname__
-        fn = typed
     return Checkpoint(
         fn,
         name=name,
@@ -254,5 +236,5 @@ def adapter_step(fn: Callable[..., Any], *, name: str, config: CheckpointConfig,
         backoff=2.0,
         retry_on=(Exception,),
         cache=config.get("cache"),
-        **options,
+        type=config.get("type", default_type),
     )

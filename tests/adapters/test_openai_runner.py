@@ -109,7 +109,7 @@ class TestRunnerCall:
         handle = f.run("hi")
         assert completed(runtime, handle.exec_id) == ["helper.run"]
         [cp] = KitaruClient().executions.get(handle.exec_id).checkpoints
-        assert cp.metadata["type"] == "agent"
+        assert cp.type == "agent"
         assert KitaruClient().executions.input(handle.exec_id, None).wait(timeout=60) == "final after 3 calls"
         assert model.calls == 3 and ran == {"tool_a": 1, "tool_b": 1}
 

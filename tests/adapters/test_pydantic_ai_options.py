@@ -57,7 +57,7 @@ class TestTurnMode:
 
         handle = f.run()
         assert completed(runtime, handle.exec_id) == ["helper.run"]
-        assert checkpoints(handle.exec_id)["helper.run"].metadata["type"] == "turn"
+        assert checkpoints(handle.exec_id)["helper.run"].type == "turn"
         assert (
             KitaruClient().executions.input(handle.exec_id, True).wait(timeout=60) == "final after 3 requests"
         )
@@ -114,9 +114,9 @@ class TestCheckpointConfigs:
         assert handle.wait(timeout=60) == "final after 3 requests"
         assert ran == {"tool_a": 2, "tool_b": 1} and failures["model"] == 1
         cps = checkpoints(handle.exec_id)
-        assert cps["helper.model"].metadata["type"] == "llm_call"
-        assert cps["helper.tool.tool_a"].metadata["type"] == "tool_call"
-        assert cps["helper.tool.tool_b"].metadata["type"] == "lookup"
+        assert cps["helper.model"].type == "llm_call"
+        assert cps["helper.tool.tool_a"].type == "tool_call"
+        assert cps["helper.tool.tool_b"].type == "lookup"
 
     def test_a_failing_tool_without_retries_fails_the_run(self, runtime: Runtime) -> None:
         agent = Agent(FunctionModel(Scripted()), name="helper")
@@ -199,7 +199,7 @@ class TestCheckpointConfigs:
 
         handle = f.run()
         handle.wait(timeout=60)
-        assert checkpoints(handle.exec_id)["w.tool.forecast"].metadata["type"] == kind
+        assert checkpoints(handle.exec_id)["w.tool.forecast"].type == kind
 
     @pytest.mark.parametrize(
         "config, match",
