@@ -166,8 +166,11 @@ def _watch_loop(
     client: Any, execution: Any, interval: float, output: str, seen: dict[str, str], status: Any, bar: Any
 ) -> None:
     started = time.monotonic()
+    cursor = 0  # the last event printed (its journal record id)
+    latest = ""  # the running checkpoint's last progress, shown on the terminal line
     while True:
         bar.clear()
+        cursor, latest = _print_events(client, execution.id, cursor, output, latest)
         for call in execution.checkpoints:
             if seen.get(call.call_id) == call.status:
                 continue
@@ -201,9 +204,34 @@ def _watch_loop(
                 f"executions recover` (or `kitaru executions resume {execution.id}`)."
             )
         done = sum(1 for c in execution.checkpoints if c.status == "completed")
-        bar.update(done, note=f"{time.monotonic() - started:.0f}s")
+        bar.update(done, note=f"{time.monotonic() - started:.0f}s" + (f"  {latest}" if latest else ""))
         time.sleep(interval)
         execution = client.executions.get(execution.id)
+
+
+def _print_events(client: Any, exec_id: str, cursor: int, output: str, latest: str) -> tuple[int, str]:
+    """Print the events (``kitaru.progress``, ``kitaru.events.publish``) published since
+    ``cursor``; return the new cursor and the last progress line."""
+    from kitaru.events import CHECKPOINT_PROGRESS_KIND, recorded
+
+    for event in recorded(client.executions._state.read_journal(exec_id), exec_id, cursor):
+        cursor = int(event.cursor)
+        progress = event.kind == CHECKPOINT_PROGRESS_KIND
+        if output == "json":
+            line = {"event": "progress" if progress else "custom", **event.to_dict()}
+            click.echo(json.dumps(line, default=str))
+            continue
+        data = event.payload.get("data")
+        if progress:
+            pct = f"{event.percent * 100:3.0f}% " if event.percent is not None else ""
+            latest = f"{event.checkpoint_id}: {pct}{event.message or ''}".strip()
+            text = f"progress {pct}{event.message or ''}"
+        else:
+            text = f"event {event.kind}" + (f": {event.message}" if event.message else "")
+            if data:
+                text += f" {json.dumps(data, default=str)}"
+        click.echo(f"{_when(event.ts)}  {event.checkpoint_id or '-':<24} {text}")
+    return cursor, latest
 
 
 @executions.command("input")
