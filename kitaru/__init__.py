@@ -24,6 +24,7 @@ from kitaru._engine.flow import flow as flow
 from kitaru._engine.waits import wait as wait
 from kitaru._engine.waits import wait_async as wait_async
 from kitaru.client import KitaruClient as KitaruClient
+from kitaru.config import ImageSettings as ImageSettings
 from kitaru.config import StackInfo as StackInfo
 from kitaru.config import configure as configure
 from kitaru.config import create_stack as create_stack
@@ -67,6 +68,7 @@ __all__ = [
     "Checkpoint",
     "Flow",
     "FlowHandle",
+    "ImageSettings",
     "KitaruClient",
     "KitaruConfigError",
     "KitaruConflictError",

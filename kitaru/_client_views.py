@@ -67,6 +67,8 @@ class CheckpointCall:
     """A checkpoint cache hit: the output came from the cache; the call did not run."""
     cached_from: str | None = None
     """For a cache hit: the execution whose call produced the reused output."""
+    type: str | None = None
+    """The checkpoint's ``@checkpoint(type=...)`` label (``llm_call``, ``tool_call``...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +299,7 @@ def fold_journal(
             c["reused_from"] = data.get("replayed_from")
             c["overridden"] = bool(data.get("overridden"))
             c["cached_from"] = data.get("cached_from")
+            c["type"] = data.get("type")
             if c["reused_from"]:
                 c["started_at"] = None
             if r.kind == "checkpoint_completed":
@@ -348,6 +351,7 @@ def fold_journal(
             interrupted=c["interrupted"],
             cached=c["cached_from"] is not None,
             cached_from=c["cached_from"],
+            type=c.get("type"),
         )
         for cid, c in calls.items()
     ]

@@ -186,9 +186,9 @@ def _store(stack: str | None) -> Any:
 
         login = current_login()
         if login is not None:
-            from kitaru.remote.client import RemoteClient
+            from kitaru.remote.client import shared_client
 
-            return RemoteClient(login.url, login.key).secrets
+            return shared_client(login.url, login.key).secrets
 
     runtime = get_runtime(stack)
     state = runtime.state

@@ -70,6 +70,7 @@ __all__ = [
     "EXIT_RETRY",
     "FLOW_FAILED_EXIT_ENV",
     "run",
+    "run_call",
 ]
 
 EXIT_DONE = 0
@@ -123,6 +124,48 @@ def run(exec_id: str) -> int:
         return _say(EXIT_CANNOT_RUN, str(exc))
 
 
+def run_call(exec_id: str, call_id: str) -> int:
+    """Run isolated call ``call_id`` of execution ``exec_id`` here (``@checkpoint(runtime=
+    "isolated")``) and commit its outcome; the same exit codes as :func:`run` (10: its last
+    attempt failed, recorded)."""
+    from kitaru._engine.handles import blocking
+    from kitaru._engine.runtime import get_runtime
+
+    try:
+        runtime = get_runtime()
+    except KitaruStoreError as exc:
+        return _say(EXIT_RETRY, f"the stack's stores cannot be opened: {exc}")
+    except KitaruError as exc:
+        return _say(EXIT_CANNOT_RUN, f"the stack cannot be built from this job's environment: {exc}")
+    try:
+        return blocking(_work_call, runtime, exec_id, call_id)
+    except _Retry as exc:
+        return _say(EXIT_RETRY, str(exc))
+    except KitaruStoreError as exc:
+        return _say(EXIT_RETRY, f"a store failed: {exc}")
+    except OSError as exc:
+        return _say(EXIT_RETRY, f"{type(exc).__name__}: {exc}")
+    except KitaruError as exc:
+        return _say(EXIT_CANNOT_RUN, str(exc))
+
+
+async def _work_call(runtime: Runtime, exec_id: str, call_id: str) -> int:
+    from kitaru._engine.isolated import arun_call
+
+    record = await runtime.astate.get_execution(exec_id)
+    if record is None:
+        raise KitaruNotFoundError(
+            f"no execution {exec_id!r} in the state store of stack {runtime.stack_name!r}: the job "
+            "and the stack it was given do not match. Check the stack's `state` key."
+        )
+    _apply_image_settings(record)
+    await _prepare_code(runtime, record)
+    if await arun_call(runtime, record, call_id) == "failed":
+        code = os.environ.get(FLOW_FAILED_EXIT_ENV, "").strip()
+        return _say(int(code) if code.isdigit() else EXIT_FLOW_FAILED, f"isolated call {call_id} failed")
+    return _say(EXIT_DONE, f"isolated call {call_id} of execution {exec_id} is done")
+
+
 def _say(code: int, message: str) -> int:
     print(f"kitaru worker: {message} (exit {code})", file=sys.stderr, flush=True)
     return code
@@ -140,6 +183,7 @@ async def _work(runtime: Runtime, exec_id: str) -> int:
         )
     if record.status in _rules.FINAL_STATUSES:
         return _say(EXIT_DONE, f"execution {exec_id} is {record.status}: nothing to do")
+    _apply_image_settings(record)
     await _prepare_code(runtime, record)
     runner = Runner(runtime)
     outcome = await _drive(runner, record)
@@ -183,6 +227,75 @@ def _exit_code(exec_id: str, outcome: Outcome) -> int:
     if outcome.status == "interrupted":
         raise _Retry(f"execution {exec_id} was interrupted ({outcome.error!r}); it stays resumable")
     return _say(EXIT_DONE, f"execution {exec_id} is {outcome.status}")
+
+
+# -- the execution's image settings ------------------------------------------------------------
+
+
+def _apply_image_settings(record: ExecutionRecord) -> None:
+    """Honour the execution's :class:`kitaru.ImageSettings` in this job, before its code is
+    imported: ``environment`` and the secrets of ``secret_environment_from`` are exported, and
+    each of ``requirements`` must be installed here (a missing one is ``EXIT_CANNOT_RUN``: no
+    retry of this job can install it)."""
+    from kitaru._engine.runner import OPTIONS_METADATA
+
+    image = (record.metadata.get(OPTIONS_METADATA) or {}).get("image") or {}
+    os.environ.update({str(k): str(v) for k, v in (image.get("environment") or {}).items()})
+    for name in image.get("secret_environment_from") or ():
+        os.environ.update(secret_environment(str(name)))
+    missing = unmet_requirements(image.get("requirements") or ())
+    if missing:
+        raise KitaruConfigError(
+            f"execution {record.id} needs {', '.join(missing)} (its image settings' requirements), "
+            "and this job's image does not have it: kitaru installs nothing into a job. Add them "
+            "to the image (or its base_image), then `kitaru executions resume "
+            f"{record.id}`."
+        )
+
+
+def secret_environment(name: str) -> dict[str, str]:
+    """The variables kitaru secret ``name`` exports: each key of a JSON object, else the
+    secret's value under its own name."""
+    import json
+
+    from kitaru.secrets import get_secret
+
+    value = get_secret(name)
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed:
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in parsed.items()}
+    return {name: value}
+
+
+def unmet_requirements(requirements: Any) -> list[str]:
+    """The requirement strings (``httpx``, ``pydantic>=2``) not satisfied in this environment.
+    Versions are compared when ``packaging`` is importable; names are always checked."""
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    missing: list[str] = []
+    for text in requirements:
+        text = str(text)
+        name = re.split(r"[\[<>=!~;@\s]", text, maxsplit=1)[0]
+        try:
+            installed = version(name)
+        except (PackageNotFoundError, ValueError):
+            missing.append(text)
+            continue
+        try:
+            from packaging.requirements import InvalidRequirement, Requirement
+        except ImportError:
+            continue
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            missing.append(f"{text} (found {installed})")
+    return missing
 
 
 # -- code ---------------------------------------------------------------------------------------

@@ -51,10 +51,10 @@ def fresh_default_runtime() -> Iterator[None]:
     no process defaults from kitaru.configure() of an earlier test)."""
     from kitaru.config import configure
 
-    configure(stack=None, model=None, allow_pickle=None)
+    configure(stack=None, model=None, allow_pickle=None, cache=None, retries=None, image=None)
     set_runtime(None)
     yield
-    configure(stack=None, model=None, allow_pickle=None)
+    configure(stack=None, model=None, allow_pickle=None, cache=None, retries=None, image=None)
     previous = set_runtime(None)
     if previous is not None:
         previous.close()

@@ -48,6 +48,8 @@ class Checkpoint(Generic[P, R]):
         "retries",
         "retry_delay",
         "retry_on",
+        "runtime",
+        "type",
     )
 
     fn: Callable[..., Any]
@@ -65,6 +67,8 @@ class Checkpoint(Generic[P, R]):
         retry_on: tuple[type[BaseException], ...],
         cache: bool | None = None,
         cache_key: CacheKey | None = None,
+        type: str | None = None,
+        runtime: str | None = None,
     ) -> None:
         import inspect
 
@@ -103,6 +107,22 @@ class Checkpoint(Generic[P, R]):
         # None: the flow's `cache=` decides; a cache_key alone turns caching on.
         self.cache = cache if cache is not None else (True if cache_key is not None else None)
         self.cache_key = cache_key
+        if type is not None and (not isinstance(type, str) or not type.strip()):
+            raise KitaruUsageError(
+                f"@checkpoint on {fn.__qualname__!r}: type labels the call (e.g. 'llm_call', "
+                f"'tool_call'); it must be a non-empty string, got {type!r}."
+            )
+        self.type = type.strip() if type is not None else None
+        """A label for the call and its output artifact (``llm_call``, ``tool_call``...)."""
+        normalized = runtime.strip().lower() if isinstance(runtime, str) else runtime
+        if normalized not in (None, "inline", "isolated"):
+            raise KitaruUsageError(
+                f"@checkpoint on {fn.__qualname__!r}: unsupported runtime {runtime!r}; expected "
+                "'inline' (in the flow's process, the default) or 'isolated' (a process, or on a "
+                "remote stack a job, of its own)."
+            )
+        self.runtime = normalized or "inline"
+        """``inline`` or ``isolated`` (see :mod:`kitaru._engine.isolated`)."""
         self.is_async = inspect.iscoroutinefunction(fn)
         if not self.is_async:
             SYNC_CHECKPOINTS.add(self.qualname)  # its blob outputs are read ahead for async flows
@@ -126,6 +146,8 @@ class Checkpoint(Generic[P, R]):
                 "the inner function."
             )
         call = ctx.begin_call(self.name, self.qualname)
+        if self.runtime == "isolated":
+            return cast(R, self._isolated(ctx, call, args, kwargs))
         if self.is_async:
             if running_loop() is None:
                 # A sync flow body calling an async checkpoint gets the value, not a coroutine: it
@@ -133,6 +155,23 @@ class Checkpoint(Generic[P, R]):
                 return cast(R, ctx.run_async(self._run_async, ctx, call, args, kwargs))
             return cast(R, self._run_async(ctx, call, args, kwargs))
         return cast(R, self._run_sync(ctx, call, args, kwargs))
+
+    def _isolated(
+        self, ctx: ExecutionContext, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """An isolated call: its value (sync flow body), or an awaitable of it (async body: the
+        wait for the child runs on a worker thread, the loop stays free)."""
+        from .isolated import run_isolated
+
+        if running_loop() is None:
+            return run_isolated(self, ctx, call, args, kwargs)
+
+        async def awaited() -> Any:
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(lambda: run_isolated(self, ctx, call, args, kwargs))
+
+        return awaited()
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Start a sync checkpoint on a worker thread; returns a future of its output."""
@@ -149,7 +188,8 @@ class Checkpoint(Generic[P, R]):
             future.set_result(self.fn(*args, **kwargs))
             return future
         call = ctx.begin_call(self.name, self.qualname)
-        return ctx.submit(copy_context().run, self._run_sync, ctx, call, args, kwargs)
+        run = self._isolated if self.runtime == "isolated" else self._run_sync
+        return ctx.submit(copy_context().run, run, ctx, call, args, kwargs)
 
     def map(self, *iterables: Iterable[Any]) -> list[R]:
         """Run the checkpoint on each item (zipped across ``iterables``) concurrently, in order."""
@@ -218,6 +258,8 @@ class Checkpoint(Generic[P, R]):
             "cached_from": entry.exec_id,
             "cache_key": key,
         }
+        if self.type is not None:
+            data["type"] = self.type
         if lineage:
             data["inputs"] = lineage
         return [
@@ -280,6 +322,8 @@ class Checkpoint(Generic[P, R]):
         data: dict[str, Any] = {"fp": fingerprint, "started_at": time.time()}
         if lineage:
             data["inputs"] = lineage
+        if self.type is not None:
+            data["type"] = self.type
         return JournalRecord(
             kind="checkpoint_started",
             call_id=call.call_id,
@@ -302,6 +346,8 @@ class Checkpoint(Generic[P, R]):
             value=value,
             call_id=call.call_id,
         )
+        if self.type is not None:
+            artifact.tags = [self.type]  # `kitaru artifacts list --tag llm_call` finds them
         ctx.remember_output(value, artifact)
         done = JournalRecord(
             kind="checkpoint_completed",
@@ -460,6 +506,8 @@ def checkpoint(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     cache: bool | None = None,
     cache_key: CacheKey | None = None,
+    type: str | None = None,
+    runtime: str | None = None,
 ) -> Callable[[Callable[P, R]], Checkpoint[P, R]]: ...
 
 
@@ -474,6 +522,8 @@ def checkpoint(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     cache: bool | None = None,
     cache_key: CacheKey | None = None,
+    type: str | None = None,
+    runtime: str | None = None,
 ) -> Checkpoint[P, R] | Callable[[Callable[P, R]], Checkpoint[P, R]]:
     """Make a function a durable step of a flow.
 
@@ -487,6 +537,13 @@ def checkpoint(
     same code and inputs (or the same ``cache_key``: a string, or a function of the arguments
     returning one) instead of running it; ``cache=None`` follows the flow's ``cache=``. See
     :mod:`kitaru.cache`; ``kitaru cache clear`` empties the cache.
+
+    ``type`` labels the call and its output artifact (``"llm_call"``, ``"tool_call"``,
+    ``"memory_call"``, or any label): ``kitaru executions get`` and the client's
+    ``CheckpointCall.type`` show it, and the artifact carries it as a tag. ``runtime="isolated"``
+    runs each call in a process of its own (on a Kubernetes stack, a Job of its own) that commits
+    the output itself, so a crash of either side never runs a committed call again;
+    ``"inline"`` (the default) runs it in the flow's process.
     """
     retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
 
@@ -500,6 +557,8 @@ def checkpoint(
             retry_on=retry_types,
             cache=cache,
             cache_key=cache_key,
+            type=type,
+            runtime=runtime,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
 from kitaru.errors import KitaruError, KitaruNotFoundError, KitaruUsageError
 
@@ -18,6 +18,7 @@ from .runtime import get_runtime
 if TYPE_CHECKING:
     import inspect
 
+    from kitaru.config import ExecutionOptions, ImageSettings
     from kitaru.deployments import Deployment
     from kitaru.stack import Orchestrator
 
@@ -29,6 +30,8 @@ __all__ = ["AsyncFlowHandle", "Flow", "FlowHandle", "flow", "load_flow"]
 __all__ += ["_load_script"]
 
 P = ParamSpec("P")
+#: What ``image=`` takes: an image name, a dict of image settings, or ImageSettings.
+ImageInput: TypeAlias = "str | dict[str, Any] | ImageSettings"
 R = TypeVar("R")
 
 
@@ -51,11 +54,13 @@ class Flow(Generic[P, R]):
         *,
         name: str | None = None,
         stack: str | None = None,
-        retries: int = 0,
-        cache: bool = False,
-        image: str | None = None,
+        retries: int | None = None,
+        cache: bool | None = None,
+        image: ImageInput | None = None,
     ) -> None:
         import inspect
+
+        from kitaru.config import image_settings
 
         if isinstance(fn, Flow):
             raise KitaruUsageError(f"{fn.target!r} is already a flow; apply @flow once.")
@@ -63,20 +68,24 @@ class Flow(Generic[P, R]):
             raise KitaruUsageError(f"@flow needs a function, got {fn!r}.")
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise KitaruUsageError(f"@flow cannot wrap generator {fn.__qualname__!r}.")
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
             raise KitaruUsageError(
                 f"@flow on {fn.__qualname__!r}: retries must be an int >= 0, got {retries!r}."
             )
-        if image is not None and not (isinstance(image, str) and image.strip()):
-            raise KitaruUsageError(f"@flow on {fn.__qualname__!r}: image must be a non-empty string.")
+        if cache is not None and not isinstance(cache, bool):
+            raise KitaruUsageError(
+                f"@flow on {fn.__qualname__!r}: cache must be True or False, got {cache!r}."
+            )
         self.stack = stack
         """The stack its executions run on when run()/start()/deploy() name none."""
         self.retries = retries
-        """How many times a failed execution re-runs from its journal before it fails."""
+        """How many times a failed execution re-runs from its journal before it fails (None:
+        ``configure()``, ``KITARU_RETRIES``, ``[tool.kitaru]`` decide; else 0)."""
         self.cache = cache
-        """The default ``cache=`` of its checkpoints (one with its own ``cache=`` keeps it)."""
-        self.image = image
-        """The job image on remote stacks, over the stack's ``image`` (recorded per execution)."""
+        """The default ``cache=`` of its checkpoints (one with its own ``cache=`` keeps it; None:
+        ``configure()``, ``KITARU_CACHE``, ``[tool.kitaru]`` decide; else off)."""
+        self.image = image_settings(image, f"@flow on {fn.__qualname__!r}: image")
+        """The image settings of its jobs on remote stacks (recorded per execution)."""
         self.fn = fn
         self.name = name or fn.__name__
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -87,6 +96,13 @@ class Flow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<flow {self.name!r} ({self.target})>"
+
+    def options(self, run: dict[str, Any]) -> ExecutionOptions:
+        """The options an execution of this flow runs with: ``run``'s overrides (None: unset)
+        over the decorator's, over ``configure()``, the environment and ``[tool.kitaru]``."""
+        from kitaru.config import resolve_options
+
+        return resolve_options({"retries": self.retries, "cache": self.cache, "image": self.image}, run)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         raise KitaruUsageError(
@@ -108,13 +124,22 @@ class Flow(Generic[P, R]):
     # `execution_id` and `stack` are keywords of run/start itself, and typing cannot place a keyword
     # between ParamSpec *args and **kwargs: the flow's arguments are checked when bound, at run time.
     def run(
-        self, *args: Any, execution_id: str | None = None, stack: str | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        execution_id: str | None = None,
+        stack: str | None = None,
+        retries: int | None = None,
+        cache: bool | None = None,
+        image: ImageInput | None = None,
+        **kwargs: Any,
     ) -> FlowHandle:
         """Run the flow until it finishes or suspends on a wait, blocking this thread.
 
         ``execution_id`` makes the start idempotent: an existing execution with that id is
         returned (and driven on if it was interrupted) instead of starting another. ``stack`` runs
         it on that configured stack instead of the active one (``kitaru stack list``).
+        ``retries``, ``cache`` and ``image`` override the flow's own for this execution (recorded
+        with it, so a resume anywhere keeps them).
         """
         if _skipped(self, "run"):
             return SkippedFlowHandle()
@@ -123,34 +148,59 @@ class Flow(Generic[P, R]):
                 f"{self.name}.run() blocks, and an event loop is running in this thread. Use "
                 f"`handle = await {self.name}.start(...)` then `await handle.result()`."
             )
+        options = self._run_options(retries, cache, image)
         runtime = get_runtime(stack or self.stack)
         elsewhere = _elsewhere(runtime)
         if elsewhere is not None:
             # The stack runs executions elsewhere (a Kubernetes Job): create, submit, return.
-            exec_id = blocking(Runner(runtime).start_elsewhere, elsewhere, self, args, kwargs, execution_id)
+            exec_id = blocking(
+                Runner(runtime).start_elsewhere, elsewhere, self, args, kwargs, execution_id, options
+            )
             return FlowHandle(exec_id, runtime)
-        exec_id, outcome = blocking(Runner(runtime).start, self, args, kwargs, execution_id)
+        exec_id, outcome = blocking(Runner(runtime).start, self, args, kwargs, execution_id, options)
         return FlowHandle(exec_id, runtime, outcome and outcome.raise_interrupt())
 
+    def _run_options(self, retries: Any, cache: Any, image: Any) -> ExecutionOptions:
+        from kitaru.config import image_settings
+
+        if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+            raise KitaruUsageError(f"{self.name}.run(retries=...) takes an int >= 0, got {retries!r}.")
+        if cache is not None and not isinstance(cache, bool):
+            raise KitaruUsageError(f"{self.name}.run(cache=...) takes True or False, got {cache!r}.")
+        run_image = image_settings(image, f"{self.name}.run(image=...)")
+        return self.options({"retries": retries, "cache": cache, "image": run_image})
+
     async def start(
-        self, *args: Any, execution_id: str | None = None, stack: str | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        execution_id: str | None = None,
+        stack: str | None = None,
+        retries: int | None = None,
+        cache: bool | None = None,
+        image: ImageInput | None = None,
+        **kwargs: Any,
     ) -> AsyncFlowHandle:
         """Start the flow on the running event loop; ``await handle.result()`` gives its value.
 
-        Async flow bodies run as a task on this loop; sync ones on a worker thread. ``execution_id``
-        and ``stack`` work as in :meth:`run`.
+        Async flow bodies run as a task on this loop; sync ones on a worker thread.
+        ``execution_id``, ``stack``, ``retries``, ``cache`` and ``image`` work as in :meth:`run`.
         """
         if _skipped(self, "start"):
             return SkippedAsyncFlowHandle()
         import asyncio
 
+        from .runner import OPTIONS_METADATA
+
+        options = self._run_options(retries, cache, image)
         runtime = get_runtime(stack or self.stack)
         runner = Runner(runtime)
         elsewhere = _elsewhere(runtime)
         if elsewhere is not None:
-            exec_id = await runner.start_elsewhere(elsewhere, self, args, kwargs, execution_id)
+            exec_id = await runner.start_elsewhere(elsewhere, self, args, kwargs, execution_id, options)
             return AsyncFlowHandle(exec_id, runtime, None)
-        record, created, started = await runner.create(self, args, kwargs, execution_id)
+        record, created, started = await runner.create(
+            self, args, kwargs, execution_id, metadata={OPTIONS_METADATA: options.record()}
+        )
         if created:
             task = asyncio.ensure_future(runner.drive(self, record, started, []))
         else:
@@ -192,7 +242,13 @@ class Flow(Generic[P, R]):
             )
         runtime = get_runtime(stack or self.stack)
         record, _ = blocking(
-            adeploy, runtime, self, tag=tag, weight=weight, image=image or self.image, message=message
+            adeploy,
+            runtime,
+            self,
+            tag=tag,
+            weight=weight,
+            image=image or (self.image.base_image if self.image else None),
+            message=message,
         )
         from kitaru.client import KitaruClient
 
@@ -277,9 +333,9 @@ def flow(
     *,
     name: str | None = None,
     stack: str | None = None,
-    retries: int = 0,
-    cache: bool = False,
-    image: str | None = None,
+    retries: int | None = None,
+    cache: bool | None = None,
+    image: ImageInput | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -289,9 +345,9 @@ def flow(
     *,
     name: str | None = None,
     stack: str | None = None,
-    retries: int = 0,
-    cache: bool = False,
-    image: str | None = None,
+    retries: int | None = None,
+    cache: bool | None = None,
+    image: ImageInput | None = None,
 ) -> Flow[P, R] | Callable[[Callable[P, R]], Flow[P, R]]:
     """Make a function a durable flow: run it with ``.run()`` (sync) or ``await .start()``.
 
@@ -302,7 +358,10 @@ def flow(
     another. ``retries``: a failed execution re-runs from its journal (completed checkpoints
     are not run again) up to that many times before it is ``failed``. ``cache``: the default of
     its checkpoints' ``cache=`` (:mod:`kitaru.cache`). ``image``: the job image on remote stacks
-    (Kubernetes, ECS, Cloud Run), over the stack's own, recorded with each execution.
+    (Kubernetes, ECS, Cloud Run), over the stack's own, recorded with each execution: a name, or
+    :class:`kitaru.ImageSettings` (or a dict of its fields). Unset options fall back to
+    ``kitaru.configure()``, then ``KITARU_RETRIES``/``KITARU_CACHE``/``KITARU_IMAGE``, then the
+    project's ``[tool.kitaru]``; ``.run(retries=, cache=, image=)`` overrides all of them.
     """
     options: dict[str, Any] = {
         "name": name,

@@ -49,6 +49,7 @@ logger = logging.getLogger("kitaru")
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from kitaru.config import ExecutionOptions
     from kitaru.stack import Orchestrator
 
     from .flow import Flow
@@ -57,6 +58,9 @@ __all__ = ["Outcome", "Runner", "Started"]
 
 #: Statuses an execution can be driven on from (what ``Orchestrator.submit`` accepts).
 DRIVABLE = frozenset({"running", "waiting", "failed"})
+#: The execution metadata key of its resolved options (``cache``, ``retries``, ``image``; see
+#: :class:`kitaru.config.ExecutionOptions`), read by whoever drives it, wherever.
+OPTIONS_METADATA = "options"
 
 
 @dataclass(slots=True)
@@ -143,10 +147,15 @@ class Runner:
         deployment = getattr(flow, "deployment", None)
         if deployment:
             metadata = {**(metadata or {}), "deployment": dict(deployment)}
-        image = getattr(flow, "image", None)
-        if image and not (metadata or {}).get("image"):
-            # `@flow(image=...)`: remote orchestrators run this execution's jobs on it.
-            metadata = {**(metadata or {}), "image": image}
+        metadata = dict(metadata or {})
+        if OPTIONS_METADATA not in metadata:
+            # Started without run-time overrides (a replay, an invocation): the flow's own.
+            metadata[OPTIONS_METADATA] = flow.options({}).record()
+        image = (metadata[OPTIONS_METADATA].get("image") or {}).get("base_image")
+        if image and not metadata.get("image"):
+            # The execution's image (`@flow(image=...)`, `run(image=...)`...): remote
+            # orchestrators run its jobs on it.
+            metadata["image"] = image
         record = ExecutionRecord(
             id=exec_id,
             flow=flow.name,
@@ -171,11 +180,18 @@ class Runner:
         return stored, created, started
 
     async def start(
-        self, flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], execution_id: str | None
+        self,
+        flow: Flow[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        execution_id: str | None,
+        options: ExecutionOptions | None = None,
     ) -> tuple[str, Outcome | None]:
         """Create the execution and drive it here to its end or suspension. An existing one with
-        ``execution_id`` is driven on if it was left interrupted, else only observed (None)."""
-        record, created, started = await self.create(flow, args, kwargs, execution_id)
+        ``execution_id`` is driven on if it was left interrupted, else only observed (None).
+        ``options``: the run's resolved ``cache``/``retries``/``image`` (default: the flow's)."""
+        metadata = {OPTIONS_METADATA: options.record()} if options is not None else None
+        record, created, started = await self.create(flow, args, kwargs, execution_id, metadata=metadata)
         if created:
             return record.id, await self.drive(flow, record, started, [])
         return record.id, await self.resume_interrupted(record)
@@ -187,6 +203,7 @@ class Runner:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         execution_id: str | None,
+        options: ExecutionOptions | None = None,
     ) -> str:
         """Create the execution with its lease free and hand it to ``orchestrator``, which runs
         it elsewhere (a Kubernetes Job). An orchestrator may ship what the job needs first: its
@@ -196,8 +213,14 @@ class Runner:
         (an interrupted one); otherwise it is only observed, as :meth:`start` does. If the
         submit fails, the execution stays ``running`` with a free lease: `kitaru executions
         recover` submits it again."""
+        from kitaru.config import refuse_image_builds
+
+        options = options if options is not None else flow.options({})
+        if options.image is not None:
+            refuse_image_builds(options.image, flow.name)
         prepare = getattr(orchestrator, "prepare", None)
-        metadata = await prepare(flow) if prepare is not None else None
+        metadata = await prepare(flow) if prepare is not None else {}
+        metadata = {**(metadata or {}), OPTIONS_METADATA: options.record()}
         record, created, _ = await self.create(
             flow, args, kwargs, execution_id, metadata=metadata, leased=False
         )
@@ -388,7 +411,8 @@ class Runner:
                     journal = await runtime.astate.read_journal(execution.id)
                 retried = sum(1 for r in journal if r.kind == "flow_retry")
                 ctx = ExecutionContext(runtime, execution, journal)
-                ctx.cache_default = bool(getattr(flow, "cache", False))
+                options = execution.metadata.get(OPTIONS_METADATA) or {}
+                ctx.cache_default = bool(options.get("cache", getattr(flow, "cache", False)))
                 if flow.is_async:
                     if not runtime.inline:
                         await ctx.preload_artifacts()
@@ -402,7 +426,8 @@ class Runner:
                 else:
                     value, error = await _run_sync_body(flow, ctx, started)
                 error = await explain_handle_use(ctx, error)  # 0.18 code calling .load() on a value
-                if await _retried(flow, ctx, error, retried):
+                retries = options.get("retries", getattr(flow, "retries", None) or 0)
+                if await _retried(retries, ctx, error, retried):
                     retried += 1
                     continue
                 outcome = await _settle(ctx, value, error)
@@ -488,11 +513,11 @@ def _cancel_body(scope: Any, ctx: ExecutionContext) -> None:
 # -- recording how the body ended ------------------------------------------------------------
 
 
-async def _retried(flow: Flow[Any, Any], ctx: ExecutionContext, exc: BaseException | None, done: int) -> bool:
-    """``@flow(retries=N)``: record a failed run as a retry and say whether to run the body
-    again (from the journal: completed checkpoints replay, the failed one runs anew). Errors
-    that another run cannot fix (a lost lease, divergence, misuse) are not retried."""
-    retries = getattr(flow, "retries", 0)
+async def _retried(retries: int, ctx: ExecutionContext, exc: BaseException | None, done: int) -> bool:
+    """``retries`` (the execution's resolved ``retries=``): record a failed run as a retry and
+    say whether to run the body again (from the journal: completed checkpoints replay, the failed
+    one runs anew). Errors that another run cannot fix (a lost lease, divergence, misuse) are
+    not retried."""
     if not retries or done >= retries or not isinstance(exc, Exception):
         return False
     if isinstance(exc, KitaruLeaseError | KitaruConflictError | KitaruDivergenceError | KitaruUsageError):

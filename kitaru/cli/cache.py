@@ -1,4 +1,5 @@
-"""``kitaru cache``: the checkpoint cache (``@checkpoint(cache=True)``) of the active stack."""
+"""``kitaru cache``: the checkpoint cache (``@checkpoint(cache=True)``) of the active stack, or of
+the server after ``kitaru login``."""
 
 from __future__ import annotations
 
@@ -15,8 +16,15 @@ __all__ = ["cache"]
 def _catalog() -> object:
     from kitaru._engine.runtime import get_runtime
     from kitaru.errors import KitaruUsageError
+    from kitaru.remote._login import current_login
     from kitaru.store import CatalogStore
 
+    # After `kitaru login` the cache is the server's: the one its workers fill and read.
+    login = current_login()
+    if login is not None:
+        from kitaru.remote.client import shared_client
+
+        return shared_client(login.url, login.key).cache
     runtime = get_runtime()
     if not isinstance(runtime.astate, CatalogStore):
         raise KitaruUsageError(

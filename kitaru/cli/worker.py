@@ -30,6 +30,20 @@ def run_worker(exec_id: str) -> None:
     sys.exit(run(exec_id))
 
 
+@worker.command("call")
+@click.argument("exec_id")
+@click.argument("call_id")
+def run_call(exec_id: str, call_id: str) -> None:
+    """Run isolated checkpoint call CALL_ID of execution EXEC_ID here and record its outcome
+    (what `@checkpoint(runtime="isolated")` starts; exit codes as `worker run`)."""
+    import logging
+
+    from kitaru.worker import run_call as _run_call
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    sys.exit(_run_call(exec_id, call_id))
+
+
 def print_pod_logs(exec_id: str, follow: bool) -> None:
     """Print the log of the execution's latest pod, through its stack's orchestrator (what
     ``kitaru executions logs ID --pod`` does)."""

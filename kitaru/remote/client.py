@@ -5,15 +5,19 @@ pending_waits/stats/cancel/retry/resume/replay/diff/logs``, ``artifacts.list (by
 tag)/get/preview``, ``deployments.list/tags/get/history/tag/untag/promote/rollback/invoke``, and
 ``secrets``, the SecretStore :mod:`kitaru.secrets` uses after a login: ciphertext only, encrypted
 and decrypted here with ``KITARU_SECRETS_KEY``) and returns the same views (``Execution``,
-``Wait``...), so the CLI's commands work unchanged against a server. Driving happens on the server:
+``Wait``...), and ``cache`` (the server's checkpoint cache, for ``kitaru cache list|clear``), so
+the CLI's commands work unchanged against a server. Driving happens on the server:
 ``input``, ``retry``, ``resume`` and ``replay`` return once it accepted the work, with a handle
 whose ``wait()`` polls the execution until it stops running.
 """
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import json
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 from kitaru.errors import KitaruStoreError, KitaruTimeoutError, KitaruUsageError
 from kitaru.remote import _wire
 
-__all__ = ["RemoteClient", "RemoteHandle", "server_session"]
+__all__ = ["RemoteClient", "RemoteHandle", "server_session", "shared_client"]
 
 _TIMEOUT = 60.0
 
@@ -513,6 +517,25 @@ class _Secrets:
         return True
 
 
+class _Cache:
+    """The server's checkpoint cache, with the calls of the local CatalogStore's sync view that
+    ``kitaru cache`` makes: listing needs a ``read`` key, clearing an ``admin`` one."""
+
+    def __init__(self, client: RemoteClient) -> None:
+        self._client = client
+
+    def list_cache_entries(self, flow: str | None = None) -> builtins.list[Any]:
+        from kitaru.store import CacheEntry
+
+        params = {"flow": flow} if flow is not None else {}
+        items = self._client._call("GET", "/api/v1/cache", params=params)["items"]
+        return [CacheEntry(**item) for item in items]
+
+    def clear_cache(self, flow: str | None = None) -> int:
+        params = {"flow": flow} if flow is not None else {}
+        return int(self._client._call("DELETE", "/api/v1/cache", params=params)["removed"])
+
+
 def _seg(part: str) -> str:
     """A path segment: a flow or tag name with ``/`` or ``?`` in it stays one segment."""
     from urllib.parse import quote
@@ -536,6 +559,7 @@ class RemoteClient:
         self.artifacts = _Artifacts(self)
         self.deployments = _Deployments(self)
         self.secrets = _Secrets(self)
+        self.cache = _Cache(self)
         #: Result artifact id -> its execution, for the calls that name only the artifact.
         self._owners: dict[str, str] = {}
 
@@ -547,3 +571,32 @@ class RemoteClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+# One client per server and key in a process, for the module-level calls that have no client of
+# their own to keep (kitaru.secrets, `kitaru cache`): one connection pool reused by every call
+# instead of a new one per call. Keyed by process id too: a forked child must not share its
+# parent's sockets, so it makes its own.
+_shared: dict[tuple[int, str, str], RemoteClient] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_client(url: str, key: str) -> RemoteClient:
+    """This process's client of the server at ``url`` with ``key``, made on first use and closed
+    when the process exits."""
+    ident = (os.getpid(), url.rstrip("/"), key)
+    with _shared_lock:
+        client = _shared.get(ident)
+        if client is None:
+            if not _shared:
+                atexit.register(_close_shared)
+            client = _shared[ident] = RemoteClient(url, key)
+    return client
+
+
+def _close_shared() -> None:
+    with _shared_lock:
+        mine = [c for (pid, _, _), c in _shared.items() if pid == os.getpid()]
+        _shared.clear()
+    for client in mine:
+        client.close()

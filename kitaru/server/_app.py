@@ -549,6 +549,29 @@ def build_app(server: ServerState) -> FastAPI:
             "deployment": record.metadata.get("deployment"),
         }
 
+    # -- the checkpoint cache (`kitaru cache` after a login): entries for `read`, clearing for `admin`
+
+    def _cache() -> Any:
+        from kitaru.store import CatalogStore
+
+        if not isinstance(server.astate, CatalogStore):
+            raise KitaruConfigError(
+                "this server's state store keeps no checkpoint cache (only SQLite, PostgreSQL and "
+                "memory state stores do); start the server on one of them "
+                "(`kitaru server start --state ...`)."
+            )
+        return server.astate
+
+    @app.get("/api/v1/cache", tags=["cache"])
+    async def list_cache(flow: str | None = None, _: _auth.Principal = read) -> dict[str, Any]:
+        """The checkpoint cache's entries, oldest first (every flow's, or ``flow``'s)."""
+        return {"items": [asdict(e) for e in await _cache().list_cache_entries(flow)]}
+
+    @app.delete("/api/v1/cache", tags=["cache"])
+    async def clear_cache(flow: str | None = None, _: _auth.Principal = admin) -> dict[str, Any]:
+        """Forget cached checkpoint outputs (every flow's, or ``flow``'s); the artifacts stay."""
+        return {"removed": await _cache().clear_cache(flow)}
+
     # -- secrets: names for `read`; values (ciphertext) and changes for `admin` ---------------
     # The server only ever holds ciphertext: `kitaru secrets set` encrypts with the caller's
     # KITARU_SECRETS_KEY before the request, `get` decrypts after it. Nothing here can reveal a value.

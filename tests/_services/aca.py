@@ -32,24 +32,20 @@ the action, as Azure words it) and :attr:`AcaDouble.denied_identities` (403
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
 import re
 import secrets
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests._services._local_jobs import JobsDouble, LocalRun, now
 
 __all__ = ["AcaDouble", "aca"]
 
@@ -72,10 +68,6 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class ArmError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -89,99 +81,42 @@ class _Reply:
         self.status, self.body, self.headers = status, body, headers or {}
 
 
-class _Execution:
+class _Execution(LocalRun):
     def __init__(self, double: AcaDouble, job: dict[str, Any], name: str, template: dict[str, Any]) -> None:
-        self.double = double
         self.job = job
-        self.name = name
         self.id = f"{job['id']}/executions/{name}"
         self.template = template
-        self.started = _now()
-        self.ended: str | None = None
-        self.status = "Running"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.exit_codes: list[int] = []
-        self.stopping = False
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name=f"executor {name}", daemon=True)
-
-    @property
-    def attempts(self) -> list[subprocess.Popen[bytes]]:
-        return self.procs
+        self.started = now()
+        container = template["containers"][0]
+        configuration = job["properties"].get("configuration") or {}
+        secrets_ = {s["name"]: s.get("value", "") for s in configuration.get("secrets") or []}
+        env = dict(double.base_env)
+        for item in container.get("env") or []:
+            env[item["name"]] = (
+                secrets_[item["secretRef"]] if item.get("secretRef") else str(item.get("value", ""))
+            )
+        super().__init__(
+            double,
+            name,
+            [*(container.get("command") or []), *(container.get("args") or [])],
+            env,
+            retries=int(configuration.get("replicaRetryLimit", 0)),
+            timeout=float(configuration.get("replicaTimeout", 1800)),
+            log=double.workdir / f"{name}.log",
+            label="replica attempt",
+        )
 
     @property
     def completed(self) -> bool:
         return self.ended is not None
 
-    def _env(self, container: dict[str, Any]) -> dict[str, str]:
-        secrets_ = {
-            s["name"]: s.get("value", "")
-            for s in (self.job["properties"].get("configuration") or {}).get("secrets") or []
-        }
-        env = dict(self.double.base_env)
-        for item in container.get("env") or []:
-            env[item["name"]] = (
-                secrets_[item["secretRef"]] if item.get("secretRef") else str(item.get("value", ""))
-            )
-        return env
-
-    def _run(self) -> None:
-        container = self.template["containers"][0]
-        argv = [*(container.get("command") or []), *(container.get("args") or [])]
-        env = self._env(container)
-        configuration = self.job["properties"].get("configuration") or {}
-        retries = int(configuration.get("replicaRetryLimit", 0))
-        timeout = float(configuration.get("replicaTimeout", 1800))
-        log = self.double.workdir / f"{self.name}.log"
-        for attempt in range(retries + 1):
-            with self.lock:
-                if self.stopping:
-                    break
-                with open(log, "ab") as out:
-                    out.write(f"--- replica attempt {attempt}: {argv}\n".encode())
-                    out.flush()
-                    proc = subprocess.Popen(
-                        argv,
-                        env=env,
-                        cwd=self.double.workdir,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                self.procs.append(proc)
-            try:
-                code = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal(proc, signal.SIGKILL)
-                code = proc.wait()
-            # A process killed by a signal exits 128 + N, as a container's main process would.
-            self.exit_codes.append(code if code >= 0 else 128 - code)
-            if code == 0 or self.stopping:
-                break
-        with self.lock:
-            if self.stopping:
-                self.status = "Stopped"
-            else:
-                self.status = "Succeeded" if self.exit_codes and self.exit_codes[-1] == 0 else "Failed"
-            self.ended = _now()
-
-    def stop(self) -> None:
-        with self.lock:
-            if self.ended:
-                return
-            self.stopping = True
-            proc = self.procs[-1] if self.procs else None
-        if proc is not None and proc.poll() is None:
-            _signal(proc, signal.SIGTERM)
-            grace = self.double.grace
-
-            def kill_later() -> None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(grace)
-                    return
-                _signal(proc, signal.SIGKILL)
-
-            threading.Thread(target=kill_later, daemon=True).start()
+    @property
+    def status(self) -> str:
+        if self.ended is None:
+            return "Running"
+        if self.stopping:
+            return "Stopped"
+        return "Succeeded" if self.succeeded else "Failed"
 
     def resource(self) -> dict[str, Any]:
         with self.lock:
@@ -197,7 +132,7 @@ class _Execution:
                         }
                     ],
                 }
-                for i in range(len(self.procs))
+                for i in range(len(self.attempts))
             ]
             props: dict[str, Any] = {
                 "status": self.status,
@@ -215,60 +150,22 @@ class _Execution:
             }
 
 
-def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Signal the replica's whole process group (the container's processes)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-class AcaDouble:
+class AcaDouble(JobsDouble[_Execution]):
     """The double, serving in a thread of this process (``.endpoint`` is its URL)."""
 
+    methods = ("GET", "POST", "PUT")
+    label = "aca double"
+
     def __init__(self, workdir: Path, *, base_env: dict[str, str] | None = None, grace: float = 10) -> None:
-        self.workdir = workdir
-        self.base_env = dict(base_env if base_env is not None else os.environ)
-        self.grace = grace
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.executions: dict[str, _Execution] = {}
         self.operations: dict[str, Callable[[], _Reply]] = {}
-        self.requests: list[tuple[str, str]] = []
         self.identity_header = secrets.token_hex(8)
         self.tokens: set[str] = set()
         #: ARM actions the caller may not perform, e.g. ``Microsoft.App/jobs/start/action``.
         self.denied_actions: set[str] = set()
         #: User-assigned identities the caller may not assign to a job.
         self.denied_identities: set[str] = set()
-        self.lock = threading.Lock()
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                double._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                double._handle(self, "POST")
-
-            def do_PUT(self) -> None:
-                double._handle(self, "PUT")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="aca double", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.grace = 0
-        for execution in list(self.executions.values()):
-            execution.stop()
-        for execution in list(self.executions.values()):
-            if execution.thread.is_alive():
-                execution.thread.join(30)
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(workdir, base_env=base_env, grace=grace)
 
     # -- what a test uses -------------------------------------------------------------------------
 
@@ -285,36 +182,6 @@ class AcaDouble:
         with self.lock:
             self.jobs[path.lower()] = job
         return job
-
-    def executions_of(self, exec_id: str) -> list[_Execution]:
-        """The job executions whose container args name kitaru execution ``exec_id``, oldest first."""
-        with self.lock:
-            found = list(self.executions.values())
-        return [e for e in found if exec_id in (e.template["containers"][0].get("args") or [])]
-
-    def kill_replica(self, execution: _Execution) -> None:
-        """SIGKILL the running replica of the execution (a crash, a lost node)."""
-        _signal(execution.procs[-1], signal.SIGKILL)
-
-    def alive(self) -> list[str]:
-        """Names of executions with a process still running."""
-        with self.lock:
-            found = list(self.executions.values())
-        return [e.name for e in found if e.procs and e.procs[-1].poll() is None]
-
-    def wait_for(self, probe: Callable[[], T | None], timeout: float = 60, what: str = "the condition") -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not happen within {timeout} s")
-            time.sleep(0.05)
-
-    def log(self, execution: _Execution) -> str:
-        path = self.workdir / f"{execution.name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     # -- the wire ---------------------------------------------------------------------------------
 
@@ -463,12 +330,12 @@ class AcaDouble:
         execution = _Execution(self, job, name, template)
         with self.lock:
             self.executions[name] = execution
-        execution.thread.start()
+        execution.start()
         short = {"name": name, "id": execution.id}
 
         def poll() -> _Reply:
             # Done once the replica's process runs (or the execution ended).
-            return _Reply(200, short) if execution.procs or execution.ended else _Reply(202, None)
+            return _Reply(200, short) if execution.attempts or execution.ended else _Reply(202, None)
 
         url = self._new_operation(g["s"], poll)
         return _Reply(202, short, {"Location": url})

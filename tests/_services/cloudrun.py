@@ -26,24 +26,19 @@ is refused with a 403, as a missing ``iam.serviceAccounts.actAs`` permission is)
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
 import re
 import secrets
-import signal
-import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests._services._local_jobs import JobsDouble, LocalRun, now
 
 __all__ = ["CloudRunDouble", "cloud_run"]
 
@@ -68,10 +63,6 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class ApiError(Exception):
     def __init__(self, code: int, status: str, message: str) -> None:
         super().__init__(message)
@@ -84,20 +75,10 @@ def _seconds(duration: str | None, default: float) -> float:
     return float(duration.rstrip("s"))
 
 
-class _Attempt:
-    """One run of a task's container: its process and how it ended."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.killed_by_cancel = False
-
-
-class _Execution:
+class _Execution(LocalRun):
     def __init__(
         self, double: CloudRunDouble, name: str, job: dict[str, Any], overrides: dict[str, Any]
     ) -> None:
-        self.double = double
-        self.name = name
         self.job = job
         task_template = json.loads(json.dumps(job["template"]["template"]))
         container = task_template["containers"][0]
@@ -111,91 +92,48 @@ class _Execution:
         if overrides.get("timeout"):
             task_template["timeout"] = overrides["timeout"]
         self.template = task_template
-        self.created = _now()
-        self.started: str | None = None
-        self.completed: str | None = None
-        self.attempts: list[_Attempt] = []
-        self.exit_codes: list[int] = []
-        self.outcome: str | None = None  # succeeded | failed | cancelled
-        self.cancelling = False
-        self.lock = threading.Lock()
+        self.created = now()
         self.operation = f"{name.split('/jobs/')[0]}/operations/op-{next(_ops)}"
-        self.thread = threading.Thread(target=self._run, name=f"executor {name}", daemon=True)
+        super().__init__(
+            double,
+            name,
+            [*(container.get("command") or []), *(container.get("args") or [])],
+            {**double.base_env, **{e["name"]: str(e.get("value", "")) for e in container["env"]}},
+            retries=int(task_template.get("maxRetries", 3)),
+            timeout=_seconds(task_template.get("timeout"), 600),
+            log=double.workdir / f"{name.rsplit('/', 1)[1]}.log",
+            label="attempt",
+        )
 
-    # -- the executor -----------------------------------------------------------------------------
+    @property
+    def started(self) -> str | None:
+        return self.began
 
-    def _run(self) -> None:
-        container = self.template["containers"][0]
-        argv = [*(container.get("command") or []), *(container.get("args") or [])]
-        env = {
-            **self.double.base_env,
-            **{e["name"]: str(e.get("value", "")) for e in container.get("env") or []},
-        }
-        retries = int(self.template.get("maxRetries", 3))
-        timeout = _seconds(self.template.get("timeout"), 600)
-        log = self.double.workdir / f"{self.name.rsplit('/', 1)[1]}.log"
-        self.started = _now()
-        for attempt_no in range(retries + 1):
-            with self.lock:
-                if self.cancelling:
-                    break
-                with open(log, "ab") as out:
-                    out.write(f"--- attempt {attempt_no}: {argv}\n".encode())
-                    out.flush()
-                    proc = subprocess.Popen(
-                        argv,
-                        env=env,
-                        cwd=self.double.workdir,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                attempt = _Attempt(proc)
-                self.attempts.append(attempt)
-            try:
-                code = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _signal(proc, signal.SIGKILL)
-                code = proc.wait()
-            # A process killed by a signal exits 128 + N, as a container's main process would.
-            self.exit_codes.append(code if code >= 0 else 128 - code)
-            if code == 0:
-                self.outcome = "succeeded"
-                break
-            if attempt.killed_by_cancel:
-                break
-        with self.lock:
-            if self.outcome is None:
-                self.outcome = "cancelled" if self.cancelling else "failed"
-            self.completed = _now()
+    @property
+    def completed(self) -> str | None:
+        return self.ended
 
-    def start(self) -> None:
-        self.thread.start()
+    @property
+    def outcome(self) -> str | None:
+        """succeeded | failed | cancelled, once it ended."""
+        if self.ended is None:
+            return None
+        if self.succeeded:
+            return "succeeded"
+        return "cancelled" if self.stopping else "failed"
+
+    @property
+    def cancelling(self) -> bool:
+        return self.stopping
 
     def cancel(self) -> None:
-        with self.lock:
-            if self.completed:
-                return
-            self.cancelling = True
-            attempt = self.attempts[-1] if self.attempts else None
-        if attempt is not None and attempt.proc.poll() is None:
-            attempt.killed_by_cancel = True
-            _signal(attempt.proc, signal.SIGTERM)
-            grace = self.double.grace
-
-            def kill_later() -> None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    attempt.proc.wait(grace)
-                    return
-                _signal(attempt.proc, signal.SIGKILL)
-
-            threading.Thread(target=kill_later, daemon=True).start()
+        self.stop()
 
     # -- the resources ----------------------------------------------------------------------------
 
     def resource(self) -> dict[str, Any]:
         with self.lock:
-            running = 1 if self.attempts and self.completed is None and not self.outcome else 0
+            running = 1 if self.attempts and self.completed is None else 0
             conditions = [
                 {
                     "type": "ResourcesAvailable",
@@ -275,85 +213,17 @@ class _Execution:
         return op
 
 
-def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Signal the attempt's whole process group (the container's processes)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-class CloudRunDouble:
+class CloudRunDouble(JobsDouble[_Execution]):
     """The double, serving in a thread of this process (``.endpoint`` is its URL)."""
 
+    label = "cloud run double"
+
     def __init__(self, workdir: Path, *, base_env: dict[str, str] | None = None, grace: float = 10) -> None:
-        self.workdir = workdir
-        self.base_env = dict(base_env if base_env is not None else os.environ)
-        self.grace = grace
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.executions: dict[str, _Execution] = {}
         self.operations: dict[str, dict[str, Any]] = {}
-        self.requests: list[tuple[str, str]] = []
         #: Service accounts the caller may not act as (a 403 on create, as IAM would say).
         self.denied_accounts: set[str] = set()
-        self.lock = threading.Lock()
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                double._handle(self, "GET")
-
-            def do_POST(self) -> None:
-                double._handle(self, "POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, name="cloud run double", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        for execution in list(self.executions.values()):
-            execution.double.grace = 0
-            execution.cancel()
-        for execution in list(self.executions.values()):
-            if execution.thread.is_alive():
-                execution.thread.join(30)
-        self.server.shutdown()
-        self.server.server_close()
-
-    # -- what a test looks at -----------------------------------------------------------------------
-
-    def executions_of(self, exec_id: str) -> list[_Execution]:
-        """The Cloud Run executions whose container args name kitaru execution ``exec_id``, oldest first."""
-        with self.lock:
-            found = list(self.executions.values())
-        return [e for e in found if exec_id in (e.template["containers"][0].get("args") or [])]
-
-    def kill_attempt(self, execution: _Execution) -> None:
-        """SIGKILL the running attempt of the execution's task (a crash, a lost instance)."""
-        _signal(execution.attempts[-1].proc, signal.SIGKILL)
-
-    def alive(self) -> list[str]:
-        """Names of executions with a process still running."""
-        with self.lock:
-            found = list(self.executions.values())
-        return [e.name for e in found if e.attempts and e.attempts[-1].proc.poll() is None]
-
-    def wait_for(self, probe: Callable[[], T | None], timeout: float = 60, what: str = "the condition") -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not happen within {timeout} s")
-            time.sleep(0.05)
-
-    def log(self, execution: _Execution) -> str:
-        path = self.workdir / f"{execution.name.rsplit('/', 1)[1]}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        super().__init__(workdir, base_env=base_env, grace=grace)
 
     # -- the API ----------------------------------------------------------------------------------
 
@@ -423,7 +293,7 @@ class CloudRunDouble:
         with self.lock:
             if name in self.jobs:
                 raise ApiError(409, "ALREADY_EXISTS", f"Resource '{job_id}' already exists.")
-            job = {**body, "name": name, "uid": secrets.token_hex(8), "createTime": _now(), "generation": "1"}
+            job = {**body, "name": name, "uid": secrets.token_hex(8), "createTime": now(), "generation": "1"}
             self.jobs[name] = job
         op = {
             "name": f"projects/{g['p']}/locations/{g['l']}/operations/op-{next(_ops)}",

@@ -18,6 +18,7 @@ import pytest
 
 from kitaru.store import sync_view
 from kitaru.store.open import open_state_store
+from tests._services._local_jobs import JobsDouble
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = Path(__file__).parent / "flows"
@@ -169,3 +170,79 @@ def assert_each_checkpoint_completed_once(journal: list[Any]) -> None:
 def assert_only_the_killed_step_ran_twice(counted: Counter[str]) -> None:
     """The flow `eight`, killed in checkpoint 5: that one ran again, none before it did."""
     assert {i: counted[f"step {i}"] for i in range(1, 9)} == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 1, 7: 1, 8: 1}
+
+
+class RetryingPlatform(RemoteStack):
+    """A stack whose platform retries a failed attempt by itself (Cloud Run, Container Apps): one
+    platform execution per kitaru submission, each with its attempts and their exit codes, on a
+    double from tests/_services/_local_jobs.py."""
+
+    stack_name: str
+    succeeded: str  # how the platform spells an execution that succeeded
+    stopped: str  # and one that was stopped (cancelled)
+
+    @property
+    def platform(self) -> JobsDouble[Any]:
+        raise NotImplementedError
+
+    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+        return self.platform.wait_for(probe, timeout, what)
+
+    def finished(self, run: Any) -> str:
+        """Wait for a platform execution to end; its outcome, as the platform spells it."""
+        raise NotImplementedError
+
+    def described(self, run: Any) -> str:
+        raise NotImplementedError  # what `describe` says of a run that succeeded without retries
+
+
+def a_killed_attempt_is_retried_by_the_platform_and_resumes(stack: RetryingPlatform, flows: Any) -> None:
+    from tests._process import wait_for
+
+    handle = flows.eight.run(str(stack.counts), str(stack.marks))
+    wait_for(stack.marks / "slow", timeout=90)
+    [run] = stack.platform.executions_of(handle.exec_id)
+    stack.platform.kill_attempt(run)  # SIGKILL in the middle of checkpoint 5 of 8
+    stack.wait_for(lambda: len(run.exit_codes) == 1, 30, "the kill")
+    (stack.marks / "go").write_text("1")
+    assert handle.wait(timeout=120) == sum(range(1, 9))
+    assert stack.finished(run) == stack.succeeded
+    assert run.exit_codes == [137, 0]  # the platform retried the attempt once
+    assert_only_the_killed_step_ran_twice(stack.counted())
+    assert len(stack.platform.executions_of(handle.exec_id)) == 1
+
+
+def a_failing_flow_is_failed_and_not_retried_by_the_platform(stack: RetryingPlatform, flows: Any) -> None:
+    from kitaru._engine.handles import blocking
+    from kitaru.errors import KitaruExecutionError
+    from kitaru.stack import load_stack
+
+    handle = flows.boom.run(str(stack.counts))
+    with pytest.raises(KitaruExecutionError, match="the flow itself is broken"):
+        handle.wait(timeout=120)
+    [run] = stack.platform.executions_of(handle.exec_id)
+    stack.finished(run)
+    # The platform would retry any non-zero exit: the worker exits 0 for a recorded flow failure.
+    assert run.exit_codes == [0]
+    assert stack.counted() == {"before": 1}
+    assert stack.execution(handle.exec_id).status == "failed"
+    assert f"execution {handle.exec_id} failed" in stack.platform.log(run)  # the worker said so
+    described = blocking(load_stack(stack.stack_name).orchestrator().describe, handle.exec_id)
+    assert stack.described(run) in described
+
+
+def cancel_stops_the_attempt_and_the_execution_stays_cancelled(stack: RetryingPlatform, flows: Any) -> None:
+    from tests._process import wait_for
+
+    handle = flows.sleepy.run(str(stack.counts), str(stack.marks))
+    wait_for(stack.marks / "started", timeout=90)
+    [run] = stack.platform.executions_of(handle.exec_id)
+    stack.run_cli("executions", "cancel", handle.exec_id)
+    assert stack.execution(handle.exec_id).status == "cancelled"
+    assert stack.finished(run) == stack.stopped
+    assert len(run.attempts) == 1  # a stopped attempt is not retried
+    stack.wait_for(lambda: not stack.platform.alive(), 30, "its attempt gone")
+    time.sleep(1)  # nothing revives it once its attempt is gone
+    assert stack.execution(handle.exec_id).status == "cancelled"
+    assert len(stack.platform.executions_of(handle.exec_id)) == 1
+    assert stack.counted() == {"slow": 1}

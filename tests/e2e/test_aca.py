@@ -17,22 +17,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests._services._local_jobs import JobsDouble
 from tests._services.aca import AcaDouble, aca
 from tests._services.azure import Azurite, azurite
 from tests._services.postgres import find_bindir
 from tests.e2e._remote_jobs import (
     Quickstart,
-    RemoteStack,
+    RetryingPlatform,
+    a_failing_flow_is_failed_and_not_retried_by_the_platform,
+    a_killed_attempt_is_retried_by_the_platform_and_resumes,
     assert_each_checkpoint_completed_once,
-    assert_only_the_killed_step_ran_twice,
+    cancel_stops_the_attempt_and_the_execution_stays_cancelled,
     import_test_flows,
     write_config,
 )
@@ -48,17 +50,24 @@ ENVIRONMENT = f"/subscriptions/{SUB}/resourceGroups/{GROUP}/providers/Microsoft.
 
 
 @dataclass
-class Azure(RemoteStack):
+class Azure(RetryingPlatform):
     """An azure stack running flows on the Container Apps double, and what a test needs around it."""
 
     aca: AcaDouble
+    stack_name = "azure"
+    succeeded = "Succeeded"
+    stopped = "Stopped"
 
-    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
-        return self.aca.wait_for(probe, timeout, what)
+    @property
+    def platform(self) -> JobsDouble[Any]:
+        return self.aca
 
-    def finished(self, execution: Any) -> str:
-        self.aca.wait_for(lambda: execution.completed, 90, f"{execution.name} finishing")
-        return str(execution.status)
+    def finished(self, run: Any) -> str:
+        self.aca.wait_for(lambda: run.completed, 90, f"{run.name} finishing")
+        return str(run.status)
+
+    def described(self, run: Any) -> str:
+        return f"Container Apps job execution {run.name}: Succeeded (exit codes 0)"
 
 
 @pytest.fixture
@@ -188,58 +197,17 @@ def test_the_quickstart_runs_as_container_apps_jobs_and_its_wait_holds_no_replic
 
 
 def test_a_replica_killed_mid_checkpoint_is_retried_and_resumes(azure: Azure, k8s_flows: Any) -> None:
-    from tests._process import wait_for
-
-    handle = k8s_flows.eight.run(str(azure.counts), str(azure.marks))
-    wait_for(azure.marks / "slow", timeout=90)
-    [execution] = azure.aca.executions_of(handle.exec_id)
-    azure.aca.kill_replica(execution)  # SIGKILL in the middle of checkpoint 5 of 8
-    azure.aca.wait_for(lambda: len(execution.exit_codes) == 1, 30, "the kill")
-    (azure.marks / "go").write_text("1")
-    assert handle.wait(timeout=120) == sum(range(1, 9))
-    assert azure.finished(execution) == "Succeeded"
-    assert execution.exit_codes == [137, 0]  # Container Apps retried the replica once
-    counted = azure.counted()
-    assert_only_the_killed_step_ran_twice(counted)
-    assert len(azure.aca.executions_of(handle.exec_id)) == 1
+    a_killed_attempt_is_retried_by_the_platform_and_resumes(azure, k8s_flows)
 
 
 def test_a_failing_flow_is_marked_failed_and_not_retried_by_container_apps(
     azure: Azure, k8s_flows: Any
 ) -> None:
-    from kitaru._engine.handles import blocking
-    from kitaru.errors import KitaruExecutionError
-    from kitaru.stack import load_stack
-
-    handle = k8s_flows.boom.run(str(azure.counts))
-    with pytest.raises(KitaruExecutionError, match="the flow itself is broken"):
-        handle.wait(timeout=120)
-    [execution] = azure.aca.executions_of(handle.exec_id)
-    azure.finished(execution)
-    # Container Apps would retry any non-zero exit: the worker exits 0 for a recorded flow failure.
-    assert execution.exit_codes == [0]
-    assert azure.counted() == {"before": 1}
-    assert azure.execution(handle.exec_id).status == "failed"
-    assert f"execution {handle.exec_id} failed" in azure.aca.log(execution)  # the worker said so
-    described = blocking(load_stack("azure").orchestrator().describe, handle.exec_id)
-    assert f"Container Apps job execution {execution.name}: Succeeded (exit codes 0)" in described
+    a_failing_flow_is_failed_and_not_retried_by_the_platform(azure, k8s_flows)
 
 
 def test_cancel_stops_the_replica_and_the_execution_stays_cancelled(azure: Azure, k8s_flows: Any) -> None:
-    from tests._process import wait_for
-
-    handle = k8s_flows.sleepy.run(str(azure.counts), str(azure.marks))
-    wait_for(azure.marks / "started", timeout=90)
-    [execution] = azure.aca.executions_of(handle.exec_id)
-    azure.run_cli("executions", "cancel", handle.exec_id)
-    assert azure.execution(handle.exec_id).status == "cancelled"
-    assert azure.finished(execution) == "Stopped"
-    assert len(execution.attempts) == 1  # a stopped replica is not retried
-    azure.aca.wait_for(lambda: not azure.aca.alive(), 30, "its replica gone")
-    time.sleep(1)  # nothing revives it once its replica is gone
-    assert azure.execution(handle.exec_id).status == "cancelled"
-    assert len(azure.aca.executions_of(handle.exec_id)) == 1
-    assert azure.counted() == {"slow": 1}
+    cancel_stops_the_attempt_and_the_execution_stays_cancelled(azure, k8s_flows)
 
 
 def test_an_azure_stack_without_job_keys_runs_flows_here(

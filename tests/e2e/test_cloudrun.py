@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests._services._local_jobs import JobsDouble
 from tests._services.cloudrun import CloudRunDouble, cloud_run
 from tests._services.gcs import FakeGcsServer, gcs_server
 from tests._services.postgres import find_bindir
 from tests.e2e._remote_jobs import (
     Quickstart,
-    RemoteStack,
+    RetryingPlatform,
+    a_failing_flow_is_failed_and_not_retried_by_the_platform,
+    a_killed_attempt_is_retried_by_the_platform_and_resumes,
     assert_each_checkpoint_completed_once,
-    assert_only_the_killed_step_ran_twice,
+    cancel_stops_the_attempt_and_the_execution_stays_cancelled,
     import_test_flows,
     write_config,
 )
@@ -38,18 +40,25 @@ pytestmark = pytest.mark.e2e
 
 
 @dataclass
-class Gcp(RemoteStack):
+class Gcp(RetryingPlatform):
     """A gcp stack running flows on the Cloud Run double, and what a test needs around it."""
 
     run: CloudRunDouble
+    stack_name = "gcp"
+    succeeded = "succeeded"
+    stopped = "cancelled"
 
-    def wait_for(self, probe: Callable[[], Any], timeout: float, what: str) -> Any:
-        return self.run.wait_for(probe, timeout, what)
+    @property
+    def platform(self) -> JobsDouble[Any]:
+        return self.run
 
-    def finished(self, execution: Any) -> str:
-        self.run.wait_for(lambda: execution.completed, 90, f"{execution.name} finishing")
-        assert execution.outcome is not None
-        return execution.outcome
+    def finished(self, run: Any) -> str:
+        self.run.wait_for(lambda: run.completed, 90, f"{run.name} finishing")
+        assert run.outcome is not None
+        return str(run.outcome)
+
+    def described(self, run: Any) -> str:
+        return f"Cloud Run execution {run.name.rsplit('/', 1)[1]}: succeeded (retried 0"
 
 
 def _keys(state: str, artifacts: str, gcs: FakeGcsServer, run: CloudRunDouble, tmp: Path) -> dict[str, Any]:
@@ -148,56 +157,15 @@ def test_the_quickstart_runs_as_cloud_run_jobs_and_its_wait_holds_no_task(gcp: G
 
 
 def test_a_task_killed_mid_checkpoint_is_retried_and_resumes(gcp: Gcp, k8s_flows: Any) -> None:
-    from tests._process import wait_for
-
-    handle = k8s_flows.eight.run(str(gcp.counts), str(gcp.marks))
-    wait_for(gcp.marks / "slow", timeout=90)
-    [execution] = gcp.run.executions_of(handle.exec_id)
-    gcp.run.kill_attempt(execution)  # SIGKILL in the middle of checkpoint 5 of 8
-    gcp.run.wait_for(lambda: len(execution.exit_codes) == 1, 30, "the kill")
-    (gcp.marks / "go").write_text("1")
-    assert handle.wait(timeout=120) == sum(range(1, 9))
-    assert gcp.finished(execution) == "succeeded"
-    assert execution.exit_codes == [137, 0]  # Cloud Run retried the task once
-    counted = gcp.counted()
-    assert_only_the_killed_step_ran_twice(counted)
-    assert len(gcp.run.executions_of(handle.exec_id)) == 1
+    a_killed_attempt_is_retried_by_the_platform_and_resumes(gcp, k8s_flows)
 
 
 def test_a_failing_flow_is_marked_failed_and_not_retried_by_cloud_run(gcp: Gcp, k8s_flows: Any) -> None:
-    from kitaru._engine.handles import blocking
-    from kitaru.errors import KitaruExecutionError
-    from kitaru.stack import load_stack
-
-    handle = k8s_flows.boom.run(str(gcp.counts))
-    with pytest.raises(KitaruExecutionError, match="the flow itself is broken"):
-        handle.wait(timeout=120)
-    [execution] = gcp.run.executions_of(handle.exec_id)
-    gcp.finished(execution)
-    # Cloud Run would retry any non-zero exit: the worker exits 0 for a recorded flow failure.
-    assert execution.exit_codes == [0]
-    assert gcp.counted() == {"before": 1}
-    assert gcp.execution(handle.exec_id).status == "failed"
-    assert f"execution {handle.exec_id} failed" in gcp.run.log(execution)  # the worker said so
-    described = blocking(load_stack("gcp").orchestrator().describe, handle.exec_id)
-    assert f"Cloud Run execution {execution.name.rsplit('/', 1)[1]}: succeeded (retried 0" in described
+    a_failing_flow_is_failed_and_not_retried_by_the_platform(gcp, k8s_flows)
 
 
 def test_cancel_stops_the_task_and_the_execution_stays_cancelled(gcp: Gcp, k8s_flows: Any) -> None:
-    from tests._process import wait_for
-
-    handle = k8s_flows.sleepy.run(str(gcp.counts), str(gcp.marks))
-    wait_for(gcp.marks / "started", timeout=90)
-    [execution] = gcp.run.executions_of(handle.exec_id)
-    gcp.run_cli("executions", "cancel", handle.exec_id)
-    assert gcp.execution(handle.exec_id).status == "cancelled"
-    assert gcp.finished(execution) == "cancelled"
-    assert len(execution.attempts) == 1  # a cancelled task is not retried
-    gcp.run.wait_for(lambda: not gcp.run.alive(), 30, "its task gone")
-    time.sleep(1)  # nothing revives it once its task is gone
-    assert gcp.execution(handle.exec_id).status == "cancelled"
-    assert len(gcp.run.executions_of(handle.exec_id)) == 1
-    assert gcp.counted() == {"slow": 1}
+    cancel_stops_the_attempt_and_the_execution_stays_cancelled(gcp, k8s_flows)
 
 
 def test_a_gcp_stack_without_cloud_run_keys_runs_flows_here(

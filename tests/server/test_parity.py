@@ -88,6 +88,95 @@ def test_secrets_through_the_server_after_login(
     assert SECRET_VALUE not in server.log.read_text()
 
 
+def test_a_logged_in_process_reuses_one_connection_for_its_secrets_and_closes_it_at_exit(
+    server: ServerProcess, keys: dict[str, str], server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``kitaru.secrets`` after a login: every call goes through one client of the process (one
+    connection, not one per call), and that client is closed when the process exits (no socket
+    left for the garbage collector to warn about)."""
+    code = (
+        "import socket\n"
+        "opened = []\n"
+        "connect = socket.create_connection\n"
+        "def counting(*args, **kwargs):\n"
+        "    opened.append(args[0])\n"
+        "    return connect(*args, **kwargs)\n"
+        "socket.create_connection = counting\n"
+        "from kitaru import secrets\n"
+        f"secrets.set_secret('API_TOKEN', {SECRET_VALUE!r})\n"
+        "for _ in range(5):\n"
+        f"    assert secrets.get_secret('API_TOKEN') == {SECRET_VALUE!r}\n"
+        "assert [s.name for s in secrets.list_secrets()] == ['API_TOKEN']\n"
+        "secrets.delete_secret('API_TOKEN')\n"
+        "print(len(opened))\n"
+    )
+    env = {
+        **_elsewhere(server_env, tmp_path, "script"),
+        "KITARU_SERVER": server.url,
+        "KITARU_API_KEY": keys["admin"],
+        "KITARU_SECRETS_KEY": new_key(),
+    }
+    done = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"], done.stdout  # 8 calls, one connection
+    assert "ResourceWarning" not in done.stderr, done.stderr
+
+
+def test_the_checkpoint_cache_through_the_server_after_login(
+    server: ServerProcess,
+    keys: dict[str, str],
+    server_env: dict[str, str],
+    kitaru_cli: list[str],
+    tmp_path: Path,
+) -> None:
+    """`kitaru cache list|clear` after a login show and clear the server's cache (the one its
+    workers fill), not the local home's: listing needs `read`, clearing `admin`."""
+    secrets_key = new_key()
+    admin = _cli(kitaru_cli, {**_elsewhere(server_env, tmp_path, "admin"), "KITARU_SECRETS_KEY": secrets_key})
+    admin("login", server.url, "--key", keys["admin"])
+    admin("secrets", "set", "API_TOKEN", "--value", SECRET_VALUE)
+    worker_env = {
+        **_elsewhere(server_env, tmp_path, "worker"),
+        "KITARU_STACK": "job",
+        "KITARU_STACK__TYPE": "local",
+        "KITARU_STACK__STATE": server.url,
+        "KITARU_API_KEY": keys["runner"],
+        "KITARU_SECRETS_KEY": secrets_key,
+    }
+
+    def run() -> None:
+        done = subprocess.run(
+            [sys.executable, str(FLOWS), "uses_secret", "/v1/search"],
+            env=worker_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+
+    run()
+    reader = _cli(kitaru_cli, _elsewhere(server_env, tmp_path, "reader"))
+    reader("login", server.url, "--key", keys["read"])
+    (entry,) = json.loads(reader("cache", "list", "-o", "json").stdout)
+    assert (entry["flow"], entry["checkpoint"]) == ("uses_secret", "call_api")
+    assert "call_api" in reader("cache", "list").stdout
+    assert json.loads(reader("cache", "list", "--flow", "other", "-o", "json").stdout) == []
+    refused = reader("cache", "clear", check=False)
+    assert refused.returncode != 0 and "lacks the 'admin' scope" in refused.stderr
+
+    assert "removed 1 cache entries" in admin("cache", "clear").stdout
+    assert json.loads(reader("cache", "list", "-o", "json").stdout) == []
+    # Cleared on the server: the next execution runs the checkpoint again.
+    run()
+    assert Path(server_env["COUNT_FILE"]).read_text().splitlines() == ["call_api", "call_api"]
+
+
 def test_waits_abort_latest_stats_and_tags_through_the_server(
     server: ServerProcess,
     keys: dict[str, str],
@@ -190,7 +279,7 @@ def test_a_worker_with_a_runner_key_reads_secrets_and_uses_the_cache(
 
     # Without the encryption key the worker cannot open the secret (the server cannot either).
     no_key = {k: v for k, v in worker_env.items() if k != "KITARU_SECRETS_KEY"}
-    admin("cache", "clear", check=False)
+    admin("cache", "clear")
     done = subprocess.run(
         [sys.executable, str(FLOWS), "uses_secret", "/v2/other"],
         env=no_key,
@@ -210,6 +299,8 @@ NEW_ENDPOINTS = [
     ("GET", "/api/v1/waits", None, "read"),
     ("GET", "/api/v1/stats", None, "read"),
     ("GET", "/api/v1/artifacts?tag=weekly", None, "read"),
+    ("GET", "/api/v1/cache", None, "read"),
+    ("DELETE", "/api/v1/cache?flow=none", None, "admin"),
     ("POST", "/api/v1/executions/0/waits/approve/abort", {"reason": "x"}, "answer"),
     ("POST", "/api/v1/store/get_secret", {"name": "API_TOKEN"}, "runner"),
     ("POST", "/api/v1/store/get_cache_entry", {"key": "k"}, "runner"),

@@ -4,6 +4,12 @@
 {{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The bootstrap Job's name: a Job's name becomes its pods' job-name label (63 at most), so the
+fullname is cut to leave room for the suffix. */}}
+{{- define "kitaru.bootstrapJob" -}}
+{{- printf "%s-bootstrap-key" (include "kitaru.fullname" . | trunc 49 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "kitaru.labels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
