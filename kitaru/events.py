@@ -241,7 +241,12 @@ def _publish(
         "index": index,
         "payload": {
             **body,
-            "kitaru": {"execution_id": ctx.exec_id, "checkpoint_id": call_id, "checkpoint_name": name},
+            "kitaru": {
+                "execution_id": ctx.exec_id,
+                "checkpoint_id": call_id,
+                "checkpoint_name": name,
+                "checkpoint_type": frame.checkpoint_type,
+            },
         },
     }
     try:

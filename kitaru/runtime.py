@@ -36,8 +36,9 @@ class FlowScope:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointScope:
-    """The checkpoint call running here: its name, the checkpoint function (``type``: its
-    qualified name), the execution, and the call's id in the journal (``name``, ``name:2``...)."""
+    """The checkpoint call running here: its name, its ``type`` (``@checkpoint(type=...)``, e.g.
+    ``"llm_call"``; None when not given), the execution, and the call's id in the journal
+    (``name``, ``name:2``...)."""
 
     name: str
     type: str | None
@@ -65,7 +66,7 @@ def _get_current_checkpoint() -> CheckpointScope | None:
     call = frame.call
     return CheckpointScope(
         name=call.call_id.rsplit(":", 1)[0] if call.call_id.rpartition(":")[2].isdigit() else call.call_id,
-        type=call.name,
+        type=frame.checkpoint_type,
         execution_id=frame.ctx.exec_id,
         checkpoint_id=call.call_id,
     )

@@ -103,6 +103,7 @@ class TestEvents:
             "execution_id": handle.exec_id,
             "checkpoint_id": "build_report",
             "checkpoint_name": "build_report",
+            "checkpoint_type": None,
         }
         assert events[1].payload["data"] == {"batch": 1, "rows": 10}
         assert len({e.correlation_id for e in events}) == 1  # one checkpoint call, one group
@@ -165,7 +166,7 @@ class TestEvents:
 SCOPES: dict[str, Any] = {}
 
 
-@checkpoint
+@checkpoint(type="tool_call")
 def where() -> str:
     SCOPES["checkpoint"] = _get_current_checkpoint()
     SCOPES["checkpoint_name"] = _get_current_checkpoint_name()
@@ -193,6 +194,7 @@ class TestRuntimeHelpers:
         assert SCOPES["inside_flow"] is True and SCOPES["flow_checkpoint"] is None
         cp = SCOPES["checkpoint"]  # the second call
         assert (cp.name, cp.checkpoint_id, cp.execution_id) == ("where", "where:2", handle.exec_id)
+        assert cp.type == "tool_call"
         assert SCOPES["checkpoint_name"] == "where" and SCOPES["inside_checkpoint"] is True
 
     def test_outside_a_flow_they_answer_none_not_an_error(self) -> None:
