@@ -27,6 +27,8 @@ from weakref import WeakKeyDictionary
 from kitaru.errors import KitaruError, KitaruNotInFlowError, KitaruStoreError, KitaruUsageError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from kitaru._engine.context import ExecutionContext
     from kitaru.store import JournalRecord
 
@@ -51,6 +53,10 @@ RECORD_KIND = "event"
 
 # The next index per correlation group, per running execution (weak: they go with its context).
 _counters: WeakKeyDictionary[ExecutionContext, dict[str, int]] = WeakKeyDictionary()
+# Events published from async code on a store that needs the event loop: queued, and committed in
+# order by one task per execution (concurrent group-commit flushes could land out of order).
+_queues: WeakKeyDictionary[ExecutionContext, list[JournalRecord]] = WeakKeyDictionary()
+_writers: WeakKeyDictionary[ExecutionContext, asyncio.Task[None]] = WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +260,16 @@ def _publish(
     except (TypeError, ValueError) as exc:
         raise KitaruUsageError(f"{api}() values must be JSON-serializable: {exc}") from None
     record = JournalRecord(kind=RECORD_KIND, call_id=call_id, data=redact_json(event), ts=time.time())
+    from kitaru._engine.context import running_loop
+
+    if running_loop() is not None and not ctx.inline:
+        _queue_on_loop(ctx, record)
+        if flush and not _drain(2.0):
+            raise KitaruStoreError(
+                f"{api}(): the event of checkpoint {call_id!r} is queued; it lands when this async "
+                "code next awaits (call it without flush=True here)."
+            )
+        return
     try:
         ctx.commit([record], unwind=False)
         if flush and not _drain(2.0):
@@ -265,6 +281,36 @@ def _publish(
         if flush:
             raise
         logger.warning("%s(): event %r of execution %s was not recorded: %s", api, kind, ctx.exec_id, exc)
+
+
+def _queue_on_loop(ctx: ExecutionContext, record: JournalRecord) -> None:
+    """Queue ``record`` for this execution's event writer (started when there is none). The
+    writer is one of the execution's pending flushes, so its next commit (the checkpoint's outcome)
+    and ``kitaru.events.flush()`` wait for the events published before it."""
+    import asyncio
+
+    _queues.setdefault(ctx, []).append(record)
+    if ctx in _writers:
+        return
+    task = asyncio.ensure_future(_write_events(ctx))
+    _writers[ctx] = task
+    ctx._flushes.add(task)
+    task.add_done_callback(ctx._flushes.discard)
+
+
+async def _write_events(ctx: ExecutionContext) -> None:
+    try:
+        while queue := _queues.get(ctx):
+            batch = list(queue)
+            queue.clear()
+            try:
+                await ctx.runtime.astate.commit(ctx.exec_id, batch, [], owner=ctx.runtime.owner)
+            except Exception as exc:  # best effort, as publishing from sync code
+                logger.warning(
+                    "%d event(s) of execution %s were not recorded: %s", len(batch), ctx.exec_id, exc
+                )
+    finally:
+        _writers.pop(ctx, None)
 
 
 def _checkpoint_name(call_id: str) -> str:

@@ -65,8 +65,10 @@ def report_flow(topic: str) -> str:
 
 @checkpoint
 async def async_step() -> int:
-    kitaru.progress("async work", percent=0.5)
-    await asyncio.sleep(0)
+    # Each publish lands at the next await; the journal keeps them in the order published.
+    for i in range(10):
+        kitaru.progress(f"async work {i}", percent=i / 10)
+        await asyncio.sleep(0)
     kitaru.events.publish("async.done", message="done")
     return 1
 
@@ -127,8 +129,10 @@ class TestEvents:
             return handle.exec_id
 
         exec_id = asyncio.run(main())
-        kinds = [e.kind for e in KitaruClient().executions.events(exec_id)]
-        assert kinds == ["kitaru.checkpoint.progress", "async.done"]
+        events = list(KitaruClient().executions.events(exec_id))
+        assert [e.kind for e in events] == ["kitaru.checkpoint.progress"] * 10 + ["async.done"]
+        assert [e.index for e in events] == list(range(11))
+        assert kitaru.events.flush() is True  # outside a flow nothing is queued
 
     def test_misuse_raises_at_once(self, runtime: Runtime) -> None:
         with pytest.raises(KitaruNotInFlowError, match="inside a @checkpoint"):
