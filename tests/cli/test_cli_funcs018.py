@@ -203,3 +203,84 @@ class TestStatus:
         assert info["server"] is None and info["stack"] == "local" and info["connection"] == "local"
         assert info["artifacts"].startswith("file://")
         assert info["environment"]["KITARU_SECRETS_KEY"] == "****"
+
+
+class TestWatchShowsProgress:
+    def test_progress_appears_while_the_checkpoint_still_runs(
+        self, subprocess_env: dict[str, str], kitaru_cli: list[str], tmp_path: Path
+    ) -> None:
+        from tests._process import wait_for
+
+        script = tmp_path / "long.py"
+        script.write_text(
+            textwrap.dedent(
+                """
+                import os, time
+                from pathlib import Path
+                import kitaru
+
+                @kitaru.checkpoint
+                def long_step() -> str:
+                    kitaru.progress("halfway there", percent=0.5)
+                    kitaru.events.publish("rows.loaded", {"rows": 7})
+                    Path(os.environ["PUBLISHED_FILE"]).touch()
+                    deadline = time.monotonic() + 120
+                    while not Path(os.environ["RELEASE_FILE"]).exists() and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    return "done"
+
+                @kitaru.flow
+                def long_flow() -> str:
+                    return long_step()
+
+                print(long_flow.run().wait())
+                """
+            )
+        )
+        env = {
+            **subprocess_env,
+            "PUBLISHED_FILE": str(tmp_path / "published"),
+            "RELEASE_FILE": str(tmp_path / "release"),
+        }
+        runner = subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        watch = None
+        try:
+            wait_for(tmp_path / "published", runner, timeout=120)
+            [execution] = json.loads(
+                subprocess.run(
+                    [*kitaru_cli, "executions", "list", "-o", "json"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                ).stdout
+            )
+            watch = subprocess.Popen(
+                [*kitaru_cli, "executions", "get", execution["id"], "--watch", "--interval", "0.05"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert watch.stdout is not None
+            lines = []
+            for line in watch.stdout:  # the checkpoint is still blocked: these are live
+                lines.append(line)
+                if "rows.loaded" in line:
+                    break
+            assert not (tmp_path / "release").exists()
+            said = "".join(lines)
+            assert "long_step" in said and "progress  50% halfway there" in said, said
+            assert 'event rows.loaded {"rows": 7}' in said
+            (tmp_path / "release").touch()
+            rest, err = watch.communicate(timeout=120)
+            assert watch.returncode == 0, err
+            assert "long_step                completed" in rest and "is completed" in rest
+        finally:
+            (tmp_path / "release").touch()
+            out, err = runner.communicate(timeout=120)
+            if watch is not None and watch.poll() is None:
+                watch.kill()
+        assert runner.returncode == 0 and "done" in out, err
