@@ -32,6 +32,7 @@ from kitaru.config import current_stack as current_stack
 from kitaru.config import delete_stack as delete_stack
 from kitaru.config import list_stacks as list_stacks
 from kitaru.config import use_stack as use_stack
+from kitaru.errors import FailureOrigin as FailureOrigin
 from kitaru.errors import KitaruConfigError as KitaruConfigError
 from kitaru.errors import KitaruConflictError as KitaruConflictError
 from kitaru.errors import KitaruDivergenceError as KitaruDivergenceError
@@ -66,6 +67,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AsyncFlowHandle",
     "Checkpoint",
+    "FailureOrigin",
     "Flow",
     "FlowHandle",
     "ImageSettings",

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from kitaru._engine.runtime import INFLIGHT
+from kitaru._engine.handles import FlowHandle
+from kitaru._engine.runtime import INFLIGHT, OPTIONS_METADATA
 from kitaru._ids import MAX_ID_LENGTH
 from kitaru.errors import (
     KitaruError,
@@ -21,7 +22,6 @@ from kitaru.errors import (
 from kitaru.store import ArtifactRecord, ExecutionRecord
 
 if TYPE_CHECKING:
-    from kitaru._engine.handles import FlowHandle
     from kitaru._engine.runner import Outcome
     from kitaru._engine.runtime import Runtime
     from kitaru.diff import ExecutionDiff
@@ -32,9 +32,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Artifact",
+    "ArtifactRef",
+    "CheckpointAttempt",
     "CheckpointCall",
     "Execution",
+    "ExecutionHandle",
     "ExecutionStats",
+    "ExecutionStatus",
+    "FailureInfo",
+    "FailureOrigin",
     "FlowStats",
     "JSONValue",
     "KitaruClient",
@@ -47,9 +53,13 @@ __all__ = [
 # The views live in their own module; they are importable from here as before.
 from kitaru._client_views import JSON_SERIALIZERS as JSON_SERIALIZERS
 from kitaru._client_views import Artifact as Artifact
+from kitaru._client_views import ArtifactRef as ArtifactRef
+from kitaru._client_views import CheckpointAttempt as CheckpointAttempt
 from kitaru._client_views import CheckpointCall as CheckpointCall
 from kitaru._client_views import Execution as Execution
 from kitaru._client_views import ExecutionStats as ExecutionStats
+from kitaru._client_views import ExecutionStatus as ExecutionStatus
+from kitaru._client_views import FailureInfo as FailureInfo
 from kitaru._client_views import FlowStats as FlowStats
 from kitaru._client_views import JSONValue as JSONValue
 from kitaru._client_views import LogEntry as LogEntry
@@ -57,6 +67,7 @@ from kitaru._client_views import PendingWait as PendingWait
 from kitaru._client_views import Recovery as Recovery
 from kitaru._client_views import Wait as Wait
 from kitaru._client_views import fold_journal as fold_journal
+from kitaru.errors import FailureOrigin as FailureOrigin
 
 
 class _Executions:
@@ -98,22 +109,35 @@ class _Executions:
         """An execution with its checkpoints, waits and metadata."""
         record = self._record(exec_id)
         calls, waits, flow_meta = fold_journal(self._state.read_journal(record.id))
-        return _execution_view(record, calls, waits, flow_meta)
+        return _execution_view(record, calls, waits, flow_meta, self._client)
+
+    def _failure_traceback(self, exec_id: str) -> str | None:
+        """The traceback recorded when the execution last failed."""
+        failed = [r for r in self._state.read_journal(exec_id) if r.kind == "flow_failed"]
+        return (failed[-1].data or {}).get("traceback") if failed else None
 
     def list(
         self,
         *,
         flow: str | None = None,
         status: str | None = None,
-        limit: int = 50,
+        limit: int | None = 50,
         version: int | None = None,
     ) -> list[Execution]:
-        """Executions, newest first (summaries: without checkpoints and waits); ``version``: only
+        """Executions, newest first (summaries: without checkpoints and waits); ``status`` an
+        :class:`ExecutionStatus` or its text; ``limit=None``: all of them; ``version``: only
         those that ran that deployed version."""
+        status = _status_filter(status)
+        if limit is None:
+            limit = sys.maxsize
+        elif limit < 1:
+            raise KitaruUsageError(f"limit={limit}: give at least 1, or None for every execution.")
         records = self._state.list_executions(flow=flow, status=status, limit=limit, version=version)
-        return [_execution_view(r, [], [], {}) for r in records]
+        return [_execution_view(r, [], [], {}, self._client) for r in records]
 
-    def input(self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True) -> FlowHandle:
+    def input(
+        self, exec_id: str, value: Any, *, wait: str | None = None, resume: bool = True
+    ) -> ExecutionHandle:
         """Answer an open wait; with ``resume`` the stack's orchestrator moves the flow on (the
         local stack drives it in this process).
 
@@ -124,7 +148,6 @@ class _Executions:
         answer is stored as its JSON value and the flow validates it again when it resumes.
         Returns a :class:`~kitaru.FlowHandle` of the execution.
         """
-        from kitaru._engine.flow import FlowHandle
         from kitaru._engine.handles import blocking
         from kitaru._engine.loading import aload_execution_flow
         from kitaru._engine.runner import Runner
@@ -162,18 +185,19 @@ class _Executions:
         # between). Elsewhere: record the answer, then let the orchestrator start the work.
         leased = blocking(runner.answer, execution.id, chosen.name, value, take_lease=resume and in_process)
         if not resume:
-            return FlowHandle(execution.id, runtime)
+            return ExecutionHandle(execution.id, runtime, None, self._client)
         if in_process:
             if leased is None:
-                return FlowHandle(execution.id, runtime)  # its runner (still holding) goes on
+                # its runner (still holding) goes on
+                return ExecutionHandle(execution.id, runtime, None, self._client)
             flow_obj, started = blocking(runner.load, leased)
-            return _handle(execution.id, runtime, blocking(runner.drive, flow_obj, leased, started))
+            return self._handle(execution.id, blocking(runner.drive, flow_obj, leased, started))
         return self._submit(execution.id)
 
     def latest(self, *, flow: str | None = None, status: str | None = None) -> Execution:
         """The newest execution (of ``flow``, in ``status``), with its checkpoints and waits;
         :class:`~kitaru.errors.KitaruNotFoundError` when there is none."""
-        records = self._state.list_executions(flow=flow, status=status, limit=1)
+        records = self._state.list_executions(flow=flow, status=_status_filter(status), limit=1)
         if not records:
             which = "".join(
                 [f" of flow {flow!r}" if flow else "", f" with status {status}" if status else ""]
@@ -181,12 +205,23 @@ class _Executions:
             raise KitaruNotFoundError(f"no execution{which} yet. List them with `kitaru executions list`.")
         return self.get(records[0].id)
 
-    def pending_waits(self, *, flow: str | None = None) -> builtins.list[PendingWait]:
-        """Every wait a person owes an answer: the open waits of waiting executions (of ``flow``),
-        oldest first, each with its question and the JSON Schema an answer must match."""
+    def pending_waits(
+        self, exec_id: str | None = None, *, flow: str | None = None
+    ) -> builtins.list[PendingWait]:
+        """Every wait a person owes an answer: the open waits of waiting executions (of ``flow``;
+        of execution ``exec_id`` alone when given), oldest first, each with its question and the
+        JSON Schema an answer must match."""
+        from kitaru._client_views import pending_wait_of
         from kitaru._exec_stats import pending_waits
 
-        return pending_waits(self._state, flow=flow)
+        if exec_id is None:
+            return pending_waits(self._state, flow=flow)
+        execution = self.get(exec_id)
+        if flow is not None and execution.flow != flow:
+            return []
+        if execution.status != "waiting":
+            return []  # a running flow's waits are not owed yet; a finished one's never will be
+        return [pending_wait_of(execution, w) for w in execution.open_waits]
 
     def stats(self, *, flow: str | None = None, since: float | None = None) -> ExecutionStats:
         """Per flow, over the executions created since ``since`` (a Unix time; all when None):
@@ -200,14 +235,13 @@ class _Executions:
 
     def abort_wait(
         self, exec_id: str, *, wait: str | None = None, reason: str | None = None, resume: bool = True
-    ) -> FlowHandle:
+    ) -> ExecutionHandle:
         """Abort an open wait instead of answering it: the flow's ``wait()`` raises
         :class:`~kitaru.errors.KitaruWaitAborted` (with ``reason``), which the flow may catch;
         uncaught, the execution fails. Recorded like an answer (once: an answered wait cannot be
         aborted, nor an aborted one answered). With ``resume`` the stack's orchestrator moves the
         flow on, as :meth:`input` does; when it drives here and the flow does not catch the
         abort, this raises that ``KitaruWaitAborted``."""
-        from kitaru._engine.flow import FlowHandle
         from kitaru._engine.handles import blocking
         from kitaru._engine.runner import Runner
 
@@ -225,23 +259,26 @@ class _Executions:
             abort={"aborted": True, "reason": reason},
         )
         if not resume:
-            return FlowHandle(execution.id, runtime)
+            return ExecutionHandle(execution.id, runtime, None, self._client)
         if in_process:
             if leased is None:
-                return FlowHandle(execution.id, runtime)
+                return ExecutionHandle(execution.id, runtime, None, self._client)
             flow_obj, started = blocking(runner.load, leased)
-            return _handle(execution.id, runtime, blocking(runner.drive, flow_obj, leased, started))
+            return self._handle(execution.id, blocking(runner.drive, flow_obj, leased, started))
         return self._submit(execution.id)
 
-    def _submit(self, exec_id: str) -> FlowHandle:
+    def _submit(self, exec_id: str) -> ExecutionHandle:
         """Hand the execution to the stack's orchestrator; the handle has the local outcome when
         it drove the execution here."""
         from kitaru._engine.handles import blocking
 
         outcome = blocking(self._client._orchestrator().submit, exec_id)
-        return _handle(exec_id, self._client._runtime, outcome)
+        return self._handle(exec_id, outcome)
 
-    def _take_over(self, exec_id: str, allowed: set[str]) -> FlowHandle:
+    def _handle(self, exec_id: str, outcome: Outcome | None) -> ExecutionHandle:
+        return ExecutionHandle.of(_handle(exec_id, self._client._runtime, outcome, self._client))
+
+    def _take_over(self, exec_id: str, allowed: set[str]) -> ExecutionHandle:
         from kitaru.store import _rules
 
         record = self._record(exec_id)
@@ -256,13 +293,13 @@ class _Executions:
             raise KitaruStateError(f"execution {record.id} is {record.status}: {hint}.")
         return self._submit(record.id)
 
-    def resume(self, exec_id: str) -> FlowHandle:
+    def resume(self, exec_id: str) -> ExecutionHandle:
         """Drive an interrupted (``running`` with a dead runner) or ``waiting`` execution on from
         its journal (the local stack: in this process). A waiting one suspends again unless its
         wait was answered or timed out."""
         return self._take_over(exec_id, {"running", "waiting"})
 
-    def retry(self, exec_id: str) -> FlowHandle:
+    def retry(self, exec_id: str) -> ExecutionHandle:
         """Continue a ``failed`` execution in place, reusing its completed checkpoints."""
         return self._take_over(exec_id, {"failed"})
 
@@ -331,17 +368,25 @@ class _Executions:
         overrides: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
         version: int | None = None,
-    ) -> FlowHandle:
+        **flow_inputs: Any,
+    ) -> ExecutionHandle:
         """Re-run an execution from a checkpoint or wait as a new execution, reusing everything
-        above it; see :meth:`kitaru.Flow.replay`. Returns the new execution's FlowHandle.
+        above it; see :meth:`kitaru.Flow.replay`. Returns the new execution's handle (also a
+        view of it: ``.exec_id``, ``.original_exec_id``, ``.status``...).
+
+        ``overrides`` replace reused outputs by call id (``research``, ``research:2``) or, as
+        the original Kitaru wrote them, ``checkpoint.<name or call id>``. Flow inputs to change
+        are given in ``args`` or as keyword arguments (``topic="new"``).
 
         The replay runs the execution's own code (its deployed version, if it has one); with
         ``version``, version N of its flow instead (fix a step, deploy, replay from it)."""
         from kitaru._engine.handles import blocking
         from kitaru._engine.loading import aload_execution_flow, aload_version
+        from kitaru._engine.replay import merge_flow_inputs
         from kitaru._engine.runner import Runner
         from kitaru.deployments import summary
 
+        args = merge_flow_inputs(args, flow_inputs)
         record = self._record(exec_id)
         runtime = self._client._runtime
         if version is None:
@@ -355,7 +400,7 @@ class _Executions:
                 )
             flow_obj = blocking(aload_version, runtime, summary(deployed))
         replayed, outcome = blocking(Runner(runtime).replay, flow_obj, record, from_, overrides, args)
-        return _handle(replayed.id, runtime, outcome)
+        return self._handle(replayed.id, outcome)
 
     def diff(self, a: str, b: str) -> ExecutionDiff:
         """Compare two executions input by input, checkpoint by checkpoint, wait by wait, and
@@ -399,8 +444,19 @@ class _Executions:
             reconnect=reconnect,
         )
 
-    def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> builtins.list[LogEntry]:
+    def logs(
+        self,
+        exec_id: str,
+        *,
+        checkpoint: str | None = None,
+        after: int = 0,
+        source: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[LogEntry]:
         """What an execution printed and logged, in order, per call.
+
+        ``source="step"`` keeps what checkpoints wrote, ``source="runner"`` what the flow body
+        wrote outside them (None: both); ``limit`` keeps the first that many entries.
 
         ``checkpoint`` keeps the calls of one checkpoint: a bare name (``step``) keeps every call of
         it (``step``, ``step:2``...), a numbered id (``step:2``) that call alone (``step:1`` is the
@@ -409,6 +465,18 @@ class _Executions:
         did (unless the execution is still running: it may call it yet). ``after`` skips entries
         up to a previous entry's ``seq``.
         """
+        if source not in (None, "step", "runner"):
+            raise KitaruUsageError(f"source={source!r}: give 'step', 'runner', or None for both.")
+        if source == "runner" and checkpoint is not None:
+            raise KitaruUsageError("source='runner' is the flow body's output: it has no checkpoint.")
+        if limit is not None and limit < 1:
+            raise KitaruUsageError(f"limit={limit}: give at least 1, or None for every entry.")
+        entries = self._log_entries(exec_id, checkpoint, after)
+        if source is not None:
+            entries = [e for e in entries if e.source == source]
+        return entries if limit is None else entries[:limit]
+
+    def _log_entries(self, exec_id: str, checkpoint: str | None, after: int) -> builtins.list[LogEntry]:
         full = self.resolve(exec_id)
         journal = self._state.read_journal(full)
         entries = [
@@ -424,13 +492,7 @@ class _Executions:
         ]
         if checkpoint is None:
             return entries
-        numbered = re.fullmatch(r"(.+):(\d+)", checkpoint)
-        if numbered and int(numbered.group(2)) == 1:
-            wanted = re.compile(re.escape(numbered.group(1)) + "(:1)?")  # the first call is `name`
-        elif numbered:
-            wanted = re.compile(re.escape(checkpoint))  # one numbered call
-        else:
-            wanted = re.compile(re.escape(checkpoint) + r"(:\d+)?")  # every call of the name
+        wanted = _call_pattern(checkpoint)
         called = {
             r.call_id
             for r in journal
@@ -506,10 +568,30 @@ class _Artifacts:
         name: str | None = None,
         type: str | None = None,
         tag: str | None = None,
-        limit: int = 100,
+        limit: int | None = None,
+        kind: str | None = None,
+        producing_call: str | None = None,
     ) -> list[Artifact]:
         """An execution's artifacts, in creation order; with ``tag``, the artifacts of any
-        execution (of ``exec_id`` only, when given) saved with that tag, newest first."""
+        execution (of ``exec_id`` only, when given) saved with that tag, newest first (at most
+        100 unless ``limit`` says).
+
+        ``kind``: only those ``kitaru.save(..., type=KIND)`` stored (see :attr:`Artifact.kind`);
+        ``producing_call``: only those of a checkpoint's calls (a name: every call of it;
+        ``name:N``: that call); ``limit``: at most that many."""
+        if limit is not None and limit < 1:
+            raise KitaruUsageError(f"limit={limit}: give at least 1, or None for all of them.")
+        found = self._list(exec_id, name=name, type=type, tag=tag, limit=limit)
+        if kind is not None:
+            found = [a for a in found if a.kind == kind]
+        if producing_call is not None:
+            wanted = _call_pattern(producing_call)
+            found = [a for a in found if a.call_id is not None and wanted.fullmatch(a.call_id)]
+        return found if limit is None else found[:limit]
+
+    def _list(
+        self, exec_id: str | None, *, name: str | None, type: str | None, tag: str | None, limit: int | None
+    ) -> builtins.list[Artifact]:
         state = self._client._runtime.state
         if tag is not None:
             from kitaru.store import CatalogStore
@@ -520,7 +602,7 @@ class _Artifacts:
                     "artifacts with `kitaru artifacts list <exec_id>` instead."
                 )
             full_id = self._client.executions.resolve(exec_id) if exec_id is not None else None
-            found = state.find_artifacts(tag=tag, limit=limit)  # type: ignore[attr-defined]
+            found = state.find_artifacts(tag=tag, limit=100 if limit is None else limit)  # type: ignore[attr-defined]
             return [
                 self._view(r)
                 for r in found
@@ -589,6 +671,10 @@ class KitaruClient:
 
         return read_only_runtime(self._stack) if self._read_only else get_runtime(self._stack)
 
+    def _stack_name(self) -> str:
+        """The name of the stack whose state store this client reads."""
+        return self._runtime.stack_name
+
     def _orchestrator(self) -> Orchestrator:
         """The orchestrator of the client's stack (a client over an explicit runtime drives in
         this process)."""
@@ -604,23 +690,100 @@ class KitaruClient:
         return self._orchestrator_cache
 
 
+class ExecutionHandle(FlowHandle):
+    """What the client's steering calls (``input``, ``abort_wait``, ``retry``, ``resume``,
+    ``replay``) return: a :class:`~kitaru.FlowHandle` (``wait()`` gives the result) that is also
+    a view of the execution as it is now, as the original Kitaru's calls returned an
+    ``Execution``: ``.status`` is an :class:`ExecutionStatus`, and every other ``Execution``
+    attribute (``.original_exec_id``, ``.checkpoints``, ``.failure``, ``.refresh()``...) is read
+    fresh from the store each time."""
+
+    def __init__(self, exec_id: str, runtime: Runtime, outcome: Outcome | None, client: KitaruClient) -> None:
+        super().__init__(exec_id, runtime, outcome)
+        self._client = client
+
+    @property
+    def status(self) -> ExecutionStatus:
+        """The execution's current status, read from the store."""
+        from kitaru._client_views import as_status
+
+        return as_status(super().status)
+
+    @staticmethod
+    def of(handle: FlowHandle) -> ExecutionHandle:
+        assert isinstance(handle, ExecutionHandle)
+        return handle
+
+    def refresh(self) -> Execution:
+        """The execution as it is now."""
+        return self._client.executions.get(self.exec_id)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the handle itself lacks: the Execution view answers them.
+        if name not in _EXECUTION_NAMES:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.refresh(), name)
+
+
+#: What an ExecutionHandle reads from the Execution view.
+_EXECUTION_NAMES = frozenset(
+    {n for n in dir(Execution) if not n.startswith("_")} | set(Execution.__dataclass_fields__)
+)
+
+
+def _call_pattern(selector: str) -> re.Pattern[str]:
+    """Which call ids a checkpoint selector means: a bare name every call of it (``step``,
+    ``step:2``...), a numbered id (``step:2``) that call alone (``step:1`` is the first call,
+    whose id is ``step``)."""
+    numbered = re.fullmatch(r"(.+):(\d+)", selector)
+    if numbered and int(numbered.group(2)) == 1:
+        return re.compile(re.escape(numbered.group(1)) + "(:1)?")  # the first call is `name`
+    if numbered:
+        return re.compile(re.escape(selector))  # one numbered call
+    return re.compile(re.escape(selector) + r"(:\d+)?")  # every call of the name
+
+
+def _status_filter(status: str | None) -> str | None:
+    """A status filter checked against the statuses there are (a typo would match nothing)."""
+    if status is None:
+        return None
+    try:
+        return ExecutionStatus(str(status).strip().lower()).value
+    except ValueError:
+        known = ", ".join(s.value for s in ExecutionStatus)
+        raise KitaruUsageError(f"status={status!r} is no execution status; give one of {known}.") from None
+
+
 def _execution_view(
-    r: ExecutionRecord, calls: list[CheckpointCall], waits: list[Wait], flow_meta: dict[str, Any]
+    r: ExecutionRecord,
+    calls: list[CheckpointCall],
+    waits: list[Wait],
+    flow_meta: dict[str, Any],
+    client: KitaruClient | None = None,
 ) -> Execution:
-    return Execution(
-        id=r.id,
-        flow=r.flow,
-        status=r.status,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-        target=r.target,
-        error=r.error,
-        original_exec_id=r.original_exec_id,
-        # The heartbeat's note of attempts in flight is bookkeeping, not the user's metadata.
-        metadata={**{k: v for k, v in r.metadata.items() if k != INFLIGHT}, **flow_meta},
-        checkpoints=tuple(calls),
-        waits=tuple(waits),
-        result_artifact=r.result_artifact,
+    from kitaru._client_views import as_status, bind
+
+    return bind(
+        Execution(
+            id=r.id,
+            flow=r.flow,
+            status=as_status(r.status),
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            target=r.target,
+            error=r.error,
+            original_exec_id=r.original_exec_id,
+            # The heartbeat's note of attempts in flight and the resolved options are bookkeeping,
+            # not the user's metadata.
+            metadata={
+                **{k: v for k, v in r.metadata.items() if k not in (INFLIGHT, OPTIONS_METADATA)},
+                **flow_meta,
+            },
+            checkpoints=tuple(calls),
+            waits=tuple(waits),
+            result_artifact=r.result_artifact,
+        ),
+        client,
     )
 
 
@@ -666,15 +829,17 @@ def _drives_here(orchestrator: Orchestrator) -> bool:
     return isinstance(orchestrator, LocalOrchestrator)
 
 
-def _handle(exec_id: str, runtime: Runtime, outcome: Outcome | None) -> FlowHandle:
-    """The handle on an execution driven here; the flow's kitaru errors (a divergence, a bad
-    answer) are raised as the driving call's own."""
-    from kitaru._engine.handles import FlowHandle
-
+def _handle(
+    exec_id: str, runtime: Runtime, outcome: Outcome | None, client: KitaruClient | None = None
+) -> FlowHandle:
+    """The handle on an execution driven here (an :class:`ExecutionHandle` for a client's call);
+    the flow's kitaru errors (a divergence, a bad answer) are raised as the driving call's own."""
     error = outcome.raise_interrupt().error if outcome is not None else None
     if isinstance(error, KitaruError):
         raise error
-    return FlowHandle(exec_id, runtime, outcome)
+    if client is None:
+        return FlowHandle(exec_id, runtime, outcome)
+    return ExecutionHandle(exec_id, runtime, outcome, client)
 
 
 def dumps_json(value: Any) -> str:

@@ -33,7 +33,10 @@ Control flow that must unwind a flow body (suspension on a wait, cancellation) u
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
+    "FailureOrigin",
     "KitaruConfigError",
     "KitaruConflictError",
     "KitaruDivergenceError",
@@ -59,6 +62,21 @@ __all__ = [
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
 ]
+
+
+class FailureOrigin(StrEnum):
+    """Where a failure came from, as ``Execution.failure.origin`` reports it."""
+
+    USER_CODE = "user_code"
+    """The flow's or a checkpoint's own code raised."""
+    RUNTIME = "runtime"
+    """kitaru refused or could not do something (a bad answer, a value it cannot store...)."""
+    BACKEND = "backend"
+    """The state or artifact store failed."""
+    DIVERGENCE = "divergence"
+    """The flow's code no longer matches its journal (:class:`KitaruDivergenceError`)."""
+    UNKNOWN = "unknown"
+    """No exception was recorded (e.g. a journal written before failures were recorded)."""
 
 
 class KitaruError(Exception):
@@ -121,8 +139,9 @@ class KitaruLeaseError(KitaruStoreError):
     """Raised when another live runner holds the execution's lease."""
 
 
-class KitaruNotFoundError(KitaruError):
-    """Raised when no execution, wait or artifact matches the id given."""
+class KitaruNotFoundError(KitaruError, LookupError):
+    """Raised when no execution, wait or artifact matches the id given (a ``LookupError``, as
+    the original Kitaru's ``executions.latest()`` raised)."""
 
     exit_code = 5
 

@@ -237,7 +237,7 @@ def _apply_image_settings(record: ExecutionRecord) -> None:
     imported: ``environment`` and the secrets of ``secret_environment_from`` are exported, and
     each of ``requirements`` must be installed here (a missing one is ``EXIT_CANNOT_RUN``: no
     retry of this job can install it)."""
-    from kitaru._engine.runner import OPTIONS_METADATA
+    from kitaru._engine.runtime import OPTIONS_METADATA
 
     image = (record.metadata.get(OPTIONS_METADATA) or {}).get("image") or {}
     os.environ.update({str(k): str(v) for k, v in (image.get("environment") or {}).items()})

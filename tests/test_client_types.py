@@ -23,6 +23,10 @@ _RETURNED = [
     client.LogEntry,
     client.Recovery,
     client.Artifact,
+    client.PendingWait,
+    client.CheckpointAttempt,
+    client.FailureInfo,
+    client.ExecutionHandle,
 ]
 
 

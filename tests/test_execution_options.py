@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import kitaru
-from kitaru._engine.runner import OPTIONS_METADATA
+from kitaru._engine.runtime import OPTIONS_METADATA
 from kitaru.errors import KitaruConfigError, KitaruUsageError
 
 RUNS: list[str] = []

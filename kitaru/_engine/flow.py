@@ -189,7 +189,7 @@ class Flow(Generic[P, R]):
             return SkippedAsyncFlowHandle()
         import asyncio
 
-        from .runner import OPTIONS_METADATA
+        from .runtime import OPTIONS_METADATA
 
         options = self._run_options(retries, cache, image)
         runtime = get_runtime(stack or self.stack)
@@ -286,14 +286,19 @@ class Flow(Generic[P, R]):
         from_: str,
         overrides: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
+        **flow_inputs: Any,
     ) -> FlowHandle:
         """Re-run execution ``exec_id`` from call ``from_`` as a new, linked execution.
 
         Calls before ``from_`` (a checkpoint name, a call id like ``name:3``, or a wait name)
         reuse the original's outputs and answers without running; ``from_`` and everything after
-        run again. ``overrides`` replace reused outputs or answers by call id; ``args`` replace
-        flow arguments by name. Bad requests raise before anything is written.
+        run again. ``overrides`` replace reused outputs or answers by call id (or
+        ``checkpoint.<name>``); ``args``, or keyword arguments, replace flow arguments by name.
+        Bad requests raise before anything is written.
         """
+        from .replay import merge_flow_inputs
+
+        args = merge_flow_inputs(args, flow_inputs)
         if _skipped(self, "replay"):
             return SkippedFlowHandle()
         runtime = get_runtime(self.stack)

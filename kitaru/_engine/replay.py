@@ -23,7 +23,7 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     from .flow import Flow
 
-__all__ = ["ReplayPlan", "plan_replay"]
+__all__ = ["ReplayPlan", "merge_flow_inputs", "plan_replay"]
 
 _CALL_KINDS = ("checkpoint_completed", "checkpoint_failed", "wait_opened", "save")
 
@@ -55,6 +55,63 @@ def _calls(journal: list[JournalRecord]) -> dict[str, _Call]:
             kind = "wait" if r.kind == "wait_opened" else "save" if r.kind == "save" else "checkpoint"
             calls[r.call_id] = _Call(r.call_id, r.seq, kind, r.name or "")
     return calls
+
+
+def merge_flow_inputs(
+    args: Mapping[str, Any] | None, flow_inputs: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Flow inputs a replay changes, given as ``args={...}``, as keyword arguments (the original
+    Kitaru's ``replay(exec_id, from_=..., topic="new")``), or both; None when there are none."""
+    twice = sorted(set(args or {}) & set(flow_inputs))
+    if twice:
+        raise KitaruUsageError(
+            f"replay: flow input {', '.join(map(repr, twice))} given both in args= and as a keyword "
+            "argument; give each once."
+        )
+    merged = {**(args or {}), **flow_inputs}
+    return merged or None
+
+
+def _override_target(key: str, calls: dict[str, _Call], exec_id: str) -> str:
+    """The call id an override key names: a call id (``research``, ``research:2``, a wait's
+    name), or, as the original Kitaru wrote them, ``checkpoint.<name or call id>`` (a name
+    called more than once must be given as a call id) or ``wait.<name>``."""
+    if key in calls:
+        return key
+    kind, dot, selector = key.partition(".")
+    if not dot or kind not in ("checkpoint", "wait") or not selector.strip():
+        return key  # not found: plan_replay says which calls there are
+    selector = selector.strip()
+    wanted = "checkpoint" if kind == "checkpoint" else "wait"
+    if wanted == "checkpoint":
+        # As in the original: a checkpoint's name selects its call only when it was called once
+        # (here the first call's id is the bare name too, but a name called twice is ambiguous).
+        named = sorted(
+            (c for c in calls.values() if c.kind == "checkpoint" and _base(c.call_id) == selector),
+            key=lambda c: c.seq,
+        )
+        if len(named) == 1:
+            return named[0].call_id
+        if len(named) > 1:
+            raise KitaruUsageError(
+                f"--override {key}: checkpoint {selector!r} was called {len(named)} times in "
+                f"execution {exec_id} ({', '.join(c.call_id for c in named)}); name one call: "
+                f"checkpoint.{named[1].call_id}."
+            )
+    found = calls.get(selector)
+    if found is not None and found.kind == wanted:
+        return selector
+    known = [c.call_id for c in sorted(calls.values(), key=lambda c: c.seq) if c.kind == wanted]
+    raise KitaruUsageError(
+        f"--override {key}: execution {exec_id} has no {wanted} {selector!r}; its {wanted}s: "
+        f"{', '.join(known[:30]) or 'none'}."
+    )
+
+
+def _base(call_id: str) -> str:
+    """A call id without its ``:N`` call number: the checkpoint's name."""
+    name, colon, number = call_id.rpartition(":")
+    return name if colon and number.isdigit() else call_id
 
 
 def _checkpoint_return_type(flow: Flow[Any, Any], qualname: str) -> Any:
@@ -109,12 +166,19 @@ def plan_replay(
     answered = {r.call_id: r for r in journal if r.kind == "wait_answered"}
     completed = {r.call_id: r for r in journal if r.kind == "checkpoint_completed"}
     opened = {r.call_id: r for r in journal if r.kind == "wait_opened"}
-    for name, value in (overrides or {}).items():
+    targets: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        target = _override_target(key, calls, original.id)
+        if target in targets:
+            raise KitaruUsageError(f"--override {key}: call {target!r} is overridden twice; give it once.")
+        targets[target] = value
+    for name, value in targets.items():
         call = calls.get(name)
         if call is None or call.kind == "save":
             raise KitaruUsageError(
                 f"--override {name}: execution {original.id} has no checkpoint or wait called "
-                f"{name!r}. Overrides name a call id from `kitaru executions get {original.id}`."
+                f"{name!r}. Overrides name a call id from `kitaru executions get {original.id}`, "
+                "or checkpoint.<name>."
             )
         if name not in before:
             raise KitaruUsageError(

@@ -42,7 +42,7 @@ from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend
 from .handle_use import explain_handle_use
 from .interrupted import note_interrupted
 from .loading import aload_execution_flow
-from .runtime import Runtime
+from .runtime import OPTIONS_METADATA, Runtime
 
 logger = logging.getLogger("kitaru")
 
@@ -58,9 +58,6 @@ __all__ = ["Outcome", "Runner", "Started"]
 
 #: Statuses an execution can be driven on from (what ``Orchestrator.submit`` accepts).
 DRIVABLE = frozenset({"running", "waiting", "failed"})
-#: The execution metadata key of its resolved options (``cache``, ``retries``, ``image``; see
-#: :class:`kitaru.config.ExecutionOptions`), read by whoever drives it, wherever.
-OPTIONS_METADATA = "options"
 
 
 @dataclass(slots=True)

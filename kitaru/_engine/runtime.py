@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 #: Execution metadata key under which the heartbeat notes the checkpoint attempts in flight.
 INFLIGHT = "inflight"
+#: The execution metadata key of its resolved options (``cache``, ``retries``, ``image``; see
+#: :class:`kitaru.config.ExecutionOptions`), read by whoever drives it, wherever.
+OPTIONS_METADATA = "options"
 
 #: The shortest lease that holds: a runner renews every TTL/3 seconds (at most every
 #: ``KITARU_HEARTBEAT`` seconds), so a lease survives two late renewals; below this, one stall of the

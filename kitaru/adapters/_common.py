@@ -9,16 +9,20 @@ import importlib
 import json
 import re
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, TypedDict
 
 from kitaru._install import install_hint
 from kitaru.errors import KitaruMissingDependencyError, KitaruStateError, KitaruUsageError
 
 __all__ = [
     "AgentRef",
+    "CheckpointConfig",
+    "adapter_step",
     "agent_run_result",
     "at_flow_scope",
+    "checkpoint_config",
     "find_agent",
     "import_extra",
     "in_checkpoint",
@@ -169,3 +173,86 @@ def agent_run_result(agent_name: str, exec_id: str, status: str) -> Any:
     from kitaru._engine.runtime import get_runtime
 
     return FlowHandle(exec_id, get_runtime()).wait()
+
+
+# -- the checkpoints an adapter opens ---------------------------------------------------------------
+
+
+class CheckpointConfig(TypedDict, total=False):
+    """How an adapter-made checkpoint behaves (the keys Kitaru 0.18's adapters took).
+
+    ``retries``: attempts after a failure (each after ``retry_delay`` seconds, doubling, default 1);
+    ``cache``: reuse an earlier call's output with the same inputs, in any execution of the flow
+    (``None`` follows the flow's ``cache=``); ``type``: a label recorded with the call (the
+    dashboard groups by it); ``runtime``: only ``"inline"`` (the call runs in the flow's process).
+    """
+
+    retries: int
+    retry_delay: float
+    cache: bool | None
+    type: str
+    runtime: Literal["inline"]
+
+
+_CONFIG_KEYS = frozenset(CheckpointConfig.__annotations__)
+
+
+def checkpoint_config(value: Mapping[str, Any] | None, what: str) -> CheckpointConfig:
+    """``value`` checked: every key is one the adapters act on (none is accepted and ignored)."""
+    if value is None:
+        return CheckpointConfig()
+    if not isinstance(value, Mapping):
+        raise KitaruUsageError(f"{what} must be a dict of checkpoint options, got {value!r}.")
+    unknown = set(value) - _CONFIG_KEYS
+    if unknown:
+        raise KitaruUsageError(f"{what} has unknown keys {sorted(unknown)}; it takes {sorted(_CONFIG_KEYS)}.")
+    runtime = value.get("runtime", "inline")
+    if runtime != "inline":
+        raise KitaruUsageError(
+            f"{what}: runtime={runtime!r} is not supported for adapter checkpoints (they run "
+            "inside the agent's event loop); drop it or use runtime='inline'."
+        )
+    retries = value.get("retries", 0)
+    delay = value.get("retry_delay", 1.0)
+    if not isinstance(retries, int) or retries < 0 or not isinstance(delay, int | float) or delay < 0:
+        raise KitaruUsageError(f"{what}: retries must be an int >= 0 and retry_delay a number >= 0.")
+    if value.get("cache") not in (None, True, False):
+        raise KitaruUsageError(f"{what}: cache must be True, False or None, got {value['cache']!r}.")
+    if "type" in value and not (isinstance(value["type"], str) and value["type"]):
+        raise KitaruUsageError(f"{what}: type must be a non-empty string, got {value['type']!r}.")
+    checked: CheckpointConfig = dict(value)  # type: ignore[assignment]
+    return checked
+
+
+def adapter_step(fn: Callable[..., Any], *, name: str, config: CheckpointConfig, default_type: str) -> Any:
+    """A checkpoint around one adapter call (a model request, a tool call, a whole run)."""
+    import inspect
+
+    from kitaru._engine.checkpoint import Checkpoint
+
+    kind = config.get("type", default_type)
+    options: dict[str, Any] = {}
+    if "type" in inspect.signature(Checkpoint).parameters:
+        options["type"] = kind
+    else:
+        # Until checkpoints carry a type of their own, the call's metadata records it.
+        inner = fn
+
+        async def typed(*args: Any, **kwargs: Any) -> Any:
+            from kitaru._engine.api import log
+
+            log(type=kind)
+            return await inner(*args, **kwargs)
+
+        typed.__qualname__ = fn.__qualname__
+        fn = typed
+    return Checkpoint(
+        fn,
+        name=name,
+        retries=config.get("retries", 0),
+        retry_delay=config.get("retry_delay", 1.0),
+        backoff=2.0,
+        retry_on=(Exception,),
+        cache=config.get("cache"),
+        **options,
+    )

@@ -532,6 +532,12 @@ def _parse_json(text: str, option: str) -> Any:
     metavar="NAME=JSON",
     help="Replace a reused checkpoint output or wait answer (repeatable).",
 )
+@click.option(
+    "--overrides",
+    "overrides_json",
+    metavar="JSON",
+    help='Overrides as one JSON object, e.g. \'{"checkpoint.research": "Edited notes"}\'.',
+)
 @click.option("--args", "args_json", help="Replace flow arguments: a JSON object by parameter name.")
 @click.option("--version", "version", type=int, help="Run on this deployed version of the flow.")
 @_OUTPUT
@@ -540,16 +546,29 @@ def replay_execution(
     exec_id: str,
     from_: str,
     overrides: tuple[str, ...],
+    overrides_json: str | None,
     args_json: str | None,
     version: int | None,
     output: str,
 ) -> None:
     """Re-run an execution from a checkpoint as a new execution, reusing everything above it."""
     parsed: dict[str, Any] = {}
+    if overrides_json is not None:
+        given = _parse_json(overrides_json, "--overrides")
+        if not isinstance(given, dict):
+            raise click.BadParameter(
+                'must be a JSON object of call ids, e.g. \'{"checkpoint.research": "notes"}\'.',
+                param_hint="--overrides",
+            )
+        parsed.update(given)
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"{item!r} is not NAME=JSON.", param_hint="--override")
+        if name in parsed:
+            raise click.BadParameter(
+                f"{name!r} is also in --overrides; give it once.", param_hint="--override"
+            )
         parsed[name] = _parse_json(value, "--override")
     args = _parse_json(args_json, "--args") if args_json is not None else None
     if args is not None and not isinstance(args, dict):

@@ -196,13 +196,18 @@ class _Executions:
             raise KitaruNotFoundError(f"no execution{which} yet. List them with `kitaru executions list`.")
         return self.get(found[0].id)
 
-    def pending_waits(self, *, flow: str | None = None) -> builtins.list[Any]:
-        """Every open wait of the server's waiting executions (of ``flow``), oldest first."""
+    def pending_waits(self, exec_id: str | None = None, *, flow: str | None = None) -> builtins.list[Any]:
+        """Every open wait of the server's waiting executions (of ``flow``; of ``exec_id``
+        alone when given), oldest first."""
         from kitaru._client_views import PendingWait
 
         params = {"flow": flow} if flow is not None else {}
         data = self._client._call("GET", "/api/v1/waits", params=params)
-        return [PendingWait(**w) for w in data["items"]]
+        found = [PendingWait(**w) for w in data["items"]]
+        if exec_id is not None:
+            full = self.resolve(exec_id)
+            found = [w for w in found if w.exec_id == full]
+        return found
 
     def stats(self, *, flow: str | None = None, since: float | None = None) -> Any:
         """Per-flow figures computed by the server (see ``KitaruClient().executions.stats``)."""
@@ -227,8 +232,11 @@ class _Executions:
         *,
         overrides: dict[str, Any] | None = None,
         args: dict[str, Any] | None = None,
+        **flow_inputs: Any,
     ) -> RemoteHandle:
-        body = {"from": from_, "overrides": overrides, "args": args}
+        from kitaru._engine.replay import merge_flow_inputs
+
+        body = {"from": from_, "overrides": overrides, "args": merge_flow_inputs(args, flow_inputs)}
         created = self._client._call("POST", f"/api/v1/executions/{exec_id}/replay", json=body)
         return RemoteHandle(str(created["id"]), self._client)
 

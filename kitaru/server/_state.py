@@ -95,6 +95,7 @@ class ServerState:
         return execution_summary(record)
 
     async def execution(self, exec_id: str) -> Any:
+        from kitaru._client_views import as_status
         from kitaru.client import Execution, fold_journal
 
         record = await self.record(exec_id)
@@ -102,7 +103,7 @@ class ServerState:
         return Execution(
             id=record.id,
             flow=record.flow,
-            status=record.status,
+            status=as_status(record.status),
             created_at=record.created_at,
             updated_at=record.updated_at,
             target=record.target,

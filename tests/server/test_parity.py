@@ -225,10 +225,12 @@ def test_waits_abort_latest_stats_and_tags_through_the_server(
         "from kitaru.client import KitaruClient\n"
         "c = KitaruClient()\n"
         "print(c.executions.latest().id, c.executions.latest(flow='approve').id)\n"
-        "try:\n    c.executions.latest(flow='nothing')\nexcept Exception as e:\n    print(type(e).__name__)"
+        "try:\n    c.executions.latest(flow='nothing')\nexcept Exception as e:\n    print(type(e).__name__)\n"
+        # The original Kitaru's spelling: one execution's pending waits.
+        f"print(len(c.executions.pending_waits({tagged!r})), len(c.executions.pending_waits({first!r})))"
     )
     py = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert py.stdout.split() == [tagged, first, "KitaruNotFoundError"], py.stderr
+    assert py.stdout.split() == [tagged, first, "KitaruNotFoundError", "1", "0"], py.stderr
 
 
 def test_a_worker_with_a_runner_key_reads_secrets_and_uses_the_cache(

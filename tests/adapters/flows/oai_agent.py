@@ -4,7 +4,8 @@ Its model is an offline implementation of the SDK's Model interface that appends
 call it serves to $COUNT_FILE (counted outside kitaru); tools append their names. With $SLOW_TOOL
 set to a tool's name, that tool announces itself in $MARK_FILE and sleeps, so the test can SIGKILL
 the process after the second model call. `explicit` runs in this file's @flow, `implicit` lets the
-adapter open a flow, `approval` needs a human's yes before `publish`.
+adapter open a flow, `approval` needs a human's yes before `publish`, `runner` runs the flow written
+for Kitaru 0.18's KitaruRunner (checkpoint_strategy="calls", its model from run_config_factory).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import sys
 import time
 from typing import Any
 
-from agents import Agent, function_tool, set_tracing_disabled
+from agents import Agent, RunConfig, function_tool, set_tracing_disabled
 from agents.items import ModelResponse
 from agents.models.interface import Model
 from agents.testing import assistant_message, function_call
 from agents.usage import Usage
 
 from kitaru import flow
-from kitaru.adapters.openai_agents import KitaruAgent
+from kitaru.adapters.openai_agents import KitaruAgent, KitaruRunner, OpenAIRunRequest
 
 set_tracing_disabled(True)
 
@@ -87,10 +88,26 @@ def write(topic: str) -> str:
     return str(durable.run_sync(f"write about {topic}").final_output)
 
 
+# The agent names a model only the run config replaces (no network is ever used).
+runner = KitaruRunner(
+    Agent(name="writer", model="gpt-unused", tools=[lookup, publish]),
+    checkpoint_strategy="calls",
+    run_config_factory=lambda: RunConfig(model=CountingModel()),
+)
+
+
+@flow
+def write_with_runner(topic: str) -> str:
+    result = runner.run_sync(OpenAIRunRequest.start(f"write about {topic}"))
+    return str(result.final_output)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "explicit":
         handle = write.run("agents")
+    elif mode == "runner":
+        handle = write_with_runner.run("agents")
     elif mode == "implicit":
         handle = durable.run_flow("write about agents")
     else:
