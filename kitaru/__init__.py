@@ -8,6 +8,8 @@ private.
 
 from __future__ import annotations
 
+from kitaru import events as events
+from kitaru import runtime as runtime
 from kitaru._engine.api import aload as aload
 from kitaru._engine.api import current_execution_id as current_execution_id
 from kitaru._engine.api import load as load
@@ -44,6 +46,7 @@ from kitaru.errors import KitaruLLMError as KitaruLLMError
 from kitaru.errors import KitaruLLMRateLimitError as KitaruLLMRateLimitError
 from kitaru.errors import KitaruLLMTimeoutError as KitaruLLMTimeoutError
 from kitaru.errors import KitaruMissingDependencyError as KitaruMissingDependencyError
+from kitaru.errors import KitaruNotAHandleError as KitaruNotAHandleError
 from kitaru.errors import KitaruNotFoundError as KitaruNotFoundError
 from kitaru.errors import KitaruNotInFlowError as KitaruNotInFlowError
 from kitaru.errors import KitaruSerializationError as KitaruSerializationError
@@ -54,6 +57,7 @@ from kitaru.errors import KitaruUsageError as KitaruUsageError
 from kitaru.errors import KitaruWaitAborted as KitaruWaitAborted
 from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
 from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
+from kitaru.events import progress as progress
 from kitaru.llm import allm as allm
 from kitaru.llm import llm as llm
 from kitaru.secrets import secret as secret
@@ -81,6 +85,7 @@ __all__ = [
     "KitaruLLMTimeoutError",
     "KitaruLeaseError",
     "KitaruMissingDependencyError",
+    "KitaruNotAHandleError",
     "KitaruNotFoundError",
     "KitaruNotInFlowError",
     "KitaruSerializationError",
@@ -105,6 +110,7 @@ __all__ = [
     "llm",
     "load",
     "log",
+    "progress",
     "save",
     "secret",
     "use_stack",

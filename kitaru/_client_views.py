@@ -596,6 +596,19 @@ class Artifact:
 ArtifactRef = Artifact
 
 
+def merge_metadata(into: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Fold one ``kitaru.log()`` call into the metadata before it, as Kitaru 0.18 did: a key
+    logged again with a dict merges into the dict it had (recursively, key by key); any other
+    value replaces what was there (the latest wins)."""
+    for key, value in new.items():
+        before = into.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            into[key] = merge_metadata(dict(before), value)
+        else:
+            into[key] = value
+    return into
+
+
 _ATTEMPT_KINDS = frozenset({"checkpoint_completed", "checkpoint_failed", "checkpoint_interrupted"})
 
 
@@ -688,9 +701,9 @@ def fold_journal(
         elif r.kind == "log":
             if r.call_id:
                 # A checkpoint's logs are committed just before its outcome record.
-                call_meta.setdefault(r.call_id, {}).update(r.data or {})
+                merge_metadata(call_meta.setdefault(r.call_id, {}), r.data or {})
             else:
-                flow_meta.update(r.data or {})
+                merge_metadata(flow_meta, r.data or {})
         elif r.kind == "wait_opened" and r.call_id:
             d = r.data or {}
             waits[r.call_id] = {

@@ -104,6 +104,9 @@ class ModelAlias:
     api_key: str | None = None
     input_cost: float | None = None
     output_cost: float | None = None
+    secret: str | None = None
+    """A kitaru secret holding the API key, read when a call is made and the environment has no
+    key (``kitaru model register NAME --model M --secret S``, as in Kitaru 0.18)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The alias for display: a key stored in the file is reported, never shown."""
@@ -115,6 +118,7 @@ class ModelAlias:
             "api_key": "(set in config)" if self.api_key else None,
             "input_cost": self.input_cost,
             "output_cost": self.output_cost,
+            "secret": self.secret,
         }
 
 
@@ -193,8 +197,31 @@ def load_config(path: Path | None = None) -> ModelsConfig:
             api_key=table.get("api_key"),
             input_cost=_number(table.get("input_cost"), path, name),
             output_cost=_number(table.get("output_cost"), path, name),
+            secret=table.get("secret"),
         )
     return config
+
+
+def _key_from_secret(name: str, key_env: str | None) -> str:
+    """The API key in kitaru secret ``name``: its value, or, when the value is a JSON object of
+    environment variables (``{"OPENAI_API_KEY": "sk-..."}``, how 0.18 secrets held several keys),
+    the entry named ``key_env``."""
+    from kitaru.secrets import secret
+
+    value = secret(name)
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(parsed, dict):
+        return value
+    found = parsed.get(key_env) if key_env else None
+    if not isinstance(found, str):
+        raise KitaruConfigError(
+            f"secret {name!r} holds several values but no {key_env or 'API key'} entry (it has: "
+            f"{', '.join(sorted(parsed))}). Store the key under that name in the secret."
+        )
+    return found
 
 
 def _number(value: Any, path: Path, name: str) -> float | None:
@@ -213,7 +240,7 @@ def _write(config: ModelsConfig, path: Path | None = None) -> Path:
         lines += [f"default = {json.dumps(config.default)}", ""]
     for alias in config.aliases.values():
         lines.append(f"[models.{json.dumps(alias.name)}]")
-        for key in ("model", "base_url", "api_key_env", "api_key", "input_cost", "output_cost"):
+        for key in ("model", "base_url", "api_key_env", "api_key", "input_cost", "output_cost", "secret"):
             value = getattr(alias, key)
             if value is not None:
                 lines.append(f"{key} = {json.dumps(value)}")
@@ -259,9 +286,15 @@ def register(
     input_cost: float | None = None,
     output_cost: float | None = None,
     default: bool = False,
+    secret: str | None = None,
 ) -> ModelAlias:
-    """Add or replace alias ``name``; ``default=True`` also makes it the default model."""
+    """Add or replace alias ``name``; ``default=True`` also makes it the default model.
+    ``secret`` names a kitaru secret that holds the key when the environment has none."""
     _check_alias_name(name)
+    if secret is not None:
+        from kitaru.secrets import _check_name
+
+        _check_name(secret)
     provider, _, model_name = model.partition("/")
     if not model_name:
         raise KitaruUsageError(
@@ -278,7 +311,7 @@ def register(
     if provider == "vllm" and not base_url and not os.environ.get("VLLM_BASE_URL"):
         raise KitaruUsageError("a vllm model needs --base-url (or VLLM_BASE_URL), e.g. http://host:8000/v1.")
     config = load_config()
-    alias = ModelAlias(name, model, base_url, api_key_env, api_key, input_cost, output_cost)
+    alias = ModelAlias(name, model, base_url, api_key_env, api_key, input_cost, output_cost, secret)
     config.aliases[name] = alias
     if default:
         config.default = name
@@ -313,12 +346,18 @@ def resolve(model: str | None, config: ModelsConfig | None = None) -> ModelSpec:
     config = config if config is not None else load_config()
     from kitaru.config import configured
 
-    asked = model or configured("model") or os.environ.get("KITARU_MODEL") or config.default
+    asked = (
+        model
+        or configured("model")
+        or os.environ.get("KITARU_MODEL")
+        or os.environ.get("KITARU_DEFAULT_MODEL")  # Kitaru 0.18's name for it
+        or config.default
+    )
     if not asked:
         raise KitaruConfigError(
             "kitaru.llm() has no model: pass model='provider/model' (e.g. 'openai/gpt-4o-mini'), "
-            "set KITARU_MODEL, or register a default: `kitaru model register fast --model "
-            "openai/gpt-4o-mini --default`."
+            "set KITARU_MODEL (or KITARU_DEFAULT_MODEL), or register a default: `kitaru model "
+            "register fast --model openai/gpt-4o-mini --default`."
         )
     alias = config.aliases.get(asked)
     target = alias.model if alias else asked
@@ -351,6 +390,11 @@ def resolve(model: str | None, config: ModelsConfig | None = None) -> ModelSpec:
         key, source = alias.api_key, "config"
     if key is None and provider.key_env:
         key, source = os.environ.get(provider.key_env) or None, source or provider.key_env
+    if key is None and alias and alias.secret:
+        # As in Kitaru 0.18: a key in the environment wins; the linked secret is read only when
+        # there is none (so nothing needs KITARU_SECRETS_KEY where the key is in the env).
+        key = _key_from_secret(alias.secret, alias.api_key_env or provider.key_env)
+        source = f"secret {alias.secret!r}"
     custom_endpoint = base_url.rstrip("/") != (provider.base_url or "").rstrip("/")
     if key is None and provider.key_required and not custom_endpoint:
         raise KitaruConfigError(

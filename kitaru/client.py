@@ -7,7 +7,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kitaru._engine.handles import FlowHandle
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from kitaru._engine.runner import Outcome
     from kitaru._engine.runtime import Runtime
     from kitaru.diff import ExecutionDiff
+    from kitaru.events import ExecutionEvent
     from kitaru.lineage import LineageGraph
     from kitaru.stack import Orchestrator
     from kitaru.store._sync import SyncStateStore
@@ -414,6 +415,34 @@ class _Executions:
         from kitaru.lineage import build_graph
 
         return build_graph(self._state, self.resolve(exec_id))
+
+    def events(
+        self,
+        exec_id: str,
+        *,
+        kinds: builtins.list[str] | None = None,
+        checkpoint: str | None = None,
+        correlation_ids: builtins.list[str] | None = None,
+        since: str | None = None,
+        reconnect: bool = True,
+    ) -> Iterator[ExecutionEvent]:
+        """Progress and custom events (``kitaru.progress``, ``kitaru.events.publish``) of an
+        execution as they are published, until it stops running; see :func:`kitaru.events.watch`."""
+        from kitaru.events import watch
+
+        def read(full: str) -> tuple[str, builtins.list[Any]]:
+            record = self._state.get_execution(full)
+            return (record.status if record else "missing"), self._state.read_journal(full)
+
+        return watch(
+            read,
+            self.resolve(exec_id),
+            kinds=kinds,
+            checkpoint=checkpoint,
+            correlation_ids=correlation_ids,
+            since=since,
+            reconnect=reconnect,
+        )
 
     def logs(
         self,

@@ -4,7 +4,8 @@ Every message says what happened, why, and the next thing to run::
 
     KitaruError
     ├── KitaruUsageError            the API was called in a way that cannot work
-    │   └── KitaruNotInFlowError    a flow-only call was made outside a running flow
+    │   ├── KitaruNotInFlowError    a flow-only call was made outside a running flow
+    │   └── KitaruNotAHandleError   0.18 code called .load() on a checkpoint's value (an AttributeError)
     ├── KitaruConfigError           a setting, stack or plugin is missing or wrong
     │   └── KitaruMissingDependencyError   an optional extra is not installed
     ├── KitaruSerializationError    a value cannot be stored or loaded back
@@ -49,6 +50,7 @@ __all__ = [
     "KitaruLLMTimeoutError",
     "KitaruLeaseError",
     "KitaruMissingDependencyError",
+    "KitaruNotAHandleError",
     "KitaruNotFoundError",
     "KitaruNotInFlowError",
     "KitaruSerializationError",
@@ -94,6 +96,19 @@ class KitaruUsageError(KitaruError):
 
 class KitaruNotInFlowError(KitaruUsageError):
     """Raised when a call that needs a running flow is made outside one."""
+
+
+class KitaruNotAHandleError(KitaruUsageError, AttributeError):
+    """Raised when flow code treats a checkpoint's return value as a handle (``.load()``, as code
+    written for Kitaru 0.18 does): inside a flow a checkpoint call returns the value itself.
+    ``checkpoint`` names the call when it is known. It is an :class:`AttributeError` too, so
+    code that caught the original error still catches it."""
+
+    def __init__(self, message: str, *, checkpoint: str | None = None, attribute: str = "load") -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.attribute = attribute
+        self.name = attribute  # AttributeError's own field: the attribute that was missing
 
 
 class KitaruConfigError(KitaruError):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = ["LLMResponse", "acomplete", "allm", "complete", "llm"]
 
+#: What ``kitaru.llm()`` takes: a prompt, or a chat as a list of ``{"role": ..., "content": ...}``
+#: messages (as Kitaru 0.18 accepted).
+Prompt = str | list[dict[str, Any]]
+
 #: Anthropic requires max_tokens; this is used when the caller gives none.
 ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
 _ANTHROPIC_VERSION = "2023-06-01"
@@ -64,7 +68,7 @@ class LLMResponse:
 
 
 def llm(
-    prompt: str,
+    prompt: Prompt,
     *,
     model: str | None = None,
     system: str | None = None,
@@ -74,13 +78,17 @@ def llm(
 ) -> str:
     """Ask a model and return its text answer.
 
+    ``prompt`` is the user's message, or a whole chat: a list of ``{"role": "user" | "assistant"
+    | "system", "content": ...}`` messages, sent as they are (``system=`` then comes first).
     ``model`` is an alias (``kitaru model register``) or ``provider/model`` such as
     ``openai/gpt-4o-mini``, ``anthropic/claude-3-5-haiku-latest`` or ``ollama/llama3``; None uses
-    ``KITARU_MODEL`` or the configured default. ``name`` names the checkpoint (at flow scope) and
+    ``KITARU_MODEL`` (or Kitaru 0.18's ``KITARU_DEFAULT_MODEL``) or the configured default.
+    ``name`` names the checkpoint (at flow scope) and
     the saved prompt/response artifacts; it defaults to ``llm``. In async code use
     ``await kitaru.allm(...)``, which never blocks the event loop.
     """
     label = _label(prompt, name)
+    prompt = _chat(prompt)
     from kitaru._engine.context import current_call, current_execution
 
     if current_execution() is None:
@@ -96,7 +104,7 @@ def llm(
 
 
 async def allm(
-    prompt: str,
+    prompt: Prompt,
     *,
     model: str | None = None,
     system: str | None = None,
@@ -113,6 +121,7 @@ async def allm(
     is recorded under that checkpoint; outside a flow it is a plain call.
     """
     label = _label(prompt, name)
+    prompt = _chat(prompt)
     from kitaru._engine.context import current_call, current_execution
 
     if current_execution() is None:
@@ -128,12 +137,33 @@ async def allm(
 
 
 def _label(prompt: object, name: str | None) -> str:
-    if not isinstance(prompt, str):
-        raise KitaruUsageError(f"kitaru.llm() takes the prompt as a str, got {type(prompt).__qualname__}.")
+    if not isinstance(prompt, str | list | tuple):
+        raise KitaruUsageError(
+            "kitaru.llm() takes the prompt as a str or a list of chat messages, got "
+            f"{type(prompt).__qualname__}."
+        )
     label = name or "llm"
     if not label or ":" in label or "/" in label:
         raise KitaruUsageError(f"kitaru.llm() name {label!r} must be non-empty, without ':' or '/'.")
     return label
+
+
+def _chat(prompt: Any) -> Prompt:
+    """A prompt as sent: a str, or a list of messages each with a str ``role`` and a ``content``."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = []
+    for i, message in enumerate(prompt):
+        ok = isinstance(message, Mapping) and isinstance(message.get("role"), str) and "content" in message
+        if not ok:
+            raise KitaruUsageError(
+                f"kitaru.llm(): message {i} of the chat must be a dict with 'role' and 'content' "
+                f"keys, like {{'role': 'user', 'content': 'Hello'}}; got {message!r}."
+            )
+        messages.append(dict(message))
+    if not messages:
+        raise KitaruUsageError("kitaru.llm() was given an empty list of messages: give at least one.")
+    return messages
 
 
 _CHECKPOINTS: dict[str, Checkpoint[..., str]] = {}
@@ -163,7 +193,7 @@ def _acheckpoint(label: str) -> Checkpoint[..., Awaitable[str]]:
 
 def _recorded(
     label: str,
-    prompt: str,
+    prompt: Prompt,
     model: str | None,
     system: str | None,
     temperature: float | None,
@@ -180,7 +210,7 @@ def _recorded(
 
 async def _arecorded(
     label: str,
-    prompt: str,
+    prompt: Prompt,
     model: str | None,
     system: str | None,
     temperature: float | None,
@@ -195,7 +225,7 @@ async def _arecorded(
 
 def _record_request(
     label: str,
-    prompt: str,
+    prompt: Prompt,
     model: str | None,
     system: str | None,
     temperature: float | None,
@@ -239,7 +269,7 @@ def _record_response(label: str, spec: ModelSpec, response: LLMResponse, inline:
 
 
 def complete(
-    prompt: str,
+    prompt: Prompt,
     *,
     model: str | None = None,
     system: str | None = None,
@@ -253,7 +283,7 @@ def complete(
 
 
 async def acomplete(
-    prompt: str,
+    prompt: Prompt,
     *,
     model: str | None = None,
     system: str | None = None,
@@ -266,9 +296,26 @@ async def acomplete(
     return await _acall(resolve(model), prompt, system, temperature, max_tokens)
 
 
-def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system}] if system else []
-    return [*messages, {"role": "user", "content": prompt}]
+def _messages(prompt: Prompt, system: str | None) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    if isinstance(prompt, str):
+        return [*messages, {"role": "user", "content": prompt}]
+    return [*messages, *prompt]
+
+
+def _anthropic_messages(prompt: Prompt, system: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Anthropic's messages API takes the system prompt apart: system messages of a chat join
+    ``system=`` (in order), the others are sent as they are."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}], system
+    systems = [system] if system else []
+    chat = []
+    for message in prompt:
+        if message["role"] == "system":
+            systems.append(str(message["content"]))
+        else:
+            chat.append(message)
+    return chat, "\n\n".join(systems) or None
 
 
 # -- the wire ------------------------------------------------------------------------------------
@@ -282,7 +329,7 @@ def _env_number(name: str, default: float) -> float:
 
 
 def _request(
-    spec: ModelSpec, prompt: str, system: str | None, temperature: float | None, max_tokens: int | None
+    spec: ModelSpec, prompt: Prompt, system: str | None, temperature: float | None, max_tokens: int | None
 ) -> tuple[str, dict[str, str], dict[str, Any]]:
     """The URL, headers and JSON body of one call in the provider's wire protocol."""
     if spec.provider.protocol == "anthropic":
@@ -291,10 +338,11 @@ def _request(
         headers = {"anthropic-version": _ANTHROPIC_VERSION}
         if spec.api_key:
             headers["x-api-key"] = spec.api_key
+        chat, system = _anthropic_messages(prompt, system)
         body: dict[str, Any] = {
             "model": spec.model,
             "max_tokens": max_tokens if max_tokens is not None else ANTHROPIC_DEFAULT_MAX_TOKENS,
-            "messages": [{"role": "user", "content": prompt}],
+            "messages": chat,
         }
         if system:
             body["system"] = system
@@ -344,7 +392,7 @@ def _failed_to_send(exc: Exception, spec: ModelSpec, timeout: float, attempt: in
 
 
 def _call(
-    spec: ModelSpec, prompt: str, system: str | None, temperature: float | None, max_tokens: int | None
+    spec: ModelSpec, prompt: Prompt, system: str | None, temperature: float | None, max_tokens: int | None
 ) -> LLMResponse:
     hx = _httpx()
     url, headers, body = _request(spec, prompt, system, temperature, max_tokens)
@@ -370,7 +418,7 @@ def _call(
 
 
 async def _acall(
-    spec: ModelSpec, prompt: str, system: str | None, temperature: float | None, max_tokens: int | None
+    spec: ModelSpec, prompt: Prompt, system: str | None, temperature: float | None, max_tokens: int | None
 ) -> LLMResponse:
     """:func:`_call` on the caller's event loop: httpx's async client, backoff with anyio.sleep
     (same retries, same errors)."""

@@ -150,7 +150,10 @@ def _record_load(exec_id: str, name: str, artifact: ArtifactRecord) -> None:
 def log(**metadata: Any) -> None:
     """Attach metadata to the running checkpoint, or to the execution at flow scope.
 
-    Values must be JSON-serializable. ``kitaru executions get`` shows them.
+    Values must be JSON-serializable. ``kitaru executions get`` shows them. Calls add up: a key
+    logged again with a dict merges into the dict logged before (``log(cost={"usd": 0.1})`` then
+    ``log(cost={"tokens": 42})`` shows ``cost={"usd": 0.1, "tokens": 42}``, nested dicts merged
+    key by key); any other value replaces the one before.
     """
     ctx = require_flow("kitaru.log()")
     import json

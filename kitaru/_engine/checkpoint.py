@@ -409,7 +409,7 @@ class Checkpoint(Generic[P, R]):
         attempt = 1
         runtime = ctx.runtime
         while True:
-            frame = CallFrame(call, ctx)
+            frame = CallFrame(call, ctx, checkpoint_type=self.type)
             started = self._started(call, attempt, fingerprint, lineage)
             runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
             try:
@@ -461,7 +461,7 @@ class Checkpoint(Generic[P, R]):
             attempt = 1
             runtime = ctx.runtime
             while True:
-                frame = CallFrame(call, ctx)
+                frame = CallFrame(call, ctx, checkpoint_type=self.type)
                 started = self._started(call, attempt, fingerprint, lineage)
                 runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
                 try:

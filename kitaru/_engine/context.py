@@ -85,6 +85,7 @@ class CallFrame:
     records: list[JournalRecord] = field(default_factory=list)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     save_counts: dict[str, int] = field(default_factory=dict)
+    checkpoint_type: str | None = None  # @checkpoint(type=...), for kitaru.runtime and events
 
 
 class ExecutionContext(_GroupCommit, _OutputsIndex):

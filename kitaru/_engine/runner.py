@@ -39,6 +39,7 @@ from kitaru.store import ArtifactRecord, ExecutionRecord, JournalRecord
 
 from .capture import capturing
 from .context import ExecutionContext, _Cancelled, _current_exec, _Suspend
+from .handle_use import explain_handle_use
 from .interrupted import note_interrupted
 from .loading import aload_execution_flow
 from .runtime import OPTIONS_METADATA, Runtime
@@ -421,6 +422,7 @@ class Runner:
                     value, error = await _run_async_body(flow, ctx, started)
                 else:
                     value, error = await _run_sync_body(flow, ctx, started)
+                error = await explain_handle_use(ctx, error)  # 0.18 code calling .load() on a value
                 retries = options.get("retries", getattr(flow, "retries", None) or 0)
                 if await _retried(retries, ctx, error, retried):
                     retried += 1

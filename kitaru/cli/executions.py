@@ -166,8 +166,11 @@ def _watch_loop(
     client: Any, execution: Any, interval: float, output: str, seen: dict[str, str], status: Any, bar: Any
 ) -> None:
     started = time.monotonic()
+    cursor = 0  # the last event printed (its journal record id)
+    latest = ""  # the running checkpoint's last progress, shown on the terminal line
     while True:
         bar.clear()
+        cursor, latest = _print_events(client, execution.id, cursor, output, latest)
         for call in execution.checkpoints:
             if seen.get(call.call_id) == call.status:
                 continue
@@ -201,14 +204,46 @@ def _watch_loop(
                 f"executions recover` (or `kitaru executions resume {execution.id}`)."
             )
         done = sum(1 for c in execution.checkpoints if c.status == "completed")
-        bar.update(done, note=f"{time.monotonic() - started:.0f}s")
+        bar.update(done, note=f"{time.monotonic() - started:.0f}s" + (f"  {latest}" if latest else ""))
         time.sleep(interval)
         execution = client.executions.get(execution.id)
 
 
+def _print_events(client: Any, exec_id: str, cursor: int, output: str, latest: str) -> tuple[int, str]:
+    """Print the events (``kitaru.progress``, ``kitaru.events.publish``) published since
+    ``cursor``; return the new cursor and the last progress line."""
+    from kitaru.events import CHECKPOINT_PROGRESS_KIND, recorded
+
+    for event in recorded(client.executions._state.read_journal(exec_id), exec_id, cursor):
+        cursor = int(event.cursor)
+        progress = event.kind == CHECKPOINT_PROGRESS_KIND
+        if output == "json":
+            line = {"event": "progress" if progress else "custom", **event.to_dict()}
+            click.echo(json.dumps(line, default=str))
+            continue
+        data = event.payload.get("data")
+        if progress:
+            pct = f"{event.percent * 100:3.0f}% " if event.percent is not None else ""
+            latest = f"{event.checkpoint_id}: {pct}{event.message or ''}".strip()
+            text = f"progress {pct}{event.message or ''}"
+        else:
+            text = f"event {event.kind}" + (f": {event.message}" if event.message else "")
+            if data:
+                text += f" {json.dumps(data, default=str)}"
+        click.echo(f"{_when(event.ts)}  {event.checkpoint_id or '-':<24} {text}")
+    return cursor, latest
+
+
 @executions.command("input")
-@click.argument("exec_id", shell_complete=_complete_ids)
+@click.argument("exec_id", required=False, shell_complete=_complete_ids)
 @click.option("--value", help="The answer, as JSON: true, 42, '\"text\"', '{...}'.")
+@click.option(
+    "--interactive",
+    "-i",
+    is_flag=True,
+    help="Show each open wait (of EXEC_ID, or of every waiting execution) with its question and "
+    "schema, and ask what to do: answer it (prompting for the value), abort it, or skip it.",
+)
 @click.option(
     "--abort",
     is_flag=True,
@@ -226,15 +261,29 @@ def _watch_loop(
 @_OUTPUT
 @_reports_errors
 def input_execution(
-    exec_id: str,
+    exec_id: str | None,
     value: str | None,
+    interactive: bool,
     abort: bool,
     reason: str | None,
     wait_name: str | None,
     resume: bool,
     output: str,
 ) -> None:
-    """Answer (or --abort) a waiting execution's wait, then resume it here."""
+    """Answer (or --abort) a waiting execution's wait, then resume it here.
+
+    With --interactive, go through the open waits one by one (EXEC_ID's, or every waiting
+    execution's) and answer, abort or skip each; the value is asked for, as JSON.
+    """
+    if interactive:
+        for option, given in (("--value", value is not None), ("--abort", abort), ("--reason", reason)):
+            if given:
+                raise click.UsageError(f"{option} cannot be used with --interactive (it asks instead).")
+        if output == "json":
+            raise click.UsageError("--output json cannot be used with --interactive.")
+        sys.exit(_interactive_input(_client(), exec_id, wait_name, resume))
+    if exec_id is None:
+        raise click.UsageError("give the EXEC_ID whose wait to answer (or --interactive to go through them).")
     if abort == (value is not None):
         raise click.UsageError("give the answer with --value JSON, or --abort (one of them).")
     if reason is not None and not abort:
@@ -246,6 +295,70 @@ def input_execution(
         parsed = _parse_json(value or "", "--value")
         handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
     _report_handle(client, handle.exec_id, output)
+
+
+def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, resume: bool) -> int:
+    """Go through the open waits, asking what to do with each; 1 if one could not be resolved."""
+    from kitaru.errors import KitaruError, KitaruWaitAborted
+
+    if exec_id is not None:
+        execution = client.executions.get(exec_id)
+        found = [(execution.id, execution.flow, w) for w in execution.open_waits]
+    else:
+        found = [(w.exec_id, w.flow, w) for w in client.executions.pending_waits()]
+    found = [(e, f, w) for e, f, w in found if wait_name is None or w.name == wait_name]
+    if not found:
+        click.echo(f"nothing is waiting on an answer{f' in execution {exec_id}' if exec_id else ''}.")
+        return 0
+    failures = 0
+    for n, (eid, flow_name, w) in enumerate(found, 1):
+        click.echo(f"\n[{n}/{len(found)}] execution {eid} (flow {flow_name}) waits on {w.name!r}")
+        click.echo(f"  question: {w.question or '(none)'}")
+        click.echo(f"  expects:  {w.schema}")
+        if w.json_schema:
+            click.echo("  JSON Schema:")
+            click.echo("\n".join("    " + line for line in json.dumps(w.json_schema, indent=2).splitlines()))
+        action = click.prompt(
+            "  answer, abort, skip or quit",
+            type=click.Choice(["answer", "abort", "skip", "quit", "a", "s", "q"]),
+            default="answer",
+            show_choices=False,
+        )
+        if action in ("quit", "q"):
+            break
+        if action in ("skip", "s"):
+            continue
+        try:
+            if action == "abort":
+                reason = click.prompt("  reason (empty for none)", default="", show_default=False)
+                try:
+                    client.executions.abort_wait(eid, wait=w.name, reason=reason or None, resume=resume)
+                except KitaruWaitAborted:
+                    pass  # the abort was recorded; the flow did not catch it, so it failed
+            else:
+                _ask_and_answer(client, eid, w.name, resume)
+            click.echo(f"  execution {eid} is {client.executions.get(eid).status}")
+        except KitaruError as exc:
+            click.echo(f"  error: {exc}", err=True)
+            failures += 1
+    return 1 if failures else 0
+
+
+def _ask_and_answer(client: Any, exec_id: str, wait: str, resume: bool) -> Any:
+    """Ask for the value until it parses as JSON and matches the wait's schema."""
+    from kitaru.errors import KitaruWaitValidationError
+
+    while True:
+        text = click.prompt("  value, as JSON (empty for null)", default="", show_default=False)
+        try:
+            value = json.loads(text) if text.strip() else None
+        except ValueError as exc:
+            click.echo(f"  not JSON ({exc}); try again.", err=True)
+            continue
+        try:
+            return client.executions.input(exec_id, value, wait=wait, resume=resume)
+        except KitaruWaitValidationError as exc:
+            click.echo(f"  {exc}", err=True)
 
 
 @executions.command("waits")
@@ -354,8 +467,22 @@ def _report_handle(client: Any, exec_id: str, output: str) -> None:
 @_OUTPUT
 @_reports_errors
 def resume_execution(exec_id: str, output: str) -> None:
-    """Continue an interrupted execution from its journal, in this process."""
+    """Continue an interrupted or waiting execution from its journal, in this process.
+
+    Kitaru 0.18 documented `executions input` then `executions resume`; here `input` resumes what
+    it answers, so the `resume` that follows finds the execution completed. That is reported as
+    it is, with exit code 0: the answer was given and the flow ran on, nothing is left to resume.
+    """
     client = _client()
+    execution = client.executions.get(exec_id)
+    if execution.status == "completed" and any(w.status in ("answered", "aborted") for w in execution.waits):
+        if output != "json":
+            click.echo(
+                f"nothing to resume: execution {execution.id} ran on after its wait was answered.",
+                err=True,
+            )
+        _report_handle(client, execution.id, output)
+        return
     handle = client.executions.resume(exec_id)
     _report_handle(client, handle.exec_id, output)
 

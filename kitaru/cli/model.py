@@ -31,6 +31,12 @@ def model() -> None:
 @click.option("--input-cost", type=float, help="USD per million input tokens (for cost logs).")
 @click.option("--output-cost", type=float, help="USD per million output tokens (for cost logs).")
 @click.option("--default", "make_default", is_flag=True, help="Also make this the default model.")
+@click.option(
+    "--secret",
+    "secret_name",
+    help="A kitaru secret holding the API key (`kitaru secrets set NAME`), read when a call is "
+    "made and the environment has no key.",
+)
 @_OUTPUT
 @_reports_errors
 def register_model(
@@ -41,6 +47,7 @@ def register_model(
     input_cost: float | None,
     output_cost: float | None,
     make_default: bool,
+    secret_name: str | None,
     output: str,
 ) -> None:
     """Add or replace alias NAME."""
@@ -54,6 +61,7 @@ def register_model(
         input_cost=input_cost,
         output_cost=output_cost,
         default=make_default,
+        secret=secret_name,
     )
     if output == "json":
         _echo_json({**alias.to_dict(), "default": make_default, "file": str(_models.models_file())})
@@ -61,6 +69,7 @@ def register_model(
     click.echo(
         f"registered {name} -> {model_name}"
         + (" (default)" if make_default else "")
+        + (f", key from secret {secret_name!r}" if secret_name else "")
         + f" in {_models.models_file()}"
     )
 
@@ -89,7 +98,9 @@ def list_models(output: str) -> None:
             r["name"],
             r["model"],
             r["base_url"] or "-",
-            r["api_key_env"] or r["api_key"] or "(provider default)",
+            r["api_key_env"]
+            or r["api_key"]
+            or (f"secret {r['secret']}" if r["secret"] else "(provider default)"),
         ]
         for r in rows
     ]

@@ -187,15 +187,15 @@ def logout() -> None:
 @OUTPUT
 @reports_errors
 def status(output: str) -> None:
-    """Where commands go: the server logged in to (and whether it answers), or the active stack."""
+    """Where commands go: the server logged in to (and whether it answers), or the active stack
+    with its stores, the home directory and the KITARU_* environment (secrets masked)."""
     from kitaru.remote._login import current_login
 
     current = current_login()
     if current is None:
-        from kitaru.stack import active_stack_name
+        from kitaru.cli.setup import local_status
 
-        info: dict[str, Any] = {"server": None, "stack": active_stack_name()}
-        text = f"not logged in; commands use the stack {info['stack']!r} directly."
+        info, text = local_status()
     else:
         from kitaru.remote.client import server_session
 

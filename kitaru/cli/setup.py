@@ -4,6 +4,7 @@ commented ``kitaru.toml`` for a project)."""
 from __future__ import annotations
 
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from kitaru.cli._common import OUTPUT as _OUTPUT
 from kitaru.cli._common import echo_json as _echo_json
 from kitaru.cli._common import reports_errors as _reports_errors
 
-__all__ = ["info", "init"]
+__all__ = ["info", "init", "local_status"]
 
 
 @click.command()
@@ -43,6 +44,85 @@ def info(output: str) -> None:
         _print_info(report)
     if not reachable:
         sys.exit(4)
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@/]+@")
+
+
+def environment() -> dict[str, str]:
+    """The ``KITARU_*`` variables set in this environment, as ``kitaru status`` shows them: the
+    value of one whose name says it is a key, token, secret or password is masked, and so is a
+    password inside a URL (a state store DSN)."""
+    import os
+
+    shown = {}
+    for name in sorted(os.environ):
+        if not name.startswith("KITARU_"):
+            continue
+        value = os.environ[name]
+        shown[name] = "****" if _SECRET_NAME.search(name) and value else _URL_PASSWORD.sub(r"\1****@", value)
+    return shown
+
+
+def local_status() -> tuple[dict[str, Any], str]:
+    """What ``kitaru status`` says when no server is logged in to (what Kitaru 0.18's showed
+    locally): version, connection, the active stack and where its state and artifacts live, the
+    home directory, and the ``KITARU_*`` environment in effect."""
+    import kitaru
+    from kitaru.config import home
+
+    stack = _stack_report()
+    report: dict[str, Any] = {
+        "server": None,
+        "stack": stack["name"],
+        "version": kitaru.__version__,
+        "connection": "local",
+        "stack_type": stack.get("type"),
+        "stack_source": stack.get("source"),
+        "home": str(home()),
+        "state": None,
+        "artifacts": None,
+        "environment": environment(),
+    }
+    if stack.get("error"):
+        report["stack_error"] = stack["error"]
+    else:
+        try:
+            from kitaru.stack import load_stack
+
+            loaded = load_stack(stack["name"])
+            report["state"] = (
+                _URL_PASSWORD.sub(r"\1****@", str(getattr(loaded, "state_uri", "") or "")) or None
+            )
+            report["artifacts"] = str(getattr(loaded, "artifacts_uri", "") or "") or None
+        except Exception as exc:  # a broken stack is part of the report, not a crash
+            report["stack_error"] = str(exc)
+    rows = [
+        ("kitaru", report["version"]),
+        (
+            "connection",
+            "local: not logged in; commands use the stack directly (`kitaru login URL` for a server)",
+        ),
+        (
+            "stack",
+            f"{report['stack']}"
+            + (f" ({report['stack_type']})" if report["stack_type"] else "")
+            + (f", active from {report['stack_source']}" if report["stack_source"] else ""),
+        ),
+        ("home", report["home"]),
+    ]
+    if report["state"]:
+        rows.append(("state", report["state"]))
+    if report["artifacts"]:
+        rows.append(("artifacts", report["artifacts"]))
+    if report.get("stack_error"):
+        rows.append(("error", report["stack_error"]))
+    lines = [f"{label + ':':<12}{value}" for label, value in rows]
+    if report["environment"]:
+        lines.append("environment:")
+        lines += [f"  {name}={value}" for name, value in report["environment"].items()]
+    return report, "\n".join(lines)
 
 
 def _env_set(name: str) -> bool:
@@ -165,16 +245,22 @@ type = "local"
 
 
 @click.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--stack", "stack_name", default="project", show_default=True, help="Name of the stack it declares."
 )
+@_OUTPUT
 @_reports_errors
-def init(stack_name: str) -> None:
-    """Write a commented kitaru.toml in the current directory (never over an existing one)."""
+def init(directory: Path | None, stack_name: str, output: str) -> None:
+    """Make DIRECTORY (default: the current one) a kitaru project: write a commented kitaru.toml
+    there (never over an existing one). The directory must exist."""
     from kitaru.errors import KitaruConfigError
     from kitaru.stack_config import PROJECT_FILE, user_config_path
 
-    path = Path.cwd() / PROJECT_FILE
+    root = (directory or Path.cwd()).resolve()
+    if not root.is_dir():
+        raise KitaruConfigError(f"{root} is not a directory; create it first, or give an existing one.")
+    path = root / PROJECT_FILE
     if path.exists():
         raise KitaruConfigError(
             f"{path} exists already; kitaru init does not overwrite it. Edit it, or remove it and "
@@ -192,5 +278,8 @@ def init(stack_name: str) -> None:
             f.write(text)
     except FileExistsError:
         raise KitaruConfigError(f"{path} exists already; kitaru init does not overwrite it.") from None
-    click.echo(f"wrote {path}: stack {stack_name!r} is active in this directory.")
-    click.echo("check it with: kitaru info")
+    if output == "json":
+        _echo_json({"path": str(root), "file": str(path), "stack": stack_name})
+        return
+    click.echo(f"wrote {path}: stack {stack_name!r} is active in {root} and below it.")
+    click.echo("check it with: kitaru status")

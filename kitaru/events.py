@@ -1,0 +1,396 @@
+"""Live progress and custom events from inside a checkpoint: ``kitaru.progress(...)`` and
+``kitaru.events.publish(...)``.
+
+An event is a journal record of its own (kind ``event``) under the running checkpoint's call, and
+it is committed when it is published, not with the checkpoint's outcome: ``kitaru executions get
+--watch`` and ``KitaruClient().executions.events(...)`` see it while the checkpoint still runs, and
+it stays in the journal afterwards (a retried or failed attempt's events stay too: they say what
+happened). Publishing is best effort, as in Kitaru 0.18: a store that cannot take the event is
+logged and the checkpoint runs on (``flush=True`` raises instead). Misuse (outside a checkpoint,
+a reserved kind, a payload that is not JSON) raises at once.
+
+Each event carries ``kind``, ``message``, ``data`` and kitaru's own fields under ``kitaru``
+(execution, checkpoint id and name), a ``correlation_id`` shared by the events of one checkpoint
+call and an ``index`` counting up within it. Secrets' values are redacted before they are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
+
+from kitaru.errors import KitaruError, KitaruNotInFlowError, KitaruStoreError, KitaruUsageError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from kitaru._engine.context import ExecutionContext
+    from kitaru.store import JournalRecord
+
+__all__ = [
+    "CHECKPOINT_PROGRESS_KIND",
+    "RESERVED_KINDS",
+    "ExecutionEvent",
+    "flush",
+    "progress",
+    "publish",
+    "watch",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The kind ``kitaru.progress()`` publishes.
+CHECKPOINT_PROGRESS_KIND = "kitaru.checkpoint.progress"
+#: Names a stream of events uses for its own control messages; not for events.
+RESERVED_KINDS = frozenset({"cursor", "end", "gap", "error", "system"})
+#: The journal record kind events are stored as.
+RECORD_KIND = "event"
+
+# The next index per correlation group, per running execution (weak: they go with its context).
+_counters: WeakKeyDictionary[ExecutionContext, dict[str, int]] = WeakKeyDictionary()
+# Events published from async code on a store that needs the event loop: queued, and committed in
+# order by one task per execution (concurrent group-commit flushes could land out of order).
+_queues: WeakKeyDictionary[ExecutionContext, list[JournalRecord]] = WeakKeyDictionary()
+_writers: WeakKeyDictionary[ExecutionContext, asyncio.Task[None]] = WeakKeyDictionary()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionEvent:
+    """One published event, as a watcher sees it. ``cursor`` is its position in the execution's
+    journal: pass it back as ``since=`` to see only later events."""
+
+    exec_id: str
+    kind: str
+    payload: dict[str, Any]
+    correlation_id: str
+    index: int
+    cursor: str
+    checkpoint_id: str | None
+    checkpoint_name: str | None
+    ts: float
+    step_name: str | None = field(default=None)
+
+    @property
+    def message(self) -> str | None:
+        value = self.payload.get("message")
+        return value if isinstance(value, str) else None
+
+    @property
+    def percent(self) -> float | None:
+        data = self.payload.get("data")
+        value = data.get("percent") if isinstance(data, dict) else None
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exec_id": self.exec_id,
+            "kind": self.kind,
+            "payload": self.payload,
+            "correlation_id": self.correlation_id,
+            "index": self.index,
+            "cursor": self.cursor,
+            "checkpoint_id": self.checkpoint_id,
+            "checkpoint_name": self.checkpoint_name,
+            "ts": self.ts,
+        }
+
+
+def progress(
+    message: str,
+    *,
+    percent: float | None = None,
+    correlation_id: str | None = None,
+    flush: bool = False,
+    stream_id: str | None = None,
+    **fields: Any,
+) -> None:
+    """Say how the running checkpoint is getting on: ``kitaru.progress("Writing draft",
+    percent=0.75, topic=topic)``.
+
+    ``percent`` is a fraction from 0 to 1; it and any other keyword ``fields`` go under the
+    event's ``data``. ``kitaru executions get --watch`` prints each one as it happens. See
+    :func:`publish` for ``correlation_id`` (``stream_id`` is its older name) and ``flush``.
+    """
+    if not isinstance(message, str) or not message.strip():
+        raise KitaruUsageError(f"kitaru.progress() takes a non-empty message, got {message!r}.")
+    if percent is not None:
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 1:
+            raise KitaruUsageError(
+                "kitaru.progress(percent=...) is a fraction from 0 to 1 (0.25 for a quarter), "
+                f"got {percent!r}."
+            )
+        fields["percent"] = percent
+    _publish(
+        "kitaru.progress",
+        CHECKPOINT_PROGRESS_KIND,
+        {"message": message, **({"data": fields} if fields else {})},
+        correlation_id=correlation_id or stream_id,
+        index=None,
+        flush=flush,
+    )
+
+
+def publish(
+    kind: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    message: str | None = None,
+    correlation_id: str | None = None,
+    index: int | None = None,
+    flush: bool = False,
+    stream_id: str | None = None,
+) -> None:
+    """Publish an event of your own ``kind`` (``"training.batch.completed"``) from the running
+    checkpoint, with ``payload`` (JSON values) under its ``data`` and an optional ``message``.
+
+    ``correlation_id`` groups events (default: one group per checkpoint call; ``stream_id`` is
+    its older name); ``index`` orders them within the group (default: the next number, from 0).
+    The event is committed before this returns (from an async checkpoint: at its next ``await``).
+    A store failure is logged and the checkpoint runs on; with ``flush=True`` it is raised, and
+    queued writes are waited for as :func:`flush` does.
+    """
+    if payload is not None and not isinstance(payload, Mapping):
+        raise KitaruUsageError(
+            f"kitaru.events.publish() takes the payload as a mapping, got {type(payload).__qualname__}."
+        )
+    if not isinstance(kind, str) or not kind.strip():
+        raise KitaruUsageError(f"kitaru.events.publish() takes a non-empty kind, got {kind!r}.")
+    kind = kind.strip()
+    if kind in RESERVED_KINDS:
+        raise KitaruUsageError(
+            f"event kind {kind!r} is reserved for the event stream itself "
+            f"({', '.join(sorted(RESERVED_KINDS))}); name it after what happened, e.g. "
+            "'training.batch.completed'."
+        )
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise KitaruUsageError(f"kitaru.events.publish(index=...) is a non-negative int, got {index!r}.")
+    body: dict[str, Any] = {}
+    if message is not None:
+        body["message"] = str(message)
+    if payload:
+        body["data"] = dict(payload)
+    group = correlation_id or stream_id
+    _publish("kitaru.events.publish", kind, body, correlation_id=group, index=index, flush=flush)
+
+
+def flush(timeout: float = 2.0) -> bool:
+    """Wait up to ``timeout`` seconds for this execution's queued writes (events published by
+    async code ride with the next group commit) to land. True when nothing is left queued; False
+    when they did not land in time, their commit failed, or they can only land once the caller
+    (sync code on the running event loop) gives the loop back. Outside a flow there is nothing
+    to wait for: True."""
+    return _drain(timeout)
+
+
+def _drain(timeout: float) -> bool:
+    from kitaru._engine.context import current_execution, running_loop
+
+    ctx = current_execution()
+    if ctx is None:
+        return True
+    queued = bool(ctx._batch_records or ctx._batch_future is not None or ctx._flushes)
+    if running_loop() is not None:
+        return not queued  # this thread is the loop: waiting here would never end
+    if not queued:
+        return True
+    import anyio
+    import anyio.from_thread
+
+    async def drain() -> bool:
+        with anyio.move_on_after(timeout):
+            await ctx.flush()
+            return True
+        return False
+
+    try:
+        return bool(anyio.from_thread.run(drain, token=ctx.token))
+    except Exception as exc:
+        logger.warning("kitaru.events.flush(): queued writes of execution %s failed: %s", ctx.exec_id, exc)
+        return False
+
+
+def _publish(
+    api: str,
+    kind: str,
+    body: dict[str, Any],
+    *,
+    correlation_id: str | None,
+    index: int | None,
+    flush: bool,
+) -> None:
+    from kitaru._engine.context import current_call
+    from kitaru.secrets import redact_json
+    from kitaru.store import JournalRecord
+
+    frame = current_call()
+    if frame is None:
+        raise KitaruNotInFlowError(
+            f"{api}() reports on a running checkpoint, and none is running here. Call it inside a "
+            "@checkpoint function of a running flow (at flow scope, use kitaru.log() for metadata)."
+        )
+    call_id = frame.call.call_id
+    ctx = frame.ctx
+    name = _checkpoint_name(call_id)
+    group = correlation_id or f"kitaru.checkpoint:{name}:{ctx.exec_id}:{call_id}"
+    counters = _counters.setdefault(ctx, {})
+    if index is None:
+        index = counters.get(group, 0)
+    counters[group] = max(counters.get(group, 0), index + 1)
+    event = {
+        "kind": kind,
+        "correlation_id": group,
+        "index": index,
+        "payload": {
+            **body,
+            "kitaru": {
+                "execution_id": ctx.exec_id,
+                "checkpoint_id": call_id,
+                "checkpoint_name": name,
+                "checkpoint_type": frame.checkpoint_type,
+            },
+        },
+    }
+    try:
+        json.dumps(event)
+    except (TypeError, ValueError) as exc:
+        raise KitaruUsageError(f"{api}() values must be JSON-serializable: {exc}") from None
+    record = JournalRecord(kind=RECORD_KIND, call_id=call_id, data=redact_json(event), ts=time.time())
+    from kitaru._engine.context import running_loop
+
+    if running_loop() is not None and not ctx.inline:
+        _queue_on_loop(ctx, record)
+        if flush and not _drain(2.0):
+            raise KitaruStoreError(
+                f"{api}(): the event of checkpoint {call_id!r} is queued; it lands when this async "
+                "code next awaits (call it without flush=True here)."
+            )
+        return
+    try:
+        ctx.commit([record], unwind=False)
+        if flush and not _drain(2.0):
+            raise KitaruStoreError(
+                f"{api}(): the event of checkpoint {call_id!r} is still queued; it lands when this "
+                "async code next awaits."
+            )
+    except KitaruError as exc:
+        if flush:
+            raise
+        logger.warning("%s(): event %r of execution %s was not recorded: %s", api, kind, ctx.exec_id, exc)
+
+
+def _queue_on_loop(ctx: ExecutionContext, record: JournalRecord) -> None:
+    """Queue ``record`` for this execution's event writer (started when there is none). The
+    writer is one of the execution's pending flushes, so its next commit (the checkpoint's outcome)
+    and ``kitaru.events.flush()`` wait for the events published before it."""
+    import asyncio
+
+    _queues.setdefault(ctx, []).append(record)
+    if ctx in _writers:
+        return
+    task = asyncio.ensure_future(_write_events(ctx))
+    _writers[ctx] = task
+    ctx._flushes.add(task)
+    task.add_done_callback(ctx._flushes.discard)
+
+
+async def _write_events(ctx: ExecutionContext) -> None:
+    try:
+        while queue := _queues.get(ctx):
+            batch = list(queue)
+            queue.clear()
+            try:
+                await ctx.runtime.astate.commit(ctx.exec_id, batch, [], owner=ctx.runtime.owner)
+            except Exception as exc:  # best effort, as publishing from sync code
+                logger.warning(
+                    "%d event(s) of execution %s were not recorded: %s", len(batch), ctx.exec_id, exc
+                )
+    finally:
+        _writers.pop(ctx, None)
+
+
+def _checkpoint_name(call_id: str) -> str:
+    base, _, n = call_id.rpartition(":")
+    return base if base and n.isdigit() else call_id
+
+
+def _event(exec_id: str, r: JournalRecord) -> ExecutionEvent | None:
+    data = r.data or {}
+    payload = data.get("payload")
+    if r.kind != RECORD_KIND or not isinstance(payload, dict):
+        return None
+    return ExecutionEvent(
+        exec_id=exec_id,
+        kind=str(data.get("kind", "")),
+        payload=payload,
+        correlation_id=str(data.get("correlation_id", "")),
+        index=int(data.get("index", 0)),
+        cursor=str(r.id or 0),
+        checkpoint_id=r.call_id,
+        checkpoint_name=_checkpoint_name(r.call_id) if r.call_id else None,
+        step_name=r.call_id,
+        ts=r.ts,
+    )
+
+
+def recorded(journal: list[JournalRecord], exec_id: str, after: int = 0) -> list[ExecutionEvent]:
+    """The events in ``journal`` after the record id ``after``, in order."""
+    out = []
+    for r in journal:
+        if (r.id or 0) > after:
+            event = _event(exec_id, r)
+            if event is not None:
+                out.append(event)
+    return out
+
+
+def watch(
+    read: Any,
+    exec_id: str,
+    *,
+    kinds: list[str] | None = None,
+    checkpoint: str | None = None,
+    correlation_ids: list[str] | None = None,
+    since: str | None = None,
+    reconnect: bool = True,
+    interval: float = 0.5,
+) -> Iterator[ExecutionEvent]:
+    """Events of ``exec_id`` as they are published, until the execution stops running (it
+    completes, fails, is cancelled, or waits). ``read(exec_id)`` returns ``(status, journal)``.
+
+    Filters: ``kinds``, ``checkpoint`` (a name keeps all its calls, ``name:2`` one call),
+    ``correlation_ids``; ``since`` is a cursor from an earlier event. With ``reconnect`` a failed
+    read (a store or server that does not answer for a moment) is tried again, up to ten times
+    in a row; without it, the error is raised.
+    """
+    try:
+        after = int(since) if since else 0
+    except ValueError:
+        raise KitaruUsageError(f"since={since!r} is not a cursor: pass an event's .cursor.") from None
+    failures = 0
+    while True:
+        try:
+            status, journal = read(exec_id)
+        except KitaruStoreError:
+            failures += 1
+            if not reconnect or failures > 10:
+                raise
+            time.sleep(interval)
+            continue
+        failures = 0
+        for event in recorded(journal, exec_id, after):
+            after = int(event.cursor)
+            if kinds is not None and event.kind not in kinds:
+                continue
+            if correlation_ids is not None and event.correlation_id not in correlation_ids:
+                continue
+            if checkpoint is not None and checkpoint not in (event.checkpoint_id, event.checkpoint_name):
+                continue
+            yield event
+        if status != "running":
+            return
+        time.sleep(interval)
