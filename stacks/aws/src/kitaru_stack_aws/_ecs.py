@@ -417,7 +417,10 @@ class EcsOrchestrator:
 
         stack = self.stack
         return _remote_jobs.worker_env(
-            stack, {"code": stack.code}, env=stack.env, leave_out=_SECRET_KEYS | set(stack.secret_env)
+            stack,
+            _remote_jobs.declared_keys(stack),  # the task's stack starts an isolated call's task as this one
+            env=stack.env,
+            leave_out=_SECRET_KEYS | set(stack.secret_env),
         )
 
     async def _task(self, cluster: str, arn: str) -> dict[str, Any] | None:

@@ -357,7 +357,9 @@ class ContainerAppsOrchestrator:
         from_secrets = {e["name"] for e in kept}
         plain = _remote_jobs.worker_env(
             stack,
-            stack.container_apps_keys(),
+            # Every key (lists and tables too): the replica's own stack runs an isolated call on
+            # this job as this one would.
+            {**stack.container_apps_keys(), **_remote_jobs.declared_keys(stack)},
             env=stack.env,
             leave_out=_SECRET_KEYS | from_secrets,
         )

@@ -305,7 +305,9 @@ class CloudRunOrchestrator:
         """The worker's environment: the stack by name and its keys, then the stack's ``env``."""
         from kitaru import _remote_jobs
 
-        env = _remote_jobs.worker_env(self.stack, self.stack.cloud_run_keys(), env=self.stack.env)
+        # Every key (lists and tables too): the task's own stack runs an isolated call on this job.
+        keys = {**self.stack.cloud_run_keys(), **_remote_jobs.declared_keys(self.stack)}
+        env = _remote_jobs.worker_env(self.stack, keys, env=self.stack.env)
         env["KITARU_RUN"] = str(run)  # which run of the execution this task is, for people reading it
         return env
 
