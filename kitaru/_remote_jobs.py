@@ -173,7 +173,7 @@ def worker_env(
     """The worker's environment: the stack by name and type, each of ``keys`` (plus the stack's
     ``state``, ``artifacts`` and store options) as ``KITARU_STACK__<KEY>``, so the job needs no
     config file; then ``env``. Lists and tables are written as JSON (the stack's loader reads
-    them back for keys of those types); unset keys are left out, and so are the keys named in
+    them back for keys of those types); unset keys and empty ones are left out, and so are the keys named in
     ``leave_out`` (credentials the job's identity supplies; variables a secret provides), both as
     stack keys and as variable names. Booleans are written ``true``/``false``."""
     skipped = set(leave_out)
@@ -188,6 +188,8 @@ def worker_env(
         if value is None or key in skipped:
             continue
         if isinstance(value, dict | list | tuple):
+            if not value:
+                continue  # an empty list or table says nothing the key's default does not
             text = json.dumps(value, separators=(",", ":"))
         else:
             text = str(value).lower() if isinstance(value, bool) else str(value)
