@@ -10,10 +10,14 @@ when they build an orchestrator, never ``import kitaru``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,8 +36,15 @@ if TYPE_CHECKING:
     from kitaru.store import ExecutionRecord
 
 __all__ = [
+    "CALL_LAUNCH_ENV",
+    "CallState",
     "Verdict",
+    "call_args",
+    "call_key",
+    "call_slug",
+    "call_submittable",
     "check_submittable",
+    "declared_keys",
     "ensure_code",
     "execution_image",
     "exit_verdict",
@@ -47,6 +58,52 @@ __all__ = [
 #: ``flow_failed`` (10: recorded, never retried), ``cannot_run`` (12: this image or stack can never
 #: drive it) or ``infrastructure`` (11, a kill, an OOM, a crash: retried, resumes from the journal).
 Verdict = Literal["done", "flow_failed", "cannot_run", "infrastructure"]
+
+
+#: The variable naming which launch of an isolated call a job runs (``kitaru worker call``): the
+#: platforms without job names (Cloud Run, Container Apps) find a call's job by its args and this.
+CALL_LAUNCH_ENV = "KITARU_CALL_LAUNCH"
+
+
+@dataclass(frozen=True)
+class CallState:
+    """What the job of one launch of an isolated call is doing, as its orchestrator's
+    ``call_state`` reads it from the platform: ``missing`` (no such job: not submitted yet, or
+    gone), ``running`` (pending or running), ``succeeded`` or ``failed`` (``reason``: the
+    platform's own words: a condition, a stop code, an exit code)."""
+
+    phase: Literal["missing", "running", "succeeded", "failed"]
+    reason: str = ""
+
+
+def call_args(exec_id: str, call_id: str) -> list[str]:
+    """The worker's arguments in an isolated call's job (after the stack's ``worker_command``)."""
+    return ["worker", "call", exec_id, call_id]
+
+
+def call_key(exec_id: str, call_id: str, launch: int) -> str:
+    """A digest of one launch of an isolated call: every parent that reads the same launch record
+    derives the same key, so a resumed parent finds the job its predecessor started."""
+    return hashlib.sha256(f"{exec_id}\0{call_id}\0{launch}".encode()).hexdigest()
+
+
+def call_slug(call_id: str, width: int) -> str:
+    """A readable part of ``call_id`` for a job's name: lowercase letters, digits and hyphens, at
+    most ``width`` characters (the name's hash keeps distinct calls apart)."""
+    return re.sub(r"[^a-z0-9]+", "-", call_id.lower()).strip("-")[:width].strip("-") or "call"
+
+
+async def call_submittable(runtime: Runtime, exec_id: str) -> ExecutionRecord:
+    """The execution an isolated call's job is submitted for: it must exist and not be final
+    (its runner, the parent, holds its lease: that is who submits)."""
+    from kitaru.store import _rules
+
+    record = await runtime.astate.get_execution(exec_id)
+    if record is None:
+        raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
+    if record.status in _rules.FINAL_STATUSES:
+        raise _rules.final_error(record.id, record.status, "start a job for an isolated call")
+    return record
 
 
 def exit_verdict(code: int | None) -> Verdict:
@@ -96,6 +153,16 @@ def refuse_local_stores(stack: BaseStack, what: str, runners: str = "its jobs") 
         )
 
 
+def declared_keys(stack: BaseStack, *, leave_out: Iterable[str] = ()) -> dict[str, Any]:
+    """The value of each key the stack's type declares (its ``keys``, but ``state`` and
+    ``artifacts``), as the stack holds it: what :func:`worker_env` gives a job, so the worker's
+    stack is the submitter's (a worker that starts jobs itself, an isolated call's, starts them
+    as the submitter would). ``leave_out``: keys that only mean something on the submitter's
+    machine (a kubeconfig path) or that the job's identity supplies."""
+    skipped = {"state", "artifacts", *leave_out}
+    return {k: getattr(stack, k) for k in type(stack).keys if k not in skipped and hasattr(stack, k)}
+
+
 def worker_env(
     stack: BaseStack,
     keys: Mapping[str, Any],
@@ -103,11 +170,12 @@ def worker_env(
     env: Mapping[str, str] = {},
     leave_out: Iterable[str] = (),
 ) -> dict[str, str]:
-    """The worker's environment: the stack by name and type, each scalar of ``keys`` (plus the
-    stack's ``state``, ``artifacts`` and store options) as ``KITARU_STACK__<KEY>``, so the job needs
-    no config file; then ``env``. Lists, tables and unset keys are left out, and so are the keys
-    named in ``leave_out`` (credentials the job's identity supplies; variables a secret provides),
-    both as stack keys and as variable names. Booleans are written ``true``/``false``."""
+    """The worker's environment: the stack by name and type, each of ``keys`` (plus the stack's
+    ``state``, ``artifacts`` and store options) as ``KITARU_STACK__<KEY>``, so the job needs no
+    config file; then ``env``. Lists and tables are written as JSON (the stack's loader reads
+    them back for keys of those types); unset keys and empty ones are left out, and so are the keys named in
+    ``leave_out`` (credentials the job's identity supplies; variables a secret provides), both as
+    stack keys and as variable names. Booleans are written ``true``/``false``."""
     skipped = set(leave_out)
     out: dict[str, str] = {"KITARU_STACK": stack.name, "KITARU_STACK__TYPE": str(stack.type)}
     merged: dict[str, Any] = {
@@ -117,9 +185,15 @@ def worker_env(
         **stack.options,
     }
     for key, value in merged.items():
-        if value is None or key in skipped or isinstance(value, dict | list | tuple):
+        if value is None or key in skipped:
             continue
-        out[f"KITARU_STACK__{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, dict | list | tuple):
+            if not value:
+                continue  # an empty list or table says nothing the key's default does not
+            text = json.dumps(value, separators=(",", ":"))
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        out[f"KITARU_STACK__{key.upper()}"] = text
     out.update(env)
     return {k: v for k, v in out.items() if k not in skipped}
 

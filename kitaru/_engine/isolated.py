@@ -12,12 +12,22 @@ in the journal on resume and never runs the call again; a parent killed while th
 the launch record on resume and waits for that child (a live local pid, or the Job of that name)
 instead of starting another.
 
+On a remote stack the orchestrator offers three methods, each keyed by the execution, the call
+and the launch (1, then 2 when a relaunch follows a job that ended without an outcome):
+``call_job_name`` (deterministic, recorded in the launch record before anything starts),
+``submit_call`` (starts the job, or finds it started: a second submit of a launch starts nothing)
+and ``call_state`` (a :class:`kitaru._remote_jobs.CallState`: missing, running, succeeded or
+failed with the platform's reason). A resumed parent reads the recorded launch's job: running, it
+waits for it; missing (the parent died before its submit reached the platform), it submits it;
+ended without an outcome, it launches the call again under the next launch number.
+
 What the child does not have: the flow's context inside the function (``kitaru.log``/``save``/
 ``wait`` are flow calls of the parent; an isolated function gets its inputs and returns a value).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -29,6 +39,7 @@ from kitaru.errors import KitaruExecutionError, KitaruUsageError
 from kitaru.store import JournalRecord
 
 if TYPE_CHECKING:
+    from kitaru._remote_jobs import CallState
     from kitaru.store import ExecutionRecord
 
     from .checkpoint import Checkpoint
@@ -42,6 +53,14 @@ __all__ = ["arun_call", "run_isolated"]
 LAUNCHED = "checkpoint_isolated"
 RUNNING = "isolated_started"
 _POLL = 0.2
+#: Seconds between reads of a remote job's state (the journal is read every ``_POLL``): the
+#: outcome arrives through the journal; the platform is asked only whether the job still runs.
+_STATE_EVERY = 2.0
+#: Seconds after its own submit during which a parent takes a job the platform does not list yet
+#: for one that is starting (listing is eventually consistent on some platforms).
+_SUBMIT_GRACE = 60.0
+
+logger = logging.getLogger("kitaru.isolated")
 
 
 def run_isolated(
@@ -80,7 +99,7 @@ def run_isolated(
             data["inputs"] = lineage
         if cp.type is not None:
             data["type"] = cp.type
-        child = _Child.start(ctx, call)
+        child = _Child.start(ctx, call, launch=len(launched) + 1)
         data.update(child.where)
         ctx.commit(
             [
@@ -124,15 +143,21 @@ class _Child:
         self.proc: subprocess.Popen[bytes] | None = None
         self.orchestrator: Any = None
         self.command: list[str] | None = None
+        #: Which launch of the call a remote job runs (its name and lookups are keyed by it).
+        self.launch = int(where.get("launch") or 1)
+        self.submitted_at: float | None = None
+        self.state: CallState | None = None
+        self.state_read = 0.0
 
     @classmethod
-    def start(cls, ctx: ExecutionContext, call: Call) -> _Child:
+    def start(cls, ctx: ExecutionContext, call: Call, launch: int = 1) -> _Child:
         """A child for ``call``, not yet started (:meth:`go` starts it, after the launch record
         is committed: a child must never run without a record saying it may be running)."""
         runtime = ctx.runtime
         orchestrator = _remote_orchestrator(runtime)
         if orchestrator is not None:
-            child = cls(ctx, call.call_id, {"job": orchestrator.call_job_name(ctx.exec_id, call.call_id)})
+            name = orchestrator.call_job_name(ctx.exec_id, call.call_id, launch)
+            child = cls(ctx, call.call_id, {"job": name, "launch": launch})
             child.orchestrator = orchestrator
             return child
         if runtime.stack is None:
@@ -147,7 +172,8 @@ class _Child:
 
     def go(self) -> None:
         if self.orchestrator is not None:
-            self.ctx.blocking(self.orchestrator.submit_call, self.ctx.exec_id, self.call_id)
+            self.ctx.blocking(self.orchestrator.submit_call, self.ctx.exec_id, self.call_id, self.launch)
+            self.submitted_at = time.monotonic()
             return
         assert self.command is not None
         env = {**os.environ, "KITARU_STACK": self.ctx.runtime.stack_name}
@@ -173,10 +199,34 @@ class _Child:
         if data.get("job"):
             orchestrator = _remote_orchestrator(ctx.runtime)
             if orchestrator is None:
-                return None
-            child = cls(ctx, call_id, {"job": data["job"]})
+                return None if _outcome(ctx, call_id) is None else cls(ctx, call_id, data)
+            child = cls(ctx, call_id, {"job": data["job"], "launch": data.get("launch") or 1})
             child.orchestrator = orchestrator
-            return child  # its Job exists, or `wait` finds it gone and the outcome absent
+            if _outcome(ctx, call_id) is not None:
+                return child
+            state = child._job_state()
+            job = data["job"]
+            if state.phase == "running":
+                # The job a previous parent started: wait for it, start no other.
+                logger.info("kitaru: isolated call %s: waiting for its job %s, started before", call_id, job)
+                return child
+            if state.phase == "missing":
+                # The previous parent died between its launch record and its submit (or the
+                # platform forgot a job that never committed): submit that launch now.
+                logger.info("kitaru: isolated call %s: its job %s is not there; submitting it", call_id, job)
+                child.go()
+                return child
+            # It ended; it may have committed meanwhile. Else a new launch runs the call again.
+            if _outcome(ctx, call_id) is not None:
+                return child
+            logger.info(
+                "kitaru: isolated call %s: its job %s ended without an outcome (%s%s); launching it again",
+                call_id,
+                job,
+                state.phase,
+                f": {state.reason}" if state.reason else "",
+            )
+            return None
         store: Any = ctx.runtime.astate
         journal: list[JournalRecord] = ctx.state_call(store.read_journal, ctx.exec_id)
         pid = None
@@ -209,14 +259,28 @@ class _Child:
         if self.proc is not None:
             return self.proc.poll() is None
         if self.orchestrator is not None:
-            state = self.ctx.blocking(self.orchestrator.call_state, self.ctx.exec_id, self.call_id)
-            return state is None
+            if time.monotonic() - self.state_read < _STATE_EVERY and self.state is not None:
+                return self.state.phase != "succeeded" and self.state.phase != "failed"
+            state = self._job_state()
+            if state.phase == "missing" and self.submitted_at is not None:
+                return time.monotonic() - self.submitted_at < _SUBMIT_GRACE
+            return state.phase == "running"
         pid = self.where.get("pid")
         return isinstance(pid, int) and _alive(pid)
 
+    def _job_state(self) -> CallState:
+        """The remote job's state, read from the platform now."""
+        state: CallState = self.ctx.blocking(
+            self.orchestrator.call_state, self.ctx.exec_id, self.call_id, self.launch
+        )
+        self.state, self.state_read = state, time.monotonic()
+        return state
+
     def _what(self) -> str:
         if self.orchestrator is not None:
-            return f"job {self.where.get('job')}"
+            state = self.state
+            said = f" ({state.phase}: {state.reason})" if state is not None and state.reason else ""
+            return f"job {self.where.get('job')}{said}"
         code = self.proc.returncode if self.proc is not None else None
         return f"process (pid {self.where.get('pid')}, exit code {code})"
 

@@ -129,7 +129,18 @@ def _check_value(annotation: Any, value: Any) -> tuple[Any, str | None]:
     try:
         return adapter.validate_python(value), None
     except ValidationError as exc:
-        return value, "; ".join(e["msg"] for e in exc.errors())
+        error = "; ".join(e["msg"] for e in exc.errors())
+    # A list or table from the environment (``KITARU_STACK__SUBNETS='["subnet-1"]'``, what a
+    # remote job's worker is given) is JSON text.
+    if isinstance(value, str) and value.lstrip()[:1] in ("[", "{"):
+        import json
+
+        try:
+            parsed = json.loads(value)
+            return adapter.validate_python(parsed), None
+        except (ValueError, ValidationError):
+            pass
+    return value, error
 
 
 def validate_stack_keys(

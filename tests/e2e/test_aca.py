@@ -299,3 +299,32 @@ def test_missing_keys_stores_roles_and_permissions_are_clear_errors(
         match=r"AuthorizationFailed.*Microsoft\.App/jobs/start/action.*`job`.*Container Apps Jobs Operator",
     ):
         blocking(start)
+
+
+def test_an_isolated_call_is_a_job_execution_of_its_own_and_its_value_reaches_the_flow(
+    azure: Azure, k8s_flows: Any
+) -> None:
+    """``@checkpoint(runtime="isolated")`` on an azure stack: the parent's replica starts the job
+    once more for the call (`kitaru worker call`, the same container, secrets and env), and the
+    value that execution's replica returned is what the flow gets."""
+    # What the job's managed identity gives a real replica: the parent starts the call's execution.
+    azure.aca.base_env.update(azure.aca.identity_env())
+    (azure.marks / "release").write_text("1")  # the call does not hold this time
+    handle = k8s_flows.isolated.run(str(azure.counts), str(azure.marks))
+    result = handle.wait(timeout=180)
+    runs = azure.aca.executions_of(handle.exec_id)
+    [call] = [r for r in runs if r.argv[-4:] == ["worker", "call", handle.exec_id, "own_job"]]
+    [parent] = [r for r in runs if r.argv[-3:] == ["worker", "run", handle.exec_id]]
+    container = call.template["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KITARU_CALL_LAUNCH"]["value"] == "1"
+    # The connection string reaches the call's replica from the job's secret, as the parent's.
+    assert env["KITARU_STACK__CONNECTION_STRING"] == {
+        "name": "KITARU_STACK__CONNECTION_STRING",
+        "secretRef": "blob",
+    }
+    assert container["image"] == parent.template["containers"][0]["image"]
+    assert azure.finished(call) == "Succeeded"
+    assert result["pid"] == call.attempts[-1].pid  # the value came from that execution's replica
+    assert result["parent_pid"] == parent.attempts[-1].pid
+    assert azure.counted() == {"own_job": 1}

@@ -210,3 +210,27 @@ def test_missing_keys_stores_and_permissions_are_clear_errors(
     orchestrator: Any = load_stack("denied").orchestrator()
     with pytest.raises(KitaruConfigError, match=r"iam\.serviceaccounts\.actAs.*`service_account`"):
         blocking(orchestrator._ensure_job)
+
+
+def test_an_isolated_call_is_a_cloud_run_execution_of_its_own_and_its_value_reaches_the_flow(
+    gcp: Gcp, k8s_flows: Any
+) -> None:
+    """``@checkpoint(runtime="isolated")`` on a gcp stack: the parent's task runs the execution's
+    job once more for the call (`kitaru worker call`, the same image and env), and the value that
+    execution's process returned is what the flow gets."""
+    (gcp.marks / "release").write_text("1")  # the call does not hold this time
+    handle = k8s_flows.isolated.run(str(gcp.counts), str(gcp.marks))
+    result = handle.wait(timeout=180)
+    runs = gcp.run.executions_of(handle.exec_id)
+    [call] = [r for r in runs if r.argv[-4:] == ["worker", "call", handle.exec_id, "own_job"]]
+    [parent] = [r for r in runs if r.argv[-3:] == ["worker", "run", handle.exec_id]]
+    assert call.job is parent.job  # the execution's own job, run once more
+    assert call.env["KITARU_CALL_LAUNCH"] == "1"
+    per_run = ("KITARU_CALL_LAUNCH", "KITARU_RUN")  # which launch, and the journal's length
+    assert {k: v for k, v in call.env.items() if k not in per_run} == {
+        k: v for k, v in parent.env.items() if k not in per_run
+    }
+    assert gcp.finished(call) == "succeeded"
+    assert result["pid"] == call.attempts[-1].pid  # the value came from that execution's task
+    assert result["parent_pid"] == parent.attempts[-1].pid
+    assert gcp.counted() == {"own_job": 1}

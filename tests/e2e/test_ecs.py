@@ -366,3 +366,30 @@ def _run_on(ecs: Ecs, k8s_flows: Any, **keys: Any) -> None:
     ecs.status_becomes(handle.exec_id, "waiting")
     ecs.run_cli("executions", "input", handle.exec_id, "--value", "true", "--no-resume")
     blocking(orchestrator.submit, handle.exec_id)
+
+
+def test_an_isolated_call_is_an_ecs_task_of_its_own_and_its_value_reaches_the_flow(
+    ecs: Ecs, k8s_flows: Any
+) -> None:
+    """``@checkpoint(runtime="isolated")`` on an aws stack: the parent's task starts the call as a
+    task of its own (the same task definition and environment, `kitaru worker call`, tagged with
+    the call), and the value that task's process returned is what the flow gets."""
+    (ecs.marks / "release").write_text("1")  # the call does not hold this time
+    handle = k8s_flows.isolated.run(str(ecs.counts), str(ecs.marks))
+    result = handle.wait(timeout=180)
+    tasks = ecs.tasks(handle.exec_id)
+    [call] = [t for t in tasks if tag(t, "kitaru:call") == "own_job"]
+    [parent] = [t for t in tasks if tag(t, "kitaru:call") is None]
+    assert tag(call, "kitaru:launch") == "1" and tag(call, "team") == "agents"
+    [override] = call["overrides"]["containerOverrides"]
+    assert override["command"][-4:] == ["worker", "call", handle.exec_id, "own_job"]
+    assert call["taskDefinitionArn"] == parent["taskDefinitionArn"]
+    env = {e["name"]: e["value"] for e in override["environment"]}
+    [parent_override] = parent["overrides"]["containerOverrides"]
+    assert {e["name"]: e["value"] for e in parent_override["environment"]} == {
+        k: v for k, v in env.items() if k != "KITARU_CALL_LAUNCH"
+    }
+    assert ecs.stopped(call["taskArn"])["containers"][0]["exitCode"] == 0
+    assert result["pid"] == ecs.double.processes[call["taskArn"]].pid  # the value came from that task
+    assert result["parent_pid"] == ecs.double.processes[parent["taskArn"]].pid
+    assert ecs.counted() == {"own_job": 1}

@@ -90,7 +90,13 @@ def k8s(
         "kubeconfig": str(kube_api.kubeconfig),
         # Test-only: the double runs commands on this machine, so the worker is this checkout's.
         "worker_command": [sys.executable, "-m", "kitaru.cli"],
-        "env": {"KITARU_HOME": str(pod_home), "PYTHONUNBUFFERED": "1"},
+        # KUBECONFIG: what a real pod's service account gives it (in-cluster config), the API of
+        # the cluster it runs in; the pod starts an isolated call's Job through it.
+        "env": {
+            "KITARU_HOME": str(pod_home),
+            "PYTHONUNBUFFERED": "1",
+            "KUBECONFIG": str(kube_api.kubeconfig),
+        },
         "backoff_limit": 3,
         "labels": {"team": "agents"},
     }
@@ -323,3 +329,65 @@ def test_an_evicted_pod_is_replaced_without_counting_against_the_backoff_limit(
     assert k8s.api.job(job["metadata"]["name"])["status"].get("failed", 0) == 0  # Ignored
     counted = k8s.counted()
     assert {i: counted[f"step {i}"] for i in range(1, 5)} == {1: 1, 2: 1, 3: 1, 4: 1}
+
+
+def test_an_isolated_call_is_a_job_of_its_own_and_a_killed_parent_waits_for_that_job(
+    k8s: K8s, k8s_flows: Any
+) -> None:
+    """``@checkpoint(runtime="isolated")`` on a kubernetes stack: the call runs in a Job of its own,
+    named for the call, with the execution's image and environment; the parent's pod, SIGKILLed
+    while the call runs, is replaced by the Job controller, and the resumed parent waits for that
+    same Job: the call's body runs once, and its value reaches the flow."""
+    from kitaru_stack_kubernetes import _orchestrator
+
+    from kitaru._engine.isolated import LAUNCHED
+    from tests._process import wait_for
+
+    # A short lease, so the replacement parent takes over soon after the kill.
+    k8s.config.write_text(
+        k8s.config.read_text().replace(
+            '"PYTHONUNBUFFERED" = "1"', '"PYTHONUNBUFFERED" = "1", "KITARU_LEASE_TTL" = "4"'
+        )
+    )
+    handle = k8s_flows.isolated.run(str(k8s.counts), str(k8s.marks))
+    wait_for(k8s.marks / "own-job-started", timeout=120)
+    name = _orchestrator.call_job_name(handle.exec_id, "own_job", 1)
+    assert "own-job" in name
+    jobs = {j["metadata"]["name"]: j for j in k8s.jobs(handle.exec_id)}
+    assert len(jobs) == 2 and name in jobs, sorted(jobs)  # the execution's run, and the call
+    call_job = jobs.pop(name)
+    [run_job] = jobs.values()
+    assert call_job["metadata"]["labels"]["kitaru.dev/call"] == "own_job"
+    assert call_job["metadata"]["annotations"]["kitaru.dev/call-id"] == "own_job"
+    call_container = call_job["spec"]["template"]["spec"]["containers"][0]
+    run_container = run_job["spec"]["template"]["spec"]["containers"][0]
+    assert call_container["command"][-4:] == ["worker", "call", handle.exec_id, "own_job"]
+    assert call_container["image"] == run_container["image"]
+    assert call_container["env"] == run_container["env"]  # the same stack, code and secrets
+    [call_pod] = k8s.api.pods(name)
+    [parent] = k8s.api.pods(run_job["metadata"]["name"])
+    assert (k8s.marks / "own-job-started").read_text() == call_pod["metadata"]["name"]
+    assert call_pod["metadata"]["name"] != parent["metadata"]["name"]
+
+    k8s.api.kill_pod(parent["metadata"]["name"])  # SIGKILL the parent while its call's Job runs
+    waiting = f"waiting for its job {name}"
+
+    def resumed_parent_waits() -> str | None:
+        for pod in k8s.api.pods(run_job["metadata"]["name"])[1:]:
+            log = k8s.api.request("GET", f"/api/v1/namespaces/default/pods/{pod['metadata']['name']}/log")
+            if waiting in log:
+                return str(pod["metadata"]["name"])
+        return None
+
+    second = k8s.api.wait_for(resumed_parent_waits, 120, "the replacement parent waiting for the call's Job")
+    (k8s.marks / "release").write_text("1")
+    result = handle.wait(timeout=120)
+    assert result["pod"] == call_pod["metadata"]["name"]
+    assert result["parent_pod"] == second
+    assert k8s.counted() == {"own_job": 1}  # the call's body ran once
+    assert k8s.finished(name) == "Complete"
+    assert [p["status"]["phase"] for p in k8s.api.pods(name)] == ["Succeeded"]
+    assert len(k8s.jobs(handle.exec_id)) == 2  # no second Job for the call
+    journal = k8s.journal(handle.exec_id)
+    assert [r.data["job"] for r in journal if r.kind == LAUNCHED] == [name]
+    assert [r.call_id for r in journal if r.kind == "checkpoint_completed"] == ["own_job"]

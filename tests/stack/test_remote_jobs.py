@@ -19,7 +19,7 @@ def test_exit_codes_carry_the_retry_decision() -> None:
         assert _remote_jobs.exit_verdict(code) == "infrastructure"
 
 
-def test_the_worker_env_names_the_stack_and_leaves_secrets_and_tables_out() -> None:
+def test_the_worker_env_names_the_stack_writes_tables_as_json_and_leaves_secrets_out() -> None:
     stack = BaseStack(
         "prod", state="postgresql://u@h/db", artifacts="s3://b/p", region="eu", account_key="k", flag=True
     )
@@ -36,6 +36,7 @@ def test_the_worker_env_names_the_stack_and_leaves_secrets_and_tables_out() -> N
         "KITARU_STACK__ARTIFACTS": "s3://b/p",
         "KITARU_STACK__IMAGE": "i",
         "KITARU_STACK__RETRIES": "3",
+        "KITARU_STACK__TAGS": '{"a":"b"}',
         "KITARU_STACK__REGION": "eu",
         "KITARU_STACK__FLAG": "true",
         "LOG": "info",
@@ -64,3 +65,37 @@ def test_an_execution_runs_on_its_versions_image_else_its_flows_else_the_stacks(
     assert _remote_jobs.execution_image({"image": "acme/f:1"}, None) == "acme/f:1"
     assert _remote_jobs.execution_image({}, "acme/stack:now") == "acme/stack:now"
     assert _remote_jobs.execution_image({}, None) is None
+
+
+def test_a_jobs_worker_builds_the_submitters_stack_lists_and_tables_included(
+    monkeypatch: pytest.MonkeyPatch, kitaru_home: object
+) -> None:
+    """The worker's stack, built from the job's environment alone, is the submitter's: so a
+    worker that starts jobs itself (an isolated call's) starts them on the same image, command,
+    network and environment."""
+    from kitaru_stack_aws import AwsStack
+
+    from kitaru.stack import load_stack
+
+    submitter = AwsStack(
+        "prod",
+        state="postgresql://u@h/db",
+        artifacts="s3://b/p",
+        cluster="agents",
+        image="acme/worker:1",
+        subnets=["subnet-1", "subnet-2"],
+        security_groups=["sg-1"],
+        env={"LOG": "info"},
+        tags={"team": "agents"},
+        worker_command=["python", "-m", "kitaru.cli"],
+        assign_public_ip=True,
+    )
+    env = _remote_jobs.worker_env(submitter, _remote_jobs.declared_keys(submitter), env=submitter.env)
+    monkeypatch.delenv("KITARU_CONFIG", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    worker = load_stack()
+    assert isinstance(worker, AwsStack)
+    for key in ("cluster", "image", "subnets", "security_groups", "env", "tags", "worker_command"):
+        assert getattr(worker, key) == getattr(submitter, key), key
+    assert worker.assign_public_ip is True

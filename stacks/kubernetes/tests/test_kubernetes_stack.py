@@ -267,3 +267,59 @@ secret_env = { KITARU_SECRETS_KEY = "kitaru-secrets:key" }
         "valueFrom": {"secretKeyRef": {"name": "kitaru-secrets", "key": "key"}},
     }
     assert local_key not in str(job)
+
+
+def test_an_isolated_calls_job_is_named_for_the_call_and_its_launch() -> None:
+    """A resumed parent derives the same name (so its create's 409 finds the running Job); a
+    second launch, another call or another execution gets another; none is a run's Job name."""
+    from kitaru_stack_kubernetes._orchestrator import call_job_name, job_name
+
+    ulid = "01JEXAMPLE0000000000000000"
+    name = call_job_name(ulid, "fetch_page", 1)
+    assert name == call_job_name(ulid, "fetch_page", 1)
+    assert name.startswith("kitaru-01jexample0000000000000000-fetch-page")
+    others = {
+        call_job_name(ulid, "fetch_page", 2),
+        call_job_name(ulid, "fetch_page:2", 1),
+        call_job_name("01JEXAMPLE0000000000000001", "fetch_page", 1),
+    }
+    assert name not in others and len(others) == 3
+    for exec_id, call_id in ((ulid, "x" * 80), ("Order #42 / retry", "Tool.Call:12"), (ulid, "3")):
+        for launch in (1, 2, 99):
+            made = call_job_name(exec_id, call_id, launch)
+            assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", made) and len(made) <= 57, made
+            assert made not in {job_name(exec_id, run, suffix) for run in range(100) for suffix in (1, 2)}
+
+
+def test_an_isolated_calls_job_is_the_executions_job_with_the_call_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[stacks.k8s]\ntype = "kubernetes"\nstate = "postgresql://kitaru@db/kitaru"\n'
+        'artifacts = "s3://bucket/prefix"\nimage = "ghcr.io/acme/agents:1"\n'
+        'resources = { limits = { memory = "2Gi" } }\nsecret_env = { OPENAI_API_KEY = "llm:key" }\n'
+    )
+    monkeypatch.setenv("KITARU_CONFIG", str(config))
+    orchestrator = load_stack("k8s").orchestrator()
+    run = orchestrator.job_manifest("01JEXAMPLE0000000000000000", "review", 4)
+    call = orchestrator.job_manifest("01JEXAMPLE0000000000000000", "review", 4, call=("fetch", 2))
+    assert call["metadata"]["name"] == orchestrator.call_job_name("01JEXAMPLE0000000000000000", "fetch", 2)
+    assert call["metadata"]["labels"]["kitaru.dev/call"] == "fetch"
+    assert call["metadata"]["annotations"]["kitaru.dev/call-id"] == "fetch"
+    run_pod, call_pod = run["spec"]["template"]["spec"], call["spec"]["template"]["spec"]
+    assert call_pod["containers"][0]["command"][-4:] == [
+        "worker",
+        "call",
+        "01JEXAMPLE0000000000000000",
+        "fetch",
+    ]
+    for key in ("image", "env", "resources"):
+        assert call_pod["containers"][0][key] == run_pod["containers"][0][key], key
+    assert call["spec"]["podFailurePolicy"] == run["spec"]["podFailurePolicy"]
+    # The pod gets every key but the submitter's kubeconfig, tables as JSON: its own stack starts
+    # the call's Job as this one would.
+    env = {e["name"]: e.get("value") for e in run_pod["containers"][0]["env"]}
+    assert env["KITARU_STACK__IMAGE"] == "ghcr.io/acme/agents:1"
+    assert env["KITARU_STACK__RESOURCES"] == '{"limits":{"memory":"2Gi"}}'
+    assert "KITARU_STACK__KUBECONFIG" not in env

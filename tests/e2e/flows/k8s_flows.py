@@ -8,12 +8,16 @@ parts say where they are.
     asks(count_file)           a checkpoint, a wait named ``go`` (bool), a checkpoint
     sleepy(count_file, marks)  a checkpoint that marks ``started`` and sleeps
     own_image(count_file)      a checkpoint, on its own job image (``@flow(image=OWN_IMAGE)``)
+    isolated(count_file, marks)  an isolated checkpoint (a job of its own) that marks
+                               ``own-job-started`` and holds until ``release`` exists
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import kitaru
 from kitaru import checkpoint, flow
@@ -85,3 +89,20 @@ OWN_IMAGE = "kitaru-worker:own"
 @flow(image=OWN_IMAGE)
 def own_image(count_file: str) -> str:
     return before(count_file)
+
+
+@checkpoint(runtime="isolated")
+def own_job(count_file: str, marks: str) -> dict[str, Any]:
+    """Runs in a job of its own: says where (its pod's name, its pid), then holds until ``release``."""
+    count(count_file, "own_job")
+    (Path(marks) / "own-job-started").write_text(os.environ.get("HOSTNAME", ""))
+    deadline = time.monotonic() + 120
+    while not (Path(marks) / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"pod": os.environ.get("HOSTNAME", ""), "pid": os.getpid()}
+
+
+@flow
+def isolated(count_file: str, marks: str) -> dict[str, Any]:
+    out = own_job(count_file, marks)
+    return {**out, "parent_pod": os.environ.get("HOSTNAME", ""), "parent_pid": os.getpid()}

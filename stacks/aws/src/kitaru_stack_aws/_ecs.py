@@ -28,6 +28,14 @@ whose runner is gone. ``submit`` reads the execution's last task (recorded in it
 A task that stopped while its runner's lease has not expired yet proves the runner dead: the new
 task's worker waits the lease out. Races: submitters that see the same journal send the same
 ``clientToken``, which ECS uses to start one task for both.
+
+An isolated call (``@checkpoint(runtime="isolated")``) is a task of its own, started by the
+parent's task: ``kitaru worker call <exec_id> <call_id>`` on the execution's task definition, with
+its environment and network, tagged with the call and its launch (``kitaru:call``,
+``kitaru:launch``) and started by the execution's ``startedBy`` (so `cancel` stops it too). A
+resumed parent finds that task by those tags (``ListTasks`` + ``DescribeTasks``) instead of
+starting another. ECS retries nothing, so the parent's orchestrator does: a call task stopped by
+infrastructure is run again, up to ``max_retries`` times, as an execution's task is.
 """
 
 from __future__ import annotations
@@ -56,7 +64,14 @@ if TYPE_CHECKING:
 
     from . import AwsStack
 
-__all__ = ["CONTAINER", "EXECUTION_TAG", "INFRASTRUCTURE_STOP_CODES", "EcsOrchestrator", "started_by"]
+__all__ = [
+    "CALL_TAG",
+    "CONTAINER",
+    "EXECUTION_TAG",
+    "INFRASTRUCTURE_STOP_CODES",
+    "EcsOrchestrator",
+    "started_by",
+]
 
 #: The container of the task definitions kitaru registers (and the default to override).
 CONTAINER = "worker"
@@ -64,6 +79,9 @@ CONTAINER = "worker"
 EXECUTION_TAG = "kitaru:execution"
 ATTEMPT_TAG = "kitaru:attempt"
 RUN_TAG = "kitaru:run"
+#: Tags on an isolated call's task: the exact call id, and which launch of it the task runs.
+CALL_TAG = "kitaru:call"
+LAUNCH_TAG = "kitaru:launch"
 #: The execution metadata key holding its tasks: ``{"cluster", "task", "attempt", "tasks"}``.
 METADATA = "ecs"
 #: Stop codes that say the platform, not the flow, ended the task.
@@ -254,10 +272,101 @@ class EcsOrchestrator:
             f"execution {exec_id} is failed: {why}. Fix the cause, then `kitaru executions retry {exec_id}`."
         )
 
+    # -- isolated calls ---------------------------------------------------------------------------
+
+    def call_job_name(self, exec_id: str, call_id: str, launch: int = 1) -> str:
+        """How people find launch ``launch`` of isolated call ``call_id``: by its tags."""
+        where = f"startedBy {started_by(exec_id)}"
+        return f"ECS task tagged {CALL_TAG}={call_id}, {LAUNCH_TAG}={launch} ({where})"
+
+    async def submit_call(self, exec_id: str, call_id: str, launch: int = 1) -> None:
+        """Start the task running launch ``launch`` of isolated call ``call_id`` (``kitaru worker
+        call``) on the execution's task definition, environment and network; nothing when that
+        launch has a task already (a parent resumed after a restart)."""
+
+        if await self._call_tasks(exec_id, call_id, launch):
+            return
+        await self._start_call(exec_id, call_id, launch, 0)
+
+    async def _start_call(self, exec_id: str, call_id: str, launch: int, attempt: int) -> None:
+        from kitaru import _remote_jobs
+
+        runtime = self._runtime()
+        record = await _remote_jobs.call_submittable(runtime, exec_id)
+        await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
+        run = len(await runtime.astate.read_journal(exec_id))
+        await self._run_task(exec_id, record.flow, run, attempt, record.metadata, call=(call_id, launch))
+
+    async def call_state(self, exec_id: str, call_id: str, launch: int = 1) -> Any:
+        """What the task of launch ``launch`` of isolated call ``call_id`` is doing (a
+        :class:`kitaru._remote_jobs.CallState`). A task stopped by infrastructure (a kill, an
+        OOM, a Spot interruption) is run again here, up to the stack's ``max_retries``: ECS
+        retries nothing itself."""
+        from kitaru._remote_jobs import CallState
+
+        tasks = await self._call_tasks(exec_id, call_id, launch)
+        if not tasks:
+            return CallState("missing")
+        last = tasks[-1]
+        if last.get("lastStatus") != "STOPPED":
+            return CallState("running")
+        verdict, why = classify(last)
+        if verdict == "done":
+            return CallState("succeeded")
+        attempt = int(_tag(last, ATTEMPT_TAG) or 0)
+        if verdict == "infrastructure" and attempt < self.stack.max_retries:
+            await self._start_call(exec_id, call_id, launch, attempt + 1)
+            return CallState("running")
+        return CallState("failed", f"task {_task_id(last)}: {why}")
+
+    async def _call_tasks(self, exec_id: str, call_id: str, launch: int) -> list[dict[str, Any]]:
+        """The tasks of launch ``launch`` of the call, by attempt."""
+        cluster = self.stack.cluster
+        async with self._ecs() as ecs:
+            arns: list[str] = []
+            for desired in ("RUNNING", "STOPPED"):
+                listed = await self._call(
+                    ecs, "ListTasks", cluster=cluster, startedBy=started_by(exec_id), desiredStatus=desired
+                )
+                arns.extend(a for a in listed.get("taskArns") or [] if a not in arns)
+            found: list[dict[str, Any]] = []
+            for i in range(0, len(arns), 100):
+                reply = await self._call(
+                    ecs, "DescribeTasks", cluster=cluster, tasks=arns[i : i + 100], include=["TAGS"]
+                )
+                found.extend(reply.get("tasks") or [])
+        mine = [
+            t
+            for t in found
+            if _tag(t, EXECUTION_TAG) == exec_id
+            and _tag(t, CALL_TAG) == call_id
+            and _tag(t, LAUNCH_TAG) == str(launch)
+        ]
+        return sorted(mine, key=lambda t: int(_tag(t, ATTEMPT_TAG) or 0))
+
     async def _run_task(
-        self, exec_id: str, flow: str, run: int, attempt: int, metadata: Mapping[str, Any]
+        self,
+        exec_id: str,
+        flow: str,
+        run: int,
+        attempt: int,
+        metadata: Mapping[str, Any],
+        call: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
+        """Start a task of the execution (``call``: ``(call_id, launch)`` of an isolated call,
+        for the task that runs it: the same in everything but its command and tags)."""
+        from kitaru import _remote_jobs
+
         stack = self.stack
+        args = ["worker", "run", exec_id]
+        environment = self.environment()
+        token = f"{exec_id}\0{run}\0{attempt}"
+        tags = [{"key": RUN_TAG, "value": str(run)}, {"key": ATTEMPT_TAG, "value": str(attempt)}]
+        if call is not None:
+            args = _remote_jobs.call_args(exec_id, call[0])
+            environment[_remote_jobs.CALL_LAUNCH_ENV] = str(call[1])
+            token = f"{_remote_jobs.call_key(exec_id, *call)}\0{attempt}"
+            tags += [{"key": CALL_TAG, "value": call[0][:256]}, {"key": LAUNCH_TAG, "value": str(call[1])}]
         async with self._ecs() as ecs:
             definition = await self.task_definition(ecs, metadata)
             params: dict[str, Any] = {
@@ -266,13 +375,13 @@ class EcsOrchestrator:
                 "count": 1,
                 "startedBy": started_by(exec_id),
                 # Submitters that saw the same journal send the same token: ECS starts one task.
-                "clientToken": hashlib.sha256(f"{exec_id}\0{run}\0{attempt}".encode()).hexdigest()[:64],
+                "clientToken": hashlib.sha256(token.encode()).hexdigest()[:64],
                 "overrides": {
                     "containerOverrides": [
                         {
                             "name": stack.container_name,
-                            "command": [*stack.worker_command, "worker", "run", exec_id],
-                            "environment": [{"name": k, "value": v} for k, v in self.environment().items()],
+                            "command": [*stack.worker_command, *args],
+                            "environment": [{"name": k, "value": v} for k, v in environment.items()],
                         }
                     ]
                 },
@@ -280,8 +389,7 @@ class EcsOrchestrator:
                     *({"key": k, "value": v} for k, v in stack.tags.items()),
                     {"key": EXECUTION_TAG, "value": exec_id},
                     {"key": "kitaru:flow", "value": flow[:256]},
-                    {"key": RUN_TAG, "value": str(run)},
-                    {"key": ATTEMPT_TAG, "value": str(attempt)},
+                    *tags,
                 ],
             }
             if stack.capacity_provider:
@@ -417,7 +525,10 @@ class EcsOrchestrator:
 
         stack = self.stack
         return _remote_jobs.worker_env(
-            stack, {"code": stack.code}, env=stack.env, leave_out=_SECRET_KEYS | set(stack.secret_env)
+            stack,
+            _remote_jobs.declared_keys(stack),  # the task's stack starts an isolated call's task as this one
+            env=stack.env,
+            leave_out=_SECRET_KEYS | set(stack.secret_env),
         )
 
     async def _task(self, cluster: str, arn: str) -> dict[str, Any] | None:

@@ -23,6 +23,12 @@ successfully and is not run again; infrastructure trouble (exit 11, a crash, a l
 is non-zero and retried, resuming from the journal. Exit 12 (this image or stack can never drive
 the execution) stays non-zero, so the job execution shows ``Failed``.
 
+An isolated call (``@checkpoint(runtime="isolated")``) is a job execution of its own, started by
+the parent's replica: the same template with ``args = ["worker", "call", <exec_id>, <call_id>]``
+and ``KITARU_CALL_LAUNCH`` (which launch of the call it runs) in its env. A resumed parent finds it
+again by those (``jobs_executions.list``) instead of starting the job once more; Container Apps
+retries its replica as it retries an execution's.
+
 The client is azure-mgmt-appcontainers' async client (``aio``, aiohttp on the caller's loop, no
 thread) with azure-identity's async ``DefaultAzureCredential``; both are opened per operation and
 closed after it. The API version is pinned (:data:`API_VERSION`) so a newer SDK does not move the
@@ -329,7 +335,10 @@ class ContainerAppsOrchestrator:
         )
         await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
         run = len(await runtime.astate.read_journal(exec_id))
-        template = self.start_template(await self.job(), exec_id, run, record.metadata)
+        await self._start(self.start_template(await self.job(), exec_id, run, record.metadata))
+
+    async def _start(self, template: dict[str, Any]) -> None:
+        """Start the job once, with this execution template."""
         name = self.job_name
         async with self._client() as client:
             poller = await self._call(
@@ -341,13 +350,81 @@ class ContainerAppsOrchestrator:
             # store tells how the run goes.
             await self._call(f"start the job {name}", "job", poller.result())
 
+    # -- isolated calls ---------------------------------------------------------------------------
+
+    def call_job_name(self, exec_id: str, call_id: str, launch: int = 1) -> str:
+        """How people find launch ``launch`` of isolated call ``call_id``: by its args and env."""
+        from kitaru import _remote_jobs
+
+        args = " ".join(_remote_jobs.call_args(exec_id, call_id))
+        return (
+            f"Container Apps job execution of {self.job_name} with args `{args}` and "
+            f"{_remote_jobs.CALL_LAUNCH_ENV}={launch}"
+        )
+
+    async def submit_call(self, exec_id: str, call_id: str, launch: int = 1) -> None:
+        """Start the job once for launch ``launch`` of isolated call ``call_id`` (``kitaru worker
+        call``), with the execution's image and env; nothing when that launch has a job
+        execution already (a parent resumed after a restart)."""
+        from kitaru import _remote_jobs
+
+        runtime = self._runtime()
+        record = await _remote_jobs.call_submittable(runtime, exec_id)
+        if await self._call_executions(exec_id, call_id, launch):
+            return
+        await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
+        run = len(await runtime.astate.read_journal(exec_id))
+        template = self.start_template(
+            await self.job(), exec_id, run, record.metadata, call=(call_id, launch)
+        )
+        await self._start(template)
+
+    async def call_state(self, exec_id: str, call_id: str, launch: int = 1) -> Any:
+        """What the job execution of launch ``launch`` of isolated call ``call_id`` is doing (a
+        :class:`kitaru._remote_jobs.CallState`; a failed one's reason names its exit codes)."""
+        from kitaru._remote_jobs import CallState
+
+        found = await self._call_executions(exec_id, call_id, launch)
+        if not found:
+            return CallState("missing")
+        status = _props(found[-1]).get("status")
+        if status in _LIVE:
+            return CallState("running")
+        if status == "Succeeded":
+            return CallState("succeeded")
+        codes = _exit_codes(found[-1])
+        said = f" (exit codes {', '.join(map(str, codes))})" if codes else ""
+        return CallState("failed", f"Container Apps job execution {found[-1].get('name')}: {status}{said}")
+
+    async def _call_executions(self, exec_id: str, call_id: str, launch: int) -> list[dict[str, Any]]:
+        """The job executions of launch ``launch`` of the call, oldest first."""
+        from kitaru import _remote_jobs
+
+        args = _remote_jobs.call_args(exec_id, call_id)
+
+        def mine(execution: dict[str, Any]) -> bool:
+            if _args(execution) != args:
+                return False
+            containers = (_props(execution).get("template") or {}).get("containers") or [{}]
+            env = {e.get("name"): e.get("value") for e in containers[0].get("env") or []}
+            return env.get(_remote_jobs.CALL_LAUNCH_ENV) == str(launch)
+
+        return [e for e in await self.executions(exec_id) if mine(e)]
+
     def start_template(
-        self, job: dict[str, Any], exec_id: str, run: int, metadata: Mapping[str, Any] = {}
+        self,
+        job: dict[str, Any],
+        exec_id: str,
+        run: int,
+        metadata: Mapping[str, Any] = {},
+        *,
+        call: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
         """The ``JobExecutionTemplate`` of one run: the job's container with the worker's args and
         environment, on the image of the execution whose ``metadata`` is given (its deployed
         version's, else its flow's, see :func:`kitaru._remote_jobs.execution_image`), else the
-        stack's, else the job's."""
+        stack's, else the job's. ``call``: ``(call_id, launch)`` of an isolated call, for the
+        execution that runs it (``kitaru worker call``; the same in everything else)."""
         from kitaru import _remote_jobs
         from kitaru.worker import FLOW_FAILED_EXIT_ENV
 
@@ -357,20 +434,26 @@ class ContainerAppsOrchestrator:
         from_secrets = {e["name"] for e in kept}
         plain = _remote_jobs.worker_env(
             stack,
-            stack.container_apps_keys(),
+            # Every key (lists and tables too): the replica's own stack runs an isolated call on
+            # this job as this one would.
+            {**stack.container_apps_keys(), **_remote_jobs.declared_keys(stack)},
             env=stack.env,
             leave_out=_SECRET_KEYS | from_secrets,
         )
         # Container Apps retries every non-zero exit: a flow's failure exits 0 (module docstring).
         plain[FLOW_FAILED_EXIT_ENV] = "0"
         plain["KITARU_RUN"] = str(run)  # which run of the execution this replica is, for people
+        args = ["worker", "run", exec_id]
+        if call is not None:
+            args = _remote_jobs.call_args(exec_id, call[0])
+            plain[_remote_jobs.CALL_LAUNCH_ENV] = str(call[1])
         jobs_plain = {e["name"]: e.get("value", "") for e in base.get("env") or [] if not e.get("secretRef")}
         env = [*kept, *({"name": k, "value": v} for k, v in {**jobs_plain, **plain}.items())]
         container: dict[str, Any] = {
             "name": base.get("name") or CONTAINER,
             "image": _remote_jobs.execution_image(metadata, stack.image) or base.get("image"),
             "command": list(stack.worker_command),
-            "args": ["worker", "run", exec_id],
+            "args": args,
             "env": env,
         }
         resources = {**(base.get("resources") or {}), **self._resources()}

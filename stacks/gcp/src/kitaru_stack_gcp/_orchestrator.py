@@ -19,6 +19,12 @@ the source of truth) ends the task successfully and is not run again; infrastruc
 (the task can never drive the execution: a broken image or stack) stays non-zero, so the Cloud Run
 execution shows failed; its retries fail fast the same way.
 
+An isolated call (``@checkpoint(runtime="isolated")``) is an execution of its own of the same job,
+started by the parent's task: ``args = ["worker", "call", <exec_id>, <call_id>]``, the same env
+plus ``KITARU_CALL_LAUNCH`` (which launch of the call it runs). A resumed parent finds it again by
+those (``list_executions``) instead of running the job once more; Cloud Run retries its task as
+it retries an execution's.
+
 The client is google-cloud-run's synchronous REST client (its async clients speak gRPC only),
 created per call and run on a worker thread. Credentials: the stack's ``credentials_file``, else
 Application Default Credentials; ``anonymous = true`` sends none (an emulator).
@@ -280,16 +286,20 @@ class CloudRunOrchestrator:
             runtime, exec_id, f"its Cloud Run task goes on (`kitaru executions describe {exec_id}` names it)"
         )
         await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
-        await self._ensure_job(record.metadata)
-        name = self.job_name_of(record.metadata)
         run = len(await runtime.astate.read_journal(exec_id))
+        await self._run(record.metadata, ["worker", "run", exec_id], self._env(run))
+
+    async def _run(self, metadata: Mapping[str, Any], args: list[str], env: dict[str, str]) -> None:
+        """Run the job of the execution whose ``metadata`` is given, once, with these args and env."""
+        await self._ensure_job(metadata)
+        name = self.job_name_of(metadata)
         run_v2, kw = self._clients()
         overrides = run_v2.RunJobRequest.Overrides(
             container_overrides=[
                 run_v2.RunJobRequest.Overrides.ContainerOverride(
                     name=CONTAINER,
-                    args=["worker", "run", exec_id],
-                    env=[run_v2.EnvVar(name=k, value=v) for k, v in self._env(run).items()],
+                    args=args,
+                    env=[run_v2.EnvVar(name=k, value=v) for k, v in env.items()],
                 )
             ],
             task_count=1,
@@ -301,11 +311,83 @@ class CloudRunOrchestrator:
             f"run the job {name}", lambda: run_v2.JobsClient(**kw).run_job(request=request).metadata
         )
 
+    # -- isolated calls -----------------------------------------------------------------------------
+
+    def call_job_name(self, exec_id: str, call_id: str, launch: int = 1) -> str:
+        """How people find launch ``launch`` of isolated call ``call_id``: by its args and env."""
+        from kitaru import _remote_jobs
+
+        args = " ".join(_remote_jobs.call_args(exec_id, call_id))
+        return f"Cloud Run execution with args `{args}` and {_remote_jobs.CALL_LAUNCH_ENV}={launch}"
+
+    async def submit_call(self, exec_id: str, call_id: str, launch: int = 1) -> None:
+        """Run the execution's job once for launch ``launch`` of isolated call ``call_id``
+        (``kitaru worker call``), with the execution's image and env; nothing when that launch
+        has a Cloud Run execution already (a parent resumed after a restart)."""
+        from kitaru import _remote_jobs
+
+        runtime = self._runtime()
+        record = await _remote_jobs.call_submittable(runtime, exec_id)
+        if await self._call_executions(record.metadata, exec_id, call_id, launch):
+            return
+        await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
+        env = self._env(len(await runtime.astate.read_journal(exec_id)))
+        env[_remote_jobs.CALL_LAUNCH_ENV] = str(launch)
+        await self._run(record.metadata, _remote_jobs.call_args(exec_id, call_id), env)
+
+    async def call_state(self, exec_id: str, call_id: str, launch: int = 1) -> Any:
+        """What the Cloud Run execution of launch ``launch`` of isolated call ``call_id`` is doing
+        (a :class:`kitaru._remote_jobs.CallState`; a failed one's reason is its condition's)."""
+        from kitaru._remote_jobs import CallState
+
+        record = await self._runtime().astate.get_execution(exec_id)
+        found = await self._call_executions(record.metadata if record else {}, exec_id, call_id, launch)
+        if not found:
+            return CallState("missing")
+        state = _state(found[-1])
+        if state == "succeeded":
+            return CallState("succeeded")
+        if state in ("failed", "cancelled"):
+            reason = next(
+                (c.message for c in found[-1].conditions if c.type_ == "Completed" and c.message), state
+            )
+            return CallState("failed", f"Cloud Run execution {found[-1].name.rsplit('/', 1)[1]}: {reason}")
+        return CallState("running")
+
+    async def _call_executions(
+        self, metadata: Mapping[str, Any], exec_id: str, call_id: str, launch: int
+    ) -> list[Any]:
+        """The Cloud Run executions of launch ``launch`` of the call, oldest first."""
+        from google.api_core import exceptions as gexc
+
+        from kitaru import _remote_jobs
+
+        run_v2, kw = self._clients()
+        parent = self.job_name_of(metadata)
+        args = _remote_jobs.call_args(exec_id, call_id)
+
+        def mine(e: Any) -> bool:
+            if not e.template.containers or list(e.template.containers[0].args) != args:
+                return False
+            env = {v.name: v.value for v in e.template.containers[0].env}
+            return env.get(_remote_jobs.CALL_LAUNCH_ENV) == str(launch)
+
+        def listed() -> list[Any]:
+            try:
+                found = list(run_v2.ExecutionsClient(**kw).list_executions(parent=parent))
+            except gexc.NotFound:
+                return []
+            return sorted((e for e in found if mine(e)), key=lambda e: (e.create_time, e.name))
+
+        return await self._call(f"list the executions of {parent}", listed)
+
     def _env(self, run: int) -> dict[str, str]:
         """The worker's environment: the stack by name and its keys, then the stack's ``env``."""
         from kitaru import _remote_jobs
 
-        env = _remote_jobs.worker_env(self.stack, self.stack.cloud_run_keys(), env=self.stack.env)
+        # Every key (lists and tables too): the task's own stack runs an isolated call on this job.
+        keys = {**self.stack.cloud_run_keys(), **_remote_jobs.declared_keys(self.stack)}
+        env = _remote_jobs.worker_env(self.stack, keys, env=self.stack.env)
         env["KITARU_RUN"] = str(run)  # which run of the execution this task is, for people reading it
         return env
 

@@ -9,6 +9,12 @@ Job follows a write to the journal (an answer, a failure, a suspension), so the 
 The rare run that follows no write (a resume that only re-suspended, then a deadline passed) finds
 a *finished* Job under its name, and takes the next suffix.
 
+An isolated call (``@checkpoint(runtime="isolated")``) is a Job of its own, running ``kitaru
+worker call <exec_id> <call_id>`` with the execution's image, environment, code and secrets, named
+for the call and its launch (:func:`call_job_name`): the parent that resumes after a kill derives
+the same name, and its create's ``409 AlreadyExists`` means the Job runs already; it waits for that
+Job (see :mod:`kitaru._engine.isolated`).
+
 The API client is created per call (kubernetes-asyncio on the caller's loop, closed after), from
 the stack's ``kubeconfig``/``context``, ``$KUBECONFIG`` or ``~/.kube/config``, else the pod's
 in-cluster service account.
@@ -39,12 +45,14 @@ if TYPE_CHECKING:
     from . import KubernetesStack
 
 __all__ = [
+    "CALL_LABEL",
     "CONTAINER",
     "EXECUTION_LABEL",
     "FLOW_LABEL",
     "RUN_LABEL",
     "VERSION_LABEL",
     "KubernetesOrchestrator",
+    "call_job_name",
     "job_name",
     "label_value",
 ]
@@ -60,6 +68,10 @@ VERSION_LABEL = "kitaru.dev/version"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "kitaru")
 #: The annotation holding the exact execution id (labels are limited to 63 safe characters).
 EXECUTION_ANNOTATION = "kitaru.dev/execution-id"
+#: On an isolated call's Job: the call (``kubectl get jobs -l kitaru.dev/call=isolated``), and the
+#: exact call id as an annotation.
+CALL_LABEL = "kitaru.dev/call"
+CALL_ANNOTATION = "kitaru.dev/call-id"
 CONTAINER = "worker"
 
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
@@ -78,19 +90,37 @@ def label_value(text: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
+def _slug(exec_id: str) -> str:
+    if _KITARU_ID.fullmatch(exec_id):
+        return exec_id.lower()  # kitaru's own ids are one case: lowercasing keeps them apart
+    # A caller's id (an idempotency key): a readable part plus a hash of the exact id, so ids
+    # differing only in case or punctuation get different Jobs.
+    readable = re.sub(r"[^a-z0-9]+", "-", exec_id.lower()).strip("-")[:20].strip("-")
+    digest = hashlib.sha256(exec_id.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else digest
+
+
 def job_name(exec_id: str, run: int, suffix: int = 1) -> str:
     """The Job of run ``run`` of execution ``exec_id``: a DNS-1123 label short enough that its
     pods' names (``<job>-xxxxx``) and its ``job-name`` label stay within 63 characters."""
-    if _KITARU_ID.fullmatch(exec_id):
-        slug = exec_id.lower()  # kitaru's own ids are one case: lowercasing keeps them apart
-    else:
-        # A caller's id (an idempotency key): a readable part plus a hash of the exact id, so
-        # ids differing only in case or punctuation get different Jobs.
-        readable = re.sub(r"[^a-z0-9]+", "-", exec_id.lower()).strip("-")[:20].strip("-")
-        digest = hashlib.sha256(exec_id.encode()).hexdigest()[:8]
-        slug = f"{readable}-{digest}" if readable else digest
-    name = f"kitaru-{slug}-{run}"
+    name = f"kitaru-{_slug(exec_id)}-{run}"
     return name if suffix == 1 else f"{name}-{suffix}"
+
+
+#: The longest Job name whose pods' names (``<job>-xxxxx``) stay within 63 characters.
+_MAX_JOB_NAME = 57
+
+
+def call_job_name(exec_id: str, call_id: str, launch: int = 1) -> str:
+    """The Job of launch ``launch`` of isolated call ``call_id``: the execution's slug, a readable
+    part of the call id and a hash of all three (``kitaru-<exec>-<call>-<hash>``), within
+    :data:`_MAX_JOB_NAME` characters. The hash ends in a hex digit and never collides with a
+    run's Job (``kitaru-<exec>-<run>``)."""
+    from kitaru._remote_jobs import call_key, call_slug
+
+    head, digest = f"kitaru-{_slug(exec_id)}", call_key(exec_id, call_id, launch)[:8]
+    room = _MAX_JOB_NAME - len(head) - len(digest) - 2
+    return f"{head}-{call_slug(call_id, max(room, 1))}-{digest}"
 
 
 class KubernetesOrchestrator:
@@ -209,6 +239,48 @@ class KubernetesOrchestrator:
             f"{EXECUTION_LABEL}={label_value(exec_id)}`."
         )
 
+    # -- isolated calls ---------------------------------------------------------------------------
+
+    def call_job_name(self, exec_id: str, call_id: str, launch: int = 1) -> str:
+        """The Job running launch ``launch`` of isolated call ``call_id`` (see :func:`call_job_name`)."""
+        return call_job_name(exec_id, call_id, launch)
+
+    async def submit_call(self, exec_id: str, call_id: str, launch: int = 1) -> None:
+        """Start the Job running launch ``launch`` of isolated call ``call_id`` (``kitaru worker
+        call``), with the execution's image, environment, code and secrets. A Job of that name
+        existing already (409) is that launch's, started by a parent before a restart: nothing
+        more is started."""
+        from kitaru import _remote_jobs
+
+        runtime = self._runtime()
+        record = await _remote_jobs.call_submittable(runtime, exec_id)
+        await _remote_jobs.ensure_code(runtime, self.stack.code, exec_id, record.metadata)
+        run = len(await runtime.astate.read_journal(exec_id))
+        body = self.job_manifest(
+            exec_id,
+            record.flow,
+            run,
+            version=_version(record.metadata),
+            image=record.metadata.get("image"),
+            call=(call_id, launch),
+        )
+        await self._create(body)  # False: it exists, and that is the one to wait for
+
+    async def call_state(self, exec_id: str, call_id: str, launch: int = 1) -> Any:
+        """What the Job of launch ``launch`` of isolated call ``call_id`` is doing (a
+        :class:`kitaru._remote_jobs.CallState`; a failed Job's reason is its condition's)."""
+        from kitaru._remote_jobs import CallState
+
+        job = await self._read_job(call_job_name(exec_id, call_id, launch))
+        if job is None:
+            return CallState("missing")
+        verdict = _finished(job)
+        if verdict == "complete":
+            return CallState("succeeded")
+        if verdict == "failed":
+            return CallState("failed", _failure(job))
+        return CallState("running")
+
     async def _create(self, body: dict[str, Any]) -> bool:
         """Create the Job; False when one of that name exists already."""
         from kubernetes_asyncio import client
@@ -309,7 +381,9 @@ class KubernetesOrchestrator:
         from kubernetes_asyncio import client
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        jobs = await self.jobs(exec_id)
+        every = await self.jobs(exec_id)
+        # The execution's own runs; an isolated call's Job only when there is nothing else.
+        jobs = [j for j in every if CALL_LABEL not in (j["metadata"].get("labels") or {})] or every
         if not jobs:
             raise KitaruNotFoundError(
                 f"execution {exec_id} has no Job in namespace {self.stack.namespace} (finished Jobs "
@@ -349,12 +423,15 @@ class KubernetesOrchestrator:
         *,
         version: dict[str, Any] | None = None,
         image: str | None = None,
+        call: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
         """The ``batch/v1`` Job of run ``run`` of the execution. An execution of a deployed
         ``version`` (its ``metadata["deployment"]``) runs on the version's image, every run of
         it, whatever the stack's ``image`` is now; its Jobs carry the version as a label.
         ``image``: the flow's own (``@flow(image=...)``, its ``metadata["image"]``), over the
-        stack's."""
+        stack's. ``call``: ``(call_id, launch)`` of an isolated call, for the Job that runs it
+        (``kitaru worker call``; named by :func:`call_job_name`, labelled with the call), the
+        same in everything else."""
         from kitaru import _remote_jobs
         from kitaru.worker import DEPLOYMENT_METADATA, EXIT_CANNOT_RUN, EXIT_FLOW_FAILED
 
@@ -378,10 +455,19 @@ class KubernetesOrchestrator:
         if version and version.get("version") is not None:
             labels[VERSION_LABEL] = str(version["version"])
         annotations = {**stack.annotations, EXECUTION_ANNOTATION: exec_id, "kitaru.dev/flow-name": flow}
+        args = ["worker", "run", exec_id]
+        name = job_name(exec_id, run, suffix)
+        if call is not None:
+            from kitaru._remote_jobs import call_args
+
+            labels[CALL_LABEL] = label_value(call[0])
+            annotations[CALL_ANNOTATION] = call[0]
+            args = call_args(exec_id, call[0])
+            name = call_job_name(exec_id, *call)
         container: dict[str, Any] = {
             "name": CONTAINER,
             "image": image,
-            "command": [*stack.worker_command, "worker", "run", exec_id],
+            "command": [*stack.worker_command, *args],
             "env": self._env(),
         }
         if stack.env_from_secrets:
@@ -435,7 +521,7 @@ class KubernetesOrchestrator:
             "apiVersion": "batch/v1",
             "kind": "Job",
             "metadata": {
-                "name": job_name(exec_id, run, suffix),
+                "name": name,
                 "namespace": stack.namespace,
                 "labels": labels,
                 "annotations": annotations,
@@ -451,9 +537,10 @@ class KubernetesOrchestrator:
 
         stack = self.stack
         from_secrets = set(stack.secret_env)
-        plain = _remote_jobs.worker_env(
-            stack, {"code": stack.code, "namespace": stack.namespace}, env=stack.env, leave_out=from_secrets
-        )
+        # Every key but the submitter's kubeconfig: the pod's own stack starts an isolated call's
+        # Job as this one does (in the cluster, through the pod's service account).
+        keys = _remote_jobs.declared_keys(stack, leave_out=("kubeconfig", "context"))
+        plain = _remote_jobs.worker_env(stack, keys, env=stack.env, leave_out=from_secrets)
         env: list[dict[str, Any]] = [
             {"name": k, "value": v} for k, v in plain.items() if k not in from_secrets
         ]
@@ -490,6 +577,14 @@ def _finished(job: dict[str, Any]) -> str | None:
         if condition.get("type") in ("Failed", "FailureTarget"):
             return "failed"
     return None
+
+
+def _failure(job: dict[str, Any]) -> str:
+    """Why a failed Job failed, in its condition's words (``BackoffLimitExceeded: ...``)."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Failed", "FailureTarget"):
+            return ": ".join(str(condition[k]) for k in ("reason", "message") if condition.get(k))
+    return "the Job failed"
 
 
 def _api_error(stack: str, what: str, exc: Any) -> KitaruError:
