@@ -12,6 +12,7 @@ decides who drives, so even two holders (a lock lost and retaken mid-pass) never
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -39,8 +40,9 @@ DRIVERS = 16
 #: A queued drive: the execution, and what drives it.
 _Job = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
-#: How long a key record is trusted from memory (a revoke takes effect within this).
-_KEY_CACHE_TTL = 2.0
+#: How long a key record is trusted from memory: a revoke (in any replica, or by the CLI on the
+#: database) takes effect within this, and a busy server reads each key at most once per period.
+_KEY_CACHE_TTL = 1.0
 #: The advisory lock's key: "kitaru" as a number, so other applications' locks do not collide.
 _ADVISORY_KEY = int.from_bytes(b"kitaru", "big")
 
@@ -63,6 +65,7 @@ class ServerState:
         self.log_poll = 0.5
         self.leader = False
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
+        self._key_reads: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
         self.drivers = drivers
         self._driving: set[str] = set()
         self._queue: MemoryObjectSendStream[_Job] | None = None
@@ -75,7 +78,22 @@ class ServerState:
         cached = self._keys.get(key_id)
         if cached is not None and now - cached[0] < _KEY_CACHE_TTL:
             return cached[1]
-        record: ApiKeyRecord | None = await self.astate.get_api_key(key_id)  # type: ignore[attr-defined]
+        # One read per key at a time: a burst of requests with a key not (or no longer) cached
+        # waits for one read instead of each making its own (on PostgreSQL, 200 queries queued on
+        # the pool before the first answer could start). The read is a task of its own, so a
+        # request that goes away does not take the others' read with it.
+        reading = self._key_reads.get(key_id)
+        if reading is None:
+            reading = self._key_reads[key_id] = asyncio.ensure_future(self._read_key(key_id))
+            reading.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen, if nobody waits
+        return await asyncio.shield(reading)
+
+    async def _read_key(self, key_id: str) -> ApiKeyRecord | None:
+        now = time.monotonic()
+        try:
+            record: ApiKeyRecord | None = await self.astate.get_api_key(key_id)  # type: ignore[attr-defined]
+        finally:
+            del self._key_reads[key_id]
         if len(self._keys) > 10_000:
             self._keys.clear()  # unknown ids are cached too; do not let them grow without end
         self._keys[key_id] = (now, record)

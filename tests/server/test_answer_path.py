@@ -95,3 +95,33 @@ def test_a_driver_count_that_is_not_a_positive_number_is_refused(
     monkeypatch.setenv("KITARU_SERVER_DRIVERS", "0")
     with pytest.raises(KitaruConfigError, match="KITARU_SERVER_DRIVERS='0' is not a positive whole number"):
         create_app(state=f"sqlite:///{kitaru_home / 'kitaru.db'}")
+
+
+def test_a_burst_of_requests_with_an_uncached_key_reads_it_once() -> None:
+    """200 requests arriving together with one key: the first reads the key's record, the rest
+    wait for that read (on PostgreSQL each read would queue on the pool before any answer)."""
+    import asyncio
+
+    from kitaru.server._state import ServerState
+    from kitaru.store import ApiKeyRecord
+
+    reads = 0
+    stored = ApiKeyRecord(id="k1", name="bench", key_hash="sha256:x", scopes=["answer"], created_at=1.0)
+
+    class _KeyStore(_Store):
+        async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+            nonlocal reads
+            reads += 1
+            await asyncio.sleep(0.01)  # a round trip: every other request arrives meanwhile
+            return stored if key_id == "k1" else None
+
+    class _KeyRuntime:
+        astate = _KeyStore()
+
+    server = ServerState(_KeyRuntime(), None, state_uri="", tick=3600)
+
+    async def main() -> list[ApiKeyRecord | None]:
+        return await asyncio.wait_for(asyncio.gather(*(server.key("k1") for _ in range(200))), 60)
+
+    assert asyncio.run(main()) == [stored] * 200
+    assert reads == 1
