@@ -191,10 +191,10 @@ class ServerState:
             )
         )
         local = self._local()
-        leased = await Runner(self.runtime).answer(exec_id, name, checked, take_lease=local, abort=abort)
+        took = await Runner(self.runtime).record_answer(exec_id, name, checked, take_lease=local, abort=abort)
         if local:
-            if leased is not None:
-                self.spawn(exec_id, self._drive_leased, leased)
+            if took:  # the driver reads the leased record: one read less before the 202
+                self.spawn(exec_id, self._drive_answered, exec_id)
         else:
             self.spawn(exec_id, self.orchestrator.submit, exec_id)
 
@@ -272,9 +272,11 @@ class ServerState:
             self.spawn(record.id, self.orchestrator.submit, record.id)
         return record, created
 
-    async def _drive_leased(self, leased: ExecutionRecord) -> Any:
+    async def _drive_answered(self, exec_id: str) -> Any:
+        """Drive on an execution whose lease this process took with an answer."""
         from kitaru._engine.runner import Runner
 
+        leased = await self.record(exec_id)
         runner = Runner(self.runtime)
         flow, started = await runner.load(leased)
         return await runner.drive(flow, leased, started)

@@ -125,3 +125,37 @@ def test_a_burst_of_requests_with_an_uncached_key_reads_it_once() -> None:
 
     assert asyncio.run(main()) == [stored] * 200
     assert reads == 1
+
+
+def test_an_answer_is_accepted_without_reading_the_execution_back() -> None:
+    """Before its 202 an answer reads the wait's records and writes once; the execution it leased
+    is read by the driver that drives it on, not by the request."""
+    from kitaru._engine.runtime import Runtime
+    from kitaru.local_stack import LocalOrchestrator
+    from kitaru.server._state import ServerState
+    from kitaru.store.conformance import _waiting
+    from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
+
+    store = MemoryStateStore()
+    runtime = Runtime(store, MemoryArtifactStore())
+    server = ServerState(runtime, LocalOrchestrator(runtime=runtime), state_uri="", tick=3600)
+    reads: list[str] = []
+    get_execution = store.get_execution
+
+    async def counting(exec_id: str) -> Any:
+        reads.append(exec_id)
+        return await get_execution(exec_id)
+
+    async def main() -> None:
+        exec_id = await _waiting(store, "approve")
+        store.get_execution = counting  # type: ignore[method-assign]
+        await server.answer(exec_id, "approve", True)
+        assert [r.kind for r in await store.read_journal(exec_id)][-1] == "wait_answered"
+        record = await get_execution(exec_id)
+        assert record is not None and (record.status, record.lease_owner) == ("running", runtime.owner)
+
+    try:
+        anyio.run(main)
+    finally:
+        runtime.close()
+    assert reads == []
