@@ -224,6 +224,40 @@ class TestGroupCommit:
 
         asyncio.run(main())
 
+    def test_concurrent_journal_reads_share_queries_and_each_gets_its_own(self, postgres_dsn: str) -> None:
+        """Journal reads asked for together go in a few queries; each caller gets its execution's
+        records in order (none for an unknown one), as a read of its own would."""
+        import asyncio
+
+        async def main() -> None:
+            store = PostgresStateStore(postgres_dsn)
+            try:
+                ids = [f"R{n:02d}" for n in range(30)]
+                for n, exec_id in enumerate(ids):
+                    await store.create_execution(_execution(exec_id), [])
+                    await store.commit(
+                        exec_id, [JournalRecord(kind="log", call_id=f"{exec_id}-{i}") for i in range(n % 4)]
+                    )
+                expected = {exec_id: await store.read_journal(exec_id) for exec_id in ids}
+                queries = 0
+                read = store._read
+
+                async def counting(sql: str, *params: Any) -> list[Any]:
+                    nonlocal queries
+                    queries += 1
+                    return await read(sql, *params)
+
+                store._read = counting  # type: ignore[method-assign]
+                asked = [*ids, ids[3], "unknown"]
+                got = await asyncio.gather(*(store.read_journal(exec_id) for exec_id in asked))
+                assert got == [*(expected[i] for i in ids), expected[ids[3]], []]
+                assert [r.call_id for r in got[7]] == ["R07-0", "R07-1", "R07-2"]
+                assert 1 <= queries < len(asked)
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+
 
 class TestOpening:
     @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])

@@ -73,6 +73,35 @@ class _AnswerGroup:
     writer: asyncio.Task[None] | None = None
 
 
+#: How many grouped journal reads one loop runs at once, and how many journals one reads.
+_READERS = 4
+_READ_GROUP = 100
+_JOURNAL_READ = "kind, call_id, seq, name, attempt, artifact_id, data, ts, id, exec_id"
+
+
+def _journal_record(r: Any) -> JournalRecord:
+    return JournalRecord(
+        kind=r[0],
+        call_id=r[1],
+        seq=r[2],
+        name=r[3],
+        attempt=r[4],
+        artifact_id=r[5],
+        data=json.loads(r[6]) if r[6] is not None else None,
+        ts=r[7],
+        id=r[8],
+    )
+
+
+@dataclass(slots=True)
+class _ReadGroup:
+    """A loop's journal reads waiting for a query, and how many readers are out."""
+
+    pending: list[tuple[str, asyncio.Future[list[Any]]]] = field(default_factory=list)
+    readers: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
 class _Executions(_Connection):
     """Executions, leases, commits, waits and artifacts (every write locks the execution's row)."""
 
@@ -80,6 +109,9 @@ class _Executions(_Connection):
         super().__init__(*args, **kwargs)
         # Per event loop, like the pools: a group's futures belong to the loop that awaits them.
         self._answer_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AnswerGroup] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._journal_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadGroup] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -559,25 +591,53 @@ class _Executions(_Connection):
     # -- journal and artifacts ----------------------------------------------------------------
 
     async def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        rows = await self._read(
-            "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
-            "WHERE exec_id = $1 ORDER BY id",
-            exec_id,
-        )
-        return [
-            JournalRecord(
-                kind=r[0],
-                call_id=r[1],
-                seq=r[2],
-                name=r[3],
-                attempt=r[4],
-                artifact_id=r[5],
-                data=json.loads(r[6]) if r[6] is not None else None,
-                ts=r[7],
-                id=r[8],
-            )
-            for r in rows
-        ]
+        """Reads are grouped like answers: the journals asked for on this loop while earlier
+        reads are out go in one query (``exec_id = ANY(...)``), so a burst of answers, or many
+        drivers resuming at once, costs a few round trips instead of one each. A read always
+        starts after its call, so it sees every write that returned before it."""
+        loop = asyncio.get_running_loop()
+        group = self._journal_reads.get(loop)
+        if group is None:
+            group = self._journal_reads[loop] = _ReadGroup()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        group.pending.append((exec_id, future))
+        if group.readers < _READERS:
+            group.readers += 1
+            group.tasks.add(task := loop.create_task(self._read_journals(group)))
+            task.add_done_callback(group.tasks.discard)
+        return [_journal_record(r) for r in await future]
+
+    async def _read_journals(self, group: _ReadGroup) -> None:
+        try:
+            while group.pending:
+                reads, group.pending = group.pending[:_READ_GROUP], group.pending[_READ_GROUP:]
+                ids = sorted({exec_id for exec_id, _ in reads})
+                try:
+                    rows = await self._read(
+                        f"SELECT {_JOURNAL_READ} FROM kitaru.journal WHERE exec_id = ANY($1::text[]) "
+                        "ORDER BY exec_id, id",  # the index's order: each journal in its order
+                        ids,
+                    )
+                except BaseException as exc:
+                    for _, future in reads:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                by_execution: dict[str, list[Any]] = {}
+                for r in rows:
+                    by_execution.setdefault(r[9], []).append(r)
+                for exec_id, future in reads:
+                    if not future.done():
+                        future.set_result(by_execution.get(exec_id, []))
+        finally:
+            group.readers -= 1
+            if not group.readers:
+                for _, future in group.pending:  # cancelled with reads still queued: fail them
+                    if not future.done():
+                        future.set_exception(KitaruStoreError("the journal read was cancelled."))
+                group.pending = []
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = await self._read(
