@@ -58,6 +58,36 @@ def _error(status: int, type_: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
 
 
+class _RequestsFirst:
+    """Counts the HTTP requests whose response has not started, so the drivers let a burst of
+    requests be answered before they take the loop (see ``ServerState._requests_answered``)."""
+
+    def __init__(self, app: Any, server: ServerState) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        server = self.server
+        server.request_started()
+        pending = True
+
+        async def started(message: Any) -> None:
+            nonlocal pending
+            if pending and message["type"] == "http.response.start":
+                pending = False
+                server.request_answered()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, started)
+        finally:
+            if pending:
+                server.request_answered()
+
+
 def build_app(server: ServerState) -> FastAPI:
     """The app over ``server`` (its runtime, orchestrator, background tasks and loops)."""
 
@@ -74,6 +104,8 @@ def build_app(server: ServerState) -> FastAPI:
         "Every endpoint but /healthz takes `Authorization: Bearer <key>` or a login session.",
         lifespan=lifespan,
     )
+
+    app.add_middleware(_RequestsFirst, server=server)
 
     @app.exception_handler(KitaruError)
     async def kitaru_error(request: Request, exc: KitaruError) -> JSONResponse:

@@ -40,6 +40,8 @@ DRIVERS = 16
 #: A queued drive: the execution, and what drives it.
 _Job = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
+#: How long a drive waits, at most, for the requests in flight to be answered before it starts.
+_DEFER_DRIVES = 0.25
 #: How long a key record is trusted from memory: a revoke (in any replica, or by the CLI on the
 #: database) takes effect within this, and a busy server reads each key at most once per period.
 _KEY_CACHE_TTL = 1.0
@@ -69,6 +71,29 @@ class ServerState:
         self.drivers = drivers
         self._driving: set[str] = set()
         self._queue: MemoryObjectSendStream[_Job] | None = None
+        self._answering = 0  # requests whose response has not started yet
+        self._quiet: asyncio.Event | None = None  # set while none is
+
+    # -- requests first ----------------------------------------------------------------------
+
+    def request_started(self) -> None:
+        self._answering += 1
+        if self._answering == 1 and self._quiet is not None:
+            self._quiet.clear()
+
+    def request_answered(self) -> None:
+        self._answering -= 1
+        if not self._answering and self._quiet is not None:
+            self._quiet.set()
+
+    async def _requests_answered(self) -> None:
+        """Wait (at most ``_DEFER_DRIVES`` seconds) until no request waits for its response:
+        a drive started in the middle of a burst of answers would take the event loop, and the
+        pool's connections, from the answers still queued, and every one of them would return
+        later for it. Drives wait for the burst to be answered instead."""
+        if self._answering and self._quiet is not None:
+            with anyio.move_on_after(_DEFER_DRIVES):
+                await self._quiet.wait()
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -299,6 +324,7 @@ class ServerState:
     async def _driver(self, queue: MemoryObjectReceiveStream[_Job]) -> None:
         async with queue:
             async for exec_id, fn, args in queue:
+                await self._requests_answered()
                 try:
                     outcome = await fn(*args)
                     status = getattr(outcome, "status", "submitted")
@@ -316,6 +342,9 @@ class ServerState:
     async def running(self) -> AsyncIterator[None]:
         """The drivers and the role loop for the life of the app."""
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
+        self._quiet = asyncio.Event()
+        if not self._answering:
+            self._quiet.set()
         async with anyio.create_task_group() as tg:
             for _ in range(self.drivers):
                 tg.start_soon(self._driver, receive.clone())

@@ -159,3 +159,34 @@ def test_an_answer_is_accepted_without_reading_the_execution_back() -> None:
     finally:
         runtime.close()
     assert reads == []
+
+
+def test_drives_wait_for_the_requests_in_flight_to_be_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drive handed over while requests still wait for their responses starts once they are
+    answered (a burst of answers is not slowed by the flows it resumes), and then at once."""
+    from kitaru.server import _state
+    from kitaru.server._state import ServerState
+
+    monkeypatch.setattr(_state, "_DEFER_DRIVES", 60.0)  # only the requests hold it back here
+    server = ServerState(_Runtime(), None, state_uri="", tick=3600, drivers=2)
+    driven = anyio.Event()
+
+    async def drive() -> None:
+        driven.set()
+
+    async def main() -> None:
+        async with server.running():
+            server.request_started()
+            server.request_started()
+            assert server.spawn("e1", drive)
+            for _ in range(50):
+                await anyio.lowlevel.checkpoint()
+            server.request_answered()
+            for _ in range(50):
+                await anyio.lowlevel.checkpoint()
+            assert not driven.is_set()  # one request still waits for its response
+            server.request_answered()
+            with anyio.fail_after(60):
+                await driven.wait()
+
+    anyio.run(main)
