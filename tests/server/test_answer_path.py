@@ -190,3 +190,49 @@ def test_drives_wait_for_the_requests_in_flight_to_be_answered(monkeypatch: pyte
                 await driven.wait()
 
     anyio.run(main)
+
+
+def test_the_answer_endpoint_keeps_its_contract(kitaru_home: Any) -> None:
+    """The answer endpoint reads its request itself: a key is checked before the body, a body
+    that is not ``{"value": ...}`` is FastAPI's 422, and the OpenAPI document still describes
+    its path parameters and body."""
+    import httpx
+
+    from kitaru.server import create_app
+    from kitaru.server._auth import new_key
+
+    app = create_app(state=f"sqlite:///{kitaru_home / 'kitaru.db'}", tick=3600)
+    key, record = new_key("answers", ["answer"])
+    read_key, read_record = new_key("reader", ["read"])
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            from kitaru._engine.runtime import get_runtime
+
+            store: Any = get_runtime().astate  # the server's (create_app made it current)
+            await store.create_api_key(record)
+            await store.create_api_key(read_record)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                path = "/api/v1/executions/nope/waits/approve"
+                assert (await c.post(path, content=b"{")).status_code == 401
+                bearer = {"Authorization": f"Bearer {read_key}"}
+                assert (await c.post(path, json={"value": 1}, headers=bearer)).status_code == 403
+                bearer = {"Authorization": f"Bearer {key}"}
+                json_type = {**bearer, "Content-Type": "application/json"}
+                bad = await c.post(path, content=b"{", headers=json_type)
+                assert bad.status_code == 422 and bad.json()["detail"][0]["type"] == "json_invalid"
+                missing = await c.post(path, json={"answer": True}, headers=bearer)
+                assert missing.status_code == 422
+                assert missing.json()["detail"][0]["loc"] == ["body", "value"]
+                unknown = await c.post(path, json={"value": True}, headers=bearer)
+                assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]
+                spec = (await c.get("/openapi.json")).json()
+                post = spec["paths"]["/api/v1/executions/{exec_id}/waits/{name}"]["post"]
+                assert sorted(p["name"] for p in post["parameters"]) == ["exec_id", "name"]
+                body = post["requestBody"]["content"]["application/json"]["schema"]
+                if "$ref" in body:  # FastAPI names the body model among the components
+                    body = spec["components"]["schemas"][body["$ref"].rpartition("/")[2]]
+                assert body["required"] == ["value"]
+
+    anyio.run(main)
