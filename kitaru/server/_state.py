@@ -40,8 +40,9 @@ DRIVERS = 16
 #: A queued drive: the execution, and what drives it.
 _Job = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
-#: How long a drive waits, at most, for the requests in flight to be answered before it starts.
+#: How long a drive waits, at most, for a lull in requests before it starts, and the lull.
 _DEFER_DRIVES = 0.25
+_LULL = 0.01
 #: How long a key record is trusted from memory: a revoke (in any replica, or by the CLI on the
 #: database) takes effect within this, and a busy server reads each key at most once per period.
 _KEY_CACHE_TTL = 1.0
@@ -72,12 +73,14 @@ class ServerState:
         self._driving: set[str] = set()
         self._queue: MemoryObjectSendStream[_Job] | None = None
         self._answering = 0  # requests whose response has not started yet
+        self._last_request = 0.0  # when the last one came (time.monotonic())
         self._quiet: asyncio.Event | None = None  # set while none is
 
     # -- requests first ----------------------------------------------------------------------
 
     def request_started(self) -> None:
         self._answering += 1
+        self._last_request = time.monotonic()
         if self._answering == 1 and self._quiet is not None:
             self._quiet.clear()
 
@@ -87,13 +90,22 @@ class ServerState:
             self._quiet.set()
 
     async def _requests_answered(self) -> None:
-        """Wait (at most ``_DEFER_DRIVES`` seconds) until no request waits for its response:
-        a drive started in the middle of a burst of answers would take the event loop, and the
-        pool's connections, from the answers still queued, and every one of them would return
-        later for it. Drives wait for the burst to be answered instead."""
-        if self._answering and self._quiet is not None:
-            with anyio.move_on_after(_DEFER_DRIVES):
-                await self._quiet.wait()
+        """Wait (at most ``_DEFER_DRIVES`` seconds) for a lull: no request waiting for its
+        response, none come in the last ``_LULL`` seconds. A drive started in the middle of a
+        burst of answers takes the event loop, the GIL (a sync flow body runs on a thread) and
+        the pool's connections from the answers still arriving, and every one of them returns
+        later for it; so drives wait for the burst to be answered. (With SQLite each request is
+        answered in one step of the loop: "none in flight" alone holds between any two.)"""
+        if self._quiet is None:
+            return
+        with anyio.move_on_after(_DEFER_DRIVES):
+            while True:
+                if self._answering:
+                    await self._quiet.wait()
+                since = time.monotonic() - self._last_request
+                if since >= _LULL and not self._answering:
+                    return
+                await anyio.sleep(max(_LULL - since, 0.001))
 
     # -- keys ------------------------------------------------------------------------------
 
