@@ -21,7 +21,7 @@ from kitaru.errors import KitaruUsageError
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
 
-__all__ = ["block_on", "in_portal_thread", "portal", "run_inline", "run_sync"]
+__all__ = ["block_on", "in_portal_thread", "portal", "run_inline", "run_sync", "running_inline"]
 
 T = TypeVar("T")
 
@@ -116,17 +116,30 @@ def run_inline(coro: Any) -> Any:
     """Run a coroutine that never suspends (an ``inline`` store's method) to its end, here.
 
     This is how sync code calls SQLite without a thread hop: its coroutines do their work and
-    return without awaiting anything that yields.
+    return without awaiting anything that yields. While it runs, :func:`running_inline` is true
+    in this thread, so a store method that would otherwise wait for company (the SQLite store's
+    grouped answers) does its work at once.
     """
+    _inline.depth = getattr(_inline, "depth", 0) + 1
     try:
         coro.send(None)
     except StopIteration as stop:
         return stop.value
+    finally:
+        _inline.depth -= 1
     coro.close()
     raise RuntimeError(
         f"{coro!r} suspended, so it cannot run inline: its store is not `inline` (run it on the "
         "portal with run_sync instead)."
     )
+
+
+_inline = threading.local()
+
+
+def running_inline() -> bool:
+    """Whether this thread is inside :func:`run_inline` (a coroutine that must not suspend)."""
+    return getattr(_inline, "depth", 0) > 0
 
 
 def _stop() -> None:

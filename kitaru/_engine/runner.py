@@ -303,6 +303,22 @@ class Runner:
         once-only ``wait_answered`` record (so every store's answer rules apply unchanged: an
         answered wait cannot be aborted, nor an aborted one answered) with a null answer; the
         flow's ``wait()`` raises :class:`~kitaru.errors.KitaruWaitAborted` on it."""
+        if not await self.record_answer(exec_id, wait, value, take_lease=take_lease, abort=abort):
+            return None
+        leased: ExecutionRecord | None = await self.runtime.astate.get_execution(exec_id)
+        return leased
+
+    async def record_answer(
+        self,
+        exec_id: str,
+        wait: str,
+        value: Any,
+        *,
+        take_lease: bool,
+        abort: dict[str, Any] | None = None,
+    ) -> bool:
+        """:meth:`answer` without reading the leased execution back: whether this process took
+        its lease (the server's request path leaves that read to the driver that drives it)."""
         runtime = self.runtime
         artifact = await runtime.amake_artifact(
             exec_id, name=wait, version=1, type="answer", value=value, call_id=wait
@@ -310,13 +326,10 @@ class Runner:
         record = JournalRecord(
             kind="wait_answered", call_id=wait, artifact_id=artifact.id, data=abort, ts=time.time()
         )
-        took = await runtime.astate.answer_wait(
+        took: bool = await runtime.astate.answer_wait(
             exec_id, record, artifact, owner=runtime.owner, ttl=runtime.lease_ttl, take_lease=take_lease
         )
-        if not took:
-            return None
-        leased: ExecutionRecord | None = await runtime.astate.get_execution(exec_id)
-        return leased
+        return took
 
     async def cancel(self, exec_id: str) -> ExecutionRecord:
         """Cancel a running or waiting execution: final. Its runner (here or anywhere) sees it on

@@ -58,6 +58,54 @@ def _error(status: int, type_: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
 
 
+class _RequestsFirst:
+    """Counts the HTTP requests whose response has not started, so the drivers let a burst of
+    requests be answered before they take the loop (see ``ServerState._requests_answered``)."""
+
+    def __init__(self, app: Any, server: ServerState) -> None:
+        self.app = app
+        self.server = server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        server = self.server
+        server.request_started()
+        pending = True
+
+        async def started(message: Any) -> None:
+            nonlocal pending
+            if pending and message["type"] == "http.response.start":
+                pending = False
+                server.request_answered()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, started)
+        finally:
+            if pending:
+                server.request_answered()
+
+
+def _embedded(body: bytes, field: str) -> Any:
+    """The one field of a JSON object body, or the 422 FastAPI would give (``Body(embed=True)``)."""
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {},
+              "ctx": {"error": str(exc)}}]
+        ) from None  # fmt: skip
+    if not isinstance(data, dict) or field not in data:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body", field), "msg": "Field required", "input": None}]
+        )
+    return data[field]
+
+
 def build_app(server: ServerState) -> FastAPI:
     """The app over ``server`` (its runtime, orchestrator, background tasks and loops)."""
 
@@ -74,6 +122,8 @@ def build_app(server: ServerState) -> FastAPI:
         "Every endpoint but /healthz takes `Authorization: Bearer <key>` or a login session.",
         lifespan=lifespan,
     )
+
+    app.add_middleware(_RequestsFirst, server=server)
 
     @app.exception_handler(KitaruError)
     async def kitaru_error(request: Request, exc: KitaruError) -> JSONResponse:
@@ -149,6 +199,47 @@ def build_app(server: ServerState) -> FastAPI:
     invoke = Depends(require("invoke"))
     runner = Depends(require("runner"))
     admin = Depends(require("admin"))
+
+    # -- answering a wait: first in the route table, which is tried in order -----------------
+    # The hottest endpoint (a burst of people, or a workflow engine, answering at once) takes the
+    # request as is: its key check, path and one body field are read here, not by FastAPI's
+    # dependency and body machinery, nor its response validation (84 -> 46 us of framework CPU
+    # per request, against 33 for /healthz). The OpenAPI schema says what FastAPI would infer.
+    answer_scope = require("answer")
+
+    @app.post(
+        "/api/v1/executions/{exec_id}/waits/{name}",
+        status_code=202,
+        tags=["waits"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"value": {"title": "Value"}},
+                            "required": ["value"],
+                        }
+                    }
+                },
+            },
+            "parameters": [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string", "title": n.title()}}
+                for n in ("exec_id", "name")
+            ],
+        },
+    )
+    async def answer_wait(request: Request) -> Response:
+        """Answer wait ``name`` with ``{"value": ...}``. The value is checked against the wait's
+        JSON Schema (422 with the reason; the wait stays open); a good answer is recorded and the
+        execution resumed through the stack's orchestrator, in the background."""
+        body = await request.body()  # read first: a session's CSRF check may parse it as a form
+        await answer_scope(request)
+        exec_id, name = request.path_params["exec_id"], request.path_params["name"]
+        value = _embedded(body, "value")
+        await server.answer(exec_id, name, value)
+        return JSONResponse({"id": exec_id, "wait": name, "accepted": True}, status_code=202)
 
     # -- health, login ---------------------------------------------------------------------
 
@@ -270,16 +361,6 @@ def build_app(server: ServerState) -> FastAPI:
         return result.to_dict()
 
     # -- waits -----------------------------------------------------------------------------
-
-    @app.post("/api/v1/executions/{exec_id}/waits/{name}", status_code=202, tags=["waits"])
-    async def answer_wait(
-        exec_id: str, name: str, value: Annotated[Any, Body(embed=True)], _: _auth.Principal = answer
-    ) -> dict[str, Any]:
-        """Answer wait ``name`` with ``{"value": ...}``. The value is checked against the wait's
-        JSON Schema (422 with the reason; the wait stays open); a good answer is recorded and the
-        execution resumed through the stack's orchestrator, in the background."""
-        await server.answer(exec_id, name, value)
-        return {"id": exec_id, "wait": name, "accepted": True}
 
     @app.post("/api/v1/executions/{exec_id}/waits/{name}/abort", status_code=202, tags=["waits"])
     async def abort_wait(

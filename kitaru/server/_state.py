@@ -12,6 +12,7 @@ decides who drives, so even two holders (a lock lost and retaken mid-pass) never
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -39,8 +40,12 @@ DRIVERS = 16
 #: A queued drive: the execution, and what drives it.
 _Job = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
-#: How long a key record is trusted from memory (a revoke takes effect within this).
-_KEY_CACHE_TTL = 2.0
+#: How long a drive waits, at most, for a lull in requests before it starts, and the lull.
+_DEFER_DRIVES = 0.25
+_LULL = 0.01
+#: How long a key record is trusted from memory: a revoke (in any replica, or by the CLI on the
+#: database) takes effect within this, and a busy server reads each key at most once per period.
+_KEY_CACHE_TTL = 1.0
 #: The advisory lock's key: "kitaru" as a number, so other applications' locks do not collide.
 _ADVISORY_KEY = int.from_bytes(b"kitaru", "big")
 
@@ -63,9 +68,44 @@ class ServerState:
         self.log_poll = 0.5
         self.leader = False
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
+        self._key_reads: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
         self.drivers = drivers
         self._driving: set[str] = set()
         self._queue: MemoryObjectSendStream[_Job] | None = None
+        self._answering = 0  # requests whose response has not started yet
+        self._last_request = 0.0  # when the last one came (time.monotonic())
+        self._quiet: asyncio.Event | None = None  # set while none is
+
+    # -- requests first ----------------------------------------------------------------------
+
+    def request_started(self) -> None:
+        self._answering += 1
+        self._last_request = time.monotonic()
+        if self._answering == 1 and self._quiet is not None:
+            self._quiet.clear()
+
+    def request_answered(self) -> None:
+        self._answering -= 1
+        if not self._answering and self._quiet is not None:
+            self._quiet.set()
+
+    async def _requests_answered(self) -> None:
+        """Wait (at most ``_DEFER_DRIVES`` seconds) for a lull: no request waiting for its
+        response, none come in the last ``_LULL`` seconds. A drive started in the middle of a
+        burst of answers takes the event loop, the GIL (a sync flow body runs on a thread) and
+        the pool's connections from the answers still arriving, and every one of them returns
+        later for it; so drives wait for the burst to be answered. (With SQLite each request is
+        answered in one step of the loop: "none in flight" alone holds between any two.)"""
+        if self._quiet is None:
+            return
+        with anyio.move_on_after(_DEFER_DRIVES):
+            while True:
+                if self._answering:
+                    await self._quiet.wait()
+                since = time.monotonic() - self._last_request
+                if since >= _LULL and not self._answering:
+                    return
+                await anyio.sleep(max(_LULL - since, 0.001))
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -75,7 +115,22 @@ class ServerState:
         cached = self._keys.get(key_id)
         if cached is not None and now - cached[0] < _KEY_CACHE_TTL:
             return cached[1]
-        record: ApiKeyRecord | None = await self.astate.get_api_key(key_id)  # type: ignore[attr-defined]
+        # One read per key at a time: a burst of requests with a key not (or no longer) cached
+        # waits for one read instead of each making its own (on PostgreSQL, 200 queries queued on
+        # the pool before the first answer could start). The read is a task of its own, so a
+        # request that goes away does not take the others' read with it.
+        reading = self._key_reads.get(key_id)
+        if reading is None:
+            reading = self._key_reads[key_id] = asyncio.ensure_future(self._read_key(key_id))
+            reading.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen, if nobody waits
+        return await asyncio.shield(reading)
+
+    async def _read_key(self, key_id: str) -> ApiKeyRecord | None:
+        now = time.monotonic()
+        try:
+            record: ApiKeyRecord | None = await self.astate.get_api_key(key_id)  # type: ignore[attr-defined]
+        finally:
+            del self._key_reads[key_id]
         if len(self._keys) > 10_000:
             self._keys.clear()  # unknown ids are cached too; do not let them grow without end
         self._keys[key_id] = (now, record)
@@ -174,10 +229,10 @@ class ServerState:
             )
         )
         local = self._local()
-        leased = await Runner(self.runtime).answer(exec_id, name, checked, take_lease=local, abort=abort)
+        took = await Runner(self.runtime).record_answer(exec_id, name, checked, take_lease=local, abort=abort)
         if local:
-            if leased is not None:
-                self.spawn(exec_id, self._drive_leased, leased)
+            if took:  # the driver reads the leased record: one read less before the 202
+                self.spawn(exec_id, self._drive_answered, exec_id)
         else:
             self.spawn(exec_id, self.orchestrator.submit, exec_id)
 
@@ -255,9 +310,11 @@ class ServerState:
             self.spawn(record.id, self.orchestrator.submit, record.id)
         return record, created
 
-    async def _drive_leased(self, leased: ExecutionRecord) -> Any:
+    async def _drive_answered(self, exec_id: str) -> Any:
+        """Drive on an execution whose lease this process took with an answer."""
         from kitaru._engine.runner import Runner
 
+        leased = await self.record(exec_id)
         runner = Runner(self.runtime)
         flow, started = await runner.load(leased)
         return await runner.drive(flow, leased, started)
@@ -280,6 +337,7 @@ class ServerState:
     async def _driver(self, queue: MemoryObjectReceiveStream[_Job]) -> None:
         async with queue:
             async for exec_id, fn, args in queue:
+                await self._requests_answered()
                 try:
                     outcome = await fn(*args)
                     status = getattr(outcome, "status", "submitted")
@@ -297,6 +355,9 @@ class ServerState:
     async def running(self) -> AsyncIterator[None]:
         """The drivers and the role loop for the life of the app."""
         send, receive = anyio.create_memory_object_stream[_Job](math.inf)
+        self._quiet = asyncio.Event()
+        if not self._answering:
+            self._quiet.set()
         async with anyio.create_task_group() as tg:
             for _ in range(self.drivers):
                 tg.start_soon(self._driver, receive.clone())

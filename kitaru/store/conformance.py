@@ -46,6 +46,7 @@ import pytest
 from kitaru._ids import new_id
 from kitaru.errors import (
     KitaruConflictError,
+    KitaruError,
     KitaruLeaseError,
     KitaruNotFoundError,
     KitaruStateError,
@@ -960,6 +961,39 @@ class StateStoreConformance(DeploymentConformance):
             artifact.id,
         )
         assert await state_store.get_artifact(artifact.id) == artifact
+
+    async def test_concurrent_answers_each_get_their_own_outcome(self, state_store: StateStore) -> None:
+        """A burst of answers on one loop (a store may write them together): each caller learns
+        its own outcome, and a refused answer holds back none of the others."""
+        import anyio
+
+        waiting = [await _waiting(state_store, "approve") for _ in range(6)]
+        answers = [(exec_id, "approve") for exec_id in waiting]
+        answers += [(waiting[0], "approve"), (waiting[1], "never_opened"), ("no-such-execution", "approve")]
+        outcomes: dict[int, Any] = {}
+
+        async def one(n: int, exec_id: str, wait: str) -> None:
+            record, artifact = _answer(exec_id, wait)
+            try:
+                outcomes[n] = await state_store.answer_wait(
+                    exec_id, record, artifact, owner=_live_owner("answerer"), ttl=_TTL, take_lease=True
+                )
+            except KitaruError as exc:
+                outcomes[n] = exc
+
+        async with anyio.create_task_group() as tg:
+            for n, (exec_id, wait) in enumerate(answers):
+                tg.start_soon(one, n, exec_id, wait)
+
+        first = [outcomes[0], outcomes[6]]  # two answers to one wait: exactly one is recorded
+        assert sorted(isinstance(o, KitaruStateError) for o in first) == [False, True]
+        assert True in first
+        assert [outcomes[n] for n in range(1, 6)] == [True] * 5
+        assert isinstance(outcomes[7], KitaruNotFoundError)
+        assert isinstance(outcomes[8], KitaruNotFoundError)
+        for exec_id in waiting:
+            assert (await _kinds(state_store, exec_id)).count(("wait_answered", "approve")) == 1
+            assert (await _get(state_store, exec_id)).status == "running"
 
     async def test_answer_without_take_lease_leaves_it_waiting(self, state_store: StateStore) -> None:
         exec_id = await _waiting(state_store)

@@ -31,7 +31,8 @@ def test_a_killed_runner_is_recovered_by_the_server(
     runner = subprocess.Popen([sys.executable, str(FLOWS), "slow"], env=server_env)
     mark = Path(server_env["MARK_FILE"])
     wait_for(mark, runner, timeout=120)
-    exec_id = mark.read_text()
+    # The file exists a moment before the id is written into it.
+    exec_id = wait_until(lambda: mark.read_text().strip(), 30, "the execution id in the mark file")
     os.kill(runner.pid, signal.SIGKILL)  # mid-checkpoint: the lease names a process that is gone
     runner.wait(30)
 

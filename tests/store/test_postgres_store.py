@@ -181,6 +181,84 @@ class TestCommitTokens:
             store.close()
 
 
+class TestGroupCommit:
+    def test_a_burst_of_answers_commits_in_fewer_transactions_than_answers(self, postgres_dsn: str) -> None:
+        """Concurrent answers on one loop are group-committed: 30 answers leave fewer commit tokens
+        (one per transaction) than answers, and every answer is recorded once."""
+        import asyncio
+
+        from kitaru.store import ArtifactRecord
+
+        async def main() -> None:
+            store = PostgresStateStore(postgres_dsn)
+            try:
+                ids = [f"G{n:02d}" for n in range(30)]
+                runner = "elsewhere.invalid:1:runner"
+                for exec_id in ids:
+                    await store.create_execution(_execution(exec_id), [])
+                    await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
+                    opened = JournalRecord(kind="wait_opened", call_id="approve")
+                    await store.commit(exec_id, [opened], owner=runner)
+                    assert await store.suspend(exec_id, runner, ["approve"])
+                count = "SELECT count(*) FROM kitaru.commits"
+                before = await _afetch(postgres_dsn, count)
+
+                async def answer(exec_id: str) -> bool:
+                    artifact = ArtifactRecord(
+                        id=f"A{exec_id}", exec_id=exec_id, name="approve", version=1, type="answer",
+                        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
+                        call_id="approve", created_at=1.0, inline=b"true",
+                    )  # fmt: skip
+                    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
+                    return await store.answer_wait(
+                        exec_id, record, artifact, owner="elsewhere.invalid:1:a", ttl=60.0, take_lease=True
+                    )
+
+                assert await asyncio.gather(*(answer(i) for i in ids)) == [True] * len(ids)
+                transactions = await _afetch(postgres_dsn, count) - before
+                assert 1 <= transactions < len(ids)
+                answered = "SELECT count(*) FROM kitaru.journal WHERE kind = 'wait_answered'"
+                assert await _afetch(postgres_dsn, answered) == len(ids)
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+
+    def test_concurrent_journal_reads_share_queries_and_each_gets_its_own(self, postgres_dsn: str) -> None:
+        """Journal reads asked for together go in a few queries; each caller gets its execution's
+        records in order (none for an unknown one), as a read of its own would."""
+        import asyncio
+
+        async def main() -> None:
+            store = PostgresStateStore(postgres_dsn)
+            try:
+                ids = [f"R{n:02d}" for n in range(30)]
+                for n, exec_id in enumerate(ids):
+                    await store.create_execution(_execution(exec_id), [])
+                    await store.commit(
+                        exec_id, [JournalRecord(kind="log", call_id=f"{exec_id}-{i}") for i in range(n % 4)]
+                    )
+                expected = {exec_id: await store.read_journal(exec_id) for exec_id in ids}
+                queries = 0
+                read = store._read
+
+                async def counting(sql: str, *params: Any) -> list[Any]:
+                    nonlocal queries
+                    queries += 1
+                    return await read(sql, *params)
+
+                store._read = counting  # type: ignore[method-assign]
+                asked = [*ids, ids[3], "unknown"]
+                got = await asyncio.gather(*(store.read_journal(exec_id) for exec_id in asked))
+                assert got == [*(expected[i] for i in ids), expected[ids[3]], []]
+                assert [r.call_id for r in got[7]] == ["R07-0", "R07-1", "R07-2"]
+                assert 1 <= queries < len(asked)
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+
+
 class TestOpening:
     @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
     def test_open_state_store_by_uri(self, postgres_dsn: str, scheme: str) -> None:
@@ -489,6 +567,16 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def _afetch(dsn: str, sql: str) -> Any:
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
 
 
 def _fetch(dsn: str, sql: str) -> object:

@@ -115,3 +115,80 @@ class TestSchema:
         (tmp_path / "state.db").mkdir()
         with pytest.raises(KitaruStoreError):
             SQLiteStateStore(tmp_path / "state.db")
+
+
+class TestGroupCommit:
+    def test_a_burst_of_answers_commits_in_fewer_transactions_than_answers(self, tmp_path: Path) -> None:
+        """Answers asked for in one turn of the loop are written in one transaction: 30 answers
+        commit fewer than 30 times, and each is recorded once, durable for another connection."""
+        import asyncio
+
+        from kitaru.store import ArtifactRecord
+
+        path = tmp_path / "state.db"
+
+        async def main() -> None:
+            store = SQLiteStateStore(path)
+            try:
+                runner = "elsewhere.invalid:1:runner"
+                ids = [f"G{n:02d}" for n in range(30)]
+                for exec_id in ids:
+                    await store.create_execution(_execution(exec_id), [])
+                    await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
+                    opened = JournalRecord(kind="wait_opened", call_id="approve")
+                    await store.commit(exec_id, [opened], owner=runner)
+                    assert await store.suspend(exec_id, runner, ["approve"])
+                commits: list[str] = []
+                store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+
+                async def answer(exec_id: str) -> bool:
+                    artifact = ArtifactRecord(
+                        id=f"A{exec_id}", exec_id=exec_id, name="approve", version=1, type="answer",
+                        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
+                        call_id="approve", created_at=1.0, inline=b"true",
+                    )  # fmt: skip
+                    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
+                    return await store.answer_wait(
+                        exec_id, record, artifact, owner="elsewhere.invalid:1:a", ttl=60.0, take_lease=True
+                    )
+
+                assert await asyncio.gather(*(answer(i) for i in ids)) == [True] * len(ids)
+                store._conn.set_trace_callback(None)
+                assert 1 <= len(commits) < len(ids)
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+        answered = _query(path, "SELECT count(*) FROM journal WHERE kind = 'wait_answered'")
+        assert answered == [(30,)]
+
+    def test_a_sync_caller_answers_at_once(self, tmp_path: Path) -> None:
+        """Through ``sync_view`` (run inline: it must not suspend) an answer is written at once,
+        even from code running on an event loop's thread (a sync client in an async app)."""
+        import asyncio
+
+        from kitaru.store import ArtifactRecord
+
+        store = sync_view(SQLiteStateStore(tmp_path / "state.db"))
+        try:
+            runner = "elsewhere.invalid:1:runner"
+            store.create_execution(_execution("S1"), [])
+            store.acquire_lease("S1", runner, 60.0, allowed_statuses={"running"})
+            store.commit("S1", [JournalRecord(kind="wait_opened", call_id="approve")], owner=runner)
+            assert store.suspend("S1", runner, ["approve"])
+            artifact = ArtifactRecord(
+                id="AS1", exec_id="S1", name="approve", version=1, type="answer", serializer="json",
+                data_type="builtins:bool", content_hash="sha256:x", size=4, call_id="approve",
+                created_at=1.0, inline=b"true",
+            )  # fmt: skip
+            record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id="AS1")
+
+            async def on_a_loop() -> bool:
+                return bool(
+                    store.answer_wait("S1", record, artifact, owner=runner, ttl=60.0, take_lease=True)
+                )
+
+            assert asyncio.run(on_a_loop())
+            assert store.get_execution("S1").status == "running"
+        finally:
+            store.close()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
+import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from kitaru.errors import (
     KitaruError,
     KitaruLeaseError,
     KitaruNotFoundError,
+    KitaruStoreError,
 )
 from kitaru.store import (
     ArtifactRecord,
@@ -22,12 +27,16 @@ from kitaru.store._rows import artifact_row as _artifact_row
 from kitaru.store._rows import journal_row as _journal_row
 from kitaru.store.postgres._connection import _Attempt, _Connection
 from kitaru.store.postgres._statements import (
+    _ARTIFACT_ARRAYS,
     _ARTIFACT_COLUMNS,
     _EXEC_COLUMNS,
     _INSERT_ARTIFACT,
     _INSERT_EXECUTION,
     _INSERT_JOURNAL,
+    _JOURNAL_ARRAYS,
+    _JOURNAL_FIELDS,
     _LOCK_EXECUTION,
+    _LOCK_EXECUTIONS,
     _artifact_from_row,
     _commit_statement,
     _exec_from_row,
@@ -35,8 +44,76 @@ from kitaru.store.postgres._statements import (
 )
 
 
+@dataclass(slots=True)
+class _Answer:
+    """One caller's answer waiting for its group's commit."""
+
+    exec_id: str
+    record: JournalRecord
+    artifact: ArtifactRecord
+    owner: str
+    ttl: float
+    take_lease: bool
+    future: asyncio.Future[bool]
+
+    def settle(self, took: bool | None, error: BaseException | None) -> None:
+        if self.future.done():  # its caller went away (cancelled): nobody to tell
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(bool(took))
+
+
+@dataclass(slots=True)
+class _AnswerGroup:
+    """A loop's answers waiting to be written, and the task writing them (None when idle)."""
+
+    pending: list[_Answer] = field(default_factory=list)
+    writer: asyncio.Task[None] | None = None
+
+
+#: How many grouped journal reads one loop runs at once, and how many journals one reads.
+_READERS = 4
+_READ_GROUP = 100
+_JOURNAL_READ = "kind, call_id, seq, name, attempt, artifact_id, data, ts, id, exec_id"
+
+
+def _journal_record(r: Any) -> JournalRecord:
+    return JournalRecord(
+        kind=r[0],
+        call_id=r[1],
+        seq=r[2],
+        name=r[3],
+        attempt=r[4],
+        artifact_id=r[5],
+        data=json.loads(r[6]) if r[6] is not None else None,
+        ts=r[7],
+        id=r[8],
+    )
+
+
+@dataclass(slots=True)
+class _ReadGroup:
+    """A loop's journal reads waiting for a query, and how many readers are out."""
+
+    pending: list[tuple[str, asyncio.Future[list[Any]]]] = field(default_factory=list)
+    readers: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
 class _Executions(_Connection):
     """Executions, leases, commits, waits and artifacts (every write locks the execution's row)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per event loop, like the pools: a group's futures belong to the loop that awaits them.
+        self._answer_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AnswerGroup] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._journal_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadGroup] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @staticmethod
     async def _lock(conn: Any, attempt: _Attempt, exec_id: str) -> ExecutionRecord | None:
@@ -324,6 +401,135 @@ class _Executions(_Connection):
         ttl: float,
         take_lease: bool,
     ) -> bool:
+        """Answers are group-committed: the answers that arrive on this loop while a group is
+        being written wait for it and go together in the next one, in one transaction of five
+        round trips whatever its size (lock every row, read their waits' records, write, commit),
+        instead of seven each. Each caller returns only once its own answer committed, and with
+        its own outcome (an answer refused by the rules does not hold back the others)."""
+        loop = asyncio.get_running_loop()
+        group = self._answer_groups.get(loop)
+        if group is None:
+            group = self._answer_groups[loop] = _AnswerGroup()
+        answer = _Answer(exec_id, record, artifact, owner, ttl, take_lease, loop.create_future())
+        group.pending.append(answer)
+        if group.writer is None:
+            group.writer = loop.create_task(self._write_answers(group))
+        return await answer.future
+
+    async def _write_answers(self, group: _AnswerGroup) -> None:
+        """Write the pending answers a group at a time until none is left."""
+        try:
+            while group.pending:
+                answers, group.pending = group.pending, []
+                try:
+                    if len(answers) == 1:
+                        a = answers[0]
+                        a.settle(await self._answer_one(a), None)
+                        continue
+                    outcomes = await self._write(
+                        functools.partial(self._answer_group, answers=answers),
+                        f"answering {len(answers)} waits",
+                    )
+                except BaseException as exc:
+                    if len(answers) == 1 or not isinstance(exc, Exception):
+                        for a in answers:
+                            a.settle(None, exc)
+                        if not isinstance(exc, Exception):
+                            raise
+                        continue
+                    # A group that fails as a whole (not for one answer's rules: those were checked
+                    # inside) is written again answer by answer, so each caller gets its own outcome.
+                    for a in answers:
+                        try:
+                            a.settle(await self._answer_one(a), None)
+                        except Exception as one:
+                            a.settle(None, one)
+                    continue
+                for a, (took, error) in zip(answers, outcomes, strict=True):
+                    a.settle(took, error)
+        finally:
+            group.writer = None
+            for a in group.pending:  # cancelled while answers were still queued: fail them, not hang
+                a.settle(None, KitaruStoreError("the answer was not written: its writer was cancelled."))
+            group.pending = []
+
+    async def _answer_group(
+        self, conn: Any, attempt: _Attempt, *, answers: Sequence[_Answer]
+    ) -> list[tuple[bool, Exception | None]]:
+        now = time.time()
+        ids = sorted({a.exec_id for a in answers})
+        # Rows locked in id order, so concurrent groups (other replicas) never deadlock.
+        rows = await conn.fetch(_LOCK_EXECUTIONS, ids, attempt.token, now)
+        executions: dict[str, list[Any]] = {r[0]: [r[1], r[2], r[3]] for r in rows}
+        # Read after the lock (a statement of its own, so its snapshot sees what the holders of the
+        # locks committed before).
+        kinds: dict[tuple[str, str], set[str]] = {}
+        for r in await conn.fetch(
+            "SELECT exec_id, once, kind FROM kitaru.journal WHERE exec_id = ANY($1::text[]) "
+            "AND once = ANY($2::text[]) AND kind IN ('wait_opened', 'wait_answered', 'wait_timed_out')",
+            ids,
+            sorted({a.record.call_id or "" for a in answers}),
+        ):
+            kinds.setdefault((r[0], r[1]), set()).add(r[2])
+        outcomes: list[tuple[bool, Exception | None]] = []
+        artifacts: list[tuple[Any, ...]] = []
+        journal: list[tuple[Any, ...]] = []
+        leases: list[tuple[str, str, float]] = []
+        for a in answers:
+            execution = executions.get(a.exec_id)
+            try:
+                if execution is None:
+                    raise KitaruNotFoundError(f"no execution {a.exec_id!r}")
+                status, holder, expires = execution
+                _rules.check_answerable(a.exec_id, status)
+                seen = kinds.setdefault((a.exec_id, a.record.call_id or ""), set())
+                _rules.check_wait_open(a.exec_id, a.record.call_id, seen)
+            except KitaruError as exc:
+                outcomes.append((False, exc))
+                continue
+            seen.add("wait_answered")  # a second answer to it in this group is refused
+            artifacts.append(_artifact_row(a.artifact))
+            journal.append(_journal_row(a.exec_id, a.record, now))
+            took = a.take_lease and status == "waiting" and _rules.lease_free(holder, expires, now)
+            if took:
+                execution[:] = ["running", a.owner, now + a.ttl]
+                leases.append((a.exec_id, a.owner, now + a.ttl))
+            outcomes.append((took, None))
+        if journal:
+            params: list[Any] = []
+
+            def arrays(rows: Sequence[tuple[Any, ...]], types: Sequence[str]) -> str:
+                out = []
+                for column, type_ in zip(zip(*rows, strict=True), types, strict=True):
+                    params.append(list(column))
+                    out.append(f"${len(params)}::{type_}")
+                return ", ".join(out)
+
+            arts = arrays(artifacts, _ARTIFACT_ARRAYS)
+            records = arrays(journal, ("text[]", *_JOURNAL_ARRAYS))
+            sql = (
+                f"WITH arts AS (INSERT INTO kitaru.artifacts ({_ARTIFACT_COLUMNS}) "
+                f"SELECT * FROM unnest({arts})), "
+                f"jr AS (INSERT INTO kitaru.journal (exec_id, {_JOURNAL_FIELDS}) SELECT exec_id, "
+                f"{_JOURNAL_FIELDS} FROM unnest({records}) WITH ORDINALITY AS r(exec_id, "
+                f"{_JOURNAL_FIELDS}, n) ORDER BY n) "
+            )
+            if leases:
+                lease_arrays = arrays(leases, ("text[]", "text[]", "float8[]"))
+                params.append(now)
+                sql += (
+                    "UPDATE kitaru.executions e SET status = 'running', lease_owner = u.owner, "
+                    f"lease_expires_at = u.expires, updated_at = ${len(params)} "
+                    f"FROM unnest({lease_arrays}) AS u(id, owner, expires) WHERE e.id = u.id"
+                )
+            else:
+                sql += "SELECT 1"
+            await conn.execute(sql, *params)
+        return outcomes
+
+    async def _answer_one(self, a: _Answer) -> bool:
+        exec_id, record = a.exec_id, a.record
+
         async def body(conn: Any, attempt: _Attempt) -> bool:
             now = time.time()
             execution = await self._lock(conn, attempt, exec_id)
@@ -340,15 +546,15 @@ class _Executions(_Connection):
                 )
             }
             _rules.check_wait_open(exec_id, record.call_id, kinds)
-            await conn.execute(_INSERT_ARTIFACT, *_artifact_row(artifact))
+            await conn.execute(_INSERT_ARTIFACT, *_artifact_row(a.artifact))
             await conn.execute(_INSERT_JOURNAL, *_journal_row(exec_id, record, now))
             holder, expires = execution.lease_owner, execution.lease_expires_at
-            if take_lease and execution.status == "waiting" and _rules.lease_free(holder, expires, now):
+            if a.take_lease and execution.status == "waiting" and _rules.lease_free(holder, expires, now):
                 await conn.execute(
                     "UPDATE kitaru.executions SET status = 'running', lease_owner = $1, "
                     "lease_expires_at = $2, updated_at = $3 WHERE id = $4",
-                    owner,
-                    now + ttl,
+                    a.owner,
+                    now + a.ttl,
                     now,
                     exec_id,
                 )
@@ -385,25 +591,53 @@ class _Executions(_Connection):
     # -- journal and artifacts ----------------------------------------------------------------
 
     async def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        rows = await self._read(
-            "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM kitaru.journal "
-            "WHERE exec_id = $1 ORDER BY id",
-            exec_id,
-        )
-        return [
-            JournalRecord(
-                kind=r[0],
-                call_id=r[1],
-                seq=r[2],
-                name=r[3],
-                attempt=r[4],
-                artifact_id=r[5],
-                data=json.loads(r[6]) if r[6] is not None else None,
-                ts=r[7],
-                id=r[8],
-            )
-            for r in rows
-        ]
+        """Reads are grouped like answers: the journals asked for on this loop while earlier
+        reads are out go in one query (``exec_id = ANY(...)``), so a burst of answers, or many
+        drivers resuming at once, costs a few round trips instead of one each. A read always
+        starts after its call, so it sees every write that returned before it."""
+        loop = asyncio.get_running_loop()
+        group = self._journal_reads.get(loop)
+        if group is None:
+            group = self._journal_reads[loop] = _ReadGroup()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        group.pending.append((exec_id, future))
+        if group.readers < _READERS:
+            group.readers += 1
+            group.tasks.add(task := loop.create_task(self._read_journals(group)))
+            task.add_done_callback(group.tasks.discard)
+        return [_journal_record(r) for r in await future]
+
+    async def _read_journals(self, group: _ReadGroup) -> None:
+        try:
+            while group.pending:
+                reads, group.pending = group.pending[:_READ_GROUP], group.pending[_READ_GROUP:]
+                ids = sorted({exec_id for exec_id, _ in reads})
+                try:
+                    rows = await self._read(
+                        f"SELECT {_JOURNAL_READ} FROM kitaru.journal WHERE exec_id = ANY($1::text[]) "
+                        "ORDER BY exec_id, id",  # the index's order: each journal in its order
+                        ids,
+                    )
+                except BaseException as exc:
+                    for _, future in reads:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                by_execution: dict[str, list[Any]] = {}
+                for r in rows:
+                    by_execution.setdefault(r[9], []).append(r)
+                for exec_id, future in reads:
+                    if not future.done():
+                        future.set_result(by_execution.get(exec_id, []))
+        finally:
+            group.readers -= 1
+            if not group.readers:
+                for _, future in group.pending:  # cancelled with reads still queued: fail them
+                    if not future.done():
+                        future.set_exception(KitaruStoreError("the journal read was cancelled."))
+                group.pending = []
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = await self._read(

@@ -42,6 +42,12 @@ _LOCK_EXECUTION = (
     f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE id = $1 FOR UPDATE"
 )
 
+# The same for a group of answers: every execution's row, locked in id order.
+_LOCK_EXECUTIONS = (
+    "WITH token AS (INSERT INTO kitaru.commits (token, at) VALUES ($2, $3)) "
+    "SELECT id, status, lease_owner, lease_expires_at FROM kitaru.executions "
+    "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+)
 
 _ARTIFACT_ARRAYS = (
     "text[]", "text[]", "text[]", "int4[]", "text[]", "text[]", "text[]", "text[]", "int8[]", "text[]",

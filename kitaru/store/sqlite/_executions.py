@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kitaru.errors import (
     KitaruConflictError,
+    KitaruError,
     KitaruLeaseError,
     KitaruNotFoundError,
     KitaruStoreError,
@@ -83,6 +86,13 @@ def _artifact_from_row(row: Sequence[Any]) -> ArtifactRecord:
 
 class _Executions(_Connection):
     """Executions, leases, commits, waits, the journal and artifacts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Answers waiting for their group's transaction, per event loop (their futures' loop).
+        self._answers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @staticmethod
     def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str | None) -> str | None:
@@ -341,36 +351,105 @@ class _Executions(_Connection):
         ttl: float,
         take_lease: bool,
     ) -> bool:
-        now = time.time()
-        with self._write() as cur:
-            row = cur.execute(
-                "SELECT status, lease_owner, lease_expires_at FROM executions WHERE id = ?",
-                (exec_id,),
-            ).fetchone()
-            if row is None:
-                raise KitaruNotFoundError(f"no execution {exec_id!r}")
-            status, holder, expires = row
-            _rules.check_answerable(exec_id, status)
-            kinds = {
-                r[0]
-                for r in cur.execute(
-                    "SELECT kind FROM journal WHERE exec_id = ? AND call_id = ?",
-                    (exec_id, record.call_id),
-                ).fetchall()
-            }
-            _rules.check_wait_open(exec_id, record.call_id, kinds)
+        """Answers awaited on an event loop are group-committed: those asked for in one turn of
+        the loop (a burst of requests is read in one) are written after it, in one transaction,
+        each with the statements and checks it would have alone; each caller returns once that
+        committed, with its own outcome. A transaction that fails as a whole is written again
+        answer by answer. A sync caller (run inline, without a loop to wait on) writes at once."""
+        from kitaru._portal import running_inline
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or running_inline():  # a sync caller: nothing to wait for, write it now
+            with self._write() as cur:
+                now = time.time()
+                return self._answer_in(cur, exec_id, record, artifact, owner, ttl, take_lease, now=now)
+        pending = self._answers.get(loop)
+        if pending is None:
+            pending = self._answers[loop] = []
+        answer = (exec_id, record, artifact, owner, ttl, take_lease, loop.create_future())
+        pending.append(answer)
+        if len(pending) == 1:
+            loop.call_soon(self._write_answers, loop)
+        took: bool = await answer[-1]
+        return took
+
+    def _write_answers(self, loop: asyncio.AbstractEventLoop) -> None:
+        answers = self._answers.pop(loop, [])
+        outcomes: list[tuple[bool, BaseException | None]] = []
+        try:
+            with self._write() as cur:
+                now = time.time()
+                for a in answers:
+                    try:
+                        outcomes.append((self._answer_in(cur, *a[:6], now=now), None))
+                    except KitaruError as exc:  # raised before that answer wrote anything
+                        outcomes.append((False, exc))
+        except KitaruError as exc:  # the database itself refused (locked, full): the same for all
+            outcomes = [(False, exc)] * len(answers)
+        except Exception as exc:
+            if len(answers) == 1:
+                outcomes = [(False, exc)]
+            else:  # one answer broke the transaction (a driver error): each on its own
+                outcomes = []
+                for a in answers:
+                    try:
+                        with self._write() as cur:
+                            outcomes.append((self._answer_in(cur, *a[:6], now=time.time()), None))
+                    except Exception as one:
+                        outcomes.append((False, one))
+        for a, (took, error) in zip(answers, outcomes, strict=True):
+            future = a[-1]
+            if future.done():  # its caller went away
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(took)
+
+    @staticmethod
+    def _answer_in(
+        cur: sqlite3.Cursor,
+        exec_id: str,
+        record: JournalRecord,
+        artifact: ArtifactRecord,
+        owner: str,
+        ttl: float,
+        take_lease: bool,
+        *,
+        now: float,
+    ) -> bool:
+        """One answer inside the caller's write transaction: every check before the first write."""
+        row = cur.execute(
+            "SELECT status, lease_owner, lease_expires_at FROM executions WHERE id = ?",
+            (exec_id,),
+        ).fetchone()
+        if row is None:
+            raise KitaruNotFoundError(f"no execution {exec_id!r}")
+        status, holder, expires = row
+        _rules.check_answerable(exec_id, status)
+        kinds = {
+            r[0]
+            for r in cur.execute(
+                "SELECT kind FROM journal WHERE exec_id = ? AND call_id = ?",
+                (exec_id, record.call_id),
+            ).fetchall()
+        }
+        _rules.check_wait_open(exec_id, record.call_id, kinds)
+        cur.execute(
+            f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            _artifact_row(artifact),
+        )
+        cur.execute(_INSERT_JOURNAL, _journal_row(exec_id, record, now))
+        if take_lease and status == "waiting" and _rules.lease_free(holder, expires, now):
             cur.execute(
-                f"INSERT INTO artifacts ({_ARTIFACT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                _artifact_row(artifact),
+                "UPDATE executions SET status = 'running', lease_owner = ?, "
+                "lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                (owner, now + ttl, now, exec_id),
             )
-            cur.execute(_INSERT_JOURNAL, _journal_row(exec_id, record, now))
-            if take_lease and status == "waiting" and _rules.lease_free(holder, expires, now):
-                cur.execute(
-                    "UPDATE executions SET status = 'running', lease_owner = ?, "
-                    "lease_expires_at = ?, updated_at = ? WHERE id = ?",
-                    (owner, now + ttl, now, exec_id),
-                )
-                return True
+            return True
         return False
 
     async def cancel(self, exec_id: str) -> ExecutionRecord:
