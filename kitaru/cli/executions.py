@@ -291,6 +291,10 @@ def input_execution(
     client = _client()
     if abort:
         handle = client.executions.abort_wait(exec_id, wait=wait_name, reason=reason, resume=resume)
+        if handle.status == "failed":
+            # The flow did not catch the abort: report it as the abort it is (exit code 9, the
+            # reason), not as any failure; `wait()` raises the flow's KitaruWaitAborted.
+            handle.wait()
     else:
         parsed = _parse_json(value or "", "--value")
         handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
@@ -299,7 +303,7 @@ def input_execution(
 
 def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, resume: bool) -> int:
     """Go through the open waits, asking what to do with each; 1 if one could not be resolved."""
-    from kitaru.errors import KitaruError, KitaruWaitAborted
+    from kitaru.errors import KitaruError
 
     if exec_id is not None:
         execution = client.executions.get(exec_id)
@@ -331,10 +335,8 @@ def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, 
         try:
             if action == "abort":
                 reason = click.prompt("  reason (empty for none)", default="", show_default=False)
-                try:
-                    client.executions.abort_wait(eid, wait=w.name, reason=reason or None, resume=resume)
-                except KitaruWaitAborted:
-                    pass  # the abort was recorded; the flow did not catch it, so it failed
+                # Returns even when the flow does not catch the abort (it then failed).
+                client.executions.abort_wait(eid, wait=w.name, reason=reason or None, resume=resume)
             else:
                 _ask_and_answer(client, eid, w.name, resume)
             click.echo(f"  execution {eid} is {client.executions.get(eid).status}")

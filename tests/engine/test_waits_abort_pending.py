@@ -84,11 +84,16 @@ class TestAbort:
     def test_an_uncaught_abort_fails_the_execution(self, runtime: Runtime) -> None:
         client = kitaru.KitaruClient()
         exec_id = approve.run("x").exec_id
+        # The abort is what the caller asked for: abort_wait() returns the handle (0.18 returned
+        # the execution), whose status says the flow failed and whose wait() raises the abort.
+        handle = client.executions.abort_wait(exec_id, reason="no budget")
+        assert handle.exec_id == exec_id and handle.status == "failed"
         with pytest.raises(KitaruWaitAborted, match="was aborted: no budget") as caught:
-            client.executions.abort_wait(exec_id, reason="no budget")
+            handle.wait(timeout=30)
         assert caught.value.wait == "approve" and caught.value.reason == "no budget"
         execution = client.executions.get(exec_id)
         assert execution.status == "failed" and "KitaruWaitAborted" in (execution.error or "")
+        assert handle.failure is not None and "no budget" in handle.failure.message
 
     def test_an_aborted_wait_takes_no_answer_and_an_answered_one_no_abort(self, runtime: Runtime) -> None:
         client = kitaru.KitaruClient()
