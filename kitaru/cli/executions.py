@@ -303,11 +303,12 @@ def input_execution(
 
 def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, resume: bool) -> int:
     """Go through the open waits, asking what to do with each; 1 if one could not be resolved."""
+    from kitaru._client_views import pending_wait_of
     from kitaru.errors import KitaruError
 
     if exec_id is not None:
         execution = client.executions.get(exec_id)
-        found = [(execution.id, execution.flow, w) for w in execution.open_waits]
+        found = [(execution.id, execution.flow, pending_wait_of(execution, w)) for w in execution.open_waits]
     else:
         found = [(w.exec_id, w.flow, w) for w in client.executions.pending_waits()]
     found = [(e, f, w) for e, f, w in found if wait_name is None or w.name == wait_name]
@@ -318,10 +319,10 @@ def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, 
     for n, (eid, flow_name, w) in enumerate(found, 1):
         click.echo(f"\n[{n}/{len(found)}] execution {eid} (flow {flow_name}) waits on {w.name!r}")
         click.echo(f"  question: {w.question or '(none)'}")
-        click.echo(f"  expects:  {w.schema}")
-        if w.json_schema:
+        click.echo(f"  expects:  {w.expects}")
+        if w.schema:
             click.echo("  JSON Schema:")
-            click.echo("\n".join("    " + line for line in json.dumps(w.json_schema, indent=2).splitlines()))
+            click.echo("\n".join("    " + line for line in json.dumps(w.schema, indent=2).splitlines()))
         action = click.prompt(
             "  answer, abort, skip or quit",
             type=click.Choice(["answer", "abort", "skip", "quit", "a", "s", "q"]),
@@ -379,7 +380,7 @@ def list_waits(flow_name: str | None, output: str) -> None:
     click.echo(
         _table(
             ["EXECUTION", "FLOW", "WAIT", "OPENED", "EXPECTS", "QUESTION"],
-            [(w.exec_id, w.flow, w.name, _when(w.opened_at), w.schema, w.question) for w in found],
+            [(w.exec_id, w.flow, w.name, _when(w.opened_at), w.expects, w.question) for w in found],
         )
     )
     click.echo("answer with: kitaru executions input EXECUTION --wait WAIT --value JSON (or --abort)")
