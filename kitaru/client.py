@@ -267,7 +267,7 @@ class _Executions:
             if leased is None:
                 return ExecutionHandle(execution.id, runtime, None, self._client)
             flow_obj, started = blocking(runner.load, leased)
-            outcome = blocking(runner.drive, flow_obj, leased, started)
+            outcome: Outcome | None = blocking(runner.drive, flow_obj, leased, started)
         else:
             outcome = blocking(self._client._orchestrator().submit, execution.id)
         error = outcome.raise_interrupt().error if outcome is not None else None
@@ -711,13 +711,6 @@ class ExecutionHandle(FlowHandle):
     def __init__(self, exec_id: str, runtime: Runtime, outcome: Outcome | None, client: KitaruClient) -> None:
         super().__init__(exec_id, runtime, outcome)
         self._client = client
-
-    @property
-    def status(self) -> ExecutionStatus:
-        """The execution's current status, read from the store."""
-        from kitaru._client_views import as_status
-
-        return as_status(super().status)
 
     @staticmethod
     def of(handle: FlowHandle) -> ExecutionHandle:

@@ -14,6 +14,7 @@ from kitaru.errors import (
     KitaruExecutionError,
     KitaruLeaseError,
     KitaruNotFoundError,
+    KitaruStateError,
     KitaruStoreError,
     KitaruTimeoutError,
 )
@@ -24,6 +25,8 @@ from .runtime import Runtime
 
 if TYPE_CHECKING:
     import asyncio
+
+    from kitaru._client_views import ExecutionStatus
 
 __all__ = ["AsyncFlowHandle", "FlowHandle"]
 
@@ -140,10 +143,13 @@ class FlowHandle:
         return f"<FlowHandle {self.exec_id} {self.status}>"
 
     @property
-    def status(self) -> str:
-        """The execution's current status, read from the store."""
+    def status(self) -> ExecutionStatus:
+        """The execution's current status, read from the store: an
+        :class:`~kitaru.client.ExecutionStatus` (a ``str``; ``.is_finished`` as in Kitaru 0.18)."""
+        from kitaru._client_views import as_status
+
         record = self._runtime.state.get_execution(self.exec_id)
-        return record.status if record else "unknown"
+        return as_status(record.status if record else "unknown")
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the execution finishes and return its result.
@@ -155,7 +161,22 @@ class FlowHandle:
         """
         return blocking(await_result, self._runtime, self.exec_id, self._outcome, timeout)
 
-    get = wait
+    def get(self) -> Any:
+        """The result of a finished execution, without waiting (as Kitaru 0.18's ``get()``): a
+        failed or cancelled one raises as :meth:`wait` does; one still running or waiting raises
+        :class:`KitaruStateError` (``wait()`` blocks until it finishes)."""
+        status = self.status
+        if status not in TERMINAL_STATUSES:
+            raise KitaruStateError(
+                f"execution {self.exec_id} is still {status}: get() returns only a finished "
+                "execution's result. Block until it finishes with `.wait()`"
+                + (
+                    f", after answering its wait with `kitaru executions input {self.exec_id} --value JSON`."
+                    if status == "waiting"
+                    else "."
+                )
+            )
+        return self.wait()
 
 
 class AsyncFlowHandle:
@@ -170,9 +191,11 @@ class AsyncFlowHandle:
         return f"<AsyncFlowHandle {self.exec_id} {self.status}>"
 
     @property
-    def status(self) -> str:
+    def status(self) -> ExecutionStatus:
+        from kitaru._client_views import as_status
+
         record = self._runtime.state.get_execution(self.exec_id)
-        return record.status if record else "unknown"
+        return as_status(record.status if record else "unknown")
 
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - mirrors wait()
         """Await the execution's end and return its result (errors as in FlowHandle.wait)."""
@@ -192,13 +215,16 @@ class SkippedFlowHandle(FlowHandle):
         return "<FlowHandle skipped>"
 
     @property
-    def status(self) -> str:
-        return "skipped"
+    def status(self) -> ExecutionStatus:
+        from kitaru._client_views import as_status
+
+        return as_status("skipped")
 
     def wait(self, timeout: float | None = None) -> Any:
         return None
 
-    get = wait
+    def get(self) -> Any:
+        return None
 
 
 class SkippedAsyncFlowHandle(AsyncFlowHandle):
@@ -212,8 +238,10 @@ class SkippedAsyncFlowHandle(AsyncFlowHandle):
         return "<AsyncFlowHandle skipped>"
 
     @property
-    def status(self) -> str:
-        return "skipped"
+    def status(self) -> ExecutionStatus:
+        from kitaru._client_views import as_status
+
+        return as_status("skipped")
 
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - mirrors wait()
         return None
