@@ -73,3 +73,43 @@ class TestFlowHandle:
             handle.get()
         kitaru.KitaruClient().executions.input(handle.exec_id, True)
         assert handle.get() == "published v1"
+
+
+@kitaru.checkpoint
+def broken(source: str) -> str:
+    raise ValueError(f"{source} is not ready")
+
+
+@kitaru.flow
+def ingest(source: str) -> str:
+    return broken(source)
+
+
+class TestErrorNames:
+    def test_a_user_code_failure_is_a_kitaru_user_code_error_with_0_18s_fields(
+        self, runtime: Runtime
+    ) -> None:
+        with pytest.raises(kitaru.KitaruUserCodeError) as caught:
+            ingest.run("s3://bucket").wait(timeout=60)
+        exc = caught.value
+        assert isinstance(exc, kitaru.KitaruExecutionError)
+        assert exc.exec_id and exc.status == "failed"
+        assert exc.failure_origin == kitaru.FailureOrigin.USER_CODE
+        assert isinstance(exc.__cause__, ValueError)
+        # The same, read back by a handle that did not drive it (no local outcome).
+        with pytest.raises(kitaru.KitaruUserCodeError) as again:
+            kitaru.KitaruClient().executions.get(exc.exec_id)  # still readable
+            from kitaru._engine.handles import FlowHandle
+
+            FlowHandle(exc.exec_id, runtime).wait(timeout=60)
+        assert again.value.failure_origin == kitaru.FailureOrigin.USER_CODE
+
+    def test_the_other_0_18_names_catch_what_they_named(self) -> None:
+        assert issubclass(kitaru.KitaruDivergenceError, kitaru.KitaruExecutionError)
+        assert kitaru.KitaruDivergenceError("x").failure_origin == kitaru.FailureOrigin.DIVERGENCE
+        assert kitaru.KitaruContextError is kitaru.KitaruNotInFlowError
+        assert kitaru.KitaruBackendError is kitaru.KitaruStoreError
+        assert kitaru.KitaruLogRetrievalError is kitaru.KitaruStoreError
+        assert kitaru.KitaruRuntimeError is kitaru.KitaruError
+        with pytest.raises(kitaru.KitaruContextError):
+            kitaru.progress("outside any checkpoint")

@@ -119,15 +119,25 @@ async def _result_of(runtime: Runtime, exec_id: str, local: Outcome | None, last
     if record is None:
         raise KitaruNotFoundError(f"no execution {exec_id!r}")
     if record.status == "cancelled":
-        raise KitaruExecutionCancelledError(f"execution {exec_id} was cancelled.", exec_id=exec_id)
+        raise KitaruExecutionCancelledError(
+            f"execution {exec_id} was cancelled.", exec_id=exec_id, status="cancelled"
+        )
     cause = local.error if local is not None else None
     if isinstance(cause, KitaruError):
         raise cause
-    raise KitaruExecutionError(
+    from kitaru._client_views import failure_info
+    from kitaru.errors import FailureOrigin, KitaruUserCodeError
+
+    failure = failure_info(record.error)
+    origin = failure.origin if failure is not None else FailureOrigin.UNKNOWN
+    error_class = KitaruUserCodeError if origin == FailureOrigin.USER_CODE else KitaruExecutionError
+    raise error_class(
         f"execution {exec_id} failed: {record.error}. See `kitaru executions get {exec_id}`; "
         f"after fixing the cause, `kitaru executions retry {exec_id}` continues it.",
         exec_id=exec_id,
         error=record.error,
+        status="failed",
+        failure_origin=origin,
     ) from cause
 
 
