@@ -7,9 +7,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from click.testing import CliRunner
 
 import kitaru
 from kitaru._engine.runtime import Runtime
+from kitaru.cli import main
 from kitaru.client import ExecutionStatus
 from kitaru.errors import KitaruStateError
 
@@ -113,3 +115,79 @@ class TestErrorNames:
         assert kitaru.KitaruRuntimeError is kitaru.KitaruError
         with pytest.raises(kitaru.KitaruContextError):
             kitaru.progress("outside any checkpoint")
+
+
+FLAKY = {"n": 0}
+
+
+@kitaru.checkpoint(retries=1, retry_delay=0, type="tool_call")
+def flaky_tool() -> int:
+    FLAKY["n"] += 1
+    if FLAKY["n"] == 1:
+        raise RuntimeError("api_key=sk-do-not-broadcast")
+    kitaru.progress("second try")
+    return 1
+
+
+@kitaru.checkpoint(cache=True)
+def cached_step(x: int) -> int:
+    return x + 1
+
+
+@kitaru.flow
+def lifecycle() -> int:
+    return flaky_tool() + cached_step(1)
+
+
+class TestAutomaticCheckpointEvents:
+    def test_each_attempt_is_framed_in_order_without_extra_journal_records(self, runtime: Runtime) -> None:
+        FLAKY["n"] = 0
+        first = lifecycle.run()
+        assert first.wait(timeout=60) == 3
+        events = list(kitaru.KitaruClient().executions.events(first.exec_id))
+        assert [(e.checkpoint_id, e.kind.rpartition(".")[2], e.index) for e in events] == [
+            ("flaky_tool", "started", 0),
+            ("flaky_tool", "failed", 1),
+            ("flaky_tool", "started", 2),
+            ("flaky_tool", "progress", 3),
+            ("flaky_tool", "returned", 4),
+            ("cached_step", "started", 0),
+            ("cached_step", "returned", 1),
+        ]
+        failed = events[1]
+        assert failed.payload["error_type"] == "RuntimeError"
+        assert "sk-do-not-broadcast" not in str(failed.payload)  # a generic message, as 0.18
+        assert failed.payload["kitaru"]["checkpoint_type"] == "tool_call"
+        assert events[0].payload["kitaru"]["checkpoint_type"] == "tool_call"
+        assert len({e.correlation_id for e in events[:5]}) == 1
+        # Derived, not written: the journal holds only the one progress event.
+        journal = runtime.state.read_journal(first.exec_id)
+        assert [r.kind for r in journal].count("event") == 1
+        # A cache hit did not run its function: no events for it (as 0.18).
+        FLAKY["n"] = 1
+        second = lifecycle.run()
+        second.wait(timeout=60)
+        kinds = [(e.checkpoint_id, e.kind) for e in kitaru.KitaruClient().executions.events(second.exec_id)]
+        assert ("cached_step", "kitaru.checkpoint.started") not in kinds
+        assert ("flaky_tool", "kitaru.checkpoint.returned") in kinds
+
+    def test_a_watcher_resuming_from_a_cursor_misses_nothing(self, runtime: Runtime) -> None:
+        FLAKY["n"] = 0
+        handle = lifecycle.run()
+        handle.wait(timeout=60)
+        client = kitaru.KitaruClient().executions
+        everything = list(client.events(handle.exec_id))
+        for n, event in enumerate(everything):
+            later = [(e.checkpoint_id, e.kind) for e in client.events(handle.exec_id, since=event.cursor)]
+            rest = [(e.checkpoint_id, e.kind) for e in everything[n + 1 :]]
+            # Everything after it comes again (a derived start may come twice, nothing is lost).
+            assert later[len(later) - len(rest) :] == rest
+
+    def test_get_watch_prints_each_attempts_start(self, runtime: Runtime) -> None:
+        FLAKY["n"] = 0
+        handle = lifecycle.run()
+        handle.wait(timeout=60)
+        result = CliRunner().invoke(main, ["executions", "get", handle.exec_id, "--watch"])
+        assert result.exit_code == 0, result.output
+        lines = [line.split()[-2:] for line in result.stdout.splitlines() if line.endswith(" started")]
+        assert lines == [["flaky_tool", "started"], ["flaky_tool", "started"], ["cached_step", "started"]]

@@ -418,7 +418,7 @@ class Checkpoint(Generic[P, R]):
         attempt = 1
         runtime = ctx.runtime
         while True:
-            frame = CallFrame(call, ctx, checkpoint_type=self.type)
+            frame = CallFrame(call, ctx, checkpoint_type=self.type, attempt=attempt)
             started = self._started(call, attempt, fingerprint, lineage)
             runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
             try:
@@ -470,7 +470,7 @@ class Checkpoint(Generic[P, R]):
             attempt = 1
             runtime = ctx.runtime
             while True:
-                frame = CallFrame(call, ctx, checkpoint_type=self.type)
+                frame = CallFrame(call, ctx, checkpoint_type=self.type, attempt=attempt)
                 started = self._started(call, attempt, fingerprint, lineage)
                 runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
                 try:

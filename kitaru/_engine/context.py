@@ -88,6 +88,7 @@ class CallFrame:
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     save_counts: dict[str, int] = field(default_factory=dict)
     checkpoint_type: str | None = None  # @checkpoint(type=...), for kitaru.runtime and events
+    attempt: int = 1  # which attempt of the call this is (events number each attempt's own)
 
 
 class ExecutionContext(_GroupCommit, _OutputsIndex):

@@ -210,12 +210,27 @@ def _watch_loop(
 
 
 def _print_events(client: Any, exec_id: str, cursor: int, output: str, latest: str) -> tuple[int, str]:
-    """Print the events (``kitaru.progress``, ``kitaru.events.publish``) published since
-    ``cursor``; return the new cursor and the last progress line."""
-    from kitaru.events import CHECKPOINT_PROGRESS_KIND, recorded
+    """Print the events (``kitaru.progress``, ``kitaru.events.publish``, and each checkpoint
+    attempt's start) published since ``cursor``; return the new cursor and the last progress
+    line. A checkpoint's end is not printed from its event: its own line says it, with timing."""
+    from kitaru.events import (
+        CHECKPOINT_FAILED_KIND,
+        CHECKPOINT_PROGRESS_KIND,
+        CHECKPOINT_RETURNED_KIND,
+        CHECKPOINT_STARTED_KIND,
+        recorded,
+    )
 
     for event in recorded(client.executions._state.read_journal(exec_id), exec_id, cursor):
-        cursor = int(event.cursor)
+        cursor = max(cursor, int(event.cursor))
+        if event.kind in (CHECKPOINT_RETURNED_KIND, CHECKPOINT_FAILED_KIND):
+            continue
+        if event.kind == CHECKPOINT_STARTED_KIND:
+            if output == "json":
+                click.echo(json.dumps({"event": "started", **event.to_dict()}, default=str))
+            else:
+                click.echo(f"{_when(event.ts)}  {event.checkpoint_id or '-':<24} started")
+            continue
         progress = event.kind == CHECKPOINT_PROGRESS_KIND
         if output == "json":
             line = {"event": "progress" if progress else "custom", **event.to_dict()}
