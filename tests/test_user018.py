@@ -48,6 +48,18 @@ def approval(topic: str) -> str:
     return "rejected"
 
 
+class TestResume:
+    def test_resume_of_a_completed_execution_raises_as_0_18_did(self, runtime: Runtime) -> None:
+        # 0.18: "Only paused executions can be resumed" (a KitaruStateError); kept.
+        handle = approval.run("v2")
+        client = kitaru.KitaruClient()
+        client.executions.input(handle.exec_id, True)
+        with pytest.raises(KitaruStateError, match="is completed, so it cannot run again"):
+            client.executions.resume(handle.exec_id)
+        with pytest.raises(KitaruStateError):
+            client.executions.get(handle.exec_id).resume()
+
+
 class TestCheckpointFutures:
     def test_submit_futures_load_wait_and_product(self, runtime: Runtime) -> None:
         result = fan_out.run(["x", "y"]).wait(timeout=60)
