@@ -203,3 +203,48 @@ class TestAutomaticCheckpointEvents:
         assert result.exit_code == 0, result.output
         lines = [line.split()[-2:] for line in result.stdout.splitlines() if line.endswith(" started")]
         assert lines == [["flaky_tool", "started"], ["flaky_tool", "started"], ["cached_step", "started"]]
+
+
+@kitaru.checkpoint
+def chatty(topic: str) -> str:
+    print(f"researching {topic}")
+    return topic
+
+
+@kitaru.flow
+def chatty_flow(topic: str) -> str:
+    print("flow starts")
+    return chatty(topic)
+
+
+class TestLogs:
+    def test_wait_hands_each_log_entry_to_a_sink_or_prints_it(
+        self, runtime: Runtime, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        handle = chatty_flow.run("agents")
+        seen: list[tuple[str | None, str]] = []
+        assert (
+            handle.wait(timeout=60, log_sink=lambda e: seen.append((e.checkpoint_name, e.message)))
+            == "agents"
+        )
+        assert [(name, text.strip()) for name, text in seen] == [
+            (None, "flow starts"),
+            ("chatty", "researching agents"),
+        ]
+        capsys.readouterr()
+        assert handle.wait(timeout=60, stream_logs=True) == "agents"
+        assert capsys.readouterr().out.splitlines() == ["flow starts", "researching agents"]
+
+    def test_cli_logs_source_grouped_and_verbose(self, runtime: Runtime) -> None:
+        exec_id = chatty_flow.run("agents").exec_id
+
+        def logs(*args: str) -> list[str]:
+            result = CliRunner().invoke(main, ["executions", "logs", exec_id, *args])
+            assert result.exit_code == 0, result.output
+            return result.stdout.splitlines()
+
+        assert logs("--source", "step") == ["[chatty] researching agents"]
+        assert logs("--source", "runner") == ["[flow] flow starts"]
+        assert logs("--grouped") == ["== flow ==", "flow starts", "", "== chatty ==", "researching agents"]
+        verbose = logs("-vv", "--checkpoint", "chatty")
+        assert len(verbose) == 1 and verbose[0].endswith("INFO  [chatty] researching agents")

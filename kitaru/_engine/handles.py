@@ -26,7 +26,7 @@ from .runtime import Runtime
 if TYPE_CHECKING:
     import asyncio
 
-    from kitaru._client_views import ExecutionStatus
+    from kitaru._client_views import ExecutionStatus, LogEntry
 
 __all__ = ["AsyncFlowHandle", "FlowHandle"]
 
@@ -141,6 +141,15 @@ async def _result_of(runtime: Runtime, exec_id: str, local: Outcome | None, last
     ) from cause
 
 
+def _print_entry(entry: LogEntry) -> None:
+    """``wait(stream_logs=True)``'s sink: the entry's text, as the flow wrote it."""
+    import sys
+
+    stream = sys.stderr if entry.stream == "stderr" else sys.stdout
+    stream.write(entry.text if entry.text.endswith("\n") else entry.text + "\n")
+    stream.flush()
+
+
 class FlowHandle:
     """A handle on an execution, returned by ``flow.run()`` and the client."""
 
@@ -161,15 +170,48 @@ class FlowHandle:
         record = self._runtime.state.get_execution(self.exec_id)
         return as_status(record.status if record else "unknown")
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        stream_logs: bool = False,
+        log_sink: Callable[[LogEntry], None] | None = None,
+    ) -> Any:
         """Block until the execution finishes and return its result.
 
         A failed execution raises :class:`KitaruExecutionError` (the flow's exception is its
         ``__cause__``); a cancelled one :class:`KitaruExecutionCancelledError`. A waiting execution
         is polled until someone answers and it finishes, or ``timeout`` seconds pass
         (:class:`KitaruTimeoutError`).
+
+        As in Kitaru 0.18, ``log_sink`` is called with each :class:`~kitaru.client.LogEntry` the
+        execution writes (checkpoints and flow body, in order) while this waits, and
+        ``stream_logs=True`` prints their text. Off by default: a flow that runs in this process
+        prints as it goes already.
         """
-        return blocking(await_result, self._runtime, self.exec_id, self._outcome, timeout)
+        if log_sink is None and not stream_logs:
+            return blocking(await_result, self._runtime, self.exec_id, self._outcome, timeout)
+        return self._follow_logs(timeout, log_sink or _print_entry)
+
+    def _follow_logs(self, timeout: float | None, sink: Callable[[LogEntry], None]) -> Any:
+        import time
+
+        from kitaru.client import KitaruClient
+
+        executions = KitaruClient(self._runtime).executions
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
+        while True:
+            status = self.status  # before the logs: a finished execution's are then all there
+            for entry in executions.logs(self.exec_id, after=after):
+                sink(entry)
+                after = max(after, entry.seq)
+            if status in TERMINAL_STATUSES:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                return blocking(await_result, self._runtime, self.exec_id, self._outcome, left)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise KitaruTimeoutError(f"execution {self.exec_id} is still {status} after {timeout} s.")
+            time.sleep(0.25)
 
     def get(self) -> Any:
         """The result of a finished execution, without waiting (as Kitaru 0.18's ``get()``): a
@@ -230,7 +272,13 @@ class SkippedFlowHandle(FlowHandle):
 
         return as_status("skipped")
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        stream_logs: bool = False,
+        log_sink: Callable[[LogEntry], None] | None = None,
+    ) -> Any:
         return None
 
     def get(self) -> Any:

@@ -661,12 +661,30 @@ def execution_graph(exec_id: str, output: str) -> None:
 @executions.command("logs")
 @click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
+@click.option(
+    "--source",
+    type=click.Choice(["step", "runner"]),
+    help="Only what checkpoints wrote (step), or only the flow body's own output (runner).",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the execution stops.")
+@click.option("--grouped", is_flag=True, help="One section per checkpoint call, in call order.")
+@click.option("--verbose", "-v", count=True, help="-v: each line with its time and level; -vv: and its call.")
 @click.option("--pod", is_flag=True, help="Print the log of its latest Job's pod (kubernetes stacks).")
 @_OUTPUT
 @_reports_errors
-def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool, output: str) -> None:
+def execution_logs(
+    exec_id: str,
+    checkpoint: str | None,
+    source: str | None,
+    follow: bool,
+    grouped: bool,
+    verbose: int,
+    pod: bool,
+    output: str,
+) -> None:
     """Print what an execution's flow and checkpoints printed and logged, in order."""
+    if grouped and (output == "json" or follow):
+        raise click.UsageError("--grouped prints sections for people: not with -o json or --follow.")
     client = _client(read_only=True)
     full = client.executions.resolve(exec_id)
     if pod:
@@ -674,9 +692,19 @@ def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool
 
         print_pod_logs(full, follow)
         return
+    if grouped:
+        sections: dict[str, list[Any]] = {}
+        for entry in client.executions.logs(full, checkpoint=checkpoint, source=source):
+            sections.setdefault(entry.call_id or "flow", []).append(entry)
+        for n, (call, entries) in enumerate(sections.items()):
+            click.echo(("\n" if n else "") + f"== {call} ==")
+            for entry in entries:
+                for line in entry.text.splitlines():
+                    click.echo(_log_prefix(entry, verbose, grouped=True) + line, err=entry.stream == "stderr")
+        return
     after = 0
     while True:
-        entries = client.executions.logs(full, checkpoint=checkpoint, after=after)
+        entries = client.executions.logs(full, checkpoint=checkpoint, after=after, source=source)
         for entry in entries:
             if output == "json":
                 click.echo(
@@ -685,13 +713,22 @@ def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool
                     )
                 )
                 continue
-            prefix = f"[{entry.call_id or 'flow'}] "
             for line in entry.text.splitlines():
-                click.echo(prefix + line, err=entry.stream == "stderr")
+                click.echo(_log_prefix(entry, verbose) + line, err=entry.stream == "stderr")
         after = max([after, *(e.seq for e in entries)])
         if not follow or client.executions.get(full).status not in {"running"}:
             return
         time.sleep(0.5)
+
+
+def _log_prefix(entry: Any, verbose: int, grouped: bool = False) -> str:
+    """A log line's prefix: its call (unless grouped under it), and with -v its time and level
+    (-vv: both, and the call even when grouped)."""
+    call = f"[{entry.call_id or 'flow'}] "
+    if verbose == 0:
+        return "" if grouped else call
+    stamp = f"{_when(entry.ts)} {entry.level:<5} "
+    return stamp + (call if verbose > 1 or not grouped else "")
 
 
 @executions.command("recover")

@@ -44,6 +44,5 @@ if __name__ == "__main__":
     assert calls["write_draft"].metadata["latency_ms"] == 120
     assert calls["polish_draft"].metadata["quality_score"] == 0.93
     print(
-        f"execution metadata: stage={meta['stage']} topic={meta['topic']} "
-        f"output_kind={meta['output_kind']}"
+        f"execution metadata: stage={meta['stage']} topic={meta['topic']} output_kind={meta['output_kind']}"
     )
