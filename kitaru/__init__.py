@@ -33,8 +33,10 @@ from kitaru.config import delete_stack as delete_stack
 from kitaru.config import list_stacks as list_stacks
 from kitaru.config import use_stack as use_stack
 from kitaru.errors import FailureOrigin as FailureOrigin
+from kitaru.errors import KitaruBackendError as KitaruBackendError
 from kitaru.errors import KitaruConfigError as KitaruConfigError
 from kitaru.errors import KitaruConflictError as KitaruConflictError
+from kitaru.errors import KitaruContextError as KitaruContextError
 from kitaru.errors import KitaruDivergenceError as KitaruDivergenceError
 from kitaru.errors import KitaruError as KitaruError
 from kitaru.errors import KitaruExecutionCancelledError as KitaruExecutionCancelledError
@@ -45,18 +47,22 @@ from kitaru.errors import KitaruLLMBadRequestError as KitaruLLMBadRequestError
 from kitaru.errors import KitaruLLMError as KitaruLLMError
 from kitaru.errors import KitaruLLMRateLimitError as KitaruLLMRateLimitError
 from kitaru.errors import KitaruLLMTimeoutError as KitaruLLMTimeoutError
+from kitaru.errors import KitaruLogRetrievalError as KitaruLogRetrievalError
 from kitaru.errors import KitaruMissingDependencyError as KitaruMissingDependencyError
 from kitaru.errors import KitaruNotAHandleError as KitaruNotAHandleError
 from kitaru.errors import KitaruNotFoundError as KitaruNotFoundError
 from kitaru.errors import KitaruNotInFlowError as KitaruNotInFlowError
+from kitaru.errors import KitaruRuntimeError as KitaruRuntimeError
 from kitaru.errors import KitaruSerializationError as KitaruSerializationError
 from kitaru.errors import KitaruStateError as KitaruStateError
 from kitaru.errors import KitaruStoreError as KitaruStoreError
 from kitaru.errors import KitaruTimeoutError as KitaruTimeoutError
 from kitaru.errors import KitaruUsageError as KitaruUsageError
+from kitaru.errors import KitaruUserCodeError as KitaruUserCodeError
 from kitaru.errors import KitaruWaitAborted as KitaruWaitAborted
 from kitaru.errors import KitaruWaitTimeoutError as KitaruWaitTimeoutError
 from kitaru.errors import KitaruWaitValidationError as KitaruWaitValidationError
+from kitaru.events import ExecutionEvent as ExecutionEvent
 from kitaru.events import progress as progress
 from kitaru.llm import allm as allm
 from kitaru.llm import llm as llm
@@ -67,13 +73,16 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AsyncFlowHandle",
     "Checkpoint",
+    "ExecutionEvent",
     "FailureOrigin",
     "Flow",
     "FlowHandle",
     "ImageSettings",
+    "KitaruBackendError",
     "KitaruClient",
     "KitaruConfigError",
     "KitaruConflictError",
+    "KitaruContextError",
     "KitaruDivergenceError",
     "KitaruError",
     "KitaruExecutionCancelledError",
@@ -84,15 +93,18 @@ __all__ = [
     "KitaruLLMRateLimitError",
     "KitaruLLMTimeoutError",
     "KitaruLeaseError",
+    "KitaruLogRetrievalError",
     "KitaruMissingDependencyError",
     "KitaruNotAHandleError",
     "KitaruNotFoundError",
     "KitaruNotInFlowError",
+    "KitaruRuntimeError",
     "KitaruSerializationError",
     "KitaruStateError",
     "KitaruStoreError",
     "KitaruTimeoutError",
     "KitaruUsageError",
+    "KitaruUserCodeError",
     "KitaruWaitAborted",
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",

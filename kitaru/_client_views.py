@@ -765,17 +765,25 @@ def fold_journal(
 
 @dataclass(frozen=True, slots=True)
 class PendingWait:
-    """An open wait of a waiting execution: what a person is asked, and what an answer must be."""
+    """An open wait of a waiting execution: what a person is asked, and what an answer must be.
+
+    ``schema`` is the JSON Schema an answer must match (a dict, as in Kitaru 0.18); ``expects``
+    is the same as short text (``"bool"``, ``"Order"``)."""
 
     exec_id: str
     flow: str
     name: str
     question: str | None
-    schema: str
-    json_schema: dict[str, JSONValue] | None
+    expects: str
+    schema: dict[str, JSONValue] | None
     metadata: dict[str, JSONValue]
     opened_at: float | None
     deadline: float | None
+
+    @property
+    def json_schema(self) -> dict[str, JSONValue] | None:
+        """The JSON Schema (``schema``), under the name the execution's ``Wait`` uses for it."""
+        return self.schema
 
     @property
     def wait_id(self) -> str:
@@ -798,8 +806,8 @@ def pending_wait_of(execution: Execution, wait: Wait) -> PendingWait:
         flow=execution.flow,
         name=wait.name,
         question=wait.question,
-        schema=wait.schema,
-        json_schema=wait.json_schema,
+        expects=wait.schema,
+        schema=wait.json_schema,
         metadata=wait.metadata,
         opened_at=wait.opened_at,
         deadline=wait.deadline,

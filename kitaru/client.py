@@ -18,6 +18,7 @@ from kitaru.errors import (
     KitaruNotFoundError,
     KitaruStateError,
     KitaruUsageError,
+    KitaruWaitAborted,
 )
 from kitaru.store import ArtifactRecord, ExecutionRecord
 
@@ -240,8 +241,10 @@ class _Executions:
         :class:`~kitaru.errors.KitaruWaitAborted` (with ``reason``), which the flow may catch;
         uncaught, the execution fails. Recorded like an answer (once: an answered wait cannot be
         aborted, nor an aborted one answered). With ``resume`` the stack's orchestrator moves the
-        flow on, as :meth:`input` does; when it drives here and the flow does not catch the
-        abort, this raises that ``KitaruWaitAborted``."""
+        flow on, as :meth:`input` does. Returns the execution's handle even when the flow does not
+        catch the abort and fails (the abort is what the caller asked for, and Kitaru 0.18 returned
+        the execution then too): its ``status`` is ``failed`` and its ``wait()`` raises that
+        ``KitaruWaitAborted``."""
         from kitaru._engine.handles import blocking
         from kitaru._engine.runner import Runner
 
@@ -264,8 +267,15 @@ class _Executions:
             if leased is None:
                 return ExecutionHandle(execution.id, runtime, None, self._client)
             flow_obj, started = blocking(runner.load, leased)
-            return self._handle(execution.id, blocking(runner.drive, flow_obj, leased, started))
-        return self._submit(execution.id)
+            outcome: Outcome | None = blocking(runner.drive, flow_obj, leased, started)
+        else:
+            outcome = blocking(self._client._orchestrator().submit, execution.id)
+        error = outcome.raise_interrupt().error if outcome is not None else None
+        if isinstance(error, KitaruWaitAborted) and error.wait == chosen.name:
+            # The flow let this very abort through: that failure is the result asked for, not an
+            # error of this call. The handle carries it: `wait()` raises it.
+            return ExecutionHandle(execution.id, runtime, outcome, self._client)
+        return self._handle(execution.id, outcome)
 
     def _submit(self, exec_id: str) -> ExecutionHandle:
         """Hand the execution to the stack's orchestrator; the handle has the local outcome when
@@ -701,13 +711,6 @@ class ExecutionHandle(FlowHandle):
     def __init__(self, exec_id: str, runtime: Runtime, outcome: Outcome | None, client: KitaruClient) -> None:
         super().__init__(exec_id, runtime, outcome)
         self._client = client
-
-    @property
-    def status(self) -> ExecutionStatus:
-        """The execution's current status, read from the store."""
-        from kitaru._client_views import as_status
-
-        return as_status(super().status)
 
     @staticmethod
     def of(handle: FlowHandle) -> ExecutionHandle:

@@ -14,7 +14,6 @@ Every message says what happened, why, and the next thing to run::
     │   └── KitaruLeaseError        another runner drives the execution
     ├── KitaruNotFoundError         no execution, wait or artifact has that id
     ├── KitaruStateError            the operation does not fit the execution's state
-    ├── KitaruDivergenceError       the flow's code no longer matches its journal
     ├── KitaruWaitValidationError   a wait answer does not match the wait's schema
     ├── KitaruWaitTimeoutError      a wait's timeout passed without an answer
     ├── KitaruWaitAborted           someone aborted a wait instead of answering it (exit code 9)
@@ -25,7 +24,13 @@ Every message says what happened, why, and the next thing to run::
     │   ├── KitaruLLMRateLimitError the provider rate-limited the call (after retries)
     │   └── KitaruLLMTimeoutError   the provider did not answer in time (after retries)
     └── KitaruExecutionError        an execution failed or was cancelled
+        ├── KitaruUserCodeError     ... because the flow's or a checkpoint's own code raised
+        ├── KitaruDivergenceError   the flow's code no longer matches its journal
         └── KitaruExecutionCancelledError
+
+Kitaru 0.18's other names are the same classes: ``KitaruContextError`` is
+``KitaruNotInFlowError``, ``KitaruBackendError`` and ``KitaruLogRetrievalError`` are
+``KitaruStoreError``, and ``KitaruRuntimeError`` is ``KitaruError``.
 
 Control flow that must unwind a flow body (suspension on a wait, cancellation) uses private
 ``BaseException`` subclasses in ``kitaru._engine``, so a user's ``except Exception:`` cannot swallow it.
@@ -37,8 +42,10 @@ from enum import StrEnum
 
 __all__ = [
     "FailureOrigin",
+    "KitaruBackendError",
     "KitaruConfigError",
     "KitaruConflictError",
+    "KitaruContextError",
     "KitaruDivergenceError",
     "KitaruError",
     "KitaruExecutionCancelledError",
@@ -49,15 +56,18 @@ __all__ = [
     "KitaruLLMRateLimitError",
     "KitaruLLMTimeoutError",
     "KitaruLeaseError",
+    "KitaruLogRetrievalError",
     "KitaruMissingDependencyError",
     "KitaruNotAHandleError",
     "KitaruNotFoundError",
     "KitaruNotInFlowError",
+    "KitaruRuntimeError",
     "KitaruSerializationError",
     "KitaruStateError",
     "KitaruStoreError",
     "KitaruTimeoutError",
     "KitaruUsageError",
+    "KitaruUserCodeError",
     "KitaruWaitAborted",
     "KitaruWaitTimeoutError",
     "KitaruWaitValidationError",
@@ -152,12 +162,6 @@ class KitaruStateError(KitaruError):
     exit_code = 6
 
 
-class KitaruDivergenceError(KitaruError):
-    """Raised when a resumed flow calls something other than what its journal recorded."""
-
-    exit_code = 7
-
-
 class KitaruWaitValidationError(KitaruError):
     """Raised when a wait's answer does not validate against the wait's schema."""
 
@@ -211,13 +215,45 @@ class KitaruLLMTimeoutError(KitaruLLMError):
 
 
 class KitaruExecutionError(KitaruError):
-    """Raised when a handle's execution failed; ``error`` holds the recorded failure."""
+    """Raised when a handle's execution failed; ``error`` holds the recorded failure, ``status``
+    the execution's final status and ``failure_origin`` whose failure it was (as in 0.18)."""
 
-    def __init__(self, message: str, *, exec_id: str, error: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        exec_id: str | None = None,
+        error: str | None = None,
+        status: str | None = None,
+        failure_origin: FailureOrigin | None = None,
+    ) -> None:
         super().__init__(message)
         self.exec_id = exec_id
         self.error = error
+        self.status = status
+        self.failure_origin = failure_origin
+
+
+class KitaruUserCodeError(KitaruExecutionError):
+    """Raised when a handle's execution failed because the flow's or a checkpoint's own code
+    raised; that exception is its ``__cause__`` when the flow ran in this process."""
+
+
+class KitaruDivergenceError(KitaruExecutionError):
+    """Raised when a resumed flow calls something other than what its journal recorded."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, *, exec_id: str | None = None) -> None:
+        super().__init__(message, exec_id=exec_id, status="failed", failure_origin=FailureOrigin.DIVERGENCE)
 
 
 class KitaruExecutionCancelledError(KitaruExecutionError):
     """Raised when a handle's execution was cancelled."""
+
+
+# Kitaru 0.18's names for the same failures (one tree: these are the classes above).
+KitaruContextError = KitaruNotInFlowError
+KitaruBackendError = KitaruStoreError
+KitaruLogRetrievalError = KitaruStoreError
+KitaruRuntimeError = KitaruError

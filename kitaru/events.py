@@ -12,6 +12,13 @@ a reserved kind, a payload that is not JSON) raises at once.
 Each event carries ``kind``, ``message``, ``data`` and kitaru's own fields under ``kitaru``
 (execution, checkpoint id and name), a ``correlation_id`` shared by the events of one checkpoint
 call and an ``index`` counting up within it. Secrets' values are redacted before they are stored.
+
+Kitaru 0.18's automatic events of each checkpoint attempt, ``kitaru.checkpoint.started`` before
+its own events and ``kitaru.checkpoint.returned`` (its function returned) or
+``kitaru.checkpoint.failed`` (it raised; the exception's type, never its text) after them, are not
+written: a watcher derives them from the journal records every attempt already has (its events,
+its outcome), so the checkpoint hot path pays nothing for them. A call reused from the cache or by
+a replay did not run, and has none (as in 0.18).
 """
 
 from __future__ import annotations
@@ -28,12 +35,17 @@ from kitaru.errors import KitaruError, KitaruNotInFlowError, KitaruStoreError, K
 
 if TYPE_CHECKING:
     import asyncio
+    from datetime import datetime
 
     from kitaru._engine.context import ExecutionContext
     from kitaru.store import JournalRecord
 
 __all__ = [
+    "CHECKPOINT_COMPLETED_KIND",
+    "CHECKPOINT_FAILED_KIND",
     "CHECKPOINT_PROGRESS_KIND",
+    "CHECKPOINT_RETURNED_KIND",
+    "CHECKPOINT_STARTED_KIND",
     "RESERVED_KINDS",
     "ExecutionEvent",
     "flush",
@@ -46,13 +58,25 @@ logger = logging.getLogger(__name__)
 
 #: The kind ``kitaru.progress()`` publishes.
 CHECKPOINT_PROGRESS_KIND = "kitaru.checkpoint.progress"
+#: A checkpoint attempt began (derived from the journal, see the module's docstring).
+CHECKPOINT_STARTED_KIND = "kitaru.checkpoint.started"
+#: A checkpoint attempt's function returned (its output is stored with the same record).
+CHECKPOINT_RETURNED_KIND = "kitaru.checkpoint.returned"
+#: The name earlier 0.x releases gave the returned event.
+CHECKPOINT_COMPLETED_KIND = CHECKPOINT_RETURNED_KIND
+#: A checkpoint attempt's function raised.
+CHECKPOINT_FAILED_KIND = "kitaru.checkpoint.failed"
+#: What a failed event says instead of the exception's text (which may hold a secret).
+FAILED_MESSAGE = "The checkpoint function raised an exception."
 #: Names a stream of events uses for its own control messages; not for events.
 RESERVED_KINDS = frozenset({"cursor", "end", "gap", "error", "system"})
 #: The journal record kind events are stored as.
 RECORD_KIND = "event"
 
-# The next index per correlation group, per running execution (weak: they go with its context).
+# The next index per correlation group, per running execution (weak: they go with its context),
+# and the attempt that last published in each group.
 _counters: WeakKeyDictionary[ExecutionContext, dict[str, int]] = WeakKeyDictionary()
+_attempts: WeakKeyDictionary[ExecutionContext, dict[str, int]] = WeakKeyDictionary()
 # Events published from async code on a store that needs the event loop: queued, and committed in
 # order by one task per execution (concurrent group-commit flushes could land out of order).
 _queues: WeakKeyDictionary[ExecutionContext, list[JournalRecord]] = WeakKeyDictionary()
@@ -79,6 +103,13 @@ class ExecutionEvent:
     def message(self) -> str | None:
         value = self.payload.get("message")
         return value if isinstance(value, str) else None
+
+    @property
+    def timestamp(self) -> datetime:
+        """When it was published, as a UTC datetime (``ts`` is Unix time)."""
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(self.ts, tz=UTC)
 
     @property
     def percent(self) -> float | None:
@@ -238,9 +269,16 @@ def _publish(
     name = _checkpoint_name(call_id)
     group = correlation_id or f"kitaru.checkpoint:{name}:{ctx.exec_id}:{call_id}"
     counters = _counters.setdefault(ctx, {})
+    attempts = _attempts.setdefault(ctx, {})
+    if attempts.get(group) != frame.attempt:
+        # Leave room for the derived events: each attempt before this one has its `started`
+        # and its outcome, and this one's `started` comes first (index 0 of attempt 1).
+        before = attempts.get(group)
+        counters[group] = counters[group] + 2 if before is not None else 2 * frame.attempt - 1
+        attempts[group] = frame.attempt
     if index is None:
-        index = counters.get(group, 0)
-    counters[group] = max(counters.get(group, 0), index + 1)
+        index = counters[group]
+    counters[group] = max(counters[group], index + 1)
     event = {
         "kind": kind,
         "correlation_id": group,
@@ -337,14 +375,99 @@ def _event(exec_id: str, r: JournalRecord) -> ExecutionEvent | None:
     )
 
 
-def recorded(journal: list[JournalRecord], exec_id: str, after: int = 0) -> list[ExecutionEvent]:
-    """The events in ``journal`` after the record id ``after``, in order."""
-    out = []
+_OUTCOME_KINDS = frozenset({"checkpoint_completed", "checkpoint_failed", "checkpoint_interrupted"})
+
+
+def _lifecycle(
+    exec_id: str, call_id: str, kind: str, index: int, cursor: int, ts: float, data: dict[str, Any]
+) -> ExecutionEvent:
+    """One derived ``kitaru.checkpoint.*`` event of a checkpoint attempt."""
+    name = _checkpoint_name(call_id)
+    status = kind.rpartition(".")[2]
+    payload: dict[str, Any] = {
+        "status": status,
+        "kitaru": {
+            "execution_id": exec_id,
+            "checkpoint_id": call_id,
+            "checkpoint_name": name,
+            "checkpoint_type": data.get("type"),
+        },
+    }
+    if status == "failed":
+        error = str(data.get("error") or "")
+        payload["error_type"] = error.partition(":")[0].rpartition(".")[2] or None
+        payload["message"] = FAILED_MESSAGE
+    return ExecutionEvent(
+        exec_id=exec_id,
+        kind=kind,
+        payload=payload,
+        correlation_id=f"kitaru.checkpoint:{name}:{exec_id}:{call_id}",
+        index=index,
+        cursor=str(cursor),
+        checkpoint_id=call_id,
+        checkpoint_name=name,
+        step_name=call_id,
+        ts=ts,
+    )
+
+
+def recorded(
+    journal: list[JournalRecord], exec_id: str, after: int = 0, *, automatic: bool = True
+) -> list[ExecutionEvent]:
+    """The events in ``journal`` after the record id ``after``, in order; with ``automatic``,
+    each checkpoint attempt's derived ``started`` / ``returned`` / ``failed`` events among them.
+
+    A derived ``started`` goes just before the attempt's first event (or its outcome, when it
+    published none); its cursor is the record before that, so a watcher resuming from it sees it
+    again rather than miss what follows. Its index is the one the attempt's events left free."""
+    out: list[ExecutionEvent] = []
+    open_attempts: set[str] = set()  # calls whose running attempt's `started` was given
+    next_index: dict[str, int] = {}  # per call: the index after the last event of its group
+    previous = 0
     for r in journal:
-        if (r.id or 0) > after:
-            event = _event(exec_id, r)
-            if event is not None:
+        rid = r.id or 0
+        call_id = r.call_id
+        event = _event(exec_id, r)
+        if automatic and call_id and event is not None and call_id not in open_attempts:
+            default_group = (
+                event.correlation_id == f"kitaru.checkpoint:{event.checkpoint_name}:{exec_id}:{call_id}"
+            )
+            index = max(event.index - 1, 0) if default_group else next_index.get(call_id, 0)
+            open_attempts.add(call_id)
+            next_index[call_id] = index + 1
+            if rid > after:
+                meta = event.payload.get("kitaru")
+                kind_of = {"type": meta.get("checkpoint_type")} if isinstance(meta, dict) else {}
+                out.append(
+                    _lifecycle(exec_id, call_id, CHECKPOINT_STARTED_KIND, index, previous, event.ts, kind_of)
+                )
+        if event is not None:
+            if call_id and event.correlation_id.endswith(f":{exec_id}:{call_id}"):
+                next_index[call_id] = max(next_index.get(call_id, 0), event.index + 1)
+            if rid > after:
                 out.append(event)
+        elif automatic and call_id and r.kind in _OUTCOME_KINDS:
+            data = r.data or {}
+            ran = not (data.get("cached_from") or data.get("replayed_from"))
+            if ran and r.kind != "checkpoint_interrupted":
+                if call_id not in open_attempts:
+                    index = next_index.get(call_id, 0)
+                    next_index[call_id] = index + 1
+                    started_at = data.get("started_at")
+                    if rid > after:
+                        ts = float(started_at) if isinstance(started_at, int | float) else r.ts
+                        out.append(
+                            _lifecycle(exec_id, call_id, CHECKPOINT_STARTED_KIND, index, previous, ts, data)
+                        )
+                kind = (
+                    CHECKPOINT_RETURNED_KIND if r.kind == "checkpoint_completed" else CHECKPOINT_FAILED_KIND
+                )
+                index = next_index.get(call_id, 0)
+                next_index[call_id] = index + 1
+                if rid > after:
+                    out.append(_lifecycle(exec_id, call_id, kind, index, rid, r.ts, data))
+            open_attempts.discard(call_id)
+        previous = rid
     return out
 
 

@@ -80,8 +80,8 @@ class _Tools:
 
     def pending_waits(self, flow: str | None = None) -> dict[str, Any]:
         """Everything waiting on an answer, oldest first: each open wait's execution, name,
-        question and the JSON Schema (json_schema) its answer must match. Answer one with
-        answer_wait."""
+        question, the JSON Schema (schema) its answer must match and that type in short
+        (expects). Answer one with answer_wait."""
         found = self._reader().executions.pending_waits(flow=flow)
         return {"waits": _plain([w.to_dict() for w in found])}
 

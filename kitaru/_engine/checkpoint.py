@@ -25,7 +25,7 @@ from .context import (
 )
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
+    from .futures import CheckpointFuture
 
 __all__ = ["Checkpoint", "checkpoint"]
 
@@ -173,8 +173,11 @@ class Checkpoint(Generic[P, R]):
 
         return awaited()
 
-    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
-        """Start a sync checkpoint on a worker thread; returns a future of its output."""
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> CheckpointFuture[R]:
+        """Start a sync checkpoint on a worker thread; returns a future of its output
+        (``.result()``, or ``.load()`` as Kitaru 0.18 wrote it)."""
+        from .futures import CheckpointFuture
+
         ctx = _current_exec.get()
         if self.is_async:
             raise KitaruUsageError(
@@ -182,10 +185,8 @@ class Checkpoint(Generic[P, R]):
                 "instead of .submit()."
             )
         if ctx is None:
-            from concurrent.futures import Future
-
-            future: Future[R] = Future()
-            future.set_result(self.fn(*args, **kwargs))
+            future: CheckpointFuture[R] = CheckpointFuture()
+            future.run(functools.partial(self.fn, *args, **kwargs))
             return future
         call = ctx.begin_call(self.name, self.qualname)
         run = self._isolated if self.runtime == "isolated" else self._run_sync
@@ -194,6 +195,14 @@ class Checkpoint(Generic[P, R]):
     def map(self, *iterables: Iterable[Any]) -> list[R]:
         """Run the checkpoint on each item (zipped across ``iterables``) concurrently, in order."""
         futures = [self.submit(*items) for items in zip(*iterables, strict=False)]  # type: ignore[call-arg]
+        return [f.result() for f in futures]
+
+    def product(self, *iterables: Iterable[Any]) -> list[R]:
+        """Run the checkpoint on every combination of items of ``iterables`` (their cartesian
+        product, as ``itertools.product`` orders it) concurrently; the outputs in that order."""
+        import itertools
+
+        futures = [self.submit(*items) for items in itertools.product(*iterables)]  # type: ignore[call-arg]
         return [f.result() for f in futures]
 
     # -- execution ----------------------------------------------------------------------------
@@ -409,7 +418,7 @@ class Checkpoint(Generic[P, R]):
         attempt = 1
         runtime = ctx.runtime
         while True:
-            frame = CallFrame(call, ctx, checkpoint_type=self.type)
+            frame = CallFrame(call, ctx, checkpoint_type=self.type, attempt=attempt)
             started = self._started(call, attempt, fingerprint, lineage)
             runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
             try:
@@ -461,7 +470,7 @@ class Checkpoint(Generic[P, R]):
             attempt = 1
             runtime = ctx.runtime
             while True:
-                frame = CallFrame(call, ctx, checkpoint_type=self.type)
+                frame = CallFrame(call, ctx, checkpoint_type=self.type, attempt=attempt)
                 started = self._started(call, attempt, fingerprint, lineage)
                 runtime.call_started(ctx.exec_id, started)  # the heartbeat notes it (no commit here)
                 try:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     from anyio.lowlevel import EventLoopToken
 
+    from .futures import CheckpointFuture
+
 T = TypeVar("T")
 
 logger = logging.getLogger("kitaru")
@@ -86,6 +88,7 @@ class CallFrame:
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     save_counts: dict[str, int] = field(default_factory=dict)
     checkpoint_type: str | None = None  # @checkpoint(type=...), for kitaru.runtime and events
+    attempt: int = 1  # which attempt of the call this is (events number each attempt's own)
 
 
 class ExecutionContext(_GroupCommit, _OutputsIndex):
@@ -347,16 +350,19 @@ class ExecutionContext(_GroupCommit, _OutputsIndex):
 
     # -- concurrency helpers ----------------------------------------------------------------
 
-    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+    def submit(self, fn: Any, *args: Any) -> CheckpointFuture[Any]:
         """Run ``fn`` on the execution's worker threads (``.submit()``/``.map()`` checkpoints); at
         most ``KITARU_MAX_THREADS`` run at once (see :func:`max_threads`), the rest queue."""
+        from .futures import CheckpointFuture
+
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._executor = ThreadPoolExecutor(
                 max_workers=max_threads(), thread_name_prefix=f"kitaru-{self.exec_id[-6:]}"
             )
-        future = self._executor.submit(fn, *args)
+        future: CheckpointFuture[Any] = CheckpointFuture()
+        self._executor.submit(future.run, fn, *args)
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
         return future

@@ -14,6 +14,7 @@ from kitaru.errors import (
     KitaruExecutionError,
     KitaruLeaseError,
     KitaruNotFoundError,
+    KitaruStateError,
     KitaruStoreError,
     KitaruTimeoutError,
 )
@@ -24,6 +25,8 @@ from .runtime import Runtime
 
 if TYPE_CHECKING:
     import asyncio
+
+    from kitaru._client_views import ExecutionStatus, LogEntry
 
 __all__ = ["AsyncFlowHandle", "FlowHandle"]
 
@@ -116,16 +119,35 @@ async def _result_of(runtime: Runtime, exec_id: str, local: Outcome | None, last
     if record is None:
         raise KitaruNotFoundError(f"no execution {exec_id!r}")
     if record.status == "cancelled":
-        raise KitaruExecutionCancelledError(f"execution {exec_id} was cancelled.", exec_id=exec_id)
+        raise KitaruExecutionCancelledError(
+            f"execution {exec_id} was cancelled.", exec_id=exec_id, status="cancelled"
+        )
     cause = local.error if local is not None else None
     if isinstance(cause, KitaruError):
         raise cause
-    raise KitaruExecutionError(
+    from kitaru._client_views import failure_info
+    from kitaru.errors import FailureOrigin, KitaruUserCodeError
+
+    failure = failure_info(record.error)
+    origin = failure.origin if failure is not None else FailureOrigin.UNKNOWN
+    error_class = KitaruUserCodeError if origin == FailureOrigin.USER_CODE else KitaruExecutionError
+    raise error_class(
         f"execution {exec_id} failed: {record.error}. See `kitaru executions get {exec_id}`; "
         f"after fixing the cause, `kitaru executions retry {exec_id}` continues it.",
         exec_id=exec_id,
         error=record.error,
+        status="failed",
+        failure_origin=origin,
     ) from cause
+
+
+def _print_entry(entry: LogEntry) -> None:
+    """``wait(stream_logs=True)``'s sink: the entry's text, as the flow wrote it."""
+    import sys
+
+    stream = sys.stderr if entry.stream == "stderr" else sys.stdout
+    stream.write(entry.text if entry.text.endswith("\n") else entry.text + "\n")
+    stream.flush()
 
 
 class FlowHandle:
@@ -140,22 +162,73 @@ class FlowHandle:
         return f"<FlowHandle {self.exec_id} {self.status}>"
 
     @property
-    def status(self) -> str:
-        """The execution's current status, read from the store."""
-        record = self._runtime.state.get_execution(self.exec_id)
-        return record.status if record else "unknown"
+    def status(self) -> ExecutionStatus:
+        """The execution's current status, read from the store: an
+        :class:`~kitaru.client.ExecutionStatus` (a ``str``; ``.is_finished`` as in Kitaru 0.18)."""
+        from kitaru._client_views import as_status
 
-    def wait(self, timeout: float | None = None) -> Any:
+        record = self._runtime.state.get_execution(self.exec_id)
+        return as_status(record.status if record else "unknown")
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        stream_logs: bool = False,
+        log_sink: Callable[[LogEntry], None] | None = None,
+    ) -> Any:
         """Block until the execution finishes and return its result.
 
         A failed execution raises :class:`KitaruExecutionError` (the flow's exception is its
         ``__cause__``); a cancelled one :class:`KitaruExecutionCancelledError`. A waiting execution
         is polled until someone answers and it finishes, or ``timeout`` seconds pass
         (:class:`KitaruTimeoutError`).
-        """
-        return blocking(await_result, self._runtime, self.exec_id, self._outcome, timeout)
 
-    get = wait
+        As in Kitaru 0.18, ``log_sink`` is called with each :class:`~kitaru.client.LogEntry` the
+        execution writes (checkpoints and flow body, in order) while this waits, and
+        ``stream_logs=True`` prints their text. Off by default: a flow that runs in this process
+        prints as it goes already.
+        """
+        if log_sink is None and not stream_logs:
+            return blocking(await_result, self._runtime, self.exec_id, self._outcome, timeout)
+        return self._follow_logs(timeout, log_sink or _print_entry)
+
+    def _follow_logs(self, timeout: float | None, sink: Callable[[LogEntry], None]) -> Any:
+        import time
+
+        from kitaru.client import KitaruClient
+
+        executions = KitaruClient(self._runtime).executions
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
+        while True:
+            status = self.status  # before the logs: a finished execution's are then all there
+            for entry in executions.logs(self.exec_id, after=after):
+                sink(entry)
+                after = max(after, entry.seq)
+            if status in TERMINAL_STATUSES:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                return blocking(await_result, self._runtime, self.exec_id, self._outcome, left)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise KitaruTimeoutError(f"execution {self.exec_id} is still {status} after {timeout} s.")
+            time.sleep(0.25)
+
+    def get(self) -> Any:
+        """The result of a finished execution, without waiting (as Kitaru 0.18's ``get()``): a
+        failed or cancelled one raises as :meth:`wait` does; one still running or waiting raises
+        :class:`KitaruStateError` (``wait()`` blocks until it finishes)."""
+        status = self.status
+        if status not in TERMINAL_STATUSES:
+            raise KitaruStateError(
+                f"execution {self.exec_id} is still {status}: get() returns only a finished "
+                "execution's result. Block until it finishes with `.wait()`"
+                + (
+                    f", after answering its wait with `kitaru executions input {self.exec_id} --value JSON`."
+                    if status == "waiting"
+                    else "."
+                )
+            )
+        return self.wait()
 
 
 class AsyncFlowHandle:
@@ -170,9 +243,11 @@ class AsyncFlowHandle:
         return f"<AsyncFlowHandle {self.exec_id} {self.status}>"
 
     @property
-    def status(self) -> str:
+    def status(self) -> ExecutionStatus:
+        from kitaru._client_views import as_status
+
         record = self._runtime.state.get_execution(self.exec_id)
-        return record.status if record else "unknown"
+        return as_status(record.status if record else "unknown")
 
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - mirrors wait()
         """Await the execution's end and return its result (errors as in FlowHandle.wait)."""
@@ -192,13 +267,22 @@ class SkippedFlowHandle(FlowHandle):
         return "<FlowHandle skipped>"
 
     @property
-    def status(self) -> str:
-        return "skipped"
+    def status(self) -> ExecutionStatus:
+        from kitaru._client_views import as_status
 
-    def wait(self, timeout: float | None = None) -> Any:
+        return as_status("skipped")
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        stream_logs: bool = False,
+        log_sink: Callable[[LogEntry], None] | None = None,
+    ) -> Any:
         return None
 
-    get = wait
+    def get(self) -> Any:
+        return None
 
 
 class SkippedAsyncFlowHandle(AsyncFlowHandle):
@@ -212,8 +296,10 @@ class SkippedAsyncFlowHandle(AsyncFlowHandle):
         return "<AsyncFlowHandle skipped>"
 
     @property
-    def status(self) -> str:
-        return "skipped"
+    def status(self) -> ExecutionStatus:
+        from kitaru._client_views import as_status
+
+        return as_status("skipped")
 
     async def result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - mirrors wait()
         return None

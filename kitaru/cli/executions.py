@@ -210,12 +210,27 @@ def _watch_loop(
 
 
 def _print_events(client: Any, exec_id: str, cursor: int, output: str, latest: str) -> tuple[int, str]:
-    """Print the events (``kitaru.progress``, ``kitaru.events.publish``) published since
-    ``cursor``; return the new cursor and the last progress line."""
-    from kitaru.events import CHECKPOINT_PROGRESS_KIND, recorded
+    """Print the events (``kitaru.progress``, ``kitaru.events.publish``, and each checkpoint
+    attempt's start) published since ``cursor``; return the new cursor and the last progress
+    line. A checkpoint's end is not printed from its event: its own line says it, with timing."""
+    from kitaru.events import (
+        CHECKPOINT_FAILED_KIND,
+        CHECKPOINT_PROGRESS_KIND,
+        CHECKPOINT_RETURNED_KIND,
+        CHECKPOINT_STARTED_KIND,
+        recorded,
+    )
 
     for event in recorded(client.executions._state.read_journal(exec_id), exec_id, cursor):
-        cursor = int(event.cursor)
+        cursor = max(cursor, int(event.cursor))
+        if event.kind in (CHECKPOINT_RETURNED_KIND, CHECKPOINT_FAILED_KIND):
+            continue
+        if event.kind == CHECKPOINT_STARTED_KIND:
+            if output == "json":
+                click.echo(json.dumps({"event": "started", **event.to_dict()}, default=str))
+            else:
+                click.echo(f"{_when(event.ts)}  {event.checkpoint_id or '-':<24} started")
+            continue
         progress = event.kind == CHECKPOINT_PROGRESS_KIND
         if output == "json":
             line = {"event": "progress" if progress else "custom", **event.to_dict()}
@@ -291,6 +306,10 @@ def input_execution(
     client = _client()
     if abort:
         handle = client.executions.abort_wait(exec_id, wait=wait_name, reason=reason, resume=resume)
+        if handle.status == "failed":
+            # The flow did not catch the abort: report it as the abort it is (exit code 9, the
+            # reason), not as any failure; `wait()` raises the flow's KitaruWaitAborted.
+            handle.wait()
     else:
         parsed = _parse_json(value or "", "--value")
         handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
@@ -299,11 +318,12 @@ def input_execution(
 
 def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, resume: bool) -> int:
     """Go through the open waits, asking what to do with each; 1 if one could not be resolved."""
-    from kitaru.errors import KitaruError, KitaruWaitAborted
+    from kitaru._client_views import pending_wait_of
+    from kitaru.errors import KitaruError
 
     if exec_id is not None:
         execution = client.executions.get(exec_id)
-        found = [(execution.id, execution.flow, w) for w in execution.open_waits]
+        found = [(execution.id, execution.flow, pending_wait_of(execution, w)) for w in execution.open_waits]
     else:
         found = [(w.exec_id, w.flow, w) for w in client.executions.pending_waits()]
     found = [(e, f, w) for e, f, w in found if wait_name is None or w.name == wait_name]
@@ -314,10 +334,10 @@ def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, 
     for n, (eid, flow_name, w) in enumerate(found, 1):
         click.echo(f"\n[{n}/{len(found)}] execution {eid} (flow {flow_name}) waits on {w.name!r}")
         click.echo(f"  question: {w.question or '(none)'}")
-        click.echo(f"  expects:  {w.schema}")
-        if w.json_schema:
+        click.echo(f"  expects:  {w.expects}")
+        if w.schema:
             click.echo("  JSON Schema:")
-            click.echo("\n".join("    " + line for line in json.dumps(w.json_schema, indent=2).splitlines()))
+            click.echo("\n".join("    " + line for line in json.dumps(w.schema, indent=2).splitlines()))
         action = click.prompt(
             "  answer, abort, skip or quit",
             type=click.Choice(["answer", "abort", "skip", "quit", "a", "s", "q"]),
@@ -331,10 +351,8 @@ def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, 
         try:
             if action == "abort":
                 reason = click.prompt("  reason (empty for none)", default="", show_default=False)
-                try:
-                    client.executions.abort_wait(eid, wait=w.name, reason=reason or None, resume=resume)
-                except KitaruWaitAborted:
-                    pass  # the abort was recorded; the flow did not catch it, so it failed
+                # Returns even when the flow does not catch the abort (it then failed).
+                client.executions.abort_wait(eid, wait=w.name, reason=reason or None, resume=resume)
             else:
                 _ask_and_answer(client, eid, w.name, resume)
             click.echo(f"  execution {eid} is {client.executions.get(eid).status}")
@@ -377,7 +395,7 @@ def list_waits(flow_name: str | None, output: str) -> None:
     click.echo(
         _table(
             ["EXECUTION", "FLOW", "WAIT", "OPENED", "EXPECTS", "QUESTION"],
-            [(w.exec_id, w.flow, w.name, _when(w.opened_at), w.schema, w.question) for w in found],
+            [(w.exec_id, w.flow, w.name, _when(w.opened_at), w.expects, w.question) for w in found],
         )
     )
     click.echo("answer with: kitaru executions input EXECUTION --wait WAIT --value JSON (or --abort)")
@@ -643,12 +661,30 @@ def execution_graph(exec_id: str, output: str) -> None:
 @executions.command("logs")
 @click.argument("exec_id", shell_complete=_complete_ids)
 @click.option("--checkpoint", help="Only this call (name:N) or every call of this checkpoint.")
+@click.option(
+    "--source",
+    type=click.Choice(["step", "runner"]),
+    help="Only what checkpoints wrote (step), or only the flow body's own output (runner).",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the execution stops.")
+@click.option("--grouped", is_flag=True, help="One section per checkpoint call, in call order.")
+@click.option("--verbose", "-v", count=True, help="-v: each line with its time and level; -vv: and its call.")
 @click.option("--pod", is_flag=True, help="Print the log of its latest Job's pod (kubernetes stacks).")
 @_OUTPUT
 @_reports_errors
-def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool, output: str) -> None:
+def execution_logs(
+    exec_id: str,
+    checkpoint: str | None,
+    source: str | None,
+    follow: bool,
+    grouped: bool,
+    verbose: int,
+    pod: bool,
+    output: str,
+) -> None:
     """Print what an execution's flow and checkpoints printed and logged, in order."""
+    if grouped and (output == "json" or follow):
+        raise click.UsageError("--grouped prints sections for people: not with -o json or --follow.")
     client = _client(read_only=True)
     full = client.executions.resolve(exec_id)
     if pod:
@@ -656,9 +692,19 @@ def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool
 
         print_pod_logs(full, follow)
         return
+    if grouped:
+        sections: dict[str, list[Any]] = {}
+        for entry in client.executions.logs(full, checkpoint=checkpoint, source=source):
+            sections.setdefault(entry.call_id or "flow", []).append(entry)
+        for n, (call, entries) in enumerate(sections.items()):
+            click.echo(("\n" if n else "") + f"== {call} ==")
+            for entry in entries:
+                for line in entry.text.splitlines():
+                    click.echo(_log_prefix(entry, verbose, grouped=True) + line, err=entry.stream == "stderr")
+        return
     after = 0
     while True:
-        entries = client.executions.logs(full, checkpoint=checkpoint, after=after)
+        entries = client.executions.logs(full, checkpoint=checkpoint, after=after, source=source)
         for entry in entries:
             if output == "json":
                 click.echo(
@@ -667,13 +713,22 @@ def execution_logs(exec_id: str, checkpoint: str | None, follow: bool, pod: bool
                     )
                 )
                 continue
-            prefix = f"[{entry.call_id or 'flow'}] "
             for line in entry.text.splitlines():
-                click.echo(prefix + line, err=entry.stream == "stderr")
+                click.echo(_log_prefix(entry, verbose) + line, err=entry.stream == "stderr")
         after = max([after, *(e.seq for e in entries)])
         if not follow or client.executions.get(full).status not in {"running"}:
             return
         time.sleep(0.5)
+
+
+def _log_prefix(entry: Any, verbose: int, grouped: bool = False) -> str:
+    """A log line's prefix: its call (unless grouped under it), and with -v its time and level
+    (-vv: both, and the call even when grouped)."""
+    call = f"[{entry.call_id or 'flow'}] "
+    if verbose == 0:
+        return "" if grouped else call
+    stamp = f"{_when(entry.ts)} {entry.level:<5} "
+    return stamp + (call if verbose > 1 or not grouped else "")
 
 
 @executions.command("recover")

@@ -24,25 +24,57 @@ def secrets() -> None:
     """
 
 
-@secrets.command("set")
+@secrets.command("set", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("name")
 @click.option(
     "--value",
     help="The value (visible in your shell's history and process list: prefer stdin).",
 )
+@click.pass_context
 @_reports_errors
-def set_secret(name: str, value: str | None) -> None:
-    """Store secret NAME; the value is read from stdin (a prompt on a terminal) unless --value."""
+def set_secret(ctx: click.Context, name: str, value: str | None) -> None:
+    """Store secret NAME; the value is read from stdin (a prompt on a terminal) unless --value.
+
+    Kitaru 0.18's form works too: `kitaru secrets set openai-creds --OPENAI_API_KEY=sk-...`
+    (any number of --KEY=VALUE) stores the JSON object {"OPENAI_API_KEY": "sk-..."}, which a
+    model alias's --secret and ImageSettings(secret_environment_from=...) read key by key."""
+    import json
+
     from kitaru.secrets import set_secret as _set
 
-    if value is None:
+    entries = _key_values(ctx.args)
+    if entries:
+        if value is not None:
+            raise click.UsageError("give --value, or --KEY=VALUE entries (Kitaru 0.18's form), not both.")
+        value = json.dumps(entries)
+    elif value is None:
         if sys.stdin.isatty():
             value = click.prompt(f"value of {name}", hide_input=True)
         else:
             value = sys.stdin.read()
             value = value[:-1] if value.endswith("\n") else value  # `echo x |` adds one newline
     _set(name, value)
-    click.echo(f"stored secret {name}")
+    click.echo(f"stored secret {name}" + (f" ({', '.join(entries)})" if entries else ""))
+
+
+def _key_values(args: list[str]) -> dict[str, str]:
+    """``--KEY=VALUE`` (or ``--KEY VALUE``) arguments as a dict, in order; anything else is a
+    usage error that shows the form."""
+    entries: dict[str, str] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        key, eq, val = arg[2:].partition("=")
+        if not arg.startswith("--") or not key.strip():
+            raise click.UsageError(f"unexpected argument {arg!r}: give secret entries as --KEY=VALUE.")
+        if not eq:
+            if not rest or rest[0].startswith("--"):
+                raise click.UsageError(f"{arg} has no value: write {arg}=VALUE.")
+            val = rest.pop(0)
+        if key in entries:
+            raise click.UsageError(f"--{key} is given twice.")
+        entries[key] = val
+    return entries
 
 
 @secrets.command("get")

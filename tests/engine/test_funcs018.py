@@ -90,14 +90,20 @@ class TestEvents:
         SEEN_LIVE.clear()
         handle = report_flow.run("durable agents")
         assert handle.wait(timeout=60) == "Report: durable agents"
-        # The thread inside the checkpoint saw the first event before the checkpoint completed.
-        assert SEEN_LIVE["events"] == ["kitaru.checkpoint.progress"]
+        # The thread inside the checkpoint saw the first event (and the attempt's start, derived
+        # from it) before the checkpoint completed.
+        assert SEEN_LIVE["events"] == ["kitaru.checkpoint.started", "kitaru.checkpoint.progress"]
         events = list(KitaruClient().executions.events(handle.exec_id))
+        # 0.18's automatic events frame the checkpoint's own, in one index sequence.
         assert [(e.kind, e.index, e.message) for e in events] == [
-            ("kitaru.checkpoint.progress", 0, "Collecting notes"),
-            ("training.batch.completed", 1, "First batch"),
-            ("kitaru.checkpoint.progress", 2, "Writing draft"),
+            ("kitaru.checkpoint.started", 0, None),
+            ("kitaru.checkpoint.progress", 1, "Collecting notes"),
+            ("training.batch.completed", 2, "First batch"),
+            ("kitaru.checkpoint.progress", 3, "Writing draft"),
+            ("kitaru.checkpoint.returned", 4, None),
         ]
+        assert events[0].payload["status"] == "started" and events[-1].payload["status"] == "returned"
+        events = events[1:-1]
         first = events[0]
         assert first.payload["data"] == {"topic": "durable agents", "percent": 0.25}
         assert first.percent == 0.25
@@ -117,9 +123,13 @@ class TestEvents:
         progress = list(client.events(handle.exec_id, kinds=["kitaru.checkpoint.progress"]))
         assert [e.message for e in progress] == ["Collecting notes", "Writing draft"]
         later = list(client.events(handle.exec_id, since=progress[0].cursor))
-        assert [e.message for e in later] == ["First batch", "Writing draft"]
+        assert [e.kind for e in later] == [
+            "training.batch.completed",
+            "kitaru.checkpoint.progress",
+            "kitaru.checkpoint.returned",
+        ]
         assert list(client.events(handle.exec_id, checkpoint="other")) == []
-        assert len(list(client.events(handle.exec_id, checkpoint="build_report"))) == 3
+        assert len(list(client.events(handle.exec_id, checkpoint="build_report"))) == 5
         assert list(client.events(handle.exec_id, correlation_ids=["nope"])) == []
 
     def test_async_checkpoints_publish_too(self, runtime: Runtime) -> None:
@@ -130,8 +140,13 @@ class TestEvents:
 
         exec_id = asyncio.run(main())
         events = list(KitaruClient().executions.events(exec_id))
-        assert [e.kind for e in events] == ["kitaru.checkpoint.progress"] * 10 + ["async.done"]
-        assert [e.index for e in events] == list(range(11))
+        assert [e.kind for e in events] == [
+            "kitaru.checkpoint.started",
+            *["kitaru.checkpoint.progress"] * 10,
+            "async.done",
+            "kitaru.checkpoint.returned",
+        ]
+        assert [e.index for e in events] == list(range(13))
         assert kitaru.events.flush() is True  # outside a flow nothing is queued
 
     def test_misuse_raises_at_once(self, runtime: Runtime) -> None:

@@ -53,7 +53,9 @@ class TestPendingWaits:
         pending = client.executions.pending_waits()
         assert [(p.exec_id, p.name) for p in pending] == [(first, "approve"), (second, "review")]
         assert pending[0].question == "Publish a?" and pending[0].flow == "approve"
-        assert pending[0].json_schema == {"type": "boolean"} and pending[0].schema == "bool"
+        # 0.18's PendingWait.schema is the JSON Schema; the short type text is `expects`.
+        assert pending[0].schema == {"type": "boolean"} and pending[0].expects == "bool"
+        assert pending[0].json_schema == pending[0].schema
         assert pending[0].opened_at is not None and pending[0].opened_at <= (pending[1].opened_at or 0)
         assert [p.exec_id for p in client.executions.pending_waits(flow="careful")] == [second]
 
@@ -63,7 +65,7 @@ class TestPendingWaits:
         assert code == 0, err
         [row] = json.loads(out)
         assert row["exec_id"] == exec_id and row["question"] == "Publish x?"
-        assert row["json_schema"] == {"type": "boolean"}
+        assert row["schema"] == {"type": "boolean"} and row["expects"] == "bool"
         code, out, _ = run("executions", "waits")
         assert code == 0 and exec_id in out and "Publish x?" in out
         kitaru.KitaruClient().executions.input(exec_id, True)
@@ -84,11 +86,16 @@ class TestAbort:
     def test_an_uncaught_abort_fails_the_execution(self, runtime: Runtime) -> None:
         client = kitaru.KitaruClient()
         exec_id = approve.run("x").exec_id
+        # The abort is what the caller asked for: abort_wait() returns the handle (0.18 returned
+        # the execution), whose status says the flow failed and whose wait() raises the abort.
+        handle = client.executions.abort_wait(exec_id, reason="no budget")
+        assert handle.exec_id == exec_id and handle.status == "failed"
         with pytest.raises(KitaruWaitAborted, match="was aborted: no budget") as caught:
-            client.executions.abort_wait(exec_id, reason="no budget")
+            handle.wait(timeout=30)
         assert caught.value.wait == "approve" and caught.value.reason == "no budget"
         execution = client.executions.get(exec_id)
         assert execution.status == "failed" and "KitaruWaitAborted" in (execution.error or "")
+        assert handle.failure is not None and "no budget" in handle.failure.message
 
     def test_an_aborted_wait_takes_no_answer_and_an_answered_one_no_abort(self, runtime: Runtime) -> None:
         client = kitaru.KitaruClient()

@@ -89,7 +89,7 @@ def test_every_tool_over_stdio_and_answers_checked_like_the_cli(
                 [pending] = _data(await client.call_tool("pending_waits", {}))["waits"]
                 assert pending["exec_id"] == exec_id and pending["name"] == "verdict"
                 assert pending["question"] == "Publish this draft?"
-                assert set(pending["json_schema"]["required"]) == {"approve", "note"}
+                assert set(pending["schema"]["required"]) == {"approve", "note"}
 
                 artifacts = _data(await client.call_tool("list_artifacts", {"exec_id": exec_id}))
                 by_call = {a["call_id"]: a for a in artifacts["artifacts"] if a["type"] == "output"}

@@ -4,6 +4,7 @@ wrong key."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,26 @@ class TestCLI:
         assert code == 0
         code, _, err = run("secrets", "get", "token")
         assert code == KitaruNotFoundError.exit_code and "no secret 'token'" in err
+
+    def test_0_18s_key_value_form_stores_a_json_object(self, key: str) -> None:
+        # `kitaru secrets set openai-creds --OPENAI_API_KEY=sk-...`, as 0.18 documented it.
+        code, out, err = run("secrets", "set", "openai-creds", "--OPENAI_API_KEY=sk-1", "--ORG", "o=2")
+        assert code == 0, err
+        assert "OPENAI_API_KEY" in out and "sk-1" not in out
+        code, out, _ = run("secrets", "get", "openai-creds", "--reveal")
+        assert json.loads(out) == {"OPENAI_API_KEY": "sk-1", "ORG": "o=2"}
+        # What reads a secret key by key (model aliases, secret_environment_from) gets the key.
+        from kitaru.secrets import get_secret
+
+        assert json.loads(get_secret("openai-creds"))["OPENAI_API_KEY"] == "sk-1"
+        for bad, says in (
+            (["--value", "x", "--A=1"], "not both"),
+            (["--A"], "has no value"),
+            (["--A=1", "--A=2"], "given twice"),
+            (["stray"], "--KEY=VALUE"),
+        ):
+            code, _, err = run("secrets", "set", "other", *bad)
+            assert code == 2 and says in err, err
 
     def test_a_missing_key_exits_with_the_config_code(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(KEY_ENV, raising=False)

@@ -192,7 +192,7 @@ def test_waits_abort_latest_stats_and_tags_through_the_server(
 
     waits = json.loads(cli("executions", "waits", "-o", "json").stdout)
     assert [(w["exec_id"], w["name"]) for w in waits] == [(first, "approve"), (tagged, "approve")]
-    assert waits[1]["question"] == "Ship the report?" and waits[1]["json_schema"] == {"type": "boolean"}
+    assert waits[1]["question"] == "Ship the report?" and waits[1]["schema"] == {"type": "boolean"}
     assert "Ship the report?" in cli("executions", "waits", "--flow", "tagged").stdout
 
     found = json.loads(cli("artifacts", "list", "--tag", "weekly", "-o", "json").stdout)

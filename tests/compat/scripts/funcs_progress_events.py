@@ -29,11 +29,15 @@ if __name__ == "__main__":
     client = KitaruClient()
     seen = list(client.executions.events(handle.exec_id))
     assert [e.kind for e in seen] == [
+        "kitaru.checkpoint.started",
         "kitaru.checkpoint.progress",
         "training.batch.completed",
         "kitaru.checkpoint.progress",
+        "kitaru.checkpoint.returned",
     ], seen
     assert all(e.checkpoint_name == "build_report" for e in seen)
+    assert len({e.correlation_id for e in seen}) == 1
+    seen = seen[1:-1]
     assert seen[0].payload["message"] == "Collecting notes"
     assert seen[0].payload["data"] == {"topic": "durable agents", "percent": 0.25}
     assert seen[1].payload["data"] == {"batch": 1, "rows": 100}
@@ -42,7 +46,7 @@ if __name__ == "__main__":
             handle.exec_id, kinds=["kitaru.checkpoint.progress"], checkpoint="build_report"
         )
     )
-    assert [e.index for e in seen] == [0, 1, 2]
+    assert [e.index for e in seen] == [1, 2, 3]
     print(
         "events: started-notes, progress {}, batch {}, progress {}".format(
             progress[0].payload["data"]["percent"],
