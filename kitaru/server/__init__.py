@@ -7,7 +7,9 @@ described in :mod:`kitaru.server._app` and served as OpenAPI at ``/openapi.json`
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from kitaru._install import install_hint
@@ -111,7 +113,24 @@ def serve(
     if state:
         os.environ[_ENV_STATE] = state
     if workers > 1:
-        uvicorn.run("kitaru.server:app_from_env", factory=True, host=host, port=port, workers=workers)
+        from uvicorn.supervisors import Multiprocess
+
+        app = "kitaru.server:app_from_env"
+        config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers)
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[listening_socket(config)]).run()
     else:
         # Built here, so a stack that cannot be served fails before the port is bound.
         uvicorn.run(create_app(stack, state), host=host, port=port)
+
+
+def listening_socket(config: Any) -> socket.socket:
+    """The shared listening socket of ``--workers N``, with TCP_NODELAY set.
+
+    Each worker rebuilds the socket from its descriptor without its protocol number, so asyncio
+    does not set TCP_NODELAY on the connections it accepts; a response written in two parts then
+    waits for the client's delayed ACK (40 ms on every keep-alive request). Linux copies the option
+    from the listening socket to each accepted one."""
+    sock: socket.socket = config.bind_socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

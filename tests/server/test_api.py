@@ -221,3 +221,28 @@ def test_list_pages_with_a_cursor(
             if cursor is None:
                 break
     assert seen == sorted(ids, reverse=True)
+
+
+def test_connections_of_workers_send_small_responses_at_once() -> None:
+    """`--workers N` processes accept on copies of one listening socket, on which asyncio cannot set
+    TCP_NODELAY (the copy has no protocol number): without it every keep-alive response waited for
+    the client's delayed ACK, 40 ms. The option is set on the listening socket, which Linux copies
+    to each connection it accepts."""
+    import socket
+
+    import uvicorn
+
+    from kitaru.server import listening_socket
+
+    config = uvicorn.Config("kitaru.server:app_from_env", factory=True, host="127.0.0.1", port=0, workers=2)
+    sock = listening_socket(config)
+    sock.listen()
+    worker_copy = socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+    client = socket.create_connection(sock.getsockname()[:2], timeout=10)
+    accepted, _ = worker_copy.accept()
+    try:
+        assert worker_copy.proto == 0  # what a worker has: asyncio skips its own TCP_NODELAY
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        for s in (accepted, client, worker_copy, sock):
+            s.close()
