@@ -7,17 +7,25 @@ import datetime
 import decimal
 import json
 import sqlite3
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, NewType, Optional, TypeVar
 
 import pytest
 from click.testing import CliRunner
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 import kitaru
 from kitaru import KitaruClient
-from kitaru._engine.waits import _class_resolver, _Unbuildable, build_type, type_ref
+from kitaru._engine.waits import (
+    MAX_ANSWER_DEPTH,
+    _class_resolver,
+    _Unbuildable,
+    build_type,
+    describe_schema,
+    type_ref,
+)
 from kitaru.cli import main
 from kitaru.store import JournalRecord
 
@@ -160,17 +168,18 @@ class TestNoEvalOfStoredText:
             handle.exec_id,
             {
                 "question": None,
-                "schema": f"type:{__name__}:Order",
-                "schema_text": "Order",
+                "schema": f"type:{__name__}:Shipment",
+                "schema_text": "Shipment",
                 "metadata": {},
                 "deadline": None,
-                "json_schema": Order.model_json_schema(),
+                "json_schema": Shipment.model_json_schema(),
             },
         )
-        bad = {"item": "tea", "price": "1.5", "due": "2026-01-32"}
+        # The JSON Schema takes a blank name; the class the reference names refuses it.
+        bad = {"name": "  ", "qty": 2}
         code, _, err = run("executions", "input", handle.exec_id, "--value", json.dumps(bad))
-        assert code == 8 and "due" in err and "still open" in err, err
-        good = {"item": "tea", "price": "1.5", "due": "2026-01-31"}
+        assert code == 8 and "name is blank" in err and "still open" in err, err
+        good = {"name": "tea", "qty": 2}
         code, _, err = run("executions", "input", handle.exec_id, "--value", json.dumps(good))
         assert code == 0, err
         assert KitaruClient().executions.get(handle.exec_id).status == "completed"
@@ -298,3 +307,243 @@ class TestAnswerLimits:
         with pytest.raises(kitaru.KitaruWaitValidationError, match="cannot be turned into JSON"):
             KitaruClient().executions.input(handle.exec_id, {"score": number})
         assert KitaruClient().executions.get(handle.exec_id).open_waits  # still open
+
+
+def _must_be_even(value: int) -> int:
+    if value % 2:
+        raise ValueError("must be even")
+    return value
+
+
+class Shipment(BaseModel):
+    """A model whose validators the JSON Schema cannot express: only pydantic refuses these."""
+
+    name: str
+    qty: int
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("name is blank")
+        return name
+
+    @field_validator("qty")
+    @classmethod
+    def _even(cls, qty: int) -> int:
+        return _must_be_even(qty)
+
+    class Note(BaseModel):
+        text: str
+
+
+@kitaru.flow
+def even_flow() -> int:
+    return int(kitaru.wait(name="even", schema=Annotated[int, AfterValidator(_must_be_even)]))
+
+
+@kitaru.flow
+def shipments_flow() -> int:
+    return len(kitaru.wait(name="shipments", schema=list[Shipment]))
+
+
+@kitaru.flow
+def hinted_flow() -> str:
+    # Metadata a UI reads (a dict): the schema cannot be hashed, so pydantic's adapter is not cached.
+    return str(kitaru.wait(name="text", schema=Annotated[str, {"widget": "textarea"}]))
+
+
+@pytest.fixture
+def elsewhere(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """From then on, answers are given as by a process that did not open the wait (the CLI in
+    another directory, a worker): it has no live schema object, only the wait's record (the
+    real processes are in tests/e2e/test_wait_answers.py)."""
+    return lambda: monkeypatch.setattr("kitaru._engine.waits._LIVE_SCHEMAS", {})
+
+
+class TestPydanticChecks:
+    """What the JSON Schema cannot say (a validator), pydantic checks before the answer is
+    recorded: with the live schema where the wait opened, with the type rebuilt from the wait's
+    record elsewhere; and the flow checks again on resume, refusing what slipped through."""
+
+    def test_a_validator_refuses_the_answer_where_the_wait_opened(self) -> None:
+        handle = even_flow.run()
+        before = journal_of(handle.exec_id)
+        code, _, err = run("executions", "input", handle.exec_id, "--value", "3")
+        assert code == 8 and "the answer 3 for wait 'even'" in err, err
+        assert "(value: Value error, must be even)" in err and "still open" in err, err
+        assert journal_of(handle.exec_id) == before
+        assert KitaruClient().executions.input(handle.exec_id, 4).wait(timeout=60) == 4
+
+    def test_the_rebuilt_type_runs_the_model_s_validators_elsewhere(
+        self, elsewhere: Callable[[], None]
+    ) -> None:
+        handle = shipments_flow.run()
+        elsewhere()
+        before = journal_of(handle.exec_id)
+        bad = [{"name": "cup", "qty": 2}, {"name": "  ", "qty": 3}]
+        code, _, err = run("executions", "input", handle.exec_id, "--value", json.dumps(bad))
+        assert code == 8 and f"expected list[{__name__}.Shipment]" in err, err
+        assert "(1.name: Value error, name is blank; 1.qty: Value error, must be even)" in err, err
+        assert journal_of(handle.exec_id) == before
+        good = [{"name": "cup", "qty": 2}]
+        assert KitaruClient().executions.input(handle.exec_id, good).wait(timeout=60) == 1
+
+    def test_an_answer_only_the_flow_can_refuse_fails_it_with_the_replay_that_asks_again(
+        self, elsewhere: Callable[[], None]
+    ) -> None:
+        # The validator is metadata, which is not rebuilt elsewhere: 3 is an int, so it is
+        # recorded, and the flow's own check refuses it on resume (never coerced silently).
+        handle = even_flow.run()
+        elsewhere()
+        code, _, err = run("executions", "input", handle.exec_id, "--value", "3")
+        assert code == 8, err
+        assert f"wait 'even' of execution {handle.exec_id}: its recorded answer 3 does not" in err, err
+        assert "flow's schema int, AfterValidator(" in err and "(value: Value error, must be even)" in err
+        assert "It passed the wait's JSON Schema" in err, err
+        assert f"kitaru executions replay {handle.exec_id} --from even" in err, err
+        assert KitaruClient().executions.get(handle.exec_id).status == "failed"
+
+    def test_a_schema_that_cannot_be_hashed_still_checks_answers(self) -> None:
+        handle = hinted_flow.run()
+        code, _, err = run("executions", "input", handle.exec_id, "--value", "3")
+        assert code == 8 and "expected str" in err, err
+        assert KitaruClient().executions.input(handle.exec_id, "hello").wait(timeout=60) == "hello"
+
+
+class TestRefusalMessages:
+    """A refused answer's message shows the answer (shortened), where the schema is broken, how
+    many more problems there are, and how to answer again."""
+
+    def test_the_first_problem_is_shown_with_its_path_and_a_count_of_the_rest(self) -> None:
+        handle = shipments_flow.run()
+        bad = [{"name": "cup", "qty": 2}, {"name": "tea", "qty": "two"}, {"name": 5, "qty": 2}]
+        code, _, err = run("executions", "input", handle.exec_id, "--value", json.dumps(bad))
+        assert code == 8, err
+        assert "(2/name: \"5 is not of type 'string'\"; and 1 more)" in err, err
+        code, _, err = run("executions", "input", handle.exec_id, "--value", '"nothing"')
+        assert code == 8 and """(value: "'nothing' is not of type 'array'").""" in err, err
+
+    def test_a_long_answer_is_shortened_in_the_message(self) -> None:
+        handle = approve_flow.run()
+        code, _, err = run("executions", "input", handle.exec_id, "--value", json.dumps("y" * 1000))
+        assert code == 8, err
+        message = " ".join(err.split())  # the terminal wraps long lines
+        assert f"the answer '{'y' * 199}... for wait 'approve'" in message, message
+        code, _, err = run("executions", "input", handle.exec_id, "--value", json.dumps("y" * 198))
+        assert f"the answer '{'y' * 198}' for wait 'approve'" in " ".join(err.split()), err
+
+    def test_an_answer_that_is_not_json_says_why_and_how_to_answer_again(self) -> None:
+        handle = open_flow.run()
+        with pytest.raises(kitaru.KitaruWaitValidationError) as refused:
+            KitaruClient().executions.input(handle.exec_id, {"score": float("nan")})
+        message = str(refused.value)
+        assert f"the answer for wait 'anything' of execution {handle.exec_id} cannot be" in message
+        assert "(ValueError('Out of range float values are not JSON compliant" in message, message
+        assert f"answer again with `kitaru executions input {handle.exec_id} --value JSON`" in message
+
+    def test_a_damaged_stored_json_schema_is_a_store_error(self, kitaru_home: Path) -> None:
+        handle = approve_flow.run()
+        with sqlite3.connect(kitaru_home / "kitaru.db") as db:
+            [(data,)] = db.execute(
+                "SELECT data FROM journal WHERE exec_id = ? AND kind = 'wait_opened'", (handle.exec_id,)
+            ).fetchall()
+            damaged = {**json.loads(data), "json_schema": {"type": "yes-or-no"}}
+            db.execute(
+                "UPDATE journal SET data = ? WHERE exec_id = ? AND kind = 'wait_opened'",
+                (json.dumps(damaged), handle.exec_id),
+            )
+        with pytest.raises(kitaru.KitaruStoreError) as refused:
+            KitaruClient().executions.input(handle.exec_id, True, resume=False)
+        message = str(refused.value)
+        assert "stored JSON Schema cannot be used (UnknownType('yes-or-no'" in message, message
+        assert "holds a damaged wait record. Restore the store, or replay the execution." in message
+
+
+class TestDepthOfConvertedValues:
+    def test_a_value_that_nests_deeply_only_as_json_is_refused(self) -> None:
+        handle = open_flow.run()
+        chain = Chain()
+        for _ in range(MAX_ANSWER_DEPTH + 5):
+            chain = Chain(next=chain)
+        with pytest.raises(kitaru.KitaruWaitValidationError, match="levels deep"):
+            KitaruClient().executions.input(handle.exec_id, chain)
+        assert KitaruClient().executions.get(handle.exec_id).open_waits
+
+    def test_a_deep_answer_beside_a_scalar_is_refused(self) -> None:
+        handle = open_flow.run()
+        deep: Any = "leaf"
+        for _ in range(MAX_ANSWER_DEPTH + 5):
+            deep = [deep]
+        with pytest.raises(kitaru.KitaruWaitValidationError, match="levels deep"):
+            KitaruClient().executions.input(handle.exec_id, {"deep": deep, "note": "x"})
+        with pytest.raises(kitaru.KitaruWaitValidationError, match="levels deep"):
+            KitaruClient().executions.input(handle.exec_id, [deep, "x"])
+        assert KitaruClient().executions.get(handle.exec_id).open_waits
+
+
+class Chain(BaseModel):
+    next: Chain | None = None
+
+
+UserId = NewType("UserId", int)
+
+
+class TestTypeReferenceEdges:
+    """The stored tree (`executions get -o json` shows it as ``type_ref``; other processes and
+    versions read it) and what this process can rebuild from it."""
+
+    @pytest.mark.parametrize(
+        ("schema", "tree"),
+        [
+            (list[int], {"origin": "list", "args": [{"class": "builtins:int"}]}),
+            (Literal[1.5], {"opaque": "Literal[1.5]"}),
+            (ClassVar[int], {"opaque": "ClassVar[int]"}),
+            (UserId, {"opaque": f"{__name__}.UserId"}),
+        ],
+        ids=repr,
+    )
+    def test_the_stored_tree(self, schema: Any, tree: dict[str, Any]) -> None:
+        assert type_ref(schema) == tree
+
+    def test_a_nested_class_and_the_flow_s_script_classes_are_rebuilt(self) -> None:
+        assert build_type(type_ref(Shipment.Note), _class_resolver(None)) is Shipment.Note
+        # `__main__` is the flow's script, whichever name this process loaded it under.
+        script = sys.modules[__name__]
+        assert build_type({"class": "__main__:Order"}, _class_resolver(script)) is Order
+
+    def test_a_module_not_imported_yet_is_imported(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delitem(sys.modules, "fractions", raising=False)
+        built = build_type({"class": "fractions:Fraction"}, _class_resolver(None))
+        assert (built.__module__, built.__qualname__) == ("fractions", "Fraction")
+
+    @pytest.mark.parametrize(
+        "tree",
+        ["list", {"args": []}, {"origin": "Literal", "values": []}, {"origin": "nowhere", "args": []}],
+        ids=repr,
+    )
+    def test_an_odd_tree_is_not_rebuilt(self, tree: Any) -> None:
+        with pytest.raises(_Unbuildable):
+            build_type(tree, _class_resolver(None))
+
+
+@pytest.mark.parametrize(
+    ("schema", "shown"),
+    [
+        (None, "any JSON value"),
+        (Any, "any JSON value"),
+        (bool, "bool"),
+        (Shipment.Note, "Shipment.Note"),
+        (int | None, "int | None"),
+        (Optional[int], "Optional[int]"),  # noqa: UP045 (how older code spells it)
+        (Literal["yes", "no"], "Literal['yes', 'no']"),
+        (Annotated[int, Field(gt=0)], "int, Gt(gt=0)"),
+        (Annotated[int, Field(gt=0, lt=9)], "int, Gt(gt=0), Lt(lt=9)"),
+        (Annotated[str, "a note"], "str, 'a note'"),
+        (Annotated[str, Field(description="only words")], "str"),
+    ],
+    ids=repr,
+)
+def test_what_a_wait_expects_reads_as_python(schema: Any, shown: str) -> None:
+    """The schema as `executions get` and every refusal show it."""
+    assert describe_schema(schema) == shown
