@@ -81,7 +81,11 @@ _MUTATE: dict[str, list[str]] = {
         "tests/deploy/test_concurrent_tags.py",
     ],
     "kitaru/_engine/wait_schema.py": ["tests/engine/test_waits.py"],
-    "kitaru/_engine/waits.py": ["tests/engine/test_waits.py", "tests/engine/test_wait_async.py"],
+    "kitaru/_engine/waits.py": [
+        "tests/engine/test_waits.py",
+        "tests/engine/test_wait_async.py",
+        "tests/engine/test_waits_abort_pending.py",
+    ],
     "kitaru/_engine/replay.py": [
         "tests/engine/test_replay.py",
         "tests/engine/test_replay_plan.py",

@@ -184,8 +184,8 @@ def describe_schema(schema: Any) -> str:
     """What a wait expects, for people (``schema_text``)."""
     if schema is None or schema is Any:
         return "any JSON value"
-    if isinstance(schema, type) and typing.get_origin(schema) is None and "[" not in repr(schema):
-        return schema.__qualname__
+    if isinstance(schema, type):
+        return schema.__qualname__  # a parametrized pydantic model too: `Page[Item]`
     if typing.get_origin(schema) is typing.Annotated:
         # Annotated[int, Field(gt=0)] reads as "int, Gt(gt=0)", not pydantic's FieldInfo repr; a
         # Field without constraints (a description) adds nothing.

@@ -8,6 +8,8 @@ import decimal
 import json
 import sqlite3
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, NewType, Optional, TypeVar
@@ -389,6 +391,28 @@ class TestPydanticChecks:
         good = [{"name": "cup", "qty": 2}]
         assert KitaruClient().executions.input(handle.exec_id, good).wait(timeout=60) == 1
 
+    def test_the_classes_of_a_script_run_as_main_are_found_in_the_flow_s_module(
+        self, elsewhere: Callable[[], None], kitaru_home: Path
+    ) -> None:
+        # A flow script run as `python flow.py` names its classes `__main__:...`; a process that
+        # loaded the script under another name finds them in that module.
+        handle = shipments_flow.run()
+        elsewhere()
+        with sqlite3.connect(kitaru_home / "kitaru.db") as db:
+            [(data,)] = db.execute(
+                "SELECT data FROM journal WHERE exec_id = ? AND kind = 'wait_opened'", (handle.exec_id,)
+            ).fetchall()
+            as_script = {
+                **json.loads(data),
+                "type": {"origin": "list", "args": [{"class": "__main__:Shipment"}]},
+            }
+            db.execute(
+                "UPDATE journal SET data = ? WHERE exec_id = ? AND kind = 'wait_opened'",
+                (json.dumps(as_script), handle.exec_id),
+            )
+        code, _, err = run("executions", "input", handle.exec_id, "--value", '[{"name": " ", "qty": 2}]')
+        assert code == 8 and "name is blank" in err and "still open" in err, err
+
     def test_an_answer_only_the_flow_can_refuse_fails_it_with_the_replay_that_asks_again(
         self, elsewhere: Callable[[], None]
     ) -> None:
@@ -400,7 +424,10 @@ class TestPydanticChecks:
         assert code == 8, err
         assert f"wait 'even' of execution {handle.exec_id}: its recorded answer 3 does not" in err, err
         assert "flow's schema int, AfterValidator(" in err and "(value: Value error, must be even)" in err
-        assert "It passed the wait's JSON Schema" in err, err
+        assert (
+            "It passed the wait's JSON Schema when it was given, where the flow's own checks could "
+            "not run. Ask again by replaying from the wait:" in " ".join(err.split())
+        ), err
         assert f"kitaru executions replay {handle.exec_id} --from even" in err, err
         assert KitaruClient().executions.get(handle.exec_id).status == "failed"
 
@@ -457,7 +484,7 @@ class TestRefusalMessages:
             KitaruClient().executions.input(handle.exec_id, True, resume=False)
         message = str(refused.value)
         assert "stored JSON Schema cannot be used (UnknownType('yes-or-no'" in message, message
-        assert "holds a damaged wait record. Restore the store, or replay the execution." in message
+        assert "; the state store holds a damaged wait record. Restore the store, or replay the" in message
 
 
 class TestDepthOfConvertedValues:
@@ -534,6 +561,7 @@ class TestTypeReferenceEdges:
         (Any, "any JSON value"),
         (bool, "bool"),
         (Shipment.Note, "Shipment.Note"),
+        (Page[Order], "Page[Order]"),
         (int | None, "int | None"),
         (Optional[int], "Optional[int]"),  # noqa: UP045 (how older code spells it)
         (Literal["yes", "no"], "Literal['yes', 'no']"),
@@ -547,3 +575,128 @@ class TestTypeReferenceEdges:
 def test_what_a_wait_expects_reads_as_python(schema: Any, shown: str) -> None:
     """The schema as `executions get` and every refusal show it."""
     assert describe_schema(schema) == shown
+
+
+class TestTheWaitCall:
+    """What ``kitaru.wait()`` records, refuses, and does with its deadline and its hold."""
+
+    def test_it_records_its_question_metadata_and_deadline(self) -> None:
+        @kitaru.flow
+        def ship() -> object:
+            return kitaru.wait(question="Ship it?", schema=bool, timeout=3600, metadata={"ticket": 7})
+
+        before = time.time()
+        handle = ship.run()
+        [w] = KitaruClient().executions.get(handle.exec_id).open_waits
+        assert (w.name, w.question, w.schema, w.metadata) == ("wait", "Ship it?", "bool", {"ticket": 7})
+        assert w.deadline is not None and before + 3600 <= w.deadline <= time.time() + 3600
+        assert w.json_schema == {"type": "boolean"} and w.type_ref == {"class": "builtins:bool"}
+
+    def test_without_a_schema_any_json_value_is_taken(self) -> None:
+        handle = open_flow.run()
+        [w] = KitaruClient().executions.get(handle.exec_id).open_waits
+        assert (w.question, w.schema, w.metadata, w.deadline) == (None, "any JSON value", {}, None)
+        assert w.json_schema is None and w.type_ref is None
+        answer = {"any": ["json", 1, None]}
+        assert KitaruClient().executions.input(handle.exec_id, answer).wait(timeout=60) == answer
+
+    @pytest.mark.parametrize(
+        ("kwargs", "why"),
+        [
+            ({"name": ""}, "wait name '' must be non-empty, without ':' or '/'"),
+            ({"name": "a:b"}, "wait name 'a:b' must be"),
+            ({"name": "a/b"}, "wait name 'a/b' must be"),
+            ({"timeout": 0}, "wait timeout must be positive seconds, got 0."),
+            ({"timeout": -1.5}, "got -1.5"),
+            ({"schema": object()}, "is not a type pydantic can validate"),
+        ],
+        ids=repr,
+    )
+    def test_a_bad_call_is_a_usage_error_and_records_nothing(self, kwargs: dict[str, Any], why: str) -> None:
+        @kitaru.flow
+        def bad() -> object:
+            return kitaru.wait(**kwargs)
+
+        with pytest.raises(kitaru.KitaruUsageError) as refused:
+            bad.run().wait(timeout=60)
+        assert why in str(refused.value)
+        [execution] = KitaruClient().executions.list()
+        assert execution.status == "failed"
+        assert not [r for r in journal_of(execution.id) if r.kind == "wait_opened"]
+
+    def test_a_positive_timeout_and_a_named_wait_are_taken(self) -> None:
+        @kitaru.flow
+        def named() -> object:
+            return kitaru.wait(name="w-1.ok", timeout=0.5e4)
+
+        handle = named.run()
+        assert [w.name for w in KitaruClient().executions.get(handle.exec_id).open_waits] == ["w-1.ok"]
+
+    def test_inside_a_checkpoint_it_is_an_error(self) -> None:
+        @kitaru.checkpoint
+        def step() -> object:
+            return kitaru.wait()
+
+        @kitaru.flow
+        def f() -> object:
+            return step()
+
+        with pytest.raises(kitaru.KitaruUsageError, match="inside checkpoint 'step'; a checkpoint"):
+            f.run().wait(timeout=60)
+
+    def test_a_timed_out_wait_raises_on_every_replay_and_the_flow_goes_on(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The hold outlasts the deadline, so the wait times out in the first run, deterministically.
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+        seen: list[str] = []
+
+        @kitaru.flow
+        def bounded() -> object:
+            try:
+                first = kitaru.wait(name="slow", timeout=0.2)
+            except kitaru.KitaruWaitTimeoutError as exc:
+                seen.append(str(exc))
+                first = "defaulted"
+            monkeypatch.setenv("KITARU_WAIT_HOLD", "0")
+            return (first, kitaru.wait(name="then"))
+
+        handle = bounded.run()
+        assert handle.status == "waiting"
+        assert seen == [f"wait 'slow' of execution {handle.exec_id} got no answer within its timeout."]
+        assert KitaruClient().executions.input(handle.exec_id, "x").wait(timeout=60) == ("defaulted", "x")
+        assert seen[1:] == ["wait 'slow' timed out before it was answered."]
+        kinds = [r.kind for r in journal_of(handle.exec_id)]
+        assert kinds.count("wait_timed_out") == 1
+
+    def test_an_uncaught_timeout_fails_the_flow(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+
+        @kitaru.flow
+        def bounded() -> object:
+            return kitaru.wait(name="slow", timeout=0.2)
+
+        with pytest.raises(kitaru.KitaruWaitTimeoutError, match="got no answer within its timeout"):
+            bounded.run().wait(timeout=60)
+
+    def test_an_answer_during_the_hold_goes_on_in_the_same_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+        client = KitaruClient()
+        answered = threading.Event()
+
+        def answer_when_open() -> None:
+            for _ in range(6000):  # bounded: 60 s
+                executions = client.executions.list()
+                if executions and client.executions.get(executions[0].id).open_waits:
+                    client.executions.input(executions[0].id, True, resume=False)
+                    answered.set()
+                    return
+                time.sleep(0.01)
+
+        answerer = threading.Thread(target=answer_when_open)
+        answerer.start()
+        handle = approve_flow.run()
+        answerer.join(timeout=60)
+        assert answered.is_set()
+        # Answered with resume=False: only a flow that held for it (never suspended) finished.
+        assert handle.status == "completed" and handle.wait(timeout=60) == "shipped"
