@@ -144,3 +144,110 @@ def hold() -> str:
 @flow
 def blocked() -> str:
     return hold()
+
+
+@checkpoint
+def tick(i: int) -> int:
+    return i
+
+
+@flow
+def many() -> int:
+    return sum(tick(i) for i in range(32))
+
+
+@flow
+def nothing_to_reuse() -> str:
+    return "done"
+
+
+@checkpoint
+def flaky() -> str:
+    raise ValueError("not today")
+
+
+@checkpoint
+def after(text: str) -> str:
+    return text + "!"
+
+
+@flow
+def tolerant() -> str:
+    try:
+        flaky()
+    except ValueError:
+        pass
+    try:
+        late = kitaru.wait(name="late", timeout=0.2)
+    except kitaru.KitaruWaitTimeoutError:
+        late = "no answer"
+    return after(str(late))
+
+
+class TestWhatARefusedReplaySays:
+    """Each refusal says what is wrong with the request and what to do; nothing is written."""
+
+    def _refused(self, exec_id: str, from_: str, **kwargs: Any) -> str:
+        before = KitaruClient().executions.list()
+        with pytest.raises(kitaru.KitaruError) as refused:
+            KitaruClient().executions.replay(exec_id, from_, **kwargs)
+        assert KitaruClient().executions.list() == before
+        return str(refused.value)
+
+    def test_an_unknown_boundary_lists_the_ones_it_has(self, runtime: Runtime) -> None:
+        _, original = _original()
+        assert self._refused(original, "nope") == (
+            f"execution {original} has no checkpoint or wait 'nope' to replay from. Boundaries it "
+            "has, in call order: gather, untyped, score, finish. A checkpoint's later calls are "
+            "named like 'name:2'."
+        )
+
+    def test_a_long_list_of_boundaries_is_cut_after_thirty(self, runtime: Runtime) -> None:
+        handle = many.run()
+        assert handle.wait(timeout=60) == sum(range(32))
+        shown = ", ".join(["tick"] + [f"tick:{n}" for n in range(2, 31)])
+        assert f"in call order: {shown} .... A checkpoint's" in self._refused(handle.exec_id, "nope")
+        handle = nothing_to_reuse.run()
+        assert handle.wait(timeout=60) == "done"
+        assert "in call order: none. A checkpoint's" in self._refused(handle.exec_id, "nope")
+
+    def test_each_bad_override_says_why(self, runtime: Runtime) -> None:
+        _, original = _original()
+        assert self._refused(original, "finish", overrides={"nope": 1}) == (
+            f"--override nope: execution {original} has no checkpoint or wait called 'nope'. "
+            f"Overrides name a call id from `kitaru executions get {original}`."
+        )
+        assert self._refused(original, "untyped", overrides={"finish": "x"}) == (
+            "--override finish: 'finish' is not before --from 'untyped', so it runs again and an "
+            "override would be ignored. Replay from a later call, or drop the override."
+        )
+        assert self._refused(original, "finish", overrides={"gather": 5}) == (
+            f"--override gather: 5 does not fit the return type of checkpoint {gather.qualname} "
+            "(<class 'str'>): Input should be a valid string."
+        )
+
+    def test_an_override_needs_an_output_to_replace(
+        self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "5")  # outlasts the deadline: it times out in this run
+        handle = tolerant.run()
+        assert handle.wait(timeout=60) == "no answer!"
+        assert self._refused(handle.exec_id, "after", overrides={"flaky": "x"}) == (
+            f"--override flaky: 'flaky' never completed in execution {handle.exec_id}, so there is "
+            "no output to replace."
+        )
+        assert self._refused(handle.exec_id, "after", overrides={"late": "x"}) == (
+            f"--override late: 'late' never got an answer in execution {handle.exec_id}, so there "
+            "is no output to replace."
+        )
+
+    def test_unknown_arguments_are_named_with_the_flow_s_parameters(self, runtime: Runtime) -> None:
+        _, original = _original()
+        assert self._refused(original, "finish", args={"zz": 1, "nope": 2}) == (
+            "--args: flow 'reviewed' has no parameter 'nope', 'zz'; its parameters are source_id."
+        )
+        handle = many.run()
+        handle.wait(timeout=60)
+        assert self._refused(handle.exec_id, "tick", args={"x": 1}) == (
+            "--args: flow 'many' has no parameter 'x'; its parameters are none."
+        )

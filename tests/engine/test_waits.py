@@ -648,7 +648,7 @@ class TestTheWaitCall:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # The hold outlasts the deadline, so the wait times out in the first run, deterministically.
-        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "5")
         seen: list[str] = []
 
         @kitaru.flow
@@ -670,7 +670,7 @@ class TestTheWaitCall:
         assert kinds.count("wait_timed_out") == 1
 
     def test_an_uncaught_timeout_fails_the_flow(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "5")
 
         @kitaru.flow
         def bounded() -> object:
