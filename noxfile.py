@@ -72,6 +72,7 @@ _MUTATE: dict[str, list[str]] = {
     "kitaru/lineage.py": ["tests/engine/test_lineage.py"],
     "kitaru/serialization.py": ["tests/test_serialization.py"],
     "kitaru/store/_rules.py": [
+        "tests/store/test_rules.py",
         "tests/store/test_memory_store.py",
         "tests/store/test_final_messages.py",
         "tests/store/test_lease_holder.py",
