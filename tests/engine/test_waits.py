@@ -641,8 +641,31 @@ class TestTheWaitCall:
         def f() -> object:
             return step()
 
-        with pytest.raises(kitaru.KitaruUsageError, match="inside checkpoint 'step'; a checkpoint"):
+        with pytest.raises(kitaru.KitaruUsageError) as refused:
             f.run().wait(timeout=60)
+        assert str(refused.value) == (
+            "kitaru.wait() was called inside checkpoint 'step'; a checkpoint cannot pause halfway. "
+            "Call it from the flow body, between checkpoints."
+        )
+        with pytest.raises(kitaru.KitaruNotInFlowError, match=r"kitaru\.wait\(\)"):
+            kitaru.wait()
+
+    def test_an_answer_passed_to_a_checkpoint_is_its_lineage(self) -> None:
+        handle = order_flow.run()
+        answer = {"item": "tea", "price": "1.5", "due": "2026-01-31"}
+        KitaruClient().executions.input(handle.exec_id, answer).wait(timeout=60)
+        graph = KitaruClient().executions.graph(handle.exec_id)
+        assert [(e.source, e.target) for e in graph.inputs_of("describe")] == [("wait:order", "describe")]
+
+    def test_an_abort_without_a_reason_says_how_to_ask_again(self) -> None:
+        handle = approve_flow.run()
+        with pytest.raises(kitaru.KitaruWaitAborted) as aborted:
+            KitaruClient().executions.abort_wait(handle.exec_id)
+        assert str(aborted.value) == (
+            f"wait 'approve' of execution {handle.exec_id} was aborted. Replay from it to ask again: "
+            f"`kitaru executions replay {handle.exec_id} --from approve`."
+        )
+        assert aborted.value.reason is None
 
     def test_a_timed_out_wait_raises_on_every_replay_and_the_flow_goes_on(
         self, monkeypatch: pytest.MonkeyPatch
