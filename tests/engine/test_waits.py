@@ -723,3 +723,53 @@ class TestTheWaitCall:
         assert answered.is_set()
         # Answered with resume=False: only a flow that held for it (never suspended) finished.
         assert handle.status == "completed" and handle.wait(timeout=60) == "shipped"
+
+    def test_resuming_an_open_wait_keeps_it_as_it_was_opened(self) -> None:
+        @kitaru.flow
+        def later() -> object:
+            return kitaru.wait(name="later", timeout=3600)
+
+        handle = later.run()
+        client = KitaruClient()
+        [before] = client.executions.get(handle.exec_id).open_waits
+        assert client.executions.resume(handle.exec_id).status == "waiting"
+        [after] = client.executions.get(handle.exec_id).open_waits
+        assert after.deadline == before.deadline  # resuming never extends a deadline
+        assert [r.kind for r in journal_of(handle.exec_id)].count("wait_opened") == 1
+
+    def test_a_deadline_that_passed_while_it_waited_times_out_on_resume(self) -> None:
+        @kitaru.flow
+        def bounded() -> object:
+            try:
+                return kitaru.wait(name="slow", timeout=0.3)
+            except kitaru.KitaruWaitTimeoutError:
+                return "defaulted"
+
+        handle = bounded.run()
+        if handle.status == "waiting":
+            [w] = KitaruClient().executions.get(handle.exec_id).open_waits
+            assert w.deadline is not None
+            time.sleep(max(0.0, w.deadline - time.time()) + 0.05)
+            handle = KitaruClient().executions.resume(handle.exec_id)
+        # else: a slow machine spent the whole timeout before the flow could suspend, and the wait
+        # timed out in the first run: the same outcome, reached earlier.
+        assert handle.wait(timeout=60) == "defaulted"
+
+    def test_an_answer_that_lands_just_before_it_suspends_is_not_lost(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The answer comes after the wait stopped looking and before the execution suspends: the
+        # store's suspend sees it (the wait names what it waits on) and the flow goes on at once.
+        from kitaru._engine.runner import Runner
+
+        runtime = KitaruClient()._runtime
+        store = runtime.astate
+        real_suspend = store.suspend
+
+        async def answered_first(exec_id: str, owner: str, waiting_on: Sequence[str]) -> bool:
+            await Runner(runtime).answer(exec_id, "approve", True, take_lease=False)
+            return await real_suspend(exec_id, owner, waiting_on)
+
+        monkeypatch.setattr(store, "suspend", answered_first)
+        handle = approve_flow.run()
+        assert handle.status == "completed" and handle.wait(timeout=60) == "shipped"
