@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import AfterValidator
 
 import kitaru
 from kitaru import KitaruClient, checkpoint, flow
@@ -152,8 +153,8 @@ def tick(i: int) -> int:
 
 
 @flow
-def many() -> int:
-    return sum(tick(i) for i in range(32))
+def many(n: int = 32) -> int:
+    return sum(tick(i) for i in range(n))
 
 
 @flow
@@ -184,6 +185,23 @@ def tolerant() -> str:
     return after(str(late))
 
 
+@flow
+def pair(first: str, second: str) -> str:
+    return after(first + second)
+
+
+def _must_be_even(value: int) -> int:
+    if value % 2:
+        raise ValueError("must be even")
+    return value
+
+
+@flow
+def approve_even() -> str:
+    even = kitaru.wait(name="even", schema=Annotated[int, AfterValidator(_must_be_even)])
+    return after(str(even))
+
+
 class TestWhatARefusedReplaySays:
     """Each refusal says what is wrong with the request and what to do; nothing is written."""
 
@@ -207,6 +225,12 @@ class TestWhatARefusedReplaySays:
         assert handle.wait(timeout=60) == sum(range(32))
         shown = ", ".join(["tick"] + [f"tick:{n}" for n in range(2, 31)])
         assert f"in call order: {shown} .... A checkpoint's" in self._refused(handle.exec_id, "nope")
+        exactly = many.run(30)
+        exactly.wait(timeout=60)
+        assert "tick:30. A checkpoint's" in self._refused(exactly.exec_id, "nope")  # all of them
+        one_more = many.run(31)
+        one_more.wait(timeout=60)
+        assert "tick:30 .... A checkpoint's" in self._refused(one_more.exec_id, "nope")
         handle = nothing_to_reuse.run()
         assert handle.wait(timeout=60) == "done"
         assert "in call order: none. A checkpoint's" in self._refused(handle.exec_id, "nope")
@@ -246,8 +270,49 @@ class TestWhatARefusedReplaySays:
         assert self._refused(original, "finish", args={"zz": 1, "nope": 2}) == (
             "--args: flow 'reviewed' has no parameter 'nope', 'zz'; its parameters are source_id."
         )
-        handle = many.run()
+        handle = nothing_to_reuse.run()
         handle.wait(timeout=60)
-        assert self._refused(handle.exec_id, "tick", args={"x": 1}) == (
-            "--args: flow 'many' has no parameter 'x'; its parameters are none."
+        assert self._refused(handle.exec_id, "x", args={"x": 1}).startswith(
+            f"execution {handle.exec_id} has no checkpoint or wait 'x'"
         )
+        handle = pair.run("a", "b")
+        handle.wait(timeout=60)
+        assert self._refused(handle.exec_id, "after", args={"c": 1}) == (
+            "--args: flow 'pair' has no parameter 'c'; its parameters are first, second."
+        )
+
+    def test_a_wait_override_is_checked_where_the_wait_did_not_open(
+        self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        _, original = _original()
+        # As in a process that did not open the wait: only the wait's record checks the override.
+        monkeypatch.setattr("kitaru._engine.waits._LIVE_SCHEMAS", {})
+        message = self._refused(original, "finish", overrides={"score": "7"})
+        assert "the override of wait 'score' does not match its schema: expected int" in message
+        assert message.endswith("The wait is still open; give a valid answer.")
+
+    def test_a_wait_override_runs_the_flow_s_own_validators(self, runtime: Runtime) -> None:
+        handle = approve_even.run()
+        KitaruClient().executions.input(handle.exec_id, 2).wait(timeout=60)
+        message = self._refused(handle.exec_id, "after", overrides={"even": 3})
+        assert "(value: Value error, must be even)" in message, message
+
+
+class TestWhatAReplayReuses:
+    def test_reused_waits_and_saves_are_the_original_s(self, runtime: Runtime) -> None:
+        _, original = _original()
+        client = KitaruClient()
+        replayed = client.executions.replay(original, "finish")
+        replayed.wait(timeout=60)
+        [wait] = client.executions.get(replayed.exec_id).waits
+        assert (wait.name, wait.status, wait.question) == ("score", "answered", None)
+        [notes] = [a.id for a in client.artifacts.list(original) if a.name == "notes"]
+        assert [a.id for a in client.artifacts.list(replayed.exec_id) if a.name == "notes"] == [notes]
+
+    def test_an_overridden_output_is_still_its_call_s(self, runtime: Runtime) -> None:
+        _, original = _original()
+        client = KitaruClient()
+        replayed = client.executions.replay(original, "finish", overrides={"untyped": "LOUD"})
+        assert replayed.wait(timeout=60) == "cats purr/3/LOUD"
+        graph = client.executions.graph(replayed.exec_id)
+        assert sorted(e.source for e in graph.inputs_of("finish")) == ["gather", "untyped"]
