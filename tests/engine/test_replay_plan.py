@@ -62,7 +62,7 @@ def _original() -> tuple[str, str]:
     source_id = source.run().exec_id
     handle = reviewed.run(source_id)
     KitaruClient().executions.input(handle.exec_id, 3)
-    assert handle.wait() == "cats purr/3/CATS PURR"
+    assert handle.wait(timeout=60) == "cats purr/3/CATS PURR"
     return source_id, handle.exec_id
 
 
@@ -84,6 +84,7 @@ class TestReplayPlan:
                 client.executions.replay(original, "finish", overrides={"score": bad})
         assert len(client.executions.list()) == 2  # the source and the original: nothing written
         replayed = client.executions.replay(original, "finish", overrides={"score": 7})
+        assert replayed.status == "completed"
         assert replayed.wait(timeout=60) == "cats purr/7/CATS PURR"
         assert RAN == {"gather": 1, "untyped": 1, "finish": 2}
         changed = {(e.kind, e.name) for e in client.executions.diff(original, replayed.exec_id).changed}
@@ -92,13 +93,15 @@ class TestReplayPlan:
     def test_an_unannotated_checkpoint_output_is_overridden_by_any_value(self, runtime: Runtime) -> None:
         _, original = _original()
         replayed = KitaruClient().executions.replay(original, "finish", overrides={"untyped": [1, 2]})
-        assert replayed.wait() == "cats purr/3/[1, 2]"
+        assert replayed.status == "completed"  # driven here: a replay that waited would say so
+        assert replayed.wait(timeout=60) == "cats purr/3/[1, 2]"
 
     def test_a_reused_checkpoint_keeps_its_logs_saves_and_loads(self, runtime: Runtime) -> None:
         source_id, original = _original()
         client = KitaruClient()
         replayed = client.executions.replay(original, "finish")
-        assert replayed.wait() == "cats purr/3/CATS PURR" and RAN["gather"] == 1
+        assert replayed.status == "completed"
+        assert replayed.wait(timeout=60) == "cats purr/3/CATS PURR" and RAN["gather"] == 1
         [call] = [c for c in client.executions.get(replayed.exec_id).checkpoints if c.call_id == "gather"]
         assert call.metadata == {"tokens": 12}
         names = {(a.name, a.type) for a in client.artifacts.list(replayed.exec_id)}
@@ -303,7 +306,7 @@ class TestWhatAReplayReuses:
         _, original = _original()
         client = KitaruClient()
         replayed = client.executions.replay(original, "finish")
-        replayed.wait(timeout=60)
+        assert replayed.status == "completed"
         [wait] = client.executions.get(replayed.exec_id).waits
         assert (wait.name, wait.status, wait.question) == ("score", "answered", None)
         [notes] = [a.id for a in client.artifacts.list(original) if a.name == "notes"]
@@ -313,6 +316,7 @@ class TestWhatAReplayReuses:
         _, original = _original()
         client = KitaruClient()
         replayed = client.executions.replay(original, "finish", overrides={"untyped": "LOUD"})
+        assert replayed.status == "completed"
         assert replayed.wait(timeout=60) == "cats purr/3/LOUD"
         graph = client.executions.graph(replayed.exec_id)
         assert sorted(e.source for e in graph.inputs_of("finish")) == ["gather", "untyped"]
