@@ -32,6 +32,7 @@ def source() -> None:
 @checkpoint
 def gather(source_id: str) -> str:
     RAN["gather"] += 1
+    print("gathering")
     kitaru.log(tokens=12)
     kitaru.save("draft", "a draft")
     return kitaru.load(source_id, "facts")
@@ -172,6 +173,8 @@ def flaky() -> str:
 
 @checkpoint
 def after(text: str) -> str:
+    RAN["after"] += 1
+    kitaru.log(**{f"run{RAN['after']}": True})
     return text + "!"
 
 
@@ -205,19 +208,21 @@ def approve_even() -> str:
     return after(str(even))
 
 
+def refused_replay(exec_id: str, from_: str, **kwargs: Any) -> str:
+    """The refusal of a replay request, after checking that it wrote nothing."""
+    before = KitaruClient().executions.list()
+    with pytest.raises(kitaru.KitaruError) as refused:
+        KitaruClient().executions.replay(exec_id, from_, **kwargs)
+    assert KitaruClient().executions.list() == before
+    return str(refused.value)
+
+
 class TestWhatARefusedReplaySays:
     """Each refusal says what is wrong with the request and what to do; nothing is written."""
 
-    def _refused(self, exec_id: str, from_: str, **kwargs: Any) -> str:
-        before = KitaruClient().executions.list()
-        with pytest.raises(kitaru.KitaruError) as refused:
-            KitaruClient().executions.replay(exec_id, from_, **kwargs)
-        assert KitaruClient().executions.list() == before
-        return str(refused.value)
-
     def test_an_unknown_boundary_lists_the_ones_it_has(self, runtime: Runtime) -> None:
         _, original = _original()
-        assert self._refused(original, "nope") == (
+        assert refused_replay(original, "nope") == (
             f"execution {original} has no checkpoint or wait 'nope' to replay from. Boundaries it "
             "has, in call order: gather, untyped, score, finish. A checkpoint's later calls are "
             "named like 'name:2'."
@@ -227,28 +232,28 @@ class TestWhatARefusedReplaySays:
         handle = many.run()
         assert handle.wait(timeout=60) == sum(range(32))
         shown = ", ".join(["tick"] + [f"tick:{n}" for n in range(2, 31)])
-        assert f"in call order: {shown} .... A checkpoint's" in self._refused(handle.exec_id, "nope")
+        assert f"in call order: {shown} .... A checkpoint's" in refused_replay(handle.exec_id, "nope")
         exactly = many.run(30)
         exactly.wait(timeout=60)
-        assert "tick:30. A checkpoint's" in self._refused(exactly.exec_id, "nope")  # all of them
+        assert "tick:30. A checkpoint's" in refused_replay(exactly.exec_id, "nope")  # all of them
         one_more = many.run(31)
         one_more.wait(timeout=60)
-        assert "tick:30 .... A checkpoint's" in self._refused(one_more.exec_id, "nope")
+        assert "tick:30 .... A checkpoint's" in refused_replay(one_more.exec_id, "nope")
         handle = nothing_to_reuse.run()
         assert handle.wait(timeout=60) == "done"
-        assert "in call order: none. A checkpoint's" in self._refused(handle.exec_id, "nope")
+        assert "in call order: none. A checkpoint's" in refused_replay(handle.exec_id, "nope")
 
     def test_each_bad_override_says_why(self, runtime: Runtime) -> None:
         _, original = _original()
-        assert self._refused(original, "finish", overrides={"nope": 1}) == (
+        assert refused_replay(original, "finish", overrides={"nope": 1}) == (
             f"--override nope: execution {original} has no checkpoint or wait called 'nope'. "
             f"Overrides name a call id from `kitaru executions get {original}`."
         )
-        assert self._refused(original, "untyped", overrides={"finish": "x"}) == (
+        assert refused_replay(original, "untyped", overrides={"finish": "x"}) == (
             "--override finish: 'finish' is not before --from 'untyped', so it runs again and an "
             "override would be ignored. Replay from a later call, or drop the override."
         )
-        assert self._refused(original, "finish", overrides={"gather": 5}) == (
+        assert refused_replay(original, "finish", overrides={"gather": 5}) == (
             f"--override gather: 5 does not fit the return type of checkpoint {gather.qualname} "
             "(<class 'str'>): Input should be a valid string."
         )
@@ -259,28 +264,28 @@ class TestWhatARefusedReplaySays:
         monkeypatch.setenv("KITARU_WAIT_HOLD", "5")  # outlasts the deadline: it times out in this run
         handle = tolerant.run()
         assert handle.wait(timeout=60) == "no answer!"
-        assert self._refused(handle.exec_id, "after", overrides={"flaky": "x"}) == (
+        assert refused_replay(handle.exec_id, "after", overrides={"flaky": "x"}) == (
             f"--override flaky: 'flaky' never completed in execution {handle.exec_id}, so there is "
             "no output to replace."
         )
-        assert self._refused(handle.exec_id, "after", overrides={"late": "x"}) == (
+        assert refused_replay(handle.exec_id, "after", overrides={"late": "x"}) == (
             f"--override late: 'late' never got an answer in execution {handle.exec_id}, so there "
             "is no output to replace."
         )
 
     def test_unknown_arguments_are_named_with_the_flow_s_parameters(self, runtime: Runtime) -> None:
         _, original = _original()
-        assert self._refused(original, "finish", args={"zz": 1, "nope": 2}) == (
+        assert refused_replay(original, "finish", args={"zz": 1, "nope": 2}) == (
             "--args: flow 'reviewed' has no parameter 'nope', 'zz'; its parameters are source_id."
         )
         handle = nothing_to_reuse.run()
         handle.wait(timeout=60)
-        assert self._refused(handle.exec_id, "x", args={"x": 1}).startswith(
+        assert refused_replay(handle.exec_id, "x", args={"x": 1}).startswith(
             f"execution {handle.exec_id} has no checkpoint or wait 'x'"
         )
         handle = pair.run("a", "b")
         handle.wait(timeout=60)
-        assert self._refused(handle.exec_id, "after", args={"c": 1}) == (
+        assert refused_replay(handle.exec_id, "after", args={"c": 1}) == (
             "--args: flow 'pair' has no parameter 'c'; its parameters are first, second."
         )
 
@@ -290,14 +295,14 @@ class TestWhatARefusedReplaySays:
         _, original = _original()
         # As in a process that did not open the wait: only the wait's record checks the override.
         monkeypatch.setattr("kitaru._engine.waits._LIVE_SCHEMAS", {})
-        message = self._refused(original, "finish", overrides={"score": "7"})
+        message = refused_replay(original, "finish", overrides={"score": "7"})
         assert "the override of wait 'score' does not match its schema: expected int" in message
         assert message.endswith("The wait is still open; give a valid answer.")
 
     def test_a_wait_override_runs_the_flow_s_own_validators(self, runtime: Runtime) -> None:
         handle = approve_even.run()
         KitaruClient().executions.input(handle.exec_id, 2).wait(timeout=60)
-        message = self._refused(handle.exec_id, "after", overrides={"even": 3})
+        message = refused_replay(handle.exec_id, "after", overrides={"even": 3})
         assert "(value: Value error, must be even)" in message, message
 
 
@@ -320,3 +325,42 @@ class TestWhatAReplayReuses:
         assert replayed.wait(timeout=60) == "cats purr/3/LOUD"
         graph = client.executions.graph(replayed.exec_id)
         assert sorted(e.source for e in graph.inputs_of("finish")) == ["gather", "untyped"]
+
+
+class TestWhatAReplayShows:
+    def test_each_call_says_whether_it_was_reused_or_overridden(self, runtime: Runtime) -> None:
+        _, original = _original()
+        client = KitaruClient()
+        replayed = client.executions.replay(original, "finish", overrides={"untyped": "LOUD"})
+        assert replayed.status == "completed"
+        calls = {
+            c.call_id: (c.reused_from, c.overridden)
+            for c in client.executions.get(replayed.exec_id).checkpoints
+        }
+        assert calls == {"gather": (original, False), "untyped": (original, True), "finish": (None, False)}
+
+    def test_a_reused_checkpoint_keeps_what_it_printed(self, runtime: Runtime) -> None:
+        _, original = _original()
+        replayed = KitaruClient().executions.replay(original, "finish")
+        assert replayed.status == "completed"
+        printed = [(e.call_id, e.text.strip()) for e in KitaruClient().executions.logs(replayed.exec_id)]
+        assert ("gather", "gathering") in printed and RAN["gather"] == 1
+
+    def test_a_timed_out_wait_stays_timed_out_and_later_calls_keep_only_their_own_logs(
+        self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "5")  # outlasts the deadline: it times out in this run
+        handle = tolerant.run()
+        assert handle.wait(timeout=60) == "no answer!"
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "0")
+        client = KitaruClient()
+        replayed = client.executions.replay(handle.exec_id, "after")
+        assert replayed.status == "completed"  # the timeout was reused: no new wait, no suspension
+        assert replayed.wait(timeout=60) == "no answer!"
+        [after_call] = [
+            c for c in client.executions.get(replayed.exec_id).checkpoints if c.call_id == "after"
+        ]
+        assert after_call.metadata == {"run2": True}
+        assert refused_replay(handle.exec_id, "after", args={"x": 1}) == (
+            "--args: flow 'tolerant' has no parameter 'x'; its parameters are none."
+        )
