@@ -703,7 +703,9 @@ class TestTheWaitCall:
             bounded.run().wait(timeout=60)
 
     def test_an_answer_during_the_hold_goes_on_in_the_same_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("KITARU_WAIT_HOLD", "60")
+        # The hold outlasts the answerer's patience (60 s): a flow that returns before the hold
+        # ends saw the answer while it held, not when the hold ran out.
+        monkeypatch.setenv("KITARU_WAIT_HOLD", "120")
         client = KitaruClient()
         answered = threading.Event()
 
@@ -718,7 +720,9 @@ class TestTheWaitCall:
 
         answerer = threading.Thread(target=answer_when_open)
         answerer.start()
+        started = time.monotonic()
         handle = approve_flow.run()
+        assert time.monotonic() - started < 120
         answerer.join(timeout=60)
         assert answered.is_set()
         # Answered with resume=False: only a flow that held for it (never suspended) finished.
