@@ -119,7 +119,6 @@ class TestLeases:
 
     def test_a_holder_on_this_host_is_alive_while_its_process_runs(self) -> None:
         assert _rules.lease_holder_alive(f"{_rules.HOST}:{os.getpid()}:t")
-        assert _rules.lease_holder_alive(f"{_rules.HOST}:{os.getppid()}:t")
         assert _rules.lease_holder_alive(f"{_rules.HOST}:not-a-pid:t")
         assert _rules.lease_holder_alive(f"another-{_rules.HOST}:999999999:t")
         assert not _rules.lease_holder_alive(f"{_rules.HOST}:999999999:t")  # above any pid_max
