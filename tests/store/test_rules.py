@@ -56,14 +56,16 @@ class TestExecutionStatuses:
         with pytest.raises(KitaruStateError) as refused:
             _rules.check_acquirable(X, "failed", iter(["waiting", "running"]))
         assert str(refused.value) == f"execution {X} is failed; this needs it to be running or waiting."
-        with pytest.raises(KitaruStateError, match="is completed, so it cannot run again"):
+        with pytest.raises(KitaruStateError, match=f"^execution {X} is completed, so it cannot run again"):
             _rules.check_acquirable(X, "completed", ["completed"])
 
     def test_answers_and_cancels_need_an_unfinished_execution(self) -> None:
         for open_status in ("running", "waiting"):
             _rules.check_answerable(X, open_status)
             _rules.check_cancellable(X, open_status)
-        with pytest.raises(KitaruStateError, match="is cancelled, so it cannot take an answer"):
+        with pytest.raises(
+            KitaruStateError, match=f"^execution {X} is cancelled, so it cannot take an answer"
+        ):
             _rules.check_answerable(X, "cancelled")
         for status in ("completed", "failed"):
             with pytest.raises(KitaruStateError) as refused:
