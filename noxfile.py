@@ -72,6 +72,7 @@ _MUTATE: dict[str, list[str]] = {
     "kitaru/lineage.py": ["tests/engine/test_lineage.py"],
     "kitaru/serialization.py": ["tests/test_serialization.py"],
     "kitaru/store/_rules.py": [
+        "tests/store/test_rules.py",
         "tests/store/test_memory_store.py",
         "tests/store/test_final_messages.py",
         "tests/store/test_lease_holder.py",
@@ -81,7 +82,11 @@ _MUTATE: dict[str, list[str]] = {
         "tests/deploy/test_concurrent_tags.py",
     ],
     "kitaru/_engine/wait_schema.py": ["tests/engine/test_waits.py"],
-    "kitaru/_engine/waits.py": ["tests/engine/test_waits.py", "tests/engine/test_wait_async.py"],
+    "kitaru/_engine/waits.py": [
+        "tests/engine/test_waits.py",
+        "tests/engine/test_wait_async.py",
+        "tests/engine/test_waits_abort_pending.py",
+    ],
     "kitaru/_engine/replay.py": [
         "tests/engine/test_replay.py",
         "tests/engine/test_replay_plan.py",

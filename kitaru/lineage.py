@@ -57,6 +57,22 @@ class LineageGraph:
         return "\n".join(lines)
 
 
+def _input_node(name: str) -> Node:
+    return Node(f"input:{name}", "input", name)
+
+
+def _wait_node(call_id: str) -> Node:
+    return Node(f"wait:{call_id}", "wait", call_id)
+
+
+def _call_node(call_id: str) -> Node:
+    return Node(call_id, "checkpoint", call_id)
+
+
+def _external_node(a: ArtifactRecord) -> Node:
+    return Node(f"{a.exec_id}/{a.name}", "external", f"{a.name} @ {a.exec_id[:10]}")
+
+
 def build_graph(state: Any, exec_id: str) -> LineageGraph:
     """Read ``exec_id``'s journal into its lineage graph."""
     journal: list[JournalRecord] = state.read_journal(exec_id)
@@ -69,18 +85,21 @@ def build_graph(state: Any, exec_id: str) -> LineageGraph:
             artifacts[artifact_id] = state.get_artifact(artifact_id)
         return artifacts[artifact_id]
 
-    def producer(a: ArtifactRecord) -> str:
-        """The node that made artifact ``a``, as this execution sees it."""
-        if a.type == "input":
-            node = Node(f"input:{a.name}", "input", a.name)
-        elif a.type == "answer" and a.call_id:
-            node = Node(f"wait:{a.call_id}", "wait", a.call_id)
-        elif a.call_id and (a.exec_id == exec_id or a.call_id in nodes):
-            node = Node(a.call_id.split("/", 1)[0], "checkpoint", a.call_id.split("/", 1)[0])
-        else:
-            node = Node(f"{a.exec_id}/{a.name}", "external", f"{a.name} @ {a.exec_id[:10]}")
+    def add(node: Node) -> str:
         nodes.setdefault(node.id, node)
         return node.id
+
+    def producer(a: ArtifactRecord) -> str:
+        """The node that made artifact ``a``, as this execution sees it: the input, wait or call
+        this journal recorded (a reused call's output names a call of this journal too), else
+        an artifact of another execution."""
+        if a.type == "input":
+            return add(_input_node(a.name))
+        if a.type == "answer" and a.call_id:
+            return add(_wait_node(a.call_id))
+        if a.call_id and (a.exec_id == exec_id or a.call_id in nodes):
+            return add(_call_node(a.call_id))
+        return add(_external_node(a))
 
     def link(artifact_id: str, target: str) -> None:
         a = artifact(artifact_id)
@@ -91,22 +110,20 @@ def build_graph(state: Any, exec_id: str) -> LineageGraph:
         if r.kind == "input" and r.artifact_id:
             a = artifact(r.artifact_id)
             if a is not None:
-                nodes.setdefault(f"input:{a.name}", Node(f"input:{a.name}", "input", a.name))
+                add(_input_node(a.name))
         elif r.kind == "checkpoint_completed" and r.call_id:
-            nodes.setdefault(r.call_id, Node(r.call_id, "checkpoint", r.call_id))
+            add(_call_node(r.call_id))
             for artifact_id in (r.data or {}).get("inputs", []):
                 link(artifact_id, r.call_id)
         elif r.kind == "load" and r.call_id and r.artifact_id:
-            nodes.setdefault(r.call_id, Node(r.call_id, "checkpoint", r.call_id))
+            add(_call_node(r.call_id))
             a = artifact(r.artifact_id)
             if a is not None:
-                source = Node(f"{a.exec_id}/{a.name}", "external", f"{a.name} @ {a.exec_id[:10]}")
-                nodes.setdefault(source.id, source)
-                edges.append(Edge(source.id, r.call_id, a.id, a.name, a.data_type, a.size))
+                edges.append(Edge(add(_external_node(a)), r.call_id, a.id, a.name, a.data_type, a.size))
         elif r.kind == "wait_opened" and r.call_id:
-            nodes.setdefault(f"wait:{r.call_id}", Node(f"wait:{r.call_id}", "wait", r.call_id))
+            add(_wait_node(r.call_id))
         elif r.kind == "flow_completed":
-            nodes.setdefault("result", Node("result", "result", "result"))
+            add(Node("result", "result", "result"))
             for artifact_id in (r.data or {}).get("inputs", []):
                 link(artifact_id, "result")
     # Loads are recorded before the checkpoint's outcome: keep edges in journal order, unique.

@@ -184,14 +184,23 @@ def describe_schema(schema: Any) -> str:
     """What a wait expects, for people (``schema_text``)."""
     if schema is None or schema is Any:
         return "any JSON value"
-    if isinstance(schema, type) and typing.get_origin(schema) is None and "[" not in repr(schema):
-        return schema.__qualname__
+    if isinstance(schema, type):
+        return schema.__qualname__  # a parametrized pydantic model too: `Page[Item]`
     if typing.get_origin(schema) is typing.Annotated:
-        # Annotated[int, Field(gt=0)] reads as "int, Gt(gt=0)", not pydantic's FieldInfo repr.
+        # Annotated[int, Field(gt=0)] reads as "int, Gt(gt=0)", not pydantic's FieldInfo repr; a
+        # Field without constraints (a description) adds nothing.
         inner, *extra = typing.get_args(schema)
-        notes = [repr(m) for e in extra for m in (getattr(e, "metadata", None) or [e])]
+        notes = [repr(m) for e in extra for m in _constraints(e)]
         return f"{describe_schema(inner)}, {', '.join(notes)}" if notes else describe_schema(inner)
     return _type_text(schema)
+
+
+def _constraints(metadata: Any) -> list[Any]:
+    """The constraints an ``Annotated`` metadata item stands for: a pydantic ``Field``'s own
+    (its ``metadata`` list, empty for one that only describes), else the item itself."""
+    from pydantic.fields import FieldInfo
+
+    return list(metadata.metadata) if isinstance(metadata, FieldInfo) else [metadata]
 
 
 # -- checking answers --------------------------------------------------------------------------

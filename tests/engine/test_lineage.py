@@ -155,3 +155,41 @@ class TestWholeGraph:
         graph = KitaruClient().executions.graph(handle.exec_id)
         assert ("wait:approve", "wait", "approve") in [(n.id, n.kind, n.label) for n in graph.nodes]
         assert "result" not in [n.id for n in graph.nodes]
+
+    def test_each_edge_names_the_artifact_that_flowed(self, runtime: Runtime) -> None:
+        first = fan.run("ab")
+        first.wait(timeout=60)
+        handle = reviewed.run(first.exec_id)
+        KitaruClient().executions.input(handle.exec_id, "ana").wait(timeout=60)
+        client = KitaruClient()
+        graph = client.executions.graph(handle.exec_id)
+        [joined] = [a for a in client.artifacts.list(first.exec_id) if a.name == "join"]
+        [summary] = [a for a in client.artifacts.list(handle.exec_id) if a.name == "summarize"]
+        by_source = {e.source: e.artifact_id for e in graph.edges if e.target in ("summarize", "publish")}
+        assert by_source[f"{first.exec_id}/join"] == joined.id  # a load
+        assert by_source["summarize"] == summary.id  # an output passed on
+
+
+@checkpoint
+def noted(text: str) -> str:
+    kitaru.log(chars=len(text))
+    kitaru.save("scratch", text * 2)
+    return text
+
+
+@flow
+def chatty(text: str) -> str:
+    kitaru.log(stage="start")
+    kitaru.save("memo", text)
+    return noted(text)
+
+
+def test_logs_and_saves_are_not_nodes(runtime: Runtime) -> None:
+    handle = chatty.run("hi")
+    assert handle.wait(timeout=60) == "hi"
+    graph = KitaruClient().executions.graph(handle.exec_id)
+    assert [(n.id, n.kind) for n in graph.nodes] == [
+        ("input:text", "input"),
+        ("noted", "checkpoint"),
+        ("result", "result"),
+    ]

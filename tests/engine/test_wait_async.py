@@ -6,6 +6,8 @@ the app's other tasks keep running while the flow waits for a fast answer."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import anyio.to_thread
 import pytest
@@ -133,15 +135,34 @@ class TestHold:
         async def f() -> object:
             return await step()
 
-        with pytest.raises(kitaru.KitaruUsageError, match="cannot pause halfway"):
+        with pytest.raises(
+            kitaru.KitaruUsageError, match=r"kitaru\.wait_async\(\) was called inside checkpoint 'step'"
+        ):
             f.run().wait(timeout=60)
 
     def test_outside_a_flow_it_is_an_error(self) -> None:
         async def main() -> object:
             return await kitaru.wait_async()
 
-        with pytest.raises(kitaru.KitaruNotInFlowError):
+        with pytest.raises(kitaru.KitaruNotInFlowError, match=r"kitaru\.wait_async\(\)"):
             anyio.run(main)
+
+    def test_it_records_its_question_schema_metadata_and_deadline(self, runtime: Runtime) -> None:
+        @flow
+        async def ship() -> object:
+            return await kitaru.wait_async(
+                name="ship", question="Ship it?", schema=bool, timeout=3600, metadata={"ticket": 7}
+            )
+
+        before = time.time()
+        handle = ship.run()
+        client = KitaruClient()
+        [w] = client.executions.get(handle.exec_id).open_waits
+        assert (w.name, w.question, w.schema, w.metadata) == ("ship", "Ship it?", "bool", {"ticket": 7})
+        assert w.deadline is not None and before + 3600 <= w.deadline <= time.time() + 3600
+        with pytest.raises(kitaru.KitaruWaitValidationError, match="expected bool"):
+            client.executions.input(handle.exec_id, "yes")
+        assert client.executions.input(handle.exec_id, True).wait(timeout=60) is True
 
 
 def quick_exec_ids(runtime: Runtime) -> list[str]:
