@@ -247,7 +247,7 @@ class TestWhatARefusedReplaySays:
         _, original = _original()
         assert refused_replay(original, "finish", overrides={"nope": 1}) == (
             f"--override nope: execution {original} has no checkpoint or wait called 'nope'. "
-            f"Overrides name a call id from `kitaru executions get {original}`."
+            f"Overrides name a call id from `kitaru executions get {original}`, or checkpoint.<name>."
         )
         assert refused_replay(original, "untyped", overrides={"finish": "x"}) == (
             "--override finish: 'finish' is not before --from 'untyped', so it runs again and an "

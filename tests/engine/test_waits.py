@@ -659,8 +659,9 @@ class TestTheWaitCall:
 
     def test_an_abort_without_a_reason_says_how_to_ask_again(self) -> None:
         handle = approve_flow.run()
+        aborted_handle = KitaruClient().executions.abort_wait(handle.exec_id)
         with pytest.raises(kitaru.KitaruWaitAborted) as aborted:
-            KitaruClient().executions.abort_wait(handle.exec_id)
+            aborted_handle.wait(timeout=60)
         assert str(aborted.value) == (
             f"wait 'approve' of execution {handle.exec_id} was aborted. Replay from it to ask again: "
             f"`kitaru executions replay {handle.exec_id} --from approve`."
