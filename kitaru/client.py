@@ -475,16 +475,8 @@ class _Executions:
         did (unless the execution is still running: it may call it yet). ``after`` skips entries
         up to a previous entry's ``seq``.
         """
-        if source not in (None, "step", "runner"):
-            raise KitaruUsageError(f"source={source!r}: give 'step', 'runner', or None for both.")
-        if source == "runner" and checkpoint is not None:
-            raise KitaruUsageError("source='runner' is the flow body's output: it has no checkpoint.")
-        if limit is not None and limit < 1:
-            raise KitaruUsageError(f"limit={limit}: give at least 1, or None for every entry.")
-        entries = self._log_entries(exec_id, checkpoint, after)
-        if source is not None:
-            entries = [e for e in entries if e.source == source]
-        return entries if limit is None else entries[:limit]
+        check_log_selection(checkpoint, source, limit)
+        return select_logs(self._log_entries(exec_id, checkpoint, after), source, limit)
 
     def _log_entries(self, exec_id: str, checkpoint: str | None, after: int) -> builtins.list[LogEntry]:
         full = self.resolve(exec_id)
@@ -847,3 +839,20 @@ def _handle(
 
 def dumps_json(value: Any) -> str:
     return json.dumps(value, indent=2, default=str)
+
+
+def check_log_selection(checkpoint: str | None, source: str | None, limit: int | None) -> None:
+    """Refuse a ``logs()`` selection that cannot select anything (local and remote clients alike)."""
+    if source not in (None, "step", "runner"):
+        raise KitaruUsageError(f"source={source!r}: give 'step', 'runner', or None for both.")
+    if source == "runner" and checkpoint is not None:
+        raise KitaruUsageError("source='runner' is the flow body's output: it has no checkpoint.")
+    if limit is not None and limit < 1:
+        raise KitaruUsageError(f"limit={limit}: give at least 1, or None for every entry.")
+
+
+def select_logs(entries: list[LogEntry], source: str | None, limit: int | None) -> list[LogEntry]:
+    """The entries of one ``source`` (None: both), the first ``limit`` of them (None: all)."""
+    if source is not None:
+        entries = [e for e in entries if e.source == source]
+    return entries if limit is None else entries[:limit]

@@ -246,10 +246,20 @@ class _Executions:
         data = self._client._call("GET", f"/api/v1/executions/{a}/diff/{b}")
         return ExecutionDiff(data["a"], data["b"], [DiffEntry(**e) for e in data["entries"]])
 
-    def logs(self, exec_id: str, *, checkpoint: str | None = None, after: int = 0) -> builtins.list[Any]:
+    def logs(
+        self,
+        exec_id: str,
+        *,
+        checkpoint: str | None = None,
+        after: int = 0,
+        source: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Any]:
         import httpx
 
-        from kitaru.client import LogEntry
+        from kitaru.client import LogEntry, check_log_selection, select_logs
+
+        check_log_selection(checkpoint, source, limit)
 
         entries = []
         try:
@@ -265,13 +275,13 @@ class _Executions:
                         entries.append(LogEntry(e["call_id"], e["stream"], e["text"], e["ts"], e["seq"]))
         except httpx.HTTPError as exc:
             raise KitaruStoreError(f"cannot read logs from {self._client.url}: {exc}") from None
-        if checkpoint is None:
-            return entries
-        return [
-            e
-            for e in entries
-            if e.call_id and (e.call_id == checkpoint or e.call_id.startswith(checkpoint + ":"))
-        ]
+        if checkpoint is not None:
+            entries = [
+                e
+                for e in entries
+                if e.call_id and (e.call_id == checkpoint or e.call_id.startswith(checkpoint + ":"))
+            ]
+        return select_logs(entries, source, limit)
 
     def cancel(self, exec_id: str) -> Any:
         return _execution(self._client._call("POST", f"/api/v1/executions/{exec_id}/cancel"))

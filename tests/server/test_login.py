@@ -49,6 +49,8 @@ def test_login_then_the_cli_goes_through_the_server(
     listed = json.loads(cli("executions", "list", "-o", "json").stdout)
     assert [e["id"] for e in listed] == [exec_id]
     assert "researching durable agents" in cli("executions", "logs", exec_id).stdout
+    # The flow body printed nothing: its own output is empty through the server too.
+    assert "researching" not in cli("executions", "logs", exec_id, "--source", "runner").stdout
     refused = cli("executions", "input", exec_id, "--value", '"yes"', check=False)
     assert refused.returncode != 0 and "does not match its schema" in refused.stderr
     cli("executions", "input", exec_id, "--value", "true")
