@@ -144,7 +144,7 @@ PATIENT = textwrap.dedent(
     @kitaru.flow
     def patient() -> str:
         try:
-            kitaru.wait(name="ok", schema=bool, timeout=3)
+            kitaru.wait(name="ok", schema=bool, expires_in=3)
         except KitaruWaitTimeoutError:
             return "timed out"
         return "answered"

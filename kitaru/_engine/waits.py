@@ -78,24 +78,44 @@ def wait(
     schema: Any = None,
     timeout: float | None = None,
     metadata: dict[str, Any] | None = None,
+    *,
+    expires_in: float | None = None,
 ) -> Any:
     """Pause the flow until someone answers, then return the answer.
 
     If the journal already holds the answer (a resumed execution), it is returned at once.
-    Otherwise the wait is recorded, the flow may hold for ``KITARU_WAIT_HOLD`` seconds (default 0)
-    in case an answer comes fast, then it suspends: the execution becomes ``waiting`` and the
-    process is released. Answer with ``kitaru executions input <id> --value JSON`` or
+    Otherwise the wait is recorded and the flow *holds*: it keeps its process for up to
+    ``timeout`` seconds (default ``KITARU_WAIT_HOLD``, itself 0) in case an answer comes fast,
+    and continues in the same run if one does. Then it suspends: the execution becomes
+    ``waiting`` and the process is released. The hold is measured from when the wait opened, so
+    a later resume without an answer suspends at once. ``timeout`` never expires the wait: it
+    can be answered at any time after the hold, as in Kitaru 0.18 (whose default hold was 600 s;
+    here holding compute is opt-in).
+
+    Answer with ``kitaru executions input <id> --value JSON`` or
     ``KitaruClient().executions.input(id, value)``; the answer is checked against ``schema``'s
     JSON Schema (and with pydantic where its classes are importable), stored as JSON, and the flow
     resumes from the top, replaying its journal: here the answer is validated against ``schema``
-    (any type pydantic can validate, strictly) and returned typed. After
-    ``timeout`` seconds without an answer the wait raises :class:`KitaruWaitTimeoutError`.
+    (any type pydantic can validate, strictly) and returned typed.
+
+    ``expires_in`` gives the wait a deadline (seconds from when it opened, recorded with it):
+    without an answer by then, ``wait()`` raises :class:`KitaruWaitTimeoutError` in the flow,
+    fired by the hold, the server's timer or the next ``kitaru executions recover``.
 
     In an async flow, ``await kitaru.wait_async(...)`` is the same wait with the hold awaited.
-    This sync form works there too, but never holds (sleeping would block the event loop): with
-    it an async flow suspends at once.
+    This sync form works there too, but cannot hold (sleeping would block the event loop): with
+    it an async flow suspends at once, and an explicit ``timeout`` is refused.
     """
-    pending = _Pending.open(name, question, schema, timeout, metadata, "kitaru.wait()")
+    pending = _Pending.open(name, question, schema, timeout, expires_in, metadata, "kitaru.wait()")
+    on_loop = running_loop() is not None
+    if on_loop and timeout:
+        # Accepting the hold and not holding would be a silent change of what the call asks.
+        raise KitaruUsageError(
+            f"kitaru.wait(timeout={timeout!r}) was called from an async flow's body, where "
+            "holding for an answer would block the event loop. Use "
+            f"`await kitaru.wait_async(..., timeout={timeout!r})`, or drop timeout= to suspend "
+            "at once."
+        )
     if pending.done:
         return pending.value
     pending.ctx.commit(pending.new_records)
@@ -103,8 +123,7 @@ def wait(
     # by the store's suspend(), which then refuses to suspend and the runner replays at once.
     # Called from an async body (on the event loop), this sync form never holds: sleeping would
     # block the loop. `await kitaru.wait_async(...)` holds there with anyio.sleep.
-    hold = env_float("KITARU_WAIT_HOLD", 0.0) if running_loop() is None else 0.0
-    hold_until = time.time() + hold
+    hold_until = pending.hold_until(timeout) if not on_loop else 0.0
     while True:
         now = time.time()
         if pending.expired(now):
@@ -112,7 +131,7 @@ def wait(
             pending.raise_timed_out()
         if now >= hold_until:
             break
-        time.sleep(min(_POLL, hold_until - now))
+        time.sleep(pending.nap(now, hold_until))
         journal = pending.ctx.state_call(pending.ctx.runtime.astate.read_journal, pending.ctx.exec_id)
         if pending.found_answer(journal):
             return pending.answered()
@@ -123,25 +142,27 @@ async def wait_async(
     name: str | None = None,
     question: str | None = None,
     schema: Any = None,
-    timeout: float | None = None,  # noqa: ASYNC109 (the wait's deadline, recorded; not a call timeout)
+    timeout: float | None = None,  # noqa: ASYNC109 (0.18's name for the hold; not a cancel scope)
     metadata: dict[str, Any] | None = None,
+    *,
+    expires_in: float | None = None,
 ) -> Any:
     """:func:`wait` for async flows: ``await kitaru.wait_async(...)``.
 
-    The same wait (same journal records, ids, schema checks and answers; an execution may switch
-    between the two forms), but the ``KITARU_WAIT_HOLD`` hold is awaited: the journal is polled
-    with the state store's async calls between ``anyio.sleep``s, so the event loop stays free for
-    the app's other work while the flow holds for a fast answer.
+    The same wait (same journal records, ids, schema checks, answers, ``timeout`` hold and
+    ``expires_in`` deadline; an execution may switch between the two forms), but the hold is
+    awaited: the journal is polled with the state store's async calls between ``anyio.sleep``s,
+    so the event loop stays free for the app's other work while the flow holds for a fast answer.
     """
     import anyio
 
-    pending = _Pending.open(name, question, schema, timeout, metadata, "kitaru.wait_async()")
+    pending = _Pending.open(name, question, schema, timeout, expires_in, metadata, "kitaru.wait_async()")
     if pending.done:
         return pending.value
     ctx = pending.ctx
     if pending.new_records:
         await ctx.acommit(pending.new_records)
-    hold_until = time.time() + env_float("KITARU_WAIT_HOLD", 0.0)
+    hold_until = pending.hold_until(timeout)
     while True:
         now = time.time()
         if pending.expired(now):
@@ -149,7 +170,7 @@ async def wait_async(
             pending.raise_timed_out()
         if now >= hold_until:
             break
-        await anyio.sleep(min(_POLL, hold_until - now))
+        await anyio.sleep(pending.nap(now, hold_until))
         if pending.found_answer(await ctx.runtime.astate.read_journal(ctx.exec_id)):
             if not ctx.inline:
                 await ctx.preload_artifacts()  # the answer's record, read without blocking
@@ -164,7 +185,7 @@ _POLL = 0.01
 class _Pending:
     """One wait() call between its journal checks and its hold: what both forms share."""
 
-    __slots__ = ("call_id", "ctx", "deadline", "done", "new_records", "schema", "value")
+    __slots__ = ("call_id", "ctx", "deadline", "done", "new_records", "opened_at", "schema", "value")
 
     def __init__(self, ctx: ExecutionContext, call_id: str, schema: Any) -> None:
         self.ctx = ctx
@@ -174,6 +195,7 @@ class _Pending:
         self.value: Any = None
         self.new_records: list[JournalRecord] = []
         self.deadline: float | None = None
+        self.opened_at = time.time()
 
     @classmethod
     def open(
@@ -182,6 +204,7 @@ class _Pending:
         question: str | None,
         schema: Any,
         timeout: float | None,
+        expires_in: float | None,
         metadata: dict[str, Any] | None,
         what: str,
     ) -> _Pending:
@@ -196,8 +219,14 @@ class _Pending:
             )
         if name is not None and (not name or ":" in name or "/" in name):
             raise KitaruUsageError(f"wait name {name!r} must be non-empty, without ':' or '/'.")
-        if timeout is not None and timeout <= 0:
-            raise KitaruUsageError(f"wait timeout must be positive seconds, got {timeout!r}.")
+        if timeout is not None and not timeout >= 0:
+            raise KitaruUsageError(
+                f"wait timeout= (how long to hold for an answer) must be 0 or more seconds, got {timeout!r}."
+            )
+        if expires_in is not None and not expires_in > 0:
+            raise KitaruUsageError(
+                f"wait expires_in= (its deadline) must be positive seconds, got {expires_in!r}."
+            )
         call = ctx.begin_call(name or "wait", WAIT_FN_NAME)
         pending = cls(ctx, call.call_id, schema)
         call_id = call.call_id
@@ -207,10 +236,12 @@ class _Pending:
             pending.done, pending.value = True, pending.answered()
             return pending
         if call_id in ctx.timed_out:
-            raise KitaruWaitTimeoutError(f"wait {call_id!r} timed out before it was answered.")
+            raise KitaruWaitTimeoutError(
+                f"wait {call_id!r} passed its deadline (expires_in=) before it was answered."
+            )
         opened = ctx.opened.get(call_id)
         if opened is None:
-            deadline = time.time() + timeout if timeout is not None else None
+            deadline = time.time() + expires_in if expires_in is not None else None
             data: dict[str, Any] = {
                 "question": question,
                 "schema_text": describe_schema(schema),
@@ -237,6 +268,7 @@ class _Pending:
             pending.new_records = [opened]
             ctx.opened[call_id] = opened
         pending.deadline = (opened.data or {}).get("deadline")
+        pending.opened_at = opened.ts or time.time()  # a record without a time: from now
         return pending
 
     def answered(self) -> Any:
@@ -273,6 +305,22 @@ class _Pending:
                 return True
         return False
 
+    @staticmethod
+    def hold_seconds(timeout: float | None) -> float:
+        """How long a wait holds: its own ``timeout``, else ``KITARU_WAIT_HOLD`` (default 0)."""
+        return timeout if timeout is not None else env_float("KITARU_WAIT_HOLD", 0.0)
+
+    def hold_until(self, timeout: float | None) -> float:
+        # Measured from the wait's opening (recorded in the journal), not from this call: a
+        # replay that reaches the unanswered wait again (a resume with no answer, a recovery
+        # after the holder died) holds only what is left, and suspends at once after the hold.
+        return self.opened_at + self.hold_seconds(timeout)
+
+    def nap(self, now: float, hold_until: float) -> float:
+        # Never sleep past the deadline either: an expiry during the hold fires on time.
+        until = hold_until if self.deadline is None else min(hold_until, self.deadline)
+        return max(0.0, min(_POLL, until - now))
+
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
 
@@ -282,7 +330,8 @@ class _Pending:
 
     def raise_timed_out(self) -> NoReturn:
         raise KitaruWaitTimeoutError(
-            f"wait {self.call_id!r} of execution {self.ctx.exec_id} got no answer within its timeout."
+            f"wait {self.call_id!r} of execution {self.ctx.exec_id} got no answer before its "
+            "deadline (expires_in=)."
         )
 
     def suspend(self) -> NoReturn:

@@ -120,10 +120,11 @@ class KitaruAgent:
 
     ``name`` names checkpoints, waits, artifacts and the flow opened outside one (default: the
     agent's name). ``approve`` adds tools that need a human's yes (True for all function tools, a
-    collection of names, or a function of name and arguments); ``approval_timeout`` bounds each
-    approval wait in seconds. ``model_checkpoint_config``, ``tool_checkpoint_config`` (with
-    ``tool_checkpoint_config_by_name`` per tool, ``False`` for no checkpoint) and
-    ``run_checkpoint_config`` (``runner_call``) set retries, cache and type of the checkpoints
+    collection of names, or a function of name and arguments); ``approval_timeout`` is each
+    approval wait's deadline in seconds (its ``expires_in``). ``model_checkpoint_config``,
+    ``tool_checkpoint_config`` (with ``tool_checkpoint_config_by_name`` per tool, ``False`` for no
+    checkpoint) and ``run_checkpoint_config`` (``runner_call``) set retries, cache and type of the
+    checkpoints
     (:class:`~kitaru.adapters._common.CheckpointConfig`).
     """
 
@@ -372,7 +373,7 @@ class KitaruAgent:
                 name=safe_name(self.name, "approve", tool_name),
                 question=f"Allow {self.name} to call {tool_name}({shown})?",
                 schema=bool,
-                timeout=self.approval_timeout,
+                expires_in=self.approval_timeout,
                 metadata={"agent": self.name, "tool": tool_name, "args": args},
             )
         )
@@ -918,9 +919,12 @@ def wait_for_approval(
     interruption_index: int | None = None,
     denial_message: str = _DENIAL,
     timeout: float | None = None,
+    expires_in: float | None = None,
 ) -> OpenAIRunRequest:
     """Ask a human (a ``kitaru.wait``, answered true or false) whether the interrupted tool call
-    may run, and return the request that resumes the run with the answer. Flow scope only."""
+    may run, and return the request that resumes the run with the answer. Flow scope only.
+    ``timeout`` and ``expires_in`` are the wait's: how long to hold for an answer (as in 0.18),
+    and its deadline."""
     from kitaru._engine.waits import wait
 
     if not at_flow_scope():
@@ -943,6 +947,7 @@ def wait_for_approval(
                 "tool_name": item.tool_name,
                 "call_id": item.call_id,
             },
+            expires_in=expires_in,
         )
     )
     return build_resume_request(

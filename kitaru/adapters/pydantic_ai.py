@@ -217,9 +217,15 @@ def _hitl_tools(toolsets: Any) -> dict[str, HitlConfig]:
 
 
 def wait_for_input(
-    schema: Any = str, question: str | None = None, *, name: str | None = None, timeout: float | None = None
+    schema: Any = str,
+    question: str | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    expires_in: float | None = None,
 ) -> Any:
-    """Ask a human from a tool's body: ``kitaru.wait`` marked as coming from a PydanticAI tool.
+    """Ask a human from a tool's body: ``kitaru.wait`` marked as coming from a PydanticAI tool
+    (``timeout``: how long to hold for an answer; ``expires_in``: the wait's deadline).
 
     Waits live at flow scope, so the tool must not be a checkpoint: give it
     ``tool_checkpoint_config_by_name={"<tool>": False}``.
@@ -232,6 +238,7 @@ def wait_for_input(
         schema=schema,
         timeout=timeout,
         metadata={"adapter": "pydantic_ai", "source": "tool_body"},
+        expires_in=expires_in,
     )
 
 
@@ -259,7 +266,7 @@ class KitaruAgent(Generic[DepsT, OutputT]):
     ``name`` names the checkpoints, waits and artifacts (default: the agent's name, else
     ``agent``) and the flow opened for runs started outside one. ``approve`` adds tools that
     need a human's yes: True for all, a collection of tool names, or a function of the tool name
-    and arguments. ``approval_timeout`` bounds each approval wait (seconds).
+    and arguments. ``approval_timeout`` is each approval wait's deadline (seconds, its ``expires_in``).
 
     ``granular_checkpoints`` (default True): one checkpoint per model request and per tool call;
     False: one checkpoint per run (``<name>.run``), whose model and tool calls run inside it.
@@ -571,7 +578,7 @@ class KitaruAgent(Generic[DepsT, OutputT]):
             name=config.name or safe_name(self.name, "hitl", tool_name),
             question=question,
             schema=config.schema,
-            timeout=self.approval_timeout,
+            expires_in=self.approval_timeout,
             metadata={**self._wait_metadata(tool_name, args), "source": "hitl_tool"},
         )
 
@@ -592,7 +599,7 @@ class KitaruAgent(Generic[DepsT, OutputT]):
             "name": safe_name(self.name, "approve", tool_name),
             "question": f"Allow {self.name} to call {tool_name}({shown})?",
             "schema": bool,
-            "timeout": self.approval_timeout,
+            "expires_in": self.approval_timeout,
             "metadata": meta,
         }
 

@@ -4,6 +4,7 @@ RunConfig from run_config_factory, and approvals through wait_for_approval (offl
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -162,6 +163,22 @@ class TestApprovals:
         assert result.status == "completed" and result.final_output == "final after 3 calls"
         assert ran == ({"tool_a": 1, "tool_b": 1} if answer else {"tool_a": 1})
         assert model.calls == 3
+
+    def test_the_approval_wait_holds_for_timeout_and_expires_after_expires_in(self, runtime: Runtime) -> None:
+        runner = KitaruRunner(two_tool_agent(ScriptedModel(), Counter(), needs_approval=True))
+
+        @flow
+        def f(q: str) -> Any:
+            result = runner.run_sync(OpenAIRunRequest.start(q))
+            while result.status == "interrupted":
+                result = runner.run_sync(wait_for_approval(result, timeout=2, expires_in=3600))
+            return result
+
+        started, before = time.monotonic(), time.time()
+        handle = f.run("hi")
+        assert handle.status == "waiting" and time.monotonic() - started >= 2  # held 2 s first
+        [w] = KitaruClient().executions.get(handle.exec_id).open_waits
+        assert w.deadline is not None and before + 3600 <= w.deadline <= time.time() + 3600
 
     def test_build_resume_request_and_the_sdk_version_check(self, runtime: Runtime) -> None:
         runner = KitaruRunner(two_tool_agent(ScriptedModel(), Counter(), needs_approval=True))

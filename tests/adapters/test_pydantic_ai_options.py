@@ -4,6 +4,7 @@ test models)."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import AsyncIterable
 from typing import Any
@@ -178,6 +179,28 @@ class TestCheckpointConfigs:
         assert w.name == "colour" and w.question == "Favourite colour?"
         assert KitaruClient().executions.input(handle.exec_id, "blue").wait(timeout=60) == "you said blue"
         assert "asker.tool.ask_user" not in completed(runtime, handle.exec_id)
+
+    def test_wait_for_input_takes_the_wait_timeout_and_expires_in(self, runtime: Runtime) -> None:
+        def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            return ModelResponse(parts=[ToolCallPart("ask_user", {"question": "Colour?"})])
+
+        agent = Agent(FunctionModel(model), name="asker")
+
+        @agent.tool_plain
+        def ask_user(question: str) -> str:
+            return str(wait_for_input(schema=str, question=question, timeout=0, expires_in=3600))
+
+        durable = KitaruAgent(agent, tool_checkpoint_config_by_name={"ask_user": False})
+
+        @flow
+        def f() -> str:
+            return str(durable.run_sync("go").output)
+
+        before = time.time()
+        handle = f.run()
+        assert handle.status == "waiting"
+        [w] = KitaruClient().executions.get(handle.exec_id).open_waits
+        assert w.deadline is not None and before + 3600 <= w.deadline <= time.time() + 3600
 
     @pytest.mark.parametrize("config, kind", [(None, "mcp_call"), ({"type": "remote"}, "remote")])
     def test_mcp_tool_calls_take_the_mcp_config(self, runtime: Runtime, config: Any, kind: str) -> None:

@@ -436,7 +436,7 @@ class TestWaits:
         @flow
         def f() -> str:
             try:
-                kitaru.wait(name="slow", timeout=0.05)
+                kitaru.wait(name="slow", expires_in=0.05)
             except kitaru.KitaruWaitTimeoutError:
                 return "defaulted"
             return "answered"

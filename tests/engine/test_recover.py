@@ -30,7 +30,7 @@ def two_steps(x: int) -> int:
 def short_wait() -> str:
     step(0)
     try:
-        return "yes" if kitaru.wait(name="w", schema=bool, timeout=3.0) else "no"
+        return "yes" if kitaru.wait(name="w", schema=bool, expires_in=3.0) else "no"
     except kitaru.KitaruWaitTimeoutError:
         return "timed out"
 

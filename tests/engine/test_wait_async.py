@@ -120,7 +120,7 @@ class TestHold:
         @flow
         async def bounded() -> object:
             try:
-                return await kitaru.wait_async(name="bounded", timeout=0.2)
+                return await kitaru.wait_async(name="bounded", expires_in=0.2)
             except kitaru.KitaruWaitTimeoutError:
                 return "defaulted"
 

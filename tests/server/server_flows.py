@@ -54,7 +54,7 @@ def on_timeout() -> str:
 @flow
 def deadline(seconds: float) -> str:
     try:
-        kitaru.wait(name="approve", question="Approve?", schema=bool, timeout=seconds)
+        kitaru.wait(name="approve", question="Approve?", schema=bool, expires_in=seconds)
     except KitaruWaitTimeoutError:
         return on_timeout()
     return "answered"

@@ -1,7 +1,9 @@
 # The 0.18 example execution_management/wait_and_resume, run non-interactively as its docstring
 # says: the flow prints the commands, and from "another terminal" (a second process here) the user
-# runs `kitaru executions input <id> --value true`, `kitaru executions resume <id>`, then the same
-# with the structured release details; the script's own .wait() returns the result.
+# runs `kitaru executions input <id> --value true` (and `kitaru executions resume <id>` when the
+# execution did not continue by itself), then the same with the structured release details; the
+# script's own .wait() returns the result. Its waits pass timeout= (3600, 60): the runner holds
+# for an answer that long, so the answers are taken while it holds.
 # expect: To approve remotely, run in another terminal:
 # expect: Result: PUBLISHED v2: Draft about v1.0.
 import json
@@ -72,19 +74,24 @@ def other_terminal() -> None:
         ("approve_release", "true"),
         ("release_details", json.dumps({"notes": "Bug fixes", "major_version": 2})),
     ):
+        # The runner keeps polling for an answer for the wait's timeout (3600 s, then 60 s), so
+        # the wait is found on the execution while it runs, as 0.18's own test of this example did.
         deadline = time.monotonic() + 120
         while True:
             assert time.monotonic() < deadline, f"no execution waited on {wait_name}"
-            waiting = client.executions.list(flow="wait_for_approval_flow", status="waiting")
-            pending = waiting[0].pending_wait if waiting else None
+            listed = client.executions.list(flow="wait_for_approval_flow")
+            found = [client.executions.get(e.exec_id) for e in listed]
+            pending = found[0].pending_wait if found else None
             if pending is not None and pending.name == wait_name:
                 break
             time.sleep(0.2)
-        exec_id = waiting[0].exec_id
+        exec_id = found[0].exec_id
         assert pending.schema["type"] == ("boolean" if wait_name == "approve_release" else "object")
         assert pending.metadata == {"topic": "v1.0"}
         kitaru_cli("executions", "input", exec_id, "--value", value)
-        kitaru_cli("executions", "resume", exec_id)
+        # The guide: resume only when the execution did not continue automatically.
+        if client.executions.get(exec_id).status == "waiting":
+            kitaru_cli("executions", "resume", exec_id)
 
 
 if __name__ == "__main__":

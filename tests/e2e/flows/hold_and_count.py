@@ -47,7 +47,7 @@ def approval(x: int) -> str:
     second(x)
     timeout = float(os.environ.get("WAIT_TIMEOUT", "3600"))
     try:
-        return "approved" if kitaru.wait(name="approve", schema=bool, timeout=timeout) else "no"
+        return "approved" if kitaru.wait(name="approve", schema=bool, expires_in=timeout) else "no"
     except kitaru.KitaruWaitTimeoutError:
         return "timed out"
 
