@@ -185,7 +185,7 @@ def tolerant() -> str:
     except ValueError:
         pass
     try:
-        late = kitaru.wait(name="late", timeout=0.2)
+        late = kitaru.wait(name="late", expires_in=0.2)
     except kitaru.KitaruWaitTimeoutError:
         late = "no answer"
     return after(str(late))

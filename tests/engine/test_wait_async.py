@@ -151,7 +151,7 @@ class TestHold:
         @flow
         async def ship() -> object:
             return await kitaru.wait_async(
-                name="ship", question="Ship it?", schema=bool, timeout=3600, metadata={"ticket": 7}
+                name="ship", question="Ship it?", schema=bool, expires_in=3600, metadata={"ticket": 7}
             )
 
         before = time.time()

@@ -583,7 +583,7 @@ class TestTheWaitCall:
     def test_it_records_its_question_metadata_and_deadline(self) -> None:
         @kitaru.flow
         def ship() -> object:
-            return kitaru.wait(question="Ship it?", schema=bool, timeout=3600, metadata={"ticket": 7})
+            return kitaru.wait(question="Ship it?", schema=bool, expires_in=3600, metadata={"ticket": 7})
 
         before = time.time()
         handle = ship.run()
@@ -606,7 +606,7 @@ class TestTheWaitCall:
             ({"name": ""}, "wait name '' must be non-empty, without ':' or '/'"),
             ({"name": "a:b"}, "wait name 'a:b' must be"),
             ({"name": "a/b"}, "wait name 'a/b' must be"),
-            ({"timeout": 0}, "wait timeout must be positive seconds, got 0."),
+            ({"expires_in": 0}, "wait expires_in= (its deadline) must be positive seconds, got 0."),
             ({"timeout": -1.5}, "got -1.5"),
             ({"schema": object()}, "is not a type pydantic can validate"),
         ],
@@ -627,7 +627,7 @@ class TestTheWaitCall:
     def test_a_positive_timeout_and_a_named_wait_are_taken(self) -> None:
         @kitaru.flow
         def named() -> object:
-            return kitaru.wait(name="w-1.ok", timeout=0.5e4)
+            return kitaru.wait(name="w-1.ok", expires_in=0.5e4)
 
         handle = named.run()
         assert [w.name for w in KitaruClient().executions.get(handle.exec_id).open_waits] == ["w-1.ok"]
@@ -678,7 +678,7 @@ class TestTheWaitCall:
         @kitaru.flow
         def bounded() -> object:
             try:
-                first = kitaru.wait(name="slow", timeout=0.2)
+                first = kitaru.wait(name="slow", expires_in=0.2)
             except kitaru.KitaruWaitTimeoutError as exc:
                 seen.append(str(exc))
                 first = "defaulted"
@@ -687,9 +687,9 @@ class TestTheWaitCall:
 
         handle = bounded.run()
         assert handle.status == "waiting"
-        assert seen == [f"wait 'slow' of execution {handle.exec_id} got no answer within its timeout."]
+        assert seen == [f"wait 'slow' of execution {handle.exec_id} got no answer before its deadline (expires_in=)."]
         assert KitaruClient().executions.input(handle.exec_id, "x").wait(timeout=60) == ("defaulted", "x")
-        assert seen[1:] == ["wait 'slow' timed out before it was answered."]
+        assert seen[1:] == ["wait 'slow' passed its deadline (expires_in=) before it was answered."]
         kinds = [r.kind for r in journal_of(handle.exec_id)]
         assert kinds.count("wait_timed_out") == 1
 
@@ -698,9 +698,9 @@ class TestTheWaitCall:
 
         @kitaru.flow
         def bounded() -> object:
-            return kitaru.wait(name="slow", timeout=0.2)
+            return kitaru.wait(name="slow", expires_in=0.2)
 
-        with pytest.raises(kitaru.KitaruWaitTimeoutError, match="got no answer within its timeout"):
+        with pytest.raises(kitaru.KitaruWaitTimeoutError, match="got no answer before its deadline"):
             bounded.run().wait(timeout=60)
 
     def test_an_answer_during_the_hold_goes_on_in_the_same_run(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -732,7 +732,7 @@ class TestTheWaitCall:
     def test_resuming_an_open_wait_keeps_it_as_it_was_opened(self) -> None:
         @kitaru.flow
         def later() -> object:
-            return kitaru.wait(name="later", timeout=3600)
+            return kitaru.wait(name="later", expires_in=3600)
 
         handle = later.run()
         client = KitaruClient()
@@ -746,7 +746,7 @@ class TestTheWaitCall:
         @kitaru.flow
         def bounded() -> object:
             try:
-                return kitaru.wait(name="slow", timeout=0.3)
+                return kitaru.wait(name="slow", expires_in=0.3)
             except kitaru.KitaruWaitTimeoutError:
                 return "defaulted"
 
