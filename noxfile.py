@@ -88,7 +88,12 @@ _MUTATE: dict[str, list[str]] = {
         "tests/cli/test_cli_replay.py",
     ],
     "kitaru/store/memory.py": ["tests/store/test_memory_store.py"],
-    "kitaru/store/sqlite/*.py": ["tests/store/test_sqlite_store.py"],
+    # Opening (read-only, private files) has its own tests beside the conformance run.
+    "kitaru/store/sqlite/*.py": [
+        "tests/store/test_sqlite_store.py",
+        "tests/store/test_sqlite_read_only.py",
+        "tests/store/test_private_files.py",
+    ],
     "kitaru/_engine/checkpoint.py": ["tests/engine/test_flows.py", "tests/engine/test_flow_edges.py"],
     "kitaru/_engine/*.py": ["tests/engine", "tests/sim"],
 }
