@@ -107,8 +107,12 @@ class TestSchema:
         path = tmp_path / "state.db"
         garbage = b"not a database, just text\n" * 200
         path.write_bytes(garbage)
-        with pytest.raises(KitaruStoreError, match="not a database"):
+        with pytest.raises(KitaruStoreError) as info:
             SQLiteStateStore(path)
+        assert str(info.value) == (
+            f"cannot open the state database {path}: file is not a database. If the file is not a "
+            "kitaru database, move it aside or point KITARU_HOME elsewhere."
+        )
         assert path.read_bytes() == garbage
 
     def test_unopenable_path_raises_store_error(self, tmp_path: Path) -> None:
@@ -145,9 +149,18 @@ class TestOpening:
             store.create_execution(_execution("E1"), [])
         finally:
             store.close()
-        assert SQLiteStateStore("/" + str(path)).path == path
-        assert SQLiteStateStore(str(path)).path == path
+        for given in ("/" + str(path), str(path)):
+            again = sync_view(SQLiteStateStore(given))
+            assert again.path == path
+            again.close()
         assert _query(path, "SELECT id FROM executions") == [("E1",)]
+
+    def test_a_relative_path_stays_relative(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.chdir(tmp_path)
+        store = sync_view(SQLiteStateStore("state.db"))
+        assert store.path == Path("state.db")
+        store.close()
+        assert (tmp_path / "state.db").is_file()
 
     def test_a_home_that_cannot_be_made_says_why(self, tmp_path: Path) -> None:
         (tmp_path / "home").write_text("a file where the home directory should be")
@@ -158,6 +171,15 @@ class TestOpening:
         assert str(info.value) == (
             f"cannot open the state database {path}: {tmp_path / 'home'}: File exists. Check that the "
             "directory is writable, or point KITARU_HOME somewhere that is."
+        )
+
+    def test_a_database_name_the_system_refuses_says_why(self, tmp_path: Path) -> None:
+        path = tmp_path / ("x" * 300 + ".db")
+        with pytest.raises(KitaruStoreError) as info:
+            SQLiteStateStore(path)
+        assert str(info.value) == (
+            f"cannot open the state database {path}: File name too long. Check that the directory is "
+            "writable, or point KITARU_HOME somewhere that is."
         )
 
     def test_a_database_path_that_is_a_directory_says_so(self, tmp_path: Path) -> None:
