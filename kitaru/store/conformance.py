@@ -1612,6 +1612,14 @@ class StateStoreConformance(DeploymentConformance):
         assert (stored.status, stored.lease_owner) == ("cancelled", None)
         assert (await _kinds(state_store, exec_id))[-1] == ("cancel_requested", None)
 
+    async def test_a_waiting_execution_without_a_due_wait_is_not_recoverable(
+        self, state_store: StateStore
+    ) -> None:
+        # Created waiting with no journal at all (nothing opened a wait yet): nothing is due.
+        execution = _execution(status="waiting")
+        await state_store.create_execution(execution, [])
+        assert execution.id not in [e.id for e in await state_store.list_recoverable(limit=10_000)]
+
     async def test_a_cancelled_runner_cannot_wait_for_input(self, state_store: StateStore) -> None:
         owner = _live_owner()
         execution = await _leased(state_store, owner)
