@@ -94,7 +94,22 @@ _MUTATE: dict[str, list[str]] = {
         "tests/store/test_sqlite_read_only.py",
         "tests/store/test_private_files.py",
     ],
-    "kitaru/_engine/checkpoint.py": ["tests/engine/test_flows.py", "tests/engine/test_flow_edges.py"],
+    # A checkpoint's duties reach past flows: the cache, retries and options, its logs, lineage and
+    # replay, the heartbeat's note of attempts, cancelling async calls.
+    "kitaru/_engine/checkpoint.py": [
+        "tests/engine/test_flows.py",
+        "tests/engine/test_flow_edges.py",
+        "tests/engine/test_cache.py",
+        "tests/engine/test_flow_options.py",
+        "tests/test_execution_options.py",
+        "tests/engine/test_logs.py",
+        "tests/engine/test_lineage.py",
+        "tests/engine/test_replay.py",
+        "tests/engine/test_heartbeat.py",
+        "tests/engine/test_interrupted_attempts.py",
+        "tests/engine/test_cancel.py",
+        "tests/engine/test_wait_async.py",
+    ],
     "kitaru/_engine/*.py": ["tests/engine", "tests/sim"],
 }
 
