@@ -99,6 +99,7 @@ _MUTATE: dict[str, list[str]] = {
     "kitaru/_engine/checkpoint.py": [
         "tests/engine/test_flows.py",
         "tests/engine/test_flow_edges.py",
+        "tests/engine/test_checkpoint_calls.py",
         "tests/engine/test_cache.py",
         "tests/engine/test_flow_options.py",
         "tests/test_execution_options.py",
