@@ -24,6 +24,9 @@ async def ascale(x: int) -> int:
 
 
 class TestOutsideAFlow:
+    def test_a_call_runs_the_plain_function(self) -> None:
+        assert scale(3, factor=4) == 12
+
     def test_submit_and_map_run_the_plain_function(self) -> None:
         assert scale.submit(3, factor=4).result(timeout=60) == 12
         assert scale.map([1, 2], [10, 20]) == [10, 40]
@@ -59,6 +62,38 @@ class TestSubmitAndMap:
             return [which.submit().result(timeout=60), *which.map([])]
 
         assert traced.run().wait(timeout=60) == ["req-42"]
+
+
+class TestCalls:
+    def test_each_call_s_output_is_a_new_version_of_its_name(self, runtime: Runtime) -> None:
+        # `kitaru.load(exec_id, "scale", version=2)` finds the second call's output.
+        @flow
+        def twice() -> int:
+            return scale(1) + scale(2)
+
+        handle = twice.run()
+        assert handle.wait(timeout=60) == 3
+        outputs = runtime.state.list_artifacts(handle.exec_id, type="output")
+        assert [(a.name, a.version, a.call_id) for a in outputs] == [
+            ("scale", 1, "scale"),
+            ("scale", 2, "scale:2"),
+        ]
+
+    def test_a_checkpoint_called_inside_another_says_they_do_not_nest(self, runtime: Runtime) -> None:
+        @checkpoint
+        def outer() -> int:
+            return scale(1)
+
+        @flow
+        def nested() -> int:
+            return outer()
+
+        with pytest.raises(kitaru.KitaruUsageError) as info:
+            nested.run().wait(timeout=60)
+        assert str(info.value) == (
+            "checkpoint 'scale' was called inside checkpoint 'outer'; checkpoints do not nest. Call it "
+            "from the flow body, or drop @checkpoint from the inner function."
+        )
 
 
 class TestFailedAttempts:
