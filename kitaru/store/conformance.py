@@ -1562,10 +1562,14 @@ class StateStoreConformance(DeploymentConformance):
             await state_store.acquire_lease(execution.id, owner, _TTL, allowed_statuses={"running"}),
             await state_store.cancel(execution.id),
         ]
+        orphan = await _leased(state_store, _dead_owner(), metadata={"tags": ["a"]})
+        handed += [e for e in await state_store.list_recoverable(limit=10_000) if e.id == orphan.id]
+        assert len(handed) == 6
         for record in handed:
             assert record.metadata == {"tags": ["a"]}
             record.metadata["tags"].append("edited")
         assert (await _get(state_store, execution.id)).metadata == {"tags": ["a"]}
+        assert (await _get(state_store, orphan.id)).metadata == {"tags": ["a"]}
 
     async def test_writes_move_updated_at(self, state_store: StateStore) -> None:
         owner = _live_owner()
@@ -1590,8 +1594,8 @@ class StateStoreConformance(DeploymentConformance):
         mine = await _leased(state_store, owner)
         assert mine.lease_expires_at is not None
         await _sleep(0.05)
-        statuses = await state_store.renew_leases(owner, [others.id, mine.id], _TTL * 2)
-        assert statuses == {others.id: "running", mine.id: "running"}
+        statuses = await state_store.renew_leases(owner, [new_id(), others.id, mine.id], _TTL * 2)
+        assert statuses == {others.id: "running", mine.id: "running"}  # an unknown id is left out
         renewed = await _get(state_store, mine.id)
         assert (
             renewed.lease_expires_at is not None

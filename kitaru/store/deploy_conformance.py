@@ -210,7 +210,8 @@ class DeploymentConformance:
     async def test_deployments_handed_out_are_the_callers_copies(self, state_store: StateStore) -> None:
         flow = _flow()
         record = _version(flow)
-        await state_store.create_deployment(record)
+        stored, _ = await state_store.create_deployment(record)
+        stored.requirements["python"] = "edited"
         record.requirements["python"] = "2.7"
         for handed in (
             await state_store.get_deployment(flow, 1),
