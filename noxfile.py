@@ -93,8 +93,29 @@ _MUTATE: dict[str, list[str]] = {
         "tests/cli/test_cli_replay.py",
     ],
     "kitaru/store/memory.py": ["tests/store/test_memory_store.py"],
-    "kitaru/store/sqlite/*.py": ["tests/store/test_sqlite_store.py"],
-    "kitaru/_engine/checkpoint.py": ["tests/engine/test_flows.py", "tests/engine/test_flow_edges.py"],
+    # Opening (read-only, private files) has its own tests beside the conformance run.
+    "kitaru/store/sqlite/*.py": [
+        "tests/store/test_sqlite_store.py",
+        "tests/store/test_sqlite_read_only.py",
+        "tests/store/test_private_files.py",
+    ],
+    # A checkpoint's duties reach past flows: the cache, retries and options, its logs, lineage and
+    # replay, the heartbeat's note of attempts, cancelling async calls.
+    "kitaru/_engine/checkpoint.py": [
+        "tests/engine/test_flows.py",
+        "tests/engine/test_flow_edges.py",
+        "tests/engine/test_checkpoint_calls.py",
+        "tests/engine/test_cache.py",
+        "tests/engine/test_flow_options.py",
+        "tests/test_execution_options.py",
+        "tests/engine/test_logs.py",
+        "tests/engine/test_lineage.py",
+        "tests/engine/test_replay.py",
+        "tests/engine/test_heartbeat.py",
+        "tests/engine/test_interrupted_attempts.py",
+        "tests/engine/test_cancel.py",
+        "tests/engine/test_wait_async.py",
+    ],
     "kitaru/_engine/*.py": ["tests/engine", "tests/sim"],
 }
 

@@ -71,6 +71,15 @@ class CatalogStoreConformance:
         assert stored is not None
         assert all(r == stored for r in results)
 
+    async def test_cache_entries_are_listed_oldest_first(self, state_store: Any) -> None:
+        flow, now = f"flow_{new_id()}", time.time()
+        entries = [_entry(f"{new_id()}{c}", flow=flow) for c in "ab"]
+        entries[0].created_at, entries[1].created_at = now + 2, now + 1
+        for entry in entries:
+            await state_store.put_cache_entry(entry)
+        assert await state_store.list_cache_entries(flow) == entries[::-1]
+        assert [e for e in await state_store.list_cache_entries() if e.flow == flow] == entries[::-1]
+
     async def test_clear_cache_of_one_flow_keeps_the_others(self, state_store: Any) -> None:
         flow_a, flow_b = f"flow_{new_id()}", f"flow_{new_id()}"
         a1, a2, b1 = _entry(flow=flow_a), _entry(flow=flow_a), _entry(flow=flow_b)

@@ -28,6 +28,7 @@ process has exited must lose its lease at once, while a live one keeps it until 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -352,12 +353,31 @@ class KeyStoreConformance:
     async def test_names_are_unique_even_after_a_revoke(self, state_store: Any) -> None:
         key = self._key()
         await state_store.create_api_key(key)
-        with pytest.raises(KitaruConflictError, match="exists already"):
+        with pytest.raises(KitaruConflictError, match=f"{key.name!r}.*exists already"):
             await state_store.create_api_key(self._key(name=key.name))
         await state_store.revoke_api_key(key.name)
         with pytest.raises(KitaruConflictError):
             await state_store.create_api_key(self._key(name=key.name))
         assert [k.id for k in await state_store.list_api_keys() if k.name == key.name] == [key.id]
+
+    async def test_keys_are_listed_oldest_first_and_are_the_callers_copies(self, state_store: Any) -> None:
+        now = time.time()
+        newer, older = self._key(), self._key()
+        newer.created_at, older.created_at = now + 2, now + 1
+        await state_store.create_api_key(newer)
+        await state_store.create_api_key(older)
+        newer.scopes.append("admin")  # the caller's record, changed after the call
+        listed = [k for k in await state_store.list_api_keys() if k.id in (newer.id, older.id)]
+        assert [k.id for k in listed] == [older.id, newer.id]
+        for key in (
+            listed[1],
+            await state_store.get_api_key(newer.id),
+            await state_store.revoke_api_key(newer.name),
+        ):
+            assert key is not None and key.scopes == ["read"]
+            key.scopes.append("answer")
+        stored = await state_store.get_api_key(newer.id)
+        assert stored is not None and stored.scopes == ["read"]
 
     async def test_revoke_is_final_and_idempotent(self, state_store: Any) -> None:
         key = self._key()
@@ -369,8 +389,9 @@ class KeyStoreConformance:
         assert again.revoked_at == revoked.revoked_at
         stored = await state_store.get_api_key(key.id)
         assert stored is not None and stored.revoked_at == revoked.revoked_at
-        with pytest.raises(KitaruNotFoundError, match="no API key"):
-            await state_store.revoke_api_key(f"absent_{new_id()}")
+        absent = f"absent_{new_id()}"
+        with pytest.raises(KitaruNotFoundError, match=f"no API key.*{absent}"):
+            await state_store.revoke_api_key(absent)
 
 
 # -- the secret suite (state stores flows read secrets from) ---------------------------------------
@@ -391,8 +412,10 @@ class SecretStoreConformance:
 
     async def test_put_get_list_delete_round_trip(self, state_store: Any) -> None:
         name = f"s_{new_id()}"
+        before = time.time()
         stored = await state_store.put_secret(name, b"\x00cipher\xff")
         assert (stored.name, stored.ciphertext) == (name, b"\x00cipher\xff")
+        assert before - 1 <= stored.created_at == stored.updated_at <= time.time() + 1
         assert await state_store.get_secret(name) == stored
         assert name in [s.name for s in await state_store.list_secrets()]
         assert await state_store.delete_secret(name) is True
@@ -1474,6 +1497,196 @@ class StateStoreConformance(DeploymentConformance):
             assert mine == [f"p{w}-{n}" for n in range(count)]
         assert len(await state_store.list_artifacts(execution.id)) == workers * count
 
+    # -- what a user reads back, and what a refusal tells them ---------------------------------
+
+    async def test_every_field_of_an_execution_reads_back(self, state_store: StateStore) -> None:
+        # The directory a script ran from is what a resume in another process imports it with.
+        execution = dataclasses.replace(_execution(), sys_path="/srv/agents")
+        await state_store.create_execution(execution, [])
+        assert await state_store.get_execution(execution.id) == execution
+        assert [e for e in await state_store.list_executions(limit=10_000) if e.id == execution.id] == [
+            execution
+        ]
+
+    async def test_match_execution_ids_takes_a_backslash_literally(self, state_store: StateStore) -> None:
+        base = new_id()
+        await state_store.create_execution(_execution(base + "\\x"), [])
+        await state_store.create_execution(_execution(base + "%x"), [])
+        assert await state_store.match_execution_ids(base + "\\", limit=10) == [base + "\\x"]
+
+    async def test_a_runner_that_lost_its_lease_is_told_who_drives_now(self, state_store: StateStore) -> None:
+        owner, other = _live_owner("first"), _live_owner("second")
+        execution = await _leased(state_store, owner)
+        # Every store words it the same: which execution, who drives it, and that nothing was written.
+        lost = (
+            f"execution {execution.id} is now driven by {owner} (status running); this runner lost "
+            "its lease and stops without writing."
+        )
+        for call in (
+            lambda: state_store.commit(execution.id, [_completed("a")], owner=other),
+            lambda: state_store.suspend(execution.id, other, []),
+        ):
+            with pytest.raises(KitaruLeaseError) as info:
+                await call()
+            assert str(info.value) == lost
+        await state_store.commit(execution.id, [], owner=owner, release_lease=True)
+        with pytest.raises(KitaruLeaseError) as released:
+            await state_store.suspend(execution.id, owner, [])
+        assert str(released.value) == lost.replace(f"by {owner}", "by nobody")
+        assert await _kinds(state_store, execution.id) == []
+
+    async def test_commit_to_a_missing_execution_with_an_owner_raises_not_found(
+        self, state_store: StateStore
+    ) -> None:
+        missing = new_id()
+        with pytest.raises(KitaruNotFoundError, match=repr(missing)):
+            await state_store.commit(missing, [_completed("a")], owner=_live_owner())
+        assert await state_store.read_journal(missing) == []
+
+    async def test_refusals_name_the_execution(self, state_store: StateStore) -> None:
+        missing = new_id()
+        for call in (
+            lambda: state_store.acquire_lease(missing, _live_owner(), _TTL, allowed_statuses={"running"}),
+            lambda: state_store.cancel(missing),
+            lambda: state_store.answer_wait(
+                missing, *_answer(missing), owner=_live_owner(), ttl=_TTL, take_lease=True
+            ),
+        ):
+            with pytest.raises(KitaruNotFoundError) as info:
+                await call()
+            assert repr(missing) in str(info.value)
+
+        held = await _leased(state_store, _remote_owner())
+        with pytest.raises(KitaruLeaseError, match=held.id):
+            await state_store.acquire_lease(held.id, _live_owner(), _TTL, allowed_statuses={"running"})
+        with pytest.raises(KitaruStateError, match=held.id):
+            await state_store.acquire_lease(held.id, _live_owner(), _TTL, allowed_statuses={"waiting"})
+        with pytest.raises(KitaruNotFoundError, match=f"{held.id}.*never_opened|never_opened.*{held.id}"):
+            await state_store.answer_wait(
+                held.id, *_answer(held.id, "never_opened"), owner=_live_owner(), ttl=_TTL, take_lease=False
+            )
+        with pytest.raises(KitaruConflictError, match=held.id):
+            await state_store.commit(held.id, [_completed("a"), _completed("a")])
+
+        owner = _live_owner()
+        done = await _leased(state_store, owner)
+        await state_store.commit(done.id, [], owner=owner, status="completed", release_lease=True)
+        for refuse in (
+            lambda: state_store.acquire_lease(done.id, _live_owner(), _TTL, allowed_statuses={"running"}),
+            lambda: state_store.cancel(done.id),
+            lambda: state_store.answer_wait(
+                done.id, *_answer(done.id), owner=_live_owner(), ttl=_TTL, take_lease=True
+            ),
+            lambda: state_store.commit(done.id, [], status="failed"),
+        ):
+            with pytest.raises(KitaruStateError) as refused:
+                await refuse()
+            assert f"execution {done.id} is" in str(refused.value)
+
+    async def test_records_handed_out_are_the_callers_copies(self, state_store: StateStore) -> None:
+        # A caller that edits what it got (or what it passed in) changes nothing stored.
+        execution = _execution(metadata={"tags": ["a"]})
+        await state_store.create_execution(execution, [])
+        execution.metadata["tags"].append("passed")
+        owner = _live_owner()
+        handed = [
+            (await state_store.create_execution(_execution(execution.id), []))[0],
+            await _get(state_store, execution.id),
+            *[e for e in await state_store.list_executions(limit=10_000) if e.id == execution.id],
+            await state_store.acquire_lease(execution.id, owner, _TTL, allowed_statuses={"running"}),
+            await state_store.cancel(execution.id),
+        ]
+        orphan = await _leased(state_store, _dead_owner(), metadata={"tags": ["a"]})
+        handed += [e for e in await state_store.list_recoverable(limit=10_000) if e.id == orphan.id]
+        assert len(handed) == 6
+        for record in handed:
+            assert record.metadata == {"tags": ["a"]}
+            record.metadata["tags"].append("edited")
+        assert (await _get(state_store, execution.id)).metadata == {"tags": ["a"]}
+        assert (await _get(state_store, orphan.id)).metadata == {"tags": ["a"]}
+
+    async def test_writes_move_updated_at(self, state_store: StateStore) -> None:
+        owner = _live_owner()
+        execution = _execution(created_at=time.time() - 100)
+        await state_store.create_execution(execution, [])
+        stamps = [(await _get(state_store, execution.id)).updated_at]
+        await state_store.acquire_lease(execution.id, owner, _TTL, allowed_statuses={"running"})
+        stamps.append((await _get(state_store, execution.id)).updated_at)
+        await state_store.commit(
+            execution.id, [_record("wait_opened", "approve")], owner=owner, status="running"
+        )
+        stamps.append((await _get(state_store, execution.id)).updated_at)
+        await state_store.suspend(execution.id, owner, ["approve"])
+        stamps.append((await _get(state_store, execution.id)).updated_at)
+        assert stamps[0] == execution.created_at
+        assert all(isinstance(t, float) and t > stamps[0] for t in stamps[1:])
+        assert stamps[1:] == sorted(stamps[1:])
+
+    async def test_renewing_skips_leases_held_by_others(self, state_store: StateStore) -> None:
+        owner = _live_owner()
+        others = await _leased(state_store, _remote_owner())
+        mine = await _leased(state_store, owner)
+        assert mine.lease_expires_at is not None
+        await _sleep(0.05)
+        statuses = await state_store.renew_leases(owner, [new_id(), others.id, mine.id], _TTL * 2)
+        assert statuses == {others.id: "running", mine.id: "running"}  # an unknown id is left out
+        renewed = await _get(state_store, mine.id)
+        assert (
+            renewed.lease_expires_at is not None
+            and renewed.lease_expires_at > mine.lease_expires_at + _TTL / 2
+        )
+        assert (await _get(state_store, others.id)).lease_expires_at == others.lease_expires_at
+
+    async def test_cancel_is_journaled_and_frees_a_waiting_execution_s_lease(
+        self, state_store: StateStore
+    ) -> None:
+        exec_id = await _waiting(state_store)
+        # Someone holds the lease of the waiting execution without running it (set_status=None).
+        await state_store.acquire_lease(
+            exec_id, _remote_owner(), _TTL, allowed_statuses={"waiting"}, set_status=None
+        )
+        await state_store.cancel(exec_id)
+        stored = await _get(state_store, exec_id)
+        assert (stored.status, stored.lease_owner) == ("cancelled", None)
+        assert (await _kinds(state_store, exec_id))[-1] == ("cancel_requested", None)
+
+    async def test_a_waiting_execution_without_a_due_wait_is_not_recoverable(
+        self, state_store: StateStore
+    ) -> None:
+        # Created waiting with no journal at all (nothing opened a wait yet): nothing is due.
+        execution = _execution(status="waiting")
+        await state_store.create_execution(execution, [])
+        assert execution.id not in [e.id for e in await state_store.list_recoverable(limit=10_000)]
+
+    async def test_a_cancelled_runner_cannot_wait_for_input(self, state_store: StateStore) -> None:
+        owner = _live_owner()
+        execution = await _leased(state_store, owner)
+        await state_store.commit(execution.id, [_record("wait_opened", "approve")], owner=owner)
+        await state_store.cancel(execution.id)
+        with pytest.raises(KitaruStateError) as info:
+            await state_store.suspend(execution.id, owner, ["approve"])
+        assert str(info.value).startswith(
+            f"execution {execution.id} is cancelled, so it cannot wait for input"
+        )
+        assert (await _get(state_store, execution.id)).status == "cancelled"
+
+    async def test_a_cancelled_runner_records_that_it_stopped(self, state_store: StateStore) -> None:
+        # Setting the status an execution already has is no change: the runner that saw the
+        # cancel writes its last records with it and lets the lease go.
+        owner = _live_owner()
+        execution = await _leased(state_store, owner)
+        await state_store.cancel(execution.id)
+        status = await state_store.commit(
+            execution.id,
+            [_record("checkpoint_failed", "a")],
+            owner=owner,
+            status="cancelled",
+            release_lease=True,
+        )
+        assert status == "cancelled"
+        stored = await _get(state_store, execution.id)
+        assert (stored.status, stored.lease_owner) == ("cancelled", None)
+
 
 # -- the artifact store suite ---------------------------------------------------------------------
 
@@ -1632,6 +1845,7 @@ class ArtifactStoreConformance:
         assert sorted(await _keys(artifact_store, f"{base}/a")) == keys[:3]
         assert list(await _keys(artifact_store, f"{base}/c")) == []
         assert set(keys) <= set(await _keys(artifact_store))
+        assert set(keys) <= {key async for key in artifact_store.list()}  # no prefix: every key
         assert await artifact_store.exists(keys[0])
         assert not await artifact_store.exists(f"{base}/a")  # a prefix is not a key
 

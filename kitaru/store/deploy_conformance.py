@@ -178,6 +178,57 @@ class DeploymentConformance:
             await state_store.move_tags(flow, [good, request_], who="x")
         assert await _state(state_store, flow) == before
 
+    async def test_tags_are_listed_per_flow_or_for_all(self, state_store: StateStore) -> None:
+        a, b = _flow(), _flow()
+        await state_store.create_deployment(_version(a))
+        await state_store.create_deployment(_version(b))
+        await state_store.create_deployment(_version(b), tag="canary", weight=10)
+        assert [(t.flow, t.tag, t.version) for t in await state_store.list_tags(a)] == [(a, "default", 1)]
+        everything = [(t.flow, t.tag) for t in await state_store.list_tags() if t.flow in (a, b)]
+        assert sorted(everything) == sorted([(a, "default"), (b, "canary"), (b, "default")])
+
+    async def test_moves_say_who_and_when(self, state_store: StateStore) -> None:
+        flow, before = _flow(), time.time()
+        await state_store.create_deployment(_version(flow))
+        await state_store.move_tags(flow, [TagRequest("canary", "set", 1, weight=5)], who="alice")
+        history = await state_store.tag_history(flow)
+        assert [(m.tag, m.who, m.action) for m in history] == [
+            ("default", "tester", "deploy"),
+            ("canary", "alice", "tag"),
+        ]
+        assert all(before - 1 <= m.ts <= time.time() + 1 for m in history)
+        tags = await state_store.list_tags(flow)
+        assert all(before - 1 <= t.updated_at <= time.time() + 1 for t in tags)
+
+    async def test_a_flow_never_deployed_has_nothing(self, state_store: StateStore) -> None:
+        flow = _flow()
+        assert await state_store.get_deployment(flow, 1) is None
+        assert await state_store.list_deployments(flow) == []
+        with pytest.raises(KitaruNotFoundError, match=flow):
+            await state_store.move_tags(flow, [TagRequest("default", "set", 1)], who="x")
+
+    async def test_deployments_handed_out_are_the_callers_copies(self, state_store: StateStore) -> None:
+        flow = _flow()
+        record = _version(flow)
+        stored, _ = await state_store.create_deployment(record)
+        stored.requirements["python"] = "edited"
+        record.requirements["python"] = "2.7"
+        for handed in (
+            await state_store.get_deployment(flow, 1),
+            *await state_store.list_deployments(flow),
+        ):
+            assert handed is not None and handed.requirements["python"] == "3.12.1"
+            handed.requirements["python"] = "edited"
+        again = await state_store.get_deployment(flow, 1)
+        assert again is not None and again.requirements["python"] == "3.12.1"
+
+    async def test_a_refused_move_names_the_flow(self, state_store: StateStore) -> None:
+        flow = _flow()
+        await state_store.create_deployment(_version(flow))
+        with pytest.raises(KitaruNotFoundError) as info:
+            await state_store.move_tags(flow, [TagRequest("canary", "set", 9)], who="x")
+        assert f"flow {flow!r} has no version 9" in str(info.value)
+
     async def test_weights_add_up_to_at_most_100(self, state_store: StateStore) -> None:
         flow = _flow()
         await state_store.create_deployment(_version(flow))

@@ -31,6 +31,14 @@ from kitaru.store import (
 __all__ = ["MemoryArtifactStore", "MemoryStateStore"]
 
 
+def _lease_lost(e: ExecutionRecord) -> KitaruLeaseError:
+    # Worded as the SQLite and PostgreSQL stores word it: a runner's log reads the same on each.
+    return KitaruLeaseError(
+        f"execution {e.id} is now driven by {e.lease_owner or 'nobody'} (status {e.status}); this "
+        "runner lost its lease and stops without writing."
+    )
+
+
 class MemoryStateStore:
     """A :class:`~kitaru.store.StateStore` in dictionaries, guarded by one lock (``inline``: its
     coroutines never suspend)."""
@@ -197,7 +205,7 @@ class MemoryStateStore:
         with self._lock:
             e = self._get(exec_id)
             if owner is not None and e.lease_owner != owner:
-                raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner or 'nobody'}")
+                raise _lease_lost(e)
             if status is not None:
                 _rules.check_status_change(exec_id, e.status, status)
             self._append(exec_id, records)
@@ -218,7 +226,7 @@ class MemoryStateStore:
         with self._lock:
             e = self._get(exec_id)
             if e.lease_owner != owner:
-                raise KitaruLeaseError(f"execution {exec_id} is now driven by {e.lease_owner}")
+                raise _lease_lost(e)
             _rules.check_status_change(exec_id, e.status, "waiting")
             if any((exec_id, "wait_answered", c) in self._once for c in waiting_on):
                 return False

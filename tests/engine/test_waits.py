@@ -687,7 +687,9 @@ class TestTheWaitCall:
 
         handle = bounded.run()
         assert handle.status == "waiting"
-        assert seen == [f"wait 'slow' of execution {handle.exec_id} got no answer before its deadline (expires_in=)."]
+        assert seen == [
+            f"wait 'slow' of execution {handle.exec_id} got no answer before its deadline (expires_in=)."
+        ]
         assert KitaruClient().executions.input(handle.exec_id, "x").wait(timeout=60) == ("defaulted", "x")
         assert seen[1:] == ["wait 'slow' passed its deadline (expires_in=) before it was answered."]
         kinds = [r.kind for r in journal_of(handle.exec_id)]

@@ -45,3 +45,4 @@ class TestMemoryArtifactStore(ArtifactStoreConformance):
 
     def test_uri_names_the_store(self) -> None:
         assert MemoryArtifactStore("scratch").uri_for("a/b") == "memory://scratch/a/b"
+        assert MemoryArtifactStore().uri_for("a/b") == "memory://default/a/b"

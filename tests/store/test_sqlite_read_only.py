@@ -3,7 +3,12 @@ without the write lock, a read-only open never writes, and a schema that is behi
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -12,6 +17,7 @@ import pytest
 from kitaru.errors import KitaruStoreError
 from kitaru.store import ExecutionRecord, sync_view
 from kitaru.store.sqlite import SQLiteStateStore
+from kitaru.store.sqlite._schema import _MIGRATIONS
 
 
 def _execution(exec_id: str) -> ExecutionRecord:
@@ -82,3 +88,113 @@ def test_read_only_store_refuses_writes(tmp_path: Path) -> None:
         assert check.get_execution("E1") is None
     finally:
         check.close()
+
+
+def test_read_only_open_of_a_missing_database_writes_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The empty stand-in lives in memory: not in the home, and not in the working directory.
+    monkeypatch.chdir(tmp_path)
+    store = sync_view(SQLiteStateStore(tmp_path / "home" / "kitaru.db", read_only=True))
+    try:
+        assert store.list_executions() == []
+    finally:
+        store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_read_only_store_serves_any_thread(tmp_path: Path, exists: bool) -> None:
+    # The runtime and the server read from worker threads, not the thread that opened the store.
+    path = tmp_path / "kitaru.db"
+    if exists:
+        writer = sync_view(SQLiteStateStore(path))
+        writer.create_execution(_execution("E1"), [])
+        writer.close()
+    store = SQLiteStateStore(path, read_only=True)
+    found: list[object] = []
+    thread = threading.Thread(target=lambda: found.append(sync_view(store).list_executions()))
+    thread.start()
+    thread.join(timeout=60)
+    sync_view(store).close()
+    assert [[e.id for e in found[0]]] == [["E1"] if exists else []]  # type: ignore[attr-defined]
+
+
+def test_read_only_open_of_a_newer_database_says_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "kitaru.db"
+    sync_view(SQLiteStateStore(path)).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    before = path.read_bytes()
+    with pytest.raises(KitaruStoreError) as info:
+        SQLiteStateStore(path, read_only=True)
+    assert str(info.value) == (
+        f"the state database {path} has schema version 999, newer than this kitaru understands "
+        f"({len(_MIGRATIONS)}). Upgrade kitaru."
+    )
+    assert path.read_bytes() == before
+
+
+def test_read_only_open_of_a_foreign_database_says_it_is_behind(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(KitaruStoreError) as info:
+        SQLiteStateStore(path, read_only=True)
+    assert str(info.value) == (
+        f"the state database {path} has schema version 0, older than this kitaru's "
+        f"{len(_MIGRATIONS)}; a read-only command does not migrate it. Run a command that writes "
+        "once, with write access to it (e.g. `kitaru executions resume`, or running a flow), or use "
+        "the kitaru that wrote it."
+    )
+
+
+def test_read_only_open_of_a_file_that_is_not_a_database_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "kitaru.db"
+    path.write_bytes(b"not a database, just text\n" * 200)
+    with pytest.raises(KitaruStoreError) as info:
+        SQLiteStateStore(path, read_only=True)
+    assert str(info.value) == (
+        f"cannot read the state database {path}: file is not a database. Check that it is "
+        "readable, or point KITARU_HOME at the right home."
+    )
+
+
+# Run as root without the capabilities that bypass file modes, so a 0555 directory is read-only
+# to it (tests/e2e/test_read_only_home.py does the same for the whole CLI).
+_DROP = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
+_READER = """
+import sys
+from kitaru.store import sync_view
+from kitaru.store.sqlite import SQLiteStateStore
+store = sync_view(SQLiteStateStore(sys.argv[1], read_only=True))
+print(",".join(e.id for e in store.list_executions()))
+"""
+
+
+def test_a_database_in_a_read_only_directory_is_read_from_its_file_alone(tmp_path: Path) -> None:
+    # A cleanly closed database has no WAL index, and `mode=ro` cannot create one in a read-only
+    # directory: the store falls back on reading the main file as immutable.
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to drop root's file-mode bypass")
+    home = tmp_path / "home"
+    path = home / "kitaru.db"
+    writer = sync_view(SQLiteStateStore(path))
+    writer.create_execution(_execution("E1"), [])
+    writer.close()
+    sync_view(SQLiteStateStore(tmp_path / "elsewhere.db", read_only=True)).close()
+    assert sorted(os.listdir(home)) == ["kitaru.db"]
+    os.chmod(path, 0o444)
+    os.chmod(home, 0o555)
+    try:
+        probe = subprocess.run([*_DROP, "touch", str(home / "probe")], capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            pytest.skip("setpriv could not drop the file-mode bypass here; nothing would be proven")
+        done = subprocess.run(
+            [*_DROP, sys.executable, "-c", _READER, str(path)], capture_output=True, text=True, timeout=120
+        )
+        assert (done.returncode, done.stdout.strip()) == (0, "E1"), done.stderr
+        assert sorted(os.listdir(home)) == ["kitaru.db"]
+    finally:
+        os.chmod(home, 0o700)
+        os.chmod(path, 0o600)

@@ -107,8 +107,12 @@ class TestSchema:
         path = tmp_path / "state.db"
         garbage = b"not a database, just text\n" * 200
         path.write_bytes(garbage)
-        with pytest.raises(KitaruStoreError, match="not a database"):
+        with pytest.raises(KitaruStoreError) as info:
             SQLiteStateStore(path)
+        assert str(info.value) == (
+            f"cannot open the state database {path}: file is not a database. If the file is not a "
+            "kitaru database, move it aside or point KITARU_HOME elsewhere."
+        )
         assert path.read_bytes() == garbage
 
     def test_unopenable_path_raises_store_error(self, tmp_path: Path) -> None:
@@ -190,5 +194,89 @@ class TestGroupCommit:
 
             assert asyncio.run(on_a_loop())
             assert store.get_execution("S1").status == "running"
+        finally:
+            store.close()
+
+
+class TestOpening:
+    @pytest.mark.parametrize(
+        ("setting", "level"),
+        [(None, 1), ("off", 0), ("Normal", 1), ("full", 2), ("EXTRA", 3), ("fsync-please", 1)],
+    )
+    def test_kitaru_sqlite_sync_sets_durability(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, level: int
+    ) -> None:
+        # Any case is taken; a value SQLite does not know keeps the default (NORMAL) rather than
+        # whatever SQLite would make of it.
+        if setting is None:
+            monkeypatch.delenv("KITARU_SQLITE_SYNC", raising=False)
+        else:
+            monkeypatch.setenv("KITARU_SQLITE_SYNC", setting)
+        store = SQLiteStateStore(tmp_path / "state.db")
+        try:
+            assert store._conn.execute("PRAGMA synchronous").fetchall() == [(level,)]
+        finally:
+            sync_view(store).close()
+
+    def test_a_url_path_with_a_double_slash_names_the_file_as_people_know_it(self, tmp_path: Path) -> None:
+        # `sqlite:////abs/x.db` parses to `//abs/x.db`; messages must show `/abs/x.db`.
+        path = tmp_path / "state.db"
+        store = sync_view(SQLiteStateStore("/" + str(path)))
+        try:
+            store.create_execution(_execution("E1"), [])
+        finally:
+            store.close()
+        for given in ("/" + str(path), str(path)):
+            again = sync_view(SQLiteStateStore(given))
+            assert again.path == path
+            again.close()
+        assert _query(path, "SELECT id FROM executions") == [("E1",)]
+
+    def test_a_relative_path_stays_relative(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.chdir(tmp_path)
+        store = sync_view(SQLiteStateStore("state.db"))
+        assert store.path == Path("state.db")
+        store.close()
+        assert (tmp_path / "state.db").is_file()
+
+    def test_a_home_that_cannot_be_made_says_why(self, tmp_path: Path) -> None:
+        (tmp_path / "home").write_text("a file where the home directory should be")
+        path = tmp_path / "home" / "kitaru" / "state.db"
+        with pytest.raises(KitaruStoreError) as info:
+            SQLiteStateStore(path)
+        # The message names the file in the way, not only the database it could not make.
+        assert str(info.value) == (
+            f"cannot open the state database {path}: {tmp_path / 'home'}: File exists. Check that the "
+            "directory is writable, or point KITARU_HOME somewhere that is."
+        )
+
+    def test_a_database_name_the_system_refuses_says_why(self, tmp_path: Path) -> None:
+        path = tmp_path / ("x" * 300 + ".db")
+        with pytest.raises(KitaruStoreError) as info:
+            SQLiteStateStore(path)
+        assert str(info.value) == (
+            f"cannot open the state database {path}: File name too long. Check that the directory is "
+            "writable, or point KITARU_HOME somewhere that is."
+        )
+
+    def test_a_database_path_that_is_a_directory_says_so(self, tmp_path: Path) -> None:
+        path = tmp_path / "state.db"
+        path.mkdir()
+        with pytest.raises(KitaruStoreError) as info:
+            SQLiteStateStore(path)
+        assert str(info.value) == (
+            f"cannot open the state database {path}: unable to open database file. Check that the "
+            "directory is writable, or point KITARU_HOME somewhere that is."
+        )
+
+    def test_a_failed_read_names_the_database(self, tmp_path: Path) -> None:
+        path = tmp_path / "state.db"
+        store = sync_view(SQLiteStateStore(path))
+        try:
+            with closing(sqlite3.connect(path)) as conn, conn:
+                conn.execute("DROP TABLE executions")  # a damaged (or foreign) database
+            with pytest.raises(KitaruStoreError) as info:
+                store.get_execution("E1")
+            assert str(info.value).startswith(f"cannot read {path}: ") and "executions" in str(info.value)
         finally:
             store.close()

@@ -42,7 +42,13 @@ class _Connection:
                 self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
         except (OSError, sqlite3.Error) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            reason: object = exc
+            if isinstance(exc, OSError) and exc.strerror:
+                # The strerror reads better than the repr, but must keep the file in the way when
+                # it is not the database itself (a file where the home directory should be).
+                reason = exc.strerror
+                if exc.filename is not None and Path(os.fsdecode(exc.filename)) != self.path:
+                    reason = f"{os.fsdecode(exc.filename)}: {exc.strerror}"
             raise KitaruStoreError(
                 f"cannot open the state database {self.path}: {reason}. Check that the directory is "
                 "writable, or point KITARU_HOME somewhere that is."
