@@ -210,8 +210,9 @@ class _Executions:
         self, exec_id: str | None = None, *, flow: str | None = None
     ) -> builtins.list[PendingWait]:
         """Every wait a person owes an answer: the open waits of waiting executions (of ``flow``;
-        of execution ``exec_id`` alone when given), oldest first, each with its question and the
-        JSON Schema an answer must match."""
+        of execution ``exec_id`` alone when given, also while its flow holds for a fast answer
+        with ``wait(timeout=)``, as 0.18 listed them), oldest first, each with its question and
+        the JSON Schema an answer must match."""
         from kitaru._client_views import pending_wait_of
         from kitaru._exec_stats import pending_waits
 
@@ -220,8 +221,8 @@ class _Executions:
         execution = self.get(exec_id)
         if flow is not None and execution.flow != flow:
             return []
-        if execution.status != "waiting":
-            return []  # a running flow's waits are not owed yet; a finished one's never will be
+        if execution.status not in ("waiting", "running"):
+            return []  # a finished execution's waits will never be answered
         return [pending_wait_of(execution, w) for w in execution.open_waits]
 
     def stats(self, *, flow: str | None = None, since: float | None = None) -> ExecutionStats:

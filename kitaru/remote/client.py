@@ -198,16 +198,20 @@ class _Executions:
 
     def pending_waits(self, exec_id: str | None = None, *, flow: str | None = None) -> builtins.list[Any]:
         """Every open wait of the server's waiting executions (of ``flow``; of ``exec_id``
-        alone when given), oldest first."""
-        from kitaru._client_views import PendingWait
+        alone when given, also while its flow holds for an answer), oldest first."""
+        from kitaru._client_views import PendingWait, pending_wait_of
 
+        if exec_id is not None:
+            execution = self.get(exec_id)
+            if (flow is not None and execution.flow != flow) or execution.status not in (
+                "waiting",
+                "running",
+            ):
+                return []
+            return [pending_wait_of(execution, w) for w in execution.open_waits]
         params = {"flow": flow} if flow is not None else {}
         data = self._client._call("GET", "/api/v1/waits", params=params)
-        found = [PendingWait(**w) for w in data["items"]]
-        if exec_id is not None:
-            full = self.resolve(exec_id)
-            found = [w for w in found if w.exec_id == full]
-        return found
+        return [PendingWait(**w) for w in data["items"]]
 
     def stats(self, *, flow: str | None = None, since: float | None = None) -> Any:
         """Per-flow figures computed by the server (see ``KitaruClient().executions.stats``)."""
