@@ -407,6 +407,28 @@ def _env_options() -> dict[str, tuple[Any, str]]:
     return out
 
 
+_TABLES: dict[Path, tuple[str, dict[str, Any] | None]] = {}
+
+
+def _kitaru_table(pyproject: Path) -> dict[str, Any] | None:
+    """The ``[tool.kitaru]`` table of a ``pyproject.toml``, parsed again only when its text
+    changed: every flow start reads it, and parsing a real project's file cost more than the rest
+    of an empty flow's start (reading it is cheap, and unlike a modification time never stale)."""
+    import tomllib
+
+    try:
+        text = pyproject.read_text()
+        cached = _TABLES.get(pyproject)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        table = tomllib.loads(text).get("tool", {}).get("kitaru")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # not ours to judge: the project's own tools report a broken pyproject.toml
+    found = table if isinstance(table, dict) else None
+    _TABLES[pyproject] = (text, found)
+    return found
+
+
 def _pyproject_options() -> dict[str, tuple[Any, str]]:
     """``[tool.kitaru]`` of the nearest ``pyproject.toml`` at or above the working directory:
     ``cache``, ``retries`` and the ``[tool.kitaru.image]`` table (``stack`` is refused there:
@@ -418,13 +440,8 @@ def _pyproject_options() -> dict[str, tuple[Any, str]]:
             break
     else:
         return {}
-    import tomllib
-
-    try:
-        table = tomllib.loads(candidate.read_text()).get("tool", {}).get("kitaru")
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}  # not ours to judge: the project's own tools report a broken pyproject.toml
-    if not isinstance(table, dict):
+    table = _kitaru_table(candidate)
+    if table is None:
         return {}
     where = f"{candidate} [tool.kitaru]"
     out: dict[str, tuple[Any, str]] = {}

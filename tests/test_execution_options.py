@@ -214,3 +214,15 @@ class TestCheckpointOptions:
         assert kitaru.checkpoint(lambda: 1).runtime == "inline"
         with pytest.raises(KitaruUsageError, match="unsupported runtime"):
             kitaru.checkpoint(runtime="gpu")(lambda: 1)
+
+
+def test_an_edited_pyproject_is_read_again_by_the_next_run(tmp_path: Path) -> None:
+    """The parsed ``[tool.kitaru]`` table is kept between runs (parsing it dominated an empty
+    flow's start), but an edit, even one of the same size, is seen by the next run."""
+    from kitaru.config import resolve_options
+
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool.kitaru]\nretries = 4\n")
+    assert resolve_options({}, {}).retries == 4
+    pyproject.write_text("[tool.kitaru]\nretries = 5\n")
+    assert resolve_options({}, {}).retries == 5
