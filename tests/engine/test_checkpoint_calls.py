@@ -13,6 +13,7 @@ import pytest
 import kitaru
 from kitaru import KitaruClient, checkpoint, flow
 from kitaru._engine.runtime import Runtime, use_runtime
+from kitaru.runtime import _get_current_checkpoint
 from kitaru.store import JournalRecord
 from kitaru.store.memory import MemoryArtifactStore, MemoryStateStore
 
@@ -140,7 +141,8 @@ class TestFailedAttempts:
         for r in failed:
             data = r.data or {}
             assert data["error"] == "ValueError: boom"
-            assert data["traceback"].startswith("Traceback (most recent call last):\n")
+            assert data["traceback"].startswith("Traceback (most recent call last):\n  File ")
+            assert data["traceback"].endswith("\nValueError: boom\n")
             assert 'raise ValueError("boom")' in data["traceback"]
             # The attempt's start rides along: its type, when it started, its inputs' fingerprint.
             assert data["type"] == "tool_call" and "fp" in data and isinstance(data["started_at"], float)
@@ -300,7 +302,7 @@ class TestDefinition:
 
         cp = checkpoint(type=" llm_call ", runtime=" Isolated ")(step)
         assert (cp.type, cp.runtime) == ("llm_call", "isolated")
-        assert checkpoint(step).runtime == "inline"
+        assert checkpoint(step).runtime == checkpoint(runtime="INLINE")(step).runtime == "inline"
 
     def test_an_unknown_runtime_is_refused(self) -> None:
         def step() -> None: ...
@@ -417,23 +419,7 @@ def remote_like() -> Iterator[Runtime]:
 
 class TestOnAStoreThatIsNotInline:
     def test_a_resumed_async_flow_replays_its_async_checkpoint(self, remote_like: Runtime) -> None:
-        runs: list[int] = []
-
-        @checkpoint
-        async def produce() -> dict[str, int]:
-            runs.append(1)
-            return {"n": 5}
-
-        @flow
-        async def waits() -> int:
-            value = await produce()
-            answer = await kitaru.wait_async(name="go", schema=int)
-            return value["n"] + answer
-
-        handle = waits.run()
-        assert handle.status == "waiting"
-        assert KitaruClient(remote_like).executions.input(handle.exec_id, 2).wait(timeout=60) == 7
-        assert runs == [1]
+        _replayed_async_output_is_an_input(remote_like)
 
     def test_a_sync_checkpoint_is_cached_from_a_sync_body_only(self, remote_like: Runtime) -> None:
         # From an async body it would have to block the loop for the store: it runs uncached.
@@ -474,6 +460,7 @@ class TestIsolatedDispatch:
         def fake(cp: Any, ctx: Any, call: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             # Blocking for the child must never happen on the Runner's loop.
             assert running_loop() is None
+            assert ctx.exec_id == kitaru.current_execution_id()  # the launch goes to this execution
             seen.append((call.call_id, args, kwargs))
             return cp.fn(*args, **kwargs)
 
@@ -501,4 +488,256 @@ class TestIsolatedDispatch:
             ("apart", (2,), {"factor": 3}),
             ("apart:2", (1,), {}),
             ("apart", (5,), {}),
+        ]
+
+
+RETRIED: list[str | None] = []
+
+
+@checkpoint(retries=2, retry_delay=0.01, backoff=2, type="tool_call", retry_on=KeyError)
+def retried() -> int:
+    RETRIED.append(_get_current_checkpoint().type)  # type: ignore[union-attr]
+    kitaru.progress(f"try {len(RETRIED)}")
+    if len(RETRIED) < 3:
+        raise KeyError("again")
+    return len(RETRIED)
+
+
+@checkpoint(retries=2, retry_delay=0.01, backoff=2, type="tool_call", retry_on=KeyError)
+async def aretried() -> int:
+    RETRIED.append(_get_current_checkpoint().type)  # type: ignore[union-attr]
+    kitaru.progress(f"try {len(RETRIED)}")
+    if len(RETRIED) < 3:
+        raise KeyError("again")
+    return len(RETRIED)
+
+
+@flow
+def retried_flow() -> int:
+    return retried()
+
+
+@flow
+async def aretried_flow() -> int:
+    return await aretried()
+
+
+class TestRetriedAttempts:
+    """Each attempt of a retried call (sync or async) is its own: its failure journaled, its
+    events numbered after the attempts before it, the call's label visible inside it."""
+
+    @pytest.mark.parametrize(("body", "step"), [(retried_flow, "retried"), (aretried_flow, "aretried")])
+    def test_a_call_that_succeeds_on_its_third_attempt(
+        self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch, body: Any, step: str
+    ) -> None:
+        monkeypatch.setattr(random, "uniform", lambda low, high: 1.0)
+        RETRIED.clear()
+        handle = body.run()
+        assert handle.wait(timeout=60) == 3
+        assert RETRIED == ["tool_call"] * 3  # kitaru.runtime's view of the running call
+        journal = [r for r in runtime.state.read_journal(handle.exec_id) if r.call_id == step]
+        outcomes = [(r.kind, r.attempt) for r in journal if r.kind.startswith("checkpoint_")]
+        assert outcomes == [("checkpoint_failed", 1), ("checkpoint_failed", 2), ("checkpoint_completed", 3)]
+        failed = [r.data or {} for r in journal if r.kind == "checkpoint_failed"]
+        assert [(d["error"], d["will_retry"], d["retry_in"]) for d in failed] == [
+            ("KeyError: 'again'", True, pytest.approx(0.01)),
+            ("KeyError: 'again'", True, pytest.approx(0.02)),
+        ]
+        events = list(KitaruClient(runtime).executions.events(handle.exec_id))
+        assert [(e.kind.rpartition(".")[2], e.index, e.message) for e in events] == [
+            ("started", 0, None),
+            ("progress", 1, "try 1"),
+            ("failed", 2, "The checkpoint function raised an exception."),
+            ("started", 3, None),
+            ("progress", 4, "try 2"),
+            ("failed", 5, "The checkpoint function raised an exception."),
+            ("started", 6, None),
+            ("progress", 7, "try 3"),
+            ("returned", 8, None),
+        ]
+        assert {e.payload["kitaru"]["checkpoint_type"] for e in events if e.kind.endswith("progress")} == {
+            "tool_call"
+        }
+        [call] = KitaruClient(runtime).executions.get(handle.exec_id).checkpoints
+        assert (call.status, call.attempts) == ("completed", 3)
+
+
+@checkpoint
+def consume(value: Any) -> str:
+    return repr(value)
+
+
+@checkpoint(cache=True)
+def cached_dict(x: int) -> dict[str, int]:
+    CACHED_RUNS.append(1)
+    return {"x": x}
+
+
+@checkpoint(cache=True)
+async def acached_dict(x: int) -> dict[str, int]:
+    CACHED_RUNS.append(1)
+    return {"x": x}
+
+
+@flow
+def cached_then_consumed(x: int) -> str:
+    return consume(cached_dict(x))
+
+
+@flow
+async def acached_then_consumed(x: int) -> str:
+    return consume(await acached_dict(x))
+
+
+class TestLineageThroughReuse:
+    """An output reused from the cache or the journal is still the input it is: the call that
+    consumes it records it (`kitaru executions get`'s lineage)."""
+
+    @pytest.mark.parametrize(
+        ("body", "step"), [(cached_then_consumed, "cached_dict"), (acached_then_consumed, "acached_dict")]
+    )
+    def test_a_cache_hit_s_output_is_the_next_call_s_input(
+        self, runtime: Runtime, body: Any, step: str
+    ) -> None:
+        CACHED_RUNS.clear()
+        body.run(1).wait(timeout=60)
+        second = body.run(1)
+        assert second.wait(timeout=60) == "{'x': 1}"
+        assert CACHED_RUNS == [1]
+        done = {
+            r.call_id: r
+            for r in runtime.state.read_journal(second.exec_id)
+            if r.kind == "checkpoint_completed"
+        }
+        assert (done["consume"].data or {})["inputs"] == [done[step].artifact_id]
+
+    @pytest.mark.parametrize(
+        ("body", "step"), [(cached_then_consumed, "cached_dict"), (acached_then_consumed, "acached_dict")]
+    )
+    def test_a_cache_entry_whose_output_is_gone_runs_the_call_again(
+        self, runtime: Runtime, body: Any, step: str
+    ) -> None:
+        # A store restored partially: the entry survived, the execution that made it did not.
+        import dataclasses
+
+        CACHED_RUNS.clear()
+        body.run(2).wait(timeout=60)
+        [entry] = runtime.state.list_cache_entries()
+        runtime.state.clear_cache()
+        runtime.state.put_cache_entry(dataclasses.replace(entry, artifact_id="gone"))
+        assert body.run(2).wait(timeout=60) == "{'x': 2}"
+        assert CACHED_RUNS == [1, 1]
+
+    def test_a_replayed_async_output_is_the_next_call_s_input(self, runtime: Runtime) -> None:
+        _replayed_async_output_is_an_input(runtime)
+
+    def test_a_replayed_sync_output_is_the_next_call_s_input(self, runtime: Runtime) -> None:
+        @checkpoint
+        def produce() -> dict[str, int]:
+            return {"n": 6}
+
+        @flow
+        def waits() -> str:
+            value = produce()
+            kitaru.wait(name="go", schema=bool)
+            return consume(value)
+
+        handle = waits.run()
+        assert handle.status == "waiting"
+        assert KitaruClient(runtime).executions.input(handle.exec_id, True).wait(timeout=60) == "{'n': 6}"
+        done = {
+            r.call_id: r
+            for r in runtime.state.read_journal(handle.exec_id)
+            if r.kind == "checkpoint_completed"
+        }
+        assert (done["consume"].data or {})["inputs"] == [done["produce"].artifact_id]
+
+
+def _replayed_async_output_is_an_input(rt: Runtime) -> None:
+    """A resumed async flow replays its async checkpoint, whose output is the next call's input."""
+    runs: list[int] = []
+
+    @checkpoint
+    async def produce() -> dict[str, int]:
+        runs.append(1)
+        return {"n": 5}
+
+    @flow
+    async def waits() -> str:
+        value = await produce()
+        await kitaru.wait_async(name="go", schema=bool)
+        return consume(value)
+
+    handle = waits.run()
+    assert handle.status == "waiting"
+    assert KitaruClient(rt).executions.input(handle.exec_id, True).wait(timeout=60) == "{'n': 5}"
+    assert runs == [1]
+    done = {r.call_id: r for r in rt.state.read_journal(handle.exec_id) if r.kind == "checkpoint_completed"}
+    assert (done["consume"].data or {})["inputs"] == [done["produce"].artifact_id]
+
+
+def _noted_in_flight(call_id: str, attempt: int, timeout: float = 60) -> dict[str, Any]:
+    """The attempts in flight the heartbeat has written, once it lists ``attempt`` of ``call_id``."""
+    import time
+
+    state = kitaru._engine.runtime.get_runtime().state
+    exec_id = kitaru.current_execution_id()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = state.get_execution(exec_id)
+        inflight = (record.metadata.get("inflight") or {}) if record is not None else {}
+        if inflight.get(call_id, {}).get("attempt") == attempt:
+            return dict(inflight)
+        time.sleep(0.01)
+    raise AssertionError(f"the heartbeat did not note {call_id} ({attempt}) in flight within {timeout} s")
+
+
+NOTES: list[dict[str, Any]] = []
+
+
+@checkpoint(retries=1, retry_delay=0, retry_on=KeyError)
+def noted_step(x: int) -> int:
+    # The first call fails once: its attempts are 1 and 2, the second call's is 1.
+    NOTES.append(_noted_in_flight(kitaru.runtime._get_current_checkpoint_id() or "", len(NOTES) % 2 + 1))
+    if len(NOTES) == 1:
+        raise KeyError("once")
+    return x
+
+
+@checkpoint(retries=1, retry_delay=0, retry_on=KeyError)
+async def anoted_step(x: int) -> int:
+    import anyio.to_thread
+
+    call_id = kitaru.runtime._get_current_checkpoint_id() or ""
+    found = await anyio.to_thread.run_sync(_noted_in_flight, call_id, len(NOTES) % 2 + 1)
+    NOTES.append(found)
+    if len(NOTES) == 1:
+        raise KeyError("once")
+    return x
+
+
+@flow
+def noted_flow() -> int:
+    return noted_step(1) + noted_step(2)
+
+
+@flow
+async def anoted_flow() -> int:
+    return await anoted_step(1) + await anoted_step(2)
+
+
+class TestAttemptsInFlight:
+    """The heartbeat notes each running attempt (its name and number) for the runner that may take
+    the execution over, and forgets it once the attempt ended."""
+
+    @pytest.mark.parametrize(("body", "step"), [(noted_flow, "noted_step"), (anoted_flow, "anoted_step")])
+    def test_each_attempt_is_noted_while_it_runs(self, runtime: Runtime, body: Any, step: str) -> None:
+        NOTES.clear()
+        assert body.run().wait(timeout=60) == 3
+        summary = [{call_id: (n["name"], n["attempt"]) for call_id, n in note.items()} for note in NOTES]
+        # Each snapshot holds the running attempt only: the ones before it ended, and said so.
+        assert summary == [
+            {step: (step, 1)},
+            {step: (step, 2)},
+            {f"{step}:2": (step, 1)},
         ]
