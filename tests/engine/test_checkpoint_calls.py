@@ -44,6 +44,11 @@ class TestOutsideAFlow:
         )
 
 
+@checkpoint
+async def akw(x: int, *, factor: int) -> int:
+    return x * factor
+
+
 REQUEST = contextvars.ContextVar("REQUEST", default="unset")
 
 
@@ -70,6 +75,20 @@ class TestSubmitAndMap:
 
 
 class TestCalls:
+    def test_keyword_arguments_reach_sync_and_async_checkpoints(self, runtime: Runtime) -> None:
+        @flow
+        async def both() -> list[int]:
+            return [scale(2, factor=5), await akw(3, factor=7)]
+
+        assert both.run().wait(timeout=60) == [10, 21]
+
+    def test_product_runs_every_combination_in_order(self, runtime: Runtime) -> None:
+        @flow
+        def grid() -> list[int]:
+            return scale.product([1, 2], [10, 100])
+
+        assert grid.run().wait(timeout=60) == [10, 100, 20, 200]
+
     def test_each_call_s_output_is_a_new_version_of_its_name(self, runtime: Runtime) -> None:
         # `kitaru.load(exec_id, "scale", version=2)` finds the second call's output.
         @flow
@@ -649,6 +668,7 @@ class TestLineageThroughReuse:
         handle = waits.run()
         assert handle.status == "waiting"
         assert KitaruClient(runtime).executions.input(handle.exec_id, True).wait(timeout=60) == "{'n': 6}"
+        assert [r for r in runtime.state.read_journal(handle.exec_id) if r.kind == "input_changed"] == []
         done = {
             r.call_id: r
             for r in runtime.state.read_journal(handle.exec_id)
@@ -676,7 +696,9 @@ def _replayed_async_output_is_an_input(rt: Runtime) -> None:
     assert handle.status == "waiting"
     assert KitaruClient(rt).executions.input(handle.exec_id, True).wait(timeout=60) == "{'n': 5}"
     assert runs == [1]
-    done = {r.call_id: r for r in rt.state.read_journal(handle.exec_id) if r.kind == "checkpoint_completed"}
+    journal = rt.state.read_journal(handle.exec_id)
+    assert [r for r in journal if r.kind == "input_changed"] == []  # same inputs: no warning
+    done = {r.call_id: r for r in journal if r.kind == "checkpoint_completed"}
     assert (done["consume"].data or {})["inputs"] == [done["produce"].artifact_id]
 
 
