@@ -331,7 +331,7 @@ def _queue_on_loop(ctx: ExecutionContext, record: JournalRecord) -> None:
     if ctx in _writers:
         return
     task = asyncio.ensure_future(_write_events(ctx))
-    _writers[ctx] = task
+    _writers[ctx] = ctx._event_writer = task
     ctx._flushes.add(task)
     task.add_done_callback(ctx._flushes.discard)
 
@@ -349,6 +349,7 @@ async def _write_events(ctx: ExecutionContext) -> None:
                 )
     finally:
         _writers.pop(ctx, None)
+        ctx._event_writer = None
 
 
 def _checkpoint_name(call_id: str) -> str:

@@ -34,6 +34,7 @@ class _GroupCommit:
     _batch_uploads: list[tuple[str, bytes]]
     _batch_future: asyncio.Future[None] | None
     _flushes: set[asyncio.Future[None]]
+    _event_writer: asyncio.Future[None] | None
     _flush_error: BaseException | None
     _awaited: set[asyncio.Future[None]]
 
@@ -182,6 +183,12 @@ class _GroupCommit:
         uploads: list[tuple[str, bytes]],
     ) -> None:
         try:
+            writer = self._event_writer
+            if writer is not None and not writer.done():
+                import asyncio
+
+                # Events the call published are written by their own task: they land first.
+                await asyncio.wait([writer])
             if uploads:
                 import anyio
 

@@ -148,6 +148,9 @@ class ExecutionContext(_GroupCommit, _OutputsIndex):
         self._batch_uploads: list[tuple[str, bytes]] = []
         self._batch_future: asyncio.Future[None] | None = None
         self._flushes: set[asyncio.Future[None]] = set()
+        #: The task writing this execution's events published from async code (kitaru.events),
+        #: which a checkpoint's outcome commit waits for so its events land before it.
+        self._event_writer: asyncio.Future[None] | None = None
         self._flush_error: BaseException | None = None
         self._awaited: set[asyncio.Future[None]] = set()
         #: The Runner's event loop, for sync code of this execution running on other threads.

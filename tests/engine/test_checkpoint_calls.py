@@ -564,10 +564,6 @@ class TestRetriedAttempts:
         ]
         [call] = KitaruClient(runtime).executions.get(handle.exec_id).checkpoints
         assert (call.status, call.attempts) == ("completed", 3)
-        if not runtime.inline and step == "aretried":
-            # Known issue (reported): on a store that is not inline (PostgreSQL), an async attempt's
-            # events are written by a task that its outcome's commit does not wait for.
-            return
         events = list(KitaruClient(runtime).executions.events(handle.exec_id))
         assert [(e.kind.rpartition(".")[2], e.index, e.message) for e in events] == [
             ("started", 0, None),
