@@ -8,7 +8,7 @@ from typing import Any
 
 from kitaru.store import ONCE_ONLY_KINDS, ArtifactRecord, JournalRecord
 
-__all__ = ["artifact_row", "journal_row"]
+__all__ = ["artifact_row", "journal_record", "journal_row"]
 
 
 def journal_row(exec_id: str, r: JournalRecord, now: float) -> tuple[Any, ...]:
@@ -23,6 +23,22 @@ def journal_row(exec_id: str, r: JournalRecord, now: float) -> tuple[Any, ...]:
         r.artifact_id,
         json.dumps(r.data) if r.data is not None else None,
         r.ts or now,
+    )
+
+
+def journal_record(r: Any) -> JournalRecord:
+    """A journal record from the columns both stores read back: kind, call_id, seq, name,
+    attempt, artifact_id, data (JSON text), ts, id."""
+    return JournalRecord(
+        kind=r[0],
+        call_id=r[1],
+        seq=r[2],
+        name=r[3],
+        attempt=r[4],
+        artifact_id=r[5],
+        data=json.loads(r[6]) if r[6] is not None else None,
+        ts=r[7],
+        id=r[8],
     )
 
 

@@ -24,6 +24,7 @@ from kitaru.store import (
     _rules,
 )
 from kitaru.store._rows import artifact_row as _artifact_row
+from kitaru.store._rows import journal_record
 from kitaru.store._rows import journal_row as _journal_row
 from kitaru.store.postgres._connection import _Attempt, _Connection
 from kitaru.store.postgres._statements import (
@@ -77,20 +78,6 @@ class _AnswerGroup:
 _READERS = 4
 _READ_GROUP = 100
 _JOURNAL_READ = "kind, call_id, seq, name, attempt, artifact_id, data, ts, id, exec_id"
-
-
-def _journal_record(r: Any) -> JournalRecord:
-    return JournalRecord(
-        kind=r[0],
-        call_id=r[1],
-        seq=r[2],
-        name=r[3],
-        attempt=r[4],
-        artifact_id=r[5],
-        data=json.loads(r[6]) if r[6] is not None else None,
-        ts=r[7],
-        id=r[8],
-    )
 
 
 @dataclass(slots=True)
@@ -605,7 +592,7 @@ class _Executions(_Connection):
             group.readers += 1
             group.tasks.add(task := loop.create_task(self._read_journals(group)))
             task.add_done_callback(group.tasks.discard)
-        return [_journal_record(r) for r in await future]
+        return [journal_record(r) for r in await future]
 
     async def _read_journals(self, group: _ReadGroup) -> None:
         try:

@@ -24,6 +24,7 @@ from kitaru.store import (
     _rules,
 )
 from kitaru.store._rows import artifact_row as _artifact_row
+from kitaru.store._rows import journal_record
 from kitaru.store._rows import journal_row as _journal_row
 from kitaru.store.sqlite._connection import _Connection
 
@@ -482,20 +483,7 @@ class _Executions(_Connection):
             "WHERE exec_id = ? ORDER BY id",
             (exec_id,),
         )
-        return [
-            JournalRecord(
-                kind=r[0],
-                call_id=r[1],
-                seq=r[2],
-                name=r[3],
-                attempt=r[4],
-                artifact_id=r[5],
-                data=json.loads(r[6]) if r[6] is not None else None,
-                ts=r[7],
-                id=r[8],
-            )
-            for r in rows
-        ]
+        return [journal_record(r) for r in rows]
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,))
