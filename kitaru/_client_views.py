@@ -799,6 +799,14 @@ class PendingWait:
         return asdict(self)
 
 
+def owed_waits(execution: Execution, flow: str | None = None) -> list[PendingWait]:
+    """The waits a person owes an answer on one execution (of ``flow`` when given): its open waits
+    while it waits or while its flow holds for an answer; none once it finished."""
+    if execution.status not in ("waiting", "running") or (flow is not None and execution.flow != flow):
+        return []
+    return [pending_wait_of(execution, w) for w in execution.open_waits]
+
+
 def pending_wait_of(execution: Execution, wait: Wait) -> PendingWait:
     """An open wait of an execution, as a :class:`PendingWait`."""
     return PendingWait(

@@ -213,17 +213,12 @@ class _Executions:
         of execution ``exec_id`` alone when given, also while its flow holds for a fast answer
         with ``wait(timeout=)``, as 0.18 listed them), oldest first, each with its question and
         the JSON Schema an answer must match."""
-        from kitaru._client_views import pending_wait_of
+        from kitaru._client_views import owed_waits
         from kitaru._exec_stats import pending_waits
 
         if exec_id is None:
             return pending_waits(self._state, flow=flow)
-        execution = self.get(exec_id)
-        if flow is not None and execution.flow != flow:
-            return []
-        if execution.status not in ("waiting", "running"):
-            return []  # a finished execution's waits will never be answered
-        return [pending_wait_of(execution, w) for w in execution.open_waits]
+        return owed_waits(self.get(exec_id), flow)
 
     def stats(self, *, flow: str | None = None, since: float | None = None) -> ExecutionStats:
         """Per flow, over the executions created since ``since`` (a Unix time; all when None):

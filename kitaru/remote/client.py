@@ -199,16 +199,10 @@ class _Executions:
     def pending_waits(self, exec_id: str | None = None, *, flow: str | None = None) -> builtins.list[Any]:
         """Every open wait of the server's waiting executions (of ``flow``; of ``exec_id``
         alone when given, also while its flow holds for an answer), oldest first."""
-        from kitaru._client_views import PendingWait, pending_wait_of
+        from kitaru._client_views import PendingWait, owed_waits
 
         if exec_id is not None:
-            execution = self.get(exec_id)
-            if (flow is not None and execution.flow != flow) or execution.status not in (
-                "waiting",
-                "running",
-            ):
-                return []
-            return [pending_wait_of(execution, w) for w in execution.open_waits]
+            return owed_waits(self.get(exec_id), flow)
         params = {"flow": flow} if flow is not None else {}
         data = self._client._call("GET", "/api/v1/waits", params=params)
         return [PendingWait(**w) for w in data["items"]]
