@@ -39,9 +39,16 @@ def require_server_extra() -> None:
         ) from None
 
 
-def create_app(stack: str | None = None, state: str | None = None, *, tick: float | None = None) -> FastAPI:
+def create_app(
+    stack: str | None = None,
+    state: str | None = None,
+    *,
+    tick: float | None = None,
+    own_process: bool = False,
+) -> FastAPI:
     """The app over the stack ``stack`` (default: the active one), its state store replaced by
-    ``state`` (a ``sqlite:///`` or ``postgresql://`` URI) when given."""
+    ``state`` (a ``sqlite:///`` or ``postgresql://`` URI) when given. ``own_process``: the app is
+    all its process serves (``kitaru server start``), so it may tune the process for that."""
     require_server_extra()
     from kitaru._engine.runtime import Runtime, set_runtime
     from kitaru.local_stack import LocalOrchestrator
@@ -72,7 +79,11 @@ def create_app(stack: str | None = None, state: str | None = None, *, tick: floa
         orchestrator = LocalOrchestrator(stack_name=loaded.name, runtime=runtime)
     if tick is None:
         tick = float(os.environ.get(_ENV_TICK, "1.0"))
-    return build_app(ServerState(runtime, orchestrator, state_uri=state_uri, tick=tick, drivers=drivers))
+    return build_app(
+        ServerState(
+            runtime, orchestrator, state_uri=state_uri, tick=tick, drivers=drivers, own_process=own_process
+        )
+    )
 
 
 def _log_to_stderr() -> None:
@@ -91,7 +102,9 @@ def _log_to_stderr() -> None:
 def app_from_env() -> FastAPI:
     """The app as ``kitaru server start`` configured it (uvicorn's factory in each worker)."""
     _log_to_stderr()
-    return create_app(os.environ.get(_ENV_STACK) or None, os.environ.get(_ENV_STATE) or None)
+    return create_app(
+        os.environ.get(_ENV_STACK) or None, os.environ.get(_ENV_STATE) or None, own_process=True
+    )
 
 
 def serve(
@@ -121,7 +134,7 @@ def serve(
             Multiprocess(config, sockets=[listening_socket(config)]).run()
     else:
         # Built here, so a stack that cannot be served fails before the port is bound.
-        uvicorn.run(create_app(stack, state), host=host, port=port)
+        uvicorn.run(create_app(stack, state, own_process=True), host=host, port=port)
 
 
 def listening_socket(config: Any) -> socket.socket:

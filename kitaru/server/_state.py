@@ -54,7 +54,14 @@ class ServerState:
     """The server's runtime and the work it does besides answering requests."""
 
     def __init__(
-        self, runtime: Any, orchestrator: Any, *, state_uri: str, tick: float = 1.0, drivers: int = DRIVERS
+        self,
+        runtime: Any,
+        orchestrator: Any,
+        *,
+        state_uri: str,
+        tick: float = 1.0,
+        drivers: int = DRIVERS,
+        own_process: bool = False,
     ) -> None:
         from kitaru.client import Execution  # noqa: F401  (imported now: requests must not pay for it)
 
@@ -70,6 +77,7 @@ class ServerState:
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._key_reads: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
         self.drivers = drivers
+        self.own_process = own_process
         self._driving: set[str] = set()
         self._queue: MemoryObjectSendStream[_Job] | None = None
         self._answering = 0  # requests whose response has not started yet
@@ -358,6 +366,7 @@ class ServerState:
         self._quiet = asyncio.Event()
         if not self._answering:
             self._quiet.set()
+        await self._ready_for_bursts()
         async with anyio.create_task_group() as tg:
             for _ in range(self.drivers):
                 tg.start_soon(self._driver, receive.clone())
@@ -370,6 +379,18 @@ class ServerState:
                 self._queue = None
                 send.close()
                 tg.cancel_scope.cancel()
+
+    async def _ready_for_bursts(self) -> None:
+        """Open the store's whole pool before the first request (PostgreSQL), and, in a process
+        of its own (``kitaru server start``), freeze the heap built so far."""
+        open_full_pool = getattr(self.astate, "open_full_pool", None)
+        if open_full_pool is not None:
+            try:
+                await open_full_pool()
+            except KitaruError as exc:  # the database is not up yet: the pool opens on first use
+                log.warning("state store not reachable at start (%s); serving anyway", exc)
+        if self.own_process:
+            _freeze_heap()
 
     async def _role_loop(self) -> None:
         lock = _role_lock(self.state_uri)
@@ -407,6 +428,18 @@ def _warm_up() -> None:
 
     wait_schema._json_validator_class()
     wait_schema._format_checker()
+
+
+def _freeze_heap() -> None:
+    """Take what exists once the server is up (modules, the app, its schemas: about 90,000
+    objects) out of the cyclic garbage collector's sight. Left in, the collector walks them all
+    on every full collection, which a burst of requests triggers: ~50 ms on a small machine, in
+    the middle of the burst, and the largest single cost of 200 concurrent answers. What is frozen
+    lives as long as the process anyway; objects made later are collected as before."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 class _RoleLock:

@@ -134,6 +134,7 @@ class _Connection:
         self._closed = False
         self._lock_pools = threading.Lock()
         self._pools: PerLoop[Any] = PerLoop(self._open, _close_pool)
+        self._full_loop: asyncio.AbstractEventLoop | None = None
         self._migrated = False
         self._writes = 0
         self._backend_starts: dict[int, Any] = {}
@@ -170,7 +171,23 @@ class _Connection:
             raise self._closed_error()
         return pool
 
+    async def open_full_pool(self) -> None:
+        """Open the running loop's pool now with all ``max_size`` connections, and keep them:
+        none is closed for being idle, so none is opened again under load.
+
+        For a long-lived process that answers bursts (the team server): a burst that finds the
+        pool at ``min_size`` opens the rest of it while every request waits, and each opening is
+        a PostgreSQL backend start (a fork and a login) on the same CPUs the burst needs. Other
+        loops' pools (a flow body's thread) stay lazy and small."""
+        self._full_loop = asyncio.get_running_loop()
+        await self._ready()
+
     async def _open(self) -> Any:
+        options = dict(self._pool_options)
+        if self._full_loop is asyncio.get_running_loop():
+            options["min_size"] = options["max_size"]
+            options["max_inactive_connection_lifetime"] = 0
+
         async def no_reset(conn: Any) -> None:
             # The pool's default reset (RESET ALL, UNLISTEN, advisory unlock...) costs a round trip on
             # every release; this store keeps no session state, and an open transaction is rolled
@@ -186,7 +203,7 @@ class _Connection:
 
         async def create() -> Any:
             return await self._asyncpg.create_pool(
-                self.dsn, reset=no_reset, init=remember_backend, **self._pool_options
+                self.dsn, reset=no_reset, init=remember_backend, **options
             )
 
         pool = await self._retrying(create, "connecting")
