@@ -202,9 +202,7 @@ class _Connection:
             )
 
         async def create() -> Any:
-            return await self._asyncpg.create_pool(
-                self.dsn, reset=no_reset, init=remember_backend, **options
-            )
+            return await self._asyncpg.create_pool(self.dsn, reset=no_reset, init=remember_backend, **options)
 
         pool = await self._retrying(create, "connecting")
         try:
