@@ -28,12 +28,21 @@ def server() -> None:
     "--state", "state_uri", help="State store URI (postgresql://... for a team; sqlite:///... for one user)."
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Server processes.")
+@click.option(
+    "--access-log/--no-access-log",
+    default=False,
+    show_default=True,
+    help="Log one line per HTTP request (method, path, status). Off by default: a proxy in front "
+    "usually logs requests, and the line costs a busy server a fifth of an answer's time.",
+)
 @reports_errors
-def start(host: str, port: int, stack_name: str | None, state_uri: str | None, workers: int) -> None:
+def start(
+    host: str, port: int, stack_name: str | None, state_uri: str | None, workers: int, access_log: bool
+) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) until interrupted."""
     from kitaru.server import serve
 
-    serve(host, port, stack=stack_name, state=state_uri, workers=workers)
+    serve(host, port, stack=stack_name, state=state_uri, workers=workers, access_log=access_log)
 
 
 def _key_store(stack_name: str | None, state_uri: str | None) -> Any:

@@ -114,8 +114,11 @@ def serve(
     stack: str | None = None,
     state: str | None = None,
     workers: int = 1,
+    access_log: bool = False,
 ) -> None:
-    """Run the server until interrupted (``workers`` processes share the port)."""
+    """Run the server until interrupted (``workers`` processes share the port); ``access_log``
+    logs a line per request. The server's own events (drives, recoveries, deadlines) are logged
+    either way."""
     require_server_extra()
     import uvicorn
 
@@ -129,12 +132,14 @@ def serve(
         from uvicorn.supervisors import Multiprocess
 
         app = "kitaru.server:app_from_env"
-        config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers)
+        config = uvicorn.Config(
+            app, factory=True, host=host, port=port, workers=workers, access_log=access_log
+        )
         with contextlib.suppress(KeyboardInterrupt):
             Multiprocess(config, sockets=[listening_socket(config)]).run()
     else:
         # Built here, so a stack that cannot be served fails before the port is bound.
-        uvicorn.run(create_app(stack, state, own_process=True), host=host, port=port)
+        uvicorn.run(create_app(stack, state, own_process=True), host=host, port=port, access_log=access_log)
 
 
 def listening_socket(config: Any) -> socket.socket:

@@ -197,6 +197,7 @@ def test_the_options_a_user_sets_render_valid_objects(chart: helm.Chart) -> None
             "server": {
                 "port": 9000,
                 "workers": 2,
+                "accessLog": True,
                 "stack": "prod",
                 "stackConfig": '[stacks.prod]\norchestrator = "kubernetes"\n',
                 "extraEnv": [
@@ -247,6 +248,7 @@ def test_the_options_a_user_sets_render_valid_objects(chart: helm.Chart) -> None
     assert {**config_mount, "readOnly": True} in container["volumeMounts"]
     assert 'orchestrator = "kubernetes"' in one(objects, "ConfigMap")["data"]["stacks.toml"]
     assert "--stack=prod" in container["args"] and "--workers=2" in container["args"]
+    assert "--access-log" in container["args"]
     assert container["ports"] == [{"name": "http", "containerPort": 9000}]
     assert pod["nodeSelector"] == {"pool": "agents"}
     assert deployment["spec"]["template"]["metadata"]["annotations"]["team.example/scrape"] == "true"
@@ -303,7 +305,9 @@ def test_the_service_selects_the_server_pods_and_the_probes_hit_healthz(chart: h
 def test_the_server_arguments_are_ones_kitaru_server_start_accepts(chart: helm.Chart) -> None:
     from kitaru.cli.server import start
 
-    objects = render(chart, {"database": {"url": URL}, "server": {"stack": "prod", "workers": 3}})
+    objects = render(
+        chart, {"database": {"url": URL}, "server": {"stack": "prod", "workers": 3, "accessLog": True}}
+    )
     container = server_container(objects)
     env = kubelet_env(container, {one(objects, "Secret")["metadata"]["name"]: {"database-url": URL}}, {})
     assert container["command"] == ["kitaru"] and container["args"][:2] == ["server", "start"]
@@ -314,6 +318,7 @@ def test_the_server_arguments_are_ones_kitaru_server_start_accepts(chart: helm.C
         "stack_name": "prod",
         "state_uri": URL,
         "workers": 3,
+        "access_log": True,
     }
 
 
