@@ -7,6 +7,9 @@ import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Every pair of digits, by the 10 bits they encode: an id is 13 lookups, not 26 shifts.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_SHIFTS = range(120, -1, -10)
 
 #: The longest execution id a caller may choose (``flow.run(execution_id=...)``); longer strings
 #: are refused, and looked up as no id at all.
@@ -28,8 +31,4 @@ def new_id() -> str:
         if value >> 80 <= _last >> 80:
             value = _last + 1
         _last = value
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])

@@ -28,7 +28,14 @@ class ServerProcess:
     """One ``kitaru server start`` process; its output goes to a file the tests can read."""
 
     def __init__(
-        self, cli: list[str], env: dict[str, str], state: str, log: Path, tick: float = 0.5, workers: int = 1
+        self,
+        cli: list[str],
+        env: dict[str, str],
+        state: str,
+        log: Path,
+        tick: float = 0.5,
+        workers: int = 1,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,7 +43,18 @@ class ServerProcess:
         self.log = log
         self._out = open(log, "wb")
         self.proc = subprocess.Popen(
-            [*cli, "server", "start", "--port", str(self.port), "--state", state, "--workers", str(workers)],
+            [
+                *cli,
+                "server",
+                "start",
+                "--port",
+                str(self.port),
+                "--state",
+                state,
+                "--workers",
+                str(workers),
+                *args,
+            ],
             env={**env, "KITARU_SERVER_TICK": str(tick)},
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -117,7 +135,10 @@ def sqlite_state(kitaru_home: Path) -> str:
 def server(
     kitaru_cli: list[str], server_env: dict[str, str], sqlite_state: str, tmp_path: Path
 ) -> Iterator[ServerProcess]:
-    process = ServerProcess(kitaru_cli, server_env, sqlite_state, tmp_path / "server.log")
+    # Request lines in the log: a failing test shows what was asked, and the key test checks them.
+    process = ServerProcess(
+        kitaru_cli, server_env, sqlite_state, tmp_path / "server.log", args=("--access-log",)
+    )
     try:
         yield process
     finally:
