@@ -7,9 +7,9 @@ import functools
 import json
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kitaru.errors import (
     KitaruError,
@@ -74,19 +74,74 @@ class _AnswerGroup:
     writer: asyncio.Task[None] | None = None
 
 
-#: How many grouped journal reads one loop runs at once, and how many journals one reads.
+#: How many grouped reads of one kind (journals, waits) one loop runs at once, and how many reads
+#: one query serves.
 _READERS = 4
 _READ_GROUP = 100
 _JOURNAL_READ = "kind, call_id, seq, name, attempt, artifact_id, data, ts, id, exec_id"
 
+_Key = TypeVar("_Key", bound=Hashable)
+
 
 @dataclass(slots=True)
-class _ReadGroup:
-    """A loop's journal reads waiting for a query, and how many readers are out."""
+class _ReadGroup(Generic[_Key]):
+    """A loop's reads of one kind waiting for a query, and how many readers are out."""
 
-    pending: list[tuple[str, asyncio.Future[list[Any]]]] = field(default_factory=list)
+    pending: list[tuple[_Key, asyncio.Future[list[Any]]]] = field(default_factory=list)
     readers: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class _GroupedReads(Generic[_Key]):
+    """Reads of one kind, grouped: those asked for on a loop while earlier ones are out go in one
+    query (``fetch`` gets up to ``_READ_GROUP`` distinct keys and returns the rows of each; a key
+    it leaves out has none), so a burst of reads costs a few round trips instead of one each. A
+    read always starts after its call, so it sees every write that returned before it."""
+
+    def __init__(self, fetch: Callable[[list[_Key]], Awaitable[dict[_Key, list[Any]]]], what: str) -> None:
+        self._fetch = fetch
+        self._what = what
+        # Per event loop, like the pools: a group's futures belong to the loop that awaits them.
+        self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadGroup[_Key]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def read(self, key: _Key) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _ReadGroup()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        group.pending.append((key, future))
+        if group.readers < _READERS:
+            group.readers += 1
+            group.tasks.add(task := loop.create_task(self._run(group)))
+            task.add_done_callback(group.tasks.discard)
+        return await future
+
+    async def _run(self, group: _ReadGroup[_Key]) -> None:
+        try:
+            while group.pending:
+                reads, group.pending = group.pending[:_READ_GROUP], group.pending[_READ_GROUP:]
+                try:
+                    rows = await self._fetch(list(dict.fromkeys(key for key, _ in reads)))
+                except BaseException as exc:
+                    for _, future in reads:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for key, future in reads:
+                    if not future.done():
+                        future.set_result(rows.get(key, []))
+        finally:
+            group.readers -= 1
+            if not group.readers:
+                for _, future in group.pending:  # cancelled with reads still queued: fail them
+                    if not future.done():
+                        future.set_exception(KitaruStoreError(f"the {self._what} was cancelled."))
+                group.pending = []
 
 
 class _Executions(_Connection):
@@ -98,9 +153,7 @@ class _Executions(_Connection):
         self._answer_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AnswerGroup] = (
             weakref.WeakKeyDictionary()
         )
-        self._journal_reads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadGroup] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._journal_reads = _GroupedReads(self._fetch_journals, "journal read")
 
     @staticmethod
     async def _lock(conn: Any, attempt: _Attempt, exec_id: str) -> ExecutionRecord | None:
@@ -580,51 +633,19 @@ class _Executions(_Connection):
     async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         """Reads are grouped like answers: the journals asked for on this loop while earlier
         reads are out go in one query (``exec_id = ANY(...)``), so a burst of answers, or many
-        drivers resuming at once, costs a few round trips instead of one each. A read always
-        starts after its call, so it sees every write that returned before it."""
-        loop = asyncio.get_running_loop()
-        group = self._journal_reads.get(loop)
-        if group is None:
-            group = self._journal_reads[loop] = _ReadGroup()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        group.pending.append((exec_id, future))
-        if group.readers < _READERS:
-            group.readers += 1
-            group.tasks.add(task := loop.create_task(self._read_journals(group)))
-            task.add_done_callback(group.tasks.discard)
-        return [journal_record(r) for r in await future]
+        drivers resuming at once, costs a few round trips instead of one each."""
+        return [journal_record(r) for r in await self._journal_reads.read(exec_id)]
 
-    async def _read_journals(self, group: _ReadGroup) -> None:
-        try:
-            while group.pending:
-                reads, group.pending = group.pending[:_READ_GROUP], group.pending[_READ_GROUP:]
-                ids = sorted({exec_id for exec_id, _ in reads})
-                try:
-                    rows = await self._read(
-                        f"SELECT {_JOURNAL_READ} FROM kitaru.journal WHERE exec_id = ANY($1::text[]) "
-                        "ORDER BY exec_id, id",  # the index's order: each journal in its order
-                        ids,
-                    )
-                except BaseException as exc:
-                    for _, future in reads:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                by_execution: dict[str, list[Any]] = {}
-                for r in rows:
-                    by_execution.setdefault(r[9], []).append(r)
-                for exec_id, future in reads:
-                    if not future.done():
-                        future.set_result(by_execution.get(exec_id, []))
-        finally:
-            group.readers -= 1
-            if not group.readers:
-                for _, future in group.pending:  # cancelled with reads still queued: fail them
-                    if not future.done():
-                        future.set_exception(KitaruStoreError("the journal read was cancelled."))
-                group.pending = []
+    async def _fetch_journals(self, ids: list[str]) -> dict[str, list[Any]]:
+        rows = await self._read(
+            f"SELECT {_JOURNAL_READ} FROM kitaru.journal WHERE exec_id = ANY($1::text[]) "
+            "ORDER BY exec_id, id",  # the index's order: each journal in its order
+            sorted(ids),
+        )
+        by_execution: dict[str, list[Any]] = {}
+        for r in rows:
+            by_execution.setdefault(r[9], []).append(r)
+        return by_execution
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = await self._read(
