@@ -37,6 +37,7 @@ OPERATIONS: dict[str, tuple[dict[str, str], str | None]] = {
     "answer_wait": ({"record": "record", "artifact": "artifact"}, None),
     "cancel": ({}, "exec"),
     "read_journal": ({}, "records"),
+    "read_wait": ({}, "records"),
     "get_artifact": ({}, "artifact"),
     "list_artifacts": ({}, "artifacts"),
     "create_deployment": ({"record": "deployment"}, "deployment_created"),

@@ -202,6 +202,10 @@ class HttpStateStore:
         result: list[JournalRecord] = await self._call("read_journal", exec_id=exec_id)
         return result
 
+    async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
+        result: list[JournalRecord] = await self._call("read_wait", exec_id=exec_id, name=name)
+        return result
+
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         result: ArtifactRecord | None = await self._call("get_artifact", artifact_id=artifact_id)
         return result

@@ -59,6 +59,10 @@ ONCE_ONLY_KINDS: frozenset[str] = frozenset(
     {"checkpoint_completed", "wait_opened", "wait_answered", "wait_timed_out", "save", "input"}
 )
 
+#: The record kinds of one wait (its ``call_id`` is the wait's name), all once-only: what
+#: :meth:`StateStore.read_wait` returns, with any ``cancel_requested`` record.
+WAIT_KINDS: frozenset[str] = frozenset({"wait_opened", "wait_answered", "wait_timed_out"})
+
 
 @dataclass(slots=True)
 class ExecutionRecord:
@@ -372,6 +376,16 @@ class StateStore(Protocol):
 
     async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         """All of an execution's records, in commit order."""
+        ...
+
+    async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
+        """The records that decide whether wait ``name`` of the execution takes an answer: its
+        ``wait_opened``, ``wait_answered`` and ``wait_timed_out`` records (``call_id == name``) and any
+        ``cancel_requested`` record, in commit order; empty for an unknown execution, and for an
+        unknown wait of an execution that was not cancelled.
+
+        What answering a wait reads instead of the whole journal: a store finds these records
+        through an index, so the read costs the same after ten checkpoints or ten thousand."""
         ...
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:

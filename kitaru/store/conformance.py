@@ -1335,6 +1335,112 @@ class StateStoreConformance(DeploymentConformance):
         assert await _kinds(state_store, two.id) == [("checkpoint_completed", "b")]
         assert await state_store.read_journal(f"missing-{new_id()}") == []
 
+    # -- one wait's records (read_wait) ----------------------------------------------------------
+
+    async def test_read_wait_gives_that_wait_s_records_in_commit_order(self, state_store: StateStore) -> None:
+        owner = _live_owner()
+        execution = await _leased(state_store, owner)
+        # A checkpoint and a log that share the wait's call id are not the wait's records.
+        await state_store.commit(
+            execution.id,
+            [
+                _record("checkpoint_started", "approve"),
+                _completed("approve"),
+                _record("wait_opened", "other"),
+                _record("wait_opened", "approve"),
+                JournalRecord(kind="log", call_id="approve", data={"line": "asked"}),
+            ],
+            owner=owner,
+        )
+        await state_store.commit(execution.id, [_completed("between")], owner=owner)
+        assert await state_store.suspend(execution.id, owner, ["approve", "other"]) is True
+        record, artifact = _answer(execution.id, "approve")
+        record.data = {"aborted": True, "reason": "no"}
+        await state_store.answer_wait(
+            execution.id, record, artifact, owner=_live_owner(), ttl=_TTL, take_lease=False
+        )
+        await state_store.commit(execution.id, [_record("wait_timed_out", "other"), _completed("after")])
+        journal = await state_store.read_journal(execution.id)
+
+        approve = await state_store.read_wait(execution.id, "approve")
+        other = await state_store.read_wait(execution.id, "other")
+
+        # Each record as read_journal gives it (its id, data, artifact...), and nothing else.
+        assert approve == [journal[3], journal[6]]
+        assert [(r.kind, r.call_id) for r in approve] == [
+            ("wait_opened", "approve"),
+            ("wait_answered", "approve"),
+        ]
+        assert (approve[1].artifact_id, approve[1].data) == (artifact.id, {"aborted": True, "reason": "no"})
+        assert other == [journal[2], journal[7]]
+        assert [(r.kind, r.call_id) for r in other] == [("wait_opened", "other"), ("wait_timed_out", "other")]
+
+    async def test_read_wait_includes_a_cancel(self, state_store: StateStore) -> None:
+        exec_id = await _waiting(state_store, "approve")
+        assert [r.kind for r in await state_store.read_wait(exec_id, "approve")] == ["wait_opened"]
+        await state_store.cancel(exec_id)
+        journal = await state_store.read_journal(exec_id)
+
+        got = await state_store.read_wait(exec_id, "approve")
+
+        assert [(r.kind, r.call_id) for r in got] == [("wait_opened", "approve"), ("cancel_requested", None)]
+        assert got == [journal[0], journal[-1]]
+        # The cancel decides an answer to any wait of the execution, even one never opened.
+        assert await state_store.read_wait(exec_id, "never_opened") == [journal[-1]]
+
+    async def test_read_wait_of_an_unknown_execution_or_wait_is_empty(self, state_store: StateStore) -> None:
+        exec_id = await _waiting(state_store, "approve")
+        await state_store.commit(exec_id, [_completed("research"), _record("wait_opened", "later")])
+        assert await state_store.read_wait(f"missing-{new_id()}", "approve") == []
+        assert await state_store.read_wait(exec_id, "never_opened") == []
+        assert await state_store.read_wait(exec_id, "research") == []  # a checkpoint's call id
+        assert await state_store.read_wait(exec_id, "approv") == []
+        assert [r.call_id for r in await state_store.read_wait(exec_id, "later")] == ["later"]
+
+    async def test_read_wait_is_per_execution(self, state_store: StateStore) -> None:
+        one = await _waiting(state_store, "approve")
+        two = await _waiting(state_store, "approve")
+        record, artifact = _answer(two, "approve")
+        await state_store.answer_wait(two, record, artifact, owner=_live_owner(), ttl=_TTL, take_lease=False)
+        await state_store.cancel(two)
+
+        assert await state_store.read_wait(one, "approve") == (await state_store.read_journal(one))[:1]
+        assert [r.kind for r in await state_store.read_wait(two, "approve")] == [
+            "wait_opened",
+            "wait_answered",
+            "cancel_requested",
+        ]
+
+    async def test_concurrent_wait_reads_each_get_their_own(self, state_store: StateStore) -> None:
+        """Wait reads made together (a store may serve them in one query) each get what a read of
+        its own gets: its execution's records of its wait."""
+        import anyio
+
+        executions = [await _waiting(state_store, "approve") for _ in range(4)]
+        owner = _live_owner()
+        await state_store.acquire_lease(executions[1], owner, _TTL, allowed_statuses={"waiting"})
+        await state_store.commit(executions[1], [_record("wait_opened", "second")], owner=owner)
+        record, artifact = _answer(executions[2], "approve")
+        await state_store.answer_wait(
+            executions[2], record, artifact, owner=_live_owner(), ttl=_TTL, take_lease=False
+        )
+        await state_store.cancel(executions[3])
+        asked = [(e, w) for e in [*executions, f"missing-{new_id()}"] for w in ("approve", "second", "none")]
+        asked += asked[:3]
+        alone = [await state_store.read_wait(e, w) for e, w in asked]
+        got: list[Any] = [None] * len(asked)
+
+        async def one(n: int) -> None:
+            got[n] = await state_store.read_wait(*asked[n])
+
+        async with anyio.create_task_group() as tg:
+            for n in range(len(asked)):
+                tg.start_soon(one, n)
+
+        assert got == alone
+        assert [len(records) for records in alone[:12]] == [1, 0, 0, 1, 1, 0, 2, 0, 0, 2, 1, 1]
+        assert alone[12:15] == [[], [], []]
+
     async def test_artifact_round_trip(self, state_store: StateStore) -> None:
         execution = _execution()
         await state_store.create_execution(execution, [])

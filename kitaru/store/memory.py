@@ -15,6 +15,7 @@ from kitaru.errors import (
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
+    WAIT_KINDS,
     ApiKeyRecord,
     ArtifactRecord,
     CacheEntry,
@@ -346,6 +347,15 @@ class MemoryStateStore:
     async def read_journal(self, exec_id: str) -> list[JournalRecord]:
         with self._lock:
             return [copy.copy(r) for r in self._journal.get(exec_id, [])]
+
+    async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
+        # A scan: this store holds test-sized journals, and a scan cannot drift from the contract.
+        with self._lock:
+            return [
+                copy.copy(r)
+                for r in self._journal.get(exec_id, [])
+                if r.kind == "cancel_requested" or (r.kind in WAIT_KINDS and r.call_id == name)
+            ]
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         with self._lock:

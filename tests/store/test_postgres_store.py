@@ -258,6 +258,102 @@ class TestGroupCommit:
 
         asyncio.run(main())
 
+    def test_concurrent_wait_reads_share_queries_and_each_gets_its_own(self, postgres_dsn: str) -> None:
+        """Wait reads asked for together go in a few queries, besides journal reads made at the same
+        time; each caller gets its execution's records of its wait (and a cancel), as alone."""
+        import asyncio
+
+        async def main() -> None:
+            store = PostgresStateStore(postgres_dsn)
+            try:
+                ids = [f"W{n:02d}" for n in range(30)]
+                for n, exec_id in enumerate(ids):
+                    await store.create_execution(_execution(exec_id), [])
+                    names = [f"w{i}" for i in range(n % 3 + 1)]
+                    await store.commit(
+                        exec_id,
+                        [JournalRecord(kind="checkpoint_completed", call_id=name) for name in names]
+                        + [JournalRecord(kind="wait_opened", call_id=name) for name in names],
+                    )
+                    if n % 5 == 0:
+                        await store.commit(exec_id, [JournalRecord(kind="wait_timed_out", call_id="w0")])
+                    if n % 7 == 0:
+                        await store.cancel(exec_id)
+                asked = [(exec_id, f"w{i}") for exec_id in ids for i in range(3)] + [("unknown", "w0")]
+                expected = [await store.read_wait(*a) for a in asked]
+                journals = {exec_id: await store.read_journal(exec_id) for exec_id in ids}
+                queries = 0
+                read = store._read
+
+                async def counting(sql: str, *params: Any) -> list[Any]:
+                    nonlocal queries
+                    queries += 1
+                    return await read(sql, *params)
+
+                store._read = counting  # type: ignore[method-assign]
+                got = await asyncio.gather(
+                    *(store.read_wait(*a) for a in asked), *(store.read_journal(i) for i in ids)
+                )
+                assert got[: len(asked)] == expected
+                assert got[len(asked) :] == [journals[i] for i in ids]
+                assert 2 <= queries < len(asked)
+                # W00: w0 opened, timed out, then the execution cancelled; W05: w0 timed out only.
+                assert [r.kind for r in expected[0]] == ["wait_opened", "wait_timed_out", "cancel_requested"]
+                assert [r.kind for r in expected[1]] == ["cancel_requested"]
+                assert [(r.kind, r.call_id) for r in expected[5 * 3 + 2]] == [("wait_opened", "w2")]
+                assert [r.kind for r in expected[5 * 3]] == ["wait_opened", "wait_timed_out"]
+                assert expected[-1] == []
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+
+
+class TestOneWaitRead:
+    def test_reading_a_wait_uses_its_indexes_not_the_journal(self, postgres_dsn: str) -> None:
+        """read_wait's query finds a wait's records and a cancel through their own indexes: its plan
+        for an execution of 3,000 checkpoints touches no other index and scans no table."""
+        import asyncio
+        import json
+
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+        from kitaru.store.postgres._executions import _READ_WAITS
+
+        async def main() -> list[str]:
+            store = PostgresStateStore(postgres_dsn)
+            try:
+                await store.create_execution(_execution("BIG"), [])
+                await store.commit(
+                    "BIG",
+                    [JournalRecord(kind="checkpoint_completed", call_id=f"c{i}") for i in range(3_000)]
+                    + [JournalRecord(kind="wait_opened", call_id="approve")],
+                )
+                await store.cancel("BIG")
+                assert [r.kind for r in await store.read_wait("BIG", "approve")] == [
+                    "wait_opened",
+                    "cancel_requested",
+                ]
+            finally:
+                await store.aclose()
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                await conn.execute("ANALYZE kitaru.journal")
+                await conn.execute("SET enable_seqscan = off")  # the table is small for a server
+                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {_READ_WAITS}", ["BIG"], ["approve"])
+            finally:
+                await conn.close()
+            nodes, found = [json.loads(plan)[0]["Plan"]], []
+            while nodes:
+                node = nodes.pop()
+                found.append(node.get("Index Name") or node["Node Type"])
+                nodes += node.get("Plans", [])
+            return found
+
+        found = asyncio.run(main())
+        assert {"journal_once", "journal_cancel"} <= set(found), found
+        assert "journal_exec" not in found and "Seq Scan" not in found, found
+
 
 class TestOpening:
     @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])

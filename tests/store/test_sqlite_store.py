@@ -121,6 +121,42 @@ class TestSchema:
             SQLiteStateStore(tmp_path / "state.db")
 
 
+class TestOneWaitRead:
+    def test_reading_a_wait_costs_the_same_after_thousands_of_checkpoints(self, tmp_path: Path) -> None:
+        """read_wait seeks the journal's index: SQLite runs as many VM steps for it in an execution
+        of 5,000 checkpoints as in one of 5 (a scan of the execution's rows would run thousands
+        more)."""
+        store = sync_view(SQLiteStateStore(tmp_path / "state.db"))
+        try:
+            for exec_id, calls in (("SMALL", 5), ("LARGE", 5_000)):
+                store.create_execution(_execution(exec_id), [])
+                store.commit(
+                    exec_id,
+                    [JournalRecord(kind="checkpoint_completed", call_id=f"c{i}") for i in range(calls)]
+                    + [JournalRecord(kind="wait_opened", call_id="approve")]
+                    + [JournalRecord(kind="checkpoint_completed", call_id=f"d{i}") for i in range(calls)],
+                )
+                store.cancel(exec_id)
+            steps = 0
+
+            def count() -> int:
+                nonlocal steps
+                steps += 1
+                return 0
+
+            costs = {}
+            for exec_id in ("SMALL", "LARGE"):
+                steps = 0
+                store.store._conn.set_progress_handler(count, 1)
+                got = store.read_wait(exec_id, "approve")
+                store.store._conn.set_progress_handler(None, 1)
+                assert [r.kind for r in got] == ["wait_opened", "cancel_requested"]
+                costs[exec_id] = steps
+        finally:
+            store.close()
+        assert 0 < costs["LARGE"] <= costs["SMALL"] + 10, costs
+
+
 class TestGroupCommit:
     def test_a_burst_of_answers_commits_in_fewer_transactions_than_answers(self, tmp_path: Path) -> None:
         """Answers asked for in one turn of the loop are written in one transaction: 30 answers

@@ -80,6 +80,16 @@ _READERS = 4
 _READ_GROUP = 100
 _JOURNAL_READ = "kind, call_id, seq, name, attempt, artifact_id, data, ts, id, exec_id"
 
+# The records of the asked waits: the wait's once-only records through `journal_once`, a cancel
+# through `journal_cancel` (a BitmapOr of the two), never the rest of a journal. A group asks for
+# every name in every execution; the few records of another pair are dropped in Python.
+_READ_WAITS = (
+    f"SELECT {_JOURNAL_READ} FROM kitaru.journal WHERE exec_id = ANY($1::text[]) "
+    "AND (once = ANY($2::text[]) OR kind = 'cancel_requested') "
+    "AND kind IN ('wait_opened', 'wait_answered', 'wait_timed_out', 'cancel_requested') "
+    "ORDER BY exec_id, id"
+)
+
 _Key = TypeVar("_Key", bound=Hashable)
 
 
@@ -154,6 +164,7 @@ class _Executions(_Connection):
             weakref.WeakKeyDictionary()
         )
         self._journal_reads = _GroupedReads(self._fetch_journals, "journal read")
+        self._wait_reads = _GroupedReads(self._fetch_waits, "wait read")
 
     @staticmethod
     async def _lock(conn: Any, attempt: _Attempt, exec_id: str) -> ExecutionRecord | None:
@@ -646,6 +657,25 @@ class _Executions(_Connection):
         for r in rows:
             by_execution.setdefault(r[9], []).append(r)
         return by_execution
+
+    async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
+        """Grouped like journal reads: the waits asked for on this loop while earlier reads are out
+        go in one query, so a burst of answers to the server costs a few round trips."""
+        return [journal_record(r) for r in await self._wait_reads.read((exec_id, name))]
+
+    async def _fetch_waits(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[Any]]:
+        rows = await self._read(
+            _READ_WAITS, sorted({exec_id for exec_id, _ in keys}), sorted({name for _, name in keys})
+        )
+        by_execution: dict[str, list[Any]] = {}
+        for r in rows:
+            by_execution.setdefault(r[9], []).append(r)
+        return {
+            (exec_id, name): [
+                r for r in by_execution.get(exec_id, ()) if r[1] == name or r[0] == "cancel_requested"
+            ]
+            for exec_id, name in keys
+        }
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = await self._read(

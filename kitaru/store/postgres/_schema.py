@@ -156,6 +156,13 @@ _MIGRATIONS: list[str] = [
         updated_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # Answering a wait reads only that wait's records and the execution's cancel (read_wait); the
+    # cancel had no index but the execution's whole journal. This one holds a row per cancelled
+    # execution, and other journal inserts only test its predicate. Built in the migration's
+    # transaction: writes to the journal wait while it is built, once.
+    """
+    CREATE INDEX journal_cancel ON kitaru.journal (exec_id) WHERE kind = 'cancel_requested';
+    """,
 ]
 
 

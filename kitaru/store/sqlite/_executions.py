@@ -42,6 +42,16 @@ _INSERT_JOURNAL = (
     "INSERT INTO journal (exec_id, kind, call_id, once, seq, name, attempt, artifact_id, data, ts) "
     "VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
+_JOURNAL_READ = "kind, call_id, seq, name, attempt, artifact_id, data, ts, id"
+# One wait's records: two seeks of the journal's one index, (exec_id, kind, once) for the wait's
+# once-only records and (exec_id, kind) for a cancel, whatever the journal's length. A single
+# WHERE with an OR would make SQLite walk every index entry of the execution instead.
+_READ_WAIT = (
+    f"SELECT {_JOURNAL_READ} FROM journal WHERE exec_id = ?1 "
+    "AND kind IN ('wait_opened', 'wait_answered', 'wait_timed_out') AND once = ?2 "
+    f"UNION ALL SELECT {_JOURNAL_READ} FROM journal WHERE exec_id = ?1 AND kind = 'cancel_requested' "
+    "ORDER BY id"
+)
 
 
 def _input_record(artifact: ArtifactRecord) -> JournalRecord:
@@ -478,12 +488,11 @@ class _Executions(_Connection):
     # -- journal and artifacts ----------------------------------------------------------------
 
     async def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        rows = self._read(
-            "SELECT kind, call_id, seq, name, attempt, artifact_id, data, ts, id FROM journal "
-            "WHERE exec_id = ? ORDER BY id",
-            (exec_id,),
-        )
+        rows = self._read(f"SELECT {_JOURNAL_READ} FROM journal WHERE exec_id = ? ORDER BY id", (exec_id,))
         return [journal_record(r) for r in rows]
+
+    async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
+        return [journal_record(r) for r in self._read(_READ_WAIT, (exec_id, name))]
 
     async def get_artifact(self, artifact_id: str) -> ArtifactRecord | None:
         rows = self._read(f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,))
