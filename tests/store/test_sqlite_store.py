@@ -156,6 +156,48 @@ class TestOneWaitRead:
             store.close()
         assert 0 < costs["LARGE"] <= costs["SMALL"] + 10, costs
 
+    def test_answering_a_wait_costs_the_same_after_thousands_of_checkpoints(self, tmp_path: Path) -> None:
+        """answer_wait's checks seek the journal's index too: as many VM steps in an execution of
+        5,000 checkpoints as in one of 5."""
+        from kitaru.store import ArtifactRecord
+
+        store = sync_view(SQLiteStateStore(tmp_path / "state.db"))
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        costs = {}
+        try:
+            for exec_id, calls in (("SMALL", 5), ("LARGE", 5_000)):
+                store.create_execution(_execution(exec_id), [])
+                store.commit(
+                    exec_id,
+                    [JournalRecord(kind="checkpoint_completed", call_id=f"c{i}") for i in range(calls)]
+                    + [JournalRecord(kind="wait_opened", call_id="approve")]
+                    + [JournalRecord(kind="checkpoint_completed", call_id=f"d{i}") for i in range(calls)],
+                )
+                artifact = ArtifactRecord(
+                    id=f"A{exec_id}", exec_id=exec_id, name="approve", version=1, type="answer",
+                    serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
+                    call_id="approve", created_at=1.0, inline=b"true",
+                )  # fmt: skip
+                record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
+                steps = 0
+                store.store._conn.set_progress_handler(count, 1)
+                store.answer_wait(exec_id, record, artifact, owner="o", ttl=60.0, take_lease=False)
+                store.store._conn.set_progress_handler(None, 1)
+                costs[exec_id] = steps
+                assert [r.kind for r in store.read_wait(exec_id, "approve")] == [
+                    "wait_opened",
+                    "wait_answered",
+                ]
+        finally:
+            store.close()
+        assert 0 < costs["LARGE"] <= costs["SMALL"] + 10, costs
+
 
 class TestGroupCommit:
     def test_a_burst_of_answers_commits_in_fewer_transactions_than_answers(self, tmp_path: Path) -> None:

@@ -441,10 +441,12 @@ class _Executions(_Connection):
             raise KitaruNotFoundError(f"no execution {exec_id!r}")
         status, holder, expires = row
         _rules.check_answerable(exec_id, status)
+        # By (exec_id, kind, once), the index: `call_id = ?` read every record of the execution.
         kinds = {
             r[0]
             for r in cur.execute(
-                "SELECT kind FROM journal WHERE exec_id = ? AND call_id = ?",
+                "SELECT kind FROM journal WHERE exec_id = ? "
+                "AND kind IN ('wait_opened', 'wait_answered', 'wait_timed_out') AND once = ?",
                 (exec_id, record.call_id),
             ).fetchall()
         }
