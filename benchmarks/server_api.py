@@ -1,22 +1,27 @@
 """Team server benchmark (a report, not a test): answer-wait API latency under 200 concurrent
-clients, and one list page over 10,000 executions.
+clients, answer -> running again, and one list page over 10,000 executions.
 
     uv run python benchmarks/server_api.py [--state postgresql://... | --postgres] [--workers N]
+        [--rounds K] [--clients N]
 
 Starts `kitaru server start` on a fresh SQLite home (the given PostgreSQL database, or with
-``--postgres`` a throwaway cluster from tests/_services/postgres.py), parks 200 executions on a
-wait, answers them all at once from 200 concurrent clients, then seeds 10,000 executions and times
-`GET /api/v1/executions?limit=50`.
+``--postgres`` a throwaway cluster from tests/_services/postgres.py), parks K x 200 executions on
+a wait, and K times answers 200 of them at once from 200 concurrent clients (waiting for those
+flows to finish between rounds); then times single answers until the flow's next checkpoint runs
+(answer -> running again, through the server's background drive), then seeds 10,000 executions
+and times `GET /api/v1/executions?limit=50`.
 
 The clients are 200 keep-alive connections opened before the clock starts, each sending one
-request at the same moment, written and read with asyncio streams (a few microseconds of client
-work per request): what is timed is the server. ``--client httpx`` times the same burst through
-one httpx.AsyncClient instead (connections opened inside the timed window, ~2 ms of client CPU per
-request on a shared 2-core machine: that measures httpx more than the server).
+request at the same moment; each latency is stopped in the callback that completes its response
+(a few microseconds of client work per request): what is timed is the server. ``--client httpx``
+times the same burst through one httpx.AsyncClient instead (connections opened inside the timed
+window, ~2 ms of client CPU per request on a shared 2-core machine: that measures httpx more than
+the server).
 
 Besides the percentiles it prints what bounds them: the same burst against ``GET /healthz`` (the
 HTTP server and framework alone) and the server's CPU time per answer, from /proc, during the
-burst (the request path) and after it (driving the 200 flows on).
+burst (the request path, with accepting and closing the connections) and after it (driving the
+flows on).
 """
 
 from __future__ import annotations
@@ -62,40 +67,63 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+class _Exchange(asyncio.Protocol):
+    """One keep-alive connection sending one request: the clock stops in the callback that
+    completes the response, so the client's own queue of work adds nothing to a latency."""
+
+    def __init__(self, done: asyncio.Future[tuple[float, int, bytes]]) -> None:
+        self.done = done
+        self.data = b""
+        self.sent = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.sent = time.perf_counter()
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        head, sep, rest = self.data.partition(b"\r\n\r\n")
+        if not sep or self.done.done():
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(rest) >= length:
+            elapsed = (time.perf_counter() - self.sent) * 1000
+            self.done.set_result((elapsed, int(head.split(b" ", 2)[1]), rest[:length]))
+            assert self.transport is not None
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("closed before the response"))
+
+
 async def raw_burst(url: str, requests: list[Request]) -> list[tuple[float, int, bytes]]:
     """Send every request at once, each on its own keep-alive connection opened beforehand;
     per request: milliseconds from its write to its full response, status, body."""
     u = urlparse(url)
     assert u.hostname and u.port
-    conns = [await asyncio.open_connection(u.hostname, u.port) for _ in requests]
-    go = asyncio.Event()
-
-    async def one(
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: Request
-    ) -> tuple[float, int, bytes]:
-        reader, writer = conn
-        method, path, headers, body = request
+    loop = asyncio.get_running_loop()
+    exchanges: list[tuple[_Exchange, bytes]] = []
+    for method, path, headers, body in requests:
+        done: asyncio.Future[tuple[float, int, bytes]] = loop.create_future()
+        _, exchange = await loop.create_connection(lambda d=done: _Exchange(d), u.hostname, u.port)
         head = f"{method} {path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Length: {len(body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        data = head.encode() + body
-        await go.wait()
-        t = time.perf_counter()
-        writer.write(data)
-        status = int((await reader.readline()).split()[1])
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        payload = await reader.readexactly(length)
-        elapsed = (time.perf_counter() - t) * 1000
-        writer.close()
-        return elapsed, status, payload
-
-    tasks = [asyncio.create_task(one(c, r)) for c, r in zip(conns, requests, strict=True)]
-    await asyncio.sleep(0.2)  # every task is parked on `go`
-    go.set()
-    return list(await asyncio.gather(*tasks))
+        exchanges.append((exchange, head.encode() + body))
+    await asyncio.sleep(0.2)  # the server has accepted every connection
+    for exchange, data in exchanges:
+        exchange.send(data)
+    return list(await asyncio.gather(*(e.done for e, _ in exchanges)))
 
 
 async def httpx_burst(url: str, requests: list[Request]) -> list[tuple[float, int, bytes]]:
@@ -120,11 +148,24 @@ def report(what: str, results: list[tuple[float, int, bytes]], expect: int) -> l
     return latencies
 
 
+#: Executions parked for the single-answer measure (answer -> running again).
+_SINGLE = 10
+
+
+def _published(count: Path) -> int:
+    """How many flows ran their checkpoint after the wait (each writes "publish" to the file)."""
+    try:
+        return count.read_text().count("publish")
+    except FileNotFoundError:
+        return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--state")
     parser.add_argument("--postgres", action="store_true", help="on a throwaway PostgreSQL cluster")
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="bursts of answers, each to new waits")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
     args = parser.parse_args()
@@ -148,7 +189,7 @@ def main() -> None:
     cli = [str(Path(sys.executable).with_name("kitaru"))]
     code = (
         f"import sys; sys.path.insert(0, {str(FLOWS.parent)!r})\nimport server_flows as f\n"
-        f"for _ in range({args.clients}): print(f.approve.run('bench').exec_id)\n"
+        f"for _ in range({args.clients * args.rounds + _SINGLE}): print(f.approve.run('bench').exec_id)\n"
     )
     ids = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -160,25 +201,53 @@ def main() -> None:
     print(f"{state.partition(':')[0]}, {args.workers} worker(s), {args.client} client")
     try:
         report(
-            f"GET /healthz, {len(ids)} concurrent clients (the floor)",
-            asyncio.run(burst(server.url, [("GET", "/healthz", {}, b"")] * len(ids))),
+            f"GET /healthz, {args.clients} concurrent clients (the floor)",
+            asyncio.run(burst(server.url, [("GET", "/healthz", {}, b"")] * args.clients)),
             200,
         )
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         body = json.dumps({"value": True}).encode()
-        answers = [("POST", f"/api/v1/executions/{i}/waits/approve", headers, body) for i in ids]
-        before = cpu_seconds(server.proc.pid)
-        results = asyncio.run(burst(server.url, answers))
-        during = cpu_seconds(server.proc.pid)
-        report(f"answer-wait, {len(ids)} concurrent clients", results, 202)
-        deadline = time.monotonic() + 120
-        while (root / "count").read_text().count("publish") < len(ids):  # every flow finished
-            assert time.monotonic() < deadline, "the answered executions did not finish in 120 s"
-            time.sleep(0.05)
-        after = cpu_seconds(server.proc.pid)
+        count = root / "count"
+        p99s = []
+        for round_ in range(args.rounds):
+            batch = ids[round_ * args.clients : (round_ + 1) * args.clients]
+            answers = [("POST", f"/api/v1/executions/{i}/waits/approve", headers, body) for i in batch]
+            before = cpu_seconds(server.proc.pid)
+            results = asyncio.run(burst(server.url, answers))
+            during = cpu_seconds(server.proc.pid)
+            latencies = report(
+                f"answer-wait, {len(batch)} concurrent clients, round {round_ + 1}", results, 202
+            )
+            p99s.append(pct(latencies, 0.99))
+            finished = (round_ + 1) * args.clients
+            deadline = time.monotonic() + 120
+            while _published(count) < finished:  # every answered flow finished
+                assert time.monotonic() < deadline, "the answered executions did not finish in 120 s"
+                time.sleep(0.05)
+            after = cpu_seconds(server.proc.pid)
+            print(
+                f"  server CPU per answer: {(during - before) * 1000 / len(batch):.2f} ms in the burst "
+                f"(incl. accepting and closing the connections), "
+                f"{(after - during) * 1000 / len(batch):.2f} ms after (driving the flows on)"
+            )
         print(
-            f"server CPU per answer: {(during - before) * 1000 / len(ids):.2f} ms in the request burst "
-            f"(incl. drives that ran meanwhile), {(after - during) * 1000 / len(ids):.2f} ms after"
+            f"answer-wait p99 over {args.rounds} rounds: median {statistics.median(p99s):.1f} ms, "
+            f"worst {max(p99s):.1f} ms"
+        )
+        # Answer -> running again: one answer, then the flow's next checkpoint (it writes its name
+        # to the count file) runs in the server's background drive.
+        again = []
+        with httpx.Client(base_url=server.url, headers=headers) as c:
+            for i, exec_id in enumerate(ids[args.clients * args.rounds :]):
+                t = time.perf_counter()
+                assert c.post(f"/api/v1/executions/{exec_id}/waits/approve", content=body).status_code == 202
+                while _published(count) < finished + i + 1:
+                    time.sleep(0.0005)
+                again.append((time.perf_counter() - t) * 1000)
+                time.sleep(0.1)
+        print(
+            f"answer -> running again (one answer): p50 {statistics.median(again):.1f} ms, "
+            f"max {max(again):.1f} ms"
         )
         # Seed 10,000 more executions straight into the store, then time one list page.
         from kitaru._ids import new_id

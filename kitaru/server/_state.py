@@ -193,7 +193,8 @@ class ServerState:
         (``{"aborted": True, "reason": ...}``) the wait is aborted instead: no value to check,
         the same once-only record, and the flow's ``wait()`` raises ``KitaruWaitAborted``.
 
-        The request only reads the journal records of this wait (no fold of the execution), checks
+        The request only reads the journal records of this wait (``read_wait``: by index, however
+        long the execution's journal; the whole journal only to name the open waits in a refusal), checks
         the value with a validator cached per schema, and records the answer in one store
         transaction, which re-checks the execution and the wait; the driving is queued."""
         from kitaru._engine.runner import Runner
@@ -202,22 +203,18 @@ class ServerState:
 
         opened: dict[str, Any] | None = None
         closed: str | None = None
-        open_names: dict[str, None] = {}
-        for r in await self.astate.read_journal(exec_id):
+        for r in await self.astate.read_wait(exec_id, name):
             if r.kind == "cancel_requested":
                 raise _rules.final_error(exec_id, "cancelled", "take an answer")
-            if r.kind == "wait_opened" and r.call_id:
-                open_names[r.call_id] = None
-                if r.call_id == name:
-                    opened = r.data or {}
-            elif r.kind in ("wait_answered", "wait_timed_out") and r.call_id:
-                open_names.pop(r.call_id, None)
-                if r.call_id == name:
-                    closed = "answered" if r.kind == "wait_answered" else "timed out"
+            if r.kind == "wait_opened":
+                opened = r.data or {}
+            elif r.kind in ("wait_answered", "wait_timed_out"):
+                closed = "answered" if r.kind == "wait_answered" else "timed out"
         if opened is None:
             await self.record(exec_id)  # no such execution: 404 naming the execution
             raise KitaruNotFoundError(
-                f"execution {exec_id} has no wait {name!r}; open waits: {', '.join(open_names) or 'none'}."
+                f"execution {exec_id} has no wait {name!r}; open waits: "
+                f"{', '.join(await self._open_waits(exec_id)) or 'none'}."
             )
         if closed is not None:
             raise KitaruStateError(
@@ -243,6 +240,16 @@ class ServerState:
                 self.spawn(exec_id, self._drive_answered, exec_id)
         else:
             self.spawn(exec_id, self.orchestrator.submit, exec_id)
+
+    async def _open_waits(self, exec_id: str) -> list[str]:
+        """The names of the execution's open waits (for a refusal: reads the whole journal)."""
+        open_names: dict[str, None] = {}
+        for r in await self.astate.read_journal(exec_id):
+            if r.kind == "wait_opened" and r.call_id:
+                open_names[r.call_id] = None
+            elif r.kind in ("wait_answered", "wait_timed_out") and r.call_id:
+                open_names.pop(r.call_id, None)
+        return list(open_names)
 
     async def take_over(self, exec_id: str, allowed: Collection[str]) -> dict[str, Any]:
         from kitaru.store import _rules
