@@ -224,6 +224,63 @@ class TestGroupCommit:
 
         asyncio.run(main())
 
+    def test_two_answers_to_one_wait_in_groups_written_at_once_record_one(self, postgres_dsn: str) -> None:
+        """Several groups are written at once (each on its own connection): 120 answers, two to
+        each of 60 waits, span groups that commit concurrently; each wait takes exactly one answer
+        and the other is refused as answered, whichever group it landed in."""
+        import asyncio
+
+        from kitaru.errors import KitaruStateError
+        from kitaru.store import ArtifactRecord
+        from kitaru.store.postgres import _executions
+
+        assert _executions._WRITERS > 1 and 60 > _executions._WRITE_GROUP  # the groups overlap
+
+        async def main() -> None:
+            store = PostgresStateStore(postgres_dsn)
+            try:
+                ids = [f"W{n:02d}" for n in range(60)]
+                runner = "elsewhere.invalid:1:runner"
+                for exec_id in ids:
+                    await store.create_execution(_execution(exec_id), [])
+                    await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
+                    await store.commit(
+                        exec_id, [JournalRecord(kind="wait_opened", call_id="approve")], owner=runner
+                    )
+                    assert await store.suspend(exec_id, runner, ["approve"])
+
+                async def answer(exec_id: str, n: int) -> object:
+                    artifact = ArtifactRecord(
+                        id=f"A{exec_id}-{n}", exec_id=exec_id, name="approve", version=1, type="answer",
+                        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
+                        call_id="approve", created_at=1.0, inline=b"true",
+                    )  # fmt: skip
+                    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
+                    try:
+                        return await store.answer_wait(
+                            exec_id,
+                            record,
+                            artifact,
+                            owner="elsewhere.invalid:1:a",
+                            ttl=60.0,
+                            take_lease=True,
+                        )
+                    except KitaruStateError as exc:
+                        return exc
+
+                # First answers to all 60, then second answers: the two to a wait are 60 apart.
+                outcomes = await asyncio.gather(*(answer(i, n) for n in (1, 2) for i in ids))
+                for k, exec_id in enumerate(ids):
+                    pair = [outcomes[k], outcomes[k + len(ids)]]
+                    assert sum(o is True for o in pair) == 1, (exec_id, pair)
+                    assert sum(isinstance(o, KitaruStateError) for o in pair) == 1, (exec_id, pair)
+                answered = "SELECT count(*) FROM kitaru.journal WHERE kind = 'wait_answered'"
+                assert await _afetch(postgres_dsn, answered) == len(ids)
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+
     def test_concurrent_journal_reads_share_queries_and_each_gets_its_own(self, postgres_dsn: str) -> None:
         """Journal reads asked for together go in a few queries; each caller gets its execution's
         records in order (none for an unknown one), as a read of its own would."""

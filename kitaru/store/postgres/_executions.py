@@ -68,10 +68,17 @@ class _Answer:
 
 @dataclass(slots=True)
 class _AnswerGroup:
-    """A loop's answers waiting to be written, and the task writing them (None when idle)."""
+    """A loop's answers waiting to be written, and the tasks writing them."""
 
     pending: list[_Answer] = field(default_factory=list)
-    writer: asyncio.Task[None] | None = None
+    writers: int = 0  # running; a writer leaves (and counts itself out) only when none is pending
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+#: How many answer groups one loop writes at once (each on its own connection), and the most
+#: answers one group takes.
+_WRITERS = 3
+_WRITE_GROUP = 50
 
 
 #: How many grouped reads of one kind (journals, waits) one loop runs at once, and how many reads
@@ -452,26 +459,35 @@ class _Executions(_Connection):
         ttl: float,
         take_lease: bool,
     ) -> bool:
-        """Answers are group-committed: the answers that arrive on this loop while a group is
-        being written wait for it and go together in the next one, in one transaction of five
-        round trips whatever its size (lock every row, read their waits' records, write, commit),
-        instead of seven each. Each caller returns only once its own answer committed, and with
-        its own outcome (an answer refused by the rules does not hold back the others)."""
+        """Answers are group-committed: the answers that arrive on this loop while the groups
+        before are being written go together in the next one (up to ``_WRITE_GROUP``), in one
+        transaction of five round trips whatever its size (lock every row, read their waits'
+        records, write, commit), instead of seven each. Each caller returns only once its own
+        answer committed, and with its own outcome (an answer refused by the rules does not hold
+        back the others)."""
         loop = asyncio.get_running_loop()
         group = self._answer_groups.get(loop)
         if group is None:
             group = self._answer_groups[loop] = _AnswerGroup()
         answer = _Answer(exec_id, record, artifact, owner, ttl, take_lease, loop.create_future())
         group.pending.append(answer)
-        if group.writer is None:
-            group.writer = loop.create_task(self._write_answers(group))
+        if group.writers < _WRITERS:
+            group.writers += 1
+            group.tasks.add(writer := loop.create_task(self._write_answers(group)))
+            writer.add_done_callback(group.tasks.discard)
         return await answer.future
 
     async def _write_answers(self, group: _AnswerGroup) -> None:
-        """Write the pending answers a group at a time until none is left."""
+        """Write the pending answers a group at a time until none is left.
+
+        Up to ``_WRITERS`` of these run at once, each taking at most ``_WRITE_GROUP`` answers: the
+        first answers of a burst are written while the server still reads and checks the later
+        ones, so the database works beside the event loop instead of after it. Concurrent groups
+        lock their executions' rows in id order (no deadlock), and a group reads its waits'
+        records after its locks: two groups answering one wait cannot both take it."""
         try:
             while group.pending:
-                answers, group.pending = group.pending, []
+                answers, group.pending = group.pending[:_WRITE_GROUP], group.pending[_WRITE_GROUP:]
                 try:
                     if len(answers) == 1:
                         a = answers[0]
@@ -499,10 +515,11 @@ class _Executions(_Connection):
                 for a, (took, error) in zip(answers, outcomes, strict=True):
                     a.settle(took, error)
         finally:
-            group.writer = None
-            for a in group.pending:  # cancelled while answers were still queued: fail them, not hang
-                a.settle(None, KitaruStoreError("the answer was not written: its writer was cancelled."))
-            group.pending = []
+            group.writers -= 1
+            if not group.writers:  # cancelled with answers still queued: fail them, not hang
+                for a in group.pending:
+                    a.settle(None, KitaruStoreError("the answer was not written: its writer was cancelled."))
+                group.pending = []
 
     async def _answer_group(
         self, conn: Any, attempt: _Attempt, *, answers: Sequence[_Answer]
