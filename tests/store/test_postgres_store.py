@@ -181,38 +181,46 @@ class TestCommitTokens:
             store.close()
 
 
+async def _park_on_a_wait(store: PostgresStateStore, ids: list[str]) -> None:
+    """Executions waiting on wait ``approve``, their runner gone."""
+    runner = "elsewhere.invalid:1:runner"
+    for exec_id in ids:
+        await store.create_execution(_execution(exec_id), [])
+        await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
+        await store.commit(exec_id, [JournalRecord(kind="wait_opened", call_id="approve")], owner=runner)
+        assert await store.suspend(exec_id, runner, ["approve"])
+
+
+async def _answer_approve(store: PostgresStateStore, exec_id: str, artifact_id: str) -> bool:
+    from kitaru.store import ArtifactRecord
+
+    artifact = ArtifactRecord(
+        id=artifact_id, exec_id=exec_id, name="approve", version=1, type="answer",
+        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
+        call_id="approve", created_at=1.0, inline=b"true",
+    )  # fmt: skip
+    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
+    return await store.answer_wait(
+        exec_id, record, artifact, owner="elsewhere.invalid:1:a", ttl=60.0, take_lease=True
+    )
+
+
 class TestGroupCommit:
     def test_a_burst_of_answers_commits_in_fewer_transactions_than_answers(self, postgres_dsn: str) -> None:
         """Concurrent answers on one loop are group-committed: 30 answers leave fewer commit tokens
         (one per transaction) than answers, and every answer is recorded once."""
         import asyncio
 
-        from kitaru.store import ArtifactRecord
-
         async def main() -> None:
             store = PostgresStateStore(postgres_dsn)
             try:
                 ids = [f"G{n:02d}" for n in range(30)]
-                runner = "elsewhere.invalid:1:runner"
-                for exec_id in ids:
-                    await store.create_execution(_execution(exec_id), [])
-                    await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
-                    opened = JournalRecord(kind="wait_opened", call_id="approve")
-                    await store.commit(exec_id, [opened], owner=runner)
-                    assert await store.suspend(exec_id, runner, ["approve"])
+                await _park_on_a_wait(store, ids)
                 count = "SELECT count(*) FROM kitaru.commits"
                 before = await _afetch(postgres_dsn, count)
 
                 async def answer(exec_id: str) -> bool:
-                    artifact = ArtifactRecord(
-                        id=f"A{exec_id}", exec_id=exec_id, name="approve", version=1, type="answer",
-                        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
-                        call_id="approve", created_at=1.0, inline=b"true",
-                    )  # fmt: skip
-                    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
-                    return await store.answer_wait(
-                        exec_id, record, artifact, owner="elsewhere.invalid:1:a", ttl=60.0, take_lease=True
-                    )
+                    return await _answer_approve(store, exec_id, f"A{exec_id}")
 
                 assert await asyncio.gather(*(answer(i) for i in ids)) == [True] * len(ids)
                 transactions = await _afetch(postgres_dsn, count) - before
@@ -231,7 +239,6 @@ class TestGroupCommit:
         import asyncio
 
         from kitaru.errors import KitaruStateError
-        from kitaru.store import ArtifactRecord
         from kitaru.store.postgres import _executions
 
         assert _executions._WRITERS > 1 and 60 > _executions._WRITE_GROUP  # the groups overlap
@@ -240,31 +247,11 @@ class TestGroupCommit:
             store = PostgresStateStore(postgres_dsn)
             try:
                 ids = [f"W{n:02d}" for n in range(60)]
-                runner = "elsewhere.invalid:1:runner"
-                for exec_id in ids:
-                    await store.create_execution(_execution(exec_id), [])
-                    await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
-                    await store.commit(
-                        exec_id, [JournalRecord(kind="wait_opened", call_id="approve")], owner=runner
-                    )
-                    assert await store.suspend(exec_id, runner, ["approve"])
+                await _park_on_a_wait(store, ids)
 
                 async def answer(exec_id: str, n: int) -> object:
-                    artifact = ArtifactRecord(
-                        id=f"A{exec_id}-{n}", exec_id=exec_id, name="approve", version=1, type="answer",
-                        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
-                        call_id="approve", created_at=1.0, inline=b"true",
-                    )  # fmt: skip
-                    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
                     try:
-                        return await store.answer_wait(
-                            exec_id,
-                            record,
-                            artifact,
-                            owner="elsewhere.invalid:1:a",
-                            ttl=60.0,
-                            take_lease=True,
-                        )
+                        return await _answer_approve(store, exec_id, f"A{exec_id}-{n}")
                     except KitaruStateError as exc:
                         return exc
 
