@@ -13,7 +13,8 @@ and times `GET /api/v1/executions?limit=50`.
 
 The clients are 200 keep-alive connections opened before the clock starts, each sending one
 request at the same moment; each latency is stopped in the callback that completes its response
-(a few microseconds of client work per request): what is timed is the server. ``--client httpx``
+(a few microseconds of client work per request), and the connections are closed once every
+response is in: what is timed is the server answering. ``--client httpx``
 times the same burst through one httpx.AsyncClient instead (connections opened inside the timed
 window, ~2 ms of client CPU per request on a shared 2-core machine: that measures httpx more than
 the server).
@@ -99,8 +100,6 @@ class _Exchange(asyncio.Protocol):
         if len(rest) >= length:
             elapsed = (time.perf_counter() - self.sent) * 1000
             self.done.set_result((elapsed, int(head.split(b" ", 2)[1]), rest[:length]))
-            assert self.transport is not None
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -123,7 +122,15 @@ async def raw_burst(url: str, requests: list[Request]) -> list[tuple[float, int,
     await asyncio.sleep(0.2)  # the server has accepted every connection
     for exchange, data in exchanges:
         exchange.send(data)
-    return list(await asyncio.gather(*(e.done for e, _ in exchanges)))
+    try:
+        return list(await asyncio.gather(*(e.done for e, _ in exchanges)))
+    finally:
+        # Closed once every response is in, as keep-alive clients would: a connection closed
+        # in the middle of the burst puts its teardown on the server's loop ahead of requests
+        # still waiting for their answer.
+        for exchange, _ in exchanges:
+            if exchange.transport is not None:
+                exchange.transport.close()
 
 
 async def httpx_burst(url: str, requests: list[Request]) -> list[tuple[float, int, bytes]]:
