@@ -139,6 +139,18 @@ class _Front:
         await _send_json(send, 202, {"id": exec_id, "wait": name, "accepted": True})
 
 
+class _ServerApp(FastAPI):
+    """FastAPI with ``_Front`` outside even its error and telemetry middleware: the answers the
+    front handles skip four more layers (an unexpected error there is still a 500, from uvicorn)."""
+
+    def __init__(self, server: ServerState, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kitaru_server = server
+
+    def build_middleware_stack(self) -> Any:
+        return _Front(super().build_middleware_stack(), self.kitaru_server)
+
+
 _NO_VALUE: Any = object()
 
 
@@ -201,7 +213,8 @@ def build_app(server: ServerState) -> FastAPI:
         async with server.running():
             yield
 
-    app = FastAPI(
+    app = _ServerApp(
+        server,
         title="kitaru team server",
         version="1",
         description="Executions, waits, artifacts, logs, deployments and the state-store operations "
@@ -209,8 +222,6 @@ def build_app(server: ServerState) -> FastAPI:
         "Every endpoint but /healthz takes `Authorization: Bearer <key>` or a login session.",
         lifespan=lifespan,
     )
-
-    app.add_middleware(_Front, server=server)
 
     @app.exception_handler(KitaruError)
     async def kitaru_error(request: Request, exc: KitaruError) -> JSONResponse:
