@@ -122,9 +122,8 @@ def venv_python(system: System) -> Path:
 
 def ensure_venv(system: System, reinstall: bool = False) -> Path:
     """Make (or reuse) the peer's virtualenv; return its interpreter. Raises on failure."""
-    uv = shutil.which("uv")
-    if uv is None:
-        raise RuntimeError("`uv` is not on PATH (needed to build the peers' virtualenvs)")
+    # The checkout's own wrapper when uv is not on PATH: it installs a private uv (./uvw).
+    uv = shutil.which("uv") or str(Path(__file__).resolve().parent.parent / "uvw")
     python = venv_python(system)
     stamp = system.venv / ".requirements.sha256"
     want = _requirements_hash(system)
