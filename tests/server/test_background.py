@@ -94,3 +94,5 @@ def test_two_replicas_on_one_postgres(
     for exec_id in timers:
         fired = sum(log.count(f"recovering execution {exec_id} (wait deadline passed)") for log in logs)
         assert fired == 1, logs
+    # Without --access-log the servers log their own events (above) and no line per request.
+    assert not any("POST /api/v1/executions" in log for log in logs), logs
