@@ -245,9 +245,15 @@ def main() -> None:
             p99s.append(pct(latencies, 0.99))
             finished = _SINGLE + (round_ + 1) * args.clients
             deadline = time.monotonic() + 120
-            while _published(count) < finished:  # every answered flow finished
+            while _published(count) < finished:  # every answered flow ran its last checkpoint
                 assert time.monotonic() < deadline, "the answered executions did not finish in 120 s"
                 time.sleep(0.05)
+            # ... and completed, so the next round's burst meets no drive still finishing.
+            with httpx.Client(base_url=server.url, headers=headers) as c:
+                while c.get("/api/v1/executions", params={"status": "running", "limit": 1}).json()["items"]:
+                    assert time.monotonic() < deadline, "the answered executions did not complete in 120 s"
+                    time.sleep(0.05)
+            time.sleep(0.2)
             after = cpu_seconds(server.proc.pid)
             print(
                 f"  server CPU per answer: {(during - before) * 1000 / len(batch):.2f} ms in the burst "
