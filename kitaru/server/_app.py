@@ -70,8 +70,8 @@ class _Front:
 
     That request is ``POST /api/v1/executions/{id}/waits/{name}`` with a bearer key allowed to
     answer and a ``{"value": ...}`` body: a burst of people (or a workflow engine) answering at
-    once. Through FastAPI's routing, exception and exit-stack layers it cost twice what the
-    answer itself costs; here it is read, checked and answered directly. Anything else about it
+    once. Through FastAPI's routing, exception and exit-stack layers it cost about as much again
+    as the answer itself; here it is read, checked and answered directly. Anything else about it
     (no key, a wrong one, a session cookie, a body that is not ``{"value": ...}``) goes on to the
     FastAPI route, with the body already read handed on, so every refusal is the one the route
     gives and is documented once, in the OpenAPI schema."""
