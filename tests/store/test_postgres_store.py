@@ -181,6 +181,36 @@ class TestCommitTokens:
             store.close()
 
 
+class TestFullPool:
+    def test_a_server_pool_opens_every_connection_at_once_and_keeps_them(self, postgres_dsn: str) -> None:
+        """``open_full_pool`` (the team server, at start) opens all ``max_size`` connections
+        before any request, so a burst opens none; a store used only lazily opens one."""
+        import asyncio
+
+        count = (
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+        async def main() -> None:
+            lazy = PostgresStateStore(postgres_dsn, max_size=4)
+            try:
+                await lazy.get_execution("nope")
+                assert await _afetch(postgres_dsn, count) == 1
+            finally:
+                await lazy.aclose()
+            store = PostgresStateStore(postgres_dsn, max_size=4)
+            try:
+                await store.open_full_pool()
+                assert await _afetch(postgres_dsn, count) == 4
+                await asyncio.gather(*(store.get_execution(f"nope{n}") for n in range(20)))
+                assert await _afetch(postgres_dsn, count) == 4  # the burst opened nothing
+            finally:
+                await store.aclose()
+
+        asyncio.run(main())
+
+
 async def _park_on_a_wait(store: PostgresStateStore, ids: list[str]) -> None:
     """Executions waiting on wait ``approve``, their runner gone."""
     runner = "elsewhere.invalid:1:runner"
