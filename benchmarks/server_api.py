@@ -19,10 +19,11 @@ times the same burst through one httpx.AsyncClient instead (connections opened i
 window, ~2 ms of client CPU per request on a shared 2-core machine: that measures httpx more than
 the server).
 
-Besides the percentiles it prints what bounds them: the same burst against ``GET /healthz`` (the
-HTTP server and framework alone) and the server's CPU time per answer, from /proc, during the
-burst (the request path, with accepting and closing the connections) and after it (driving the
-flows on).
+Besides the percentiles it prints what bounds them: the same burst against the smallest ASGI app
+under uvicorn (``_bare_asgi.py``: the machine and the HTTP server alone, a floor to compare runs on
+different machines by) and against ``GET /healthz`` (the HTTP server and the framework alone), and
+the server's CPU time per answer, from /proc, during the burst (the request path, with accepting
+and closing the connections) and after it (driving the flows on).
 """
 
 from __future__ import annotations
@@ -159,6 +160,35 @@ def report(what: str, results: list[tuple[float, int, bytes]], expect: int) -> l
 _SINGLE = 10
 
 
+def _bare_floor(clients: int) -> float:
+    """p99 of the same burst against the smallest ASGI app under uvicorn: what the machine and
+    uvicorn alone allow (the median of three bursts)."""
+    from tests.server.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "benchmarks"), "_bare_asgi:app",
+         "--port", str(port), "--log-level", "warning"],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the bare ASGI app did not start"
+                time.sleep(0.1)
+        p99s = []
+        for _ in range(3):
+            results = asyncio.run(raw_burst(f"http://127.0.0.1:{port}", [("GET", "/", {}, b"")] * clients))
+            p99s.append(pct([r[0] for r in results], 0.99))
+        return statistics.median(p99s)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def _published(count: Path) -> int:
     """How many flows ran their checkpoint after the wait (each writes "publish" to the file)."""
     try:
@@ -203,10 +233,12 @@ def main() -> None:
     ).stdout.splitlines()
     ids = [line for line in ids if not line.startswith("researching")]
     key = create_key(cli, env, state, "bench", "admin")
+    bare_floor = _bare_floor(args.clients)
     server = ServerProcess(cli, env, state, root / "server.log", tick=3600, workers=args.workers)
     burst = raw_burst if args.client == "raw" else httpx_burst
     print(f"{state.partition(':')[0]}, {args.workers} worker(s), {args.client} client")
     try:
+        print(f"bare ASGI app under uvicorn, {args.clients} concurrent clients: p99 {bare_floor:.1f} ms")
         report(
             f"GET /healthz, {args.clients} concurrent clients (the floor)",
             asyncio.run(burst(server.url, [("GET", "/healthz", {}, b"")] * args.clients)),
