@@ -20,6 +20,9 @@ from kitaru.store.conformance import (
     KeyStoreConformance,
     SecretStoreConformance,
     StateStoreConformance,
+    _answer,
+    _live_owner,
+    _waiting,
 )
 from kitaru.store.open import open_state_store
 from kitaru.store.postgres import PostgresStateStore
@@ -211,28 +214,24 @@ class TestFullPool:
         asyncio.run(main())
 
 
-async def _park_on_a_wait(store: PostgresStateStore, ids: list[str]) -> None:
-    """Executions waiting on wait ``approve``, their runner gone."""
-    runner = "elsewhere.invalid:1:runner"
-    for exec_id in ids:
-        await store.create_execution(_execution(exec_id), [])
-        await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
-        await store.commit(exec_id, [JournalRecord(kind="wait_opened", call_id="approve")], owner=runner)
-        assert await store.suspend(exec_id, runner, ["approve"])
-
-
-async def _answer_approve(store: PostgresStateStore, exec_id: str, artifact_id: str) -> bool:
-    from kitaru.store import ArtifactRecord
-
-    artifact = ArtifactRecord(
-        id=artifact_id, exec_id=exec_id, name="approve", version=1, type="answer",
-        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
-        call_id="approve", created_at=1.0, inline=b"true",
-    )  # fmt: skip
-    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
+async def _answer_approve(store: PostgresStateStore, exec_id: str) -> bool:
+    record, artifact = _answer(exec_id)
     return await store.answer_wait(
-        exec_id, record, artifact, owner="elsewhere.invalid:1:a", ttl=60.0, take_lease=True
+        exec_id, record, artifact, owner=_live_owner("answerer"), ttl=60.0, take_lease=True
     )
+
+
+def _count_reads(store: PostgresStateStore) -> list[int]:
+    """From now on, ``[n]``: how many queries the store's reads have sent."""
+    sent = [0]
+    read = store._read
+
+    async def counting(sql: str, *params: Any) -> list[Any]:
+        sent[0] += 1
+        return await read(sql, *params)
+
+    store._read = counting  # type: ignore[method-assign]
+    return sent
 
 
 class TestGroupCommit:
@@ -244,15 +243,10 @@ class TestGroupCommit:
         async def main() -> None:
             store = PostgresStateStore(postgres_dsn)
             try:
-                ids = [f"G{n:02d}" for n in range(30)]
-                await _park_on_a_wait(store, ids)
+                ids = [await _waiting(store) for _ in range(30)]
                 count = "SELECT count(*) FROM kitaru.commits"
                 before = await _afetch(postgres_dsn, count)
-
-                async def answer(exec_id: str) -> bool:
-                    return await _answer_approve(store, exec_id, f"A{exec_id}")
-
-                assert await asyncio.gather(*(answer(i) for i in ids)) == [True] * len(ids)
+                assert await asyncio.gather(*(_answer_approve(store, i) for i in ids)) == [True] * len(ids)
                 transactions = await _afetch(postgres_dsn, count) - before
                 assert 1 <= transactions < len(ids)
                 answered = "SELECT count(*) FROM kitaru.journal WHERE kind = 'wait_answered'"
@@ -276,17 +270,16 @@ class TestGroupCommit:
         async def main() -> None:
             store = PostgresStateStore(postgres_dsn)
             try:
-                ids = [f"W{n:02d}" for n in range(60)]
-                await _park_on_a_wait(store, ids)
+                ids = [await _waiting(store) for _ in range(60)]
 
-                async def answer(exec_id: str, n: int) -> object:
+                async def answer(exec_id: str) -> object:
                     try:
-                        return await _answer_approve(store, exec_id, f"A{exec_id}-{n}")
+                        return await _answer_approve(store, exec_id)
                     except KitaruStateError as exc:
                         return exc
 
                 # First answers to all 60, then second answers: the two to a wait are 60 apart.
-                outcomes = await asyncio.gather(*(answer(i, n) for n in (1, 2) for i in ids))
+                outcomes = await asyncio.gather(*(answer(i) for _ in (1, 2) for i in ids))
                 for k, exec_id in enumerate(ids):
                     pair = [outcomes[k], outcomes[k + len(ids)]]
                     assert sum(o is True for o in pair) == 1, (exec_id, pair)
@@ -313,20 +306,12 @@ class TestGroupCommit:
                         exec_id, [JournalRecord(kind="log", call_id=f"{exec_id}-{i}") for i in range(n % 4)]
                     )
                 expected = {exec_id: await store.read_journal(exec_id) for exec_id in ids}
-                queries = 0
-                read = store._read
-
-                async def counting(sql: str, *params: Any) -> list[Any]:
-                    nonlocal queries
-                    queries += 1
-                    return await read(sql, *params)
-
-                store._read = counting  # type: ignore[method-assign]
+                queries = _count_reads(store)
                 asked = [*ids, ids[3], "unknown"]
                 got = await asyncio.gather(*(store.read_journal(exec_id) for exec_id in asked))
                 assert got == [*(expected[i] for i in ids), expected[ids[3]], []]
                 assert [r.call_id for r in got[7]] == ["R07-0", "R07-1", "R07-2"]
-                assert 1 <= queries < len(asked)
+                assert 1 <= queries[0] < len(asked)
             finally:
                 await store.aclose()
 
@@ -356,21 +341,13 @@ class TestGroupCommit:
                 asked = [(exec_id, f"w{i}") for exec_id in ids for i in range(3)] + [("unknown", "w0")]
                 expected = [await store.read_wait(*a) for a in asked]
                 journals = {exec_id: await store.read_journal(exec_id) for exec_id in ids}
-                queries = 0
-                read = store._read
-
-                async def counting(sql: str, *params: Any) -> list[Any]:
-                    nonlocal queries
-                    queries += 1
-                    return await read(sql, *params)
-
-                store._read = counting  # type: ignore[method-assign]
+                queries = _count_reads(store)
                 got = await asyncio.gather(
                     *(store.read_wait(*a) for a in asked), *(store.read_journal(i) for i in ids)
                 )
                 assert got[: len(asked)] == expected
                 assert got[len(asked) :] == [journals[i] for i in ids]
-                assert 2 <= queries < len(asked)
+                assert 2 <= queries[0] < len(asked)
                 # W00: w0 opened, timed out, then the execution cancelled; W05: w0 timed out only.
                 assert [r.kind for r in expected[0]] == ["wait_opened", "wait_timed_out", "cancel_requested"]
                 assert [r.kind for r in expected[1]] == ["cancel_requested"]

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,6 +18,8 @@ from kitaru.store.conformance import (
     KeyStoreConformance,
     SecretStoreConformance,
     StateStoreConformance,
+    _answer,
+    _waiting,
 )
 from kitaru.store.sqlite import SQLiteStateStore
 
@@ -121,37 +124,51 @@ class TestSchema:
             SQLiteStateStore(tmp_path / "state.db")
 
 
+T = TypeVar("T")
+
+
+def _long_journal(store: Any, exec_id: str, calls: int) -> None:
+    """An execution with wait ``approve`` opened between ``calls`` checkpoints and ``calls`` more."""
+    store.create_execution(_execution(exec_id), [])
+    store.commit(
+        exec_id,
+        [JournalRecord(kind="checkpoint_completed", call_id=f"c{i}") for i in range(calls)]
+        + [JournalRecord(kind="wait_opened", call_id="approve")]
+        + [JournalRecord(kind="checkpoint_completed", call_id=f"d{i}") for i in range(calls)],
+    )
+
+
+def _vm_steps(store: Any, call: Callable[[], T]) -> tuple[int, T]:
+    """How many SQLite VM steps ``call()`` ran on the store's connection, and its result."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store.store._conn.set_progress_handler(count, 1)
+    try:
+        result = call()
+    finally:
+        store.store._conn.set_progress_handler(None, 1)
+    return steps, result
+
+
 class TestOneWaitRead:
     def test_reading_a_wait_costs_the_same_after_thousands_of_checkpoints(self, tmp_path: Path) -> None:
         """read_wait seeks the journal's index: SQLite runs as many VM steps for it in an execution
         of 5,000 checkpoints as in one of 5 (a scan of the execution's rows would run thousands
         more)."""
         store = sync_view(SQLiteStateStore(tmp_path / "state.db"))
+        costs = {}
         try:
             for exec_id, calls in (("SMALL", 5), ("LARGE", 5_000)):
-                store.create_execution(_execution(exec_id), [])
-                store.commit(
-                    exec_id,
-                    [JournalRecord(kind="checkpoint_completed", call_id=f"c{i}") for i in range(calls)]
-                    + [JournalRecord(kind="wait_opened", call_id="approve")]
-                    + [JournalRecord(kind="checkpoint_completed", call_id=f"d{i}") for i in range(calls)],
-                )
+                _long_journal(store, exec_id, calls)
                 store.cancel(exec_id)
-            steps = 0
-
-            def count() -> int:
-                nonlocal steps
-                steps += 1
-                return 0
-
-            costs = {}
             for exec_id in ("SMALL", "LARGE"):
-                steps = 0
-                store.store._conn.set_progress_handler(count, 1)
-                got = store.read_wait(exec_id, "approve")
-                store.store._conn.set_progress_handler(None, 1)
+                costs[exec_id], got = _vm_steps(store, lambda e=exec_id: store.read_wait(e, "approve"))
                 assert [r.kind for r in got] == ["wait_opened", "cancel_requested"]
-                costs[exec_id] = steps
         finally:
             store.close()
         assert 0 < costs["LARGE"] <= costs["SMALL"] + 10, costs
@@ -159,37 +176,18 @@ class TestOneWaitRead:
     def test_answering_a_wait_costs_the_same_after_thousands_of_checkpoints(self, tmp_path: Path) -> None:
         """answer_wait's checks seek the journal's index too: as many VM steps in an execution of
         5,000 checkpoints as in one of 5."""
-        from kitaru.store import ArtifactRecord
-
         store = sync_view(SQLiteStateStore(tmp_path / "state.db"))
-        steps = 0
-
-        def count() -> int:
-            nonlocal steps
-            steps += 1
-            return 0
-
         costs = {}
         try:
             for exec_id, calls in (("SMALL", 5), ("LARGE", 5_000)):
-                store.create_execution(_execution(exec_id), [])
-                store.commit(
-                    exec_id,
-                    [JournalRecord(kind="checkpoint_completed", call_id=f"c{i}") for i in range(calls)]
-                    + [JournalRecord(kind="wait_opened", call_id="approve")]
-                    + [JournalRecord(kind="checkpoint_completed", call_id=f"d{i}") for i in range(calls)],
+                _long_journal(store, exec_id, calls)
+                record, artifact = _answer(exec_id)
+                costs[exec_id], _ = _vm_steps(
+                    store,
+                    lambda e=exec_id, r=record, a=artifact: store.answer_wait(
+                        e, r, a, owner="o", ttl=60.0, take_lease=False
+                    ),
                 )
-                artifact = ArtifactRecord(
-                    id=f"A{exec_id}", exec_id=exec_id, name="approve", version=1, type="answer",
-                    serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
-                    call_id="approve", created_at=1.0, inline=b"true",
-                )  # fmt: skip
-                record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
-                steps = 0
-                store.store._conn.set_progress_handler(count, 1)
-                store.answer_wait(exec_id, record, artifact, owner="o", ttl=60.0, take_lease=False)
-                store.store._conn.set_progress_handler(None, 1)
-                costs[exec_id] = steps
                 assert [r.kind for r in store.read_wait(exec_id, "approve")] == [
                     "wait_opened",
                     "wait_answered",
@@ -205,31 +203,17 @@ class TestGroupCommit:
         commit fewer than 30 times, and each is recorded once, durable for another connection."""
         import asyncio
 
-        from kitaru.store import ArtifactRecord
-
         path = tmp_path / "state.db"
 
         async def main() -> None:
             store = SQLiteStateStore(path)
             try:
-                runner = "elsewhere.invalid:1:runner"
-                ids = [f"G{n:02d}" for n in range(30)]
-                for exec_id in ids:
-                    await store.create_execution(_execution(exec_id), [])
-                    await store.acquire_lease(exec_id, runner, 60.0, allowed_statuses={"running"})
-                    opened = JournalRecord(kind="wait_opened", call_id="approve")
-                    await store.commit(exec_id, [opened], owner=runner)
-                    assert await store.suspend(exec_id, runner, ["approve"])
+                ids = [await _waiting(store) for _ in range(30)]
                 commits: list[str] = []
                 store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
 
                 async def answer(exec_id: str) -> bool:
-                    artifact = ArtifactRecord(
-                        id=f"A{exec_id}", exec_id=exec_id, name="approve", version=1, type="answer",
-                        serializer="json", data_type="builtins:bool", content_hash="sha256:x", size=4,
-                        call_id="approve", created_at=1.0, inline=b"true",
-                    )  # fmt: skip
-                    record = JournalRecord(kind="wait_answered", call_id="approve", artifact_id=artifact.id)
+                    record, artifact = _answer(exec_id)
                     return await store.answer_wait(
                         exec_id, record, artifact, owner="elsewhere.invalid:1:a", ttl=60.0, take_lease=True
                     )
