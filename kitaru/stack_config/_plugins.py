@@ -43,10 +43,10 @@ def installed(namespace: str) -> list[str]:
 
 def _install_hint(type_name: str) -> str:
     if type_name in EXTRAS:
-        return f"install it with `{install_hint(type_name)}`"
+        return f"Install it with `{install_hint(type_name)}`"
     extras = ", ".join(f"[{e}]" for e in EXTRAS)
     return (
-        f"stack types ship as extras of kitaru ({extras}) or as plugins registering a "
+        f"Stack types ship as extras of kitaru ({extras}) or as plugins registering a "
         f"`{STACK_NAMESPACE}` entry point"
     )
 
@@ -64,7 +64,8 @@ def stack_type(type_name: str, *, where: str | None = None) -> type[Any]:
         prefix = f"{where}: " if where else ""
         raise KitaruConfigError(
             f"{prefix}unknown stack type {type_name!r}; installed stack types: {names}. "
-            f"{_install_hint(type_name).capitalize()}."
+            # not str.capitalize(): it would lowercase the checkout's path inside the hint
+            f"{_install_hint(type_name)}."
         ) from None
     cls: type[Any] = manager.driver
     return cls

@@ -327,6 +327,20 @@ class TestMistakes:
         with pytest.raises(KitaruConfigError, match=re.escape(f"pip install '{root}[azure]'")):
             stack_type("azure")
 
+    def test_the_hint_keeps_the_path_as_spelled(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import stevedore.driver
+        from stevedore.exception import NoMatches
+
+        import kitaru._install
+
+        def no_plugin(*args: object, **kwargs: object) -> None:
+            raise NoMatches("none")
+
+        monkeypatch.setattr(stevedore.driver, "DriverManager", no_plugin)
+        monkeypatch.setattr(kitaru._install, "_checkout", lambda: Path("/Users/Ada/Kitaru"))
+        with pytest.raises(KitaruConfigError, match=re.escape("`pip install '/Users/Ada/Kitaru[azure]'`.")):
+            stack_type("azure")
+
     def test_unknown_stack_name_lists_the_known(
         self, project_dir: Path, user_file: Writer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
