@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from kitaru.errors import (
     KitaruError,
     KitaruLeaseError,
     KitaruNotFoundError,
-    KitaruStoreError,
 )
 from kitaru.store import (
     ArtifactRecord,
@@ -26,6 +23,7 @@ from kitaru.store import (
 from kitaru.store._rows import artifact_row as _artifact_row
 from kitaru.store._rows import journal_record
 from kitaru.store._rows import journal_row as _journal_row
+from kitaru.store.postgres._batches import Batches, Call, settle
 from kitaru.store.postgres._connection import _Attempt, _Connection
 from kitaru.store.postgres._statements import (
     _ARTIFACT_ARRAYS,
@@ -45,7 +43,7 @@ from kitaru.store.postgres._statements import (
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class _Answer:
     """One caller's answer waiting for its group's commit."""
 
@@ -55,24 +53,6 @@ class _Answer:
     owner: str
     ttl: float
     take_lease: bool
-    future: asyncio.Future[bool]
-
-    def settle(self, took: bool | None, error: BaseException | None) -> None:
-        if self.future.done():  # its caller went away (cancelled): nobody to tell
-            return
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(bool(took))
-
-
-@dataclass(slots=True)
-class _AnswerGroup:
-    """A loop's answers waiting to be written, and the tasks writing them."""
-
-    pending: list[_Answer] = field(default_factory=list)
-    writers: int = 0  # running; a writer leaves (and counts itself out) only when none is pending
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 #: How many answer groups one loop writes at once (each on its own connection), and the most
@@ -100,65 +80,18 @@ _READ_WAITS = (
 _Key = TypeVar("_Key", bound=Hashable)
 
 
-@dataclass(slots=True)
-class _ReadGroup(Generic[_Key]):
-    """A loop's reads of one kind waiting for a query, and how many readers are out."""
+def _grouped_reads(
+    fetch: Callable[[list[_Key]], Awaitable[dict[_Key, list[Any]]]], what: str
+) -> Batches[_Key, list[Any]]:
+    """Reads of one kind, grouped: ``fetch`` gets up to ``_READ_GROUP`` distinct keys in one query
+    and returns the rows of each; a key it leaves out has none."""
 
-    pending: list[tuple[_Key, asyncio.Future[list[Any]]]] = field(default_factory=list)
-    readers: int = 0
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    async def read(batch: list[Call[_Key, list[Any]]]) -> None:
+        rows = await fetch(list(dict.fromkeys(key for key, _ in batch)))
+        for key, future in batch:
+            settle(future, rows.get(key, []))
 
-
-class _GroupedReads(Generic[_Key]):
-    """Reads of one kind, grouped: those asked for on a loop while earlier ones are out go in one
-    query (``fetch`` gets up to ``_READ_GROUP`` distinct keys and returns the rows of each; a key
-    it leaves out has none), so a burst of reads costs a few round trips instead of one each. A
-    read always starts after its call, so it sees every write that returned before it."""
-
-    def __init__(self, fetch: Callable[[list[_Key]], Awaitable[dict[_Key, list[Any]]]], what: str) -> None:
-        self._fetch = fetch
-        self._what = what
-        # Per event loop, like the pools: a group's futures belong to the loop that awaits them.
-        self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadGroup[_Key]] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    async def read(self, key: _Key) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        group = self._groups.get(loop)
-        if group is None:
-            group = self._groups[loop] = _ReadGroup()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        group.pending.append((key, future))
-        if group.readers < _READERS:
-            group.readers += 1
-            group.tasks.add(task := loop.create_task(self._run(group)))
-            task.add_done_callback(group.tasks.discard)
-        return await future
-
-    async def _run(self, group: _ReadGroup[_Key]) -> None:
-        try:
-            while group.pending:
-                reads, group.pending = group.pending[:_READ_GROUP], group.pending[_READ_GROUP:]
-                try:
-                    rows = await self._fetch(list(dict.fromkeys(key for key, _ in reads)))
-                except BaseException as exc:
-                    for _, future in reads:
-                        if not future.done():
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for key, future in reads:
-                    if not future.done():
-                        future.set_result(rows.get(key, []))
-        finally:
-            group.readers -= 1
-            if not group.readers:
-                for _, future in group.pending:  # cancelled with reads still queued: fail them
-                    if not future.done():
-                        future.set_exception(KitaruStoreError(f"the {self._what} was cancelled."))
-                group.pending = []
+    return Batches(read, workers=_READERS, size=_READ_GROUP, what=what)
 
 
 class _Executions(_Connection):
@@ -166,12 +99,11 @@ class _Executions(_Connection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Per event loop, like the pools: a group's futures belong to the loop that awaits them.
-        self._answer_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AnswerGroup] = (
-            weakref.WeakKeyDictionary()
+        self._answers: Batches[_Answer, bool] = Batches(
+            self._write_answers, workers=_WRITERS, size=_WRITE_GROUP, what="answer's write"
         )
-        self._journal_reads = _GroupedReads(self._fetch_journals, "journal read")
-        self._wait_reads = _GroupedReads(self._fetch_waits, "wait read")
+        self._journal_reads = _grouped_reads(self._fetch_journals, "journal read")
+        self._wait_reads = _grouped_reads(self._fetch_waits, "wait read")
 
     @staticmethod
     async def _lock(conn: Any, attempt: _Attempt, exec_id: str) -> ExecutionRecord | None:
@@ -465,61 +397,36 @@ class _Executions(_Connection):
         records, write, commit), instead of seven each. Each caller returns only once its own
         answer committed, and with its own outcome (an answer refused by the rules does not hold
         back the others)."""
-        loop = asyncio.get_running_loop()
-        group = self._answer_groups.get(loop)
-        if group is None:
-            group = self._answer_groups[loop] = _AnswerGroup()
-        answer = _Answer(exec_id, record, artifact, owner, ttl, take_lease, loop.create_future())
-        group.pending.append(answer)
-        if group.writers < _WRITERS:
-            group.writers += 1
-            group.tasks.add(writer := loop.create_task(self._write_answers(group)))
-            writer.add_done_callback(group.tasks.discard)
-        return await answer.future
+        return await self._answers(_Answer(exec_id, record, artifact, owner, ttl, take_lease))
 
-    async def _write_answers(self, group: _AnswerGroup) -> None:
-        """Write the pending answers a group at a time until none is left.
+    async def _write_answers(self, batch: list[Call[_Answer, bool]]) -> None:
+        """Write one group of answers.
 
-        Up to ``_WRITERS`` of these run at once, each taking at most ``_WRITE_GROUP`` answers: the
+        Up to ``_WRITERS`` groups are written at once, each of at most ``_WRITE_GROUP`` answers: the
         first answers of a burst are written while the server still reads and checks the later
         ones, so the database works beside the event loop instead of after it. Concurrent groups
         lock their executions' rows in id order (no deadlock), and a group reads its waits'
         records after its locks: two groups answering one wait cannot both take it."""
+        if len(batch) == 1:
+            ((a, future),) = batch
+            settle(future, await self._answer_one(a))
+            return
+        answers = [a for a, _ in batch]
         try:
-            while group.pending:
-                answers, group.pending = group.pending[:_WRITE_GROUP], group.pending[_WRITE_GROUP:]
+            outcomes = await self._write(
+                functools.partial(self._answer_group, answers=answers), f"answering {len(answers)} waits"
+            )
+        except Exception:
+            # A group that fails as a whole (not for one answer's rules: those were checked inside)
+            # is written again answer by answer, so each caller gets its own outcome.
+            for a, future in batch:
                 try:
-                    if len(answers) == 1:
-                        a = answers[0]
-                        a.settle(await self._answer_one(a), None)
-                        continue
-                    outcomes = await self._write(
-                        functools.partial(self._answer_group, answers=answers),
-                        f"answering {len(answers)} waits",
-                    )
-                except BaseException as exc:
-                    if len(answers) == 1 or not isinstance(exc, Exception):
-                        for a in answers:
-                            a.settle(None, exc)
-                        if not isinstance(exc, Exception):
-                            raise
-                        continue
-                    # A group that fails as a whole (not for one answer's rules: those were checked
-                    # inside) is written again answer by answer, so each caller gets its own outcome.
-                    for a in answers:
-                        try:
-                            a.settle(await self._answer_one(a), None)
-                        except Exception as one:
-                            a.settle(None, one)
-                    continue
-                for a, (took, error) in zip(answers, outcomes, strict=True):
-                    a.settle(took, error)
-        finally:
-            group.writers -= 1
-            if not group.writers:  # cancelled with answers still queued: fail them, not hang
-                for a in group.pending:
-                    a.settle(None, KitaruStoreError("the answer was not written: its writer was cancelled."))
-                group.pending = []
+                    settle(future, await self._answer_one(a))
+                except Exception as one:
+                    settle(future, error=one)
+            return
+        for (_, future), (took, error) in zip(batch, outcomes, strict=True):
+            settle(future, took, error)
 
     async def _answer_group(
         self, conn: Any, attempt: _Attempt, *, answers: Sequence[_Answer]
@@ -662,7 +569,7 @@ class _Executions(_Connection):
         """Reads are grouped like answers: the journals asked for on this loop while earlier
         reads are out go in one query (``exec_id = ANY(...)``), so a burst of answers, or many
         drivers resuming at once, costs a few round trips instead of one each."""
-        return [journal_record(r) for r in await self._journal_reads.read(exec_id)]
+        return [journal_record(r) for r in await self._journal_reads(exec_id)]
 
     async def _fetch_journals(self, ids: list[str]) -> dict[str, list[Any]]:
         rows = await self._read(
@@ -678,7 +585,7 @@ class _Executions(_Connection):
     async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
         """Grouped like journal reads: the waits asked for on this loop while earlier reads are out
         go in one query, so a burst of answers to the server costs a few round trips."""
-        return [journal_record(r) for r in await self._wait_reads.read((exec_id, name))]
+        return [journal_record(r) for r in await self._wait_reads((exec_id, name))]
 
     async def _fetch_waits(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[Any]]:
         rows = await self._read(
