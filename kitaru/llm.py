@@ -391,30 +391,55 @@ def _failed_to_send(exc: Exception, spec: ModelSpec, timeout: float, attempt: in
     )
 
 
+class _Attempts:
+    """One model call's attempts under the retry policy (``KITARU_LLM_RETRIES`` and friends),
+    shared by the sync and the async call so both retry, time and fail the same way."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.retries, self.backoff, self.timeout = _policy()
+        self.attempt = 0
+        self._started = 0.0
+
+    def begin(self) -> None:
+        self.attempt += 1
+        self._started = time.perf_counter()
+
+    def settle(self, reply: httpx.Response | Exception) -> LLMResponse | float:
+        """The response, or how long to sleep before the next attempt; raises when none is left.
+        ``reply`` is the HTTP reply, or the httpx error sending the request raised."""
+        latency = (time.perf_counter() - self._started) * 1000
+        if isinstance(reply, Exception):
+            error: KitaruLLMError | None = _failed_to_send(reply, self.spec, self.timeout, self.attempt)
+            response = None
+        else:
+            error, response = _classify(self.spec, reply), reply
+        if error is None:
+            assert response is not None
+            return _parse(self.spec, response, latency, self.attempt)
+        if not _retryable(error, response) or self.attempt > self.retries:
+            raise error
+        return _delay(response, self.backoff, self.attempt)
+
+
 def _call(
     spec: ModelSpec, prompt: Prompt, system: str | None, temperature: float | None, max_tokens: int | None
 ) -> LLMResponse:
     hx = _httpx()
     url, headers, body = _request(spec, prompt, system, temperature, max_tokens)
-    retries, backoff, timeout = _policy()
-    attempt = 0
-    with hx.Client(timeout=timeout) as client:
+    attempts = _Attempts(spec)
+    with hx.Client(timeout=attempts.timeout) as client:
         while True:
-            attempt += 1
-            started = time.perf_counter()
-            reply: httpx.Response | None = None
+            attempts.begin()
+            reply: httpx.Response | Exception
             try:
                 reply = client.post(url, json=body, headers=headers)
-                error = _classify(spec, reply)
             except hx.HTTPError as exc:
-                error = _failed_to_send(exc, spec, timeout, attempt)
-            latency = (time.perf_counter() - started) * 1000
-            if error is None:
-                assert reply is not None
-                return _parse(spec, reply, latency, attempt)
-            if not _retryable(error, reply) or attempt > retries:
-                raise error
-            time.sleep(_delay(reply, backoff, attempt))
+                reply = exc
+            outcome = attempts.settle(reply)
+            if isinstance(outcome, LLMResponse):
+                return outcome
+            time.sleep(outcome)
 
 
 async def _acall(
@@ -426,25 +451,19 @@ async def _acall(
 
     hx = _httpx()
     url, headers, body = _request(spec, prompt, system, temperature, max_tokens)
-    retries, backoff, timeout = _policy()
-    attempt = 0
-    async with hx.AsyncClient(timeout=timeout) as client:
+    attempts = _Attempts(spec)
+    async with hx.AsyncClient(timeout=attempts.timeout) as client:
         while True:
-            attempt += 1
-            started = time.perf_counter()
-            reply: httpx.Response | None = None
+            attempts.begin()
+            reply: httpx.Response | Exception
             try:
                 reply = await client.post(url, json=body, headers=headers)
-                error = _classify(spec, reply)
             except hx.HTTPError as exc:
-                error = _failed_to_send(exc, spec, timeout, attempt)
-            latency = (time.perf_counter() - started) * 1000
-            if error is None:
-                assert reply is not None
-                return _parse(spec, reply, latency, attempt)
-            if not _retryable(error, reply) or attempt > retries:
-                raise error
-            await anyio.sleep(_delay(reply, backoff, attempt))
+                reply = exc
+            outcome = attempts.settle(reply)
+            if isinstance(outcome, LLMResponse):
+                return outcome
+            await anyio.sleep(outcome)
 
 
 def _retryable(error: KitaruLLMError, reply: httpx.Response | None) -> bool:
