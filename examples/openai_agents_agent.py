@@ -2,7 +2,9 @@
 and a tool declared needs_approval waits for a human without holding a process.
 
 Run it:      python examples/openai_agents_agent.py [per_call|runner_call]
-Needs `pip install 'kitaru[openai-agents]'`. The model is an offline implementation of the SDK's
+Needs kitaru's openai-agents extra; from your kitaru checkout: `./uvw sync --inexact --extra
+openai-agents` (or `pip install '.[openai-agents]'` into your environment). Without it, the example
+says so and exits. The model is an offline implementation of the SDK's
 Model interface, so no key or network is needed; give the Agent a real model name to use one.
 
 `per_call` (default) checkpoints each model call and tool call; `runner_call` makes the whole
@@ -18,11 +20,18 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from agents import Agent, function_tool, set_tracing_disabled
-from agents.items import ModelResponse
-from agents.models.interface import Model
-from agents.testing import assistant_message, function_call
-from agents.usage import Usage
+try:
+    from agents import Agent, function_tool, set_tracing_disabled
+    from agents.items import ModelResponse
+    from agents.models.interface import Model
+    from agents.testing import assistant_message, function_call
+    from agents.usage import Usage
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.exit(
+        "the OpenAI Agents SDK is not installed, so this example cannot run. Install kitaru's "
+        "openai-agents extra from your kitaru checkout: ./uvw sync --inexact --extra openai-agents "
+        "(or pip install '.[openai-agents]' into your environment), and run again."
+    )
 
 from kitaru import flow
 from kitaru.adapters.openai_agents import KitaruAgent

@@ -2,7 +2,9 @@
 that changes the world waits for a human's yes without holding a process.
 
 Run it:      python examples/pydantic_ai_agent.py
-Needs `pip install 'kitaru[pydantic-ai]'`. The model is PydanticAI's offline FunctionModel, so no
+Needs kitaru's pydantic-ai extra; from your kitaru checkout: `./uvw sync --inexact --extra
+pydantic-ai` (or `pip install '.[pydantic-ai]'` into your environment). Without it, the example says
+so and exits. The model is PydanticAI's offline FunctionModel, so no
 key or network is needed; use `Agent("openai:gpt-4o-mini", ...)` for a real one.
 
 The agent looks up an order, then wants to refund it; `refund` is declared requires_approval=True,
@@ -15,9 +17,18 @@ shell and the run resumes: the model requests and the lookup already made are re
 
 from __future__ import annotations
 
-from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+import sys
+
+try:
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.exit(
+        "pydantic-ai is not installed, so this example cannot run. Install kitaru's pydantic-ai "
+        "extra from your kitaru checkout: ./uvw sync --inexact --extra pydantic-ai "
+        "(or pip install '.[pydantic-ai]' into your environment), and run again."
+    )
 
 from kitaru import flow
 from kitaru.adapters.pydantic_ai import KitaruAgent

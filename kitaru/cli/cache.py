@@ -60,9 +60,13 @@ def list_entries(flow: str | None, output: str) -> None:
 
 @cache.command("clear")
 @click.option("--flow", help="Only this flow's entries (default: every flow's).")
+@_OUTPUT
 @_reports_errors
-def clear(flow: str | None) -> None:
+def clear(flow: str | None, output: str) -> None:
     """Forget cached checkpoint outputs (the artifacts stay: executions still reference them)."""
     removed = _catalog().clear_cache(flow)  # type: ignore[attr-defined]
+    if output == "json":
+        _echo_json({"removed": removed, "flow": flow})
+        return
     scope = f" of flow {flow!r}" if flow else ""
     click.echo(f"removed {removed} cache entries{scope}.")

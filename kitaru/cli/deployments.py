@@ -174,9 +174,11 @@ def invoke(ref: str, args_json: str, execution_id: str | None, output: str) -> N
         )
     c = client()
     handle = c.deployments.invoke(ref, execution_id=execution_id, **args)
-    _report_handle(c, handle.exec_id, output)
     execution = c.executions.get(handle.exec_id)
     if output == "text":
-        click.echo(f"version {execution.metadata['deployment']['version']} of {execution.flow}")
+        # Which version ran comes first: the report below exits non-zero when the execution failed.
+        click.echo(f"invoked version {execution.metadata['deployment']['version']} of {execution.flow}")
+    _report_handle(c, handle.exec_id, output)
+    if output == "text":
         if execution.status == "completed" and execution.result_artifact:
             click.echo(f"result: {c.artifacts.preview(execution.result_artifact)}")

@@ -168,6 +168,14 @@ def _watch_loop(
     started = time.monotonic()
     cursor = 0  # the last event printed (its journal record id)
     latest = ""  # the running checkpoint's last progress, shown on the terminal line
+    if execution.status == "running":
+        # Say it is running before the lines of what it has done so far; an execution that has
+        # already stopped gets its status after them, as its last line.
+        status = execution.status
+        if output == "json":
+            click.echo(json.dumps({"event": "status", "status": status}))
+        else:
+            click.echo(f"{_when(execution.updated_at)}  execution {execution.id} is {status}")
     while True:
         bar.clear()
         cursor, latest = _print_events(client, execution.id, cursor, output, latest)
@@ -314,6 +322,10 @@ def input_execution(
         parsed = _parse_json(value or "", "--value")
         handle = client.executions.input(exec_id, parsed, wait=wait_name, resume=resume)
     _report_handle(client, handle.exec_id, output)
+    if not resume and output == "text" and client.executions.get(handle.exec_id).status == "waiting":
+        click.echo(
+            f"the answer is recorded; the flow continues with `kitaru executions resume {handle.exec_id}`."
+        )
 
 
 def _interactive_input(client: Any, exec_id: str | None, wait_name: str | None, resume: bool) -> int:
@@ -395,7 +407,12 @@ def list_waits(flow_name: str | None, output: str) -> None:
     click.echo(
         _table(
             ["EXECUTION", "FLOW", "WAIT", "OPENED", "EXPECTS", "QUESTION"],
-            [(w.exec_id, w.flow, w.name, _when(w.opened_at), w.expects, w.question) for w in found],
+            # A question may be a whole draft to approve: its first line keeps the table a table
+            # (`kitaru executions get EXEC_ID` shows it whole).
+            [
+                (w.exec_id, w.flow, w.name, _when(w.opened_at), w.expects, _first_line(w.question))
+                for w in found
+            ],
         )
     )
     click.echo("answer with: kitaru executions input EXECUTION --wait WAIT --value JSON (or --abort)")
@@ -618,7 +635,9 @@ def diff_executions(a: str, b: str, show_all: bool, output: str) -> None:
         if entry.status == "same" and not show_all:
             continue
         label = {"only_a": "only in a", "only_b": "only in b"}.get(entry.status, entry.status)
-        click.echo(f"{marks[entry.status]} {entry.kind} {entry.name}: {label}")
+        # The result is one of a kind: "result", not "result result".
+        what = entry.kind if entry.name == entry.kind else f"{entry.kind} {entry.name}"
+        click.echo(f"{marks[entry.status]} {what}: {label}")
         if entry.detail:
             click.echo("    " + entry.detail.replace("\n", "\n    "))
     same = sum(e.status == "same" for e in diff.entries)

@@ -30,9 +30,10 @@ def secrets() -> None:
     "--value",
     help="The value (visible in your shell's history and process list: prefer stdin).",
 )
+@_OUTPUT
 @click.pass_context
 @_reports_errors
-def set_secret(ctx: click.Context, name: str, value: str | None) -> None:
+def set_secret(ctx: click.Context, name: str, value: str | None, output: str) -> None:
     """Store secret NAME; the value is read from stdin (a prompt on a terminal) unless --value.
 
     Kitaru 0.18's form works too: `kitaru secrets set openai-creds --OPENAI_API_KEY=sk-...`
@@ -54,6 +55,9 @@ def set_secret(ctx: click.Context, name: str, value: str | None) -> None:
             value = sys.stdin.read()
             value = value[:-1] if value.endswith("\n") else value  # `echo x |` adds one newline
     _set(name, value)
+    if output == "json":
+        _echo_json({"stored": name, "keys": list(entries)})
+        return
     click.echo(f"stored secret {name}" + (f" ({', '.join(entries)})" if entries else ""))
 
 
@@ -118,12 +122,16 @@ def list_secrets(output: str) -> None:
 
 @secrets.command("delete")
 @click.argument("name")
+@_OUTPUT
 @_reports_errors
-def delete_secret(name: str) -> None:
+def delete_secret(name: str, output: str) -> None:
     """Remove secret NAME."""
     from kitaru.secrets import delete_secret as _delete
 
     _delete(name)
+    if output == "json":
+        _echo_json({"deleted": name})
+        return
     click.echo(f"deleted secret {name}")
 
 

@@ -154,8 +154,9 @@ def list_keys(stack_name: str | None, state_uri: str | None, output: str) -> Non
 @click.argument("name")
 @_STACK
 @_STATE
+@OUTPUT
 @reports_errors
-def revoke_key(name: str, stack_name: str | None, state_uri: str | None) -> None:
+def revoke_key(name: str, stack_name: str | None, state_uri: str | None, output: str) -> None:
     """Revoke a key: requests and sessions made with it are refused from now on."""
     from kitaru.store import sync_view
 
@@ -164,32 +165,47 @@ def revoke_key(name: str, stack_name: str | None, state_uri: str | None) -> None
         store.revoke_api_key(name)
     finally:
         store.close()
+    if output == "json":
+        echo_json({"revoked": name})
+        return
     click.echo(f"API key {name!r} revoked.")
 
 
 @click.command()
 @click.argument("url")
 @click.option("--key", required=True, help="An API key (from `kitaru server keys create`).")
+@OUTPUT
 @reports_errors
-def login(url: str, key: str) -> None:
+def login(url: str, key: str, output: str) -> None:
     """Make the CLI and KitaruClient() talk to the server at URL (saved 0600 in kitaru's config dir)."""
     from kitaru.remote._login import save_login
     from kitaru.remote.client import server_session
 
     who = server_session(url, key)
     path = save_login(url, key)
+    if output == "json":
+        # The shape `kitaru status -o json` reports once logged in, plus where the login was saved.
+        echo_json(
+            {"server": url.rstrip("/"), "name": who["name"], "scopes": who["scopes"], "saved_in": str(path)}
+        )
+        return
     click.echo(
         f"logged in to {url.rstrip('/')} as {who['name']} ({', '.join(who['scopes'])}); saved in {path}."
     )
 
 
 @click.command()
+@OUTPUT
 @reports_errors
-def logout() -> None:
+def logout(output: str) -> None:
     """Forget the saved server login: commands use the active stack again."""
     from kitaru.remote._login import forget_login
 
-    click.echo("logged out." if forget_login() else "not logged in.")
+    forgot = forget_login()
+    if output == "json":
+        echo_json({"logged_out": forgot})
+        return
+    click.echo("logged out." if forgot else "not logged in.")
 
 
 @click.command()

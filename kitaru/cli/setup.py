@@ -188,10 +188,15 @@ def _stores_report(stack: str | None) -> dict[str, Any]:
 
 def _print_info(report: dict[str, Any]) -> None:
     stack = report["stack"]
+
+    def row(label: str, text: str) -> str:
+        # One column for every value: "artifacts:" is the longest label.
+        return f"{label + ':':<11}{text}"
+
     lines = [
         f"kitaru {report['version']} (Python {report['python']})",
-        f"home:    {report['home']}",
-        f"stack:   {stack['name']}"
+        row("home", report["home"]),
+        row("stack", stack["name"])
         + (f" ({stack['type']})" if stack.get("type") else "")
         + f", active from {stack['source']}"
         + (
@@ -201,18 +206,18 @@ def _print_info(report: dict[str, Any]) -> None:
         ),
     ]
     if stack.get("error"):
-        lines.append(f"         error: {stack['error']}")
+        lines.append(" " * 11 + f"error: {stack['error']}")
     server = report["server"]
     if server is None:
-        lines.append("server:  not logged in (`kitaru login URL` uses a team server)")
+        lines.append(row("server", "not logged in (`kitaru login URL` uses a team server)"))
     else:
         state = "answers" if server["reachable"] else f"does not answer: {server.get('error')}"
-        lines.append(f"server:  {server['url']} (from {server['source']}), {state}")
+        lines.append(row("server", f"{server['url']} (from {server['source']}), {state}"))
     for name, store in report["stores"].items():
         where = store.get("uri") or store.get("kind") or ""
         state = "reachable" if store.get("reachable") else f"NOT reachable: {store.get('error')}"
-        lines.append(f"{name + ':':<8} {where} {state}".replace("  ", " "))
-    lines.append(f"secrets: KITARU_SECRETS_KEY {report['secrets_key']}")
+        lines.append(row(name, f"{where} {state}".strip()))
+    lines.append(row("secrets", f"KITARU_SECRETS_KEY {report['secrets_key']}"))
     click.echo("\n".join(lines))
 
 

@@ -272,6 +272,8 @@ class TestWatchShowsProgress:
                     break
             assert not (tmp_path / "release").exists()
             said = "".join(lines)
+            # What it is comes first, then what it has done so far.
+            assert "is running" in lines[0], said
             assert "long_step" in said and "progress  50% halfway there" in said, said
             assert 'event rows.loaded {"rows": 7}' in said
             (tmp_path / "release").touch()

@@ -84,7 +84,7 @@ class TestInfo:
         code, out, _ = run("info", "-o", "json")
         assert code == 0 and json.loads(out)["stack"]["source"] == "KITARU_STACK"
         code, out, _ = run("info")
-        assert code == 0 and "stack:   dev (local), active from KITARU_STACK" in out
+        assert code == 0 and "stack:     dev (local), active from KITARU_STACK" in out
 
     def test_an_unusable_store_exits_4(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         garbage = tmp_path / "garbage.db"

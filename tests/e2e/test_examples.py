@@ -91,8 +91,8 @@ def test_quickstart_commands_from_the_readme(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     outputs = []
-    assert blocks("bash")[3].strip().startswith(quickstart_line)
-    for line in blocks("bash")[4].strip().splitlines():
+    assert blocks("bash")[4].strip().startswith(quickstart_line)
+    for line in blocks("bash")[5].strip().splitlines():
         command = as_local_command(line.replace("<exec_id>", exec_id), kitaru_cli)
         if command is None:
             continue
@@ -266,3 +266,36 @@ def test_agent_example_stops_at_its_approval_and_completes_once_answered(
         assert all(after[call] == 1 for call in done_before), after
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("example", "module", "extra"),
+    [
+        ("pydantic_ai_agent.py", "pydantic_ai", "pydantic-ai"),
+        ("openai_agents_agent.py", "agents", "openai-agents"),
+    ],
+)
+def test_an_agent_example_without_its_framework_says_how_to_install_it(
+    example: str, module: str, extra: str, subprocess_env: dict[str, str]
+) -> None:
+    """Run as written in an environment without the extra: a sentence naming the install command
+    from the checkout (never a bare `kitaru[...]`, which a package index resolves to another
+    project), not a traceback."""
+    probe = (
+        "import runpy, sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] == {module!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        f"sys.argv = [{str(ROOT / 'examples' / example)!r}]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=subprocess_env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"./uvw sync --inexact --extra {extra}" in done.stderr
+    assert f"pip install '.[{extra}]'" in done.stderr
+    assert "'kitaru[" not in (ROOT / "examples" / example).read_text()
