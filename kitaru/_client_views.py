@@ -293,8 +293,12 @@ class LogEntry:
 
     @property
     def level(self) -> str | None:
-        """``ERROR`` for what went to stderr, ``INFO`` otherwise (the level of a logging record
-        is part of its text)."""
+        """A logging record's own level (``WARNING``...: the first word of its text, as the
+        capture writes it), ``ERROR`` for what went to stderr, ``INFO`` otherwise."""
+        if self.stream == "log":
+            first = self.text.split(" ", 1)[0]
+            if first.isupper() and first.isalpha():
+                return first
         return "ERROR" if self.stream == "stderr" else "INFO"
 
     @property

@@ -718,7 +718,7 @@ def execution_logs(
         for n, (call, entries) in enumerate(sections.items()):
             click.echo(("\n" if n else "") + f"== {call} ==")
             for entry in entries:
-                for line in entry.text.splitlines():
+                for line in _log_text(entry, verbose).splitlines():
                     click.echo(_log_prefix(entry, verbose, grouped=True) + line, err=entry.stream == "stderr")
         return
     after = 0
@@ -732,12 +732,20 @@ def execution_logs(
                     )
                 )
                 continue
-            for line in entry.text.splitlines():
+            for line in _log_text(entry, verbose).splitlines():
                 click.echo(_log_prefix(entry, verbose) + line, err=entry.stream == "stderr")
         after = max([after, *(e.seq for e in entries)])
         if not follow or client.executions.get(full).status not in {"running"}:
             return
         time.sleep(0.5)
+
+
+def _log_text(entry: Any, verbose: int) -> str:
+    """The entry's text; with -v a logging record's level moves into the prefix (not shown twice)."""
+    text: str = entry.text
+    if verbose and entry.stream == "log" and text.startswith(f"{entry.level} "):
+        return text[len(entry.level) + 1 :]
+    return text
 
 
 def _log_prefix(entry: Any, verbose: int, grouped: bool = False) -> str:

@@ -272,3 +272,16 @@ def test_logging_inside_a_flow_still_reaches_the_console(
         ("log", None, "WARNING my.agent: starting in the flow body"),
         ("log", "fetch", "WARNING my.agent: fetching inside a checkpoint"),
     ]
+    # With -v each line shows the record's own level once, beside its time and call.
+    verbose = subprocess.run(
+        [*kitaru_cli, "executions", "logs", exec_id, "-v"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line.split(" ", 2)[2] for line in verbose.stdout.splitlines()]  # after the date and time
+    assert lines == [
+        "WARNING [flow] my.agent: starting in the flow body",
+        "WARNING [fetch] my.agent: fetching inside a checkpoint",
+    ]
