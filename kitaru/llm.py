@@ -363,7 +363,8 @@ def _httpx() -> Any:
         import httpx
     except ImportError as exc:  # pragma: no cover - httpx is a core dependency
         raise KitaruMissingDependencyError(
-            "kitaru.llm() needs httpx: install kitaru with its dependencies (`pip install kitaru`)."
+            "kitaru.llm() needs httpx, one of kitaru's own dependencies: this environment lost it. "
+            "Reinstall kitaru from your checkout (`pip install .`, or `./uvw sync` there)."
         ) from exc
     return httpx
 

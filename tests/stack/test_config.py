@@ -322,9 +322,19 @@ class TestMistakes:
 
         monkeypatch.setattr(stevedore.driver, "DriverManager", no_plugin)
         # From a checkout the hint names that checkout, never a bare name that a package index
-        # would resolve to an unrelated project.
+        # would resolve to an unrelated project: pip into an environment that has it...
+        import kitaru._install
+
         root = Path(__file__).resolve().parents[2]
+        monkeypatch.setattr(kitaru._install, "_uv_environment", lambda root: False)
         with pytest.raises(KitaruConfigError, match=re.escape(f"pip install '{root}[azure]'")):
+            stack_type("azure")
+        # ...and in the checkout's own uv-made environment (no pip: a pip on PATH would install
+        # into another Python), the sync that adds the extra.
+        monkeypatch.setattr(kitaru._install, "_uv_environment", lambda root: True)
+        with pytest.raises(
+            KitaruConfigError, match=re.escape(f"`cd {root} && ./uvw sync --locked --inexact --extra azure`.")
+        ):
             stack_type("azure")
 
     def test_the_hint_keeps_the_path_as_spelled(self, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -432,7 +432,8 @@ class TestOpening:
 
     def test_missing_asyncpg_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "asyncpg", None)
-        with pytest.raises(KitaruMissingDependencyError, match=r"pip install '\S+\[postgres\]'"):
+        hint = r"pip install '\S+\[postgres\]'|\./uvw sync --locked --inexact --extra postgres"
+        with pytest.raises(KitaruMissingDependencyError, match=hint):
             PostgresStateStore("postgresql://u@127.0.0.1:1/db")
 
     def test_refused_connection_names_the_host_and_hides_the_password(self) -> None:
