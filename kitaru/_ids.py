@@ -23,8 +23,9 @@ _lock = threading.Lock()
 def new_id() -> str:
     """Return a 26-character id that sorts by creation time across processes, and strictly in
     creation order within one: an id made in the same millisecond as the previous one is that
-    one plus one (ULID's monotonic rule), so "newest first" (``latest()``) holds for executions
-    started within a millisecond of each other."""
+    one plus one (ULID's monotonic rule). Executions list by creation time, then id (a caller may
+    choose an id that sorts anywhere); the id breaks ties between executions created in the same
+    instant, in the order this process made them."""
     global _last
     with _lock:
         value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")

@@ -58,6 +58,8 @@ def complete_execution_ids(ctx: click.Context, param: click.Parameter, incomplet
         if incomplete:
             ids = state.match_execution_ids(incomplete, limit=_COMPLETION_LIMIT)
             records = [r for r in (state.get_execution(i) for i in ids) if r is not None]
+            # Prefix matches come in id order, which is not time order for a chosen id.
+            records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         else:
             records = state.list_executions(limit=_COMPLETION_LIMIT)
     except Exception:

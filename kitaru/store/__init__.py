@@ -289,9 +289,12 @@ class StateStore(Protocol):
         version: int | None = None,
         before: str | None = None,
     ) -> list[ExecutionRecord]:
-        """Newest first; ``version``: only executions of that deployment version (the
-        ``deployment.version`` of their metadata); ``before``: only ids sorting before it (the
-        cursor of the next page)."""
+        """Newest first: by ``created_at``, then id, both descending (ids need not sort by time:
+        a caller may choose one). ``version``: only executions of that deployment version (the
+        ``deployment.version`` of their metadata); ``before``: the id of an execution, the
+        previous page's last (the cursor of the next page): only those after it in this order,
+        whatever the filters. A ``before`` that is no execution's id raises KitaruUsageError.
+        A page reads by index: its cost grows with ``limit``, not with the number of executions."""
         ...
 
     async def acquire_lease(

@@ -16,6 +16,11 @@ the backend. The rules:
   at most 100. ``promote`` needs its source tag, ``rollback`` a version to go back to. A store
   locks the flow, reads its versions, tags and (for a rollback) history, and asks
   :func:`plan_tag_moves` for the moves: a bad request raises before anything is written.
+- **Listing order.** Executions list newest first by ``created_at``, ties by id (both descending):
+  a caller may choose an execution's id (an idempotency key), so ids need not sort by time. A
+  page's cursor is the id of the previous page's last execution; the next page holds those after
+  it in that order (keyset ``(created_at, id) < (its created_at, its id)``), and an id no
+  execution has is refused (:func:`unknown_cursor`) rather than read as a bound.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ __all__ = [
     "no_such_key",
     "plan_tag_moves",
     "refused_from",
+    "unknown_cursor",
 ]
 
 #: Statuses an execution never leaves.
@@ -332,3 +338,15 @@ def key_exists(name: str) -> KitaruConflictError:
 def no_such_key(name: str) -> KitaruNotFoundError:
     """The error for revoking a key that was never created."""
     return KitaruNotFoundError(f"no API key named {name!r}. `kitaru server keys list` shows them.")
+
+
+def unknown_cursor(before: str) -> KitaruUsageError:
+    """The error for a ``list_executions`` cursor that is no execution's id. A page starts after an
+    execution's place in time, which an arbitrary string does not have; silently listing from
+    where the string would sort (what ids-as-cursor once did) gave a page out of time order."""
+    shown = before if len(before) <= 120 else before[:120] + "..."
+    return KitaruUsageError(
+        f"no execution {shown!r} to list after: the cursor (`before`, the API's `cursor`) must be "
+        "the id of the previous page's last execution (the `next_cursor` it came with). Leave it "
+        "out to list from the newest."
+    )

@@ -51,6 +51,7 @@ from kitaru.errors import (
     KitaruLeaseError,
     KitaruNotFoundError,
     KitaruStateError,
+    KitaruUsageError,
 )
 from kitaru.store import (
     ONCE_ONLY_KINDS,
@@ -602,6 +603,112 @@ class StateStoreConformance(DeploymentConformance):
         assert {waiting.id, elsewhere.id} <= {e.id for e in all_waiting}
         assert {e.status for e in all_waiting} == {"waiting"}
         assert await state_store.list_executions(flow=f"absent_{new_id()}") == []
+
+    async def test_list_executions_orders_by_creation_time_not_by_id(self, state_store: StateStore) -> None:
+        # A caller's own id (an idempotency key) sorts wherever its text puts it: lowercase after
+        # every generated id, "!" before them. Each lists at its creation time among generated ones.
+        flow, tag, start = f"flow_{new_id()}", new_id(), time.time() - 100
+        made = [
+            (new_id(), 0.0),
+            (f"order-42-{tag}", 1.0),
+            (new_id(), 2.0),
+            (f"!first-{tag}", 3.0),
+            (new_id(), 4.0),
+        ]
+        for exec_id, offset in made:
+            await state_store.create_execution(_execution(exec_id, flow=flow, created_at=start + offset), [])
+        newest_first = [exec_id for exec_id, _ in made[::-1]]
+
+        assert [e.id for e in await state_store.list_executions(flow=flow)] == newest_first
+        assert [e.id for e in await state_store.list_executions(flow=flow, limit=1)] == newest_first[:1]
+        everything = [e.id for e in await state_store.list_executions(limit=10_000)]
+        assert [i for i in everything if i in newest_first] == newest_first
+        # Executions created in the same instant list by id, largest first.
+        same = [f"{tag}-same-{c}" for c in "bca"]
+        for exec_id in same:
+            await state_store.create_execution(_execution(exec_id, flow=flow, created_at=start + 5), [])
+        listed = [e.id for e in await state_store.list_executions(flow=flow, limit=3)]
+        assert listed == sorted(same, reverse=True)
+
+    async def test_list_executions_pages_in_time_order_across_custom_ids(
+        self, state_store: StateStore
+    ) -> None:
+        flow, tag, start = f"flow_{new_id()}", new_id(), time.time() - 100
+        # Generated ids and chosen ones interleaved in time, two pairs created in the same instant.
+        made = [
+            (new_id(), 0.0),
+            (f"zz-{tag}", 1.0),
+            (new_id(), 1.0),
+            (f"!a-{tag}", 2.0),
+            (new_id(), 3.0),
+            (f"order-{tag}", 4.0),
+            (f"order-{tag}-b", 4.0),
+        ]
+        for exec_id, offset in made:
+            await state_store.create_execution(_execution(exec_id, flow=flow, created_at=start + offset), [])
+        expected = [i for i, _ in sorted(made, key=lambda m: (m[1], m[0]), reverse=True)]
+
+        for size in (1, 2, 3):
+            pages, before = [], None
+            while page := await state_store.list_executions(flow=flow, limit=size, before=before):
+                pages.append([e.id for e in page])
+                before = page[-1].id
+            assert [i for p in pages for i in p] == expected, size
+            assert all(len(p) == size for p in pages[:-1])
+        assert await state_store.list_executions(flow=flow, before=expected[-1]) == []
+
+    async def test_list_executions_cursor_is_a_place_in_time_whatever_the_filters(
+        self, state_store: StateStore
+    ) -> None:
+        flow, other, start = f"flow_{new_id()}", f"other_{new_id()}", time.time() - 100
+        version = 700_000 + int.from_bytes(os.urandom(3), "big")  # no other test's version
+        deployed = {"deployment": {"flow": flow, "version": version}}
+        rows = [
+            _execution(f"w-{new_id()}", flow=flow, status="waiting", created_at=start, metadata=deployed),
+            _execution(new_id(), flow=flow, status="completed", created_at=start + 1),
+            _execution(f"x-{new_id()}", flow=other, status="waiting", created_at=start + 2),
+            _execution(new_id(), flow=flow, status="waiting", created_at=start + 3, metadata=deployed),
+            _execution(f"c-{new_id()}", flow=flow, status="completed", created_at=start + 4),
+            _execution(new_id(), flow=flow, status="waiting", created_at=start + 5),
+        ]
+        for e in rows:
+            await state_store.create_execution(e, [])
+        w0, c1, elsewhere, w3, c4, w5 = (e.id for e in rows)
+
+        async def ids(**filters: Any) -> list[str]:
+            return [e.id for e in await state_store.list_executions(limit=10_000, **filters)]
+
+        assert await ids(flow=flow, status="waiting") == [w5, w3, w0]
+        assert await ids(flow=flow, status="waiting", before=w5) == [w3, w0]
+        assert await ids(flow=flow, status="completed") == [c4, c1]
+        assert await ids(flow=flow, version=version) == [w3, w0]
+        assert await ids(version=version) == [w3, w0]
+        assert await ids(version=version, status="waiting", before=w3) == [w0]
+        # The cursor need not match the filters: another flow's execution, or another status,
+        # still marks a place in time.
+        assert await ids(flow=flow, before=elsewhere) == [c1, w0]
+        assert await ids(flow=flow, status="waiting", before=c4) == [w3, w0]
+        assert [i for i in await ids(status="waiting", before=c4) if i in {w0, elsewhere, w3}] == [
+            w3,
+            elsewhere,
+            w0,
+        ]
+
+    async def test_list_executions_refuses_a_cursor_that_is_no_execution(
+        self, state_store: StateStore
+    ) -> None:
+        flow = f"flow_{new_id()}"
+        await state_store.create_execution(_execution(flow=flow), [])
+        # Before, an unknown cursor was read as a bound on ids and listed whatever sorted below it.
+        for cursor in (f"gone-{new_id()}", "z" * 300):
+            with pytest.raises(KitaruUsageError) as info:
+                await state_store.list_executions(flow=flow, before=cursor)
+            message = str(info.value)
+            assert message.startswith(f"no execution {cursor[:120]!r}"[:-1]), message
+            assert "next_cursor" in message and len(message) < 400, message
+        # With no execution at all after the cursor's place, a known cursor gives an empty page.
+        last = (await state_store.list_executions(flow=flow))[-1]
+        assert await state_store.list_executions(flow=flow, before=last.id) == []
 
     # -- leases -------------------------------------------------------------------------------
 
@@ -1278,7 +1385,8 @@ class StateStoreConformance(DeploymentConformance):
 
         assert {dead, expired.id, released.id} <= set(found)
         assert not {live_here, live_elsewhere, finished.id} & set(found)
-        assert found == sorted(found)
+        records = await state_store.list_recoverable(limit=10_000)
+        assert records == sorted(records, key=lambda e: (e.created_at, e.id))  # oldest first
 
     async def test_list_recoverable_finds_waits_past_their_deadline(self, state_store: StateStore) -> None:
         async def waiting(deadline: float | None, closed_by: str | None = None) -> str:

@@ -40,6 +40,11 @@ def _lease_lost(e: ExecutionRecord) -> KitaruLeaseError:
     )
 
 
+def _time_order(e: ExecutionRecord) -> tuple[float, str]:
+    """Where an execution lists: by creation time, then id (the SQL stores' index order)."""
+    return (e.created_at, e.id)
+
+
 class MemoryStateStore:
     """A :class:`~kitaru.store.StateStore` in dictionaries, guarded by one lock (``inline``: its
     coroutines never suspend)."""
@@ -126,15 +131,21 @@ class MemoryStateStore:
         before: str | None = None,
     ) -> list[ExecutionRecord]:
         with self._lock:
+            after: tuple[float, str] | None = None
+            if before is not None:
+                cursor = self._executions.get(before)
+                if cursor is None:
+                    raise _rules.unknown_cursor(before)
+                after = _time_order(cursor)
             found = [
                 copy.deepcopy(e)
                 for e in self._executions.values()
                 if (flow is None or e.flow == flow)
                 and (status is None or e.status == status)
                 and (version is None or (e.metadata.get("deployment") or {}).get("version") == version)
-                and (before is None or e.id < before)
+                and (after is None or _time_order(e) < after)
             ]
-        return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
+        return sorted(found, key=_time_order, reverse=True)[:limit]
 
     async def acquire_lease(
         self,
@@ -176,7 +187,7 @@ class MemoryStateStore:
                     due = False
                 if due:
                     found.append(copy.deepcopy(e))
-        return sorted(found, key=lambda e: e.id)[:limit]
+        return sorted(found, key=_time_order)[:limit]
 
     async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         with self._lock:

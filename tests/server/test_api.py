@@ -3,6 +3,7 @@ sessions and CSRF, answers checked against the wait's JSON Schema, artifacts and
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -207,9 +208,21 @@ def test_artifacts_and_logs_refuse_ids_that_are_not_theirs(
 
 
 def test_list_pages_with_a_cursor(
-    server: ServerProcess, keys: dict[str, str], server_env: dict[str, str]
+    server: ServerProcess, keys: dict[str, str], server_env: dict[str, str], kitaru_home: Path
 ) -> None:
-    ids = [run_flow(server_env, "approve") for _ in range(3)]
+    from kitaru.store import ExecutionRecord, sync_view
+    from kitaru.store.sqlite import SQLiteStateStore
+
+    ids = [run_flow(server_env, "approve") for _ in range(2)]
+    # An execution started with its own id (an idempotency key) between two generated ones: it
+    # sorts after both by its text, and lists in its place in time.
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
+    try:
+        now = time.time()
+        store.create_execution(ExecutionRecord("order-42", "approve", "m:f", None, "completed", now, now), [])
+    finally:
+        store.close()
+    ids += ["order-42", run_flow(server_env, "approve")]
     seen = []
     cursor = None
     with server.client(keys["read"]) as c:
@@ -220,7 +233,12 @@ def test_list_pages_with_a_cursor(
             cursor = page["next_cursor"]
             if cursor is None:
                 break
-    assert seen == sorted(ids, reverse=True)
+        # A cursor is the id of the previous page's last execution; another text is refused.
+        refused = c.get("/api/v1/executions", params={"cursor": "order-41"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["type"] == "KitaruUsageError"
+        assert "next_cursor" in refused.json()["error"]["message"]
+    assert seen == ids[::-1]
 
 
 def test_connections_of_workers_send_small_responses_at_once() -> None:

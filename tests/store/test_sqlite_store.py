@@ -197,6 +197,143 @@ class TestOneWaitRead:
         assert 0 < costs["LARGE"] <= costs["SMALL"] + 10, costs
 
 
+# Executions whose ids do not sort by time (the created_at of row i is a permutation of i), over
+# 40 flows and 4 statuses, a third of them deployed (versions 0-4).
+_BULK_EXECUTIONS = """
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+INSERT INTO executions (id, flow, target, status, created_at, updated_at, metadata)
+SELECT printf('g%06d', i), 'flow' || (i % 40), 'm:f',
+       CASE i % 4 WHEN 0 THEN 'running' WHEN 1 THEN 'waiting' WHEN 2 THEN 'completed' ELSE 'failed' END,
+       1000 + (i * 7919) % ?, 1000, CASE WHEN i % 3 = 0
+       THEN json_object('deployment', json_object('version', i % 5)) ELSE '{}' END
+FROM n
+"""
+
+#: Each filter combination of list_executions, with the indexes that may serve it in order.
+_LISTINGS: list[tuple[dict[str, Any], set[str]]] = [
+    ({}, {"executions_created"}),
+    ({"flow": "flow7"}, {"executions_flow"}),
+    ({"status": "waiting"}, {"executions_status"}),
+    ({"version": 3}, {"executions_version"}),
+    ({"flow": "flow7", "status": "failed"}, {"executions_flow", "executions_status"}),
+    ({"flow": "flow8", "version": 3}, {"executions_flow", "executions_version"}),
+    ({"status": "running", "version": 3}, {"executions_status", "executions_version"}),
+]
+
+
+def _bulk_store(path: Path, count: int) -> Any:
+    sync_view(SQLiteStateStore(path)).close()  # the schema
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(_BULK_EXECUTIONS, (count, count))
+        conn.execute("ANALYZE")
+    return sync_view(SQLiteStateStore(path))
+
+
+class TestListingOrder:
+    def test_a_page_reads_by_index_whatever_the_filters(self, tmp_path: Path) -> None:
+        """Each filter combination, with and without a cursor, walks an index in (created_at, id)
+        order: SQLite's plan neither scans the table nor sorts in a temporary b-tree."""
+        store = _bulk_store(tmp_path / "state.db", 4_000)
+        sent: list[tuple[str, tuple[Any, ...]]] = []
+        read = store.store._read
+
+        def recording(sql: str, params: Any = ()) -> list[Any]:
+            sent.append((sql, tuple(params)))
+            return read(sql, params)
+
+        store.store._read = recording
+        try:
+            for filters, indexes in _LISTINGS:
+                for cursor in (None, "g000100"):
+                    sent.clear()
+                    page = store.list_executions(limit=20, before=cursor, **filters)
+                    assert page, (filters, cursor)
+                    sql, params = sent[0]
+                    plan = [row[3] for row in store.store._conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+                    table = [step for step in plan if "executions USING" in step or "SCAN executions" in step]
+                    assert not any("TEMP B-TREE" in step for step in plan), (filters, plan)
+                    assert len(table) >= 1 and all("USING INDEX" in s or "PRIMARY KEY" in s for s in table)
+                    used = {
+                        step.split("USING INDEX ")[1].split(" ")[0] for step in table if "USING INDEX" in step
+                    }
+                    assert used & indexes, (filters, cursor, plan)
+        finally:
+            store.close()
+
+    def test_a_page_costs_the_same_among_thousands_of_executions(self, tmp_path: Path) -> None:
+        """A page of 20 (of one flow, after a cursor) runs about as many SQLite VM steps among
+        20,000 executions as among 2,000: its cost follows the page, not the table."""
+        costs = {}
+        for count in (2_000, 20_000):
+            store = _bulk_store(tmp_path / f"{count}.db", count)
+            try:
+                first = store.list_executions(flow="flow7", limit=20)
+                costs[count], page = _vm_steps(
+                    store, lambda s=store, c=first[-1].id: s.list_executions(flow="flow7", limit=20, before=c)
+                )
+                assert len(page) == 20
+            finally:
+                store.close()
+        assert 0 < costs[20_000] <= costs[2_000] + 50, costs
+
+    def test_pages_follow_creation_time_not_ids(self, tmp_path: Path) -> None:
+        """Paging 4,000 executions whose ids are in another order than their creation times, 50 at
+        a time, gives each once, newest first (a full sort in Python is the reference)."""
+        store = _bulk_store(tmp_path / "state.db", 4_000)
+        try:
+            everything = store.list_executions(limit=10_000)
+            for filters in ({}, {"status": "waiting"}, {"version": 3}):
+                expected = [e.id for e in everything if all(_matches(e, k, v) for k, v in filters.items())]
+                assert expected == [
+                    e.id
+                    for e in sorted(everything, key=lambda e: (e.created_at, e.id), reverse=True)
+                    if all(_matches(e, k, v) for k, v in filters.items())
+                ]
+                got: list[str] = []
+                before = None
+                while page := store.list_executions(limit=50, before=before, **filters):
+                    got += [e.id for e in page]
+                    before = page[-1].id
+                assert got == expected, filters
+        finally:
+            store.close()
+
+    def test_an_older_database_is_migrated_and_lists_by_time(self, tmp_path: Path) -> None:
+        """A database written before listing by time (schema version 5) is migrated on opening:
+        its executions keep their data and list newest first, a chosen id among generated ones."""
+        from kitaru.store.sqlite._schema import _MIGRATIONS
+
+        path = tmp_path / "state.db"
+        with closing(sqlite3.connect(path)) as conn, conn:
+            for script in _MIGRATIONS[:5]:
+                conn.executescript(script)
+            conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+            for exec_id, created in (("01AAAA", 1.0), ("order-42", 2.0), ("01BBBB", 3.0)):
+                conn.execute(
+                    "INSERT INTO executions (id, flow, target, status, created_at, updated_at) "
+                    "VALUES (?, 'f', 'm:f', 'completed', ?, ?)",
+                    (exec_id, created, created),
+                )
+        store = sync_view(SQLiteStateStore(path))
+        try:
+            assert [e.id for e in store.list_executions()] == ["01BBBB", "order-42", "01AAAA"]
+            assert [e.id for e in store.list_executions(status="completed", before="order-42")] == ["01AAAA"]
+        finally:
+            store.close()
+        indexes = {r[0] for r in _query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"executions_created", "executions_flow", "executions_status", "executions_version"} <= indexes
+        assert _query(path, "SELECT value FROM meta WHERE key = 'schema_version'") == [
+            (str(len(_MIGRATIONS)),)
+        ]
+
+
+def _matches(e: ExecutionRecord, key: str, value: Any) -> bool:
+    if key == "version":
+        return bool((e.metadata.get("deployment") or {}).get("version") == value)
+    return bool(getattr(e, key) == value)
+
+
 class TestGroupCommit:
     def test_a_burst_of_answers_commits_in_fewer_transactions_than_answers(self, tmp_path: Path) -> None:
         """Answers asked for in one turn of the loop are written in one transaction: 30 answers

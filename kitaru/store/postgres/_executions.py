@@ -42,6 +42,17 @@ from kitaru.store.postgres._statements import (
     _exec_row,
 )
 
+# Listing: newest first by creation time, ties by id (ids need not sort by time: a caller may
+# choose one). The cursor is an execution's id; the scalar subquery on the primary key finds its
+# place (an InitPlan, run once), so the row comparison is an index bound and one statement reads
+# the page. Each filter has an index ending in (created_at, id) (migration 7): a page walks one
+# backwards from the cursor and stops after `limit` rows. An unknown cursor makes the bound NULL
+# (no rows); only an empty page asks whether the cursor exists.
+_VERSION = "(metadata::jsonb -> 'deployment' ->> 'version')"
+_AFTER_CURSOR = "(created_at, id) < ((SELECT created_at FROM kitaru.executions WHERE id = ${n}), ${n})"
+_NEWEST_FIRST = "ORDER BY created_at DESC, id DESC"
+_CURSOR_EXISTS = "SELECT 1 FROM kitaru.executions WHERE id = $1"
+
 
 @dataclass(slots=True, frozen=True)
 class _Answer:
@@ -170,7 +181,7 @@ class _Executions(_Connection):
         params: list[Any] = []
         if before is not None:
             params.append(before)
-            clauses.append(f"id < ${len(params)}")
+            clauses.append(_AFTER_CURSOR.format(n=len(params)))
         if flow is not None:
             params.append(flow)
             clauses.append(f"flow = ${len(params)}")
@@ -179,11 +190,13 @@ class _Executions(_Connection):
             clauses.append(f"status = ${len(params)}")
         if version is not None:
             params.append(str(version))
-            clauses.append(f"metadata::jsonb -> 'deployment' ->> 'version' = ${len(params)}")
+            clauses.append(f"{_VERSION} = ${len(params)}")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit)
-        sql = f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions {where} ORDER BY id DESC LIMIT ${len(params)}"
+        sql = f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions {where} {_NEWEST_FIRST} LIMIT ${len(params)}"
         rows = await self._read(sql, *params)
+        if not rows and before is not None and not await self._read(_CURSOR_EXISTS, before):
+            raise _rules.unknown_cursor(before)
         return [_exec_from_row(r) for r in rows]
 
     async def acquire_lease(
@@ -228,7 +241,7 @@ class _Executions(_Connection):
         running = await self._read(
             f"SELECT {_EXEC_COLUMNS} FROM kitaru.executions WHERE status = 'running' AND "
             "(lease_owner IS NULL OR lease_expires_at <= $1 OR starts_with(lease_owner, $2)) "
-            "ORDER BY id",
+            "ORDER BY created_at, id",
             now,
             _rules.HOST + ":",
         )
@@ -245,12 +258,12 @@ class _Executions(_Connection):
             "j.kind = 'wait_opened' AND j.once IS NOT NULL AND "
             "(j.data::jsonb ->> 'deadline')::float8 <= $1 AND NOT EXISTS (SELECT 1 FROM "
             "kitaru.journal k WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', "
-            "'wait_timed_out') AND k.once = j.once)) ORDER BY id LIMIT $2",
+            "'wait_timed_out') AND k.once = j.once)) ORDER BY created_at, id LIMIT $2",
             now,
             limit,
         )
         found += map(_exec_from_row, waiting)
-        return sorted(found, key=lambda e: e.id)[:limit]
+        return sorted(found, key=lambda e: (e.created_at, e.id))[:limit]
 
     async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:

@@ -163,6 +163,23 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX journal_cancel ON kitaru.journal (exec_id) WHERE kind = 'cancel_requested';
     """,
+    # Executions list newest first by creation time, ties by id, because a caller may choose an
+    # id (an idempotency key) that sorts anywhere. Each filter `list_executions` takes gets an
+    # index ending in (created_at, id), so a page walks one backwards from the cursor and stops
+    # after `limit` rows; combined filters walk one of them and test the others per row. Only
+    # rows with a deployment version enter the version index. The (flow, id) and (status, id)
+    # indexes served the old id order and nothing else. Built in the migration's transaction, like
+    # journal_cancel: writes to executions wait while they are built, once.
+    """
+    DROP INDEX kitaru.executions_flow;
+    DROP INDEX kitaru.executions_status;
+    CREATE INDEX executions_created ON kitaru.executions (created_at, id);
+    CREATE INDEX executions_flow ON kitaru.executions (flow, created_at, id);
+    CREATE INDEX executions_status ON kitaru.executions (status, created_at, id);
+    CREATE INDEX executions_version ON kitaru.executions
+        ((metadata::jsonb -> 'deployment' ->> 'version'), created_at, id)
+        WHERE (metadata::jsonb -> 'deployment' ->> 'version') IS NOT NULL;
+    """,
 ]
 
 

@@ -53,6 +53,17 @@ _READ_WAIT = (
     "ORDER BY id"
 )
 
+# Listing: newest first by creation time, ties by id (ids need not sort by time: a caller may
+# choose one). The cursor is an execution's id; the page continues after that execution's place,
+# found by a scalar subquery on the primary key, so one statement reads the page. Each filter has
+# an index ending in (created_at, id) (migration 6), so a page walks one index backwards from the
+# cursor and stops after `limit` rows: no scan, no sort. An unknown cursor makes the bound NULL
+# (no rows); only an empty page asks whether the cursor exists.
+_VERSION = "json_extract(metadata, '$.deployment.version')"
+_AFTER_CURSOR = "(created_at, id) < ((SELECT created_at FROM executions WHERE id = ?), ?)"
+_NEWEST_FIRST = "ORDER BY created_at DESC, id DESC"
+_CURSOR_EXISTS = "SELECT 1 FROM executions WHERE id = ?"
+
 
 def _input_record(artifact: ArtifactRecord) -> JournalRecord:
     return JournalRecord(kind="input", call_id=artifact.name, artifact_id=artifact.id)
@@ -188,8 +199,8 @@ class _Executions(_Connection):
         clauses: list[str] = []
         params: list[Any] = []
         if before is not None:
-            clauses.append("id < ?")
-            params.append(before)
+            clauses.append(_AFTER_CURSOR)
+            params += [before, before]
         if flow is not None:
             clauses.append("flow = ?")
             params.append(flow)
@@ -197,13 +208,14 @@ class _Executions(_Connection):
             clauses.append("status = ?")
             params.append(status)
         if version is not None:
-            clauses.append("json_extract(metadata, '$.deployment.version') = ?")
+            clauses.append(f"{_VERSION} = ?")
             params.append(version)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._read(
-            f"SELECT {_EXEC_COLUMNS} FROM executions {where} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
+            f"SELECT {_EXEC_COLUMNS} FROM executions {where} {_NEWEST_FIRST} LIMIT ?", (*params, limit)
         )
+        if not rows and before is not None and not self._read(_CURSOR_EXISTS, (before,)):
+            raise _rules.unknown_cursor(before)
         return [_exec_from_row(r) for r in rows]
 
     async def acquire_lease(
@@ -241,7 +253,7 @@ class _Executions(_Connection):
         # Local holders are checked in Python (is their process alive?); the query narrows to them.
         running = self._read(
             f"SELECT {_EXEC_COLUMNS} FROM executions WHERE status = 'running' AND (lease_owner IS "
-            "NULL OR lease_expires_at <= ? OR substr(lease_owner, 1, ?) = ?) ORDER BY id",
+            "NULL OR lease_expires_at <= ? OR substr(lease_owner, 1, ?) = ?) ORDER BY created_at, id",
             (now, len(_rules.HOST) + 1, _rules.HOST + ":"),
         )
         found = [
@@ -256,11 +268,11 @@ class _Executions(_Connection):
             "SELECT 1 FROM journal j WHERE j.exec_id = e.id AND j.kind = 'wait_opened' "
             "AND json_extract(j.data, '$.deadline') <= ? AND NOT EXISTS (SELECT 1 FROM journal k "
             "WHERE k.exec_id = e.id AND k.kind IN ('wait_answered', 'wait_timed_out') "
-            "AND k.once = j.once)) ORDER BY id LIMIT ?",
+            "AND k.once = j.once)) ORDER BY created_at, id LIMIT ?",
             (now, limit),
         )
         found += map(_exec_from_row, waiting)
-        return sorted(found, key=lambda e: e.id)[:limit]
+        return sorted(found, key=lambda e: (e.created_at, e.id))[:limit]
 
     async def renew_leases(self, owner: str, exec_ids: Sequence[str], ttl: float) -> dict[str, str]:
         if not exec_ids:

@@ -132,4 +132,20 @@ _MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # Executions list newest first by creation time, ties by id, because a caller may choose an
+    # id (an idempotency key) that sorts anywhere. Each filter `list_executions` takes gets an
+    # index ending in (created_at, id), so a page walks one index from the cursor and stops after
+    # `limit` rows; combined filters walk one of them and test the others per row. Only rows with
+    # a deployment version enter the version index (the others would only make it larger).
+    # The (flow, id) and (status, id) indexes served the old id order and nothing else.
+    """
+    DROP INDEX executions_flow;
+    DROP INDEX executions_status;
+    CREATE INDEX executions_created ON executions (created_at, id);
+    CREATE INDEX executions_flow ON executions (flow, created_at, id);
+    CREATE INDEX executions_status ON executions (status, created_at, id);
+    CREATE INDEX executions_version ON executions
+        (json_extract(metadata, '$.deployment.version'), created_at, id)
+        WHERE json_extract(metadata, '$.deployment.version') IS NOT NULL;
+    """,
 ]
