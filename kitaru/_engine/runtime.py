@@ -490,10 +490,19 @@ def _describe(record: ArtifactRecord) -> str:
 
 
 def _restore_hint(record: ArtifactRecord) -> str:
-    return (
+    hint = (
         f"Restore the original bytes (they hash to {record.content_hash}) from a backup, then "
         f"continue with `kitaru executions retry {record.exec_id}` if the execution failed on it."
     )
+    if record.type == "output" and record.call_id:
+        # Without a backup, the checkpoint that made it can make it again: writing the same
+        # bytes puts the blob back (see Runtime.aput_blob), which also lets the retry above work.
+        hint += (
+            f" Without a backup, `kitaru executions replay {record.exec_id} --from "
+            f"{record.call_id}` runs that checkpoint again; if it returns the same value, that "
+            "puts the blob back too."
+        )
+    return hint
 
 
 def _verify(record: ArtifactRecord, size: int, hexdigest: str | None, where: str) -> None:

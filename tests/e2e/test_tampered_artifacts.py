@@ -140,3 +140,31 @@ def test_a_damaged_blob_is_repaired_by_the_next_process_that_writes_its_value(
         assert store.get_artifact(artifact_id) is not None
     finally:
         store.close()
+
+
+def test_a_deleted_blob_without_a_backup_is_made_again_by_the_replay_the_error_names(
+    tmp_path: Path, subprocess_env: dict[str, str], kitaru_cli: list[str], kitaru_home: Path
+) -> None:
+    exec_id = start("text", subprocess_env, tmp_path)
+    artifact_id, content_hash, blob = blob_path(kitaru_home, exec_id)
+    original = blob.read_bytes()
+    blob.unlink()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    answered = cli(
+        kitaru_cli, "executions", "input", exec_id, "--value", "true", env=subprocess_env, cwd=elsewhere
+    )
+    assert answered.returncode == 4, answered.stdout + answered.stderr
+    error = answered.stderr
+    assert artifact_id in error and "is missing from the artifact store" in error and content_hash in error
+    replay = f"kitaru executions replay {exec_id} --from produce"
+    assert replay in error and f"kitaru executions retry {exec_id}" in error, error
+
+    replayed = cli(kitaru_cli, *replay.split()[1:], env=subprocess_env, cwd=tmp_path)
+    assert replayed.returncode == 0 and "waiting on 'go'" in replayed.stdout, (
+        replayed.stdout + replayed.stderr
+    )
+    assert blob.read_bytes() == original  # the replayed checkpoint wrote the same bytes back
+    retried = cli(kitaru_cli, "executions", "retry", exec_id, env=subprocess_env, cwd=elsewhere)
+    assert retried.returncode == 0 and f"execution {exec_id} is completed" in retried.stdout, retried.stderr
