@@ -194,7 +194,7 @@ class _GroupCommit:
 
                 async with anyio.create_task_group() as tg:
                     for key, data in uploads:
-                        tg.start_soon(self.runtime.aartifacts.put, key, data)
+                        tg.start_soon(self.runtime.aput_blob, key, data)
             kw: dict[str, Any] = {}
             taken = self._take_pending(records, kw)
             if taken or artifacts or kw:

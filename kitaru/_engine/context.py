@@ -296,7 +296,7 @@ class ExecutionContext(_GroupCommit, _OutputsIndex):
         )
         if blob is not None:
             if running_loop() is None:
-                self.blocking(self.runtime.aartifacts.put, *blob)
+                self.blocking(self.runtime.aput_blob, *blob)
             else:
                 self._batch_uploads.append(blob)
                 self._schedule_flush()

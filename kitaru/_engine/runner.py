@@ -587,6 +587,12 @@ async def _settle_as(ctx: ExecutionContext, value: Any, exc: BaseException | Non
     if isinstance(exc, _Cancelled):
         return await _settle_cancelled(ctx)
     if isinstance(exc, KitaruLeaseError | KitaruConflictError):
+        if isinstance(exc, KitaruConflictError) and await _still_ours(ctx):
+            # A conflict while this runner still holds the lease is not another runner's work
+            # (a key the flow's own code tried to create twice, say): read as "lost", it left
+            # the execution running under a lease nobody would renew, to fail the same way
+            # after every recovery.
+            return await _settle_error(ctx, exc)
         # Another runner owns the execution now: stop without writing anything more.
         return Outcome("lost", error=exc)
     if isinstance(exc, Exception):
@@ -596,6 +602,11 @@ async def _settle_as(ctx: ExecutionContext, value: Any, exc: BaseException | Non
     # here, it would take down the event loop the Runner shares with other executions).
     await ctx.runtime.astate.commit(ctx.exec_id, [], owner=ctx.runtime.owner, release_lease=True)
     return Outcome("interrupted", error=exc)
+
+
+async def _still_ours(ctx: ExecutionContext) -> bool:
+    record = await ctx.runtime.astate.get_execution(ctx.exec_id)
+    return record is not None and record.status == "running" and record.lease_owner == ctx.runtime.owner
 
 
 async def _settle_value(ctx: ExecutionContext, value: Any) -> Outcome:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 from kitaru import serialization
 from kitaru._ids import new_id
 from kitaru.config import env_float
-from kitaru.errors import KitaruNotFoundError, KitaruStoreError
+from kitaru.errors import KitaruConflictError, KitaruNotFoundError, KitaruStoreError
 from kitaru.store import (
     ArtifactRecord,
     ArtifactStore,
@@ -331,7 +331,7 @@ class Runtime:
             exec_id, name=name, version=version, type=type, value=value, call_id=call_id
         )
         if blob is not None:
-            await self.aartifacts.put(*blob)
+            await self.aput_blob(*blob)
         return record
 
     def make_artifact(
@@ -342,8 +342,41 @@ class Runtime:
             exec_id, name=name, version=version, type=type, value=value, call_id=call_id
         )
         if blob is not None:
-            self.blocking(self.aartifacts.put, *blob)
+            self.blocking(self.aput_blob, *blob)
         return record
+
+    async def aput_blob(self, key: str, data: bytes) -> None:
+        """Write a blob of :meth:`serialize_artifact` (``blobs/<sha256 of data>``).
+
+        The stores write create-only and refuse different bytes under an existing key. A blob key
+        is the hash of its bytes, and ``data`` was hashed just now, so a refusal means the stored
+        blob is damaged (a truncated copy, a bad restore, tampering): it is replaced with ``data``,
+        which also repairs every artifact recorded with that hash. Left as a conflict, it would
+        fail every later write of that value, and the runner reads a conflict as a lost lease."""
+        try:
+            await self.aartifacts.put(key, data)
+            return
+        except KitaruConflictError as exc:
+            conflict = exc
+        import logging
+
+        logging.getLogger("kitaru").warning(
+            "artifact blob %s in %s held bytes that do not hash to its name (damaged or "
+            "changed after it was written); replacing it with the bytes being written, which do.",
+            key,
+            self.aartifacts.uri,
+        )
+        await self.aartifacts.delete(key)
+        try:
+            await self.aartifacts.put(key, data)
+        except KitaruConflictError as exc:
+            # Someone wrote different bytes again between the delete and the put: not a damaged
+            # copy any more but a store that keeps changing under us. Not a conflict of runners.
+            raise KitaruStoreError(
+                f"artifact blob {key} in {self.aartifacts.uri} holds bytes that do not hash to its "
+                f"name, and replacing them failed: {exc}. Something else is writing to the "
+                "artifact store; stop it, then retry the execution with `kitaru executions retry`."
+            ) from conflict
 
     async def aartifact_chunks(
         self, record: ArtifactRecord, chunk_size: int = 1 << 20
@@ -457,10 +490,19 @@ def _describe(record: ArtifactRecord) -> str:
 
 
 def _restore_hint(record: ArtifactRecord) -> str:
-    return (
+    hint = (
         f"Restore the original bytes (they hash to {record.content_hash}) from a backup, then "
         f"continue with `kitaru executions retry {record.exec_id}` if the execution failed on it."
     )
+    if record.type == "output" and record.call_id:
+        # Without a backup, the checkpoint that made it can make it again: writing the same
+        # bytes puts the blob back (see Runtime.aput_blob), which also lets the retry above work.
+        hint += (
+            f" Without a backup, `kitaru executions replay {record.exec_id} --from "
+            f"{record.call_id}` runs that checkpoint again; if it returns the same value, that "
+            "puts the blob back too."
+        )
+    return hint
 
 
 def _verify(record: ArtifactRecord, size: int, hexdigest: str | None, where: str) -> None:

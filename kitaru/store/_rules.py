@@ -76,8 +76,8 @@ def final_error(exec_id: str, status: str, action: str) -> KitaruStateError:
     execution in a final status."""
     if status == "cancelled":
         return KitaruStateError(
-            f"execution {exec_id} is cancelled, so it cannot {action}: a cancelled execution does "
-            f"not run again. To run it anew, replay it: `kitaru executions replay {exec_id} --from "
+            f"execution {exec_id} is cancelled, so it cannot {action}: a cancelled execution stays "
+            f"cancelled. To run it anew, replay it: `kitaru executions replay {exec_id} --from "
             "CHECKPOINT`."
         )
     return KitaruStateError(

@@ -1347,7 +1347,7 @@ class StateStoreConformance(DeploymentConformance):
         before = await state_store.read_journal(exec_id)
 
         for set_status in ("running", None):
-            with pytest.raises(KitaruStateError, match="does not run again"):
+            with pytest.raises(KitaruStateError, match="stays cancelled"):
                 await state_store.acquire_lease(
                     exec_id,
                     _live_owner(),
@@ -1357,7 +1357,7 @@ class StateStoreConformance(DeploymentConformance):
                 )
         if was == "waiting":
             record, artifact = _answer(exec_id)
-            with pytest.raises(KitaruStateError, match="does not run again"):
+            with pytest.raises(KitaruStateError, match="stays cancelled"):
                 await state_store.answer_wait(
                     exec_id, record, artifact, owner=_live_owner(), ttl=_TTL, take_lease=True
                 )

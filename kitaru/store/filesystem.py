@@ -73,7 +73,7 @@ class FilesystemArtifactStore:
                     await anyio.to_thread.run_sync(_flush_and_sync, fh)
             await anyio.to_thread.run_sync(self._link, key, path, tmp)
         except OSError as exc:
-            raise KitaruStoreError(f"cannot write artifact {key!r} under {self.root}: {exc}") from exc
+            raise self._unwritable(exc, key) from exc
         finally:
             await anyio.to_thread.run_sync(_unlink_quietly, tmp)
 
@@ -92,7 +92,7 @@ class FilesystemArtifactStore:
                     _flush_and_sync(fh)
             self._link(key, path, tmp)
         except OSError as exc:
-            raise KitaruStoreError(f"cannot write artifact {key!r} under {self.root}: {exc}") from exc
+            raise self._unwritable(exc, key) from exc
         finally:
             _unlink_quietly(tmp)
 
@@ -101,10 +101,17 @@ class FilesystemArtifactStore:
             private_dir(path.parent)
             return tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         except OSError as exc:
-            raise KitaruStoreError(
-                f"cannot write artifacts under {self.root}: {exc}. Check the directory is "
-                "writable and has space, or set KITARU_HOME."
-            ) from exc
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError, key: str | None = None) -> KitaruStoreError:
+        """A failed write (full disk, read-only directory): what to fix and how to go on. The
+        temporary file is removed and nothing refers to the key yet, so the journal is whole."""
+        what = f"artifact {key!r} under {self.root}" if key else f"artifacts under {self.root}"
+        return KitaruStoreError(
+            f"cannot write {what}: {exc}. Make room or make the directory writable (or set "
+            "KITARU_HOME elsewhere); an execution that failed on it continues from its journal "
+            "with `kitaru executions retry <exec_id>`."
+        )
 
     def _link(self, key: str, path: Path, tmp: str) -> None:
         # link() fails if the key appeared meanwhile, unlike rename(): create-only even against a

@@ -188,5 +188,5 @@ def test_cancel_from_another_process_during_a_checkpoint(
     for command in ("resume", "retry"):
         refused = cli(kitaru_cli, env, tmp_path, "executions", command, execution.id)
         assert refused.returncode == 6
-        assert "does not run again" in refused.stderr and "kitaru executions replay" in refused.stderr
+        assert "stays cancelled" in refused.stderr and "kitaru executions replay" in refused.stderr
     assert only_execution(kitaru_home).status == "cancelled"

@@ -110,3 +110,61 @@ def test_a_planted_pickle_never_runs(
     answered = cli(kitaru_cli, *answer, env=subprocess_env, cwd=tmp_path)
     assert answered.returncode == 4 and artifact_id in answered.stderr
     assert not pwned.exists()
+
+
+def test_a_damaged_blob_is_repaired_by_the_next_process_that_writes_its_value(
+    tmp_path: Path, subprocess_env: dict[str, str], kitaru_cli: list[str], kitaru_home: Path
+) -> None:
+    first = start("text", subprocess_env, tmp_path)
+    artifact_id, _, blob = blob_path(kitaru_home, first)
+    original = blob.read_bytes()
+    blob.write_bytes(original[: len(original) // 2])  # a copy cut short (a full disk, a bad restore)
+
+    # Another process computes the same value: it must not be refused by the damaged blob.
+    second = start("text", subprocess_env, tmp_path)
+    assert blob.read_bytes() == original
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for exec_id in (first, second):  # the first execution reads its output again, repaired
+        answered = cli(
+            kitaru_cli, "executions", "input", exec_id, "--value", "true", env=subprocess_env, cwd=elsewhere
+        )
+        assert answered.returncode == 0 and "completed" in answered.stdout, answered.stdout + answered.stderr
+    store = sync_view(SQLiteStateStore(kitaru_home / "kitaru.db"))
+    try:
+        for exec_id in (first, second):
+            record = store.get_execution(exec_id)
+            assert record is not None and record.status == "completed"
+            result = store.get_artifact(record.result_artifact or "")
+            assert result is not None and result.inline == str(N).encode()
+        assert store.get_artifact(artifact_id) is not None
+    finally:
+        store.close()
+
+
+def test_a_deleted_blob_without_a_backup_is_made_again_by_the_replay_the_error_names(
+    tmp_path: Path, subprocess_env: dict[str, str], kitaru_cli: list[str], kitaru_home: Path
+) -> None:
+    exec_id = start("text", subprocess_env, tmp_path)
+    artifact_id, content_hash, blob = blob_path(kitaru_home, exec_id)
+    original = blob.read_bytes()
+    blob.unlink()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    answered = cli(
+        kitaru_cli, "executions", "input", exec_id, "--value", "true", env=subprocess_env, cwd=elsewhere
+    )
+    assert answered.returncode == 4, answered.stdout + answered.stderr
+    error = answered.stderr
+    assert artifact_id in error and "is missing from the artifact store" in error and content_hash in error
+    replay = f"kitaru executions replay {exec_id} --from produce"
+    assert replay in error and f"kitaru executions retry {exec_id}" in error, error
+
+    replayed = cli(kitaru_cli, *replay.split()[1:], env=subprocess_env, cwd=tmp_path)
+    assert replayed.returncode == 0 and "waiting on 'go'" in replayed.stdout, (
+        replayed.stdout + replayed.stderr
+    )
+    assert blob.read_bytes() == original  # the replayed checkpoint wrote the same bytes back
+    retried = cli(kitaru_cli, "executions", "retry", exec_id, env=subprocess_env, cwd=elsewhere)
+    assert retried.returncode == 0 and f"execution {exec_id} is completed" in retried.stdout, retried.stderr

@@ -186,3 +186,46 @@ class TestOnAnObjectStore:
             replace_blob(runtime, key, original)
             assert KitaruClient().executions.retry(handle.exec_id).wait() == BIG
         runtime.close()
+
+
+@flow
+def text_only(n: int) -> int:
+    return len(make_text(n))
+
+
+@checkpoint
+async def make_text_async(n: int) -> str:
+    return "x" * n
+
+
+@flow
+async def text_only_async(n: int) -> int:
+    return len(await make_text_async(n))
+
+
+class TestADamagedBlobIsRepairedByTheNextWrite:
+    """Blob keys are the hash of their bytes, so a later write of the same value knows the right
+    bytes: it replaces a damaged blob instead of failing on it (which the runner used to read as
+    a lost lease, leaving the execution running with nobody driving it)."""
+
+    @pytest.mark.parametrize(
+        ("body", "name"),
+        [(text_only, "make_text"), (text_only_async, "make_text_async")],
+        ids=["sync", "async"],
+    )
+    def test_the_same_value_written_again_completes_and_repairs_the_earlier_execution(
+        self, runtime: Runtime, body: Any, name: str
+    ) -> None:
+        first = body.run(BIG)
+        assert first.wait() == BIG
+        record, key = blob_of(runtime, first.exec_id, name)
+        original = runtime.artifacts.get(key)
+        replace_blob(runtime, key, original[:-11] + b'"')
+        with pytest.raises(KitaruStoreError, match=record.id):
+            runtime.load_artifact(record)
+
+        second = body.run(BIG)
+        assert second.wait(timeout=30) == BIG
+        assert KitaruClient().executions.get(second.exec_id).status == "completed"
+        assert runtime.artifacts.get(key) == original
+        assert runtime.load_artifact(record) == "x" * BIG  # the first execution's output reads again

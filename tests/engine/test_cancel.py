@@ -110,7 +110,7 @@ class TestCancelIsFinal:
         ):
             with pytest.raises(kitaru.KitaruStateError, match="cancelled") as caught:
                 attempt()
-            assert "does not run again" in str(caught.value)
+            assert "stays cancelled" in str(caught.value)
             assert f"kitaru executions replay {exec_id}" in str(caught.value)
 
         assert ran == {"slow": 1}

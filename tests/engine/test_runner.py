@@ -256,3 +256,26 @@ class TestLoadFromAnAsyncFlow:
         else:
             with pytest.raises(kitaru.KitaruUsageError, match=r"await kitaru\.aload"):
                 handle.wait(timeout=60)
+
+
+@checkpoint
+def creates_a_key_twice() -> None:
+    raise kitaru.KitaruConflictError("api key 'ci' exists already")
+
+
+@flow
+def conflicting() -> None:
+    creates_a_key_twice()
+
+
+class TestAConflictOfTheFlowsOwn:
+    def test_fails_the_execution_instead_of_leaving_it_running_unowned(self, runtime: Runtime) -> None:
+        """A conflict is another runner's doing only when the lease went with it: with the lease
+        still held, the execution fails with the error (it was left running, its lease held by a
+        runner that had stopped, to fail the same way after every recovery)."""
+        handle = conflicting.run()
+        with pytest.raises(kitaru.KitaruConflictError, match="exists already"):
+            handle.wait(timeout=30)
+        execution = KitaruClient().executions.get(handle.exec_id)
+        assert execution.status == "failed" and "exists already" in (execution.error or "")
+        assert runtime.state.get_execution(handle.exec_id).lease_owner is None  # type: ignore[union-attr]

@@ -46,8 +46,8 @@ class TestExecutionStatuses:
 
     def test_a_cancelled_execution_says_how_to_run_it_anew(self) -> None:
         assert str(_rules.final_error(X, "cancelled", "take an answer")) == (
-            f"execution {X} is cancelled, so it cannot take an answer: a cancelled execution does "
-            f"not run again. To run it anew, replay it: `kitaru executions replay {X} --from "
+            f"execution {X} is cancelled, so it cannot take an answer: a cancelled execution stays "
+            f"cancelled. To run it anew, replay it: `kitaru executions replay {X} --from "
             "CHECKPOINT`."
         )
 

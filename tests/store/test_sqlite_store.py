@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
@@ -19,6 +21,7 @@ from kitaru.store.conformance import (
     SecretStoreConformance,
     StateStoreConformance,
     _answer,
+    _completed,
     _waiting,
 )
 from kitaru.store.sqlite import SQLiteStateStore
@@ -478,4 +481,52 @@ class TestOpening:
                 store.get_execution("E1")
             assert str(info.value).startswith(f"cannot read {path}: ") and "executions" in str(info.value)
         finally:
+            store.close()
+
+
+# Another process holding a write transaction until its stdin closes (a script writing the
+# database directly, a backup tool, an interactive shell left open).
+_HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("UPDATE executions SET updated_at = updated_at")
+print("holding", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+class TestALongWriteLockOfAnotherProcess:
+    def test_a_commit_says_who_to_look_for_and_writes_nothing_then_works_once_released(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "state.db"
+        store = sync_view(SQLiteStateStore(path, timeout=0.2))
+        holder = None
+        try:
+            execution = _execution("E1")
+            store.create_execution(execution, [])
+            holder = subprocess.Popen(
+                [sys.executable, "-c", _HOLDER, str(path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+            with pytest.raises(KitaruStoreError) as info:
+                store.commit(execution.id, [_completed("step")])
+            message = str(info.value)
+            assert f"cannot write to {path}: database is locked" in message
+            assert "more than 0.2 s" in message and f"fuser {path}" in message
+            assert "kitaru executions retry" in message
+            assert store.read_journal(execution.id) == []  # nothing half-written
+
+            holder.communicate("", timeout=30)
+            store.commit(execution.id, [_completed("step")])
+            assert [r.call_id for r in store.read_journal(execution.id)] == ["step"]
+        finally:
+            if holder is not None and holder.poll() is None:
+                holder.kill()
+                holder.wait(30)
             store.close()

@@ -33,6 +33,7 @@ class _Connection:
         self.read_only = read_only
         self._building_stand_in = False  # the one write a read-only store makes: see below
         self._lock = threading.RLock()
+        self._timeout = timeout
         if read_only:
             self._conn = self._connect_read_only(timeout)
             return
@@ -184,7 +185,7 @@ class _Connection:
             try:
                 cur.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise KitaruStoreError(f"cannot write to {self.path}: {exc}") from exc
+                raise KitaruStoreError(f"cannot write to {self.path}: {exc}{self._locked_hint(exc)}") from exc
             try:
                 yield cur
             except BaseException:
@@ -195,6 +196,17 @@ class _Connection:
             except sqlite3.Error as exc:
                 self._conn.rollback()
                 raise KitaruStoreError(f"commit to {self.path} failed: {exc}") from exc
+
+    def _locked_hint(self, exc: sqlite3.Error) -> str:
+        """What to do about a lock that outlasted the busy timeout: someone else's long write
+        transaction (a process writing the database directly, a backup tool, an open shell)."""
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            return ""
+        return (
+            f". Another process held a write transaction on it for more than {self._timeout:g} s; "
+            f"find it (`fuser {self.path}`), let it finish or stop it, then run this again (an "
+            "execution that failed on it continues with `kitaru executions retry <exec_id>`)"
+        )
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
