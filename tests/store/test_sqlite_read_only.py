@@ -135,6 +135,37 @@ def test_read_only_open_of_a_newer_database_says_upgrade(tmp_path: Path) -> None
     assert path.read_bytes() == before
 
 
+def test_read_only_open_reads_a_database_behind_by_indexes_only(tmp_path: Path) -> None:
+    """After an upgrade whose migrations only add indexes (listing by time), a read-only command
+    (`kitaru executions list`) reads the older database as it is, in time order, writing nothing;
+    the first writer migrates it. Version 5: the schema before listing by time."""
+    path = tmp_path / "kitaru.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for script in _MIGRATIONS[:5]:
+            conn.executescript(script)
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+        for exec_id, created in (("01AAAA", 1.0), ("order-42", 2.0), ("01BBBB", 3.0)):
+            conn.execute(
+                "INSERT INTO executions (id, flow, target, status, created_at, updated_at) "
+                "VALUES (?, 'f', 'm:f', 'completed', ?, ?)",
+                (exec_id, created, created),
+            )
+    before = path.read_bytes()
+    store = sync_view(SQLiteStateStore(path, read_only=True))
+    try:
+        assert [e.id for e in store.list_executions()] == ["01BBBB", "order-42", "01AAAA"]
+        assert [e.id for e in store.list_executions(flow="f", before="order-42")] == ["01AAAA"]
+    finally:
+        store.close()
+    assert path.read_bytes() == before
+
+    sync_view(SQLiteStateStore(path)).close()
+    with closing(sqlite3.connect(path)) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == (str(len(_MIGRATIONS)),)
+
+
 def test_read_only_open_of_a_foreign_database_says_it_is_behind(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     with closing(sqlite3.connect(path)) as conn, conn:

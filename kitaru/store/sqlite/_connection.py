@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from kitaru.errors import KitaruStoreError
-from kitaru.store.sqlite._schema import _MIGRATIONS
+from kitaru.store.sqlite._schema import _MIGRATIONS, READABLE_FROM
 
 # Primary result codes (the low byte of an extended code) that a read-only open falls back on.
 _SQLITE_READONLY = 8
@@ -131,7 +131,7 @@ class _Connection:
                         "readable, or point KITARU_HOME at the right home."
                     ) from exc
         assert conn is not None
-        if version != len(_MIGRATIONS):
+        if not READABLE_FROM <= version <= len(_MIGRATIONS):
             conn.close()
             if version > len(_MIGRATIONS):
                 raise KitaruStoreError(

@@ -149,3 +149,10 @@ _MIGRATIONS: list[str] = [
         WHERE json_extract(metadata, '$.deployment.version') IS NOT NULL;
     """,
 ]
+
+#: The oldest schema version a read-only store reads without migrating it: the migrations after
+#: it only add or replace indexes, so its tables are the ones this kitaru queries (lists are then
+#: sorted rather than read in index order). Without this, the first `kitaru executions list` after
+#: an upgrade refused to read until some command had written. A migration that changes a table
+#: moves it to that migration's version.
+READABLE_FROM = 5
