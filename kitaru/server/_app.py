@@ -6,9 +6,13 @@ starts a job elsewhere), so a request returns in store time whatever the flow do
 
 The API, for its clients (the CLI, ``KitaruClient()``, workers, the web UI):
 
-- JSON everywhere; errors are ``{"error": {"type": "KitaruStateError", "message": ...}}`` with
-  404 (no such id), 409 (the state does not allow it), 422 (a value does not fit), 401 (no or a
-  bad key), 403 (the key lacks the scope, or a cookie request lacks its CSRF token).
+- JSON everywhere; every error, the framework's own included, is
+  ``{"error": {"type": "KitaruStateError", "message": ...}}`` (a request that does not fit its
+  endpoint adds ``"detail"``: where and what, never the value sent) with 400 (a bad request),
+  404 (no such id or endpoint), 409 (the state does not allow it), 413 (a body over
+  ``KITARU_SERVER_MAX_BODY`` bytes), 422 (a value does not fit), 401 (no or a bad key), 403 (the
+  key lacks the scope, or a cookie request lacks its CSRF token), 500 (a bug: logged, no trace
+  in the answer).
 - Lists are pages, newest first: ``?limit=`` (at most 500) and ``?cursor=`` (the previous page's
   ``next_cursor``; None on the last page).
 - Logs are server-sent events (``text/event-stream``): ``event: log`` with the entry as JSON and
@@ -29,7 +33,9 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Body, Depends, FastAPI, Form, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from kitaru.errors import KitaruConfigError, KitaruError, KitaruNotFoundError, KitaruUsageError
 from kitaru.remote import _wire
@@ -44,6 +50,8 @@ log = logging.getLogger("kitaru.server")
 #: Serializers whose bytes are JSON, so a preview shows them without running any code.
 _JSON_SERIALIZERS = frozenset({"json", "pydantic", "dataclass"})
 _PREVIEW_LIMIT = 1 << 20
+#: How much of a value the client sent an error message repeats (a path, an id), at most.
+_ECHO = 120
 
 
 class _Refused(Exception):
@@ -54,9 +62,40 @@ class _Refused(Exception):
         self.status = status
 
 
-def _error(status: int, type_: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+class _TooLarge(HTTPException):
+    """A request body over the server's limit (413); raised while the body is read, so FastAPI
+    passes it on as it is (any other error reading a body becomes its 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"the request body is larger than this server takes ({limit} bytes). Send less (a large "
+        "value belongs in an artifact), or raise KITARU_SERVER_MAX_BODY where the server starts."
+    )
+
+
+def _error(
+    status: int, type_: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    body = {"error": {"type": type_, "message": message, **extra}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _clip(text: str) -> str:
+    """``text`` as an error message may repeat it: quoted, and cut short when it is long."""
+    return repr(text if len(text) <= _ECHO else text[:_ECHO] + "...")
+
+
+#: An unexpected failure, as the client sees it (the trace goes to the server's log only).
+_INTERNAL = (
+    "the server failed on this request (a bug; its log has the details). Retry, and report it "
+    "with the server's log if it happens again."
+)
 
 
 #: The answer endpoint's path (``scope["path"]`` is percent-decoded, as the router sees it).
@@ -79,6 +118,7 @@ class _Front:
     def __init__(self, app: Any, server: ServerState) -> None:
         self.app = app
         self.server = server
+        self.max_body = server.max_body
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -98,7 +138,7 @@ class _Front:
         try:
             match = _ANSWER_PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
             if match is None or scope.get("root_path"):
-                await self.app(scope, receive, started)
+                await self.app(scope, _limited(receive, self.max_body), started)
             else:
                 await self._answer(scope, receive, started, match[1], match[2])
         finally:
@@ -108,14 +148,20 @@ class _Front:
     async def _answer(self, scope: Any, receive: Any, send: Any, exec_id: str, name: str) -> None:
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if header is None:  # a session, or no credentials: the route decides
-            await self.app(scope, receive, send)
+            await self.app(scope, _limited(receive, self.max_body), send)
             return
         chunks = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client went away before sending its answer
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:  # the route's limit, checked as the body arrives
+                await _send_json(send, 413, _usage_error(_too_large(self.max_body)))
+                return
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
@@ -124,7 +170,7 @@ class _Front:
         if who is not None and who.allows("answer"):
             try:
                 data = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
                 data = None
             if isinstance(data, dict):
                 value = data.get("value", _NO_VALUE)
@@ -135,6 +181,10 @@ class _Front:
             await self.server.answer(exec_id, name, value)
         except KitaruError as exc:
             await _send_json(send, _wire.status_of(exc), _wire.error_to_json(exc))
+            return
+        except Exception:  # what the routes' error layer would do: log the trace, answer in JSON
+            log.exception("answering wait %r of execution %r failed", name, exec_id)
+            await _send_json(send, 500, {"error": {"type": "InternalError", "message": _INTERNAL}})
             return
         await _send_json(send, 202, {"id": exec_id, "wait": name, "accepted": True})
 
@@ -155,6 +205,26 @@ class _ServerApp(FastAPI):
 
 
 _NO_VALUE: Any = object()
+
+
+def _usage_error(message: str) -> dict[str, Any]:
+    return {"error": {"type": "KitaruUsageError", "message": message}}
+
+
+def _limited(receive: Any, limit: int) -> Any:
+    """``receive`` refusing a body (_TooLarge) once more than ``limit`` bytes of it came."""
+    seen = 0
+
+    async def limited() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge(limit)
+        return message
+
+    return limited
 
 
 def _replaying(body: bytes, receive: Any) -> Any:
@@ -192,20 +262,63 @@ async def _bearer(server: ServerState, header: str) -> _auth.Principal | None:
 
 def _embedded(body: bytes, field: str) -> Any:
     """The one field of a JSON object body, or the 422 FastAPI would give (``Body(embed=True)``)."""
-    from fastapi.exceptions import RequestValidationError
-
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {},
-              "ctx": {"error": str(exc)}}]
+              "ctx": {"error": reason}}]
         ) from None  # fmt: skip
     if not isinstance(data, dict) or field not in data:
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body", field), "msg": "Field required", "input": None}]
         )
     return data[field]
+
+
+def _http_refusal(request: Request, exc: HTTPException) -> tuple[str, str]:
+    """The error type and message of a refusal the framework raised (or ``_TooLarge``)."""
+    what = f"{request.method} {_clip(request.url.path)}"
+    if isinstance(exc, _TooLarge):
+        return "KitaruUsageError", str(exc.detail)
+    if exc.status_code == 404:
+        return "KitaruNotFoundError", (
+            f"this server has no endpoint {what}. The API is listed at /docs (OpenAPI: /openapi.json)."
+        )
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return "KitaruUsageError", (
+            f"{what} is not allowed (this path takes {allowed or 'other methods'}). "
+            "The API is listed at /docs."
+        )
+    if exc.status_code == 400:
+        return "KitaruUsageError", (
+            f"the body of {what} could not be read ({exc.detail}): send a JSON object with "
+            "`Content-Type: application/json` (nested at most a few hundred levels), or the form "
+            "the endpoint documents at /docs."
+        )
+    kind = "KitaruUsageError" if exc.status_code < 500 else "KitaruError"
+    return kind, f"{what}: {exc.detail}"
+
+
+def _invalid_message(request: Request, problems: list[dict[str, Any]]) -> str:
+    """What is wrong with a request that does not fit its endpoint, part by part."""
+    where = {"query": "query parameter", "path": "path part", "body": "body field", "header": "header"}
+    parts = []
+    for p in problems:
+        loc = [str(x) for x in p["loc"]]
+        if p["type"] == "json_invalid":
+            parts.append("the body is not valid JSON")
+        elif len(loc) >= 2 and loc[0] in where:
+            parts.append(f"{where[loc[0]]} {'.'.join(loc[1:])!r}: {p['msg']}")
+        else:
+            parts.append(f"{'.'.join(loc) or 'the request'}: {p['msg']}")
+    message = f"{request.method} {_clip(request.url.path)} does not fit: {'; '.join(parts)}."
+    content_type = request.headers.get("content-type", "")
+    if any(p["loc"][:1] == ["body"] for p in problems) and "json" not in content_type:
+        message += " Send the body as JSON with `Content-Type: application/json`."
+    return message + " The endpoint is described at /docs."
 
 
 def build_app(server: ServerState) -> FastAPI:
@@ -233,6 +346,28 @@ def build_app(server: ServerState) -> FastAPI:
     @app.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> JSONResponse:
         return _error(exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", str(exc))
+
+    # The framework's own refusals (no such route, a body it cannot read, parameters that do not
+    # fit) in the same shape as ours, so a client reads one shape; never with the value sent
+    # (it may be a key or a secret), only where it was and what is wrong with it.
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return _error(exc.status_code, *_http_refusal(request, exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return _error(422, "KitaruUsageError", _invalid_message(request, problems), detail=problems)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's error layer logs the trace after this answer; the client gets no trace.
+        return _error(500, "InternalError", _INTERNAL)
 
     # -- authentication --------------------------------------------------------------------
 

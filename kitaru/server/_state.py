@@ -37,6 +37,12 @@ log = logging.getLogger("kitaru.server")
 #: allows 40), so this also keeps a burst of resumed flows from taking every thread.
 DRIVERS = 16
 
+#: The largest request body the server reads, in bytes (``KITARU_SERVER_MAX_BODY``); larger
+#: ones get 413 before more than this is held in memory. A worker's commit carries artifacts of
+#: up to 64 KiB inline (larger ones go to the artifact store), so this leaves room for a group
+#: of them; an answer or invoke arguments that need more belong in an artifact.
+MAX_BODY = 16 * 1024 * 1024
+
 #: A queued drive: the execution, and what drives it.
 _Job = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
@@ -62,6 +68,7 @@ class ServerState:
         tick: float = 1.0,
         drivers: int = DRIVERS,
         own_process: bool = False,
+        max_body: int = MAX_BODY,
     ) -> None:
         from kitaru.client import Execution  # noqa: F401  (imported now: requests must not pay for it)
 
@@ -77,6 +84,7 @@ class ServerState:
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._key_reads: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
         self.drivers = drivers
+        self.max_body = max_body
         self.own_process = own_process
         self._driving: set[str] = set()
         self._queue: MemoryObjectSendStream[_Job] | None = None

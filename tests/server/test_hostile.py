@@ -1,0 +1,202 @@
+"""What a hostile or careless client sends, against the app in this process: ids that are not
+theirs or not ids, bodies that are too large, too deep or not JSON, tampered cursors and
+positions, stale sessions. Every refusal has one JSON shape and a message naming the fix, never
+the value sent and never a trace; a stream whose client went away ends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from kitaru.server._auth import new_key
+
+#: What a client must never get back, whatever it sent.
+SECRET = "kitaru_0badc0ffee_hunter2-never-echo-me"
+
+
+class Harness:
+    """The server's app with a key per scope and a waiting and a running execution."""
+
+    def __init__(self, app: Any, store: Any, keys: dict[str, str], waiting: str, running: str) -> None:
+        self.app = app
+        self.store = store
+        self.keys = keys
+        self.waiting = waiting
+        self.running = running
+
+    def client(self, scope: str | None = "admin", *, raise_errors: bool = True) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.keys[scope]}"} if scope else {}
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=raise_errors)
+        return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers, timeout=30)
+
+
+def run(kitaru_home: Path, test: Callable[[Harness], Awaitable[None]]) -> None:
+    """Run ``test`` against a fresh app over a SQLite store in ``kitaru_home``."""
+    from kitaru.server import create_app
+    from kitaru.store.conformance import _leased, _live_owner, _waiting
+
+    app = create_app(state=f"sqlite:///{kitaru_home / 'kitaru.db'}", tick=3600)
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            from kitaru._engine.runtime import get_runtime
+
+            store: Any = get_runtime().astate
+            keys = {}
+            for scope in ("read", "answer", "admin"):
+                key, record = new_key(f"{scope}-key", [scope])
+                await store.create_api_key(record)
+                keys[scope] = key
+            waiting = await _waiting(store, "approve")
+            running = (await _leased(store, _live_owner())).id
+            with anyio.fail_after(120):
+                await test(Harness(app, store, keys, waiting, running))
+
+    anyio.run(main)
+
+
+def assert_refusal(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    """``response`` is the API's error shape with ``status``, names the ``words``, and repeats
+    neither the secret nor a trace."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error["type"], str) and error["type"], body
+    for word in words:
+        assert word in error["message"], (word, error["message"])
+    assert SECRET not in response.text and "hunter2" not in response.text
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    return dict(error)
+
+
+def test_the_frameworks_refusals_have_the_apis_shape_and_never_repeat_the_value(
+    kitaru_home: Path,
+) -> None:
+    async def test(h: Harness) -> None:
+        async with h.client() as c:
+            assert_refusal(await c.get("/api/v1/no-such-thing"), 404, "/docs")
+            assert_refusal(await c.delete("/api/v1/executions"), 405, "DELETE", "GET")
+            assert_refusal(await c.get("/api/v1/executions", params={"limit": -1}), 422, "'limit'")
+            assert_refusal(await c.get("/api/v1/executions", params={"limit": 10**30}), 422, "'limit'")
+            assert_refusal(await c.get("/api/v1/deployments/f/versions/abc"), 422, "'version'")
+            invoke = await c.post("/api/v1/deployments/f/invoke", json={"args": SECRET})
+            error = assert_refusal(invoke, 422, "'args'", "dictionary")
+            assert error["detail"] == [{"loc": ["body", "args"], "msg": error["detail"][0]["msg"],
+                                        "type": "dict_type"}]  # fmt: skip
+            secret = await c.put("/api/v1/secrets/token", json={"ciphertext": [SECRET]})
+            assert_refusal(secret, 422, "'ciphertext'")
+            replay = f"/api/v1/executions/{h.waiting}/replay"
+            assert_refusal(
+                await c.post(replay, content=b"{not json", headers={"Content-Type": "application/json"}),
+                422,
+                "not valid JSON",
+            )
+            text = {"Content-Type": "text/plain"}
+            plain = await c.post(replay, content=json.dumps({"from": "x"}), headers=text)
+            assert_refusal(plain, 422, "Content-Type: application/json")
+            login = await c.post("/login", json={"key": SECRET})
+            assert_refusal(login, 422, "'key'", "/docs")
+        async with h.client(None) as browser:
+            await browser.post("/login", data={"key": h.keys["admin"]})
+            # A session's change is read as a form for its CSRF token: a form that is not one.
+            form = await browser.post(
+                f"/api/v1/executions/{h.waiting}/cancel",
+                content=b"garbage",
+                headers={"Content-Type": "multipart/form-data; boundary=zz"},
+            )
+            assert_refusal(form, 400, "could not be read")
+
+    run(kitaru_home, test)
+
+
+def test_an_unexpected_failure_is_a_json_500_without_a_trace(
+    kitaru_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def test(h: Harness) -> None:
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"database said {SECRET}")
+
+        monkeypatch.setattr(h.store, "list_executions", broken)
+        monkeypatch.setattr(h.store, "answer_wait", broken)
+        async with h.client(raise_errors=False) as c:
+            assert_refusal(await c.get("/api/v1/executions"), 500, "its log has the details")
+            # The answer the front handles itself fails the same way.
+            answer = await c.post(f"/api/v1/executions/{h.waiting}/waits/approve", json={"value": True})
+            assert_refusal(answer, 500, "its log has the details")
+
+    run(kitaru_home, test)
+
+
+@pytest.mark.parametrize("how", ["bearer answer", "session answer", "route"])
+def test_a_body_over_the_limit_is_413_on_every_path(
+    kitaru_home: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """One limit for the answers the front handles and for every FastAPI route, checked as the
+    body arrives (a body sent in chunks, without a Content-Length, is cut off too)."""
+    monkeypatch.setenv("KITARU_SERVER_MAX_BODY", "4096")
+
+    async def chunks(total: int) -> AsyncIterator[bytes]:
+        yield b'{"value": "'
+        for _ in range(total // 1024):
+            yield b"x" * 1024
+        yield b'"}'
+
+    async def test(h: Harness) -> None:
+        path = f"/api/v1/executions/{h.waiting}/waits/nope"  # judged, then refused: no such wait
+        if how == "route":
+            path = f"/api/v1/executions/{h.waiting}/replay"
+        async with h.client(None if how == "session answer" else "admin") as c:
+            if how == "session answer":
+                login = await c.post("/login", data={"key": h.keys["admin"]})
+                c.headers["X-CSRF-Token"] = login.json()["csrf_token"]
+            headers = {"Content-Type": "application/json"}
+            small = await c.post(path, content=b'{"value": "' + b"x" * 3000 + b'"}', headers=headers)
+            assert small.status_code != 413, small.text  # under the limit: judged on its merits
+            for body in (b'{"value": "' + b"x" * 5000 + b'"}', chunks(64 * 1024)):
+                refused = await c.post(path, content=body, headers=headers)
+                assert_refusal(refused, 413, "4096 bytes", "KITARU_SERVER_MAX_BODY")
+            view = (await c.get(f"/api/v1/executions/{h.waiting}")).json()
+            assert view["status"] == "waiting" and view["waits"][0]["status"] == "open"
+
+    run(kitaru_home, test)
+
+
+def test_a_limit_that_is_not_a_positive_number_is_refused(
+    kitaru_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kitaru.errors import KitaruConfigError
+    from kitaru.server import create_app
+
+    for bad in ("0", "-5", "16M", "\uff11\uff12"):  # the last: digits, but not ASCII ones
+        monkeypatch.setenv("KITARU_SERVER_MAX_BODY", bad)
+        with pytest.raises(KitaruConfigError, match=r"KITARU_SERVER_MAX_BODY=.* is not a positive whole"):
+            create_app(state=f"sqlite:///{kitaru_home / 'kitaru.db'}")
+
+
+def test_deeply_nested_bodies_are_refused_not_crashed(kitaru_home: Path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    headers = {"Content-Type": "application/json"}
+
+    async def test(h: Harness) -> None:
+        async with h.client() as c:
+            answer = f"/api/v1/executions/{h.waiting}/waits/approve"
+            refused = await c.post(answer, content=b'{"value": ' + deep + b"}", headers=headers)
+            assert_refusal(refused, 422, "not valid JSON")
+            # Deep, yet within the parser's reach: the wait's own check refuses it.
+            nested = b'{"value": ' + b"[" * 500 + b"]" * 500 + b"}"
+            assert_refusal(await c.post(answer, content=nested, headers=headers), 422, "levels deep")
+            replay = f"/api/v1/executions/{h.waiting}/replay"
+            body = b'{"from": "x", "overrides": {"a": ' + deep + b"}}"
+            assert_refusal(await c.post(replay, content=body, headers=headers), 400, "nested")
+            view = (await c.get(f"/api/v1/executions/{h.waiting}")).json()
+            assert view["waits"][0]["status"] == "open"
+
+    run(kitaru_home, test)
