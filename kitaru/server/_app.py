@@ -23,6 +23,7 @@ The API, for its clients (the CLI, ``KitaruClient()``, workers, the web UI):
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from starlette.exceptions import HTTPException
 from kitaru.errors import KitaruConfigError, KitaruError, KitaruNotFoundError, KitaruUsageError
 from kitaru.remote import _wire
 from kitaru.server import _auth
-from kitaru.server._state import ServerState
+from kitaru.server._state import ServerState, clip
 from kitaru.store import ArtifactRecord, ExecutionRecord, TagMove, TagRequest
 
 __all__ = ["build_app"]
@@ -50,8 +51,6 @@ log = logging.getLogger("kitaru.server")
 #: Serializers whose bytes are JSON, so a preview shows them without running any code.
 _JSON_SERIALIZERS = frozenset({"json", "pydantic", "dataclass"})
 _PREVIEW_LIMIT = 1 << 20
-#: How much of a value the client sent an error message repeats (a path, an id), at most.
-_ECHO = 120
 
 
 class _Refused(Exception):
@@ -84,11 +83,6 @@ def _error(
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     body = {"error": {"type": type_, "message": message, **extra}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _clip(text: str) -> str:
-    """``text`` as an error message may repeat it: quoted, and cut short when it is long."""
-    return repr(text if len(text) <= _ECHO else text[:_ECHO] + "...")
 
 
 #: An unexpected failure, as the client sees it (the trace goes to the server's log only).
@@ -279,7 +273,7 @@ def _embedded(body: bytes, field: str) -> Any:
 
 def _http_refusal(request: Request, exc: HTTPException) -> tuple[str, str]:
     """The error type and message of a refusal the framework raised (or ``_TooLarge``)."""
-    what = f"{request.method} {_clip(request.url.path)}"
+    what = f"{request.method} {clip(request.url.path)}"
     if isinstance(exc, _TooLarge):
         return "KitaruUsageError", str(exc.detail)
     if exc.status_code == 404:
@@ -314,11 +308,91 @@ def _invalid_message(request: Request, problems: list[dict[str, Any]]) -> str:
             parts.append(f"{where[loc[0]]} {'.'.join(loc[1:])!r}: {p['msg']}")
         else:
             parts.append(f"{'.'.join(loc) or 'the request'}: {p['msg']}")
-    message = f"{request.method} {_clip(request.url.path)} does not fit: {'; '.join(parts)}."
+    message = f"{request.method} {clip(request.url.path)} does not fit: {'; '.join(parts)}."
     content_type = request.headers.get("content-type", "")
     if any(p["loc"][:1] == ["body"] for p in problems) and "json" not in content_type:
         message += " Send the body as JSON with `Content-Type: application/json`."
     return message + " The endpoint is described at /docs."
+
+
+def _position(text: str) -> int:
+    """A ``Last-Event-ID``: a journal position this stream sent (a whole number), or a 400."""
+    text = text.strip()
+    # isascii: str.isdigit holds for "²", which int() refuses; the length keeps int() off
+    # numbers longer than Python converts (it refuses over 4,300 digits) or any position has.
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise KitaruUsageError(
+            f"Last-Event-ID {clip(text)} is not a position of this log stream (the `id:` of an "
+            "event it sent, a whole number). Send one of those, or none to start from the beginning."
+        )
+    return int(text)
+
+
+@functools.cache
+def _rpc_signature(operation: str) -> tuple[frozenset[str], frozenset[str], dict[str, Any]]:
+    """The keyword arguments of a store operation (all of them, the required ones) and, for each
+    plain-JSON one, a strict check of its type; read from the store contracts, so a method an
+    implementation adds or a parameter only it has is not reachable this way."""
+    import inspect
+    import typing
+    from collections.abc import Iterable, Sequence
+
+    from pydantic import TypeAdapter
+
+    from kitaru.remote._store_rpc import OPERATIONS
+    from kitaru.store import CatalogStore, SecretStore, StateStore
+
+    kinds = OPERATIONS[operation][0]
+    method = next(
+        getattr(c, operation) for c in (StateStore, CatalogStore, SecretStore) if hasattr(c, operation)
+    )
+    hints = typing.get_type_hints(method)
+    params = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
+    checks = {}
+    for p in params:
+        if p.name in kinds:
+            continue  # records and bytes: the RPC module decodes them, with its own refusals
+        hint = hints.get(p.name, Any)
+        if typing.get_origin(hint) in (Iterable, Sequence):
+            # What JSON sends; checked as an Iterable, pydantic would check lazily (not at all).
+            hint = list[typing.get_args(hint)[0]]  # type: ignore[misc]
+        checks[p.name] = (hint, TypeAdapter(hint))
+    required = frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
+    return frozenset(p.name for p in params), required, checks
+
+
+def _check_arguments(operation: str, arguments: dict[str, Any]) -> None:
+    """Refuse (400) store-operation arguments the contract does not take, or of another type,
+    before the store sees them (a store given a list for an id fails in its driver: a 503
+    naming the database file, or a TypeError: a 500). Messages name parameters, never values."""
+    from pydantic import ValidationError
+
+    from kitaru.remote._store_rpc import OPERATIONS
+
+    if operation not in OPERATIONS:
+        return  # the RPC module refuses it, listing the operations there are
+    names, required, checks = _rpc_signature(operation)
+    fix = f"Send the keyword arguments kitaru.store's {operation}() takes ({', '.join(sorted(names))})."
+    unknown = sorted(set(arguments) - names)
+    missing = sorted(required - set(arguments))
+    if unknown or missing:
+        parts = [f"it takes no {', '.join(map(repr, unknown))}"] if unknown else []
+        parts += [f"it needs {', '.join(map(repr, missing))}"] if missing else []
+        raise KitaruUsageError(
+            f"bad arguments for the state-store operation {operation!r}: {'; '.join(parts)}. {fix}"
+        )
+    for name, value in arguments.items():
+        check = checks.get(name)
+        if check is None:
+            continue
+        try:
+            check[1].validate_python(value, strict=True)
+        except ValidationError:
+            hint = getattr(check[0], "__name__", None) or str(check[0]).replace("typing.", "")
+            raise KitaruUsageError(
+                f"bad arguments for the state-store operation {operation!r}: {name!r} must be "
+                f"{hint} (JSON). {fix}"
+            ) from None
 
 
 def build_app(server: ServerState) -> FastAPI:
@@ -537,6 +611,9 @@ def build_app(server: ServerState) -> FastAPI:
     ) -> dict[str, Any]:
         """Executions, newest first, one page at a time (summaries without checkpoints);
         ``version``: only those of that deployment version."""
+        from kitaru.client import _status_filter
+
+        status = _status_filter(status)  # a typo would match nothing: refused, naming the statuses
         records = await server.astate.list_executions(
             flow=flow, status=status, limit=limit + 1, version=version, before=cursor
         )
@@ -667,7 +744,7 @@ def build_app(server: ServerState) -> FastAPI:
             record.exec_id != exec_id
             and all(a.id != artifact_id for a in await server.astate.list_artifacts(exec_id))
         ):
-            raise KitaruNotFoundError(f"execution {exec_id} has no artifact {artifact_id!r}.")
+            raise KitaruNotFoundError(f"execution {clip(exec_id)} has no artifact {clip(artifact_id)}.")
         return record
 
     @app.get("/api/v1/executions/{exec_id}/artifacts/{artifact_id}", tags=["artifacts"])
@@ -726,7 +803,7 @@ def build_app(server: ServerState) -> FastAPI:
         """What the execution printed and logged, as server-sent events (see the module doc)."""
         await server.record(exec_id)
         last = request.headers.get("last-event-id")
-        start = int(last) if last and last.isdigit() else after
+        start = after if last is None else _position(last)
 
         async def events() -> AsyncIterator[bytes]:
             seen = start
@@ -964,6 +1041,7 @@ def build_app(server: ServerState) -> FastAPI:
                 "the 'admin' scope. Use a key with `--scope admin`.",
             )
 
+        _check_arguments(operation, arguments)
         return {"result": await call(server.astate, operation, arguments)}
 
     # -- the web UI (kitaru/server/ui: pages, assets, the lineage graph), mounted last -------

@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from kitaru.errors import KitaruError, KitaruLeaseError, KitaruNotFoundError, KitaruStateError
 from kitaru.store import ApiKeyRecord, ExecutionRecord, StateStore
 
-__all__ = ["ServerState"]
+__all__ = ["ServerState", "clip"]
 
 log = logging.getLogger("kitaru.server")
 
@@ -54,6 +54,16 @@ _LULL = 0.01
 _KEY_CACHE_TTL = 1.0
 #: The advisory lock's key: "kitaru" as a number, so other applications' locks do not collide.
 _ADVISORY_KEY = int.from_bytes(b"kitaru", "big")
+
+
+#: How much of a value the client sent an error message repeats (an id, a path), at most.
+_ECHO = 120
+
+
+def clip(text: str) -> str:
+    """``text`` (an id, a path: something the client sent) as an error message repeats it:
+    quoted, and cut short when long (a 20,000-character id is not sent back whole)."""
+    return repr(text if len(text) <= _ECHO else text[:_ECHO] + "...")
 
 
 class ServerState:
@@ -157,7 +167,9 @@ class ServerState:
     async def record(self, exec_id: str) -> ExecutionRecord:
         record = await self.astate.get_execution(exec_id)
         if record is None:
-            raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
+            raise KitaruNotFoundError(
+                f"no execution {clip(exec_id)}. List them with `kitaru executions list`."
+            )
         return record
 
     def summary(self, record: ExecutionRecord) -> dict[str, Any]:

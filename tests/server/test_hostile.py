@@ -200,3 +200,64 @@ def test_deeply_nested_bodies_are_refused_not_crashed(kitaru_home: Path) -> None
             assert view["waits"][0]["status"] == "open"
 
     run(kitaru_home, test)
+
+
+def test_store_operations_refuse_arguments_the_contract_does_not_take(kitaru_home: Path) -> None:
+    """A worker's call with a wrong argument is a 400 naming the parameter, before the store sees
+    it (it was a 500, or a 503 naming the server's database file)."""
+
+    async def test(h: Harness) -> None:
+        async with h.client() as c:
+            for operation, arguments, words in [
+                ("get_execution", {"exec_id": h.waiting, "bogus": SECRET}, ("takes no 'bogus'",)),
+                ("get_execution", {}, ("needs 'exec_id'",)),
+                ("get_execution", {"exec_id": [SECRET]}, ("'exec_id' must be str",)),
+                ("read_journal", {"exec_id": {"a": SECRET}}, ("'exec_id' must be str",)),
+                ("list_executions", {"limit": SECRET}, ("'limit' must be int",)),
+                ("list_executions", {"before": [1]}, ("'before' must be str | None",)),
+                ("renew_leases", {"owner": "o", "exec_ids": "a", "ttl": 1}, ("'exec_ids' must be list",)),
+            ]:
+                response = await c.post(f"/api/v1/store/{operation}", json=arguments)
+                error = assert_refusal(response, 400, operation, *words)
+                assert "kitaru.db" not in error["message"]
+            # What the HTTP state store sends still goes through (a whole number for a float too).
+            ok = await c.post("/api/v1/store/get_execution", json={"exec_id": h.waiting})
+            assert ok.status_code == 200 and ok.json()["result"]["id"] == h.waiting
+            renewed = await c.post(
+                "/api/v1/store/renew_leases", json={"owner": "o", "exec_ids": [], "ttl": 3}
+            )
+            assert renewed.status_code == 200, renewed.text
+
+    run(kitaru_home, test)
+
+
+def test_filters_and_positions_that_are_not_theirs(kitaru_home: Path) -> None:
+    async def test(h: Harness) -> None:
+        async with h.client("read") as c:
+            assert_refusal(
+                await c.get("/api/v1/executions", params={"status": "wating"}), 400, "running, waiting"
+            )
+            assert (await c.get("/api/v1/executions", params={"status": "WAITING"})).json()["items"]
+            # A cursor is an id to page before: any text pages, none fails.
+            for cursor in ("zzzz'--", "\u202e" * 50, "x" * 5000):
+                page = await c.get("/api/v1/executions", params={"cursor": cursor})
+                assert page.status_code == 200, page.text
+            logs = f"/api/v1/executions/{h.waiting}/logs"
+            for bad in (b"\xb2", b"9" * 5000, b"-1", b"1e3"):  # b"\xb2" is "\u00b2": str.isdigit holds
+                refused = await c.get(logs, headers=[(b"Last-Event-ID", bad)])
+                assert_refusal(refused, 400, "Last-Event-ID", "position")
+            ok = await c.get(logs, headers={"Last-Event-ID": "12"})
+            assert ok.status_code == 200 and "event: end" in ok.text
+            for path in (
+                "/api/v1/executions/%2e%2e",
+                "/api/v1/executions/..%2F..%2Fetc%2Fpasswd",
+                "/api/v1/executions/%2e%2e/logs",
+                f"/api/v1/executions/{h.waiting}/artifacts/%2e%2e%2f%2e%2e/content",
+                f"/api/v1/executions/{'x' * 20_000}",
+                "/api/v1/executions/nope/logs?follow=true",
+                "/ui/data/executions/%2e%2e/graph",
+            ):
+                error = assert_refusal(await c.get(path), 404)
+                assert len(error["message"]) < 400  # a huge id is not repeated whole
+
+    run(kitaru_home, test)
