@@ -461,7 +461,7 @@ def build_app(server: ServerState) -> FastAPI:
             key_id = _auth.session_key_id(cookie)
             record = await server.key(key_id) if key_id else None
             nonce = _auth.verify_session(cookie, record)
-            if record is not None and nonce is not None:
+            if record is not None and nonce is not None and not server.session_ended(nonce):
                 return _auth.Principal(record.id, record.name, frozenset(record.scopes), "session", nonce)
         raise _Refused(
             401,
@@ -583,8 +583,17 @@ def build_app(server: ServerState) -> FastAPI:
         return response
 
     @app.post("/logout", tags=["session"])
-    async def logout() -> JSONResponse:
-        """End the browser session (drop its cookie)."""
+    async def logout(request: Request) -> JSONResponse:
+        """End the browser session: this server process refuses its cookie from now on (a copy
+        kept elsewhere included), and the browser drops it. Revoking the key ends every session
+        of the key on every replica."""
+        cookie = request.cookies.get(_auth.SESSION_COOKIE)
+        key_id = _auth.session_key_id(cookie) if cookie else None
+        if cookie and key_id:
+            record = await server.key(key_id)
+            nonce = _auth.verify_session(cookie, record)
+            if nonce is not None:  # only a session that is one: nobody fills the list with noise
+                server.end_session(nonce, float(cookie.split(".")[1]))
         response = JSONResponse({"ok": True})
         response.delete_cookie(_auth.SESSION_COOKIE, path="/")
         return response
@@ -770,7 +779,15 @@ def build_app(server: ServerState) -> FastAPI:
             media_type="application/json"
             if record.serializer in _JSON_SERIALIZERS
             else "application/octet-stream",
-            headers={"X-Kitaru-Content-Hash": record.content_hash, "Content-Length": str(record.size)},
+            headers={
+                "X-Kitaru-Content-Hash": record.content_hash,
+                "Content-Length": str(record.size),
+                # A flow's bytes may be HTML or script: opened in a browser tab (the UI's download
+                # link carries the session cookie) they are saved, never sniffed or run here.
+                "Content-Disposition": "attachment",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+            },
         )
 
     @app.get("/api/v1/executions/{exec_id}/artifacts/{artifact_id}/preview", tags=["artifacts"])

@@ -93,6 +93,7 @@ class ServerState:
         self.leader = False
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._key_reads: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+        self._ended_sessions: dict[str, float] = {}  # nonce → when the cookie expires anyway
         self.drivers = drivers
         self.max_body = max_body
         self.own_process = own_process
@@ -161,6 +162,20 @@ class ServerState:
             self._keys.clear()  # unknown ids are cached too; do not let them grow without end
         self._keys[key_id] = (now, record)
         return record
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def end_session(self, nonce: str, expires: float) -> None:
+        """Refuse the session with ``nonce`` from now on (a logout). Sessions have no table, so
+        this is the process's own list: kept until the cookie would expire anyway, and only for
+        sessions whose cookie proved valid (so its size is bounded by real logouts)."""
+        now = time.time()
+        if len(self._ended_sessions) > 1000:
+            self._ended_sessions = {n: t for n, t in self._ended_sessions.items() if t > now}
+        self._ended_sessions[nonce] = expires
+
+    def session_ended(self, nonce: str) -> bool:
+        return nonce in self._ended_sessions
 
     # -- views -----------------------------------------------------------------------------
 

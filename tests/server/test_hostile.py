@@ -23,12 +23,15 @@ SECRET = "kitaru_0badc0ffee_hunter2-never-echo-me"
 class Harness:
     """The server's app with a key per scope and a waiting and a running execution."""
 
-    def __init__(self, app: Any, store: Any, keys: dict[str, str], waiting: str, running: str) -> None:
+    def __init__(
+        self, app: Any, store: Any, keys: dict[str, str], waiting: str, running: str, owner: str
+    ) -> None:
         self.app = app
         self.store = store
         self.keys = keys
         self.waiting = waiting
         self.running = running
+        self.owner = owner  # the running execution's lease holder
 
     def client(self, scope: str | None = "admin", *, raise_errors: bool = True) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.keys[scope]}"} if scope else {}
@@ -54,9 +57,10 @@ def run(kitaru_home: Path, test: Callable[[Harness], Awaitable[None]]) -> None:
                 await store.create_api_key(record)
                 keys[scope] = key
             waiting = await _waiting(store, "approve")
-            running = (await _leased(store, _live_owner())).id
+            owner = _live_owner()
+            running = (await _leased(store, owner)).id
             with anyio.fail_after(120):
-                await test(Harness(app, store, keys, waiting, running))
+                await test(Harness(app, store, keys, waiting, running, owner))
 
     anyio.run(main)
 
@@ -259,5 +263,123 @@ def test_filters_and_positions_that_are_not_theirs(kitaru_home: Path) -> None:
             ):
                 error = assert_refusal(await c.get(path), 404)
                 assert len(error["message"]) < 400  # a huge id is not repeated whole
+
+    run(kitaru_home, test)
+
+
+def test_a_session_ends_at_logout_and_a_revoked_key_within_a_second(kitaru_home: Path) -> None:
+    async def test(h: Harness) -> None:
+        async with h.client(None) as browser:
+            await browser.post("/login", data={"key": h.keys["read"]})
+            cookie = browser.cookies["kitaru_session"]
+            assert (await browser.get("/api/v1/session")).status_code == 200
+            assert (await browser.post("/logout")).status_code == 200
+            # A copy of the cookie (another tab, or someone who took it) is refused too.
+            browser.cookies.set("kitaru_session", cookie)
+            assert_refusal(await browser.get("/api/v1/session"), 401, "log in at /login")
+
+            browser.cookies.clear()
+            await browser.post("/login", data={"key": h.keys["admin"]})
+            async with h.client("admin") as bearer:
+                assert (await bearer.get("/api/v1/session")).status_code == 200  # both cached now
+                assert (await browser.get("/api/v1/session")).status_code == 200
+                await h.store.revoke_api_key("admin-key")
+                revoked = anyio.current_time()
+                statuses = []
+                while anyio.current_time() - revoked < 2:  # the key cache's second, and a margin
+                    statuses.append((await bearer.get("/api/v1/session")).status_code)
+                    if statuses[-1] == 401:
+                        break
+                    await anyio.sleep(0.05)  # polling the server is the point
+                assert statuses[-1] == 401, statuses
+                assert_refusal(await browser.get("/api/v1/session"), 401)
+
+    run(kitaru_home, test)
+
+
+def test_ui_pages_and_artifact_bytes_carry_their_security_headers(kitaru_home: Path) -> None:
+    from kitaru.store.conformance import _artifact, _completed
+
+    page_script = b"<html><script>parent.stolen = document.cookie</script></html>"
+
+    async def test(h: Harness) -> None:
+        artifact = _artifact(h.running, "page", call_id="render", data=page_script)
+        artifact.content_hash = "sha256:" + artifact.content_hash  # as the runtime records it
+        await h.store.commit(h.running, [_completed("render", artifact)], [artifact], owner=h.owner)
+        async with h.client("read") as c:
+            for path in ("/ui/", "/ui/login", "/ui/executions/%3Cscript%3E", "/ui/static/app.js"):
+                page = await c.get(path)
+                assert page.status_code == 200, path
+                assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+                assert "script-src 'self'" in page.headers["content-security-policy"]
+                assert page.headers["x-frame-options"] == "DENY"
+                assert page.headers["x-content-type-options"] == "nosniff"
+                assert b"<script>" not in page.content.replace(b'<script src="/ui/static/app.js" defer>', b"")
+            content = await c.get(f"/api/v1/executions/{h.running}/artifacts/{artifact.id}/content")
+            assert content.status_code == 200 and content.content == page_script
+            assert content.headers["content-type"] == "application/octet-stream"
+            assert content.headers["content-disposition"] == "attachment"
+            assert content.headers["x-content-type-options"] == "nosniff"
+            assert "sandbox" in content.headers["content-security-policy"]
+
+    run(kitaru_home, test)
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_followed_log_stream_ends_when_its_client_goes_away(kitaru_home: Path, spec: str) -> None:
+    """``?follow=true`` on a running execution polls until it stops running; a client that goes
+    away ends that loop (uvicorn speaks ASGI 2.3, where Starlette listens for the disconnect; a
+    2.4 server leaves it to the stream, which asks between polls)."""
+
+    async def test(h: Harness) -> None:
+        path = f"/api/v1/executions/{h.running}/logs"
+        gone = anyio.Event()
+        requested = False
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if not gone.is_set():
+                await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if gone.is_set():
+                raise OSError("the client went away")
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": spec},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"follow=true",
+            "root_path": "",
+            "headers": [(b"host", b"test"), (b"authorization", f"Bearer {h.keys['read']}".encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("test", 80),
+        }
+        ended = anyio.Event()
+
+        async def serve() -> None:
+            try:
+                await h.app(scope, receive, send)
+            except Exception:  # the 2.4 path raises Starlette's ClientDisconnect: fine, it ended
+                pass
+            ended.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            await anyio.sleep(1.2)  # a few polls of a running execution
+            assert [m["type"] for m in sent][:1] == ["http.response.start"] and not ended.is_set()
+            gone.set()
+            with anyio.fail_after(5):
+                await ended.wait()
 
     run(kitaru_home, test)

@@ -36,6 +36,7 @@ CSP = (
 )
 _HEADERS = {
     "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",  # frame-ancestors, for browsers that predate it
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
