@@ -278,6 +278,23 @@ def test_a_session_ends_at_logout_and_a_revoked_key_within_a_second(kitaru_home:
             browser.cookies.set("kitaru_session", cookie)
             assert_refusal(await browser.get("/api/v1/session"), 401, "log in at /login")
 
+            # A CSRF token of an earlier session of the same key does not carry over.
+            browser.cookies.clear()
+            stale = (await browser.post("/login", data={"key": h.keys["answer"]})).json()["csrf_token"]
+            browser.cookies.clear()
+            fresh = (await browser.post("/login", data={"key": h.keys["answer"]})).json()["csrf_token"]
+            abort = f"/api/v1/executions/{h.waiting}/waits/approve/abort"
+            for refused in (
+                await browser.post(abort, json={}, headers={"X-CSRF-Token": stale}),
+                await browser.post(abort, data={"csrf_token": stale}),
+                await browser.post(abort, data={"csrf_token": ""}),
+            ):
+                assert_refusal(refused, 403, "CSRF", "Reload the page")
+            assert fresh != stale
+            assert (await browser.get(f"/api/v1/executions/{h.waiting}")).json()["waits"][0][
+                "status"
+            ] == "open"
+
             browser.cookies.clear()
             await browser.post("/login", data={"key": h.keys["admin"]})
             async with h.client("admin") as bearer:
