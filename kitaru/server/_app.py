@@ -33,12 +33,18 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Body, Depends, FastAPI, Form, Query, Request
+from fastapi import Body, Depends, FastAPI, Form, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from kitaru.errors import KitaruConfigError, KitaruError, KitaruNotFoundError, KitaruUsageError
+from kitaru.errors import (
+    KitaruConfigError,
+    KitaruError,
+    KitaruNotFoundError,
+    KitaruStoreError,
+    KitaruUsageError,
+)
 from kitaru.remote import _wire
 from kitaru.server import _auth
 from kitaru.server._state import ServerState, clip
@@ -85,6 +91,17 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: The largest deployment version a request may name: the stores keep versions as 32-bit
+#: integers (PostgreSQL's INTEGER), and a larger number failed the query (a 500) instead of
+#: matching nothing.
+_MAX_VERSION = 2**31 - 1
+
+#: A store's failure, as a client other than a worker sees it (the details go to the log).
+_STORE_FAILED = (
+    "the server's state store failed on this request (its log has the details). Retry; if it "
+    "keeps failing, tell whoever runs the server."
+)
+
 #: An unexpected failure, as the client sees it (the trace goes to the server's log only).
 _INTERNAL = (
     "the server failed on this request (a bug; its log has the details). Retry, and report it "
@@ -92,8 +109,10 @@ _INTERNAL = (
 )
 
 
-#: The answer endpoint's path (``scope["path"]`` is percent-decoded, as the router sees it).
-_ANSWER_PATH = re.compile(r"/api/v1/executions/([^/]+)/waits/([^/]+)")
+#: The answer endpoint's path (``scope["path"]`` is percent-decoded, as the router sees it). An
+#: id with a NUL (no store keeps one) is left to the route, which refuses it: the match that
+#: is made anyway checks it, at no cost of its own.
+_ANSWER_PATH = re.compile(r"/api/v1/executions/([^/\x00]+)/waits/([^/\x00]+)")
 
 
 class _Front:
@@ -315,6 +334,21 @@ def _invalid_message(request: Request, problems: list[dict[str, Any]]) -> str:
     return message + " The endpoint is described at /docs."
 
 
+def _no_nul(request: Request) -> None:
+    """Refuse an id or a filter holding a NUL character: no store keeps one, and PostgreSQL
+    refuses a query with it as a database failure (503) instead of "no such execution"."""
+    if any("\x00" in v for v in request.path_params.values()):
+        raise KitaruNotFoundError(
+            f"{request.method} {clip(request.url.path)}: no execution, wait, artifact or other "
+            "record has a NUL character in its name or id. Check the id (`kitaru executions list`)."
+        )
+    if any("\x00" in v for v in request.query_params.values()):
+        raise KitaruUsageError(
+            f"a query parameter of {request.method} {clip(request.url.path)} holds a NUL character, "
+            "which no name or id has. Remove it."
+        )
+
+
 def _position(text: str) -> int:
     """A ``Last-Event-ID``: a journal position this stream sent (a whole number), or a 400."""
     text = text.strip()
@@ -415,6 +449,12 @@ def build_app(server: ServerState) -> FastAPI:
 
     @app.exception_handler(KitaruError)
     async def kitaru_error(request: Request, exc: KitaruError) -> JSONResponse:
+        if type(exc) is KitaruStoreError and not request.url.path.startswith("/api/v1/store/"):
+            # A store's failure names its database (host, port, name, user) or files: the
+            # server's business, not every key holder's. A worker's store call keeps the message
+            # (it acts on it, and it holds a runner key, not a person's).
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+            return _error(503, "KitaruStoreError", _STORE_FAILED)
         return JSONResponse(_wire.error_to_json(exc), status_code=_wire.status_of(exc))
 
     @app.exception_handler(_Refused)
@@ -479,6 +519,7 @@ def build_app(server: ServerState) -> FastAPI:
                     f"(it has: {', '.join(sorted(who.scopes))}). Use a key with "
                     f"`--scope {scope}`.",
                 )
+            _no_nul(request)
             if who.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
                 await _check_csrf(request, who)
             return who
@@ -613,7 +654,7 @@ def build_app(server: ServerState) -> FastAPI:
     async def list_executions(
         flow: str | None = None,
         status: str | None = None,
-        version: int | None = None,
+        version: Annotated[int | None, Query(le=_MAX_VERSION)] = None,
         limit: int = Query(50, ge=1, le=500),
         cursor: str | None = None,
         _: _auth.Principal = read,
@@ -871,7 +912,9 @@ def build_app(server: ServerState) -> FastAPI:
         return {"versions": [v.to_dict() for v in versions], "tags": [asdict(t) for t in tags]}
 
     @app.get("/api/v1/deployments/{flow}/versions/{version}", tags=["deployments"])
-    async def get_deployment_version(flow: str, version: int, _: _auth.Principal = read) -> dict[str, Any]:
+    async def get_deployment_version(
+        flow: str, version: Annotated[int, Path(le=_MAX_VERSION)], _: _auth.Principal = read
+    ) -> dict[str, Any]:
         """Version ``version`` of ``flow``: its code (archive, target), image, stack, lock, tags."""
         from kitaru.deployments import aget
 
@@ -899,7 +942,7 @@ def build_app(server: ServerState) -> FastAPI:
     async def tag_version(
         flow: str,
         tag: str,
-        version: Annotated[int, Body()],
+        version: Annotated[int, Body(le=_MAX_VERSION)],
         weight: Annotated[int | None, Body()] = None,
         who: _auth.Principal = admin,
     ) -> dict[str, Any]:
@@ -929,7 +972,9 @@ def build_app(server: ServerState) -> FastAPI:
 
     @app.post("/api/v1/deployments/{flow}/rollback", tags=["deployments"])
     async def rollback(
-        flow: str, to: Annotated[int | None, Body(embed=True)] = None, who: _auth.Principal = admin
+        flow: str,
+        to: Annotated[int | None, Body(embed=True, le=_MAX_VERSION)] = None,
+        who: _auth.Principal = admin,
     ) -> dict[str, Any]:
         """Move ``default`` back: to version ``to``, or (without it) to the version it pointed at
         before its last move."""

@@ -39,12 +39,12 @@ class Harness:
         return httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers, timeout=30)
 
 
-def run(kitaru_home: Path, test: Callable[[Harness], Awaitable[None]]) -> None:
-    """Run ``test`` against a fresh app over a SQLite store in ``kitaru_home``."""
+def run(kitaru_home: Path, test: Callable[[Harness], Awaitable[None]], state: str | None = None) -> None:
+    """Run ``test`` against a fresh app over ``state`` (default: a SQLite store in ``kitaru_home``)."""
     from kitaru.server import create_app
     from kitaru.store.conformance import _leased, _live_owner, _waiting
 
-    app = create_app(state=f"sqlite:///{kitaru_home / 'kitaru.db'}", tick=3600)
+    app = create_app(state=state or f"sqlite:///{kitaru_home / 'kitaru.db'}", tick=3600)
 
     async def main() -> None:
         async with app.router.lifespan_context(app):
@@ -91,6 +91,9 @@ def test_the_frameworks_refusals_have_the_apis_shape_and_never_repeat_the_value(
             assert_refusal(await c.get("/api/v1/executions", params={"limit": -1}), 422, "'limit'")
             assert_refusal(await c.get("/api/v1/executions", params={"limit": 10**30}), 422, "'limit'")
             assert_refusal(await c.get("/api/v1/deployments/f/versions/abc"), 422, "'version'")
+            tag = await c.put("/api/v1/deployments/f/tags/t", json={"version": 10**30})
+            assert_refusal(tag, 422, "'version'")
+            assert_refusal(await c.post("/api/v1/deployments/f/rollback", json={"to": 10**30}), 422, "'to'")
             invoke = await c.post("/api/v1/deployments/f/invoke", json={"args": SECRET})
             error = assert_refusal(invoke, 422, "'args'", "dictionary")
             assert error["detail"] == [{"loc": ["body", "args"], "msg": error["detail"][0]["msg"],
@@ -242,6 +245,10 @@ def test_filters_and_positions_that_are_not_theirs(kitaru_home: Path) -> None:
                 await c.get("/api/v1/executions", params={"status": "wating"}), 400, "running, waiting"
             )
             assert (await c.get("/api/v1/executions", params={"status": "WAITING"})).json()["items"]
+            # Versions are 32-bit in every store: a larger one is refused, not a failed query.
+            huge = 10**30
+            assert_refusal(await c.get("/api/v1/executions", params={"version": huge}), 422, "'version'")
+            assert_refusal(await c.get(f"/api/v1/deployments/f/versions/{huge}"), 422, "'version'")
             # A cursor is an id to page before: any text pages, none fails.
             for cursor in ("zzzz'--", "\u202e" * 50, "x" * 5000):
                 page = await c.get("/api/v1/executions", params={"cursor": cursor})
@@ -400,3 +407,66 @@ def test_a_followed_log_stream_ends_when_its_client_goes_away(kitaru_home: Path,
                 await ended.wait()
 
     run(kitaru_home, test)
+
+
+def test_a_nul_in_an_id_or_a_key_is_refused_before_the_database_sees_it(
+    kitaru_home: Path, postgres_dsn: str
+) -> None:
+    """PostgreSQL cannot hold a NUL in text and fails the query: an id, a filter or a presented
+    key with one was a 503 naming the database, for anyone (a key is looked up before it is
+    known to be valid). They are refused as the ids or keys they cannot be."""
+
+    async def test(h: Harness) -> None:
+        async with h.client(None) as anonymous:
+            for headers in (
+                {"Authorization": "Bearer kitaru_a\x00b_secret"},
+                {"Cookie": "kitaru_session=a\x00b.1.2.3"},
+            ):
+                response = await anonymous.get("/api/v1/executions", headers=headers)
+                assert_refusal(response, 401, "/login" if "Cookie" in headers else "not valid")
+            login = await anonymous.post("/login", data={"key": "kitaru_a\x00b_secret"})
+            assert_refusal(login, 401, "not valid")
+        async with h.client() as c:
+            for method, path in [
+                ("GET", "/api/v1/executions/a%00b"),
+                ("POST", "/api/v1/executions/a%00b/waits/approve"),
+                ("POST", f"/api/v1/executions/{h.waiting}/waits/%00"),
+                ("GET", f"/api/v1/executions/{h.waiting}/artifacts/%00"),
+                ("GET", "/api/v1/deployments/%00/versions/1"),
+                ("GET", "/api/v1/secrets/%00"),
+            ]:
+                response = await c.request(method, path, json={"value": True})
+                error = assert_refusal(response, 404, "NUL")
+                assert "postgresql://" not in error["message"]
+            for query in ({"flow": "\x00"}, {"cursor": "a\x00"}, {"status": "\x00"}):
+                assert_refusal(await c.get("/api/v1/executions", params=query), 400, "NUL")
+            view = (await c.get(f"/api/v1/executions/{h.waiting}")).json()
+            assert view["waits"][0]["status"] == "open"
+
+    run(kitaru_home, test, postgres_dsn)
+
+
+def test_a_store_failure_names_no_database_except_to_a_worker(
+    kitaru_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kitaru.errors import KitaruStoreError
+
+    where = "postgresql://kitaru@db.internal:5432/prod"
+
+    async def test(h: Harness) -> None:
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            raise KitaruStoreError(f"reading the state failed on PostgreSQL {where}: connection reset")
+
+        monkeypatch.setattr(h.store, "get_execution", failing)
+        async with h.client("admin") as c:
+            error = assert_refusal(
+                await c.get(f"/api/v1/executions/{h.waiting}"), 503, "its log has the details"
+            )
+            assert error["type"] == "KitaruStoreError" and where not in error["message"]
+            # A worker acts on the store's own message (it holds a runner key, not a person's).
+            rpc = await c.post("/api/v1/store/get_execution", json={"exec_id": h.waiting})
+            assert rpc.status_code == 503 and where in rpc.json()["error"]["message"]
+        assert where in caplog.text  # whoever runs the server sees what failed
+
+    with caplog.at_level("WARNING", logger="kitaru.server"):
+        run(kitaru_home, test)
