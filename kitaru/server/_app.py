@@ -856,9 +856,11 @@ def build_app(server: ServerState) -> FastAPI:
         exec_id: str,
         after: int = 0,
         follow: bool = False,
-        _: _auth.Principal = read,
+        who: _auth.Principal = read,
     ) -> StreamingResponse:
-        """What the execution printed and logged, as server-sent events (see the module doc)."""
+        """What the execution printed and logged, as server-sent events (see the module doc). A
+        followed stream closes when its key is revoked or its session ends (a reconnect is
+        refused like any request of theirs)."""
         await server.record(exec_id)
         last = request.headers.get("last-event-id")
         start = after if last is None else _position(last)
@@ -886,6 +888,8 @@ def build_app(server: ServerState) -> FastAPI:
                 if await request.is_disconnected():
                     return
                 await anyio.sleep(server.log_poll)
+                if not await server.still_allowed(who.key_id, who.nonce if who.via == "session" else None):
+                    return  # authorized once is not authorized for the execution's whole run
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
@@ -996,6 +1000,11 @@ def build_app(server: ServerState) -> FastAPI:
         is created here (an unknown flow or tag, or arguments that do not fit, create nothing)
         and driven in the background or by the stack's orchestrator; 202 with its id. The same
         ``execution_id`` again returns that execution (``created``: false)."""
+        if execution_id is not None and "\x00" in execution_id:
+            raise KitaruUsageError(
+                "execution_id holds a NUL character, which no execution id may (PostgreSQL cannot "
+                "store it). Use letters, digits and punctuation."
+            )
         record, created = await server.invoke(flow, tag, args or {}, execution_id)
         return {
             "id": record.id,

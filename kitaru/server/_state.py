@@ -177,6 +177,15 @@ class ServerState:
     def session_ended(self, nonce: str) -> bool:
         return nonce in self._ended_sessions
 
+    async def still_allowed(self, key_id: str, nonce: str | None) -> bool:
+        """Whether the key ``key_id`` is live, and the session ``nonce`` (when given) not
+        ended: what a long request (a followed log stream) asks between polls (the key is
+        read through the cache, so this costs no query more than once a second)."""
+        record = await self.key(key_id)
+        if record is None or record.revoked_at is not None:
+            return False
+        return nonce is None or not self.session_ended(nonce)
+
     # -- views -----------------------------------------------------------------------------
 
     async def record(self, exec_id: str) -> ExecutionRecord:

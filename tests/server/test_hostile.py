@@ -349,6 +349,75 @@ def test_ui_pages_and_artifact_bytes_carry_their_security_headers(kitaru_home: P
     run(kitaru_home, test)
 
 
+def log_stream_scope(path: str, headers: list[tuple[bytes, bytes]], spec: str = "2.3") -> dict[str, Any]:
+    """The ASGI scope of ``GET path?follow=true`` as a server sends it to the app."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"follow=true",
+        "root_path": "",
+        "headers": [(b"host", b"test"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+
+
+@pytest.mark.parametrize("how", ["revoked", "logged out"])
+def test_a_followed_log_stream_ends_when_its_key_is_revoked_or_its_session_ends(
+    kitaru_home: Path, how: str
+) -> None:
+    """A stream stays open as long as the execution runs (hours, maybe): it is closed once the
+    key that opened it is revoked or its session logged out, not when the run ends."""
+
+    async def test(h: Harness) -> None:
+        async with h.client(None) as browser:
+            if how == "revoked":
+                headers = [(b"authorization", f"Bearer {h.keys['read']}".encode())]
+            else:
+                await browser.post("/login", data={"key": h.keys["read"]})
+                headers = [(b"cookie", f"kitaru_session={browser.cookies['kitaru_session']}".encode())]
+            requested = False
+            sent: list[dict[str, Any]] = []
+            never = anyio.Event()
+
+            async def receive() -> dict[str, Any]:
+                nonlocal requested
+                if not requested:
+                    requested = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                await never.wait()  # the client stays
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            ended = anyio.Event()
+
+            async def serve() -> None:
+                await h.app(log_stream_scope(f"/api/v1/executions/{h.running}/logs", headers), receive, send)
+                ended.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve)
+                await anyio.sleep(1.2)
+                assert sent[0]["status"] == 200 and not ended.is_set()
+                if how == "revoked":
+                    await h.store.revoke_api_key("read-key")
+                else:
+                    assert (await browser.post("/logout")).status_code == 200
+                with anyio.fail_after(5):  # the key cache's second and a poll or two
+                    await ended.wait()
+                tg.cancel_scope.cancel()
+            assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+    run(kitaru_home, test)
+
+
 @pytest.mark.parametrize("spec", ["2.3", "2.4"])
 def test_a_followed_log_stream_ends_when_its_client_goes_away(kitaru_home: Path, spec: str) -> None:
     """``?follow=true`` on a running execution polls until it stops running; a client that goes
@@ -375,20 +444,7 @@ def test_a_followed_log_stream_ends_when_its_client_goes_away(kitaru_home: Path,
                 raise OSError("the client went away")
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": spec},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"follow=true",
-            "root_path": "",
-            "headers": [(b"host", b"test"), (b"authorization", f"Bearer {h.keys['read']}".encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("test", 80),
-        }
+        scope = log_stream_scope(path, [(b"authorization", f"Bearer {h.keys['read']}".encode())], spec)
         ended = anyio.Event()
 
         async def serve() -> None:
@@ -438,6 +494,8 @@ def test_a_nul_in_an_id_or_a_key_is_refused_before_the_database_sees_it(
                 response = await c.request(method, path, json={"value": True})
                 error = assert_refusal(response, 404, "NUL")
                 assert "postgresql://" not in error["message"]
+            invoke = await c.post("/api/v1/deployments/f/invoke", json={"execution_id": "a\x00"})
+            assert_refusal(invoke, 400, "NUL")
             for query in ({"flow": "\x00"}, {"cursor": "a\x00"}, {"status": "\x00"}):
                 assert_refusal(await c.get("/api/v1/executions", params=query), 400, "NUL")
             view = (await c.get(f"/api/v1/executions/{h.waiting}")).json()
