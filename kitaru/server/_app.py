@@ -349,6 +349,18 @@ def _no_nul(request: Request) -> None:
         )
 
 
+def _over_https(request: Request) -> bool:
+    """Whether the browser reached the server over HTTPS, itself or through a proxy that ends
+    TLS (the usual ingress: the server sees http). The proxy's word is taken without trusting
+    the proxy: a false "https" only marks the client's own cookie Secure, which costs it its
+    own login over plain http, and nobody else anything."""
+    if request.url.scheme == "https":
+        return True
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    forwarded = request.headers.get("forwarded", "").split(",")[0].lower().replace(" ", "")
+    return proto == "https" or "proto=https" in forwarded.split(";")
+
+
 def _position(text: str) -> int:
     """A ``Last-Event-ID``: a journal position this stream sent (a whole number), or a 400."""
     text = text.strip()
@@ -618,7 +630,7 @@ def build_app(server: ServerState) -> FastAPI:
             max_age=int(_auth.SESSION_TTL),
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=_over_https(request),
             path="/",
         )
         return response

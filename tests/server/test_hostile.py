@@ -528,3 +528,21 @@ def test_a_store_failure_names_no_database_except_to_a_worker(
 
     with caplog.at_level("WARNING", logger="kitaru.server"):
         run(kitaru_home, test)
+
+
+def test_the_session_cookie_is_secure_behind_a_proxy_that_ends_tls(kitaru_home: Path) -> None:
+    async def test(h: Harness) -> None:
+        async with h.client(None) as browser:
+            for headers, secure in [
+                ({}, False),
+                ({"X-Forwarded-Proto": "https"}, True),
+                ({"X-Forwarded-Proto": "https, http"}, True),
+                ({"Forwarded": "for=10.0.0.1;proto=https"}, True),
+                ({"X-Forwarded-Proto": "http"}, False),
+            ]:
+                login = await browser.post("/login", data={"key": h.keys["read"]}, headers=headers)
+                cookie = login.headers["set-cookie"].lower()
+                assert "httponly" in cookie and "samesite=strict" in cookie
+                assert ("; secure" in cookie) is secure, (headers, cookie)
+
+    run(kitaru_home, test)
