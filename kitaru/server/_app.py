@@ -91,6 +91,9 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: Why a body that is valid JSON cannot be read: nested past the parser's depth (about 1,000).
+_TOO_DEEP = "the body is JSON nested too deeply to read (keep it within a few hundred levels)"
+
 #: The largest deployment version a request may name: the stores keep versions as 32-bit
 #: integers (PostgreSQL's INTEGER), and a larger number failed the query (a 500) instead of
 #: matching nothing.
@@ -278,10 +281,11 @@ def _embedded(body: bytes, field: str) -> Any:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        deep = isinstance(exc, RecursionError)
         raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {},
-              "ctx": {"error": reason}}]
+            [{"type": "json_invalid", "loc": ("body", 0), "input": {},
+              "msg": _TOO_DEEP if deep else "JSON decode error",
+              "ctx": {"error": "nested too deeply" if deep else str(exc)}}]
         ) from None  # fmt: skip
     if not isinstance(data, dict) or field not in data:
         raise RequestValidationError(
@@ -322,7 +326,7 @@ def _invalid_message(request: Request, problems: list[dict[str, Any]]) -> str:
     for p in problems:
         loc = [str(x) for x in p["loc"]]
         if p["type"] == "json_invalid":
-            parts.append("the body is not valid JSON")
+            parts.append(_TOO_DEEP if p["msg"] == _TOO_DEEP else "the body is not valid JSON")
         elif len(loc) >= 2 and loc[0] in where:
             parts.append(f"{where[loc[0]]} {'.'.join(loc[1:])!r}: {p['msg']}")
         else:
