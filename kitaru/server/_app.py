@@ -196,7 +196,7 @@ class _Front:
         try:
             await self.server.answer(exec_id, name, value)
         except KitaruError as exc:
-            await _send_json(send, _wire.status_of(exc), _wire.error_to_json(exc))
+            await _send_json(send, _wire.status_of(exc), _client_error(exc, scope["path"]))
             return
         except Exception:  # what the routes' error layer would do: log the trace, answer in JSON
             log.exception("answering wait %r of execution %r failed", name, exec_id)
@@ -221,6 +221,17 @@ class _ServerApp(FastAPI):
 
 
 _NO_VALUE: Any = object()
+
+
+def _client_error(exc: KitaruError, path: str) -> dict[str, Any]:
+    """The JSON of ``exc`` for the client of ``path``. A store's own failure names its database
+    (host, port, name, user) or files: the server's business, not every key holder's, so it is
+    logged and the client is pointed at the log; a worker's store call keeps the message (it
+    acts on it, and holds a runner key, not a person's)."""
+    if type(exc) is KitaruStoreError and not path.startswith("/api/v1/store/"):
+        log.warning("%s: %s", path, exc)
+        return {"error": {"type": "KitaruStoreError", "message": _STORE_FAILED}}
+    return _wire.error_to_json(exc)
 
 
 def _usage_error(message: str) -> dict[str, Any]:
@@ -465,13 +476,7 @@ def build_app(server: ServerState) -> FastAPI:
 
     @app.exception_handler(KitaruError)
     async def kitaru_error(request: Request, exc: KitaruError) -> JSONResponse:
-        if type(exc) is KitaruStoreError and not request.url.path.startswith("/api/v1/store/"):
-            # A store's failure names its database (host, port, name, user) or files: the
-            # server's business, not every key holder's. A worker's store call keeps the message
-            # (it acts on it, and it holds a runner key, not a person's).
-            log.warning("%s %s: %s", request.method, request.url.path, exc)
-            return _error(503, "KitaruStoreError", _STORE_FAILED)
-        return JSONResponse(_wire.error_to_json(exc), status_code=_wire.status_of(exc))
+        return JSONResponse(_client_error(exc, request.url.path), status_code=_wire.status_of(exc))
 
     @app.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> JSONResponse:

@@ -516,11 +516,16 @@ def test_a_store_failure_names_no_database_except_to_a_worker(
             raise KitaruStoreError(f"reading the state failed on PostgreSQL {where}: connection reset")
 
         monkeypatch.setattr(h.store, "get_execution", failing)
+        monkeypatch.setattr(h.store, "read_wait", failing)
         async with h.client("admin") as c:
             error = assert_refusal(
                 await c.get(f"/api/v1/executions/{h.waiting}"), 503, "its log has the details"
             )
             assert error["type"] == "KitaruStoreError" and where not in error["message"]
+            # The answer the front handles itself says the same.
+            answer = await c.post(f"/api/v1/executions/{h.waiting}/waits/approve", json={"value": True})
+            error = assert_refusal(answer, 503, "its log has the details")
+            assert where not in error["message"]
             # A worker acts on the store's own message (it holds a runner key, not a person's).
             rpc = await c.post("/api/v1/store/get_execution", json={"exec_id": h.waiting})
             assert rpc.status_code == 503 and where in rpc.json()["error"]["message"]
