@@ -267,6 +267,7 @@ def test_filters_and_positions_that_are_not_theirs(kitaru_home: Path) -> None:
                 f"/api/v1/executions/{'x' * 20_000}",
                 "/api/v1/executions/nope/logs?follow=true",
                 "/ui/data/executions/%2e%2e/graph",
+                f"/ui/static/{'x' * 20_000}.js",
             ):
                 error = assert_refusal(await c.get(path), 404)
                 assert len(error["message"]) < 400  # a huge id is not repeated whole
