@@ -25,6 +25,7 @@ _ENV_STACK = "KITARU_SERVER_STACK"
 _ENV_STATE = "KITARU_SERVER_STATE"
 _ENV_TICK = "KITARU_SERVER_TICK"
 _ENV_DRIVERS = "KITARU_SERVER_DRIVERS"
+_ENV_MAX_BODY = "KITARU_SERVER_MAX_BODY"
 
 
 def require_server_extra() -> None:
@@ -53,7 +54,7 @@ def create_app(
     from kitaru._engine.runtime import Runtime, set_runtime
     from kitaru.local_stack import LocalOrchestrator
     from kitaru.server._app import build_app
-    from kitaru.server._state import DRIVERS, ServerState
+    from kitaru.server._state import DRIVERS, MAX_BODY, ServerState
     from kitaru.stack import load_stack, orchestrator_of
     from kitaru.store import KeyStore
 
@@ -64,6 +65,13 @@ def create_app(
             f"one server process drives at once). Set it to e.g. {DRIVERS}, or unset it."
         )
     drivers = int(drivers_text or DRIVERS)
+    max_body_text = os.environ.get(_ENV_MAX_BODY, "").strip()
+    if max_body_text and not (max_body_text.isascii() and max_body_text.isdigit() and int(max_body_text) > 0):
+        raise KitaruConfigError(
+            f"{_ENV_MAX_BODY}={max_body_text!r} is not a positive whole number (the largest request "
+            f"body the server reads, in bytes). Set it to e.g. {MAX_BODY}, or unset it."
+        )
+    max_body = int(max_body_text or MAX_BODY)
     loaded = load_stack(stack, **({"state": state} if state else {}))
     store = loaded.state_store()
     state_uri = state or str(getattr(loaded, "state_uri", ""))
@@ -81,7 +89,13 @@ def create_app(
         tick = float(os.environ.get(_ENV_TICK, "1.0"))
     return build_app(
         ServerState(
-            runtime, orchestrator, state_uri=state_uri, tick=tick, drivers=drivers, own_process=own_process
+            runtime,
+            orchestrator,
+            state_uri=state_uri,
+            tick=tick,
+            drivers=drivers,
+            own_process=own_process,
+            max_body=max_body,
         )
     )
 

@@ -6,9 +6,13 @@ starts a job elsewhere), so a request returns in store time whatever the flow do
 
 The API, for its clients (the CLI, ``KitaruClient()``, workers, the web UI):
 
-- JSON everywhere; errors are ``{"error": {"type": "KitaruStateError", "message": ...}}`` with
-  404 (no such id), 409 (the state does not allow it), 422 (a value does not fit), 401 (no or a
-  bad key), 403 (the key lacks the scope, or a cookie request lacks its CSRF token).
+- JSON everywhere; every error, the framework's own included, is
+  ``{"error": {"type": "KitaruStateError", "message": ...}}`` (a request that does not fit its
+  endpoint adds ``"detail"``: where and what, never the value sent) with 400 (a bad request),
+  404 (no such id or endpoint), 409 (the state does not allow it), 413 (a body over
+  ``KITARU_SERVER_MAX_BODY`` bytes), 422 (a value does not fit), 401 (no or a bad key), 403 (the
+  key lacks the scope, or a cookie request lacks its CSRF token), 500 (a bug: logged, no trace
+  in the answer).
 - Lists are pages, newest first: ``?limit=`` (at most 500) and ``?cursor=`` (the previous page's
   ``next_cursor``; None on the last page).
 - Logs are server-sent events (``text/event-stream``): ``event: log`` with the entry as JSON and
@@ -19,6 +23,7 @@ The API, for its clients (the CLI, ``KitaruClient()``, workers, the web UI):
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -28,13 +33,21 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Body, Depends, FastAPI, Form, Query, Request
+from fastapi import Body, Depends, FastAPI, Form, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
-from kitaru.errors import KitaruConfigError, KitaruError, KitaruNotFoundError, KitaruUsageError
+from kitaru.errors import (
+    KitaruConfigError,
+    KitaruError,
+    KitaruNotFoundError,
+    KitaruStoreError,
+    KitaruUsageError,
+)
 from kitaru.remote import _wire
 from kitaru.server import _auth
-from kitaru.server._state import ServerState
+from kitaru.server._state import ServerState, clip
 from kitaru.store import ArtifactRecord, ExecutionRecord, TagMove, TagRequest
 
 __all__ = ["build_app"]
@@ -54,13 +67,55 @@ class _Refused(Exception):
         self.status = status
 
 
-def _error(status: int, type_: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+class _TooLarge(HTTPException):
+    """A request body over the server's limit (413); raised while the body is read, so FastAPI
+    passes it on as it is (any other error reading a body becomes its 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large(limit))
 
 
-#: The answer endpoint's path (``scope["path"]`` is percent-decoded, as the router sees it).
-_ANSWER_PATH = re.compile(r"/api/v1/executions/([^/]+)/waits/([^/]+)")
+def _too_large(limit: int) -> str:
+    return (
+        f"the request body is larger than this server takes ({limit} bytes). Send less (a large "
+        "value belongs in an artifact), or raise KITARU_SERVER_MAX_BODY where the server starts."
+    )
+
+
+def _error(
+    status: int, type_: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    body = {"error": {"type": type_, "message": message, **extra}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+#: Why a body that is valid JSON cannot be read: nested past the parser's depth (about 1,000).
+_TOO_DEEP = "the body is JSON nested too deeply to read (keep it within a few hundred levels)"
+
+#: The largest deployment version a request may name: the stores keep versions as 32-bit
+#: integers (PostgreSQL's INTEGER), and a larger number failed the query (a 500) instead of
+#: matching nothing.
+_MAX_VERSION = 2**31 - 1
+
+#: A store's failure, as a client other than a worker sees it (the details go to the log).
+_STORE_FAILED = (
+    "the server's state store failed on this request (its log has the details). Retry; if it "
+    "keeps failing, tell whoever runs the server."
+)
+
+#: An unexpected failure, as the client sees it (the trace goes to the server's log only).
+_INTERNAL = (
+    "the server failed on this request (a bug; its log has the details). Retry, and report it "
+    "with the server's log if it happens again."
+)
+
+
+#: The answer endpoint's path (``scope["path"]`` is percent-decoded, as the router sees it). An
+#: id with a NUL (no store keeps one) is left to the route, which refuses it: the match that
+#: is made anyway checks it, at no cost of its own.
+_ANSWER_PATH = re.compile(r"/api/v1/executions/([^/\x00]+)/waits/([^/\x00]+)")
 
 
 class _Front:
@@ -79,6 +134,7 @@ class _Front:
     def __init__(self, app: Any, server: ServerState) -> None:
         self.app = app
         self.server = server
+        self.max_body = server.max_body
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -98,7 +154,7 @@ class _Front:
         try:
             match = _ANSWER_PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
             if match is None or scope.get("root_path"):
-                await self.app(scope, receive, started)
+                await self.app(scope, _limited(receive, self.max_body), started)
             else:
                 await self._answer(scope, receive, started, match[1], match[2])
         finally:
@@ -108,14 +164,20 @@ class _Front:
     async def _answer(self, scope: Any, receive: Any, send: Any, exec_id: str, name: str) -> None:
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if header is None:  # a session, or no credentials: the route decides
-            await self.app(scope, receive, send)
+            await self.app(scope, _limited(receive, self.max_body), send)
             return
         chunks = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client went away before sending its answer
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:  # the route's limit, checked as the body arrives
+                await _send_json(send, 413, _usage_error(_too_large(self.max_body)))
+                return
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
@@ -124,7 +186,7 @@ class _Front:
         if who is not None and who.allows("answer"):
             try:
                 data = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
                 data = None
             if isinstance(data, dict):
                 value = data.get("value", _NO_VALUE)
@@ -134,7 +196,11 @@ class _Front:
         try:
             await self.server.answer(exec_id, name, value)
         except KitaruError as exc:
-            await _send_json(send, _wire.status_of(exc), _wire.error_to_json(exc))
+            await _send_json(send, _wire.status_of(exc), _client_error(exc, scope["path"]))
+            return
+        except Exception:  # what the routes' error layer would do: log the trace, answer in JSON
+            log.exception("answering wait %r of execution %r failed", name, exec_id)
+            await _send_json(send, 500, {"error": {"type": "InternalError", "message": _INTERNAL}})
             return
         await _send_json(send, 202, {"id": exec_id, "wait": name, "accepted": True})
 
@@ -155,6 +221,37 @@ class _ServerApp(FastAPI):
 
 
 _NO_VALUE: Any = object()
+
+
+def _client_error(exc: KitaruError, path: str) -> dict[str, Any]:
+    """The JSON of ``exc`` for the client of ``path``. A store's own failure names its database
+    (host, port, name, user) or files: the server's business, not every key holder's, so it is
+    logged and the client is pointed at the log; a worker's store call keeps the message (it
+    acts on it, and holds a runner key, not a person's)."""
+    if type(exc) is KitaruStoreError and not path.startswith("/api/v1/store/"):
+        log.warning("%s: %s", path, exc)
+        return {"error": {"type": "KitaruStoreError", "message": _STORE_FAILED}}
+    return _wire.error_to_json(exc)
+
+
+def _usage_error(message: str) -> dict[str, Any]:
+    return {"error": {"type": "KitaruUsageError", "message": message}}
+
+
+def _limited(receive: Any, limit: int) -> Any:
+    """``receive`` refusing a body (_TooLarge) once more than ``limit`` bytes of it came."""
+    seen = 0
+
+    async def limited() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge(limit)
+        return message
+
+    return limited
 
 
 def _replaying(body: bytes, receive: Any) -> Any:
@@ -192,20 +289,171 @@ async def _bearer(server: ServerState, header: str) -> _auth.Principal | None:
 
 def _embedded(body: bytes, field: str) -> Any:
     """The one field of a JSON object body, or the 422 FastAPI would give (``Body(embed=True)``)."""
-    from fastapi.exceptions import RequestValidationError
-
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        deep = isinstance(exc, RecursionError)
         raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {},
-              "ctx": {"error": str(exc)}}]
+            [{"type": "json_invalid", "loc": ("body", 0), "input": {},
+              "msg": _TOO_DEEP if deep else "JSON decode error",
+              "ctx": {"error": "nested too deeply" if deep else str(exc)}}]
         ) from None  # fmt: skip
     if not isinstance(data, dict) or field not in data:
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body", field), "msg": "Field required", "input": None}]
         )
     return data[field]
+
+
+def _http_refusal(request: Request, exc: HTTPException) -> tuple[str, str]:
+    """The error type and message of a refusal the framework raised (or ``_TooLarge``)."""
+    what = f"{request.method} {clip(request.url.path)}"
+    if isinstance(exc, _TooLarge):
+        return "KitaruUsageError", str(exc.detail)
+    if exc.status_code == 404:
+        return "KitaruNotFoundError", (
+            f"this server has no endpoint {what}. The API is listed at /docs (OpenAPI: /openapi.json)."
+        )
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return "KitaruUsageError", (
+            f"{what} is not allowed (this path takes {allowed or 'other methods'}). "
+            "The API is listed at /docs."
+        )
+    if exc.status_code == 400:
+        return "KitaruUsageError", (
+            f"the body of {what} could not be read ({exc.detail}): send a JSON object with "
+            "`Content-Type: application/json` (nested at most a few hundred levels), or the form "
+            "the endpoint documents at /docs."
+        )
+    kind = "KitaruUsageError" if exc.status_code < 500 else "KitaruError"
+    return kind, f"{what}: {exc.detail}"
+
+
+def _invalid_message(request: Request, problems: list[dict[str, Any]]) -> str:
+    """What is wrong with a request that does not fit its endpoint, part by part."""
+    where = {"query": "query parameter", "path": "path part", "body": "body field", "header": "header"}
+    parts = []
+    for p in problems:
+        loc = [str(x) for x in p["loc"]]
+        if p["type"] == "json_invalid":
+            parts.append(_TOO_DEEP if p["msg"] == _TOO_DEEP else "the body is not valid JSON")
+        elif len(loc) >= 2 and loc[0] in where:
+            parts.append(f"{where[loc[0]]} {'.'.join(loc[1:])!r}: {p['msg']}")
+        else:
+            parts.append(f"{'.'.join(loc) or 'the request'}: {p['msg']}")
+    message = f"{request.method} {clip(request.url.path)} does not fit: {'; '.join(parts)}."
+    content_type = request.headers.get("content-type", "")
+    if any(p["loc"][:1] == ["body"] for p in problems) and "json" not in content_type:
+        message += " Send the body as JSON with `Content-Type: application/json`."
+    return message + " The endpoint is described at /docs."
+
+
+def _no_nul(request: Request) -> None:
+    """Refuse an id or a filter holding a NUL character: no store keeps one, and PostgreSQL
+    refuses a query with it as a database failure (503) instead of "no such execution"."""
+    if any("\x00" in v for v in request.path_params.values()):
+        raise KitaruNotFoundError(
+            f"{request.method} {clip(request.url.path)}: no execution, wait, artifact or other "
+            "record has a NUL character in its name or id. Check the id (`kitaru executions list`)."
+        )
+    if any("\x00" in v for v in request.query_params.values()):
+        raise KitaruUsageError(
+            f"a query parameter of {request.method} {clip(request.url.path)} holds a NUL character, "
+            "which no name or id has. Remove it."
+        )
+
+
+def _over_https(request: Request) -> bool:
+    """Whether the browser reached the server over HTTPS, itself or through a proxy that ends
+    TLS (the usual ingress: the server sees http). The proxy's word is taken without trusting
+    the proxy: a false "https" only marks the client's own cookie Secure, which costs it its
+    own login over plain http, and nobody else anything."""
+    if request.url.scheme == "https":
+        return True
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    forwarded = request.headers.get("forwarded", "").split(",")[0].lower().replace(" ", "")
+    return proto == "https" or "proto=https" in forwarded.split(";")
+
+
+def _position(text: str) -> int:
+    """A ``Last-Event-ID``: a journal position this stream sent (a whole number), or a 400."""
+    text = text.strip()
+    # isascii: str.isdigit holds for "²", which int() refuses; the length keeps int() off
+    # numbers longer than Python converts (it refuses over 4,300 digits) or any position has.
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise KitaruUsageError(
+            f"Last-Event-ID {clip(text)} is not a position of this log stream (the `id:` of an "
+            "event it sent, a whole number). Send one of those, or none to start from the beginning."
+        )
+    return int(text)
+
+
+@functools.cache
+def _rpc_signature(operation: str) -> tuple[frozenset[str], frozenset[str], dict[str, Any]]:
+    """The keyword arguments of a store operation (all of them, the required ones) and, for each
+    plain-JSON one, a strict check of its type; read from the store contracts, so a method an
+    implementation adds or a parameter only it has is not reachable this way."""
+    import inspect
+    import typing
+    from collections.abc import Iterable, Sequence
+
+    from pydantic import TypeAdapter
+
+    from kitaru.remote._store_rpc import OPERATIONS
+    from kitaru.store import CatalogStore, SecretStore, StateStore
+
+    kinds = OPERATIONS[operation][0]
+    method = next(
+        getattr(c, operation) for c in (StateStore, CatalogStore, SecretStore) if hasattr(c, operation)
+    )
+    hints = typing.get_type_hints(method)
+    params = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
+    checks = {}
+    for p in params:
+        if p.name in kinds:
+            continue  # records and bytes: the RPC module decodes them, with its own refusals
+        hint = hints.get(p.name, Any)
+        if typing.get_origin(hint) in (Iterable, Sequence):
+            # What JSON sends; checked as an Iterable, pydantic would check lazily (not at all).
+            hint = list[typing.get_args(hint)[0]]  # type: ignore[misc]
+        checks[p.name] = (hint, TypeAdapter(hint))
+    required = frozenset(p.name for p in params if p.default is inspect.Parameter.empty)
+    return frozenset(p.name for p in params), required, checks
+
+
+def _check_arguments(operation: str, arguments: dict[str, Any]) -> None:
+    """Refuse (400) store-operation arguments the contract does not take, or of another type,
+    before the store sees them (a store given a list for an id fails in its driver: a 503
+    naming the database file, or a TypeError: a 500). Messages name parameters, never values."""
+    from pydantic import ValidationError
+
+    from kitaru.remote._store_rpc import OPERATIONS
+
+    if operation not in OPERATIONS:
+        return  # the RPC module refuses it, listing the operations there are
+    names, required, checks = _rpc_signature(operation)
+    fix = f"Send the keyword arguments kitaru.store's {operation}() takes ({', '.join(sorted(names))})."
+    unknown = sorted(set(arguments) - names)
+    missing = sorted(required - set(arguments))
+    if unknown or missing:
+        parts = [f"it takes no {', '.join(map(repr, unknown))}"] if unknown else []
+        parts += [f"it needs {', '.join(map(repr, missing))}"] if missing else []
+        raise KitaruUsageError(
+            f"bad arguments for the state-store operation {operation!r}: {'; '.join(parts)}. {fix}"
+        )
+    for name, value in arguments.items():
+        check = checks.get(name)
+        if check is None:
+            continue
+        try:
+            check[1].validate_python(value, strict=True)
+        except ValidationError:
+            hint = getattr(check[0], "__name__", None) or str(check[0]).replace("typing.", "")
+            raise KitaruUsageError(
+                f"bad arguments for the state-store operation {operation!r}: {name!r} must be "
+                f"{hint} (JSON). {fix}"
+            ) from None
 
 
 def build_app(server: ServerState) -> FastAPI:
@@ -228,11 +476,33 @@ def build_app(server: ServerState) -> FastAPI:
 
     @app.exception_handler(KitaruError)
     async def kitaru_error(request: Request, exc: KitaruError) -> JSONResponse:
-        return JSONResponse(_wire.error_to_json(exc), status_code=_wire.status_of(exc))
+        return JSONResponse(_client_error(exc, request.url.path), status_code=_wire.status_of(exc))
 
     @app.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> JSONResponse:
         return _error(exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", str(exc))
+
+    # The framework's own refusals (no such route, a body it cannot read, parameters that do not
+    # fit) in the same shape as ours, so a client reads one shape; never with the value sent
+    # (it may be a key or a secret), only where it was and what is wrong with it.
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return _error(exc.status_code, *_http_refusal(request, exc), headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return _error(422, "KitaruUsageError", _invalid_message(request, problems), detail=problems)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's error layer logs the trace after this answer; the client gets no trace.
+        return _error(500, "InternalError", _INTERNAL)
 
     # -- authentication --------------------------------------------------------------------
 
@@ -252,7 +522,7 @@ def build_app(server: ServerState) -> FastAPI:
             key_id = _auth.session_key_id(cookie)
             record = await server.key(key_id) if key_id else None
             nonce = _auth.verify_session(cookie, record)
-            if record is not None and nonce is not None:
+            if record is not None and nonce is not None and not server.session_ended(nonce):
                 return _auth.Principal(record.id, record.name, frozenset(record.scopes), "session", nonce)
         raise _Refused(
             401,
@@ -270,6 +540,7 @@ def build_app(server: ServerState) -> FastAPI:
                     f"(it has: {', '.join(sorted(who.scopes))}). Use a key with "
                     f"`--scope {scope}`.",
                 )
+            _no_nul(request)
             if who.via == "session" and request.method not in ("GET", "HEAD", "OPTIONS"):
                 await _check_csrf(request, who)
             return who
@@ -368,14 +639,23 @@ def build_app(server: ServerState) -> FastAPI:
             max_age=int(_auth.SESSION_TTL),
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=_over_https(request),
             path="/",
         )
         return response
 
     @app.post("/logout", tags=["session"])
-    async def logout() -> JSONResponse:
-        """End the browser session (drop its cookie)."""
+    async def logout(request: Request) -> JSONResponse:
+        """End the browser session: this server process refuses its cookie from now on (a copy
+        kept elsewhere included), and the browser drops it. Revoking the key ends every session
+        of the key on every replica."""
+        cookie = request.cookies.get(_auth.SESSION_COOKIE)
+        key_id = _auth.session_key_id(cookie) if cookie else None
+        if cookie and key_id:
+            record = await server.key(key_id)
+            nonce = _auth.verify_session(cookie, record)
+            if nonce is not None:  # only a session that is one: nobody fills the list with noise
+                server.end_session(nonce, float(cookie.split(".")[1]))
         response = JSONResponse({"ok": True})
         response.delete_cookie(_auth.SESSION_COOKIE, path="/")
         return response
@@ -395,13 +675,16 @@ def build_app(server: ServerState) -> FastAPI:
     async def list_executions(
         flow: str | None = None,
         status: str | None = None,
-        version: int | None = None,
+        version: Annotated[int | None, Query(le=_MAX_VERSION)] = None,
         limit: int = Query(50, ge=1, le=500),
         cursor: str | None = None,
         _: _auth.Principal = read,
     ) -> dict[str, Any]:
         """Executions, newest first, one page at a time (summaries without checkpoints);
         ``version``: only those of that deployment version."""
+        from kitaru.client import _status_filter
+
+        status = _status_filter(status)  # a typo would match nothing: refused, naming the statuses
         records = await server.astate.list_executions(
             flow=flow, status=status, limit=limit + 1, version=version, before=cursor
         )
@@ -532,7 +815,7 @@ def build_app(server: ServerState) -> FastAPI:
             record.exec_id != exec_id
             and all(a.id != artifact_id for a in await server.astate.list_artifacts(exec_id))
         ):
-            raise KitaruNotFoundError(f"execution {exec_id} has no artifact {artifact_id!r}.")
+            raise KitaruNotFoundError(f"execution {clip(exec_id)} has no artifact {clip(artifact_id)}.")
         return record
 
     @app.get("/api/v1/executions/{exec_id}/artifacts/{artifact_id}", tags=["artifacts"])
@@ -558,7 +841,15 @@ def build_app(server: ServerState) -> FastAPI:
             media_type="application/json"
             if record.serializer in _JSON_SERIALIZERS
             else "application/octet-stream",
-            headers={"X-Kitaru-Content-Hash": record.content_hash, "Content-Length": str(record.size)},
+            headers={
+                "X-Kitaru-Content-Hash": record.content_hash,
+                "Content-Length": str(record.size),
+                # A flow's bytes may be HTML or script: opened in a browser tab (the UI's download
+                # link carries the session cookie) they are saved, never sniffed or run here.
+                "Content-Disposition": "attachment",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+            },
         )
 
     @app.get("/api/v1/executions/{exec_id}/artifacts/{artifact_id}/preview", tags=["artifacts"])
@@ -586,12 +877,14 @@ def build_app(server: ServerState) -> FastAPI:
         exec_id: str,
         after: int = 0,
         follow: bool = False,
-        _: _auth.Principal = read,
+        who: _auth.Principal = read,
     ) -> StreamingResponse:
-        """What the execution printed and logged, as server-sent events (see the module doc)."""
+        """What the execution printed and logged, as server-sent events (see the module doc). A
+        followed stream closes when its key is revoked or its session ends (a reconnect is
+        refused like any request of theirs)."""
         await server.record(exec_id)
         last = request.headers.get("last-event-id")
-        start = int(last) if last and last.isdigit() else after
+        start = after if last is None else _position(last)
 
         async def events() -> AsyncIterator[bytes]:
             seen = start
@@ -616,6 +909,8 @@ def build_app(server: ServerState) -> FastAPI:
                 if await request.is_disconnected():
                     return
                 await anyio.sleep(server.log_poll)
+                if not await server.still_allowed(who.key_id, who.nonce if who.via == "session" else None):
+                    return  # authorized once is not authorized for the execution's whole run
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
@@ -642,7 +937,9 @@ def build_app(server: ServerState) -> FastAPI:
         return {"versions": [v.to_dict() for v in versions], "tags": [asdict(t) for t in tags]}
 
     @app.get("/api/v1/deployments/{flow}/versions/{version}", tags=["deployments"])
-    async def get_deployment_version(flow: str, version: int, _: _auth.Principal = read) -> dict[str, Any]:
+    async def get_deployment_version(
+        flow: str, version: Annotated[int, Path(le=_MAX_VERSION)], _: _auth.Principal = read
+    ) -> dict[str, Any]:
         """Version ``version`` of ``flow``: its code (archive, target), image, stack, lock, tags."""
         from kitaru.deployments import aget
 
@@ -670,7 +967,7 @@ def build_app(server: ServerState) -> FastAPI:
     async def tag_version(
         flow: str,
         tag: str,
-        version: Annotated[int, Body()],
+        version: Annotated[int, Body(le=_MAX_VERSION)],
         weight: Annotated[int | None, Body()] = None,
         who: _auth.Principal = admin,
     ) -> dict[str, Any]:
@@ -700,7 +997,9 @@ def build_app(server: ServerState) -> FastAPI:
 
     @app.post("/api/v1/deployments/{flow}/rollback", tags=["deployments"])
     async def rollback(
-        flow: str, to: Annotated[int | None, Body(embed=True)] = None, who: _auth.Principal = admin
+        flow: str,
+        to: Annotated[int | None, Body(embed=True, le=_MAX_VERSION)] = None,
+        who: _auth.Principal = admin,
     ) -> dict[str, Any]:
         """Move ``default`` back: to version ``to``, or (without it) to the version it pointed at
         before its last move."""
@@ -722,6 +1021,11 @@ def build_app(server: ServerState) -> FastAPI:
         is created here (an unknown flow or tag, or arguments that do not fit, create nothing)
         and driven in the background or by the stack's orchestrator; 202 with its id. The same
         ``execution_id`` again returns that execution (``created``: false)."""
+        if execution_id is not None and "\x00" in execution_id:
+            raise KitaruUsageError(
+                "execution_id holds a NUL character, which no execution id may (PostgreSQL cannot "
+                "store it). Use letters, digits and punctuation."
+            )
         record, created = await server.invoke(flow, tag, args or {}, execution_id)
         return {
             "id": record.id,
@@ -829,6 +1133,7 @@ def build_app(server: ServerState) -> FastAPI:
                 "the 'admin' scope. Use a key with `--scope admin`.",
             )
 
+        _check_arguments(operation, arguments)
         return {"result": await call(server.astate, operation, arguments)}
 
     # -- the web UI (kitaru/server/ui: pages, assets, the lineage graph), mounted last -------

@@ -80,12 +80,19 @@ def new_key(name: str, scopes: list[str]) -> tuple[str, ApiKeyRecord]:
     )
 
 
+def _is_key_id(text: str) -> bool:
+    """Whether ``text`` can be a key's id (ours are 12 hex digits): anything else is refused
+    before the store is asked, so a presented key or cookie cannot make the store fail (a NUL
+    in a PostgreSQL query is a database error) or fill the key cache with long junk."""
+    return 0 < len(text) <= 64 and text.isascii() and text.isalnum()
+
+
 def parse_key(key: str) -> str | None:
     """The id part of a well-formed key, or None."""
     if not key.startswith(_PREFIX):
         return None
     key_id, sep, secret = key[len(_PREFIX) :].partition("_")
-    return key_id if sep and key_id and secret else None
+    return key_id if sep and secret and _is_key_id(key_id) else None
 
 
 def verify_key(key: str, record: ApiKeyRecord | None) -> bool:
@@ -108,7 +115,7 @@ def session_cookie(record: ApiKeyRecord, now: float | None = None) -> str:
 
 def session_key_id(cookie: str) -> str | None:
     parts = cookie.split(".")
-    return parts[0] if len(parts) == 4 else None
+    return parts[0] if len(parts) == 4 and _is_key_id(parts[0]) else None
 
 
 def verify_session(cookie: str, record: ApiKeyRecord | None, now: float | None = None) -> str | None:

@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from kitaru.errors import KitaruError, KitaruLeaseError, KitaruNotFoundError, KitaruStateError
 from kitaru.store import ApiKeyRecord, ExecutionRecord, StateStore
 
-__all__ = ["ServerState"]
+__all__ = ["ServerState", "clip"]
 
 log = logging.getLogger("kitaru.server")
 
@@ -36,6 +36,12 @@ log = logging.getLogger("kitaru.server")
 #: rest wait in its queue. A local flow's sync body holds a worker thread while it runs (anyio
 #: allows 40), so this also keeps a burst of resumed flows from taking every thread.
 DRIVERS = 16
+
+#: The largest request body the server reads, in bytes (``KITARU_SERVER_MAX_BODY``); larger
+#: ones get 413 before more than this is held in memory. A worker's commit carries artifacts of
+#: up to 64 KiB inline (larger ones go to the artifact store), so this leaves room for a group
+#: of them; an answer or invoke arguments that need more belong in an artifact.
+MAX_BODY = 16 * 1024 * 1024
 
 #: A queued drive: the execution, and what drives it.
 _Job = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]
@@ -50,6 +56,16 @@ _KEY_CACHE_TTL = 1.0
 _ADVISORY_KEY = int.from_bytes(b"kitaru", "big")
 
 
+#: How much of a value the client sent an error message repeats (an id, a path), at most.
+_ECHO = 120
+
+
+def clip(text: str) -> str:
+    """``text`` (an id, a path: something the client sent) as an error message repeats it:
+    quoted, and cut short when long (a 20,000-character id is not sent back whole)."""
+    return repr(text if len(text) <= _ECHO else text[:_ECHO] + "...")
+
+
 class ServerState:
     """The server's runtime and the work it does besides answering requests."""
 
@@ -62,6 +78,7 @@ class ServerState:
         tick: float = 1.0,
         drivers: int = DRIVERS,
         own_process: bool = False,
+        max_body: int = MAX_BODY,
     ) -> None:
         from kitaru.client import Execution  # noqa: F401  (imported now: requests must not pay for it)
 
@@ -76,7 +93,9 @@ class ServerState:
         self.leader = False
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._key_reads: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+        self._ended_sessions: dict[str, float] = {}  # nonce → when the cookie expires anyway
         self.drivers = drivers
+        self.max_body = max_body
         self.own_process = own_process
         self._driving: set[str] = set()
         self._queue: MemoryObjectSendStream[_Job] | None = None
@@ -144,12 +163,37 @@ class ServerState:
         self._keys[key_id] = (now, record)
         return record
 
+    # -- sessions --------------------------------------------------------------------------
+
+    def end_session(self, nonce: str, expires: float) -> None:
+        """Refuse the session with ``nonce`` from now on (a logout). Sessions have no table, so
+        this is the process's own list: kept until the cookie would expire anyway, and only for
+        sessions whose cookie proved valid (so its size is bounded by real logouts)."""
+        now = time.time()
+        if len(self._ended_sessions) > 1000:
+            self._ended_sessions = {n: t for n, t in self._ended_sessions.items() if t > now}
+        self._ended_sessions[nonce] = expires
+
+    def session_ended(self, nonce: str) -> bool:
+        return nonce in self._ended_sessions
+
+    async def still_allowed(self, key_id: str, nonce: str | None) -> bool:
+        """Whether the key ``key_id`` is live, and the session ``nonce`` (when given) not
+        ended: what a long request (a followed log stream) asks between polls (the key is
+        read through the cache, so this costs no query more than once a second)."""
+        record = await self.key(key_id)
+        if record is None or record.revoked_at is not None:
+            return False
+        return nonce is None or not self.session_ended(nonce)
+
     # -- views -----------------------------------------------------------------------------
 
     async def record(self, exec_id: str) -> ExecutionRecord:
         record = await self.astate.get_execution(exec_id)
         if record is None:
-            raise KitaruNotFoundError(f"no execution {exec_id!r}. List them with `kitaru executions list`.")
+            raise KitaruNotFoundError(
+                f"no execution {clip(exec_id)}. List them with `kitaru executions list`."
+            )
         return record
 
     def summary(self, record: ExecutionRecord) -> dict[str, Any]:

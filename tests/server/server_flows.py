@@ -6,6 +6,8 @@ $COUNT_FILE (outside kitaru), so a test counts real runs.
     python server_flows.py slow          a checkpoint, then a slow one that marks $MARK_FILE and sleeps
     python server_flows.py tagged        saves an artifact tagged `weekly`, then waits on `approve`
     python server_flows.py uses_secret   a cached checkpoint that reads the secret API_TOKEN
+    python server_flows.py hostile       markup everywhere a page shows text (id, output, log,
+                                         question), then waits on `approve`
 """
 
 from __future__ import annotations
@@ -96,6 +98,25 @@ def uses_secret(endpoint: str) -> str:
     return call_api(endpoint) + f" / live {len(kitaru.secret('API_TOKEN'))}"
 
 
+#: Markup that sets ``window.__xss`` wherever a page would run it instead of showing it.
+HOSTILE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+#: An execution id a page puts in links and headings (no slash: ids are path segments).
+HOSTILE_ID = "x<svg onload=window.__xss=3>"
+
+
+@checkpoint
+def render_markup() -> str:
+    print(HOSTILE)
+    return HOSTILE
+
+
+@flow
+def hostile() -> str:
+    markup = render_markup()
+    kitaru.wait(name="approve", question=HOSTILE, schema=bool)
+    return markup
+
+
 if __name__ == "__main__":
     which = sys.argv[1]
     if which == "approve":
@@ -106,6 +127,8 @@ if __name__ == "__main__":
         print(slow.run().exec_id)
     elif which == "tagged":
         print(tagged.run().exec_id)
+    elif which == "hostile":
+        print(hostile.run(execution_id=HOSTILE_ID).exec_id)
     elif which == "uses_secret":
         handle = uses_secret.run(sys.argv[2])
         print(handle.wait())

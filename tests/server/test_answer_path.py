@@ -194,8 +194,8 @@ def test_drives_wait_for_the_requests_in_flight_to_be_answered(monkeypatch: pyte
 
 def test_the_answer_endpoint_keeps_its_contract(kitaru_home: Any) -> None:
     """The answer endpoint reads its request itself: a key is checked before the body, a body
-    that is not ``{"value": ...}`` is FastAPI's 422, and the OpenAPI document still describes
-    its path parameters and body."""
+    that is not ``{"value": ...}`` is FastAPI's 422 (in the API's error shape), and the OpenAPI
+    document still describes its path parameters and body."""
     import httpx
 
     from kitaru.server import create_app
@@ -221,10 +221,10 @@ def test_the_answer_endpoint_keeps_its_contract(kitaru_home: Any) -> None:
                 bearer = {"Authorization": f"Bearer {key}"}
                 json_type = {**bearer, "Content-Type": "application/json"}
                 bad = await c.post(path, content=b"{", headers=json_type)
-                assert bad.status_code == 422 and bad.json()["detail"][0]["type"] == "json_invalid"
+                assert bad.status_code == 422 and bad.json()["error"]["detail"][0]["type"] == "json_invalid"
                 missing = await c.post(path, json={"answer": True}, headers=bearer)
                 assert missing.status_code == 422
-                assert missing.json()["detail"][0]["loc"] == ["body", "value"]
+                assert missing.json()["error"]["detail"][0]["loc"] == ["body", "value"]
                 unknown = await c.post(path, json={"value": True}, headers=bearer)
                 assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"]
                 spec = (await c.get("/openapi.json")).json()

@@ -435,3 +435,32 @@ def test_deployments_promote_rollback_and_invoke_in_the_browser(
     with server.client(admin) as c:
         moves = c.get("/api/v1/deployments/review/history").json()["items"]
         assert len(moves) == 4
+
+
+def test_markup_from_a_flow_is_shown_as_text_never_run(
+    browser: Any, server: ServerProcess, kitaru_cli: list[str], server_env: dict[str, str], sqlite_state: str
+) -> None:
+    """An execution id, a checkpoint's output and log line and a wait's question holding markup
+    are shown as the text they are: nothing of it becomes an element, nothing of it runs."""
+    from tests.server.server_flows import HOSTILE, HOSTILE_ID
+
+    exec_id = run_flow(server_env, "hostile")
+    assert exec_id == HOSTILE_ID
+    key = create_key(kitaru_cli, server_env, sqlite_state, "viewer", "read")
+    page = new_page(browser)
+    log_in(page, server, key)
+    page.get_by_text(HOSTILE_ID, exact=True).first.wait_for()  # the list shows the id as text
+    page.get_by_text(HOSTILE_ID, exact=True).first.click()
+    form = page.locator("form.answer[data-wait='approve']")
+    form.wait_for()
+    assert form.locator(".question").inner_text() == HOSTILE
+    page.locator("#logs").get_by_text(HOSTILE).wait_for()
+    artifact = page.locator("#artifacts details[data-artifact='render_markup']")
+    artifact.locator("summary").click()
+    assert HOSTILE in artifact.locator(".preview-text").inner_text()
+    injected = page.evaluate(
+        """() => ({xss: window.__xss ?? null,
+                   elements: document.querySelectorAll('img[src="x"], svg[onload], [onerror]').length,
+                   scripts: [...document.scripts].map((s) => s.src)})"""
+    )
+    assert injected == {"xss": None, "elements": 0, "scripts": [f"{server.url}/ui/static/app.js"]}

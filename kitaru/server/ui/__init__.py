@@ -36,6 +36,7 @@ CSP = (
 )
 _HEADERS = {
     "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",  # frame-ancestors, for browsers that predate it
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -59,6 +60,7 @@ def mount(app: FastAPI, server: ServerState, require: Callable[[str], Callable[.
     from fastapi.responses import RedirectResponse, Response
 
     from kitaru.errors import KitaruNotFoundError
+    from kitaru.server._state import clip
 
     read = Depends(require("read"))
     # Read once: the assets ship inside the package and do not change while the server runs.
@@ -78,7 +80,7 @@ def mount(app: FastAPI, server: ServerState, require: Callable[[str], Callable[.
     @app.get("/ui/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
         if name not in assets:
-            raise KitaruNotFoundError(f"the web UI has no file {name!r}.")
+            raise KitaruNotFoundError(f"the web UI has no file {clip(name)}.")
         return Response(assets[name], media_type=_ASSETS[name], headers=_HEADERS)
 
     @app.get("/ui/data/executions/{exec_id}/graph", tags=["ui"])
