@@ -472,6 +472,9 @@ def build_app(server: ServerState) -> FastAPI:
         "workers need. "
         "Every endpoint but /healthz takes `Authorization: Bearer <key>` or a login session.",
         lifespan=lifespan,
+        # /docs is served from this origin (kitaru/server/_docs.py), not from a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.exception_handler(KitaruError)
@@ -1135,6 +1138,11 @@ def build_app(server: ServerState) -> FastAPI:
 
         _check_arguments(operation, arguments)
         return {"result": await call(server.astate, operation, arguments)}
+
+    # -- the API's docs page, from this origin (kitaru/server/_docs.py) --------------------
+    from kitaru.server._docs import mount_docs
+
+    mount_docs(app)
 
     # -- the web UI (kitaru/server/ui: pages, assets, the lineage graph), mounted last -------
     from kitaru.server.ui import mount as mount_ui

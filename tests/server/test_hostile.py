@@ -6,6 +6,7 @@ the value sent and never a trace; a stream whose client went away ends."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -552,5 +553,24 @@ def test_the_session_cookie_is_secure_behind_a_proxy_that_ends_tls(kitaru_home: 
                 cookie = login.headers["set-cookie"].lower()
                 assert "httponly" in cookie and "samesite=strict" in cookie
                 assert ("; secure" in cookie) is secure, (headers, cookie)
+
+    run(kitaru_home, test)
+
+
+def test_the_docs_page_and_its_files_come_from_this_origin(kitaru_home: Path) -> None:
+    async def test(h: Harness) -> None:
+        async with h.client(None) as c:
+            page = await c.get("/docs")
+            assert page.status_code == 200
+            assert "script-src 'self';" in page.headers["content-security-policy"]
+            assert "//" not in page.text  # no other origin named, and no inline script:
+            assert "<script>" not in page.text
+            for name in re.findall(r'(?:src|href)="(/docs/static/[^"]+)"', page.text):
+                got = await c.get(name)
+                assert got.status_code == 200 and got.content, name
+                assert got.headers["x-content-type-options"] == "nosniff"
+            assert (await c.get("/redoc")).status_code == 404  # its page loaded a CDN's script
+            assert_refusal(await c.get("/docs/static/..%2F..%2F__init__.py"), 404)
+            assert_refusal(await c.get("/docs/static/swagger-ui.js.map"), 404, "no file")
 
     run(kitaru_home, test)

@@ -464,3 +464,22 @@ def test_markup_from_a_flow_is_shown_as_text_never_run(
                    scripts: [...document.scripts].map((s) => s.src)})"""
     )
     assert injected == {"xss": None, "elements": 0, "scripts": [f"{server.url}/ui/static/app.js"]}
+
+
+def test_the_api_docs_page_works_from_the_server_alone(
+    browser: Any, server: ServerProcess, shots: Path
+) -> None:
+    """/docs draws every endpoint with nothing fetched from another origin (team servers run on
+    networks without internet) and nothing refused by its policy (no inline script)."""
+    page = new_page(browser)
+    elsewhere: list[str] = []
+    refused: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(server.url) else elsewhere.append(r.url))
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(server.url + "/docs")
+    page.locator(
+        ".opblock-summary-path[data-path='/api/v1/executions/{exec_id}/waits/{name}']"
+    ).first.wait_for()
+    assert page.locator(".opblock").count() >= 20  # every operation of the API, drawn
+    page.screenshot(path=str(shots / "docs.png"), full_page=False)
+    assert elsewhere == [] and refused == []
