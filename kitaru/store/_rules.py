@@ -49,6 +49,7 @@ __all__ = [
     "check_acquirable",
     "check_answerable",
     "check_cancellable",
+    "check_page_size",
     "check_status_change",
     "check_takeover",
     "check_wait_open",
@@ -338,6 +339,13 @@ def key_exists(name: str) -> KitaruConflictError:
 def no_such_key(name: str) -> KitaruNotFoundError:
     """The error for revoking a key that was never created."""
     return KitaruNotFoundError(f"no API key named {name!r}. `kitaru server keys list` shows them.")
+
+
+def check_page_size(limit: int) -> None:
+    """Refuse a ``list_executions`` page size below 1 (SQLite reads ``LIMIT -1`` as "no limit",
+    PostgreSQL refuses it, a slice counts from the end: one rule instead of three behaviours)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise KitaruUsageError(f"limit={limit!r}: a page holds at least 1 execution; give a number >= 1.")
 
 
 def unknown_cursor(before: str) -> KitaruUsageError:

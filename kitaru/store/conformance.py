@@ -710,6 +710,16 @@ class StateStoreConformance(DeploymentConformance):
         last = (await state_store.list_executions(flow=flow))[-1]
         assert await state_store.list_executions(flow=flow, before=last.id) == []
 
+    async def test_list_executions_refuses_a_page_size_below_one(self, state_store: StateStore) -> None:
+        flow = f"flow_{new_id()}"
+        for _ in range(2):
+            await state_store.create_execution(_execution(flow=flow), [])
+        # Each backend read a negative size its own way (all rows, an error, a slice from the end).
+        for limit in (0, -1, -5):
+            with pytest.raises(KitaruUsageError, match=rf"^limit={limit}: a page holds at least 1"):
+                await state_store.list_executions(flow=flow, limit=limit)
+        assert len(await state_store.list_executions(flow=flow, limit=1)) == 1
+
     # -- leases -------------------------------------------------------------------------------
 
     async def test_acquire_free_lease(self, state_store: StateStore) -> None:

@@ -130,6 +130,7 @@ class MemoryStateStore:
         version: int | None = None,
         before: str | None = None,
     ) -> list[ExecutionRecord]:
+        _rules.check_page_size(limit)
         with self._lock:
             after: tuple[float, str] | None = None
             if before is not None:

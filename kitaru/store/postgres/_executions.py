@@ -177,6 +177,7 @@ class _Executions(_Connection):
         version: int | None = None,
         before: str | None = None,
     ) -> list[ExecutionRecord]:
+        _rules.check_page_size(limit)
         clauses: list[str] = []
         params: list[Any] = []
         if before is not None:
