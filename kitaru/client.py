@@ -476,7 +476,8 @@ class _Executions:
 
     def _log_entries(self, exec_id: str, checkpoint: str | None, after: int) -> builtins.list[LogEntry]:
         full = self.resolve(exec_id)
-        journal = self._state.read_journal(full)
+        # Naming a checkpoint needs every call the execution made (to refuse one it never made).
+        journal = self._state.read_journal(full, after=0 if checkpoint is not None else after)
         entries = [
             LogEntry(
                 r.call_id,

@@ -198,8 +198,8 @@ class HttpStateStore:
         result: ExecutionRecord = await self._call("cancel", exec_id=exec_id)
         return result
 
-    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        result: list[JournalRecord] = await self._call("read_journal", exec_id=exec_id)
+    async def read_journal(self, exec_id: str, after: int = 0) -> list[JournalRecord]:
+        result: list[JournalRecord] = await self._call("read_journal", exec_id=exec_id, after=after)
         return result
 
     async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:

@@ -892,7 +892,9 @@ def build_app(server: ServerState) -> FastAPI:
         async def events() -> AsyncIterator[bytes]:
             seen = start
             while True:
-                journal = await server.astate.read_journal(exec_id)
+                # Only what came after the last record sent: a follower of a long run must not
+                # read its whole journal every poll.
+                journal = await server.astate.read_journal(exec_id, after=seen)
                 for r in journal:
                     if r.kind == "output" and (r.id or 0) > seen:
                         seen = r.id or seen

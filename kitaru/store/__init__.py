@@ -377,8 +377,9 @@ class StateStore(Protocol):
         """Cancel a running or waiting execution (KitaruStateError when it already finished)."""
         ...
 
-    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        """All of an execution's records, in commit order."""
+    async def read_journal(self, exec_id: str, after: int = 0) -> list[JournalRecord]:
+        """An execution's records, in commit order; with ``after`` (a record's ``id``) only those
+        committed after it, so a follower's next read costs what is new, not the whole journal."""
         ...
 
     async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:

@@ -989,6 +989,25 @@ class StateStoreConformance(DeploymentConformance):
         await state_store.commit(execution.id, [_record("checkpoint_started", "a")])
         assert len(await state_store.read_journal(execution.id)) == 6
 
+    async def test_read_journal_after_a_record_gives_what_came_later(self, state_store: StateStore) -> None:
+        execution, other = _execution(), _execution()
+        for e in (execution, other):
+            await state_store.create_execution(e, [])
+        await state_store.commit(execution.id, [_completed("a"), _record("log", "a")])
+        await state_store.commit(other.id, [_completed("x")])  # ids interleave across executions
+        await state_store.commit(execution.id, [_completed("b"), _record("log", "b")])
+        whole = await state_store.read_journal(execution.id)
+        assert [(r.kind, r.call_id) for r in whole] == [
+            ("checkpoint_completed", "a"),
+            ("log", "a"),
+            ("checkpoint_completed", "b"),
+            ("log", "b"),
+        ]
+        for n, record in enumerate(whole):
+            assert record.id is not None
+            assert await state_store.read_journal(execution.id, after=record.id) == whole[n + 1 :]
+        assert await state_store.read_journal(execution.id, after=0) == whole
+
     async def test_once_only_is_per_execution_kind_and_call(self, state_store: StateStore) -> None:
         one, two = _execution(), _execution()
         for e in (one, two):

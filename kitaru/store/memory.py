@@ -356,9 +356,9 @@ class MemoryStateStore:
             self._append(exec_id, [JournalRecord(kind="cancel_requested")])
             return copy.deepcopy(e)
 
-    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
+    async def read_journal(self, exec_id: str, after: int = 0) -> list[JournalRecord]:
         with self._lock:
-            return [copy.copy(r) for r in self._journal.get(exec_id, [])]
+            return [copy.copy(r) for r in self._journal.get(exec_id, []) if (r.id or 0) > after]
 
     async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
         # A scan: this store holds test-sized journals, and a scan cannot drift from the contract.

@@ -579,10 +579,18 @@ class _Executions(_Connection):
 
     # -- journal and artifacts ----------------------------------------------------------------
 
-    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        """Reads are grouped like answers: the journals asked for on this loop while earlier
-        reads are out go in one query (``exec_id = ANY(...)``), so a burst of answers, or many
-        drivers resuming at once, costs a few round trips instead of one each."""
+    async def read_journal(self, exec_id: str, after: int = 0) -> list[JournalRecord]:
+        """Whole journals are read grouped like answers: those asked for on this loop while
+        earlier reads are out go in one query (``exec_id = ANY(...)``), so a burst of answers, or
+        many drivers resuming at once, costs a few round trips instead of one each. A read
+        ``after`` a record (a follower's) is its own query over ``journal_exec``'s range."""
+        if after:
+            rows = await self._read(
+                f"SELECT {_JOURNAL_READ} FROM kitaru.journal WHERE exec_id = $1 AND id > $2 ORDER BY id",
+                exec_id,
+                after,
+            )
+            return [journal_record(r) for r in rows]
         return [journal_record(r) for r in await self._journal_reads(exec_id)]
 
     async def _fetch_journals(self, ids: list[str]) -> dict[str, list[Any]]:

@@ -502,8 +502,13 @@ class _Executions(_Connection):
 
     # -- journal and artifacts ----------------------------------------------------------------
 
-    async def read_journal(self, exec_id: str) -> list[JournalRecord]:
-        rows = self._read(f"SELECT {_JOURNAL_READ} FROM journal WHERE exec_id = ? ORDER BY id", (exec_id,))
+    async def read_journal(self, exec_id: str, after: int = 0) -> list[JournalRecord]:
+        sql = f"SELECT {_JOURNAL_READ} FROM journal WHERE exec_id = ?"
+        rows = (
+            self._read(f"{sql} AND id > ? ORDER BY id", (exec_id, after))
+            if after
+            else self._read(f"{sql} ORDER BY id", (exec_id,))
+        )
         return [journal_record(r) for r in rows]
 
     async def read_wait(self, exec_id: str, name: str) -> list[JournalRecord]:
