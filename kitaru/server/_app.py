@@ -649,16 +649,16 @@ def build_app(server: ServerState) -> FastAPI:
 
     @app.post("/logout", tags=["session"])
     async def logout(request: Request) -> JSONResponse:
-        """End the browser session: this server process refuses its cookie from now on (a copy
-        kept elsewhere included), and the browser drops it. Revoking the key ends every session
-        of the key on every replica."""
+        """End the browser session: every server process refuses its cookie from now on (a copy
+        kept elsewhere included; other replicas within a second), and the browser drops it.
+        Revoking the key ends every session of the key on every replica."""
         cookie = request.cookies.get(_auth.SESSION_COOKIE)
         key_id = _auth.session_key_id(cookie) if cookie else None
         if cookie and key_id:
             record = await server.key(key_id)
             nonce = _auth.verify_session(cookie, record)
             if nonce is not None:  # only a session that is one: nobody fills the list with noise
-                server.end_session(nonce, float(cookie.split(".")[1]))
+                await server.end_session(nonce, float(cookie.split(".")[1]))
         response = JSONResponse({"ok": True})
         response.delete_cookie(_auth.SESSION_COOKIE, path="/")
         return response

@@ -52,6 +52,14 @@ _LULL = 0.01
 #: How long a key record is trusted from memory: a revoke (in any replica, or by the CLI on the
 #: database) takes effect within this, and a busy server reads each key at most once per period.
 _KEY_CACHE_TTL = 1.0
+#: How often every process reads the sessions other processes ended (logouts), at most: the
+#: key cache's period, so a logout reaches every replica as fast as a revoke does.
+_SESSIONS_PULL = _KEY_CACHE_TTL
+#: How far back of the newest logout it has seen a process reads again: a logout stamped a
+#: moment before another may commit after it, and a read between the two would skip it for good.
+_SESSIONS_OVERLAP = 10.0
+#: How often the background role deletes the records of logouts whose cookies have expired.
+_SESSIONS_PRUNE = 60.0
 #: The advisory lock's key: "kitaru" as a number, so other applications' locks do not collide.
 _ADVISORY_KEY = int.from_bytes(b"kitaru", "big")
 
@@ -94,6 +102,10 @@ class ServerState:
         self._keys: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._key_reads: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
         self._ended_sessions: dict[str, float] = {}  # nonce → when the cookie expires anyway
+        self._ended_seen = 0.0  # the newest ``ended_at`` read from the store (0: none yet)
+        self._ended_forgotten = -math.inf  # when expired ones were last dropped (time.monotonic())
+        self._ended_pruned = -math.inf  # when the role last pruned the store's (time.monotonic())
+        self._pull_failing = False
         self.drivers = drivers
         self.max_body = max_body
         self.own_process = own_process
@@ -165,14 +177,45 @@ class ServerState:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def end_session(self, nonce: str, expires: float) -> None:
-        """Refuse the session with ``nonce`` from now on (a logout). Sessions have no table, so
-        this is the process's own list: kept until the cookie would expire anyway, and only for
-        sessions whose cookie proved valid (so its size is bounded by real logouts)."""
-        now = time.time()
-        if len(self._ended_sessions) > 1000:
-            self._ended_sessions = {n: t for n, t in self._ended_sessions.items() if t > now}
+    async def end_session(self, nonce: str, expires: float) -> None:
+        """Refuse the session with ``nonce`` from now on (a logout): in this process at once, and
+        in every other process on the state store within ``_SESSIONS_PULL`` seconds, through the
+        store's record of it (which they read on their background tick). Called only for cookies
+        that proved valid, so the records are bounded by real logouts."""
         self._ended_sessions[nonce] = expires
+        await self.astate.end_session(nonce, expires)  # type: ignore[attr-defined]
+
+    async def pull_ended_sessions(self) -> int:
+        """Read the logouts recorded since the last read (all unexpired ones the first time) into
+        this process's list; returns how many were new. One query whatever the request rate."""
+        since = max(self._ended_seen - _SESSIONS_OVERLAP, 0.0)
+        ended = await self.astate.ended_sessions(since)  # type: ignore[attr-defined]
+        now, new = time.time(), 0
+        for session in ended:
+            self._ended_seen = max(self._ended_seen, session.ended_at)
+            if session.expires_at > now and session.nonce not in self._ended_sessions:
+                self._ended_sessions[session.nonce] = session.expires_at
+                new += 1
+        if time.monotonic() - self._ended_forgotten > _SESSIONS_PRUNE:
+            self._ended_forgotten = time.monotonic()
+            self._ended_sessions = {n: t for n, t in self._ended_sessions.items() if t > now}
+        return new
+
+    async def _sessions_loop(self) -> None:
+        """Every process, leader or not: a logout served elsewhere must be refused here too."""
+        while True:
+            await anyio.sleep(min(self.tick, _SESSIONS_PULL))
+            await self._pull_quietly()
+
+    async def _pull_quietly(self) -> None:
+        try:
+            await self.pull_ended_sessions()
+        except Exception as exc:  # the database away for a moment: the next tick tries again
+            if not self._pull_failing:
+                log.warning("reading logouts from the state store: %s", exc)
+            self._pull_failing = True
+        else:
+            self._pull_failing = False
 
     def session_ended(self, nonce: str) -> bool:
         return nonce in self._ended_sessions
@@ -424,6 +467,7 @@ class ServerState:
             receive.close()
             self._queue = send
             tg.start_soon(self._role_loop)
+            tg.start_soon(self._sessions_loop)
             try:
                 yield
             finally:
@@ -440,6 +484,9 @@ class ServerState:
                 await open_full_pool()
             except KitaruError as exc:  # the database is not up yet: the pool opens on first use
                 log.warning("state store not reachable at start (%s); serving anyway", exc)
+        # Before the first request: a cookie logged out on another replica before this one
+        # started is refused from its first request on.
+        await self._pull_quietly()
         if self.own_process:
             _freeze_heap()
 
@@ -451,6 +498,9 @@ class ServerState:
                     self.leader = await lock.hold()
                     if self.leader:
                         await self.recover_pass()
+                        if time.monotonic() - self._ended_pruned > _SESSIONS_PRUNE:
+                            await self.astate.prune_ended_sessions(time.time())  # type: ignore[attr-defined]
+                            self._ended_pruned = time.monotonic()
                 except Exception as exc:  # the database away for a moment: try again next tick
                     self.leader = False
                     log.warning("background role: %s", exc)

@@ -29,6 +29,7 @@ __all__ = [
     "CacheEntry",
     "CatalogStore",
     "DeploymentRecord",
+    "EndedSession",
     "ExecutionRecord",
     "ExecutionStatus",
     "JournalRecord",
@@ -218,6 +219,19 @@ class ApiKeyRecord:
     scopes: list[str]
     created_at: float
     revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndedSession:
+    """A team-server session ended by a logout, as stored: its nonce, never its cookie (the
+    cookie's MAC is what would let someone present it; the nonce alone proves nothing)."""
+
+    nonce: str
+    expires_at: float
+    """When the session's cookie expires anyway: after that the record is of no use."""
+    ended_at: float
+    """When the logout was recorded, by the store's clock (readers compare it only with other
+    ``ended_at`` values, never with their own clock)."""
 
 
 @dataclass(slots=True)
@@ -443,7 +457,10 @@ class KeyStore(Protocol):
     PostgreSQL, memory); a state store reached over HTTP does not expose them.
 
     Duties (checked by ``KeyStoreConformance``): names are unique among all keys, revoked or not
-    (KitaruConflictError); ``revoke_api_key`` is final and idempotent; records hold hashes only."""
+    (KitaruConflictError); ``revoke_api_key`` is final and idempotent; records hold hashes only.
+    Ended sessions (logouts) are shared through the store so every server process refuses the
+    cookie: recording one is idempotent and keeps the first ``ended_at``; reading them since a
+    point returns every record ended at or after it; pruning removes only expired ones."""
 
     async def create_api_key(self, key: ApiKeyRecord) -> None:
         """Store a new key (KitaruConflictError when its name or id exists)."""
@@ -460,6 +477,20 @@ class KeyStore(Protocol):
     async def revoke_api_key(self, name: str) -> ApiKeyRecord:
         """Revoke the key called ``name`` (KitaruNotFoundError when there is none); revoking a
         revoked key keeps its first revocation time."""
+        ...
+
+    async def end_session(self, nonce: str, expires_at: float) -> None:
+        """Record that the session with ``nonce`` ended (a logout), stamped with the store's
+        clock; recording it again changes nothing."""
+        ...
+
+    async def ended_sessions(self, since: float) -> list[EndedSession]:
+        """The sessions recorded as ended at or after ``since`` (an ``ended_at`` value; 0 for
+        all), oldest first; expired ones not pruned yet included."""
+        ...
+
+    async def prune_ended_sessions(self, before: float) -> int:
+        """Forget the ended sessions whose cookie expires before ``before``; returns how many."""
         ...
 
 

@@ -33,6 +33,7 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import secrets
 import socket
 import subprocess
 import sys
@@ -393,6 +394,45 @@ class KeyStoreConformance:
         absent = f"absent_{new_id()}"
         with pytest.raises(KitaruNotFoundError, match=f"no API key.*{absent}"):
             await state_store.revoke_api_key(absent)
+
+    # -- ended sessions: how a logout reaches every server process ----------------------------
+
+    async def test_an_ended_session_is_read_back_since_a_point_before_it(self, state_store: Any) -> None:
+        nonce, expires = secrets.token_hex(16), time.time() + 3600
+        await state_store.end_session(nonce, expires)
+
+        (ended,) = [s for s in await state_store.ended_sessions(0.0) if s.nonce == nonce]
+        assert ended.expires_at == expires
+        assert [s.nonce for s in await state_store.ended_sessions(ended.ended_at)].count(nonce) == 1
+        assert nonce not in {s.nonce for s in await state_store.ended_sessions(ended.ended_at + 1)}
+
+    async def test_ending_a_session_again_keeps_the_first_record(self, state_store: Any) -> None:
+        nonce = secrets.token_hex(16)
+        await state_store.end_session(nonce, time.time() + 3600)
+        (first,) = [s for s in await state_store.ended_sessions(0.0) if s.nonce == nonce]
+        await state_store.end_session(nonce, time.time() + 7200)
+
+        assert [s for s in await state_store.ended_sessions(0.0) if s.nonce == nonce] == [first]
+
+    async def test_ended_sessions_come_oldest_first(self, state_store: Any) -> None:
+        nonces = [secrets.token_hex(16) for _ in range(3)]
+        for nonce in nonces:
+            await state_store.end_session(nonce, time.time() + 3600)
+        ended = [s for s in await state_store.ended_sessions(0.0) if s.nonce in nonces]
+        assert [s.ended_at for s in ended] == sorted(s.ended_at for s in ended)
+        assert [(s.ended_at, s.nonce) for s in ended] == sorted((s.ended_at, s.nonce) for s in ended)
+        assert {s.nonce for s in ended} == set(nonces)
+
+    async def test_pruning_forgets_only_expired_sessions(self, state_store: Any) -> None:
+        now = time.time()
+        expired, live = secrets.token_hex(16), secrets.token_hex(16)
+        await state_store.end_session(expired, now - 10)
+        await state_store.end_session(live, now + 3600)
+
+        assert await state_store.prune_ended_sessions(now) >= 1
+        left = {s.nonce for s in await state_store.ended_sessions(0.0)}
+        assert expired not in left and live in left
+        assert await state_store.prune_ended_sessions(now - 3600) == 0
 
 
 # -- the secret suite (state stores flows read secrets from) ---------------------------------------

@@ -20,6 +20,7 @@ from kitaru.store import (
     ArtifactRecord,
     CacheEntry,
     DeploymentRecord,
+    EndedSession,
     ExecutionRecord,
     JournalRecord,
     SecretRecord,
@@ -62,6 +63,7 @@ class MemoryStateStore:
         self._tags: dict[str, dict[str, TagRecord]] = {}
         self._moves: list[TagMove] = []
         self._keys: dict[str, ApiKeyRecord] = {}
+        self._ended_sessions: dict[str, EndedSession] = {}
         self._cache: dict[str, CacheEntry] = {}
         self._secrets: dict[str, SecretRecord] = {}
 
@@ -298,6 +300,22 @@ class MemoryStateStore:
                         key.revoked_at = time.time()
                     return copy.deepcopy(key)
         raise _rules.no_such_key(name)
+
+    async def end_session(self, nonce: str, expires_at: float) -> None:
+        with self._lock:
+            self._ended_sessions.setdefault(nonce, EndedSession(nonce, expires_at, time.time()))
+
+    async def ended_sessions(self, since: float) -> list[EndedSession]:
+        with self._lock:
+            found = [s for s in self._ended_sessions.values() if s.ended_at >= since]
+        return sorted(found, key=lambda s: (s.ended_at, s.nonce))
+
+    async def prune_ended_sessions(self, before: float) -> int:
+        with self._lock:
+            gone = [n for n, s in self._ended_sessions.items() if s.expires_at < before]
+            for nonce in gone:
+                del self._ended_sessions[nonce]
+        return len(gone)
 
     async def get_cache_entry(self, key: str) -> CacheEntry | None:
         with self._lock:

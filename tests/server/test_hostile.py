@@ -325,6 +325,30 @@ def test_a_session_ends_at_logout_and_a_revoked_key_within_a_second(kitaru_home:
     run(kitaru_home, test)
 
 
+def test_a_logout_the_store_cannot_record_fails_instead_of_seeming_done(kitaru_home: Path) -> None:
+    from kitaru.errors import KitaruStoreError
+
+    async def test(h: Harness) -> None:
+        async def store_down(nonce: str, expires_at: float) -> None:
+            raise KitaruStoreError("PostgreSQL db.internal:5432 (kitaru as admin) is unreachable")
+
+        async with h.client(None) as browser:
+            await browser.post("/login", data={"key": h.keys["read"]})
+            cookie = browser.cookies["kitaru_session"]
+            h.store.end_session = store_down
+            # Other processes would still take the cookie: the logout says it did not happen,
+            # without naming the database, and the browser keeps its cookie to try again.
+            error = assert_refusal(await browser.post("/logout"), 503, "state store failed", "Retry")
+            assert "db.internal" not in error["message"]
+            assert browser.cookies.get("kitaru_session") == cookie
+            del h.store.end_session
+            assert (await browser.post("/logout")).status_code == 200
+            (ended,) = [s for s in await h.store.ended_sessions(0.0) if s.nonce == cookie.split(".")[2]]
+            assert ended.expires_at == float(cookie.split(".")[1])
+
+    run(kitaru_home, test)
+
+
 def test_ui_pages_and_artifact_bytes_carry_their_security_headers(kitaru_home: Path) -> None:
     from kitaru.store.conformance import _artifact, _completed
 

@@ -88,6 +88,7 @@ class TestSchema:
             "cache_entries",
             "commits",
             "deployments",
+            "ended_sessions",
             "executions",
             "journal",
             "meta",

@@ -11,6 +11,7 @@ from typing import Any
 from kitaru.store import (
     ApiKeyRecord,
     DeploymentRecord,
+    EndedSession,
     TagMove,
     TagRecord,
     TagRequest,
@@ -223,6 +224,37 @@ class _Deployments(_Connection):
             return _key_from_row(row)
 
         return await self._write(body, f"revoking API key {name!r}")
+
+    # -- ended sessions (logouts), shared by every server replica ---------------------------
+
+    async def end_session(self, nonce: str, expires_at: float) -> None:
+        # One idempotent statement (a retry after a lost answer inserts nothing more), so it
+        # needs no commit token. Stamped with the database's clock: replicas compare stamps
+        # with one another, and their own clocks may disagree.
+        async def body(conn: Any, attempt: _Attempt) -> None:
+            await conn.execute(
+                "INSERT INTO kitaru.ended_sessions (nonce, expires_at, ended_at) "
+                "VALUES ($1, $2, extract(epoch FROM clock_timestamp())) ON CONFLICT DO NOTHING",
+                nonce,
+                expires_at,
+            )
+
+        await self._write(body, "recording a logout", single=True)
+
+    async def ended_sessions(self, since: float) -> list[EndedSession]:
+        rows = await self._read(
+            "SELECT nonce, expires_at, ended_at FROM kitaru.ended_sessions WHERE ended_at >= $1 "
+            "ORDER BY ended_at, nonce",
+            since,
+        )
+        return [EndedSession(*r) for r in rows]
+
+    async def prune_ended_sessions(self, before: float) -> int:
+        async def body(conn: Any, attempt: _Attempt) -> int:
+            status = await conn.execute("DELETE FROM kitaru.ended_sessions WHERE expires_at < $1", before)
+            return int(status.split()[-1])
+
+        return await self._write(body, "forgetting expired logouts", single=True)
 
 
 def _deployment_from_row(row: Any) -> DeploymentRecord:

@@ -180,6 +180,17 @@ _MIGRATIONS: list[str] = [
         ((metadata::jsonb -> 'deployment' ->> 'version'), created_at, id)
         WHERE (metadata::jsonb -> 'deployment' ->> 'version') IS NOT NULL;
     """,
+    # Sessions ended by a logout, so every server replica refuses the cookie (each reads the new
+    # ones every second, by `ended_at`, stamped with the database's clock). Nonces only, never a
+    # cookie; the replica holding the background role deletes a row once its cookie has expired.
+    """
+    CREATE TABLE kitaru.ended_sessions (
+        nonce TEXT COLLATE "C" PRIMARY KEY,
+        expires_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX ended_sessions_at ON kitaru.ended_sessions (ended_at);
+    """,
 ]
 
 

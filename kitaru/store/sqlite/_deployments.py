@@ -12,6 +12,7 @@ from typing import Any
 from kitaru.store import (
     ApiKeyRecord,
     DeploymentRecord,
+    EndedSession,
     TagMove,
     TagRecord,
     TagRequest,
@@ -184,3 +185,25 @@ class _Deployments(_Connection):
         if row is None:
             raise _rules.no_such_key(name)
         return _key_from_row(row)
+
+    # -- ended sessions (logouts), shared by every server process on this database ------------
+
+    async def end_session(self, nonce: str, expires_at: float) -> None:
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO ended_sessions (nonce, expires_at, ended_at) VALUES (?,?,?)",
+                (nonce, expires_at, time.time()),
+            )
+
+    async def ended_sessions(self, since: float) -> list[EndedSession]:
+        rows = self._read(
+            "SELECT nonce, expires_at, ended_at FROM ended_sessions WHERE ended_at >= ? "
+            "ORDER BY ended_at, nonce",
+            (since,),
+        )
+        return [EndedSession(*r) for r in rows]
+
+    async def prune_ended_sessions(self, before: float) -> int:
+        with self._write() as cur:
+            cur.execute("DELETE FROM ended_sessions WHERE expires_at < ?", (before,))
+            return int(cur.rowcount)

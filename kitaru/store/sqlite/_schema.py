@@ -148,11 +148,24 @@ _MIGRATIONS: list[str] = [
         (json_extract(metadata, '$.deployment.version'), created_at, id)
         WHERE json_extract(metadata, '$.deployment.version') IS NOT NULL;
     """,
+    # Sessions ended by a logout, so every server process on the database refuses the cookie
+    # (each reads the new ones every second, by `ended_at`). Nonces only, never a cookie; a row
+    # goes once its cookie has expired anyway. Only the server reads it, and it opens the store
+    # to write (so migrates first): a read-only open of a database without it stays valid.
+    """
+    CREATE TABLE ended_sessions (
+        nonce TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL,
+        ended_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX ended_sessions_at ON ended_sessions (ended_at);
+    """,
 ]
 
 #: The oldest schema version a read-only store reads without migrating it: the migrations after
 #: it only add or replace indexes, so its tables are the ones this kitaru queries (lists are then
 #: sorted rather than read in index order). Without this, the first `kitaru executions list` after
 #: an upgrade refused to read until some command had written. A migration that changes a table
-#: moves it to that migration's version.
+#: moves it to that migration's version; one that adds a table only a writer reads (migration 7,
+#: `ended_sessions`, read by the server alone) does not.
 READABLE_FROM = 5
