@@ -27,6 +27,7 @@ from kitaru.store.conformance import (
 from kitaru.store.open import open_state_store
 from kitaru.store.postgres import PostgresStateStore
 from tests._services.postgres import PostgresCluster
+from tests.store._listing import LISTINGS
 
 
 @pytest.fixture(scope="class")
@@ -418,17 +419,6 @@ SELECT 'g' || lpad(i::text, 6, '0'), 'flow' || (i % 40), 'm:f',
 FROM generate_series(1, $1) AS i
 """
 
-#: Each filter combination of list_executions, with the indexes that may serve it in order.
-_LISTINGS: list[tuple[dict[str, Any], set[str]]] = [
-    ({}, {"executions_created"}),
-    ({"flow": "flow7"}, {"executions_flow"}),
-    ({"status": "waiting"}, {"executions_status"}),
-    ({"version": 3}, {"executions_version"}),
-    ({"flow": "flow7", "status": "failed"}, {"executions_flow", "executions_status"}),
-    ({"flow": "flow8", "version": 3}, {"executions_flow", "executions_version"}),
-    ({"status": "running", "version": 3}, {"executions_status", "executions_version"}),
-]
-
 
 class TestListingOrder:
     def test_a_page_reads_by_index_whatever_the_filters(self, postgres_dsn: str) -> None:
@@ -465,7 +455,7 @@ class TestListingOrder:
                         nodes += node.get("Plans", [])
                     return found
 
-                for filters, indexes in _LISTINGS:
+                for filters, indexes in LISTINGS:
                     for cursor in (None, "g000100"):
                         sent.clear()
                         assert await store.list_executions(limit=50, before=cursor, **filters), filters

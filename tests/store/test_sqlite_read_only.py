@@ -18,6 +18,7 @@ from kitaru.errors import KitaruStoreError
 from kitaru.store import ExecutionRecord, sync_view
 from kitaru.store.sqlite import SQLiteStateStore
 from kitaru.store.sqlite._schema import _MIGRATIONS
+from tests.store._listing import VERSION_5_NEWEST_FIRST, version_5_database
 
 
 def _execution(exec_id: str) -> ExecutionRecord:
@@ -140,21 +141,11 @@ def test_read_only_open_reads_a_database_behind_by_indexes_only(tmp_path: Path) 
     (`kitaru executions list`) reads the older database as it is, in time order, writing nothing;
     the first writer migrates it. Version 5: the schema before listing by time."""
     path = tmp_path / "kitaru.db"
-    with closing(sqlite3.connect(path)) as conn, conn:
-        for script in _MIGRATIONS[:5]:
-            conn.executescript(script)
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-        conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
-        for exec_id, created in (("01AAAA", 1.0), ("order-42", 2.0), ("01BBBB", 3.0)):
-            conn.execute(
-                "INSERT INTO executions (id, flow, target, status, created_at, updated_at) "
-                "VALUES (?, 'f', 'm:f', 'completed', ?, ?)",
-                (exec_id, created, created),
-            )
+    version_5_database(path)
     before = path.read_bytes()
     store = sync_view(SQLiteStateStore(path, read_only=True))
     try:
-        assert [e.id for e in store.list_executions()] == ["01BBBB", "order-42", "01AAAA"]
+        assert [e.id for e in store.list_executions()] == VERSION_5_NEWEST_FIRST
         assert [e.id for e in store.list_executions(flow="f", before="order-42")] == ["01AAAA"]
     finally:
         store.close()

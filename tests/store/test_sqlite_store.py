@@ -25,6 +25,7 @@ from kitaru.store.conformance import (
     _waiting,
 )
 from kitaru.store.sqlite import SQLiteStateStore
+from tests.store._listing import LISTINGS, VERSION_5_NEWEST_FIRST, version_5_database
 
 
 @pytest.fixture
@@ -212,17 +213,6 @@ SELECT printf('g%06d', i), 'flow' || (i % 40), 'm:f',
 FROM n
 """
 
-#: Each filter combination of list_executions, with the indexes that may serve it in order.
-_LISTINGS: list[tuple[dict[str, Any], set[str]]] = [
-    ({}, {"executions_created"}),
-    ({"flow": "flow7"}, {"executions_flow"}),
-    ({"status": "waiting"}, {"executions_status"}),
-    ({"version": 3}, {"executions_version"}),
-    ({"flow": "flow7", "status": "failed"}, {"executions_flow", "executions_status"}),
-    ({"flow": "flow8", "version": 3}, {"executions_flow", "executions_version"}),
-    ({"status": "running", "version": 3}, {"executions_status", "executions_version"}),
-]
-
 
 def _bulk_store(path: Path, count: int) -> Any:
     sync_view(SQLiteStateStore(path)).close()  # the schema
@@ -246,7 +236,7 @@ class TestListingOrder:
 
         store.store._read = recording
         try:
-            for filters, indexes in _LISTINGS:
+            for filters, indexes in LISTINGS:
                 for cursor in (None, "g000100"):
                     sent.clear()
                     page = store.list_executions(limit=20, before=cursor, **filters)
@@ -307,20 +297,10 @@ class TestListingOrder:
         from kitaru.store.sqlite._schema import _MIGRATIONS
 
         path = tmp_path / "state.db"
-        with closing(sqlite3.connect(path)) as conn, conn:
-            for script in _MIGRATIONS[:5]:
-                conn.executescript(script)
-            conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-            conn.execute("INSERT INTO meta VALUES ('schema_version', '5')")
-            for exec_id, created in (("01AAAA", 1.0), ("order-42", 2.0), ("01BBBB", 3.0)):
-                conn.execute(
-                    "INSERT INTO executions (id, flow, target, status, created_at, updated_at) "
-                    "VALUES (?, 'f', 'm:f', 'completed', ?, ?)",
-                    (exec_id, created, created),
-                )
+        version_5_database(path)
         store = sync_view(SQLiteStateStore(path))
         try:
-            assert [e.id for e in store.list_executions()] == ["01BBBB", "order-42", "01AAAA"]
+            assert [e.id for e in store.list_executions()] == VERSION_5_NEWEST_FIRST
             assert [e.id for e in store.list_executions(status="completed", before="order-42")] == ["01AAAA"]
         finally:
             store.close()
