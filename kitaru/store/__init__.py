@@ -355,8 +355,9 @@ class StateStore(Protocol):
     ) -> str | None:
         """Append records and artifacts, and optionally change the execution's status, atomically.
 
-        Returns the execution's status after the commit (None if there is no such execution): a
-        runner whose commit returns ``cancelled`` stops there. Records may still land in a
+        Returns the execution's status after the commit: a runner whose commit returns
+        ``cancelled`` stops there. KitaruNotFoundError, writing nothing, if there is no such
+        execution. Records may still land in a
         cancelled execution (a checkpoint that finished as the cancel came is paid for), but a
         ``status`` change out of a final status raises KitaruStateError and writes nothing.
         """

@@ -1029,6 +1029,16 @@ class StateStoreConformance(DeploymentConformance):
         await state_store.commit(execution.id, [_record("checkpoint_started", "a")])
         assert len(await state_store.read_journal(execution.id)) == 6
 
+    @pytest.mark.parametrize("owner", [None, "someone"])
+    async def test_commit_to_no_execution_is_refused_and_writes_nothing(
+        self, state_store: StateStore, owner: str | None
+    ) -> None:
+        gone = f"gone-{new_id()}"
+        for metadata in (None, {"k": "v"}):  # both commit paths (with metadata: merged under a lock)
+            with pytest.raises(KitaruNotFoundError, match=f"no execution '{gone}'"):
+                await state_store.commit(gone, [_completed("a")], owner=owner, metadata=metadata)
+        assert await state_store.read_journal(gone) == []
+
     async def test_read_journal_after_a_record_gives_what_came_later(self, state_store: StateStore) -> None:
         execution, other = _execution(), _execution()
         for e in (execution, other):

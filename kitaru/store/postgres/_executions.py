@@ -339,19 +339,16 @@ class _Executions(_Connection):
         async def merging(conn: Any, attempt: _Attempt) -> str | None:
             # Metadata is merged with what is stored, read under the row lock.
             record = await self._lock(conn, attempt, exec_id)
-            if owner is not None:
-                if record is None:
-                    raise KitaruNotFoundError(f"no execution {exec_id!r}")
-                if record.lease_owner != owner:
-                    raise lost_lease(record.lease_owner, record.status)
-            if record is not None and status is not None:
+            if record is None:
+                raise KitaruNotFoundError(f"no execution {exec_id!r}")
+            if owner is not None and record.lease_owner != owner:
+                raise lost_lease(record.lease_owner, record.status)
+            if status is not None:
                 _rules.check_status_change(exec_id, record.status, status)
             if artifact_rows:
                 await conn.executemany(_INSERT_ARTIFACT, artifact_rows)
             if journal:
                 await conn.executemany(_INSERT_JOURNAL, journal)
-            if record is None:
-                return None
             changes = [*sets, ("metadata", json.dumps({**record.metadata, **(metadata or {})}))]
             assignments = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(changes, start=2))
             await conn.execute(

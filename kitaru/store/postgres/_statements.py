@@ -88,7 +88,7 @@ def _commit_statement(
     ctes = [
         "ex AS (SELECT lease_owner, status FROM kitaru.executions WHERE id = $1 FOR UPDATE)",
         "ok AS (SELECT COALESCE((SELECT (lease_owner = $2 OR $2 IS NULL)"
-        f"{status_ok} FROM ex), $2::text IS NULL) AS ok)",
+        f"{status_ok} FROM ex), false) AS ok)",  # no such execution: nothing is written
         "token AS (INSERT INTO kitaru.commits (token, at) SELECT $3, $4 WHERE (SELECT ok FROM ok))",
     ]
     if artifacts:

@@ -117,12 +117,10 @@ class _Executions(_Connection):
         )
 
     @staticmethod
-    def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str | None) -> str | None:
+    def _check_lease(cur: sqlite3.Cursor, exec_id: str, owner: str | None) -> str:
         """The execution's status, after checking that ``owner`` (if given) holds its lease."""
         row = cur.execute("SELECT lease_owner, status FROM executions WHERE id = ?", (exec_id,)).fetchone()
-        if row is None:
-            if owner is None:
-                return None
+        if row is None:  # with or without an owner: records of no execution would be orphans
             raise KitaruNotFoundError(f"no execution {exec_id!r}")
         if owner is not None and row[0] != owner:
             raise KitaruLeaseError(
