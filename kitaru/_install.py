@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -43,3 +44,10 @@ def _uv_environment(root: Path) -> bool:
     except OSError:
         return False
     return own and importlib.util.find_spec("pip") is None
+
+
+def install_hint_pattern(extra: str) -> str:
+    """A regular expression matching :func:`install_hint` for ``extra`` in any environment (for
+    tests, which run in the checkout's uv environment or in one with pip)."""
+    name = re.escape(extra)
+    return rf"pip install '\S+\[{name}\]'|\./uvw sync --locked --inexact --extra {name}\b"

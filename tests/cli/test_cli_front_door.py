@@ -214,3 +214,17 @@ def test_the_server_extra_holds_what_the_server_needs(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "built True" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_test_environment_has_what_the_server_extra_installs() -> None:
+    """The suite runs in the dev group's environment, not with the extra: a requirement added to
+    the `server` extra and not to the group is missing when the tests start the server (the docs
+    page's bundle was, once)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dev = {Requirement(r).name for r in project["dependency-groups"]["dev"] if isinstance(r, str)}
+    server = {Requirement(r).name for r in project["project"]["optional-dependencies"]["server"]}
+    assert server <= dev, f"add to [dependency-groups] dev: {sorted(server - dev)}"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kitaru._install import install_hint_pattern
 from kitaru._portal import block_on
 from kitaru.errors import KitaruConfigError, KitaruMissingDependencyError, KitaruStoreError
 from kitaru.store import ExecutionRecord, JournalRecord, sync_view
@@ -556,8 +557,7 @@ class TestOpening:
 
     def test_missing_asyncpg_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "asyncpg", None)
-        hint = r"pip install '\S+\[postgres\]'|\./uvw sync --locked --inexact --extra postgres"
-        with pytest.raises(KitaruMissingDependencyError, match=hint):
+        with pytest.raises(KitaruMissingDependencyError, match=install_hint_pattern("postgres")):
             PostgresStateStore("postgresql://u@127.0.0.1:1/db")
 
     def test_refused_connection_names_the_host_and_hides_the_password(self) -> None:
