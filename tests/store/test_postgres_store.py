@@ -4,6 +4,7 @@ schema handling, its error translation and its behaviour while the server restar
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import threading
 import time
@@ -42,6 +43,16 @@ async def state_store(class_dsn: str) -> AsyncIterator[PostgresStateStore]:
     store = PostgresStateStore(class_dsn)
     yield store
     await store.aclose()
+
+
+def _plan_nodes(plan: str) -> list[str]:
+    """Each node of a PostgreSQL ``EXPLAIN (FORMAT JSON)`` plan: the index it reads, else its type."""
+    nodes, found = [json.loads(plan)[0]["Plan"]], []
+    while nodes:
+        node = nodes.pop()
+        found.append(node.get("Index Name") or node["Node Type"])
+        nodes += node.get("Plans", [])
+    return found
 
 
 class TestPostgresKeyStore(KeyStoreConformance):
@@ -368,7 +379,6 @@ class TestOneWaitRead:
         """read_wait's query finds a wait's records and a cancel through their own indexes: its plan
         for an execution of 3,000 checkpoints touches no other index and scans no table."""
         import asyncio
-        import json
 
         import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
@@ -397,12 +407,7 @@ class TestOneWaitRead:
                 plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {_READ_WAITS}", ["BIG"], ["approve"])
             finally:
                 await conn.close()
-            nodes, found = [json.loads(plan)[0]["Plan"]], []
-            while nodes:
-                node = nodes.pop()
-                found.append(node.get("Index Name") or node["Node Type"])
-                nodes += node.get("Plans", [])
-            return found
+            return _plan_nodes(plan)
 
         found = asyncio.run(main())
         assert {"journal_once", "journal_cancel"} <= set(found), found
@@ -427,7 +432,6 @@ class TestListingOrder:
         index in (created_at, id) order: the plan has no sequential scan and no sort, and the
         cursor's place is one primary-key lookup."""
         import asyncio
-        import json
 
         import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
@@ -449,12 +453,7 @@ class TestListingOrder:
 
                 async def plan_of(sql: str, params: tuple[Any, ...]) -> list[str]:
                     plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *params)
-                    nodes, found = [json.loads(plan)[0]["Plan"]], []
-                    while nodes:
-                        node = nodes.pop()
-                        found.append(node.get("Index Name") or node["Node Type"])
-                        nodes += node.get("Plans", [])
-                    return found
+                    return _plan_nodes(plan)
 
                 for filters, indexes in LISTINGS:
                     for cursor in (None, "g000100"):
